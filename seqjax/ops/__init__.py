@@ -1,0 +1,44 @@
+"""Pure-JAX sequence ops: the hot loops that every mixer calls.
+
+No Flax here. Each op takes an ``impl`` argument (``"auto"`` picks by platform
+and size) and every implementation is tested against a float64 NumPy reference.
+
+Public ops:
+  * :func:`linear_scan` — ``h_t = a_t * h_{t-1} + b_t`` (``scan.py``).
+  * :func:`selective_scan` — Mamba-1 S6 (``selective.py``).
+  * :func:`ssd` — Mamba-2 state-space duality (``state_space_duality.py``).
+  * :func:`attention`, :func:`decode_attention` — softmax attention
+    (``softmax_attention.py``, ``decode.py``), built on the one online-softmax
+    merge in ``online_softmax.py``.
+  * :func:`linear_attention` — linear attention with optional decay
+    (``linear_attn.py``).
+
+Names are resolved lazily so that importing one op does not import the others.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "linear_scan": "scan",
+    "selective_scan": "selective",
+    "ssd": "state_space_duality",
+    "attention": "softmax_attention",
+    "decode_attention": "decode",
+    "SoftmaxState": "online_softmax",
+    "linear_attention": "linear_attn",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

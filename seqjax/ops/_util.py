@@ -1,0 +1,84 @@
+"""Small helpers shared by the ops: impl validation, padding, dtypes, segments."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def check_impl(op: str, impl: str, allowed: Sequence[str]) -> None:
+    """Raises a ValueError naming the op, the bad value and the allowed ones.
+
+    Args:
+      op: name of the op, for the message (e.g. ``"linear_scan"``).
+      impl: the value the caller passed.
+      allowed: the implementations this op has.
+    """
+    if impl not in allowed:
+        raise ValueError(
+            f"{op}: impl={impl!r} is not one of {', '.join(map(repr, allowed))}"
+        )
+
+
+def platform() -> str:
+    """The platform of the default backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    return jax.default_backend()
+
+
+def accum_dtype(*dtypes) -> jnp.dtype:
+    """The dtype to accumulate in: the inputs' common dtype, at least float32.
+
+    Low-precision inputs (bfloat16, float16) are accumulated in float32; float64
+    and complex inputs keep their precision.
+
+    Args:
+      *dtypes: dtypes of the inputs.
+
+    Returns:
+      The accumulation dtype.
+    """
+    return jnp.result_type(jnp.float32, *dtypes)
+
+
+def pad_axis(x: jax.Array, multiple: int, axis: int, value=0) -> jax.Array:
+    """Pads ``x`` at the end of ``axis`` up to a multiple of ``multiple``.
+
+    Args:
+      x: the array.
+      multiple: the size that the padded axis must be a multiple of.
+      axis: the axis to pad.
+      value: the fill value.
+
+    Returns:
+      ``x`` unchanged when already a multiple, else the padded array.
+    """
+    size = x.shape[axis]
+    extra = -size % multiple
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def segment_starts(segment_ids: jax.Array, reverse: bool = False) -> jax.Array:
+    """Marks the positions where a new segment begins (in scan order).
+
+    Args:
+      segment_ids: ``(b, l)`` integer ids; a change of id starts a new segment.
+      reverse: when True, marks the positions that start a segment for a scan
+        running from the end (i.e. where the *next* id differs).
+
+    Returns:
+      ``(b, l)`` boolean array; position 0 (or ``l-1`` when reversed) is never
+      marked, since the initial state applies there.
+    """
+    if segment_ids.ndim != 2:
+        raise ValueError(
+            f"segment_ids must have shape (batch, length), got {segment_ids.shape}"
+        )
+    change = segment_ids[:, 1:] != segment_ids[:, :-1]
+    false = jnp.zeros_like(change[:, :1])
+    if reverse:
+        return jnp.concatenate([change, false], axis=1)
+    return jnp.concatenate([false, change], axis=1)

@@ -1,0 +1,40 @@
+"""Installs seqjax: JAX/Flax sequence mixers and the experiments that compare them."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(
+    r'__version__ = "([^"]+)"', (_HERE / "seqjax" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="seqjax",
+    version=_VERSION,
+    description="Sequence mixers (attention, SSMs, linear RNNs) in JAX/Flax, with "
+    "LRA, ICL and ICLL experiments.",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["seqjax", "seqjax.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.89",
+        "tensorflow-datasets>=4.9.8",
+        "array-record>=0.7",
+        "grain>=0.2.10",
+        "ml-collections>=1.0",
+        "jaxtyping>=0.2.36",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel", "matplotlib>=3.8"],
+    },
+)

@@ -1,0 +1,19 @@
+"""Test set-up: 8 host CPU devices before JAX starts, and shared fixtures."""
+
+import os
+
+# Must run before jax initialises its backends: gives 8 CPU devices so that
+# sharding tests run on any machine.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name: fresh per test, reproducible."""
+    seed = abs(hash(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)

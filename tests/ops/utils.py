@@ -1,0 +1,27 @@
+"""Comparison helpers for op tests: relative error against float64 references."""
+
+import numpy as np
+
+# Float32 tolerances on max|actual - expected| / max|expected| (issue 2's bar).
+RTOL_SCAN = 1e-4
+RTOL_ATTN = 2e-4
+# Gradients accumulate more rounding than forward passes.
+RTOL_GRAD = 5e-4
+# A float64 run of a fast path must match its float64 reference to rounding.
+RTOL_F64 = 1e-10
+
+
+def rel_err(actual, expected) -> float:
+    """max|actual - expected| / max(max|expected|, tiny), in float64."""
+    actual = np.asarray(actual, dtype=np.complex128 if np.iscomplexobj(actual) else np.float64)
+    expected = np.asarray(expected, dtype=np.complex128 if np.iscomplexobj(expected) else np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(np.max(np.abs(expected), initial=0.0), 1e-30)
+    return float(np.max(np.abs(actual - expected), initial=0.0) / scale)
+
+
+def assert_rel_close(actual, expected, rtol, what=""):
+    """Asserts rel_err(actual, expected) <= rtol, with a readable message."""
+    err = rel_err(actual, expected)
+    assert np.all(np.isfinite(np.asarray(actual))), f"{what}: non-finite values"
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
