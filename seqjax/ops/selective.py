@@ -1,0 +1,328 @@
+"""Mamba-1's selective scan (S6): an input-dependent diagonal state-space model.
+
+For every channel ``d`` and state index ``n`` (Gu & Dao 2023, Algorithm 2; the
+semantics of ``mamba_ssm``'s ``selective_scan_ref``)::
+
+    Δ_t       = softplus(delta_t + delta_bias)       (bias and softplus optional)
+    Ā_t       = exp(Δ_t A)                            (b, l, d, n)
+    B̄u_t      = Δ_t u_t B_t                           (B shared by a group of channels)
+    h_t       = Ā_t ⊙ h_{t-1} + B̄u_t,   h_{-1} = 0
+    y_t       = Σ_n C_t[n] h_t[:, n]  (+ D u_t)  (⊙ silu(z_t))
+
+The state tensor ``h`` is ``n`` times larger than the input (``n = 16`` in
+Mamba), which is what the implementations differ on:
+
+  * ``"reference"``: materialises ``Ā``, ``B̄u`` and ``h`` as full
+    ``(b, l, d, n)`` tensors and runs them through :func:`linear_scan`; plain
+    autodiff. Simple, and the fastest for small problems, but its forward and
+    backward memory is O(b·l·d·n).
+  * ``"chunked"``: a ``lax.scan`` over chunks of ``chunk_size`` positions that
+    only ever holds one chunk's ``(b, chunk, d, n)`` states, with a
+    ``jax.custom_vjp`` whose forward saves only the chunk-boundary states
+    ``(b, l/chunk, d, n)`` and whose backward recomputes each chunk's states and
+    runs the adjoint recurrence chunk by chunk in reverse. Memory
+    O(b·chunk·d·n + b·(l/chunk)·d·n) plus the O(b·l·d) inputs and outputs.
+    Inside a chunk the recurrences are :func:`linear_scan` calls, so they are
+    sequential on CPU and associative (parallel) on accelerators.
+  * ``"auto"``: ``"reference"`` while ``b·l·d·n <= 2**19``, else ``"chunked"``
+    (measured on CPU; see :func:`_auto_impl` for the numbers).
+
+Groups: ``B`` and ``C`` may be ``(b, l, n)`` (shared by all channels) or
+``(b, l, g, n)``: the ``d`` channels are split into ``g`` contiguous groups and
+channel ``i`` uses group ``i // (d // g)``. Internally channels are viewed as
+``(g, d // g)`` so that ``B``/``C`` broadcast over a group without being copied.
+
+Segments: where ``segment_ids`` changes, the state restarts from zero, so
+packed sequences give exactly what separate runs give.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from seqjax.ops._util import accum_dtype, check_impl, pad_axis, segment_starts
+from seqjax.ops.scan import linear_scan
+from seqjax.types import SegmentIds, SelA, SelBC, SelInput, SelState
+
+IMPLS = ("auto", "reference", "chunked")
+DEFAULT_CHUNK = 64
+# "auto" picks "reference" while the state tensor b*l*d*n has at most this many
+# elements (see _auto_impl for the measurements behind it).
+AUTO_REFERENCE_MAX_STATE = 2**19
+
+_HI = lax.Precision.HIGHEST
+
+
+def selective_scan(
+    u: SelInput,
+    delta: SelInput,
+    A: SelA,
+    B: SelBC,
+    C: SelBC,
+    D: jax.Array | None = None,
+    z: SelInput | None = None,
+    delta_bias: jax.Array | None = None,
+    delta_softplus: bool = False,
+    *,
+    segment_ids: SegmentIds | None = None,
+    return_last_state: bool = False,
+    impl: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> SelInput | tuple[SelInput, SelState]:
+    """Mamba-1's selective scan (S6).
+
+    Args:
+      u: inputs, ``(b, l, d)``.
+      delta: step sizes before bias/softplus, ``(b, l, d)``.
+      A: state matrix (diagonal per channel), ``(d, n)``, real (negative in
+        practice, so that ``Ā = exp(Δ A)`` is a decay).
+      B: input projections, ``(b, l, n)`` shared by all channels, or
+        ``(b, l, g, n)`` with the channels split into ``g`` contiguous groups.
+      C: output projections, same shape as ``B``.
+      D: skip connection, ``(d,)``; adds ``D * u`` to the output.
+      z: gate, ``(b, l, d)``; the output is multiplied by ``silu(z)``.
+      delta_bias: ``(d,)``, added to ``delta`` before the softplus.
+      delta_softplus: apply ``softplus`` to ``delta (+ delta_bias)``.
+      segment_ids: ``(b, l)`` integers; where the id changes from one position
+        to the next, the state restarts from zero.
+      return_last_state: also return the state after the last position.
+      impl: one of ``"auto"``, ``"reference"``, ``"chunked"``; ``"auto"`` runs
+        ``"reference"`` while ``b*l*d*n <= 2**19`` and ``"chunked"`` above,
+        where it is faster and needs far less memory (see :func:`_auto_impl`).
+      chunk_size: positions per chunk for ``"chunked"`` (and for ``"auto"``
+        when it picks ``"chunked"``).
+
+    Returns:
+      ``y`` of shape ``(b, l, d)`` in ``u``'s dtype; with ``return_last_state``,
+      ``(y, last_state)`` where ``last_state`` is ``(b, d, n)`` in the
+      accumulation dtype (float32, or float64 for float64 inputs).
+    """
+    check_impl("selective_scan", impl, IMPLS)
+    u, delta, A, B, C = map(jnp.asarray, (u, delta, A, B, C))
+    D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids)
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size)
+
+    batch, length, d = u.shape
+    n = A.shape[1]
+    if impl == "auto":
+        impl = _auto_impl(batch, length, d, n)
+    optional = [x.dtype for x in (D, z, delta_bias) if x is not None]
+    dtype = accum_dtype(u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype, *optional)
+
+    uf = u.astype(dtype)
+    dt = delta.astype(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.astype(dtype)
+    if delta_softplus:
+        dt = jax.nn.softplus(dt)
+    # (b, l, n) is the one-group case of (b, l, g, n).
+    Bg = (B if B.ndim == 4 else B[:, :, None]).astype(dtype)
+    Cg = (C if C.ndim == 4 else C[:, :, None]).astype(dtype)
+    Af = A.astype(dtype)
+
+    if impl == "reference":
+        y, last = _reference(uf, dt, Af, Bg, Cg, segment_ids)
+    else:
+        y, last = _chunked(uf, dt, Af, Bg, Cg, segment_ids, chunk_size)
+
+    if D is not None:
+        y = y + uf * D.astype(dtype)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(dtype))
+    y = y.astype(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+def _auto_impl(batch: int, length: int, d: int, n: int) -> str:
+    """The implementation that ``"auto"`` runs, from the problem size.
+
+    Rule: ``"reference"`` while ``b*l*d*n <= AUTO_REFERENCE_MAX_STATE`` (2**19
+    state elements, 2 MiB per float32 state tensor), else ``"chunked"``.
+
+    Measured on the 2-core development CPU (jit, forward / forward+backward in
+    ms with gradients for all eight inputs and ``delta_softplus``; the minimum
+    of 5 interleaved medians of 7 calls; ``chunk_size=64``, n = 16)::
+
+        b, l, d      b*l*d*n   reference       chunked
+        2, 64, 32     2**16    0.60 / 2.76     0.34 / 2.11
+        2, 128, 32    2**17    0.93 / 1.94     0.46 / 3.75
+        2, 128, 64    2**18    1.42 / 3.32     1.41 / 7.00
+        2, 256, 64    2**19    3.34 / 8.24     2.27 / 13.6
+        2, 512, 64    2**20    5.10 / 116      6.05 / 20.3
+        2, 1024, 256  2**23    364 / 1131      37 / 432    (benchmark run)
+
+    The forward passes are close, but up to 2**19 elements the reference's
+    backward (one reverse scan over stored tensors) beats the chunked one
+    (which recomputes every chunk's states). Past 2**19 the reference's dozen
+    full-size tensors (~24 MB) fall out of cache and it becomes 2.5-6x slower,
+    while its memory keeps growing with b*l*d*n (at the last row, planned peak
+    of forward+backward: 422 MB vs 40 MB; at l = 4096: 1.69 GB vs 113 MB).
+    The timings were taken on a shared, loaded machine (noise of +-50%); the
+    crossover is a cache effect, so it is the order of magnitude that counts.
+    """
+    return "reference" if batch * length * d * n <= AUTO_REFERENCE_MAX_STATE else "chunked"
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size):
+    name = "selective_scan"
+    if u.ndim != 3:
+        raise ValueError(f"{name}: u must be (batch, length, d), got shape {u.shape}")
+    batch, length, d = u.shape
+    if length < 1:
+        raise ValueError(f"{name}: u must have length >= 1, got shape {u.shape}")
+    if delta.shape != u.shape:
+        raise ValueError(f"{name}: delta {delta.shape} must have u's shape {u.shape}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"{name}: z {z.shape} must have u's shape {u.shape}")
+    if A.ndim != 2 or A.shape[0] != d:
+        raise ValueError(f"{name}: A must be (d, n) = ({d}, n), got shape {A.shape}")
+    n = A.shape[1]
+    for label, x in (("A", A), ("u", u), ("delta", delta), ("B", B), ("C", C)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name}: {label} must be a real floating array, got {x.dtype}")
+    if B.ndim == 3:
+        expected = f"(batch, length, n) = ({batch}, {length}, {n})"
+        ok = B.shape == (batch, length, n)
+    elif B.ndim == 4:
+        expected = f"(batch, length, g, n) = ({batch}, {length}, g, {n})"
+        ok = B.shape[:2] == (batch, length) and B.shape[3] == n
+    else:
+        expected, ok = f"(batch, length, n) or (batch, length, g, n) with n = {n}", False
+    if not ok:
+        raise ValueError(f"{name}: B must be {expected}, got shape {B.shape}")
+    if C.shape != B.shape:
+        raise ValueError(f"{name}: C {C.shape} must have B's shape {B.shape}")
+    if B.ndim == 4 and (B.shape[2] < 1 or d % B.shape[2]):
+        raise ValueError(
+            f"{name}: the number of groups g = {B.shape[2]} (B {B.shape}) must divide d = {d}"
+        )
+    for label, x in (("D", D), ("delta_bias", delta_bias)):
+        if x is not None and x.shape != (d,):
+            raise ValueError(f"{name}: {label} must be (d,) = ({d},), got shape {x.shape}")
+    if segment_ids is not None and segment_ids.shape != (batch, length):
+        raise ValueError(
+            f"{name}: segment_ids {segment_ids.shape} must be (batch, length) = {(batch, length)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
+
+
+# --- "reference": the full (b, l, d, n) state through linear_scan -------------
+
+
+def _reference(u, dt, A, B, C, segment_ids):
+    d, groups = u.shape[2], B.shape[2]
+    Bd = jnp.repeat(B, d // groups, axis=2)  # (b, l, d, n)
+    Cd = jnp.repeat(C, d // groups, axis=2)
+    dA = jnp.exp(dt[..., None] * A)
+    dBu = (dt * u)[..., None] * Bd
+    h, last = linear_scan(dA, dBu, segment_ids=segment_ids)
+    y = jnp.einsum("bldn,bldn->bld", h, Cd, precision=_HI)
+    return y, last
+
+
+# --- "chunked": chunk-by-chunk scan with a recomputing custom_vjp -------------
+
+
+def _chunked(u, dt, A, B, C, segment_ids, chunk_size):
+    batch, length, d = u.shape
+    groups, n = B.shape[2], B.shape[3]
+    chunk = min(chunk_size, length)
+    # keep = 0 at a segment start cuts the chain (Ā_t := 0 there).
+    if segment_ids is None:
+        keep = jnp.ones((batch, length), u.dtype)
+    else:
+        keep = 1 - segment_starts(segment_ids).astype(u.dtype)
+    # Channels as (g, d/g) so that B and C broadcast over a group for free.
+    shape = (batch, length, groups, d // groups)
+    u4, dt4, A3 = u.reshape(shape), dt.reshape(shape), A.reshape(groups, d // groups, n)
+    # Padding with Δ = 0 (Ā = 1, B̄u = 0) and keep = 1 leaves the state unchanged,
+    # so the last state is still the state at position length-1.
+    u4, dt4, B, C = (pad_axis(x, chunk, axis=1) for x in (u4, dt4, B, C))
+    keep = pad_axis(keep, chunk, axis=1, value=1)
+    y, last = _chunked_core(u4, dt4, A3, B, C, keep, chunk)
+    return y[:, :length].reshape(batch, length, d), last.reshape(batch, d, n)
+
+
+def _to_chunks(x, chunk):
+    # (b, L, ...) -> (L/chunk, b, chunk, ...): chunks leading, for lax.scan.
+    x = x.reshape((x.shape[0], x.shape[1] // chunk, chunk) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _from_chunks(x):
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
+
+
+def _chunk_states(u, dt, A, B, keep, h_in):
+    """One chunk's decays and states: (b, T, g, e, n) each, e = d/g."""
+    dA = jnp.exp(dt[..., None] * A) * keep[:, :, None, None, None]
+    dBu = (dt * u)[..., None] * B[:, :, :, None, :]
+    h, _ = linear_scan(dA, dBu, h_in)
+    return dA, h
+
+
+def _chunked_forward(u, dt, A, B, C, keep, chunk):
+    batch, _, groups, e = u.shape
+    h0 = jnp.zeros((batch, groups, e, A.shape[-1]), u.dtype)
+
+    def body(h_in, xs):
+        u_c, dt_c, B_c, C_c, keep_c = xs
+        _, h = _chunk_states(u_c, dt_c, A, B_c, keep_c, h_in)
+        y = jnp.einsum("btgen,btgn->btge", h, C_c, precision=_HI)
+        return h[:, -1], (y, h_in)
+
+    xs = tuple(_to_chunks(x, chunk) for x in (u, dt, B, C, keep))
+    last, (y, h_starts) = lax.scan(body, h0, xs)
+    return _from_chunks(y), last, h_starts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _chunked_core(u, dt, A, B, C, keep, chunk):
+    y, last, _ = _chunked_forward(u, dt, A, B, C, keep, chunk)
+    return y, last
+
+
+def _chunked_core_fwd(u, dt, A, B, C, keep, chunk):
+    y, last, h_starts = _chunked_forward(u, dt, A, B, C, keep, chunk)
+    # Only the state entering each chunk, (L/chunk, b, g, e, n), is saved.
+    return (y, last), (u, dt, A, B, C, keep, h_starts)
+
+
+def _chunked_core_bwd(chunk, res, cts):
+    u, dt, A, B, C, keep, h_starts = res
+    gy, g_last = cts
+
+    def body(carry, xs):
+        # mu: dL/dh at this chunk's last position from everything after it.
+        mu, gA = carry
+        u_c, dt_c, B_c, C_c, keep_c, gy_c, h_in = xs
+        dA, h = _chunk_states(u_c, dt_c, A, B_c, keep_c, h_in)
+        # Adjoint: lam_t = C_t gy_t + Ā_{t+1} lam_{t+1}, entering with mu.
+        direct = gy_c[..., None] * C_c[:, :, :, None, :]
+        a_next = jnp.concatenate([dA[:, 1:], jnp.ones_like(dA[:, :1])], axis=1)
+        lam, _ = linear_scan(a_next, direct, mu, reverse=True)
+        h_prev = jnp.concatenate([h_in[:, None], h[:, :-1]], axis=1)
+        # dL/d(Δ A) through Ā = keep * exp(Δ A): lam * h_{t-1} * Ā.
+        g_dtA = lam * h_prev * dA
+        lam_B = jnp.einsum("btgen,btgn->btge", lam, B_c, precision=_HI)
+        g_u = lam_B * dt_c
+        g_dt = lam_B * u_c + jnp.einsum("btgen,gen->btge", g_dtA, A, precision=_HI)
+        g_B = jnp.einsum("btgen,btge->btgn", lam, dt_c * u_c, precision=_HI)
+        g_C = jnp.einsum("btgen,btge->btgn", h, gy_c, precision=_HI)
+        gA = gA + jnp.einsum("btgen,btge->gen", g_dtA, dt_c, precision=_HI)
+        mu = dA[:, 0] * lam[:, 0]
+        return (mu, gA), (g_u, g_dt, g_B, g_C)
+
+    xs = tuple(_to_chunks(x, chunk) for x in (u, dt, B, C, keep, gy)) + (h_starts,)
+    (_, gA), grads = lax.scan(body, (g_last, jnp.zeros_like(A)), xs, reverse=True)
+    g_u, g_dt, g_B, g_C = (_from_chunks(x) for x in grads)
+    return g_u, g_dt, gA, g_B, g_C, jnp.zeros_like(keep)
+
+
+_chunked_core.defvjp(_chunked_core_fwd, _chunked_core_bwd)
