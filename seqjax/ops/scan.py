@@ -71,7 +71,10 @@ def linear_scan(
     out_dtype = jnp.result_type(a, b)
     dtype = accum_dtype(a.dtype, b.dtype, *(() if h0 is None else (h0.dtype,)))
     state_shape = (b.shape[0],) + b.shape[2:]
-    a = jnp.broadcast_to(a.astype(dtype), b.shape)
+    # Only the length axis of a is broadcast: a decay shared over state axes
+    # (e.g. one per head for a (p, n) state) stays compact in memory and in
+    # the backward residuals.
+    a = jnp.broadcast_to(a.astype(dtype), a.shape[:1] + b.shape[1:2] + a.shape[2:])
     b = b.astype(dtype)
     h0 = jnp.zeros(state_shape, dtype) if h0 is None else jnp.broadcast_to(h0.astype(dtype), state_shape)
 
@@ -145,10 +148,11 @@ def _chunked(a, b, h0, chunk_size):
     a = pad_axis(a, chunk, axis=1, value=1)
     b = pad_axis(b, chunk, axis=1, value=0)
     batch, padded = b.shape[:2]
-    shape = (batch, padded // chunk, chunk) + b.shape[2:]
-    a_cum, h_local = jax.lax.associative_scan(
-        _combine, (a.reshape(shape), b.reshape(shape)), axis=2
-    )
+
+    def split(x):
+        return x.reshape((x.shape[0], padded // chunk, chunk) + x.shape[2:])
+
+    a_cum, h_local = jax.lax.associative_scan(_combine, (split(a), split(b)), axis=2)
     # Sequential part: the state entering each chunk.
     def step(carry, x):
         a_end, h_end = x
@@ -192,7 +196,13 @@ def _scan_bwd(impl, chunk_size, res, g):
         _forward(jnp.flip(a_next, 1), jnp.flip(g, 1), jnp.zeros_like(h0), impl, chunk_size), 1
     )
     h_prev = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)
-    return lam * h_prev, lam, a[:, 0] * lam[:, 0]
+    return _sum_to(lam * h_prev, a.shape), lam, a[:, 0] * lam[:, 0]
+
+
+def _sum_to(x, shape):
+    """Sums x over the axes where ``shape`` broadcasts (size 1), keeping them."""
+    axes = tuple(i for i, (n, m) in enumerate(zip(shape, x.shape)) if n == 1 and m != 1)
+    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)

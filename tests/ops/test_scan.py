@@ -183,3 +183,22 @@ def test_auto_is_sequential_on_cpu(rng, monkeypatch):
         a, b, _ = _inputs(rng, (1, 8, 2))
         linear_scan(jnp.float32(a), jnp.float32(b))
         assert called, "auto did not use the sequential scan on CPU"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_shared_decay_stays_compact_in_memory(rng, impl):
+    # A decay shared over a (p, n) state must not be expanded to the state's
+    # size: the compiled forward+backward (arguments + temporaries) needs at
+    # least one state-sized buffer less than with a full-size decay.
+    shape, a_shape = (2, 256, 4, 32, 16), (2, 256, 4, 1, 1)
+    b = jnp.float32(rng.standard_normal(shape))
+
+    def temp_bytes(a):
+        loss = lambda a, b: jnp.sum(linear_scan(a, b, impl=impl)[0] ** 2)
+        stats = jax.jit(jax.grad(loss, (0, 1))).lower(a, b).compile().memory_analysis()
+        return stats.temp_size_in_bytes + stats.argument_size_in_bytes
+
+    compact = temp_bytes(jnp.full(a_shape, 0.9, jnp.float32))
+    full = temp_bytes(jnp.full(shape, 0.9, jnp.float32))
+    state_bytes = np.prod(shape) * 4
+    assert compact <= full - 0.9 * state_bytes, (compact, full, state_bytes)
