@@ -17,3 +17,17 @@ def rng(request):
     """A NumPy generator seeded from the test's name: fresh per test, reproducible."""
     seed = abs(hash(request.node.nodeid)) % (2**32)
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counter():
+    """Clears chex's trace counter before each test.
+
+    chex keys it on function identity, and a function object collected after
+    one test can hand its id to another test's function: without this, a
+    ``chex.assert_max_traces`` test could fail (or pass) because of an earlier one.
+    """
+    import chex
+
+    chex.clear_trace_counter()
+    yield

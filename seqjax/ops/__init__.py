@@ -12,6 +12,9 @@ Public ops:
     merge in ``online_softmax.py``.
   * :func:`linear_attention` — linear attention with optional decay
     (``linear_attn.py``).
+  * SSM building blocks: HiPPO matrices and inits (``hippo.py``, NumPy,
+    init-time), discretisation and convolution kernels (``ssm_kernels.py``),
+    :func:`fft_conv` (``long_conv.py``).
 
 Names are resolved lazily so that importing one op does not import the others.
 """
@@ -26,6 +29,21 @@ _EXPORTS = {
     "decode_attention": "decode",
     "SoftmaxState": "online_softmax",
     "linear_attention": "linear_attn",
+    "fft_conv": "long_conv",
+    **{
+        name: "hippo"
+        for name in (
+            "hippo_legs", "hippo_legt", "hippo_lagt", "hippo_fout",
+            "nplr_legs", "s4d_init", "block_diagonal_legs",
+        )
+    },
+    **{
+        name: "ssm_kernels"
+        for name in (
+            "discretize", "discretize_dense", "vandermonde_kernel", "dplr_kernel",
+            "dplr_c_tilde", "cauchy", "krylov_kernel",
+        )
+    },
 }
 
 __all__ = sorted(_EXPORTS)

@@ -78,7 +78,8 @@ def segment_starts(segment_ids: jax.Array, reverse: bool = False) -> jax.Array:
             f"segment_ids must have shape (batch, length), got {segment_ids.shape}"
         )
     change = segment_ids[:, 1:] != segment_ids[:, :-1]
-    false = jnp.zeros_like(change[:, :1])
+    # Built from segment_ids, not `change`, which is empty when length == 1.
+    false = jnp.zeros_like(segment_ids[:, :1], dtype=bool)
     if reverse:
         return jnp.concatenate([change, false], axis=1)
     return jnp.concatenate([false, change], axis=1)

@@ -202,3 +202,13 @@ def test_shared_decay_stays_compact_in_memory(rng, impl):
     full = temp_bytes(jnp.full(shape, 0.9, jnp.float32))
     state_bytes = np.prod(shape) * 4
     assert compact <= full - 0.9 * state_bytes, (compact, full, state_bytes)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_length_one_with_segments(rng, reverse):
+    a, b, h0 = _inputs(rng, (2, 1, 3))
+    h, last = linear_scan(
+        jnp.float32(a), jnp.float32(b), jnp.float32(h0), reverse=reverse, segment_ids=np.array([[0], [4]])
+    )
+    assert_rel_close(h, a * h0[:, None] + b, RTOL_SCAN, "h")
+    assert_rel_close(last, (a * h0[:, None] + b)[:, 0], RTOL_SCAN, "h_last")
