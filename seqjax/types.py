@@ -62,8 +62,17 @@ SSDStep: TypeAlias = Float[Array, "b l h"]
 SSDBC: TypeAlias = Float[Array, "b l g n"]
 SSDState: TypeAlias = Float[Array, "b h p n"]
 
+# Decoding: one query step against a KV cache.
+DecodeQuery: TypeAlias = Float[Array, "b h k"]
+KVCache: TypeAlias = Float[Array, "b s hk k"]
+
+# Per-channel and per-head parameter vectors (D, delta_bias, A of SSD, ...).
+ChannelVec: TypeAlias = Float[Array, "d"]
+HeadVec: TypeAlias = Float[Array, "h"]
+
 # Linear attention.
 LinAttnState: TypeAlias = Float[Array, "b h k v"]
+LogDecay: TypeAlias = Float[Array, "h"] | Float[Array, "b l h"] | Float[Array, "b l h k"]
 
 # Diagonal complex SSMs (S4D, S5, LRU).
 ComplexSeq: TypeAlias = Complex[Array, "b l n"]
@@ -72,5 +81,6 @@ __all__ = [
     "Array", "PRNGKey", "Seq", "SeqStep", "SegmentIds", "Mask", "Tokens",
     "ScanCoeff", "ScanState", "Queries", "Keys", "Values", "AttnOut", "AttnBias",
     "SelInput", "SelA", "SelBC", "SelState", "SSDInput", "SSDStep", "SSDBC",
-    "SSDState", "LinAttnState", "ComplexSeq",
+    "SSDState", "LinAttnState", "LogDecay", "ComplexSeq", "DecodeQuery", "KVCache",
+    "ChannelVec", "HeadVec",
 ]

@@ -16,12 +16,13 @@ from jaxtyping import Array, Float, Int
 
 from seqjax.ops import online_softmax as osm
 from seqjax.ops._util import accum_dtype, pad_axis
+from seqjax.types import DecodeQuery, KVCache
 from seqjax.ops.softmax_attention import resolve_window
 
 
 def decode_attention(
-    q: Float[Array, "b h k"],
-    k_cache: Float[Array, "b s hk k"],
+    q: DecodeQuery,
+    k_cache: KVCache,
     v_cache: Float[Array, "b s hk v"],
     *,
     lengths: Int[Array, "b"] | None = None,

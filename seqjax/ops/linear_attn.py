@@ -55,17 +55,14 @@ state per chunk for ``"chunked"``.
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from seqjax.ops._util import accum_dtype, check_impl, pad_axis, segment_starts
-from seqjax.types import AttnOut, Keys, LinAttnState, Queries, SegmentIds, Values
+from seqjax.types import AttnOut, Keys, LinAttnState, LogDecay, Queries, SegmentIds, Values
 
 IMPLS = ("auto", "reference", "sequential", "chunked")
 # Largest diagonal sub-block of the per-channel-decay intra-chunk scores: 8
 # beat 4 and 16 on CPU (exps cost ~ l * dk * (chunk / SUB_CHUNK + SUB_CHUNK)).
 SUB_CHUNK = 8
-
-LogDecay = Float[Array, "h"] | Float[Array, "b l h"] | Float[Array, "b l h k"]
 
 
 def linear_attention(
