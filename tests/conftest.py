@@ -8,14 +8,20 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 
+import zlib  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
 @pytest.fixture
 def rng(request):
-    """A NumPy generator seeded from the test's name: fresh per test, reproducible."""
-    seed = abs(hash(request.node.nodeid)) % (2**32)
+    """A NumPy generator seeded from the test's name: fresh per test, reproducible.
+
+    crc32, not hash(): Python salts string hashes per process, which would give
+    every run (and every xdist worker) different inputs.
+    """
+    seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
 
 

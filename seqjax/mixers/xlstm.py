@@ -1,0 +1,317 @@
+"""xLSTM mixers (Beck et al. 2024): sLSTM (scalar memory) and mLSTM (matrix memory).
+
+Both use exponential input gates, kept finite by a stabiliser state ``m``: the
+stored states are the true ones times ``exp(-m_t)``, for a running maximum
+``m_t`` of the log gate products, so no ``exp`` ever sees a positive argument.
+Outputs are ratios in which ``exp(-m_t)`` cancels, so they do not depend on
+which ``m`` is used and ``m`` carries no gradient (``stop_gradient`` is exact
+here, not an approximation).
+
+* ``slstm``: a nonlinear recurrence (the gates read ``h_{t-1}`` through a
+  head-wise block-diagonal ``R``), run with the sequential scan of
+  :class:`seqjax.mixers.recurrent.HeadwiseRNN`.
+* ``mlstm``: linear in ``v`` given the gates, so ``__call__`` is the paper's
+  parallel (quadratic) form; ``step`` is the recurrent form; ``mixing_matrix``
+  is the normalised ``D * (Q K^T)`` matrix that multiplies ``V``.
+"""
+
+import math
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from seqjax.mixers._layers import dense
+from seqjax.mixers.recurrent import HeadwiseRNN, check_heads, check_seq, model_width
+from seqjax.mixers.registry import register
+from seqjax.ops._util import accum_dtype, segment_starts
+from seqjax.types import SegmentIds, Seq, SeqStep
+
+Cache = dict[str, jax.Array]
+MixingMatrix = Float[Array, "b h l l"]
+
+# Forget-gate bias range at init (xLSTM reference code: linspace(3, 6)); sigmoid(3..6)
+# = 0.95..0.998, i.e. memories that last tens to hundreds of steps from the start.
+FORGET_BIAS_RANGE = (3.0, 6.0)
+# Std of the mLSTM input-gate bias at init (xLSTM reference code).
+INPUT_BIAS_STD = 0.1
+
+
+@register("slstm")
+class SLSTM(HeadwiseRNN):
+    """sLSTM (Beck et al. 2024, xLSTM §2.2): scalar memory, exponential gating.
+
+    Per head, with ``W x_t + b`` from the dense input projection and ``R`` the
+    head's block of the block-diagonal recurrent matrix::
+
+        [i~, f~, z~, o~] = W x_t + b + h_{t-1} R
+        i_t = exp(i~),  f_t = sigmoid(f~),  z_t = tanh(z~),  o_t = sigmoid(o~)
+        c_t = f_t c_{t-1} + i_t z_t,   n_t = f_t n_{t-1} + i_t
+        h_t = o_t * c_t / n_t,         y_t = W_out h_t
+
+    The forget gate is the sigmoid variant (the paper allows sigmoid or exp).
+    It runs in the paper's stabilised form (eqs. 15-17)::
+
+        m_t = max(log f_t + m_{t-1}, i~)
+        i'_t = exp(i~ - m_t),  f'_t = exp(log f_t + m_{t-1} - m_t)
+        c_t = f'_t c_{t-1} + i'_t z_t,  n_t = f'_t n_{t-1} + i'_t
+
+    with ``m_1 = i~_1`` on an empty state (``n == 0``; as in the reference code),
+    which keeps ``n_t >= 1`` so ``c/n`` is always defined. States ``h, c, n, m``
+    start at zero and restart at zero at a new segment. Forget-gate biases start
+    at ``linspace(3, 6)`` over each head's units, the others at zero.
+
+    Attributes:
+      d_model: model width; None takes it from the input (or the parameters).
+      num_heads: number of heads of the block-diagonal ``R`` (default 4); must
+        divide ``d_model``.
+      dtype: compute dtype of the projections; the recurrence runs in float32.
+    """
+
+    gates: ClassVar[tuple[str, ...]] = ("i", "f", "z", "o")
+    states: ClassVar[tuple[str, ...]] = ("h", "c", "n", "m")
+
+    def _bias_init(self, key, shape, dtype=jnp.float32):
+        del key
+        heads, _, head_dim = shape
+        forget = jnp.linspace(*FORGET_BIAS_RANGE, head_dim, dtype=dtype)
+        return jnp.zeros(shape, dtype).at[:, 1].set(jnp.broadcast_to(forget, (heads, head_dim)))
+
+    def _cell(self, pre, rec, state, extra):
+        _, c, n, m = state
+        g = pre + rec
+        log_i = g[:, :, 0]
+        log_f = jax.nn.log_sigmoid(g[:, :, 1])
+        # An empty state has nothing to decay: -inf makes m_t = i~ and f' = exp(-inf) = 0
+        # without overflow (a finite m_{t-1} = 0 could give exp(log f - i~) = inf).
+        log_fm = jnp.where(n == 0, -jnp.inf, log_f + m)
+        m_new = jax.lax.stop_gradient(jnp.maximum(log_fm, log_i))
+        i_s = jnp.exp(log_i - m_new)
+        f_s = jnp.exp(log_fm - m_new)
+        c = f_s * c + i_s * jnp.tanh(g[:, :, 2])
+        n = f_s * n + i_s
+        h = jax.nn.sigmoid(g[:, :, 3]) * c / n
+        return h, c, n, m_new
+
+
+@register("mlstm")
+class MLSTM(nn.Module):
+    """mLSTM (Beck et al. 2024, xLSTM §2.3): matrix memory, covariance update rule.
+
+    Per head, with ``q, k, v, o~`` from the dense input projection (plus bias),
+    ``k`` scaled by ``1/sqrt(head_dim)`` and scalar gates ``i~, f~`` per head::
+
+        C_t = f_t C_{t-1} + i_t k_t v_t^T      (stored as (dk, dv); the paper's v k^T)
+        n_t = f_t n_{t-1} + i_t k_t
+        h~_t = C_t^T q_t / max(|n_t^T q_t|, 1)
+        h_t = sigmoid(o~_t) * h~_t,   y_t = W_out h_t
+        i_t = exp(i~_t),  f_t = sigmoid(f~_t)
+
+    Unrolled, ``h~_t = sum_s M_ts v_s`` with the paper's parallel form (App. B)::
+
+        log D_ts = sum_{j=s+1..t} log f_j + i~_s   (s <= t, same segment; else -inf)
+        m_t = max_s log D_ts,   S = (Q K^T) * exp(log D - m)
+        M = S / max(|S 1|, exp(-m))  (row-wise)
+
+    ``__call__`` evaluates that form (O(l^2) time and memory), ``mixing_matrix``
+    returns ``M`` per head and ``step`` runs the stabilised recurrence
+    (``m_t = max(log f_t + m_{t-1}, i~_t)``, ``C, n`` scaled by ``exp(-m_t)``,
+    denominator ``max(|n^T q|, exp(-m_t))``). Both skip the reference code's
+    ``eps`` in the denominator: ``exp(-m_t) > 0`` already bounds it away from 0.
+    ``dk = dv = d_model / num_heads``. The forget-gate bias starts at
+    ``linspace(3, 6)`` over heads, the input-gate bias at N(0, 0.1^2).
+
+    Attributes:
+      d_model: model width; None takes it from the input (or the parameters).
+      num_heads: number of heads (default 4); must divide ``d_model``.
+      dtype: compute dtype of the projections; the quadratic form and the
+        recurrence run in float32 (float64 when ``dtype`` is float64).
+    """
+
+    d_model: int | None = None
+    num_heads: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def _parts(self, d: int):
+        head_dim = check_heads("MLSTM", d, self.num_heads)
+        heads = self.num_heads
+        in_proj = dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="in_proj")
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", None, None)),
+            (heads, 4, head_dim),
+            jnp.float32,
+        )
+        gate_proj = dense(2 * heads, ("embed", "heads"), dtype=self.dtype, name="gate_proj")
+
+        def gate_bias_init(key, shape, dtype=jnp.float32):
+            i_bias = INPUT_BIAS_STD * jax.random.normal(key, shape[1:], dtype)
+            f_bias = jnp.linspace(*FORGET_BIAS_RANGE, shape[1], dtype=dtype)
+            return jnp.stack([i_bias, f_bias])
+
+        gate_bias = self.param(
+            "gate_bias",
+            nn.with_logical_partitioning(gate_bias_init, (None, "heads")),
+            (2, heads),
+            jnp.float32,
+        )
+        out_proj = dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj")
+        return in_proj, bias, gate_proj, gate_bias, out_proj
+
+    def _project(self, x):
+        """q, k, v, o~: ``(..., heads, head_dim)``; i~, log f: ``(..., heads)``; in acc dtype."""
+        acc = accum_dtype(self.dtype)
+        d = model_width(self, x)
+        in_proj, bias, gate_proj, gate_bias, out_proj = self._parts(d)
+        xc = x.astype(self.dtype)
+        pre = in_proj(xc).reshape(*x.shape[:-1], self.num_heads, 4, -1).astype(acc) + bias.astype(acc)
+        q, k, v, o = (pre[..., j, :] for j in range(4))
+        k = k / math.sqrt(k.shape[-1])
+        gates = gate_proj(xc).reshape(*x.shape[:-1], 2, self.num_heads).astype(acc)
+        gates = gates + gate_bias.astype(acc)
+        log_i, log_f = gates[..., 0, :], jax.nn.log_sigmoid(gates[..., 1, :])
+        return q, k, v, o, log_i, log_f, out_proj
+
+    def _output(self, h, o, out_proj, shape):
+        h = jax.nn.sigmoid(o) * h
+        return out_proj(h.reshape(shape).astype(self.dtype)).astype(self.dtype)
+
+    def _matrix(self, q, k, log_i, log_f, segment_ids):
+        """The normalised mixing matrix ``(b, h, t, s)`` (the parallel stabilised form)."""
+        length = q.shape[1]
+        log_f = jnp.moveaxis(log_f, 1, -1)  # (b, h, l)
+        # Pairwise sums of log f over (s, t] by a cumulative sum down a masked
+        # (t, s) grid (Mamba-2's segsum): exact per pair, unlike F_t - F_s of one
+        # long cumulative sum, which loses float32 digits as |F| grows.
+        strict = jnp.tril(jnp.ones((length, length), bool), -1)
+        grid = jnp.where(strict, jnp.broadcast_to(log_f[..., :, None], log_f.shape + (length,)), 0.0)
+        log_d = jnp.cumsum(grid, axis=-2) + jnp.moveaxis(log_i, 1, -1)[..., None, :]
+        keep = jnp.tril(jnp.ones((length, length), bool))
+        if segment_ids is not None:
+            # Index of the segment each position is in (ids may repeat non-adjacently).
+            seg = jnp.cumsum(segment_starts(segment_ids), axis=1)
+            keep = keep & (seg[:, None, :, None] == seg[:, None, None, :])
+        # Mask before exp: exp never sees a positive argument, nor its gradient inf * 0.
+        log_d = jnp.where(keep, log_d, -jnp.inf)
+        m = jax.lax.stop_gradient(jnp.max(log_d, axis=-1, keepdims=True))  # diagonal is finite
+        scores = jnp.einsum("bthk,bshk->bhts", q, k) * jnp.exp(log_d - m)
+        norm = jnp.maximum(jnp.abs(jnp.sum(scores, axis=-1, keepdims=True)), jnp.exp(-m))
+        return scores / norm
+
+    def __call__(
+        self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True
+    ) -> Seq:
+        """The parallel (quadratic) stabilised form over the sequence.
+
+        Args:
+          x: ``(b, l, d)`` input.
+          segment_ids: ``(b, l)`` ids of packed sequences; no position attends
+            across a change of id.
+          deterministic: unused (no dropout).
+
+        Returns:
+          ``(b, l, d)`` output in ``dtype``.
+        """
+        del deterministic
+        check_seq("MLSTM", x, segment_ids)
+        q, k, v, o, log_i, log_f, out_proj = self._project(x)
+        mat = self._matrix(q, k, log_i, log_f, segment_ids)
+        return self._output(jnp.einsum("bhts,bshv->bthv", mat, v), o, out_proj, x.shape)
+
+    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> MixingMatrix:
+        """The lower-triangular ``(b, heads, l, l)`` matrix ``M`` with ``h~ = M v`` per head.
+
+        Args:
+          x: ``(b, l, d)`` input.
+          segment_ids: optional ``(b, l)`` packed-sequence ids.
+
+        Returns:
+          ``M`` in float32 (the accumulation dtype).
+        """
+        check_seq("MLSTM", x, segment_ids)
+        q, k, _, _, log_i, log_f, _ = self._project(x)
+        return self._matrix(q, k, log_i, log_f, segment_ids)
+
+    def apply_mixing_matrix(self, x: Seq, mat: MixingMatrix) -> Seq:
+        """The mixer's output with ``h~ = M v`` computed densely from a given ``M``.
+
+        Args:
+          x: ``(b, l, d)`` input.
+          mat: ``(b, heads, l, l)`` mixing matrix (e.g. from ``mixing_matrix``).
+
+        Returns:
+          ``(b, l, d)`` output in ``dtype``.
+        """
+        check_seq("MLSTM", x, None)
+        want = (x.shape[0], self.num_heads, x.shape[1], x.shape[1])
+        if mat.shape != want:
+            raise ValueError(f"MLSTM: mixing matrix has shape {mat.shape}; expected {want}")
+        _, _, v, o, _, _, out_proj = self._project(x)
+        h = jnp.einsum("bhts,bshv->bthv", mat.astype(v.dtype), v)
+        return self._output(h, o, out_proj, x.shape)
+
+    def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:
+        """Zero state for ``step``: ``C (b, h, dk, dv)``, ``n (b, h, dk)``, ``m (b, h)``.
+
+        Args:
+          batch_size: number of sequences.
+          max_length: unused (the state does not grow).
+
+        Returns:
+          The cache dict, in float32.
+        """
+        del max_length
+        d = model_width(self)
+        head_dim = check_heads("MLSTM", d, self.num_heads)
+        acc = accum_dtype(self.dtype)
+        shape = (batch_size, self.num_heads, head_dim)
+        return {
+            "C": jnp.zeros(shape + (head_dim,), acc),
+            "n": jnp.zeros(shape, acc),
+            "m": jnp.zeros(shape[:2], acc),
+        }
+
+    def step(self, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
+        """One token of the stabilised recurrent form.
+
+        Args:
+          x_t: ``(b, d)`` input at the current position.
+          cache: the state from ``init_cache`` or the previous ``step``.
+
+        Returns:
+          ``(y_t, cache)`` with ``y_t: (b, d)`` in ``dtype``.
+        """
+        if x_t.ndim != 2:
+            raise ValueError(f"MLSTM.step: x_t must have shape (batch, d_model), got {x_t.shape}")
+        if set(cache) != {"C", "n", "m"}:
+            raise ValueError(f"MLSTM.step: cache has keys {sorted(cache)}; expected C, n, m (use init_cache)")
+        q, k, v, o, log_i, log_f, out_proj = self._project(x_t)
+        acc = q.dtype
+        c, n, m = (cache[key].astype(acc) for key in ("C", "n", "m"))
+        m_new = jax.lax.stop_gradient(jnp.maximum(log_f + m, log_i))
+        f_s = jnp.exp(log_f + m - m_new)[..., None]
+        i_s = jnp.exp(log_i - m_new)[..., None]
+        c = f_s[..., None] * c + (i_s * k)[..., :, None] * v[..., None, :]
+        n = f_s * n + i_s * k
+        num = jnp.einsum("bhk,bhkv->bhv", q, c)
+        den = jnp.maximum(jnp.abs(jnp.sum(n * q, axis=-1)), jnp.exp(-m_new))
+        y = self._output(num / den[..., None], o, out_proj, x_t.shape)
+        return y, {"C": c, "n": n, "m": m_new}
+
+    def state_size(self, length: int | None = None) -> int:
+        """Bytes of recurrent state per sequence: ``C (h, dk, dv)``, ``n (h, dk)``, ``m (h,)``.
+
+        Args:
+          length: unused (the state does not grow with the sequence).
+
+        Returns:
+          The size in bytes.
+        """
+        del length
+        d = model_width(self)
+        head_dim = check_heads("MLSTM", d, self.num_heads)
+        floats = self.num_heads * (head_dim * head_dim + head_dim + 1)
+        return floats * jnp.dtype(accum_dtype(self.dtype)).itemsize
