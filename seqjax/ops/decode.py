@@ -69,7 +69,11 @@ def decode_attention(
     dtype = accum_dtype(q.dtype, k_cache.dtype, v_cache.dtype)
     num_splits = min(num_splits, s)
     chunk = -(-s // num_splits)
-    # Pad to num_splits * chunk; padded positions are >= s >= lengths, so hidden.
+    # Chunks of ceil(s / num_splits) may cover s in fewer splits (s=5, 4 splits
+    # -> chunks of 2 -> 3 splits): use that many, so padding to a multiple of
+    # chunk gives exactly num_splits * chunk positions.
+    num_splits = -(-s // chunk)
+    # Padded positions are >= s >= lengths, so hidden.
     kc = pad_axis(k_cache, chunk, axis=1).reshape(b, num_splits, chunk, hk, dk)
     vc = pad_axis(v_cache, chunk, axis=1).reshape(b, num_splits, chunk, hk, dv)
     qg = q.reshape(b, hk, g, dk)

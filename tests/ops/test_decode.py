@@ -131,3 +131,10 @@ def test_bad_inputs(rng):
         decode_attention(q, k, v, num_splits=0)
     with pytest.raises(ValueError, match="window"):
         decode_attention(q, k, v, window=0)
+
+
+@pytest.mark.parametrize("s", [5, 6, 9, 10])
+def test_cache_sizes_that_need_fewer_splits(rng, s):
+    # ceil(s / ceil(s / 4)) < 4 here: the chunks cover the cache in fewer splits.
+    q, k, v = make_inputs(rng, 2, s, h=2, hk=1)
+    check(q, k, v, np.array([s, max(1, s - 3)]), num_splits=4)
