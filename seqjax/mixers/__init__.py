@@ -13,6 +13,6 @@ Use :func:`get` and :func:`names`; importing this package registers every family
 from seqjax.mixers.registry import get, names, register
 
 # Importing a family registers its mixers.
-from seqjax.mixers import aaren, attention, lru, ngram, recurrent, s5, xlstm  # noqa: E402,F401  isort: skip
+from seqjax.mixers import aaren, attention, lru, lssl, ngram, recurrent, s4, s5, xlstm  # noqa: E402,F401  isort: skip
 
 __all__ = ["get", "names", "register"]
