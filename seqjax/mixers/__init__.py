@@ -13,6 +13,8 @@ Use :func:`get` and :func:`names`; importing this package registers every family
 from seqjax.mixers.registry import get, names, register
 
 # Importing a family registers its mixers.
-from seqjax.mixers import aaren, attention, lru, lssl, ngram, recurrent, s4, s5, xlstm  # noqa: E402,F401  isort: skip
+from seqjax.mixers import (  # noqa: E402,F401  isort: skip
+    aaren, attention, hydra, linear, lru, lssl, mamba, mamba2, ngram, recurrent, retention, s4, s5, xlstm,
+)
 
 __all__ = ["get", "names", "register"]

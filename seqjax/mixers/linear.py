@@ -1,0 +1,424 @@
+"""Normalised linear attention: Katharopoulos et al. 2020 and the Performer (FAVOR+).
+
+Both replace softmax attention's ``exp(q·k)`` by a kernel ``φ(q)·φ(k)`` with a
+positive feature map ``φ``, which turns causal attention into a recurrence on
+a ``(m, dv)`` state ``S`` and a ``(m,)`` normaliser ``z`` per head::
+
+    S_t = S_{t-1} + φ(k_t) v_tᵀ,   z_t = z_{t-1} + φ(k_t)
+    o_t = φ(q_t)ᵀ S_t / (φ(q_t)·z_t + eps)
+
+The hot loop is :func:`seqjax.ops.linear_attention`; the normaliser comes out
+of the same op by appending a ones column to ``v`` (so the op's state is
+``[S | z]``). ``causal=False`` gives the bidirectional form (sums over the
+whole segment).
+
+  * ``linear_attention`` ("Transformers are RNNs", ICML 2020): ``φ(x) = elu(x) + 1``.
+  * ``performer`` ("Rethinking Attention with Performers", ICLR 2021): FAVOR+
+    positive orthogonal random features, an unbiased estimate of the softmax
+    kernel ``exp(q·k / sqrt(dk))``.
+"""
+
+import math
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from seqjax.mixers._conv import segment_runs
+from seqjax.mixers._layers import dense
+from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers.registry import register
+from seqjax.ops._util import accum_dtype, check_impl
+from seqjax.ops.linear_attn import IMPLS as LINEAR_ATTN_IMPLS
+from seqjax.ops.linear_attn import linear_attention
+from seqjax.types import SegmentIds, Seq, SeqStep
+
+Cache = dict[str, jax.Array]
+HeadMatrix = Float[Array, "b h l l"]
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# --- feature maps ----------------------------------------------------------------
+
+
+def elu_feature_map(x: jax.Array) -> jax.Array:
+    """Katharopoulos et al.'s ``φ(x) = elu(x) + 1`` (positive, elementwise)."""
+    return jax.nn.elu(x) + 1
+
+
+def orthogonal_random_features(key: jax.Array, num_features: int, dim: int) -> Float[Array, "m k"]:
+    """FAVOR+'s orthogonal random projection ``ω``, ``(num_features, dim)``.
+
+    Rows come in blocks of ``dim`` exactly orthogonal directions (the Q factor
+    of a Gaussian matrix, signs fixed so that it is Haar distributed), each
+    row rescaled by an independent ``chi(dim)`` norm (the norm of a Gaussian
+    vector; the Performer code's ``scaling=0``), so that every row is
+    marginally ``N(0, I)`` and the features stay unbiased. The last block is
+    truncated when ``dim`` does not divide ``num_features``.
+
+    Args:
+      key: PRNG key.
+      num_features: ``m``.
+      dim: the head dimension ``dk``.
+
+    Returns:
+      ``ω`` of shape ``(m, dk)`` in float32.
+    """
+    blocks = -(-num_features // dim)
+    block_key, norm_key = jax.random.split(key)
+    q, r = jnp.linalg.qr(jax.random.normal(block_key, (blocks, dim, dim), jnp.float32))
+    signs = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
+    # Columns of q·diag(sign r) are Haar-orthonormal; take them as rows.
+    directions = jnp.swapaxes(q * signs[:, None, :], -1, -2).reshape(blocks * dim, dim)[:num_features]
+    norms = jnp.linalg.norm(jax.random.normal(norm_key, (num_features, dim), jnp.float32), axis=-1)
+    return directions * norms[:, None]
+
+
+def favor_features(x: jax.Array, omega: jax.Array, *, stabilise: bool = False) -> jax.Array:
+    """FAVOR+ positive random features ``φ(x) = exp(ωx − |x|²/2) / sqrt(m)``.
+
+    ``E_ω[φ(x)·φ(y)] = exp(x·y)`` for ``ω`` rows ``N(0, I)`` (Choromanski et
+    al. 2021, Lemma 1). ``stabilise=True`` subtracts, per vector ``x``, the
+    largest exponent over the ``m`` features (so the largest feature is
+    ``1/sqrt(m)``): a positive factor per vector, which cancels between the
+    numerator and denominator of normalised attention when applied to the
+    queries (keys would need one factor shared by all positions; see
+    :class:`Performer`).
+
+    Args:
+      x: ``(..., dk)``.
+      omega: ``(m, dk)`` projection, e.g. :func:`orthogonal_random_features`.
+      stabilise: subtract the per-vector max exponent.
+
+    Returns:
+      ``(..., m)`` positive features in ``x``'s dtype.
+    """
+    logits = jnp.einsum("...k,mk->...m", x, omega.astype(x.dtype), precision=HIGHEST)
+    logits = logits - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    if stabilise:
+        logits = logits - jnp.max(logits, axis=-1, keepdims=True)
+    return jnp.exp(logits) / math.sqrt(omega.shape[0])
+
+
+def _keep_mask(length: int, batch: int, causal: bool, segment_ids: SegmentIds | None) -> jax.Array:
+    """``(b, 1, l, l)`` boolean: which ``(t, s)`` pairs interact."""
+    idx = jnp.arange(length)
+    keep = idx[:, None] >= idx[None, :] if causal else jnp.ones((length, length), bool)
+    keep = jnp.broadcast_to(keep, (batch, length, length))
+    if segment_ids is not None:
+        runs = segment_runs(segment_ids, length)
+        keep = keep & (runs[:, :, None] == runs[:, None, :])
+    return keep[:, None]
+
+
+# --- shared module -----------------------------------------------------------------
+
+
+class _NormalisedLinearAttention(nn.Module):
+    """Multi-head normalised linear attention with a pluggable feature map.
+
+    Subclasses define ``_feature_dim`` (``m``), ``_features`` and, where the
+    map has fixed random draws, ``_constants_init``.
+
+    Attributes:
+      d_model: width; None takes it from the input (or the parameters).
+      num_heads: heads; must divide ``d_model`` (head dim ``dk = dv = d_model / h``).
+      causal: True: ``o_t`` attends to ``s <= t`` (has ``step``); False: to
+        the whole segment.
+      eps: added to the denominator ``φ(q_t)·z_t``.
+      dtype: compute dtype of the projections; features, the op and the
+        normalisation run in float32 (float64 for a float64 ``dtype``).
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+    """
+
+    d_model: int | None = None
+    num_heads: int = 4
+    causal: bool = True
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+    impl: str = "auto"
+    chunk_size: int = 64
+
+    mixer_name: ClassVar[str] = "linear attention"
+
+    # --- subclass hooks ---------------------------------------------------------------
+
+    def _feature_dim(self, dk: int) -> int:
+        return dk
+
+    def _constants_init(self, dk: int):
+        """Initialiser of the fixed ``constants`` collection entry, or None."""
+        return None
+
+    def _features(self, q, k, consts):
+        """``(φ(q), φ(k))`` of ``(..., h, dk)`` queries/keys, each ``(..., h, m)``."""
+        raise NotImplementedError
+
+    # --- configuration and parameters -----------------------------------------------
+
+    def _dims(self, d: int) -> tuple[int, int, int]:
+        """``(h, dk, m)`` for width ``d``; validates the configuration."""
+        name = self.mixer_name
+        if not isinstance(self.num_heads, int) or self.num_heads < 1 or d % self.num_heads:
+            raise ValueError(f"{name}: num_heads={self.num_heads!r} must be a positive divisor of d_model={d}")
+        if not self.eps > 0:
+            raise ValueError(f"{name}: eps must be > 0, got {self.eps!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"{name}: causal must be a bool, got {self.causal!r}")
+        check_impl(f"{name} (impl)", self.impl, LINEAR_ATTN_IMPLS)
+        dk = d // self.num_heads
+        return self.num_heads, dk, self._feature_dim(dk)
+
+    @nn.compact
+    def _parts(self, d: int) -> dict[str, Any]:
+        """Creates/reads the parameters; returns the layers and the constants."""
+        h, dk, _ = self._dims(d)
+        parts = {
+            name: dense(h * dk, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name=name)
+            for name in ("q_proj", "k_proj", "v_proj")
+        }
+        parts["out_proj"] = dense(d, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="out_proj")
+        init = self._constants_init(dk)
+        parts["consts"] = None
+        if init is not None:
+            # A non-trainable collection: no optimiser (nor weight decay) ever
+            # touches the random draws; each layer gets its own from the init rng.
+            rng = self.make_rng("params") if self.is_initializing() else None
+            parts["consts"] = self.variable("constants", "omega", init, rng).value
+        return parts
+
+    def _acc(self):
+        return accum_dtype(self.dtype)
+
+    def _branches(self, p, x):
+        """Feature-mapped ``(φq, φk)`` ``(…, h, m)`` and ``v`` ``(…, h, dv)``, all in float32+."""
+        h, dk, _ = self._dims(p["out_proj"].features)
+        x = x.astype(self.dtype)
+        q, k, v = (p[n](x).astype(self._acc()).reshape(x.shape[:-1] + (h, dk)) for n in ("q_proj", "k_proj", "v_proj"))
+        fq, fk = self._features(q, k, p["consts"])
+        return fq, fk, v
+
+    def _out(self, p, o):
+        """Out-projection of per-head outputs ``(…, h, dv)``."""
+        return p["out_proj"](o.reshape(o.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
+
+    def _check_causal(self, what: str):
+        if not self.causal:
+            raise ValueError(f"{self.mixer_name}.{what}: only a causal mixer (causal=True) has a recurrent step")
+
+    # --- public API -------------------------------------------------------------------
+
+    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
+        """Runs normalised linear attention over a sequence.
+
+        Args:
+          x: ``(batch, length, d_model)`` input.
+          segment_ids: optional ``(batch, length)`` ids of packed sequences.
+          deterministic: unused (no dropout).
+
+        Returns:
+          ``(batch, length, d_model)`` output in ``dtype``.
+        """
+        del deterministic
+        check_seq(self.mixer_name, x, segment_ids)
+        p = self._parts(model_width(self, x))
+        fq, fk, v = self._branches(p, x)
+        ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
+        o, _ = linear_attention(
+            fq, fk, jnp.concatenate([v, ones], axis=-1), causal=self.causal,
+            segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl,
+        )
+        return self._out(p, o[..., :-1] / (o[..., -1:] + self.eps))
+
+    def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:
+        """Zero state: ``S = Σ φ(k) vᵀ`` and ``z = Σ φ(k)`` per head (causal only).
+
+        Args:
+          batch_size: number of sequences.
+          max_length: unused (the state does not grow).
+
+        Returns:
+          ``{"S": (b, h, m, dv), "z": (b, h, m)}`` in float32 (float64 for float64).
+        """
+        del max_length
+        self._check_causal("init_cache")
+        h, dk, m = self._dims(model_width(self))
+        return {
+            "S": jnp.zeros((batch_size, h, m, dk), self._acc()),
+            "z": jnp.zeros((batch_size, h, m), self._acc()),
+        }
+
+    def step(self, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
+        """One position: ``S += φ(k) vᵀ``, ``z += φ(k)``, ``o = φ(q)ᵀS / (φ(q)·z + eps)``.
+
+        Args:
+          x_t: ``(batch, d_model)`` input.
+          cache: from :meth:`init_cache` or a previous step.
+
+        Returns:
+          ``(y_t, cache)``: ``(batch, d_model)`` output in ``dtype`` and the new cache.
+        """
+        self._check_causal("step")
+        if x_t.ndim != 2:
+            raise ValueError(f"{self.mixer_name}.step: x_t must have shape (batch, d_model), got {x_t.shape}")
+        if not isinstance(cache, dict) or set(cache) != {"S", "z"}:
+            raise ValueError(f"{self.mixer_name}.step: cache must be a dict with keys S, z (init_cache)")
+        p = self._parts(model_width(self, x_t))
+        fq, fk, v = self._branches(p, x_t)  # (b, h, m) x2, (b, h, dv)
+        S = cache["S"] + fk[..., :, None] * v[..., None, :]
+        z = cache["z"] + fk
+        num = jnp.einsum("bhm,bhmv->bhv", fq, S, precision=HIGHEST)
+        den = jnp.sum(fq * z, axis=-1, keepdims=True)
+        return self._out(p, num / (den + self.eps)), {"S": S, "z": z}
+
+    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> HeadMatrix:
+        """The normalised attention matrix per head.
+
+        ``A[b, h, t, s] = φ(q_t)·φ(k_s) / (Σ_{s'} φ(q_t)·φ(k_{s'}) + eps)`` over
+        ``s, s' <= t`` (causal) or the whole segment, 0 elsewhere.
+
+        Args:
+          x: ``(batch, length, d_model)`` input.
+          segment_ids: optional ``(batch, length)`` ids.
+
+        Returns:
+          ``(batch, heads, length, length)`` in the accumulation dtype.
+        """
+        check_seq(self.mixer_name, x, segment_ids)
+        p = self._parts(model_width(self, x))
+        fq, fk, _ = self._branches(p, x)
+        scores = jnp.einsum("bthm,bshm->bhts", fq, fk, precision=HIGHEST)
+        scores = jnp.where(_keep_mask(x.shape[1], x.shape[0], self.causal, segment_ids), scores, 0)
+        return scores / (jnp.sum(scores, axis=-1, keepdims=True) + self.eps)
+
+    def apply_mixing_matrix(self, x: Seq, M: HeadMatrix, *, segment_ids: SegmentIds | None = None) -> Seq:
+        """The mixer with dense per-head matrices ``M`` instead of the op: ``out_proj(M v)``.
+
+        Args:
+          x: ``(batch, length, d_model)`` input.
+          M: ``(batch, heads, length, length)``, e.g. from :meth:`mixing_matrix`.
+          segment_ids: unused (``M`` already holds the mixing); accepted for symmetry.
+
+        Returns:
+          ``(batch, length, d_model)`` output in ``dtype``.
+        """
+        del segment_ids
+        check_seq(self.mixer_name, x, None)
+        d = model_width(self, x)
+        h, _, _ = self._dims(d)
+        expected = (x.shape[0], h, x.shape[1], x.shape[1])
+        if M.shape != expected:
+            raise ValueError(f"{self.mixer_name}: M must have shape (b, heads, l, l) = {expected}, got {M.shape}")
+        p = self._parts(d)
+        _, _, v = self._branches(p, x)
+        return self._out(p, jnp.einsum("bhts,bshv->bthv", M.astype(v.dtype), v, precision=HIGHEST))
+
+    def state_size(self, length: int | None = None) -> int:
+        """Bytes of inference state per sequence: ``h·m·(dv + 1)`` floats (``S`` and ``z``).
+
+        Args:
+          length: unused (the state does not grow with the sequence).
+
+        Returns:
+          ``h·m·(dv + 1)·itemsize(float32)``.
+        """
+        del length
+        h, dk, m = self._dims(model_width(self))
+        return h * m * (dk + 1) * jnp.dtype(self._acc()).itemsize
+
+
+@register("linear_attention")
+class LinearAttention(_NormalisedLinearAttention):
+    """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs").
+
+    Per head (``dk = dv = d_model / h``), with ``φ(x) = elu(x) + 1``::
+
+        q, k, v = x W_Q + b_Q, x W_K + b_K, x W_V + b_V
+        o_t = Σ_{s<=t} (φ(q_t)·φ(k_s)) v_s / (Σ_{s<=t} φ(q_t)·φ(k_s) + eps)
+            = φ(q_t)ᵀ S_t / (φ(q_t)·z_t + eps),  S_t = S_{t-1} + φ(k_t) v_tᵀ,  z_t = z_{t-1} + φ(k_t)
+        out = concat_h(o) W_O + b_O
+
+    (``causal=False``: the sums run over the whole segment.) Projections have
+    biases, as ``nn.Linear`` in the authors' ``fast-transformers``; ``eps =
+    1e-6`` as there. Mixing matrix: the normalised attention matrix
+    ``A[t, s] = φ(q_t)·φ(k_s) / Σ_{s'} φ(q_t)·φ(k_{s'})``, rank ``<= dk``
+    before the mask.
+
+    Attributes:
+      d_model: width; None takes it from the input (or the parameters).
+      num_heads: heads; must divide ``d_model``.
+      causal: causal (with ``step``) or bidirectional.
+      eps: added to the denominator.
+      dtype: compute dtype of the projections (the op runs in float32).
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+    """
+
+    mixer_name: ClassVar[str] = "linear_attention"
+
+    def _features(self, q, k, consts):
+        return elu_feature_map(q), elu_feature_map(k)
+
+
+@register("performer")
+class Performer(_NormalisedLinearAttention):
+    """Performer (Choromanski et al. 2021): FAVOR+ softmax-kernel linear attention.
+
+    Per head (``dk = dv = d_model / h``), ``m = num_features`` orthogonal
+    random features ``ω`` (:func:`orthogonal_random_features`), and
+    ``φ(x) = exp(ωx − |x|²/2) / sqrt(m)`` (positive random features, so
+    ``E[φ(x)·φ(y)] = exp(x·y)``)::
+
+        q', k' = (x W_Q + b_Q) dk^-1/4, (x W_K + b_K) dk^-1/4
+        o_t = Σ_{s<=t} (φ(q'_t)·φ(k'_s)) v_s / (Σ_{s<=t} φ(q'_t)·φ(k'_s) + eps)
+              ≈ softmax attention with scores q_t·k_s / sqrt(dk)
+        out = concat_h(o) W_O + b_O
+
+    Stabilisation: each query's features are divided by their largest value
+    (exponent minus its max over the ``m`` features), a positive factor per
+    query that cancels between numerator and denominator (up to ``eps``), as
+    in the Performer code. Keys get no data-dependent shift: a per-key one
+    would not cancel, and the code's max over all keys would look into the
+    future (breaking causality and ``step``). They need none against
+    overflow: ``ωᵀk − |k|²/2 <= |ω|²/2`` for every ``k``, about ``dk/2`` (rows
+    have ``chi(dk)`` norms), far below float32's limit of 88 for
+    ``dk <= 128``.
+
+    The random draws ``ω`` ``(m, dk)`` (shared by the heads, as in the
+    Performer code) are drawn at init from the ``params`` rng and stored in a
+    non-trainable ``"constants"`` collection (``variables["constants"]["omega"]``),
+    so optimisers and weight decay never change them; apply the module with
+    the whole ``variables``, not only ``params``. No feature redrawing.
+
+    Attributes:
+      d_model: width; None takes it from the input (or the parameters).
+      num_heads: heads; must divide ``d_model``.
+      num_features: ``m``; None gives ``2·dk``.
+      causal: causal (with ``step``) or bidirectional.
+      eps: added to the denominator.
+      dtype: compute dtype of the projections (features and the op in float32).
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+    """
+
+    num_features: int | None = None
+
+    mixer_name: ClassVar[str] = "performer"
+
+    def _feature_dim(self, dk: int) -> int:
+        if self.num_features is None:
+            return 2 * dk
+        if not isinstance(self.num_features, int) or self.num_features < 1:
+            raise ValueError(f"performer: num_features must be a positive int, got {self.num_features!r}")
+        return self.num_features
+
+    def _constants_init(self, dk: int):
+        m = self._feature_dim(dk)
+        return lambda key: orthogonal_random_features(key, m, dk)
+
+    def _features(self, q, k, omega):
+        scale = q.shape[-1] ** -0.25
+        return favor_features(q * scale, omega, stabilise=True), favor_features(k * scale, omega)

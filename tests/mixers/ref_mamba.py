@@ -1,0 +1,297 @@
+"""Float64 references of the Mamba, Mamba-2 and Hydra blocks, written from the papers.
+
+Each function rebuilds a whole block from the module's parameters (pulled out
+of the Flax variables with :func:`params_of`) as explicit Python loops over
+time: projections, the short convolution position by position, softplus,
+the discretisation ``Ā = exp(ΔA)``, ``B̄ = ΔB``, the state recurrence, the gate
+and norm, and the output projection. Nothing here calls seqjax.
+
+Every function takes an ``xp`` module (``numpy`` or ``jax.numpy``) and uses
+only operations that both support (lists + ``xp.stack``, no in-place
+assignment), so that tests can also differentiate the very same reference with
+``jax.grad`` under ``jax.enable_x64``. Segment masks and group indices are
+NumPy constants computed from the (integer) ``segment_ids``.
+"""
+
+import numpy as np
+
+RMS_EPS = 1e-5
+
+
+def params_of(variables, xp=np):
+    """Flat float64 dict of a mixer's parameters: ``{"in_proj": kernel, "A_log": ..., ...}``."""
+    import flax.linen as nn  # only to unbox logical-partitioning metadata
+
+    out = {}
+    for name, value in nn.meta.unbox(variables["params"]).items():
+        leaf = value["kernel"] if isinstance(value, dict) else value
+        out[name] = xp.asarray(np.asarray(leaf, np.float64))
+    return out
+
+
+def _runs(segment_ids, batch, length):
+    """Segment index per position: a new segment wherever the id changes."""
+    if segment_ids is None:
+        return np.zeros((batch, length), np.int64)
+    ids = np.asarray(segment_ids)
+    runs = np.zeros((batch, length), np.int64)
+    for t in range(1, length):
+        runs[:, t] = runs[:, t - 1] + (ids[:, t] != ids[:, t - 1])
+    return runs
+
+
+def _softplus(v, xp):
+    return xp.log1p(xp.exp(v))
+
+
+def _silu(v, xp):
+    return v / (1.0 + xp.exp(-v))
+
+
+def conv_reference(x, weight, bias, runs, causal, xp=np):
+    """Depthwise conv, position by position: ``y_t = b + Σ_k w_k x_{t+o_k}`` within the segment.
+
+    ``o_k = k - (K-1)`` (causal) or ``k - K//2`` (centered); positions outside
+    the sequence or in another segment contribute nothing.
+    """
+    batch, length, channels = x.shape
+    kernel = weight.shape[0]
+    first = -(kernel - 1) if causal else -(kernel // 2)
+    outs = []
+    for t in range(length):
+        acc = xp.zeros((batch, channels)) + bias
+        for k in range(kernel):
+            s = t + first + k
+            if 0 <= s < length:
+                same = (runs[:, s] == runs[:, t]).astype(np.float64)[:, None]
+                acc = acc + weight[k] * x[:, s] * same
+        outs.append(acc)
+    return xp.stack(outs, axis=1)
+
+
+def mamba_reference(p, x, segment_ids=None, xp=np):
+    """The Mamba block (Gu & Dao 2023, Section 3.4) in float64.
+
+    ``[x, z] = in_proj(u)``; ``x = silu(conv(x))``; ``[δ, B, C] = x_proj(x)``;
+    ``Δ = softplus(dt_proj δ + dt_bias)``; per channel ``c`` and state ``k``:
+    ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t``; ``y_t = C_t·h_t + D x_t``;
+    ``out = out_proj(y ⊙ silu(z))``.
+
+    Args:
+      p: :func:`params_of` of a ``mamba`` module.
+      x: ``(b, l, d_model)`` float64 input.
+      segment_ids: optional ``(b, l)`` ids; the state and the conv restart.
+      xp: numpy or jax.numpy.
+
+    Returns:
+      ``(b, l, d_model)``.
+    """
+    batch, length, _ = x.shape
+    d_in, n = p["A_log"].shape
+    rank = p["dt_proj"].shape[0]
+    runs = _runs(segment_ids, batch, length)
+    xz = x @ p["in_proj"]
+    xs, z = xz[..., :d_in], xz[..., d_in:]
+    u = _silu(conv_reference(xs, p["conv_weight"], p["conv_bias"], runs, True, xp), xp)
+    dbc = u @ p["x_proj"]
+    dt_low, B, C = dbc[..., :rank], dbc[..., rank : rank + n], dbc[..., rank + n :]
+    delta = _softplus(dt_low @ p["dt_proj"] + p["dt_bias"], xp)  # (b, l, d_in)
+    A = -xp.exp(p["A_log"])  # (d_in, n)
+    h = xp.zeros((batch, d_in, n))
+    ys = []
+    for t in range(length):
+        if t > 0:
+            h = h * (runs[:, t] == runs[:, t - 1]).astype(np.float64)[:, None, None]
+        A_bar = xp.exp(delta[:, t, :, None] * A)
+        B_bar = delta[:, t, :, None] * B[:, t, None, :]
+        h = A_bar * h + B_bar * u[:, t, :, None]
+        ys.append(xp.sum(h * C[:, t, None, :], axis=-1) + p["D"] * u[:, t])
+    y = xp.stack(ys, axis=1) * _silu(z, xp)
+    return y @ p["out_proj"]
+
+
+def _rms(v, groups, xp):
+    b, l, width = v.shape
+    g = xp.reshape(v, (b, l, groups, width // groups))
+    g = g / xp.sqrt(xp.mean(g * g, axis=-1, keepdims=True) + RMS_EPS)
+    return xp.reshape(g, (b, l, width))
+
+
+def _dims2(p, ngroups, extra_groups):
+    d_in = p["norm"].shape[0]
+    h = p["A_log"].shape[0]
+    n = (p["conv_weight"].shape[1] - d_in) // (extra_groups * ngroups)
+    return d_in, h, d_in // h, n, np.arange(h) // (h // ngroups)
+
+
+def mamba2_reference(p, x, ngroups=1, segment_ids=None, xp=np):
+    """The Mamba-2 block (Dao & Gu 2024, Section 7) in float64.
+
+    ``[z, xBC, dt] = in_proj(u)``; ``[x, B, C] = silu(conv(xBC))``;
+    ``dt = softplus(dt + dt_bias)``; per head ``H_t = exp(dt_t A) H_{t-1} +
+    dt_t x_t ⊗ B_t``, ``y_t = H_t C_t + D x_t``; ``out = out_proj(rms(y ⊙
+    silu(z)) ⊙ w)`` with the RMS over groups of ``d_in / ngroups``.
+
+    Args:
+      p: :func:`params_of` of a ``mamba2`` module.
+      x: ``(b, l, d_model)`` float64 input.
+      ngroups: the module's ``ngroups``.
+      segment_ids: optional ``(b, l)`` ids.
+      xp: numpy or jax.numpy.
+
+    Returns:
+      ``(b, l, d_model)``.
+    """
+    batch, length, _ = x.shape
+    d_in, h, hp, n, head_group = _dims2(p, ngroups, 2)
+    gn = ngroups * n
+    runs = _runs(segment_ids, batch, length)
+    proj = x @ p["in_proj"]
+    z, xbc, dt = proj[..., :d_in], proj[..., d_in : 2 * d_in + 2 * gn], proj[..., 2 * d_in + 2 * gn :]
+    xbc = _silu(conv_reference(xbc, p["conv_weight"], p["conv_bias"], runs, True, xp), xp)
+    xs = xp.reshape(xbc[..., :d_in], (batch, length, h, hp))
+    B = xp.reshape(xbc[..., d_in : d_in + gn], (batch, length, ngroups, n))[:, :, head_group]
+    C = xp.reshape(xbc[..., d_in + gn :], (batch, length, ngroups, n))[:, :, head_group]
+    dt = _softplus(dt + p["dt_bias"], xp)  # (b, l, h)
+    A = -xp.exp(p["A_log"])
+    H = xp.zeros((batch, h, hp, n))
+    ys = []
+    for t in range(length):
+        if t > 0:
+            H = H * (runs[:, t] == runs[:, t - 1]).astype(np.float64)[:, None, None, None]
+        H = xp.exp(dt[:, t] * A)[:, :, None, None] * H + (
+            (dt[:, t, :, None] * xs[:, t])[..., None] * B[:, t, :, None, :]
+        )
+        ys.append(xp.sum(H * C[:, t, :, None, :], axis=-1) + p["D"][:, None] * xs[:, t])
+    y = xp.reshape(xp.stack(ys, axis=1), (batch, length, d_in))
+    y = _rms(y * _silu(z, xp), ngroups, xp) * p["norm"]
+    return y @ p["out_proj"]
+
+
+def hydra_reference(p, x, ngroups=1, diag_proj=True, segment_ids=None, xp=np):
+    """The Hydra layer (Hwang et al. 2024) in float64, from its two recurrences.
+
+    ``[z, xBC, dt] = in_proj(u)``; ``[x, B_f, C_f, B_b, C_b] = silu(conv(xBC))``
+    with a centered conv; ``dt_f, dt_b = softplus(dt + dt_bias)``. Forward
+    states ``H^f_t = exp(dt^f_t A) H^f_{t-1} + dt^f_t x_t ⊗ B^f_t``; backward
+    ``H^b_t = exp(dt^b_t A) H^b_{t+1} + dt^b_t x_t ⊗ B^b_t``; the output reads
+    them one step away from ``t`` (the shift):
+    ``y_t = C^f_{t-1}·H^f_{t-1} + C^b_{t+1}·H^b_{t+1} + (D + W_D x_t) x_t``;
+    ``out = out_proj(rms(y) ⊙ w ⊙ silu(z))`` (RMS over all of ``d_in``).
+
+    Args:
+      p: :func:`params_of` of a ``hydra`` module.
+      x: ``(b, l, d_model)`` float64 input.
+      ngroups: the module's ``ngroups``.
+      diag_proj: the module's ``diag_proj`` (``W_D`` present).
+      segment_ids: optional ``(b, l)`` ids.
+      xp: numpy or jax.numpy.
+
+    Returns:
+      ``(b, l, d_model)``.
+    """
+    batch, length, _ = x.shape
+    d_in, h, hp, n, head_group = _dims2(p, ngroups, 4)
+    gn = ngroups * n
+    runs = _runs(segment_ids, batch, length)
+    proj = x @ p["in_proj"]
+    z, xbc, dt = proj[..., :d_in], proj[..., d_in : 2 * d_in + 4 * gn], proj[..., 2 * d_in + 4 * gn :]
+    xbc = _silu(conv_reference(xbc, p["conv_weight"], p["conv_bias"], runs, False, xp), xp)
+    x_flat = xbc[..., :d_in]
+    xs = xp.reshape(x_flat, (batch, length, h, hp))
+
+    def bc(k):
+        part = xbc[..., d_in + k * gn : d_in + (k + 1) * gn]
+        return xp.reshape(part, (batch, length, ngroups, n))[:, :, head_group]  # (b, l, h, n)
+
+    Bf, Cf, Bb, Cb = bc(0), bc(1), bc(2), bc(3)
+    dtf = _softplus(dt[..., :h] + p["dt_bias"], xp)
+    dtb = _softplus(dt[..., h:] + p["dt_bias"], xp)
+    A = -xp.exp(p["A_log"])
+    zero = xp.zeros((batch, h, hp))
+
+    def advance(H, dt_t, t, B):
+        return xp.exp(dt_t * A)[:, :, None, None] * H + (
+            (dt_t[:, :, None] * xs[:, t])[..., None] * B[:, t, :, None, :]
+        )
+
+    H = xp.zeros((batch, h, hp, n))
+    fwd = []
+    for t in range(length):
+        if t > 0:
+            H = H * (runs[:, t] == runs[:, t - 1]).astype(np.float64)[:, None, None, None]
+            fwd.append(xp.sum(H * Cf[:, t - 1, :, None, :], axis=-1))  # H = H^f_{t-1}
+        else:
+            fwd.append(zero)
+        H = advance(H, dtf[:, t], t, Bf)
+    H = xp.zeros((batch, h, hp, n))
+    bwd = []
+    for t in reversed(range(length)):
+        if t < length - 1:
+            H = H * (runs[:, t] == runs[:, t + 1]).astype(np.float64)[:, None, None, None]
+            bwd.append(xp.sum(H * Cb[:, t + 1, :, None, :], axis=-1))  # H = H^b_{t+1}
+        else:
+            bwd.append(zero)
+        H = advance(H, dtb[:, t], t, Bb)
+    diag = p["D"] + (x_flat @ p["fc_D"] if diag_proj else 0.0)  # (b, l, h)
+    y = xp.stack(fwd, axis=1) + xp.stack(bwd[::-1], axis=1) + diag[..., None] * xs
+    y = xp.reshape(y, (batch, length, d_in))
+    y = _rms(y, 1, xp) * p["norm"] * _silu(z, xp)
+    return y @ p["out_proj"]
+
+
+def perturb(variables, rng, scale=0.2, dt_shift=3.0):
+    """Moves every parameter off its init (and ``dt`` up to O(1)) so tests see all of them.
+
+    At init ``D = 1``, the norm weight is 1 and ``Δ`` is 1e-3..1e-1, values that
+    would hide a missing ``D``, norm weight or decay; here each parameter gets
+    ``scale · N(0, 1)`` added and ``dt_bias`` is shifted by ``dt_shift``
+    (``softplus`` of it then spans roughly 0.02..1).
+    """
+    import jax
+
+    def move(path, leaf):
+        name = jax.tree_util.keystr(path)
+        leaf = np.asarray(leaf)
+        out = leaf + scale * rng.standard_normal(leaf.shape)
+        if "dt_bias" in name:
+            out = out + dt_shift
+        return jax.numpy.asarray(out.astype(leaf.dtype))
+
+    return jax.tree_util.tree_map_with_path(move, variables)
+
+
+class Jitted:
+    """A module stand-in for the harness whose ``apply`` is jit-compiled per method.
+
+    The harness calls ``module.apply`` eagerly; the Mamba family's blocks have
+    many small ops, and op-by-op dispatch compiles each one for every new
+    shape (~3 s per shape). Calls with a Python ``int``/``None`` argument
+    (``init_cache``, ``state_size``) stay eager.
+    """
+
+    def __init__(self, module):
+        import jax
+
+        self.module = module
+        self._jax = jax
+        self._cache = {}
+
+    def apply(self, variables, *args, method=None, **kwargs):
+        if any(isinstance(a, int) or a is None for a in args):
+            return self.module.apply(variables, *args, method=method, **kwargs)
+        if method not in self._cache:
+            module, name = self.module, method
+
+            def run(variables, *args, **kwargs):
+                return module.apply(variables, *args, method=name, **kwargs)
+
+            self._cache[method] = self._jax.jit(run)
+        return self._cache[method](variables, *args, **kwargs)
+
+
+def jit_init(module, x, seed=0):
+    """``module.init`` under ``jax.jit`` (one compile instead of an eager forward pass)."""
+    import jax
+
+    return jax.jit(module.init)(jax.random.PRNGKey(seed), jax.numpy.asarray(x))

@@ -1,0 +1,275 @@
+"""Mamba (S6 block) and the shared short convolution: float64 paper reference, init, contract."""
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax.mixers.mamba  # noqa: F401  (registers "mamba")
+from seqjax.mixers import get
+from seqjax.mixers._conv import init_conv_buffer, short_conv, short_conv_step
+from tests.mixers import harness
+from tests.mixers.ref_mamba import Jitted, _runs, conv_reference, jit_init, mamba_reference, params_of, perturb
+from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
+
+RTOL = harness.RTOL  # 2e-4, float32 mixers
+
+
+def _segments(rng, batch, length):
+    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
+    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
+
+
+def _setup(rng, m, batch=2, length=13, width=16):
+    x = harness.random_input(rng, batch, length, width)
+    return x, perturb(jit_init(m, x), rng)
+
+
+# --- the shared short convolution ----------------------------------------------
+
+
+@pytest.mark.parametrize("causal, kernel", [(True, 4), (True, 1), (False, 7), (False, 3)])
+def test_short_conv_matches_reference(rng, causal, kernel):
+    x = rng.standard_normal((2, 13, 5))
+    w, b = rng.standard_normal((kernel, 5)), rng.standard_normal(5)
+    # Ids reused by a later segment (0 ... 0, 1, 0 ...) must still be kept apart.
+    seg = np.array([[0] * 4 + [1] + [0] * 8, [2] * 6 + [5] * 2 + [2] * 5])
+    for ids in (None, seg):
+        y = short_conv(jnp.float32(x), jnp.float32(w), jnp.float32(b), causal=causal,
+                       segment_ids=None if ids is None else jnp.asarray(ids))
+        y_ref = conv_reference(x, w, b, _runs(ids, 2, 13), causal)
+        assert_rel_close(y, y_ref, 1e-5, f"conv causal={causal} K={kernel} segments={ids is not None}")
+    if kernel > 1:
+        # The segment mask does something: without it the rows differ.
+        assert rel_err(short_conv(jnp.float32(x), jnp.float32(w), jnp.float32(b), causal=causal), y_ref) > 1e-3
+
+
+def test_short_conv_step_matches_parallel(rng):
+    x = jnp.float32(rng.standard_normal((3, 9, 6)))
+    w, b = jnp.float32(rng.standard_normal((4, 6))), jnp.float32(rng.standard_normal(6))
+    buf = init_conv_buffer(3, 4, 6, jnp.float32)
+    ys = []
+    for t in range(9):
+        y_t, buf = short_conv_step(x[:, t], buf, w, b)
+        ys.append(y_t)
+    assert_rel_close(jnp.stack(ys, 1), short_conv(x, w, b), 1e-6, "conv step rollout")
+    np.testing.assert_array_equal(np.asarray(buf), np.asarray(x[:, -3:]))
+
+
+def test_short_conv_errors():
+    x = jnp.ones((1, 5, 3))
+    with pytest.raises(ValueError, match="odd kernel"):
+        short_conv(x, jnp.ones((4, 3)), causal=False)
+    with pytest.raises(ValueError, match="weight"):
+        short_conv(x, jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match="buffer"):
+        short_conv_step(x[:, 0], jnp.zeros((1, 2, 3)), jnp.ones((4, 3)))
+
+
+# --- Mamba --------------------------------------------------------------------
+
+
+def test_default_construction(rng):
+    m = get("mamba")()
+    x = harness.random_input(rng, 2, 13, 16)
+    v = harness.init(m, x)
+    y = m.apply(v, x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(y)))
+    p = params_of(v)
+    # d_inner = 2·16, d_state 16, dt_rank = ceil(16/16) = 1, d_conv 4.
+    assert p["A_log"].shape == (32, 16) and p["dt_proj"].shape == (1, 32)
+    assert p["x_proj"].shape == (32, 1 + 2 * 16) and p["conv_weight"].shape == (4, 32)
+    assert_rel_close(y, mamba_reference(p, np.asarray(x, np.float64)), RTOL, "default mamba")
+
+
+def test_paper_init(rng):
+    d = 256  # d_inner 512, dt_rank 16
+    m = get("mamba")()
+    p = params_of(jit_init(m, harness.random_input(rng, 1, 2, d), seed=5))
+    # S4D-Real: A = -(1, 2, ..., n) in every channel; D = 1.
+    np.testing.assert_allclose(p["A_log"], np.broadcast_to(np.log(np.arange(1, 17)), (512, 16)), rtol=1e-6)
+    np.testing.assert_array_equal(p["D"], np.ones(512))
+    # softplus(dt_bias) = Δ log-uniform on [1e-3, 1e-1]: half below 1e-2, mean log at log 1e-2.
+    dt = np.log1p(np.exp(p["dt_bias"]))
+    assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 1e-1 * (1 + 1e-4)
+    assert abs(np.mean(dt < 1e-2) - 0.5) < 0.08
+    assert abs(np.mean(np.log(dt)) - math.log(1e-2)) < 0.25
+    # dt_proj kernel ~ U(±dt_rank^-1/2): bounded, and uniform (std = bound/sqrt 3), not normal.
+    bound = 16**-0.5
+    assert np.abs(p["dt_proj"]).max() <= bound
+    assert abs(p["dt_proj"].std() / (bound / math.sqrt(3)) - 1) < 0.05
+    assert np.abs(p["conv_weight"]).max() <= 0.5 and p["conv_weight"].std() > 0.25
+
+
+@pytest.mark.parametrize(
+    "scan_impl, length", [("reference", 1), ("chunked", 1), ("reference", 37), ("chunked", 37)]
+)
+def test_matches_reference_float32(rng, scan_impl, length):
+    m = get("mamba")(d_state=8, scan_impl=scan_impl, chunk_size=8)
+    x, v = _setup(rng, m, 2, length, 24)  # dt_rank = ceil(24/16) = 2
+    p = params_of(v)
+    x64 = np.asarray(x, np.float64)
+    run = jax.jit(m.apply)
+    assert_rel_close(run(v, x), mamba_reference(p, x64), RTOL, "mamba f32")
+    seg = _segments(rng, 2, length)
+    y = run(v, x, segment_ids=jnp.asarray(seg))
+    assert_rel_close(y, mamba_reference(p, x64, seg), RTOL, "mamba f32 segments")
+
+
+def test_float64_exact(rng):
+    x = rng.standard_normal((2, 13, 16))
+    seg = _segments(rng, 2, 13)
+    with jax.enable_x64(True):
+        m = get("mamba")(d_state=8, dtype=jnp.float64, scan_impl="chunked", chunk_size=4)
+        v = perturb(jit_init(m, jnp.asarray(x)), rng)
+        # jit: one compile per path instead of op-by-op dispatch in float64.
+        y = jax.jit(m.apply)(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
+        assert y.dtype == jnp.float64
+
+        @jax.jit
+        def dense_path(v, x, seg):
+            M = m.apply(v, x, segment_ids=seg, method="mixing_matrix")
+            return m.apply(v, x, M, segment_ids=seg, method="apply_mixing_matrix")
+
+        y_m = dense_path(v, jnp.asarray(x), jnp.asarray(seg))
+    y_ref = mamba_reference(params_of(v), x, seg)
+    assert_rel_close(y, y_ref, RTOL_F64, "mamba f64 scan")
+    assert_rel_close(y_m, y_ref, RTOL_F64, "mamba f64 mixing matrix")
+
+
+def test_gradients(rng):
+    # Both scan impls ("chunked" has its own custom_vjp) against autodiff of the
+    # float64 loop reference, for the input and every parameter.
+    x = rng.standard_normal((2, 9, 16))
+    w = rng.standard_normal((2, 9, 16))
+    seg = _segments(rng, 2, 9)
+    m = get("mamba")(d_state=4)
+    v = nn.meta.unbox(perturb(jit_init(m, jnp.float32(x)), rng))
+    with jax.enable_x64(True):
+        p64 = params_of(v, xp=jnp)
+
+        def ref_loss(p, x):
+            return jnp.sum(mamba_reference(p, x, seg, xp=jnp) * w)
+
+        r_p, r_x = jax.grad(ref_loss, argnums=(0, 1))(p64, jnp.asarray(x))
+    for impl in ("reference", "chunked"):
+        mi = get("mamba")(d_state=4, scan_impl=impl, chunk_size=4)
+
+        def loss(params, x):
+            return jnp.sum(mi.apply({"params": params}, x, segment_ids=jnp.asarray(seg)) * w)
+
+        g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
+        g_p = params_of({"params": g_p})
+        assert set(g_p) == set(r_p)
+        for k in r_p:
+            assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"{impl}: d{k}")
+        assert_rel_close(g_x, r_x, RTOL_GRAD, f"{impl}: dx")
+
+
+def test_step_matches_parallel(rng):
+    m = get("mamba")(d_state=8)
+    x, v = _setup(rng, m, 2, 13, 24)
+    harness.check_step_matches_parallel(Jitted(m), v, x)
+
+
+def test_step_infers_width_and_uses_d_model(rng):
+    x = harness.random_input(rng, 2, 5, 16)
+    for m in (get("mamba")(), get("mamba")(d_model=16)):
+        v = jit_init(m, x)
+        cache = m.apply(v, 2, method="init_cache")
+        assert cache["conv"].shape == (2, 3, 32) and cache["ssm"].shape == (2, 32, 16)
+        assert cache["ssm"].dtype == jnp.float32
+        y_t, _ = m.apply(v, x[:, 0], cache, method="step")
+        assert_rel_close(y_t, m.apply(v, x)[:, 0], RTOL, "first step")
+    with pytest.raises(ValueError, match="d_model"):
+        get("mamba")(d_model=8).init(jax.random.PRNGKey(0), x)
+
+
+def test_causal(rng):
+    m = get("mamba")(d_state=8)
+    x, v = _setup(rng, m)
+    harness.check_causal(Jitted(m), v, x, rng)
+
+
+def test_segments(rng):
+    m = get("mamba")(d_state=8)
+    x, v = _setup(rng, m, 1, 16, 16)
+    harness.check_segments(Jitted(m), v, rng)
+
+
+def test_mixing_matrix(rng):
+    m = get("mamba")(d_state=8)
+    x, v = _setup(rng, m)
+    J = Jitted(m)
+    M = harness.check_mixing_matrix(J, v, x, causal=True)
+    assert M.shape == (2, 32, 13, 13)
+    # Selective: the matrix depends on the input (an LTI SSM's would not).
+    x2 = harness.random_input(rng, 2, 13, 16)
+    assert rel_err(J.apply(v, x2, method="mixing_matrix"), M) > 1e-2
+    # With segments: no weight across a boundary, and the dense path still matches.
+    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
+    Ms = J.apply(v, x, segment_ids=seg, method="mixing_matrix")
+    assert np.abs(np.asarray(Ms[0, :, 4:, :4])).max() == 0.0
+    assert np.abs(np.asarray(Ms[1, :, 6:, :6])).max() == 0.0
+    assert np.abs(np.asarray(Ms[0, :, 5, 4])).min() > 0.0
+    y_m = J.apply(v, x, Ms, segment_ids=seg, method="apply_mixing_matrix")
+    assert_rel_close(y_m, J.apply(v, x, segment_ids=seg), RTOL, "mixing matrix with segments")
+
+
+def test_bfloat16(rng):
+    m32, m16 = get("mamba")(), get("mamba")(dtype=jnp.bfloat16)
+    x = harness.random_input(rng, 2, 13, 16)
+    v = jit_init(m32, x)
+    y16 = m16.apply(v, x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    assert rel_err(y16.astype(jnp.float32), m32.apply(v, x)) < 5e-2
+    cache = m16.apply(v, 2, method="init_cache")
+    y_t, cache = m16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
+    assert y_t.dtype == jnp.bfloat16 and cache["ssm"].dtype == jnp.float32
+    assert cache["conv"].dtype == jnp.bfloat16
+    assert rel_err(y_t.astype(jnp.float32), y16[:, 0].astype(jnp.float32)) < 5e-2
+
+
+@pytest.mark.parametrize("dtype, conv_bytes", [(jnp.float32, 4), (jnp.bfloat16, 2)])
+def test_state_size(rng, dtype, conv_bytes):
+    m = get("mamba")(d_model=16, d_state=8, dtype=dtype)
+    # Conv buffer (d_conv-1)·d_inner in dtype + SSM state d_inner·n in float32.
+    expected = 3 * 32 * conv_bytes + 32 * 8 * 4
+    assert m.apply({}, 100, method="state_size") == expected
+    x = harness.random_input(rng, 1, 3, 16)
+    v = jit_init(m, x)
+    cache = m.apply(v, 5, method="init_cache")
+    assert sum(a.nbytes for a in jax.tree_util.tree_leaves(cache)) == 5 * expected
+
+
+def test_no_retrace(rng):
+    m = get("mamba")(d_state=8)
+    x = harness.random_input(rng, 2, 13, 16)
+    v = jit_init(m, x)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(v, x):
+        return m.apply(v, x)
+
+    run(v, x)
+    run(v, harness.random_input(rng, 2, 13, 16))  # same shapes: no second trace
+
+
+def test_config_errors(rng):
+    x = harness.random_input(rng, 1, 4, 16)
+    with pytest.raises(ValueError, match="'reference', 'chunked'"):
+        get("mamba")(scan_impl="fast").init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="dt_min"):
+        get("mamba")(dt_min=0.5, dt_max=0.1).init(jax.random.PRNGKey(0), x)
+    m = get("mamba")()
+    v = jit_init(m, x)
+    with pytest.raises(ValueError, match="cache"):
+        m.apply(v, x[:, 0], {"ssm": jnp.zeros((1, 32, 16))}, method="step")
+    with pytest.raises(ValueError, match="segment_ids"):
+        m.apply(v, x, segment_ids=jnp.zeros((1, 3), jnp.int32))

@@ -1,0 +1,316 @@
+"""Mamba-2 and Hydra: float64 loop references, init, and the mixer contract."""
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax.mixers.hydra  # noqa: F401  (registers "hydra")
+import seqjax.mixers.mamba2  # noqa: F401  (registers "mamba2")
+from seqjax.mixers import get
+from tests.mixers import harness
+from tests.mixers.ref_mamba import Jitted, hydra_reference, jit_init, mamba2_reference, params_of, perturb
+from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
+
+RTOL = harness.RTOL  # 2e-4, float32 mixers
+
+
+def _segments(rng, batch, length):
+    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
+    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
+
+
+def _setup(rng, m, batch=2, length=13, width=16):
+    x = harness.random_input(rng, batch, length, width)
+    return x, perturb(jit_init(m, x), rng)
+
+
+def _mamba2(**kw):
+    kw.setdefault("headdim", 8)  # 4 heads at d_model 16
+    kw.setdefault("d_state", 8)
+    return get("mamba2")(**kw)
+
+
+def _hydra(**kw):
+    kw.setdefault("headdim", 8)
+    kw.setdefault("d_state", 8)
+    return get("hydra")(**kw)
+
+
+def _reference(name, m, p, x, seg=None, xp=np):
+    if name == "mamba2":
+        return mamba2_reference(p, x, m.ngroups, seg, xp=xp)
+    return hydra_reference(p, x, m.ngroups, m.diag_proj, seg, xp=xp)
+
+
+def _dt_is_log_uniform(dt_bias):
+    dt = np.log1p(np.exp(dt_bias))
+    assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 1e-1 * (1 + 1e-4)
+    assert abs(np.mean(dt < 1e-2) - 0.5) < 0.08
+    assert abs(np.mean(np.log(dt)) - math.log(1e-2)) < 0.25
+
+
+# --- shared by both -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mamba2", "hydra"])
+def test_default_construction(rng, name):
+    m = get(name)()
+    x = harness.random_input(rng, 2, 13, 16)
+    v = harness.init(m, x)
+    y = m.apply(v, x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(y)))
+    p = params_of(v)
+    # d_inner 32 -> headdim 32 (largest divisor <= 64): one head; d_state 64.
+    assert p["A_log"].shape == (1,) and p["norm"].shape == (32,)
+    groups_of_bc = 2 if name == "mamba2" else 4
+    assert p["conv_weight"].shape == ({"mamba2": 4, "hydra": 7}[name], 32 + groups_of_bc * 64)
+    assert_rel_close(y, _reference(name, m, p, np.asarray(x, np.float64)), RTOL, f"default {name}")
+
+
+def test_init():
+    # Many heads (headdim 1) so that the distributions can be checked.
+    # Parameters only (no forward pass): init through the parameter method.
+    def params(m, seed):
+        return params_of(m.init(jax.random.PRNGKey(seed), 256, method=lambda mod, d: mod._parts(d)))
+
+    p = params(_mamba2(headdim=1, d_state=1), 3)
+    A = np.exp(p["A_log"])  # 512 heads, A = -exp(A_log) ~ -U[1, 16]
+    assert A.min() >= 1 - 1e-5 and A.max() <= 16 + 1e-4
+    assert abs(A.mean() - 8.5) < 0.6 and abs(np.mean(A < 8.5) - 0.5) < 0.08
+    _dt_is_log_uniform(p["dt_bias"])
+    np.testing.assert_array_equal(p["D"], np.ones(512))
+    np.testing.assert_array_equal(p["norm"], np.ones(512))
+    assert np.abs(p["conv_weight"]).max() <= 0.5
+    # Hydra: A = -1 exactly (A_log = 0), D = 1, the same dt init, a 7-tap conv.
+    p = params(_hydra(headdim=1, d_state=1), 4)
+    np.testing.assert_array_equal(p["A_log"], np.zeros(512))
+    np.testing.assert_array_equal(p["D"], np.ones(512))
+    _dt_is_log_uniform(p["dt_bias"])
+    assert p["conv_weight"].shape == (7, 512 + 4) and np.abs(p["conv_weight"]).max() <= 7**-0.5
+
+
+@pytest.mark.parametrize(
+    "name, ssd_impl, length, ngroups",
+    [
+        ("mamba2", "chunked", 37, 2),
+        ("mamba2", "sequential", 1, 4),
+        ("hydra", "chunked", 37, 2),
+        ("hydra", "sequential", 1, 1),
+    ],
+)
+def test_matches_reference_float32(rng, name, ssd_impl, length, ngroups):
+    make = _mamba2 if name == "mamba2" else _hydra
+    m = make(ngroups=ngroups, ssd_impl=ssd_impl, chunk_size=8)
+    x, v = _setup(rng, m, 2, length, 16)
+    p = params_of(v)
+    x64 = np.asarray(x, np.float64)
+    run = jax.jit(m.apply)
+    assert_rel_close(run(v, x), _reference(name, m, p, x64), RTOL, f"{name} f32")
+    seg = _segments(rng, 2, length)
+    y = run(v, x, segment_ids=jnp.asarray(seg))
+    assert_rel_close(y, _reference(name, m, p, x64, seg), RTOL, f"{name} f32 segments")
+
+
+@pytest.mark.parametrize("name", ["mamba2", "hydra"])
+def test_float64_exact(rng, name):
+    x = rng.standard_normal((2, 13, 16))
+    seg = _segments(rng, 2, 13)
+    make = _mamba2 if name == "mamba2" else _hydra
+    with jax.enable_x64(True):
+        m = make(ngroups=2, dtype=jnp.float64, chunk_size=4)
+        v = perturb(jit_init(m, jnp.asarray(x)), rng)
+        y = jax.jit(m.apply)(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
+        assert y.dtype == jnp.float64
+        y_ref = _reference(name, m, params_of(v), x, seg)
+        assert_rel_close(y, y_ref, RTOL_F64, f"{name} f64 ssd")
+        if name == "hydra":  # the two-sided matrix is exact too
+
+            @jax.jit
+            def dense_path(v, x, seg):
+                M = m.apply(v, x, segment_ids=seg, method="mixing_matrix")
+                return m.apply(v, x, M, segment_ids=seg, method="apply_mixing_matrix")
+
+            y_m = dense_path(v, jnp.asarray(x), jnp.asarray(seg))
+            assert_rel_close(y_m, y_ref, RTOL_F64, f"{name} f64 mixing matrix")
+
+
+@pytest.mark.parametrize("name", ["mamba2", "hydra"])
+def test_gradients(rng, name):
+    # Short: the unrolled float64 loop reference dominates the compile time.
+    x = rng.standard_normal((2, 6, 16))
+    w = rng.standard_normal((2, 6, 16))
+    seg = np.array([[0, 0, 1, 1, 1, 2], [3, 3, 3, 3, 0, 0]])
+    make = _mamba2 if name == "mamba2" else _hydra
+    m = make(ngroups=2, d_state=4, chunk_size=4)
+    v = nn.meta.unbox(perturb(jit_init(m, jnp.float32(x)), rng))
+
+    def loss(params, x):
+        return jnp.sum(m.apply({"params": params}, x, segment_ids=jnp.asarray(seg)) * w)
+
+    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
+    with jax.enable_x64(True):
+
+        def ref_loss(p, x):
+            return jnp.sum(_reference(name, m, p, x, seg, xp=jnp) * w)
+
+        # jit: the loop reference compiled once beats op-by-op float64 dispatch here.
+        r_p, r_x = jax.jit(jax.grad(ref_loss, argnums=(0, 1)))(params_of(v, xp=jnp), jnp.asarray(x))
+    g_p = params_of({"params": g_p})
+    assert set(g_p) == set(r_p)
+    for k in r_p:
+        assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"{name}: d{k}")
+    assert_rel_close(g_x, r_x, RTOL_GRAD, f"{name}: dx")
+
+
+@pytest.mark.parametrize("name", ["mamba2", "hydra"])
+def test_segments(rng, name):
+    # The sequential SSD compiles faster; the chunked one meets segments in
+    # test_matches_reference_float32.
+    m = (_mamba2 if name == "mamba2" else _hydra)(ssd_impl="sequential")
+    x, v = _setup(rng, m, 1, 16, 16)
+    harness.check_segments(Jitted(m), v, rng)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "hydra"])
+def test_bfloat16(rng, name):
+    make = _mamba2 if name == "mamba2" else _hydra
+    m32, m16 = make(), make(dtype=jnp.bfloat16)
+    x = harness.random_input(rng, 2, 13, 16)
+    v = jit_init(m32, x)
+    J16 = Jitted(m16)
+    y16 = J16.apply(v, x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    assert rel_err(y16.astype(jnp.float32), jax.jit(m32.apply)(v, x)) < 5e-2
+    if name == "mamba2":
+        cache = m16.apply(v, 2, method="init_cache")
+        y_t, cache = J16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
+        assert y_t.dtype == jnp.bfloat16 and cache["ssm"].dtype == jnp.float32
+        assert rel_err(y_t.astype(jnp.float32), y16[:, 0].astype(jnp.float32)) < 5e-2
+
+
+# --- Mamba-2 ------------------------------------------------------------------
+
+
+def test_mamba2_step_matches_parallel(rng):
+    m = _mamba2(ngroups=2)
+    x, v = _setup(rng, m)
+    harness.check_step_matches_parallel(Jitted(m), v, x)
+    cache = m.apply(v, 2, method="init_cache")
+    assert cache["conv"].shape == (2, 3, 32 + 2 * 2 * 8) and cache["ssm"].shape == (2, 4, 8, 8)
+
+
+def test_mamba2_causal(rng):
+    m = _mamba2()
+    x, v = _setup(rng, m)
+    harness.check_causal(Jitted(m), v, x, rng)
+
+
+def test_mamba2_mixing_matrix(rng):
+    m = _mamba2(ngroups=2)
+    x, v = _setup(rng, m)
+    J = Jitted(m)
+    M = harness.check_mixing_matrix(J, v, x, causal=True)
+    assert M.shape == (2, 4, 13, 13)
+    # Input-dependent (selective), and with segments block-diagonal.
+    assert rel_err(J.apply(v, harness.random_input(rng, 2, 13, 16), method="mixing_matrix"), M) > 1e-2
+    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
+    Ms = J.apply(v, x, segment_ids=seg, method="mixing_matrix")
+    assert np.abs(np.asarray(Ms[0, :, 4:, :4])).max() == 0.0
+    assert np.abs(np.asarray(Ms[0, :, 5, 4])).min() > 0.0
+    y_m = J.apply(v, x, Ms, segment_ids=seg, method="apply_mixing_matrix")
+    assert_rel_close(y_m, J.apply(v, x, segment_ids=seg), RTOL, "mixing matrix with segments")
+
+
+def test_mamba2_no_retrace(rng):
+    m = _mamba2()
+    x = harness.random_input(rng, 2, 13, 16)
+    v = jit_init(m, x)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(v, x):
+        return m.apply(v, x)
+
+    run(v, x)
+    run(v, harness.random_input(rng, 2, 13, 16))  # same shapes: no second trace
+
+
+# --- Hydra --------------------------------------------------------------------
+
+
+def test_hydra_mixing_matrix_is_two_sided(rng):
+    m = _hydra(ngroups=2)
+    x, v = _setup(rng, m)
+    J = Jitted(m)
+    M = np.asarray(harness.check_mixing_matrix(J, v, x, causal=False))
+    assert M.shape == (2, 4, 13, 13)
+    # Quasiseparable: weight strictly below AND strictly above the diagonal.
+    assert np.abs(np.tril(M, -1)).max() > 1e-3 and np.abs(np.triu(M, 1)).max() > 1e-3
+    # With segments: zero across boundaries in both directions; dense path matches.
+    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
+    Ms = np.asarray(J.apply(v, x, segment_ids=seg, method="mixing_matrix"))
+    assert np.abs(Ms[0, :, 4:, :4]).max() == 0.0 and np.abs(Ms[0, :, :4, 4:]).max() == 0.0
+    assert np.abs(Ms[0, :, 5, 4]).min() > 0.0 and np.abs(Ms[0, :, 4, 5]).min() > 0.0
+    y_m = J.apply(v, x, jnp.asarray(Ms), segment_ids=seg, method="apply_mixing_matrix")
+    assert_rel_close(y_m, J.apply(v, x, segment_ids=seg), RTOL, "hydra dense path with segments")
+    # Without W_D the diagonal is exactly the learned D (the shifts keep off it).
+    m_plain = _hydra(diag_proj=False)
+    x, v = _setup(rng, m_plain)
+    M = np.asarray(jax.jit(lambda v, x: m_plain.apply(v, x, method="mixing_matrix"))(v, x))
+    D = params_of(v)["D"]
+    np.testing.assert_allclose(np.diagonal(M, axis1=-2, axis2=-1), np.broadcast_to(D[:, None], (2, 4, 13)), rtol=1e-6)
+
+
+def test_hydra_is_bidirectional(rng):
+    m = _hydra()
+    x, v = _setup(rng, m)
+    x2 = np.array(x)
+    x2[:, 7:] = rng.standard_normal(x2[:, 7:].shape)
+    run = jax.jit(m.apply)
+    y1, y2 = run(v, x), run(v, jnp.asarray(x2))
+    # Past outputs see the future (and through the backward SSD, not only the
+    # 3-tap look-ahead of the centered conv: position 0 is 7 steps away).
+    assert rel_err(y2[:, :1], y1[:, :1]) > 1e-3
+    assert not hasattr(m, "step") and not hasattr(m, "init_cache")
+
+
+# --- sizes and errors ----------------------------------------------------------
+
+
+def test_state_size(rng):
+    m = _mamba2(d_model=16, ngroups=2)
+    # conv (4-1)·(32 + 2·2·8) float32 + SSD state 4 heads · 8 · 8 float32.
+    expected = 3 * 64 * 4 + 4 * 8 * 8 * 4
+    assert m.apply({}, None, method="state_size") == expected
+    v = jit_init(m, harness.random_input(rng, 1, 3, 16))
+    cache = m.apply(v, 3, method="init_cache")
+    assert sum(a.nbytes for a in jax.tree_util.tree_leaves(cache)) == 3 * expected
+    # Hydra: the centered conv's 6 positions of 32 + 4·8 channels and two SSD carries.
+    assert _hydra(d_model=16).apply({}, None, method="state_size") == 6 * 64 * 4 + 2 * 4 * 8 * 8 * 4
+
+
+def test_config_errors(rng):
+    x = harness.random_input(rng, 1, 4, 16)
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="headdim"):
+        _mamba2(headdim=5).init(key, x)
+    with pytest.raises(ValueError, match="ngroups"):
+        _mamba2(ngroups=3).init(key, x)
+    with pytest.raises(ValueError, match="'reference', 'sequential', 'chunked'"):
+        _mamba2(ssd_impl="flash").init(key, x)
+    with pytest.raises(ValueError, match="odd"):
+        _hydra(d_conv=4).init(key, x)
+    with pytest.raises(ValueError, match="A_init_range"):
+        _hydra(A_init_range=(0.0, 1.0)).init(key, x)
+    m = _mamba2()
+    v = jit_init(m, x)
+    with pytest.raises(ValueError, match="x_t"):
+        m.apply(v, x, m.apply(v, 1, method="init_cache"), method="step")
+    with pytest.raises(ValueError, match="M must"):
+        m.apply(v, x, jnp.zeros((1, 3, 4, 4)), method="apply_mixing_matrix")
