@@ -41,9 +41,8 @@ class LSSL(ConvSSM):
     Step (causal): ``init_cache`` materialises ``Ā (d, N, N)``, ``B̄ (d, N)``
     and ``C``; ``x_t = Ā x_{t-1} + B̄ u_t``, ``y_t = C x_t + D u_t`` (real state).
 
-    Segments: not supported in convolution mode (NotImplementedError naming
-    ``segment_ids``); ``mixing_matrix(x, segment_ids=...)`` +
-    ``apply_mixing_matrix`` is exact in O(L²).
+    Segments: the same-segment-masked Toeplitz matrix of the kernel (exact,
+    O(B·d·L²) time and memory; see ``ConvSSM._segment_mix``).
 
     Attributes:
       d_model: width ``d``; None takes it from the input.

@@ -218,12 +218,18 @@ class ConvSSM(nn.Module):
         raise NotImplementedError
 
     def _segment_mix(self, ssm: dict, u, segment_ids):
-        """``K * u`` restarted at segment boundaries (without ``D u``)."""
-        raise NotImplementedError(
-            f"{self._name()}: segment_ids are not supported in convolution mode (the kernel cannot "
-            "restart at a segment boundary and this SSM has no diagonal recurrence to scan); "
-            "mixing_matrix(x, segment_ids=...) with apply_mixing_matrix is an exact O(L²) alternative"
-        )
+        """``K * u`` restarted at segment boundaries (without ``D u``).
+
+        Default for SSMs without a diagonal recurrence (S4's DPLR, LSSL's
+        dense HiPPO): the kernel is time-invariant, so a packed row equals
+        separate runs once the Toeplitz matrix is masked to same-segment
+        pairs. Exact, but O(B·d·L²) time and memory; S4D overrides it with a
+        segmented scan.
+        """
+        k = self._kernel(ssm, u.shape[1])
+        k = k if self.bidirectional else k[:1]
+        M = toeplitz_matrix(k, jnp.zeros(k.shape[1], k.dtype), u.shape[0], segment_ids)
+        return jnp.einsum("bhts,bsh->bth", M, u.astype(M.dtype), precision=jax.lax.Precision.HIGHEST)
 
     def _recurrent_system(self, ssm: dict, max_length: int | None) -> dict:
         raise NotImplementedError
@@ -567,9 +573,11 @@ class S4(ConvSSM):
     ``x`` of the conjugate-symmetric full state ``[x, x̄]``:
     ``x ← Ā₁₁ x + Ā₁₂ x̄ + B̄₁ u``, ``y = 2 Re(C x) + D u``.
 
-    Segments: not supported by the convolution (NotImplementedError naming
-    ``segment_ids``); ``mixing_matrix(x, segment_ids=...)`` +
-    ``apply_mixing_matrix`` is exact in O(L²).
+    Segments: the kernel cannot restart inside an FFT convolution, so with
+    ``segment_ids`` the layer applies the same-segment-masked Toeplitz matrix
+    (exact, O(B·d·L²)). Packed rows equal separate runs when ``l_max`` is
+    set; with ``l_max`` None, ``C̃`` stands for the packed length, so each
+    segment sees the kernel of the whole row, not of its own length.
 
     Attributes:
       d_model: width ``d``; None takes it from the input.

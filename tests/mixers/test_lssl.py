@@ -176,14 +176,16 @@ def test_mixing_matrix_and_segments(rng):
     M = np.asarray(harness.check_mixing_matrix(mb, vb, x, causal=False))
     Kb = np.asarray(mb.apply(vb, 13, method="kernel"))
     np.testing.assert_allclose(M[0, :, 4, 9], Kb[1, :, 4], rtol=1e-6)  # k_bwd[s - t - 1]
-    # Convolution mode cannot restart at segment boundaries: a clear error;
-    # the segmented dense matrix is the exact O(L²) alternative.
+    # Segments run the same-segment-masked Toeplitz matrix: a packed row equals
+    # separate runs, and the segmented dense matrix gives the same output.
     seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
-    with pytest.raises(NotImplementedError, match="segment_ids"):
-        mb.apply(vb, x, segment_ids=seg)
+    y_s = mb.apply(vb, x, segment_ids=seg)
+    assert_rel_close(y_s[1:, 6:], mb.apply(vb, x[1:, 6:]), RTOL, "segment alone")
+    assert_rel_close(y_s[:1, :4], mb.apply(vb, x[:1, :4]), RTOL, "first segment alone")
     Ms = mb.apply(vb, x, segment_ids=seg, method="mixing_matrix")
     y_m = mb.apply(vb, x, Ms, method="apply_mixing_matrix")
-    assert_rel_close(y_m[1:, 6:], mb.apply(vb, x[1:, 6:]), RTOL, "segment alone")
+    assert_rel_close(y_m, y_s, RTOL, "segmented dense path")
+    harness.check_segments(m, v, rng)
 
 
 def test_bfloat16(rng):

@@ -387,10 +387,12 @@ def test_segments(rng):
     m = _mk("s4d", bidirectional=True)
     x = harness.random_input(rng, 1, 16, 16)
     harness.check_segments(m, _init(m, x), rng)
-    m = _mk("s4")
-    x = harness.random_input(rng, 1, 16, 16)
-    with pytest.raises(NotImplementedError, match="segment_ids"):
-        m.apply(_init(m, x), x, segment_ids=jnp.zeros((1, 16), jnp.int32))
+    # S4 (DPLR, no diagonal recurrence): the same-segment-masked Toeplitz path.
+    # l_max pins C̃ to one length, so a segment alone uses the same kernel.
+    for kw in ({}, {"bidirectional": True}):
+        m = _mk("s4", l_max=16, **kw)
+        x = harness.random_input(rng, 1, 16, 16)
+        harness.check_segments(m, _init(m, x), rng)
 
 
 @pytest.mark.parametrize("name", ["s4d", "s4"])
