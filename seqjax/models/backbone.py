@@ -1,0 +1,205 @@
+"""The backbone: a stack of pre-norm residual blocks, then a final norm.
+
+One block (GPT-2 / Mamba style, pre-norm)::
+
+    h = x + Dropout(Mixer(Norm_1(x)))            # sequence mixing
+    y = h + Dropout(Channel(Norm_2(h)))          # per-position channel mixing
+
+with ``Norm`` a LayerNorm (scale and bias) or an RMSNorm (scale only), both
+with ``eps = 1e-5`` and computed in float32, and ``Channel`` one of
+
+* ``"mlp"``: ``W_2 gelu(W_1 h + b_1) + b_2``, hidden width
+  ``H = round(mlp_ratio * d_model)``, exact (erf) GELU;
+* ``"glu"``: SwiGLU (Shazeer 2020), ``W_o (silu(W_g h) * (W_u h))`` without
+  biases. Its hidden width is ``H' = round(2H/3)`` so that its three matrices
+  hold about as many parameters as the MLP's two (``3 d H' ≈ 2 d H``; the
+  LLaMA convention), which keeps model sizes comparable across ``channel``;
+* ``"none"``: no channel branch (Mamba-style blocks: the mixer is the block).
+
+The residual stream stays float32 (accumulation); the normalised input of
+each branch is cast to the compute ``dtype`` and the branch output back to
+float32 before it is added. The mixer is built from the registry by name
+(``seqjax.mixers.get``) with its constructor kwargs, and receives
+``segment_ids`` and ``deterministic``. The backbone ends with a final norm of
+the same kind (pre-norm stacks need it before the head).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from seqjax import mixers
+from seqjax.mixers._layers import dense
+from seqjax.types import SegmentIds, Seq
+
+NORM_EPS = 1e-5
+CHANNELS = ("mlp", "glu", "none")
+NORMS = ("layernorm", "rmsnorm")
+
+# A mixer spec: (registry name, constructor kwargs as sorted (key, value) pairs).
+# Tuples, not dicts, so that modules holding them stay hashable.
+MixerSpec = tuple[str, tuple[tuple[str, Any], ...]]
+
+
+def channel_hidden(channel: str, d_model: int, mlp_ratio: float) -> int:
+    """Hidden width of the channel branch (see the module docstring).
+
+    Args:
+      channel: ``"mlp"``, ``"glu"`` or ``"none"``.
+      d_model: model width.
+      mlp_ratio: hidden width of the MLP over ``d_model``.
+
+    Returns:
+      ``H = round(mlp_ratio * d_model)`` for ``mlp``, ``round(2H/3)`` for
+      ``glu`` (at least 1), 0 for ``none``.
+    """
+    hidden = max(1, int(round(mlp_ratio * d_model)))
+    if channel == "glu":
+        return max(1, int(round(2 * hidden / 3)))
+    return 0 if channel == "none" else hidden
+
+
+def make_norm(kind: str, name: str) -> nn.Module:
+    """A float32 LayerNorm or RMSNorm over the last axis, with ``embed``-named params.
+
+    Args:
+      kind: ``"layernorm"`` or ``"rmsnorm"``.
+      name: submodule name.
+
+    Returns:
+      The (unbound) norm module.
+    """
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+    if kind == "layernorm":
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",))
+        return nn.LayerNorm(epsilon=NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
+                            scale_init=scale_init, bias_init=bias_init, name=name)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(epsilon=NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
+                          scale_init=scale_init, name=name)
+    raise ValueError(f"norm={kind!r}; allowed: {', '.join(NORMS)}")
+
+
+class ChannelMLP(nn.Module):
+    """Position-wise MLP ``W_2 gelu(W_1 x + b_1) + b_2`` (exact GELU).
+
+    Attributes:
+      hidden: hidden width ``H``.
+      dtype: compute dtype (params are float32).
+    """
+
+    hidden: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Seq) -> Seq:
+        """Applies the MLP to ``x: (b, l, d)``; returns ``(b, l, d)`` in ``dtype``."""
+        d = x.shape[-1]
+        h = dense(self.hidden, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name="wi")(x)
+        h = nn.gelu(h, approximate=False)
+        return dense(d, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="wo")(h)
+
+
+class ChannelGLU(nn.Module):
+    """SwiGLU ``W_o (silu(W_g x) * (W_u x))`` without biases.
+
+    Attributes:
+      hidden: hidden width ``H'`` (``round(2H/3)`` from :func:`channel_hidden`).
+      dtype: compute dtype (params are float32).
+    """
+
+    hidden: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Seq) -> Seq:
+        """Applies the GLU to ``x: (b, l, d)``; returns ``(b, l, d)`` in ``dtype``."""
+        d = x.shape[-1]
+        gate = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="wg")(x)
+        up = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="wu")(x)
+        return dense(d, ("mlp", "embed"), dtype=self.dtype, name="wo")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One pre-norm residual block: mixer branch, then channel branch.
+
+    Attributes:
+      mixer: ``(name, kwargs)`` spec; the mixer is ``mixers.get(name)(**kwargs)``
+        (kwargs already resolved by ``seqjax.models.build``: causal, dtype, ...).
+      channel: ``"mlp"``, ``"glu"`` or ``"none"``.
+      mlp_ratio: MLP hidden width over ``d_model`` (see :func:`channel_hidden`).
+      norm: ``"layernorm"`` or ``"rmsnorm"``.
+      dropout: residual dropout rate on each branch output.
+      dtype: compute dtype of the branches.
+    """
+
+    mixer: MixerSpec
+    channel: str = "mlp"
+    mlp_ratio: float = 4.0
+    norm: str = "layernorm"
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
+        """Applies the block.
+
+        Args:
+          x: ``(b, l, d)`` float32 residual stream.
+          segment_ids: ``(b, l)`` packed-segment ids, passed to the mixer.
+          deterministic: disables dropout (here and in the mixer) when True.
+
+        Returns:
+          ``(b, l, d)`` float32.
+        """
+        x = x.astype(jnp.float32)
+        name, kwargs = self.mixer
+        h = make_norm(self.norm, "mixer_norm")(x).astype(self.dtype)
+        y = mixers.get(name)(**dict(kwargs), name="mixer")(h, segment_ids=segment_ids, deterministic=deterministic)
+        x = x + nn.Dropout(self.dropout)(y.astype(jnp.float32), deterministic=deterministic)
+        if self.channel == "none":
+            return x
+        hidden = channel_hidden(self.channel, x.shape[-1], self.mlp_ratio)
+        branch = {"mlp": ChannelMLP, "glu": ChannelGLU}[self.channel](hidden, dtype=self.dtype, name="channel")
+        h = make_norm(self.norm, "channel_norm")(x).astype(self.dtype)
+        y = branch(h)
+        return x + nn.Dropout(self.dropout)(y.astype(jnp.float32), deterministic=deterministic)
+
+
+class Backbone(nn.Module):
+    """Blocks ``block_0 .. block_{n-1}`` (one per mixer spec), then ``final_norm``.
+
+    Attributes:
+      layers: one :data:`MixerSpec` per layer (hybrids mix names).
+      channel: channel branch of every block.
+      mlp_ratio: MLP hidden width over ``d_model``.
+      norm: norm kind of every block and of the final norm.
+      dropout: residual dropout rate.
+      dtype: compute dtype.
+    """
+
+    layers: Sequence[MixerSpec]
+    channel: str = "mlp"
+    mlp_ratio: float = 4.0
+    norm: str = "layernorm"
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
+        """Applies every block then the final norm.
+
+        Args:
+          x: ``(b, l, d)`` embedded inputs.
+          segment_ids: ``(b, l)`` packed-segment ids, or None.
+          deterministic: disables dropout when True.
+
+        Returns:
+          ``(b, l, d)`` float32, normalised.
+        """
+        for i, spec in enumerate(self.layers):
+            x = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, name=f"block_{i}")(
+                x, segment_ids=segment_ids, deterministic=deterministic)
+        return make_norm(self.norm, "final_norm")(x)

@@ -1,0 +1,120 @@
+"""The top-level sequence model: embedding, backbone, head.
+
+``SequenceModel`` is what :func:`seqjax.models.build` returns. Its fields are
+the *resolved* configuration (mixer kwargs already carry ``causal``, ``dtype``
+and the rest, see ``seqjax/models/__init__.py``), so that the module itself
+holds no config logic and can also be built by hand in tests.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from seqjax.errors import ConfigError
+from seqjax.models.backbone import Backbone, MixerSpec
+from seqjax.models.embeddings import Embedding, prepend_cls_column
+from seqjax.models.heads import ClassificationHead, LMHead, RegressionHead
+from seqjax.types import SegmentIds
+
+
+class SequenceModel(nn.Module):
+    """Embedding -> pre-norm residual blocks -> final norm -> head.
+
+    Attributes:
+      layers: one ``(mixer name, kwargs)`` spec per layer.
+      d_model: width of the residual stream.
+      channel: ``"mlp"``, ``"glu"`` or ``"none"``.
+      mlp_ratio: MLP hidden width over ``d_model``.
+      norm: ``"layernorm"`` or ``"rmsnorm"``.
+      dropout: dropout rate (embeddings and residual branches).
+      input: ``"tokens"`` or ``"continuous"``.
+      vocab_size: token vocabulary (tokens input; also the LM head's width).
+      input_dim: continuous input width.
+      positions: ``"none"``, ``"learned"`` or ``"sinusoidal"`` (model-level
+        absolute positions; mixers may add their own, e.g. RoPE in ``mha``).
+      max_length: learned position table size.
+      head: ``"lm"``, ``"regression"`` or ``"classification"``.
+      output_dim: regression width.
+      num_classes: classification classes.
+      pooling: ``"mean"``, ``"last"`` or ``"cls"`` (classification).
+      dtype: compute dtype; params are float32.
+    """
+
+    layers: Sequence[MixerSpec]
+    d_model: int = 64
+    channel: str = "mlp"
+    mlp_ratio: float = 4.0
+    norm: str = "layernorm"
+    dropout: float = 0.0
+    input: str = "tokens"
+    vocab_size: int | None = None
+    input_dim: int | None = None
+    positions: str = "none"
+    max_length: int | None = None
+    head: str = "lm"
+    output_dim: int = 1
+    num_classes: int | None = None
+    pooling: str = "mean"
+    dtype: Any = jnp.float32
+
+    @property
+    def uses_cls(self) -> bool:
+        """Whether a CLS token is prepended (classification with ``pooling="cls"``)."""
+        return self.head == "classification" and self.pooling == "cls"
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        segment_ids: SegmentIds | None = None,
+        mask: Bool[Array, "b l"] | None = None,
+        deterministic: bool = True,
+    ) -> Float[Array, "..."]:
+        """Runs the model.
+
+        Args:
+          inputs: ``(b, l)`` int tokens or ``(b, l, input_dim)`` floats.
+          segment_ids: ``(b, l)`` ids of packed sequences (every mixer and the
+            positions restart at a segment start), or None.
+          mask: ``(b, l)``, True at real (non-padding) positions; used by the
+            classification head's ``mean``/``last`` pooling only (losses of the
+            other heads mask their targets themselves). It does not stop
+            bidirectional mixers from reading padding; give padding its own
+            ``segment_ids`` for that.
+          deterministic: disables dropout when True (pass
+            ``rngs={"dropout": key}`` to ``apply`` otherwise).
+
+        Returns:
+          lm: ``(b, l, vocab_size)`` logits; regression: ``(b, l, output_dim)``;
+          classification: ``(b, num_classes)`` logits. All float32.
+
+        Raises:
+          ConfigError: inputs, ``segment_ids`` or ``mask`` of the wrong shape.
+        """
+        b, l = inputs.shape[:2]
+        for what, arr in (("segment_ids", segment_ids), ("mask", mask)):
+            if arr is not None and tuple(arr.shape) != (b, l):
+                raise ConfigError(f"{what}: shape {tuple(arr.shape)} does not match the inputs' (batch, length) = {(b, l)}")
+        x = Embedding(
+            d_model=self.d_model, input=self.input, vocab_size=self.vocab_size, input_dim=self.input_dim,
+            positions=self.positions, max_length=self.max_length, cls=self.uses_cls, dropout=self.dropout,
+            dtype=self.dtype, name="embed",
+        )(inputs, segment_ids=segment_ids, deterministic=deterministic)
+        if self.uses_cls:
+            segment_ids = prepend_cls_column(segment_ids)
+            mask = prepend_cls_column(mask, True)
+        x = Backbone(
+            self.layers, channel=self.channel, mlp_ratio=self.mlp_ratio, norm=self.norm, dropout=self.dropout,
+            dtype=self.dtype, name="backbone",
+        )(x, segment_ids=segment_ids, deterministic=deterministic)
+        if self.head == "lm":
+            return LMHead(self.vocab_size, dtype=self.dtype, name="head")(x)
+        if self.head == "regression":
+            return RegressionHead(self.output_dim, dtype=self.dtype, name="head")(x)
+        if self.head == "classification":
+            return ClassificationHead(self.num_classes, self.pooling, dtype=self.dtype, name="head")(x, mask)
+        raise ConfigError(f"config.model.head={self.head!r} is not allowed; allowed: lm, regression, classification")
