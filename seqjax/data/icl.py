@@ -1,0 +1,319 @@
+"""Samplers for in-context learning of function classes (pure JAX, jittable).
+
+A prompt is ``n_points`` pairs ``(x_i, f(x_i))`` for one function ``f`` drawn
+from a class; the model must predict ``y_i`` from ``x_i`` and the earlier
+pairs (Garg et al. 2022, "What Can Transformers Learn In-Context?").
+
+Function classes (``FUNCTION_CLASSES``); ``x ~ N(0, I_dim)`` with the
+coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
+
+=======================  ==================================================
+``linear``               ``y = w.x``, ``w ~ N(0, I)`` (Garg).
+``noisy_linear``         ``y = w.x + noise_std * eps`` (Garg; Akyürek et al.).
+``sparse_linear``        ``w`` with exactly ``sparsity`` (default 3, Garg)
+                         nonzero coordinates among the active ones, no
+                         rescaling (as Garg's public code).
+``quadratic``            ``y = (x*x).w / sqrt(3)`` (Garg's renormalisation to
+                         the linear scale).
+``linear_classification`` ``y = sign(w.x)`` in ``{-1, +1}`` (no noise).
+``relu2nn``              ``y = sqrt(2/h) * sum_k a_k relu(W_k.x)``, ``a, W``
+                         standard normal, ``h = hidden_size`` (default 100,
+                         Garg); ``Var y = active_dim`` like ``linear``.
+``decision_tree``        depth ``depth`` (default 4, Garg) full binary tree;
+                         each internal node tests ``x[c] > 0`` for a uniform
+                         active coordinate ``c`` (right if true), leaves are
+                         ``N(0, 1)``.
+``fourier``              1-d Fourier series of ``u = x[0]`` (Panwar et al.,
+                         "In-Context Learning through the Bayesian Prism"):
+                         ``y = sum_{k=0..K} a_k cos(k pi u / L) +
+                         sum_{k=1..K} b_k sin(k pi u / L)``, coefficients
+                         ``N(0, 1)``, ``K = max_freq`` (default 10),
+                         ``L = half_period`` (default 5); here x's active
+                         coordinates are ``U(-L, L)`` instead of normal. Only
+                         ``x[0]`` matters: use ``dim = 1`` as the paper does.
+``sliding_window``       a sequential class ("Can Transformers Learn
+                         Sequential Function Classes In Context?"): ``y_i =
+                         sum_{j<window} w_j . x_{i-j}`` (``x_{<0} = 0``),
+                         ``w_j ~ N(0, I/window)`` so ``Var y = active_dim``
+                         once ``i >= window - 1``; default ``window = 3``.
+=======================  ==================================================
+
+``noise_std`` adds ``N(0, noise_std^2)`` to ``y`` of every regression class
+(``noisy_linear`` is ``linear`` with the noise; the task checks it is > 0).
+Defaults marked as Garg's are from the paper / its public code; the Fourier
+and sliding-window details are our reading of those papers (see docs/icl.md).
+
+The model sees ``to_model_inputs(xs, ys)``: tokens ``x_0, (y_0, 0..0), x_1,
+(y_1, 0..0), ...`` and its prediction of ``y_i`` is read at the ``x_i`` token
+(even positions), so a causal model predicts ``y_i`` from ``x_i`` and the
+pairs before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.errors import ConfigError, check_choice
+
+FUNCTION_CLASSES = (
+    "linear",
+    "sparse_linear",
+    "noisy_linear",
+    "quadratic",
+    "linear_classification",
+    "relu2nn",
+    "decision_tree",
+    "fourier",
+    "sliding_window",
+)
+
+# Per-class keyword arguments and their defaults (config.task.task_kwargs).
+TASK_KWARGS: dict[str, dict[str, float | int]] = {
+    "linear": {},
+    "sparse_linear": {"sparsity": 3},
+    "noisy_linear": {},
+    "quadratic": {},
+    "linear_classification": {},
+    "relu2nn": {"hidden_size": 100},
+    "decision_tree": {"depth": 4},
+    "fourier": {"max_freq": 10, "half_period": 5.0},
+    "sliding_window": {"window": 3},
+}
+
+# Classes whose function is a linear weight vector; sample_batch returns it as "w".
+LINEAR_WEIGHT_CLASSES = ("linear", "sparse_linear", "noisy_linear", "linear_classification")
+
+
+def task_kwargs_with_defaults(task: str, task_kwargs: dict | None = None) -> dict:
+    """The class's keyword arguments: defaults overridden by ``task_kwargs``.
+
+    Args:
+      task: a name in ``FUNCTION_CLASSES``.
+      task_kwargs: overrides (keys must be the class's known kwargs).
+
+    Returns:
+      A new dict of all the class's kwargs.
+
+    Raises:
+      ConfigError: unknown class or unknown / non-positive kwarg.
+    """
+    check_choice("config.task.function_class", task, FUNCTION_CLASSES)
+    allowed = TASK_KWARGS[task]
+    out = dict(allowed)
+    for name, value in dict(task_kwargs or {}).items():
+        if name not in allowed:
+            raise ConfigError(
+                f"config.task.task_kwargs.{name} is not allowed for function_class={task!r}; "
+                f"allowed: {', '.join(allowed) or '(none)'}"
+            )
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"config.task.task_kwargs.{name}={value!r} must be a number > 0")
+        out[name] = type(allowed[name])(value)
+    return out
+
+
+def _sample_x(key, batch_size, n_points, dim, active_mask, task, kw):
+    if task == "fourier":
+        half = kw["half_period"]
+        xs = jax.random.uniform(key, (batch_size, n_points, dim), minval=-half, maxval=half)
+    else:
+        xs = jax.random.normal(key, (batch_size, n_points, dim))
+    return xs * active_mask
+
+
+def _decision_tree(key, xs, active_dim, depth):
+    b = xs.shape[0]
+    k_coord, k_leaf = jax.random.split(key)
+    n_internal = 2**depth - 1
+    # randint's maxval may be traced: the active dimension can change per step.
+    coords = jax.random.randint(k_coord, (b, n_internal), 0, active_dim)
+    leaves = jax.random.normal(k_leaf, (b, 2**depth))
+    node = jnp.zeros(xs.shape[:2], jnp.int32)
+    for _ in range(depth):
+        c = jnp.take_along_axis(coords, node, axis=1)  # (b, n)
+        xc = jnp.take_along_axis(xs, c[..., None], axis=2)[..., 0]
+        node = 2 * node + 1 + (xc > 0).astype(jnp.int32)
+    return jnp.take_along_axis(leaves, node - n_internal, axis=1)
+
+
+def sample_batch(
+    key: jax.Array,
+    task: str,
+    batch_size: int,
+    n_points: int,
+    dim: int,
+    *,
+    active_dim: int | jax.Array | None = None,
+    noise_std: float = 0.0,
+    **task_kwargs,
+) -> dict[str, jax.Array]:
+    """Samples ``batch_size`` prompts of one function class.
+
+    Jittable with ``task``, ``batch_size``, ``n_points``, ``dim`` and the task
+    kwargs static; ``active_dim`` and ``noise_std`` may be traced (so a change
+    of the curriculum's dimension does not recompile).
+
+    Args:
+      key: PRNG key; the batch is a deterministic function of it.
+      task: a name in ``FUNCTION_CLASSES``.
+      batch_size: prompts.
+      n_points: pairs per prompt.
+      dim: width of ``x``.
+      active_dim: coordinates ``>= active_dim`` of ``x`` (and of ``w``) are
+        zero; ``None`` means ``dim``.
+      noise_std: std of Gaussian noise added to ``y`` (regression classes).
+      **task_kwargs: class-specific, see ``TASK_KWARGS``.
+
+    Returns:
+      ``{"xs": (b, n, dim) float32, "ys": (b, n) float32}`` plus ``"w"``
+      ``(b, dim)`` for the classes in ``LINEAR_WEIGHT_CLASSES`` and
+      ``quadratic``, ``(b, window, dim)`` for ``sliding_window``.
+
+    Raises:
+      ConfigError: unknown class or kwarg, or ``active_dim > dim``.
+    """
+    kw = task_kwargs_with_defaults(task, task_kwargs)
+    if active_dim is None:
+        active_dim = dim
+    if isinstance(active_dim, int) and not 0 < active_dim <= dim:
+        raise ConfigError(f"active_dim={active_dim!r} must be in [1, dim={dim}]")
+    k_x, k_f, k_noise = jax.random.split(key, 3)
+    active_mask = (jnp.arange(dim) < active_dim).astype(jnp.float32)
+    xs = _sample_x(k_x, batch_size, n_points, dim, active_mask, task, kw)
+    out = {}
+
+    if task in ("linear", "noisy_linear", "linear_classification", "quadratic"):
+        w = jax.random.normal(k_f, (batch_size, dim)) * active_mask
+        feats = xs * xs if task == "quadratic" else xs
+        ys = jnp.einsum("bnd,bd->bn", feats, w)
+        if task == "quadratic":
+            ys = ys / math.sqrt(3.0)  # E[x^2 x^2] = 3: back to the linear scale
+        if task == "linear_classification":
+            ys = jnp.where(ys >= 0, 1.0, -1.0)
+        out["w"] = w
+    elif task == "sparse_linear":
+        k_w, k_perm = jax.random.split(k_f)
+        w = jax.random.normal(k_w, (batch_size, dim))
+        # A uniform k-subset of the active coordinates: top-k of uniform scores,
+        # inactive coordinates scored below every active one.
+        scores = jax.random.uniform(k_perm, (batch_size, dim))
+        scores = jnp.where(active_mask > 0, scores, -1.0)
+        k = min(int(kw["sparsity"]), dim)
+        _, idx = jax.lax.top_k(scores, k)
+        support = jnp.sum(jax.nn.one_hot(idx, dim), axis=1)
+        w = w * support * active_mask
+        ys = jnp.einsum("bnd,bd->bn", xs, w)
+        out["w"] = w
+    elif task == "relu2nn":
+        h = int(kw["hidden_size"])
+        k1, k2 = jax.random.split(k_f)
+        w1 = jax.random.normal(k1, (batch_size, dim, h))
+        w2 = jax.random.normal(k2, (batch_size, h))
+        hidden = jax.nn.relu(jnp.einsum("bnd,bdh->bnh", xs, w1))
+        ys = jnp.einsum("bnh,bh->bn", hidden, w2) * math.sqrt(2.0 / h)
+    elif task == "decision_tree":
+        ys = _decision_tree(k_f, xs, active_dim, int(kw["depth"]))
+    elif task == "fourier":
+        kmax = int(kw["max_freq"])
+        k_a, k_b = jax.random.split(k_f)
+        a = jax.random.normal(k_a, (batch_size, kmax + 1))
+        bcoef = jax.random.normal(k_b, (batch_size, kmax))
+        u = xs[..., 0:1] * (math.pi / kw["half_period"])  # (b, n, 1)
+        freqs = jnp.arange(kmax + 1, dtype=jnp.float32)
+        ys = jnp.einsum("bnk,bk->bn", jnp.cos(u * freqs), a)
+        ys = ys + jnp.einsum("bnk,bk->bn", jnp.sin(u * freqs[1:]), bcoef)
+    else:  # sliding_window
+        window = int(kw["window"])
+        w = jax.random.normal(k_f, (batch_size, window, dim)) * active_mask / math.sqrt(window)
+        proj = jnp.einsum("bnd,bjd->bnj", xs, w)  # proj[b, i, j] = w_j . x_i
+        ys = jnp.zeros((batch_size, n_points), jnp.float32)
+        for j in range(min(window, n_points)):
+            # lag j: y_i += w_j . x_{i-j}, nothing for i < j.
+            ys = ys.at[:, j:].add(proj[:, : n_points - j, j])
+        out["w"] = w
+
+    if task != "linear_classification":
+        ys = ys + noise_std * jax.random.normal(k_noise, ys.shape)
+    out["xs"] = xs.astype(jnp.float32)
+    out["ys"] = ys.astype(jnp.float32)
+    return out
+
+
+def to_model_inputs(xs: jax.Array, ys: jax.Array) -> jax.Array:
+    """Interleaves a prompt into model tokens.
+
+    Args:
+      xs: ``(b, n, dim)``.
+      ys: ``(b, n)``.
+
+    Returns:
+      ``(b, 2n, dim)``: token ``2i`` is ``x_i``, token ``2i+1`` is
+      ``(y_i, 0, ..., 0)``. The prediction of ``y_i`` is read at token ``2i``.
+    """
+    b, n, d = xs.shape
+    y_tok = jnp.zeros_like(xs).at[..., 0].set(ys.astype(xs.dtype))
+    return jnp.stack([xs, y_tok], axis=2).reshape(b, 2 * n, d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s curriculum: the problem grows in steps of ``interval``.
+
+    At step ``s``, with ``k = s // interval``: ``active_dim = min(dim_start +
+    k * dim_inc, dim_end)`` and ``n_points = min(points_start + k *
+    points_inc, points_end)``. The defaults are Garg's: d 5 -> 20 (+1) and
+    points 11 -> 41 (+2), every 2000 steps.
+
+    Attributes:
+      dim_start: active dimension at step 0.
+      dim_end: largest active dimension.
+      dim_inc: added to the active dimension every ``interval`` steps.
+      points_start: points per prompt at step 0.
+      points_end: largest number of points.
+      points_inc: added to the points every ``interval`` steps.
+      interval: steps per curriculum stage.
+    """
+
+    dim_start: int = 5
+    dim_end: int = 20
+    dim_inc: int = 1
+    points_start: int = 11
+    points_end: int = 41
+    points_inc: int = 2
+    interval: int = 2000
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            zero_ok = f.name in ("dim_inc", "points_inc")
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
+                bound = ">= 0" if zero_ok else "> 0"
+                raise ConfigError(f"config.task.curriculum.{f.name}={value!r} must be an int {bound}")
+        if self.dim_start > self.dim_end:
+            raise ConfigError(
+                f"config.task.curriculum.dim_start={self.dim_start} must be <= dim_end={self.dim_end}"
+            )
+        if self.points_start > self.points_end:
+            raise ConfigError(
+                f"config.task.curriculum.points_start={self.points_start} must be <= "
+                f"points_end={self.points_end}"
+            )
+
+    def at(self, step: int) -> tuple[int, int]:
+        """The stage at a training step.
+
+        Args:
+          step: the training step (0-based).
+
+        Returns:
+          ``(active_dim, n_points)``.
+        """
+        k = int(step) // self.interval
+        return (
+            min(self.dim_start + k * self.dim_inc, self.dim_end),
+            min(self.points_start + k * self.points_inc, self.points_end),
+        )
