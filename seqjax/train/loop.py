@@ -1,0 +1,397 @@
+"""The training loop: ``run(config, workdir)`` trains, evaluates, checkpoints and resumes.
+
+One call of :func:`run`:
+
+1. validates the config (one-line :class:`~seqjax.errors.ConfigError` naming the field);
+2. returns ``workdir/results.json`` unchanged if it exists for the same ``train.steps``;
+3. builds the task, the model, the mesh (axis ``data``) and the optimiser;
+4. restores the newest checkpoint in ``workdir/checkpoints`` (state, data
+   iterator, rng) or initialises a fresh state;
+5. trains with a jitted step (batch split over ``data``, state replicated and
+   donated; dropout key ``fold_in(key, step)`` so a resumed run repeats the
+   uninterrupted one), logging every ``log_every``, evaluating every
+   ``eval_every`` and checkpointing every ``checkpoint_every`` steps;
+6. evaluates at the end and writes ``results.json`` atomically.
+
+A non-finite loss (or gradient norm) leaves the state untouched inside the
+step, saves it as a checkpoint and raises :class:`TrainingDiverged`.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from ml_collections.config_dict import placeholder
+from tqdm.auto import tqdm
+
+import seqjax
+from seqjax.errors import ConfigError
+from seqjax.train import optim as optim_lib
+from seqjax.train.checkpoint import Checkpointer, abstract_like
+from seqjax.train.state import TrainState, batch_shardings, make_init_fn, replicated, state_shardings
+from seqjax.train.writers import MetricWriter, _jsonable
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN/Inf; the last good state was checkpointed."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Defaults for the sections the trainer owns: ``seed``, ``optim``, ``train``, ``mesh``.
+
+    Returns:
+      A ConfigDict; experiments add ``task`` and ``model`` and override fields.
+    """
+    return ml_collections.ConfigDict({
+        "seed": 0,
+        "optim": {
+            "optimizer": "adamw",
+            "learning_rate": 1e-3,
+            "ssm_learning_rate": placeholder(float),  # None: the base rate
+            "weight_decay": 0.01,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "schedule": "cosine",
+            "warmup_steps": 0,
+            "min_lr_ratio": 0.0,
+            "clip_norm": 1.0,
+        },
+        "train": {
+            "steps": 1000,
+            "batch_size": 32,
+            "log_every": 100,
+            "eval_every": 0,  # 0: evaluate only at the end
+            "checkpoint_every": 1000,  # 0: checkpoint only at the end
+            "keep_checkpoints": 2,
+            "progress": True,
+        },
+        "mesh": {"data": -1},  # -1: all devices
+    })
+
+
+# --- validation ------------------------------------------------------------------
+
+
+def _section(config, name: str):
+    section = config.get(name)
+    if section is None:
+        raise ConfigError(f"config.{name} is missing; it must hold the {name} fields (see seqjax.train.default_config)")
+    return section
+
+
+def _check_int(field: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{field}={value!r} must be an int >= {minimum}")
+
+
+def validate_config(config, num_devices: int | None = None) -> int:
+    """Checks the trainer's sections of ``config``.
+
+    Args:
+      config: the full config.
+      num_devices: devices available (default: ``jax.device_count()``).
+
+    Returns:
+      The size of the ``data`` mesh axis.
+
+    Raises:
+      ConfigError: one line naming the first bad field.
+    """
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    _check_int("config.seed", config.get("seed"), 0)
+    train = _section(config, "train")
+    _check_int("config.train.steps", train.get("steps"), 1)
+    _check_int("config.train.batch_size", train.get("batch_size"), 1)
+    _check_int("config.train.log_every", train.get("log_every"), 1)
+    _check_int("config.train.eval_every", train.get("eval_every"), 0)
+    _check_int("config.train.checkpoint_every", train.get("checkpoint_every"), 0)
+    _check_int("config.train.keep_checkpoints", train.get("keep_checkpoints"), 1)
+    if not isinstance(train.get("progress"), bool):
+        raise ConfigError(f"config.train.progress={train.get('progress')!r} must be True or False")
+    optim_lib.validate(_section(config, "optim"), train.steps)
+    data = _section(config, "mesh").get("data")
+    if not isinstance(data, int) or isinstance(data, bool) or not (data == -1 or 1 <= data <= num_devices):
+        raise ConfigError(f"config.mesh.data={data!r} must be -1 (all devices) or an int in [1, {num_devices}]")
+    data = num_devices if data == -1 else data
+    if train.batch_size % data:
+        raise ConfigError(
+            f"config.train.batch_size={train.batch_size} is not divisible by the data mesh size {data} (config.mesh.data)"
+        )
+    return data
+
+
+def check_lengths(config, task) -> None:
+    """Raises when the task's sequences are longer than the model's learned positions allow."""
+    model = config.get("model")
+    if model is None or model.get("positions") != "learned" or model.get("max_length") is None:
+        return
+    if task.max_length > model.max_length:
+        raise ConfigError(
+            f"config.model.max_length={model.max_length}: sequence longer than the model allows "
+            f"(task {task.name!r} feeds length {task.max_length}; learned positions need max_length >= it)"
+        )
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def make_mesh(data: int) -> jax.sharding.Mesh:
+    """A 1-D mesh with axis ``data`` over the first ``data`` devices."""
+    return jax.make_mesh((data,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:data])
+
+
+def git_hash() -> str | None:
+    """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(seqjax.__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _model_inputs(batch: dict) -> dict:
+    """Only what the model sees: ``inputs`` and (if present) ``segment_ids``."""
+    out = {"inputs": batch["inputs"]}
+    if batch.get("segment_ids") is not None:
+        out["segment_ids"] = batch["segment_ids"]
+    return out
+
+
+def make_train_step(model, task, tx, lr_schedule):
+    """The (unjitted) train step ``(state, batch, key) -> (state, metrics)``.
+
+    A non-finite loss or gradient norm returns the input state unchanged, so
+    that the host can checkpoint the last good state after seeing the loss.
+    """
+
+    def train_step(state: TrainState, batch, key):
+        step_key = jax.random.fold_in(key, state.step)
+
+        def loss_fn(params):
+            outputs = model.apply(
+                {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"), deterministic=False,
+                rngs={"dropout": step_key},
+            )
+            return task.loss(outputs, batch)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
+        return new, metrics
+
+    return train_step
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def run(config, workdir, *, task=None, model=None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and returns the results.
+
+    Args:
+      config: the full ConfigDict (``seed``, ``task``, ``model``, ``optim``, ``train``, ``mesh``).
+      workdir: the run's directory (created).
+      task: a Task object to use instead of ``seqjax.tasks.build(config.task)``.
+      model: a Flax module to use instead of ``seqjax.models.build(config.model)``.
+
+    Returns:
+      The contents of ``workdir/results.json``.
+
+    Raises:
+      ConfigError: a bad config field (before anything is built).
+      TrainingDiverged: the loss became NaN/Inf (after checkpointing the last good state).
+    """
+    t_start = time.time()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_size = validate_config(config)
+    train_cfg, steps = config.train, config.train.steps
+    results_path = workdir / "results.json"
+    if results_path.exists():
+        previous = json.loads(results_path.read_text())
+        if previous.get("finished") and previous.get("train", {}).get("steps") == steps:
+            return previous
+    if task is None:
+        from seqjax import tasks
+
+        task = tasks.build(config.task)
+    check_lengths(config, task)
+    if model is None:
+        from seqjax import models
+
+        # The models' own limits too: mixer position tables, s4's l_max, a CLS token.
+        models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
+        model = models.build(config.model)
+
+    mesh = make_mesh(data_size)
+    rep = replicated(mesh)
+    tx, schedules = optim_lib.make_optimizer(config.optim, steps)
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+
+    iterator = task.train_iterator(config.seed, train_cfg.batch_size)
+    first_state = iterator.get_state()
+    sample = jax.tree.map(np.asarray, next(iterator))  # shapes for init and shardings
+    iterator.set_state(first_state)
+    sample_in = jax.tree.map(lambda x: x[:1], _model_inputs(sample))
+    init_fn = make_init_fn(model, tx)
+    abstract = jax.eval_shape(init_fn, init_key, sample_in["inputs"], sample_in.get("segment_ids"))
+    st_shard = state_shardings(abstract, mesh)
+    b_shard = batch_shardings(sample, mesh)
+
+    ckpt = Checkpointer(workdir, keep=train_cfg.keep_checkpoints)
+    writer, bar = None, None
+    try:
+        restored = ckpt.restore_latest(abstract_like(abstract, st_shard))
+        if restored is not None:
+            step0, state, meta = restored
+            if step0 > steps:
+                raise ConfigError(
+                    f"config.train.steps={steps} is below the newest checkpoint in {workdir} (step {step0})"
+                )
+            iterator.set_state(meta["data_iterator"])
+            dropout_key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
+            elapsed_before, last_loss = float(meta.get("elapsed_s", 0.0)), meta.get("loss")
+        else:
+            step0, elapsed_before, last_loss = 0, 0.0, None
+            init = jax.jit(init_fn, out_shardings=st_shard)
+            state = init(init_key, sample_in["inputs"], sample_in.get("segment_ids"))
+        rng_data = np.asarray(jax.random.key_data(dropout_key)).tolist()
+
+        writer = MetricWriter(workdir, resume_step=step0)
+        what = f"resuming from step {step0}" if step0 else "starting"
+        writer.message(f"{what}: {steps} steps, batch {train_cfg.batch_size}, "
+                       f"{data_size} device(s) ({jax.devices()[0].device_kind})")
+        step_fn = jax.jit(
+            make_train_step(model, task, tx, schedules["lr"]),
+            in_shardings=(st_shard, b_shard, rep),
+            out_shardings=(st_shard, rep),
+            donate_argnums=(0,),
+        )
+        predict_jit = jax.jit(
+            lambda params, b: model.apply({"params": params}, b["inputs"], segment_ids=b.get("segment_ids"),
+                                          deterministic=True)
+        )
+        task_cfg = config.get("task")
+        eval_seed = task_cfg.get("eval_seed") if task_cfg is not None else None
+        eval_seed = config.seed if eval_seed is None else eval_seed
+
+        def evaluate(step: int, params) -> dict:
+            def predict(batch):
+                b = _model_inputs(batch)
+                return predict_jit(params, jax.device_put(b, batch_shardings(b, mesh)))
+
+            metrics = task.evaluate(predict, eval_seed)
+            writer.write(step, "eval", metrics)
+            return metrics
+
+        def make_meta(step: int, data_state, loss) -> dict:
+            return {"step": step, "data_iterator": data_state, "rng": rng_data, "loss": loss,
+                    "elapsed_s": elapsed_before + time.time() - t_start}
+
+        tokens_per_example = int(np.prod(sample["inputs"].shape[1:2])) if sample["inputs"].ndim > 1 else 1
+        # Redirected output (logs, CI) gets a redraw every 10 s instead of ~20 per second.
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=steps, initial=step0, disable=not train_cfg.progress, desc="train", dynamic_ncols=True,
+                   mininterval=0.1 if interactive else 10.0)
+        timed_steps, timed_seconds = 0, 0.0
+        window, window_steps, window_seconds = [], 0, 0.0
+        data_state = iterator.get_state()
+        batch = jax.device_put(next(iterator), b_shard) if step0 < steps else None
+        for s in range(step0, steps):
+            t_step = time.perf_counter()
+            state, metrics = step_fn(state, batch, dropout_key)
+            data_before, data_state = data_state, iterator.get_state()
+            if s + 1 < steps:  # fetch the next batch while the device computes this step
+                batch = jax.device_put(next(iterator), b_shard)
+            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                # The step returned its input state: save it with the iterator before the bad batch.
+                msg = (f"training diverged at step {s}: loss={loss}, grad_norm={grad_norm}; "
+                       f"the last good state is checkpoint {s} in {ckpt.directory}")
+                ckpt.save(s, state, make_meta(s, data_before, last_loss))
+                ckpt.wait()
+                writer.message("ERROR " + msg)
+                raise TrainingDiverged(msg)
+            last_loss = loss
+            seconds = time.perf_counter() - t_step
+            window.append(metrics)
+            if s > step0 or steps - step0 == 1:  # the first step of a process includes compilation
+                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + seconds
+                window_steps, window_seconds = window_steps + 1, window_seconds + seconds
+            elif (s + 1) % train_cfg.log_every == 0:
+                # A window of only the compile step: report its (slow) rate rather than none.
+                window_steps, window_seconds = 1, seconds
+            done = s + 1
+            if done % train_cfg.log_every == 0 or done == steps:
+                values = {k: float(np.mean([float(m[k]) for m in window])) for k in window[-1] if k != "lr"}
+                values["lr"] = float(window[-1]["lr"])
+                ex_s = train_cfg.batch_size * window_steps / max(window_seconds, 1e-9)
+                values.update(examples_per_s=ex_s, tokens_per_s=ex_s * tokens_per_example)
+                writer.write(done, "train", values)
+                bar.set_postfix(loss=f"{values['loss']:.4g}", ex_s=f"{ex_s:.3g}",
+                                tok_s=f"{ex_s * tokens_per_example:.3g}")
+                window, window_steps, window_seconds = [], 0, 0.0
+            if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0) or done == steps:
+                ckpt.save(done, state, make_meta(done, data_state, loss))
+            if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != steps:
+                evaluate(done, state.params)
+            bar.update(1)
+        bar.close()
+        final_metrics = evaluate(steps, state.params)
+        ckpt.wait()
+        if timed_steps == 0:
+            examples_per_s = None
+        else:
+            examples_per_s = train_cfg.batch_size * timed_steps / max(timed_seconds, 1e-9)
+        results = {
+            "metrics": _jsonable(final_metrics),
+            "train": {
+                "loss": last_loss,
+                "steps": steps,
+                "examples_per_s": examples_per_s,
+                "tokens_per_s": None if examples_per_s is None else examples_per_s * tokens_per_example,
+            },
+            "config": _jsonable(config.to_dict()),
+            "seqjax_version": seqjax.__version__,
+            "git_hash": git_hash(),
+            "wall_time_s": elapsed_before + time.time() - t_start,
+            "device_kind": jax.devices()[0].device_kind,
+            "num_devices": data_size,
+            "finished": True,
+        }
+        _write_json_atomic(results_path, results)
+        writer.message(f"finished {steps} steps: loss {last_loss}, metrics {json.dumps(results['metrics'])}")
+        return results
+    finally:
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+
+
+__all__ = ["run", "default_config", "validate_config", "check_lengths", "TrainingDiverged", "make_mesh",
+           "make_train_step", "git_hash"]
