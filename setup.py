@@ -32,9 +32,14 @@ setup(
         "jaxtyping>=0.2.36",
         "numpy>=1.26",
         "tqdm>=4.66",
+        "absl-py>=2.1",
+        "matplotlib>=3.8",  # report plots (seqjax.report, experiments.reproduce)
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
-        "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel", "matplotlib>=3.8"],
+        # nbclient/ipykernel: the tests execute the notebooks; tensorboard: the
+        # tests read the event files that seqjax.train writes without TensorFlow.
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                "tensorboard>=2.16"],
+        "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel"],
     },
 )

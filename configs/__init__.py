@@ -1,0 +1,1 @@
+"""Experiment configs: ``get_config(arg)`` files for ml_collections' config_flags."""

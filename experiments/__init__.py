@@ -1,0 +1,1 @@
+"""Thin experiment entrypoints: flags and configs only; the logic is in seqjax."""

@@ -1,0 +1,28 @@
+"""Reproduce a paper table: ``python -m experiments.reproduce --table icl --scale cpu``.
+
+Runs the table's missing cells (finished ones are skipped, interrupted ones
+resume), then writes ``<root>/<table>-<scale>.md`` and PNG plots built only
+from the cells' ``results.json`` files.
+"""
+
+import sys
+
+from absl import app, flags
+
+from seqjax import experiment
+
+TABLE = flags.DEFINE_enum("table", None, ["icl", "icll"], "which table (configs/tables/<table>.py)")
+SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "scale of every cell")
+ROOT = flags.DEFINE_string("root", "runs/tables", "folder of the cells' run folders")
+ONLY = flags.DEFINE_list("only", None, "run only these cell names (the report still uses all finished cells)")
+REPORT_ONLY = flags.DEFINE_bool("report_only", False, "train nothing; rebuild the report from finished cells")
+
+
+def main(argv):
+    del argv
+    return experiment.reproduce(TABLE.value, SCALE.value, ROOT.value, only=ONLY.value, train=not REPORT_ONLY.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("table")
+    sys.exit(app.run(main))

@@ -1,0 +1,33 @@
+"""Read run folders and build tables and plots from their ``results.json`` files.
+
+Nothing here trains or hard-codes a result: every number in a table comes
+from a ``results.json`` that a run wrote, and paper numbers (where a paper
+gives them) sit in their own, labelled rows.
+"""
+
+from seqjax.report.io import find_results, load_results
+from seqjax.report.tables import markdown_table
+
+
+
+def build_report(table: dict, base) -> list:
+    """Writes ``report.md`` and plots for a table from the finished cells under ``base``.
+
+    Args:
+      table: a spec from ``configs/tables/<name>.py`` (``kind``, ``title``, ``cells``, ``paper``).
+      base: the table's folder of run folders.
+
+    Returns:
+      Paths written; empty when no cell has finished.
+    """
+    import importlib
+    import pathlib
+
+    base = pathlib.Path(base)
+    results = load_results(base) if base.exists() else []
+    if not results:
+        return []
+    return importlib.import_module(f"seqjax.report.{table['kind']}").build(table, base, results)
+
+
+__all__ = ["build_report", "find_results", "load_results", "markdown_table"]

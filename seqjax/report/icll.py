@@ -1,0 +1,102 @@
+"""ICLL reports: DFA accuracy and TVD per model and number of training DFAs.
+
+Reads the ``metrics`` that ``seqjax.tasks.icll.ICLLTask.evaluate`` wrote into
+``results.json`` (``accuracy``, ``tvd``, and ``ngram`` baselines when present:
+``{"1": {"accuracy", "tvd"}, ...}``).
+"""
+
+import pathlib
+
+from seqjax.report.tables import markdown_table
+
+
+def _model(r: dict) -> str:
+    return r["config"].get("name", "icll-?").split("-")[1]
+
+
+def run_summary(results: dict) -> str:
+    """What ``python -m experiments.icll`` prints."""
+    m = results["metrics"]
+    cfg = results.get("config", {})
+    lines = [f"{cfg.get('name', 'icll run')} (mixers: {cfg.get('model', {}).get('mixers', '?')})",
+             f"DFA accuracy {m['accuracy']:.4f}   TVD {m['tvd']:.4f}   ({m.get('num_examples', '?')} test prompts)"]
+    for n, b in sorted(m.get("ngram", {}).items()):
+        lines.append(f"in-context {n}-gram baseline: accuracy {b['accuracy']:.4f}   TVD {b['tvd']:.4f}")
+    return "\n".join(lines)
+
+
+def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.Path]:
+    """Markdown table (models × training DFAs, accuracy / TVD) and a PNG per metric.
+
+    Args:
+      table: the table spec from ``configs/tables/icll.py``.
+      base: the table's run folder.
+      results: finished cells' results.
+
+    Returns:
+      Paths written.
+    """
+    sizes = sorted({r["config"]["task"]["num_train_dfas"] for r in results})
+    models = sorted({_model(r) for r in results})
+    cell = {(_model(r), r["config"]["task"]["num_train_dfas"]): r["metrics"] for r in results}
+    header = ["model"] + [f"{n} DFAs: acc / TVD" for n in sizes]
+
+    def fmt(m):
+        return None if m is None else f"{m['accuracy']:.3f} / {m['tvd']:.3f}"
+
+    rows = [[model] + [fmt(cell.get((model, n))) for n in sizes] for model in models]
+    # The in-context n-gram baselines depend only on the test prompts; take them from any run.
+    ngram = next((r["metrics"]["ngram"] for r in results if "ngram" in r["metrics"]), {})
+    rows += [[f"baseline: in-context {n}-gram"] + [fmt(b)] * len(sizes) for n, b in sorted(ngram.items())]
+    parts = [f"# {table['title']}", "", "Built from results.json files under this folder; accuracy ↑, TVD ↓.", "",
+             markdown_table(header, rows), ""]
+    if table.get("paper"):
+        parts += [table["paper"], ""]
+    written = []
+    if len(sizes) > 1:
+        written.append(_plot(models, sizes, cell, base / "icll-accuracy.png"))
+        parts += ["![accuracy](icll-accuracy.png)", ""]
+    else:
+        written.append(_bars(models, sizes[0], cell, ngram, base / "icll-accuracy.png"))
+        parts += ["![accuracy](icll-accuracy.png)", ""]
+    md = base / "report.md"
+    md.write_text("\n".join(parts))
+    return [md] + written
+
+
+def _plot(models, sizes, cell, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in models:
+        pts = [(n, cell[(model, n)]["accuracy"]) for n in sizes if (model, n) in cell]
+        ax.plot(*zip(*pts), marker="o", label=model)
+    ax.set(xscale="log", xlabel="training DFAs", ylabel="DFA accuracy", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def _bars(models, size, cell, ngram, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m for m in models if (m, size) in cell] + [f"{n}-gram" for n in sorted(ngram)]
+    acc = [cell[(m, size)]["accuracy"] for m in models if (m, size) in cell] + [ngram[n]["accuracy"] for n in sorted(ngram)]
+    tvd = [cell[(m, size)]["tvd"] for m in models if (m, size) in cell] + [ngram[n]["tvd"] for n in sorted(ngram)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, vals, label in ((axes[0], acc, "DFA accuracy ↑"), (axes[1], tvd, "TVD ↓")):
+        ax.bar(range(len(names)), vals)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set(ylabel=label, ylim=(0, 1), title=f"{size} training DFAs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return pathlib.Path(path)

@@ -1,0 +1,84 @@
+"""Report builders: tables and criteria computed from results dicts, never typed in."""
+
+import json
+
+import numpy as np
+import pytest
+
+from seqjax.report import build_report, icl, icll, load_results, markdown_table
+
+
+def _icl_result(rng, name, model_scale, dim=3, points=7):
+    ex = np.arange(points)
+    base = np.maximum(1.0 - ex / dim, 0.0)
+    noise = rng.uniform(0.0, 0.01, points)
+    return {
+        "finished": True,
+        "config": {"name": name, "task": {"name": "icl", "function_class": "linear"}, "model": {"mixers": "mha"}},
+        "metrics": {
+            "n": list(range(1, points + 1)),
+            "dim": dim,
+            "error_per_n": {
+                "model": list(model_scale * base + noise),
+                "least_squares": list(base),
+                "knn3": list(0.8 + 0 * base + noise),
+                "averaging": list(0.6 + 0 * base + noise),
+            },
+        },
+    }
+
+
+def test_markdown_table_formats():
+    t = markdown_table(["a", "b"], [[1, 0.12345], ["x", None]], digits=2)
+    assert t.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 0.12 |", "| x | – |"]
+
+
+def test_icl_claims_measure_the_criteria(rng):
+    good = _icl_result(rng, "icl-linear-transformer-cpu", 1.0)
+    c = icl.claims(good["metrics"])
+    assert c["error_at_2d"] == pytest.approx(good["metrics"]["error_per_n"]["model"][6])
+    assert c["meets_target"] and c["below_knn3_and_averaging"]
+    bad = _icl_result(rng, "icl-linear-lstm-cpu", 1.0)
+    bad["metrics"]["error_per_n"]["model"][4] = 0.9  # above 3-NN at n = d + 1
+    assert not icl.claims(bad["metrics"])["below_knn3_and_averaging"]
+    short = _icl_result(rng, "x", 1.0, points=5)
+    assert icl.claims(short["metrics"])["error_at_2d"] is None
+
+
+def test_icl_summary_table_rows_are_examples(rng):
+    r = _icl_result(rng, "icl-linear-transformer-cpu", 1.0)
+    text = icl.run_summary(r)
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| examples | model | least squares | 3-NN | averaging |"
+    assert lines[2].startswith("| 0 | ") and len(lines) == 2 + 7
+    assert "≤ 0.1" in text and "below 3-NN and averaging for every n ≥ d: yes" in text
+
+
+def test_build_reports_from_results_files(tmp_path, rng):
+    for i, model in enumerate(["transformer", "lstm"]):
+        d = tmp_path / f"linear-{model}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(_icl_result(rng, f"icl-linear-{model}-cpu", 1.0 + i)))
+    unfinished = tmp_path / "linear-gla"
+    unfinished.mkdir()
+    (unfinished / "results.json").write_text(json.dumps({**_icl_result(rng, "icl-linear-gla-cpu", 1.0), "finished": False}))
+    assert len(load_results(tmp_path)) == 2
+    paths = build_report({"kind": "icl", "title": "T", "cells": [], "paper": None}, tmp_path)
+    md = paths[0].read_text()
+    assert "icl-linear-transformer-cpu" in md and "icl-linear-gla-cpu" not in md
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+
+def test_build_icll_report(tmp_path):
+    for model, acc in [("mha", 0.9), ("lstm", 0.5)]:
+        d = tmp_path / model
+        d.mkdir()
+        r = {"finished": True, "config": {"name": f"icll-{model}-100-cpu", "task": {"name": "icll", "num_train_dfas": 100},
+                                          "model": {"mixers": model}},
+             "metrics": {"accuracy": acc, "tvd": 1 - acc, "num_examples": 10, "ngram": {"2": {"accuracy": 0.7, "tvd": 0.4}}}}
+        (d / "results.json").write_text(json.dumps(r))
+    paths = build_report({"kind": "icll", "title": "T", "cells": [], "paper": "ordering"}, tmp_path)
+    md = paths[0].read_text()
+    assert "| mha | 0.900 / 0.100 |" in md and "| lstm | 0.500 / 0.500 |" in md
+    assert "baseline: in-context 2-gram | 0.700 / 0.400" in md and "ordering" in md
+    assert "accuracy 0.9000" in icll.run_summary(r | {"metrics": {"accuracy": 0.9, "tvd": 0.1}})

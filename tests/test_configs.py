@@ -1,0 +1,42 @@
+"""Experiment configs: every table cell builds a valid config; bad arguments fail in one line."""
+
+import importlib
+
+import pytest
+
+from seqjax import models
+from seqjax.config import parse_arg
+from seqjax.errors import ConfigError
+from seqjax.experiment import load_config
+
+
+def test_parse_arg():
+    allowed = {"model": None, "scale": ["cpu", "paper"]}
+    assert parse_arg("model=mamba", allowed, {"model": "mha", "scale": "cpu"}) == {"model": "mamba", "scale": "cpu"}
+    for bad, field in [("scale=gpu", "scale='gpu'"), ("size=3", "'size' is unknown"), ("mamba", "not key=value")]:
+        with pytest.raises(ConfigError, match=field) as e:
+            parse_arg(bad, allowed, {})
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("table", ["icl", "icll"])
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_every_table_cell_builds(table, scale):
+    tab = importlib.import_module(f"configs.tables.{table}").get_table(scale)
+    names = set()
+    for cell in tab["cells"]:
+        config = load_config(cell.config, cell.arg)
+        models.validate(config.model)
+        assert config.name not in names
+        names.add(config.name)
+
+
+def test_ngram_suffix_prepends_a_layer():
+    config = load_config("configs/icll/regbench.py", "model=mamba+ngram")
+    layers = models.layer_mixers(config.model)
+    assert layers[0] == "ngram" and layers[1:] == ["mamba"] * (len(layers) - 1)
+
+
+def test_unknown_model_lists_allowed():
+    with pytest.raises(ConfigError, match=r"model='mambo'.*allowed: .*mamba"):
+        load_config("configs/icl/regression.py", "model=mambo")

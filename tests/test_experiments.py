@@ -1,0 +1,92 @@
+"""The entrypoints end to end: bad configs fail in one line; tiny real runs feed the
+reports and the notebooks (which CI executes here)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from seqjax.experiment import load_config, reproduce
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--config=configs/icl/regression.py:model=mambo"], "model='mambo'"),
+        (["--config=configs/icl/regression.py:fc=cubic"], "fc='cubic'"),
+        (["--config.optim.learning_rate=-0.1"], "config.optim.learning_rate"),
+        (["--config.model.positions=learned", "--config.task.n_points=40"], "max_length"),
+        (["--config.model.mixers=mha,foo"], "config.model.mixers"),
+    ],
+)
+def test_bad_config_fails_at_start_in_one_line(tmp_path, args, field):
+    r = _cli("experiments.icl", *args, f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], r.stderr[-2000:]
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _tiny_icl(steps=30):
+    c = load_config("configs/icl/regression.py", "fc=linear,model=transformer,scale=cpu")
+    c.task.dim, c.task.n_points, c.model.input_dim, c.model.max_length = 3, 7, 3, 14
+    c.model.num_layers, c.model.d_model = 1, 16
+    c.task.eval_batch_size, c.task.ilwd_batch_size = 64, 8
+    c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = steps, 16, 10, steps
+    c.train.progress = False
+    c.optim.warmup_steps = 5
+    return c
+
+
+def _tiny_icll(data_dir, model):
+    c = load_config("configs/icll/regbench.py", f"model={model},train_dfas=40,scale=cpu")
+    c.task.data_dir = str(data_dir)
+    c.task.num_eval_dfas, c.task.eval_examples = 10, 10
+    c.task.num_strings, c.task.string_length, c.task.max_length = (2, 3), (1, 4), 24
+    c.model.max_length = 24
+    c.model.d_model = 16
+    c.model.mixers, c.model.num_layers = ("ngram,mha", 2) if model.endswith("+ngram") else (model, 1)
+    c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 20, 8, 10, 20
+    c.train.progress = False
+    c.optim.warmup_steps = 5
+    return c
+
+
+def test_tiny_runs_reports_and_notebooks(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from seqjax import train
+
+    icl_dir = tmp_path / "icl"
+    res = train.run(_tiny_icl(), str(icl_dir / "linear-transformer"))
+    assert res["finished"] and len(res["metrics"]["error_per_n"]["model"]) == 7
+    icll_dir = tmp_path / "icll"
+    for model in ("mha", "mha+ngram"):
+        res = train.run(_tiny_icll(tmp_path / "data", model), str(icll_dir / model))
+        assert 0.0 <= res["metrics"]["accuracy"] <= 1.0 and set(res["metrics"]["ngram"]) == {"1", "2", "3"}
+        lines = (icll_dir / model / "metrics.jsonl").read_text().splitlines()
+        losses = [m["loss"] for m in map(json.loads, lines) if m.get("split") == "train" and "loss" in m]
+        # From ~ln 20 = 3.0: even 20 steps learn the letter/separator frequencies.
+        assert losses[-1] < losses[0] - 0.2, f"{model}: training did not move the loss: {losses}"
+    for name, folder in (("icl", icl_dir), ("icll", icll_dir)):
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        os.environ["SEQJAX_RESULTS"] = str(folder)
+        try:
+            nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        finally:
+            del os.environ["SEQJAX_RESULTS"]
+        outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+        assert "finished" in outputs and " 0 finished" not in outputs
+        images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert images, f"{name} notebook drew nothing"
