@@ -45,7 +45,16 @@ def main(config, workdir: str | None, report: Callable[[dict], str] | None = Non
 
 
 def load_config(path: str, arg: str):
-    """Calls ``get_config(arg)`` of the config file at ``path`` (as config_flags would)."""
+    """Calls ``get_config(arg)`` of the config file at ``path`` (as config_flags would).
+
+    Config files import ``configs.common``; the folder holding ``configs/`` is
+    put on ``sys.path`` so this works from any working directory.
+    """
+    for parent in pathlib.Path(path).resolve().parents:
+        if (parent / "configs" / "__init__.py").is_file():
+            if str(parent) not in sys.path:
+                sys.path.insert(0, str(parent))
+            break
     spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
