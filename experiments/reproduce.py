@@ -1,13 +1,13 @@
 """Reproduce a paper table: ``python -m experiments.reproduce --table icl --scale cpu``.
 
 Runs the table's missing cells (finished ones are skipped, interrupted ones
-resume), then writes ``<root>/<table>-<scale>.md`` and PNG plots built only
+resume), then writes ``<root>/<table>-<scale>/report.md`` and PNG plots built only
 from the cells' ``results.json`` files.
 """
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from seqjax import experiment
 
@@ -20,6 +20,8 @@ REPORT_ONLY = flags.DEFINE_bool("report_only", False, "train nothing; rebuild th
 
 def main(argv):
     del argv
+    # app.run logs INFO to stderr; orbax and tfds would print a line per checkpoint.
+    logging.set_verbosity(logging.WARNING)
     return experiment.reproduce(TABLE.value, SCALE.value, ROOT.value, only=ONLY.value, train=not REPORT_ONLY.value)
 
 

@@ -72,7 +72,8 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
       train: False rebuilds the report without training.
 
     Returns:
-      Exit status (0, or 2 on a bad cell config).
+      Exit status: 0; 1 if a cell diverged (the others still run); 2 on a bad
+      cell config.
     """
     from seqjax import train as trainer
     from seqjax.report import build_report
@@ -84,6 +85,7 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         known = ", ".join(c.name for c in tab["cells"])
         print(f"error: --only names cells that are not in the table; cells: {known}", file=sys.stderr)
         return 2
+    diverged = []
     for i, cell in enumerate(cells if train else []):
         print(f"[{i + 1}/{len(cells)}] {cell.name}: {cell.config}:{cell.arg}", flush=True)
         try:
@@ -91,7 +93,14 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         except ConfigError as e:
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
             return 2
+        except trainer.TrainingDiverged as e:
+            # One diverged cell should not cost the others; the report leaves it empty.
+            print(f"error: cell {cell.name}: {e}", file=sys.stderr)
+            diverged.append(cell.name)
     paths = build_report(tab, base)
     for path in paths:
         print(f"wrote {path}")
+    if diverged:
+        print(f"cells that diverged (not in the report): {', '.join(diverged)}", file=sys.stderr)
+        return 1
     return 0

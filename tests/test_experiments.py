@@ -90,3 +90,33 @@ def test_tiny_runs_reports_and_notebooks(tmp_path):
         assert "finished" in outputs and " 0 finished" not in outputs
         images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert images, f"{name} notebook drew nothing"
+
+
+def test_reproduce_runs_cells_skips_finished_and_survives_divergence(tmp_path, monkeypatch, capsys):
+    from seqjax import experiment, train
+
+    calls = []
+    real_run = train.run
+
+    def fake_load(path, arg):
+        return _tiny_icl(steps=12)
+
+    def run(config, workdir):
+        calls.append(pathlib.Path(workdir).name)
+        if workdir.endswith("linear-mamba"):
+            raise train.TrainingDiverged("loss=nan at step 3")
+        return real_run(config, workdir)
+
+    monkeypatch.setattr(experiment, "load_config", fake_load)
+    monkeypatch.setattr(train, "run", run)
+    only = ["linear-transformer", "linear-mamba"]
+    assert reproduce("icl", "cpu", str(tmp_path), only=only) == 1
+    err = capsys.readouterr().err
+    assert "error: cell linear-mamba: loss=nan" in err and "diverged (not in the report): linear-mamba" in err
+    assert calls == only
+    assert "transformer" in (tmp_path / "icl-cpu" / "report.md").read_text()
+    # Again: the finished cell returns its results.json without training; the diverged one is retried.
+    assert reproduce("icl", "cpu", str(tmp_path), only=["linear-transformer"]) == 0
+    assert json.loads((tmp_path / "icl-cpu" / "linear-transformer" / "results.json").read_text())["finished"]
+    log = (tmp_path / "icl-cpu" / "linear-transformer" / "train.log").read_text()
+    assert log.count("starting") == 1 and "resuming" not in log

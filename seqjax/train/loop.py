@@ -3,7 +3,9 @@
 One call of :func:`run`:
 
 1. validates the config (one-line :class:`~seqjax.errors.ConfigError` naming the field);
-2. returns ``workdir/results.json`` unchanged if it exists for the same ``train.steps``;
+2. checks the config against ``workdir/config.json`` (a folder holds one run:
+   a different config fails naming the fields; see :data:`RESUMABLE_FIELDS`),
+   and returns ``workdir/results.json`` unchanged if it exists for the same ``train.steps``;
 3. builds the task, the model, the mesh (axis ``data``) and the optimiser;
 4. restores the newest checkpoint in ``workdir/checkpoints`` (state, data
    iterator, rng) or initialises a fresh state;
@@ -143,6 +145,53 @@ def check_lengths(config, task) -> None:
         )
 
 
+# --- one run per folder --------------------------------------------------------------
+
+# Fields that may change between invocations in the same folder: they change
+# bookkeeping or placement, not what is trained (train.steps may grow to
+# extend a run; the data axis may change, since 8 devices train as 1 does).
+RESUMABLE_FIELDS = (
+    "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "mesh.data",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_workdir_config(config, workdir: Path) -> None:
+    """Checks ``config`` against ``workdir/config.json`` when the folder has one.
+
+    :func:`run` writes that file once the config has passed every check, so a
+    config that failed (say, a too-long sequence) can be fixed in place.
+
+    Args:
+      config: the full config.
+      workdir: the run folder.
+
+    Raises:
+      ConfigError: the folder holds a run of another config (names up to three
+        differing fields with both values).
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old, new = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(_jsonable(config.to_dict()))))
+    diffs = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)]
+    if diffs:
+        shown = ", ".join(f"config.{k}={new.get(k)!r} (run has {old.get(k)!r})" for k in diffs[:3])
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise ConfigError(
+            f"{workdir} holds a run of a different config: {shown}{more}; pass another --workdir or delete the folder"
+        )
+
+
 # --- helpers -----------------------------------------------------------------------
 
 
@@ -228,6 +277,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data_size = validate_config(config)
+    check_workdir_config(config, workdir)
     train_cfg, steps = config.train, config.train.steps
     results_path = workdir / "results.json"
     if results_path.exists():
@@ -245,6 +295,8 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         # The models' own limits too: mixer position tables, s4's l_max, a CLS token.
         models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
         model = models.build(config.model)
+    if not (workdir / "config.json").exists():
+        _write_json_atomic(workdir / "config.json", _jsonable(config.to_dict()))
 
     mesh = make_mesh(data_size)
     rep = replicated(mesh)
@@ -393,5 +445,5 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             writer.close()
 
 
-__all__ = ["run", "default_config", "validate_config", "check_lengths", "TrainingDiverged", "make_mesh",
+__all__ = ["run", "default_config", "validate_config", "check_workdir_config", "check_lengths", "TrainingDiverged", "make_mesh",
            "make_train_step", "git_hash"]

@@ -191,3 +191,19 @@ def test_sequence_longer_than_learned_positions(tmp_path):
         run(config, tmp_path, task=ToyTask(), model=ToyModel())
     config.model.positions = "sinusoidal"  # no table to run past: allowed
     assert math.isfinite(run(config, tmp_path, task=ToyTask(), model=ToyModel())["train"]["loss"])
+
+
+def test_a_folder_holds_one_config(tmp_path):
+    config = make_config(steps=4, checkpoint_every=0)
+    run(config, tmp_path, task=ToyTask(), model=ToyModel())
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["learning_rate"] == config.optim.learning_rate
+    # A different learning rate in the same folder would resume or return the other run's results.
+    changed = make_config(steps=4, checkpoint_every=0)
+    changed.optim.learning_rate = config.optim.learning_rate * 3
+    task = ToyTask()
+    with pytest.raises(ConfigError, match=r"holds a run of a different config: config\.optim\.learning_rate=") as info:
+        run(changed, tmp_path, task=task, model=ToyModel())
+    assert "\n" not in str(info.value) and task.iterators_made == 0
+    # Bookkeeping fields may change: more steps extend the run.
+    longer = make_config(steps=6, checkpoint_every=0, log_every=2)
+    assert run(longer, tmp_path, task=ToyTask(), model=ToyModel())["train"]["steps"] == 6
