@@ -46,7 +46,7 @@ from seqjax.models.model import SequenceModel
 
 INPUTS = ("tokens", "continuous")
 POSITIONS = ("none", "learned", "sinusoidal")
-HEADS = ("lm", "regression", "classification")
+HEADS = ("lm", "regression", "classification", "retrieval")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 _FIELD = "config.model"
@@ -165,7 +165,7 @@ def bidirectional_only(name: str) -> bool:
 
 
 def _uses_cls(cfg: dict) -> bool:
-    return cfg["head"] == "classification" and cfg["pooling"] == "cls"
+    return cfg["head"] in ("classification", "retrieval") and cfg["pooling"] == "cls"
 
 
 def _dtype(field: str, value):

@@ -7,7 +7,10 @@ float32 (losses are computed in float32 whatever the compute dtype):
 * ``"regression"``: Dense ``d -> output_dim`` with bias at every position,
   ``(b, l, output_dim)`` (ICL reads the predictions at the ``x`` positions);
 * ``"classification"``: pool over length, then Dense ``d -> num_classes``
-  with bias, ``(b, num_classes)``.
+  with bias, ``(b, num_classes)``;
+* ``"retrieval"`` (LRA's two-tower matching): both documents are encoded by
+  the same backbone and pooled to ``u`` and ``v``; ``[u, v, u*v, u-v]`` goes
+  through a one-hidden-layer GELU MLP to ``(b, num_classes)``.
 
 Pooling and the padding mask. Whether a position is padding cannot be told
 from the inputs (token 0 may be a real token, continuous inputs have no pad
@@ -128,4 +131,26 @@ class ClassificationHead(nn.Module):
         pooled = pool(x, self.pooling, mask)
         y = dense(self.num_classes, ("embed", None), use_bias=True, dtype=self.dtype, name="logits")(
             pooled.astype(self.dtype))
+        return y.astype(jnp.float32)
+
+
+class RetrievalHead(nn.Module):
+    """Two-tower matching: ``[u, v, u*v, u-v]`` -> MLP -> class logits (LRA retrieval).
+
+    Attributes:
+      num_classes: number of classes.
+      hidden: width of the MLP's hidden layer.
+      dtype: compute dtype (logits are returned in float32).
+    """
+
+    num_classes: int
+    hidden: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, u: Float[Array, "b d"], v: Float[Array, "b d"]) -> Float[Array, "b c"]:
+        """Class logits ``(b, num_classes)`` float32 of the pooled encodings ``u``, ``v``."""
+        features = jnp.concatenate([u, v, u * v, u - v], axis=-1).astype(self.dtype)
+        h = nn.gelu(dense(self.hidden, (None, "mlp"), use_bias=True, dtype=self.dtype, name="hidden")(features))
+        y = dense(self.num_classes, ("mlp", None), use_bias=True, dtype=self.dtype, name="logits")(h)
         return y.astype(jnp.float32)

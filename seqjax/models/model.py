@@ -16,7 +16,7 @@ from jaxtyping import Array, Bool, Float
 from seqjax.errors import ConfigError
 from seqjax.models.backbone import Backbone, MixerSpec
 from seqjax.models.embeddings import Embedding, prepend_cls_column
-from seqjax.models.heads import ClassificationHead, LMHead, RegressionHead
+from seqjax.models.heads import ClassificationHead, LMHead, RegressionHead, RetrievalHead, pool
 from seqjax.types import SegmentIds
 
 
@@ -36,7 +36,9 @@ class SequenceModel(nn.Module):
       positions: ``"none"``, ``"learned"`` or ``"sinusoidal"`` (model-level
         absolute positions; mixers may add their own, e.g. RoPE in ``mha``).
       max_length: learned position table size.
-      head: ``"lm"``, ``"regression"`` or ``"classification"``.
+      head: ``"lm"``, ``"regression"``, ``"classification"`` or
+        ``"retrieval"`` (inputs ``(b, 2, l)``: two documents through the same
+        encoder, see ``heads.py``).
       output_dim: regression width.
       num_classes: classification classes.
       pooling: ``"mean"``, ``"last"`` or ``"cls"`` (classification).
@@ -63,7 +65,7 @@ class SequenceModel(nn.Module):
     @property
     def uses_cls(self) -> bool:
         """Whether a CLS token is prepended (classification with ``pooling="cls"``)."""
-        return self.head == "classification" and self.pooling == "cls"
+        return self.head in ("classification", "retrieval") and self.pooling == "cls"
 
     @nn.compact
     def __call__(
@@ -77,7 +79,9 @@ class SequenceModel(nn.Module):
         """Runs the model.
 
         Args:
-          inputs: ``(b, l)`` int tokens or ``(b, l, input_dim)`` floats.
+          inputs: ``(b, l)`` int tokens or ``(b, l, input_dim)`` floats;
+            retrieval: ``(b, 2, l)`` (or ``(b, 2, l, input_dim)``), and
+            ``segment_ids``/``mask`` ``(b, 2, l)``.
           segment_ids: ``(b, l)`` ids of packed sequences (every mixer and the
             positions restart at a segment start), or None.
           mask: ``(b, l)``, True at real (non-padding) positions; used by the
@@ -90,11 +94,18 @@ class SequenceModel(nn.Module):
 
         Returns:
           lm: ``(b, l, vocab_size)`` logits; regression: ``(b, l, output_dim)``;
-          classification: ``(b, num_classes)`` logits. All float32.
+          classification and retrieval: ``(b, num_classes)`` logits. All float32.
 
         Raises:
           ConfigError: inputs, ``segment_ids`` or ``mask`` of the wrong shape.
         """
+        if self.head == "retrieval":
+            # One encoder for both documents: fold the pair axis into the batch.
+            if inputs.ndim < 3 or inputs.shape[1] != 2:
+                raise ConfigError(f"retrieval inputs: shape {tuple(inputs.shape)}; expected (batch, 2, length[, dim])")
+            pair = inputs.shape[0]
+            fold = lambda a: None if a is None else a.reshape((2 * pair,) + a.shape[2:])  # noqa: E731
+            inputs, segment_ids, mask = fold(inputs), fold(segment_ids), fold(mask)
         b, l = inputs.shape[:2]
         for what, arr in (("segment_ids", segment_ids), ("mask", mask)):
             if arr is not None and tuple(arr.shape) != (b, l):
@@ -117,4 +128,9 @@ class SequenceModel(nn.Module):
             return RegressionHead(self.output_dim, dtype=self.dtype, name="head")(x)
         if self.head == "classification":
             return ClassificationHead(self.num_classes, self.pooling, dtype=self.dtype, name="head")(x, mask)
-        raise ConfigError(f"config.model.head={self.head!r} is not allowed; allowed: lm, regression, classification")
+        if self.head == "retrieval":
+            pooled = pool(x, self.pooling, mask).reshape(b // 2, 2, -1)
+            return RetrievalHead(self.num_classes, hidden=self.d_model, dtype=self.dtype, name="head")(
+                pooled[:, 0], pooled[:, 1])
+        raise ConfigError(
+            f"config.model.head={self.head!r} is not allowed; allowed: lm, regression, classification, retrieval")

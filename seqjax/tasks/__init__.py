@@ -13,6 +13,7 @@ from seqjax.tasks.base import Batch, DataIterator, Metrics, Task
 _TASKS = {
     "icl": "seqjax.tasks.icl:ICLTask",
     "icll": "seqjax.tasks.icll:ICLLTask",
+    "lra": "seqjax.tasks.lra:LRATask",
 }
 
 

@@ -217,12 +217,26 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+# Batch keys the model is applied with (besides ``inputs``), when the task provides them.
+MODEL_KEYS = ("segment_ids", "mask")
+
+
 def _model_inputs(batch: dict) -> dict:
-    """Only what the model sees: ``inputs`` and (if present) ``segment_ids``."""
+    """Only what the model sees: ``inputs`` and, if present, ``segment_ids`` and ``mask``.
+
+    ``mask`` (True at real positions) reaches the classification head's
+    pooling, so padded sequences pool over their real tokens only.
+    """
     out = {"inputs": batch["inputs"]}
-    if batch.get("segment_ids") is not None:
-        out["segment_ids"] = batch["segment_ids"]
+    for key in MODEL_KEYS:
+        if batch.get(key) is not None:
+            out[key] = batch[key]
     return out
+
+
+def _apply(model, params, batch: dict, **kwargs):
+    extra = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+    return model.apply({"params": params}, batch["inputs"], **extra, **kwargs)
 
 
 def make_train_step(model, task, tx, lr_schedule):
@@ -236,10 +250,7 @@ def make_train_step(model, task, tx, lr_schedule):
         step_key = jax.random.fold_in(key, state.step)
 
         def loss_fn(params):
-            outputs = model.apply(
-                {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"), deterministic=False,
-                rngs={"dropout": step_key},
-            )
+            outputs = _apply(model, params, batch, deterministic=False, rngs={"dropout": step_key})
             return task.loss(outputs, batch)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -342,10 +353,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             out_shardings=(st_shard, rep),
             donate_argnums=(0,),
         )
-        predict_jit = jax.jit(
-            lambda params, b: model.apply({"params": params}, b["inputs"], segment_ids=b.get("segment_ids"),
-                                          deterministic=True)
-        )
+        predict_jit = jax.jit(lambda params, b: _apply(model, params, b, deterministic=True))
         task_cfg = config.get("task")
         eval_seed = task_cfg.get("eval_seed") if task_cfg is not None else None
         eval_seed = config.seed if eval_seed is None else eval_seed
