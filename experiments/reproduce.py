@@ -11,7 +11,7 @@ from absl import app, flags, logging
 
 from seqjax import experiment
 
-TABLE = flags.DEFINE_enum("table", None, ["icl", "icll"], "which table (configs/tables/<table>.py)")
+TABLE = flags.DEFINE_enum("table", None, ["icl", "icll", "lra"], "which table (configs/tables/<table>.py)")
 SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "scale of every cell")
 ROOT = flags.DEFINE_string("root", "runs/tables", "folder of the cells' run folders")
 ONLY = flags.DEFINE_list("only", None, "run only these cell names (the report still uses all finished cells)")

@@ -1,0 +1,8 @@
+"""LRA image: ``--config=configs/lra/image.py:model=s4d,scale=cpu`` (settings: ``configs/lra/_base.py``)."""
+
+from configs.lra._base import make
+
+
+def get_config(arg: str | None = None):
+    """The LRA image config for ``arg`` (``model=...,scale=cpu|paper``)."""
+    return make("image", arg)

@@ -1,0 +1,8 @@
+"""LRA listops: ``--config=configs/lra/listops.py:model=s4d,scale=cpu`` (settings: ``configs/lra/_base.py``)."""
+
+from configs.lra._base import make
+
+
+def get_config(arg: str | None = None):
+    """The LRA listops config for ``arg`` (``model=...,scale=cpu|paper``)."""
+    return make("listops", arg)

@@ -1,0 +1,37 @@
+"""LRA cells: tasks × models, with the papers' reported accuracies as reference rows.
+
+The paper rows are REFERENCES.md's table (Tay et al. 2020 for the efficient
+transformers; the S4D paper for S4-LegS and S4D-LegS, marked "(check)" there;
+the S5 paper for S5), labelled as the papers'. Ours come only from the
+cells' ``results.json`` (test accuracy).
+
+At ``scale=cpu`` only the generated tasks (ListOps, short variant; Pathfinder-32,
+20k images) are cells: the archive-backed ones need the official archives in
+``$SEQJAX_DATA/lra_manual`` (see ``docs/lra_archives.md``); add them with
+``--only`` once the archives are there.
+"""
+
+from configs.tables.icl import Cell
+
+TASKS = {"cpu": ["listops", "pathfinder"],
+         "paper": ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]}
+MODELS = ["transformer", "s4", "s4d", "s5", "mamba"]
+COLUMNS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
+# Accuracy (%) per COLUMNS; None = "fail" (chance) in the paper.
+PAPER_ROWS = {
+    "Transformer (LRA paper)": [36.37, 64.27, 57.46, 42.44, 71.40, None],
+    "Performer (LRA paper)": [18.01, 65.40, 53.82, 42.77, 77.05, None],
+    "Linear Transformer (LRA paper)": [16.13, 65.90, 53.09, 42.34, 75.30, None],
+    "BigBird (LRA paper)": [36.05, 64.02, 59.29, 40.83, 74.87, None],
+    "S4 (S4D paper's S4-LegS, check)": [59.60, 86.82, 90.90, 88.65, 94.20, 96.35],
+    "S4D-LegS (S4D paper, check)": [60.47, 86.18, 89.46, 88.19, 93.06, 91.95],
+    "S5 (S5 paper)": [62.15, 89.31, 91.40, 88.00, 95.33, 98.58],
+}
+
+
+def get_table(scale: str) -> dict:
+    """The cells at ``scale`` ("cpu" or "paper") and how to report them."""
+    cells = [Cell(f"{task}-{model}", f"configs/lra/{task}.py", f"model={model},scale={scale}")
+             for task in TASKS[scale] for model in MODELS]
+    return {"kind": "lra", "cells": cells, "paper": PAPER_ROWS, "columns": COLUMNS,
+            "title": "Long Range Arena: test accuracy (%) per task and model"}
