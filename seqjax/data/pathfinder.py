@@ -1,0 +1,475 @@
+"""Pathfinder images (Linsley et al. 2018, as used by the Long Range Arena), generated offline.
+
+An image shows curvy "snakes" on black and two bright circular markers; the
+label is 1 when one snake connects the two markers and 0 when they sit on two
+different snakes. Written from the paper's description (REFERENCES.md,
+"Pathfinder / Path-X"; docs/lra_pathfinder.md has the measured checks):
+
+- A snake is a chain of ``contour_length`` straight "paddles" of
+  ``paddle_length`` pixels, each starting where the previous one ends (the
+  pivot). The next paddle's direction is drawn from ``num_angles`` equally
+  spaced directions on the circle around the pivot (with a random rotation, so
+  directions are continuous) with weight
+  ``max(cos(min(|dtheta| * continuity, pi/2)), 0)**2``, where ``dtheta`` is the
+  turn against the previous paddle. Directions whose paddle would leave the
+  padded frame or come closer than the clearance to anything drawn (an
+  occupancy test against every drawn paddle) get weight 0. A snake with no
+  free direction is abandoned and redrawn.
+- Clearance between two different snakes (centre line to centre line) is
+  ``margin + thickness + AA_GAP``: the paper's margin between strokes plus the
+  stroke width plus the antialiasing fringe, so that snakes do not merge into
+  one blob after rendering. Within a snake, paddle ``j`` only has to clear the
+  new paddle ``k`` by ``min(clearance, paddle_length * (k - 1 - j) / 2)``
+  (its neighbours share the pivot).
+- Two target snakes A and B of ``contour_length`` paddles start
+  ``seed_distance`` apart (B is retried ``_B_TRIES`` times before the pair
+  is redrawn). Their four ends are kept free of the other target
+  and of distractors by ``marker_radius + clearance``, and the rendered A and
+  B never touch (8-connectivity), so the label is decided by the markers alone.
+- ``K // distractor_length`` distractor snakes of ``distractor_length =
+  contour_length // 3`` paddles (K = 20 / 22 / 35 / 30 for sizes 32 / 64 / 128
+  / 256) start at random free points. A distractor that cannot be placed in
+  ``_DISTRACTOR_TRIES`` attempts is skipped (``info["num_distractors"]``).
+- Label 1: markers at both ends of A. Label 0: one marker at the far end of one
+  target and one at the start of the other (random which), so both marker
+  pairs are about one snake's end-to-end distance apart: the geometry is drawn
+  before the markers and does not depend on the label.
+- Paddles are rendered antialiased at ``antialias_scale`` = 2 and downsampled
+  by averaging; snake intensity is ``clip(coverage * snake_contrast, 0, 1)``,
+  markers are drawn at full intensity; the image is that times 255 as uint8.
+
+Difficulty is the contour length: ``easy`` 6, ``intermediate`` 9, ``hard`` 14
+(LRA uses ``hard``). :func:`tokens` flattens an image row-major to the int32
+pixel intensities 0..255 that LRA feeds to models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from seqjax.data import pathfinder_draw as draw
+from seqjax.errors import ConfigError
+
+SIZES = (32, 64, 128, 256)
+DIFFICULTIES = {"easy": 6, "intermediate": 9, "hard": 14}
+# Extra clearance (output pixels) for the antialiasing fringe of two strokes.
+AA_GAP = 1.0
+# Pixel threshold (0..255) at which an image is read as foreground by the
+# flood-fill checks (tests, docs): above the faint antialiasing fringe.
+FOREGROUND_THRESHOLD = 64
+_PAIR_TRIES = 200
+_DISTRACTOR_TRIES = 20
+_B_TRIES = 4
+_START_TRIES = 50
+
+# Size-specific settings of the LRA release (REFERENCES.md):
+# padding, paddle margins, paddle length, thickness, seed distance,
+# marker radius, continuity, snake contrast, distractor budget K.
+_SIZE_SETTINGS = {
+    32: dict(padding=1, margins=(1,), paddle_length=2, thickness=0.5, seed_distance=7, marker_radius=1.5,
+             continuity=1.0, snake_contrast=2.0, distractor_budget=20),
+    64: dict(padding=1, margins=(1,), paddle_length=5, thickness=1.0, seed_distance=12, marker_radius=2.5,
+             continuity=1.8, snake_contrast=0.8, distractor_budget=22),
+    128: dict(padding=1, margins=(2, 3), paddle_length=5, thickness=1.5, seed_distance=20, marker_radius=3.0,
+              continuity=1.8, snake_contrast=0.9, distractor_budget=35),
+    256: dict(padding=22, margins=(3,), paddle_length=5, thickness=2.0, seed_distance=27, marker_radius=5.0,
+              continuity=1.8, snake_contrast=1.0, distractor_budget=30),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PathfinderConfig:
+    """Generator settings for one image size and difficulty.
+
+    Attributes:
+      size: image side in pixels (32, 64, 128 or 256).
+      difficulty: ``"easy"``, ``"intermediate"`` or ``"hard"``.
+      contour_length: paddles per target snake (6 / 9 / 14 by difficulty).
+      padding: pixels at each border that snakes never enter.
+      margins: paddle margins; one is drawn per image.
+      paddle_length: length of a paddle in pixels.
+      thickness: stroke width in pixels.
+      seed_distance: distance between the starts of the two target snakes.
+      marker_radius: radius of the two marker discs.
+      continuity: turn penalty of the direction prior (larger = straighter).
+      snake_contrast: intensity gain of the snakes (clipped at white).
+      distractor_budget: K; ``K // distractor_length`` distractors are drawn.
+      antialias_scale: fine-canvas factor of the antialiasing.
+      num_angles: candidate directions on the circle around a pivot.
+    """
+
+    size: int = 32
+    difficulty: str = "hard"
+    contour_length: int = 14
+    padding: int = 1
+    margins: tuple = (1,)
+    paddle_length: float = 2.0
+    thickness: float = 0.5
+    seed_distance: float = 7.0
+    marker_radius: float = 1.5
+    continuity: float = 1.0
+    snake_contrast: float = 2.0
+    distractor_budget: int = 20
+    antialias_scale: int = 2
+    num_angles: int = 48
+
+    @property
+    def distractor_length(self) -> int:
+        """Paddles per distractor snake: ``contour_length // 3``."""
+        return max(1, self.contour_length // 3)
+
+    @property
+    def num_distractors(self) -> int:
+        """Distractor snakes per image: ``distractor_budget // distractor_length``."""
+        return self.distractor_budget // self.distractor_length
+
+    @property
+    def max_turn(self) -> float:
+        """Largest turn (radians) with non-zero prior weight: ``pi / (2 * continuity)``."""
+        return float(np.pi / (2 * self.continuity))
+
+
+def get_config(size: int = 32, difficulty: str = "hard") -> PathfinderConfig:
+    """The LRA release's settings for an image size and difficulty.
+
+    Args:
+      size: 32, 64, 128 or 256.
+      difficulty: ``"easy"`` (contour 6), ``"intermediate"`` (9) or ``"hard"`` (14).
+
+    Returns:
+      The :class:`PathfinderConfig`.
+
+    Raises:
+      ConfigError: for an unknown size or difficulty.
+    """
+    if size not in _SIZE_SETTINGS:
+        raise ConfigError(f"pathfinder size={size!r} is not allowed; allowed: {', '.join(map(str, SIZES))}")
+    if difficulty not in DIFFICULTIES:
+        raise ConfigError(f"pathfinder difficulty={difficulty!r} is not allowed; allowed: {', '.join(DIFFICULTIES)}")
+    return PathfinderConfig(size=int(size), difficulty=difficulty, contour_length=DIFFICULTIES[difficulty],
+                            **_SIZE_SETTINGS[size])
+
+
+class _World:
+    """Every paddle drawn so far, for the occupancy test of new paddles.
+
+    One ``[8, capacity]`` float array ``seg`` with rows ``ax, ay`` (start),
+    ``dx, dy`` (vector; 0 for a marker disc), ``inv_len2`` (``1/|d|**2``, 0
+    for a disc), ``owner`` (snake id), ``index`` (paddle index in its snake,
+    -1 for a disc) and ``extra`` (added clearance: the marker radius for
+    discs). One array, because this test runs once per paddle and its cost
+    is the number of NumPy calls, not their size.
+
+    Attributes:
+      seg: the ``[8, capacity]`` segment table.
+      n: number of segments in use.
+    """
+
+    AX, AY, DX, DY, INV, OWNER, INDEX, EXTRA = range(8)
+
+    def __init__(self, capacity: int = 96):
+        self.seg = np.zeros((8, capacity))
+        self.n = 0
+
+    def add(self, a, b, owner: int, index: int, extra: float = 0.0) -> None:
+        if self.n == self.seg.shape[1]:  # grow geometrically
+            self.seg = np.concatenate([self.seg, np.zeros_like(self.seg)], axis=1)
+        dx, dy = float(b[0] - a[0]), float(b[1] - a[1])
+        len2 = dx * dx + dy * dy
+        self.seg[:, self.n] = (a[0], a[1], dx, dy, 1.0 / len2 if len2 > 1e-12 else 0.0, owner, index, extra)
+        self.n += 1
+
+    def required(self, owner: int, k: int, clearance: float, paddle_length: float) -> np.ndarray:
+        """Clearance each drawn segment demands from paddle ``k`` of snake ``owner``."""
+        seg = self.seg[:, : self.n]
+        # Paddles of the same snake share pivots: neighbours may come closer
+        # (0 for the previous paddle, half a paddle per step further back; a
+        # snake's own marker discs do not count).
+        lag = (k - 1 - seg[self.INDEX]) * (0.5 * paddle_length)
+        mine = np.clip(lag, 0.0, clearance) * (seg[self.INDEX] >= 0)
+        return np.where(seg[self.OWNER] == owner, mine, clearance + seg[self.EXTRA])
+
+    def dist2(self, x: np.ndarray, y: np.ndarray, sel=None) -> np.ndarray:
+        """Squared distances ``[..., m]`` of points ``(x, y) [...]`` to the (selected) segments."""
+        seg = self.seg[:5, : self.n]
+        if sel is not None:
+            seg = seg[:, sel]
+        ax, ay, dx, dy, inv = seg
+        px, py = x[..., None] - ax, y[..., None] - ay
+        t = np.clip((px * dx + py * dy) * inv, 0.0, 1.0)
+        ex, ey = px - t * dx, py - t * dy
+        return ex * ex + ey * ey
+
+    def free(self, x: np.ndarray, y: np.ndarray, required: np.ndarray, centre=None, reach: float = 0.0) -> np.ndarray:
+        """Points ``(x, y) [..., p]`` → bool ``[...]``: all p points clear of every segment.
+
+        With ``centre`` (all points lie within ``reach`` of it) only segments
+        whose start is close enough to matter are tested.
+        """
+        sel = None
+        if centre is not None and self.n:
+            seg = self.seg[:, : self.n]
+            lim = reach + required + np.sqrt(seg[self.DX] ** 2 + seg[self.DY] ** 2)
+            sel = (seg[self.AX] - centre[0]) ** 2 + (seg[self.AY] - centre[1]) ** 2 < lim * lim
+            required = required[sel]
+        if required.size == 0:
+            return np.ones(x.shape[:-1], bool)
+        return (self.dist2(x, y, sel) >= required * required).all(axis=(-1, -2))
+
+
+def _inside(x, y, cfg: PathfinderConfig) -> np.ndarray:
+    lo, hi = cfg.padding, cfg.size - cfg.padding
+    return (x >= lo) & (x <= hi) & (y >= lo) & (y <= hi)
+
+
+def _grow(rng: np.random.Generator, world: _World, start, owner: int, n_paddles: int, cfg: PathfinderConfig,
+          clearance: float):
+    """Grows one snake from ``start``; returns its ``[n_paddles + 1, 2]`` vertices or None when stuck.
+
+    Paddles are added to ``world`` as they are accepted (the caller resets
+    ``world.n`` to undo a failed snake).
+    """
+    n_ang, length = cfg.num_angles, float(cfg.paddle_length)
+    # Sample points along a candidate paddle (excluding the pivot, already
+    # checked as the previous end), spaced well under the clearance.
+    n_pts = max(2, int(np.ceil(length / 0.75)))
+    t = np.arange(1, n_pts + 1) * (length / n_pts)
+    step = 2 * np.pi / n_ang
+    # Candidate turns relative to the previous direction, in [-pi, pi).
+    base = np.arange(n_ang) * step - np.pi
+    lo, hi = cfg.padding, cfg.size - cfg.padding
+    px, py = float(start[0]), float(start[1])
+    verts = [(px, py)]
+    prev = None
+    for k in range(n_paddles):
+        turn = base + rng.uniform(0.0, step)
+        if prev is None:  # first paddle: any direction
+            theta, w = turn, np.ones(n_ang)
+        else:
+            theta = prev + turn
+            w = np.cos(np.minimum(np.abs(turn) * cfg.continuity, np.pi / 2)) ** 2
+        cx, cy = np.cos(theta), np.sin(theta)
+        ex, ey = px + length * cx, py + length * cy
+        w[(ex < lo) | (ex > hi) | (ey < lo) | (ey > hi) | (w < 1e-12)] = 0.0
+        cand = np.flatnonzero(w)
+        if cand.size:
+            req = world.required(owner, k, clearance, length)
+            blocked = ~world.free(px + cx[cand, None] * t, py + cy[cand, None] * t, req, (px, py), length)
+            w[cand[blocked]] = 0.0
+        cdf = np.cumsum(w)
+        if cdf[-1] <= 0:
+            return None
+        # Inverse-CDF draw (rng.choice(p=...) validates p on every call: slow).
+        j = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), n_ang - 1)
+        end = (float(ex[j]), float(ey[j]))
+        world.add((px, py), end, owner, k)
+        verts.append(end)
+        px, py = end
+        prev = theta[j]
+    return np.asarray(verts)
+
+
+def _random_start(rng, world: _World, cfg: PathfinderConfig, clearance: float):
+    """A uniform random point in the padded frame that is clear of every drawn segment, or None."""
+    lo, hi = cfg.padding, cfg.size - cfg.padding
+    pts = rng.uniform(lo, hi, size=(_START_TRIES, 2))
+    req = clearance + world.seg[world.EXTRA, : world.n]
+    free = np.flatnonzero(world.free(pts[:, :1], pts[:, 1:], req))
+    return pts[free[0]] if free.size else None
+
+
+def _target_pair(rng, world: _World, cfg: PathfinderConfig, clearance: float):
+    """Draws target snakes A (owner 0) and B (owner 1); returns their vertices or None."""
+    n = cfg.contour_length
+    start_a = rng.uniform(cfg.padding, cfg.size - cfg.padding, size=2)
+    path_a = _grow(rng, world, start_a, 0, n, cfg, clearance)
+    if path_a is None:
+        return None
+    for end in (path_a[0], path_a[-1]):  # keep A's marker sites clear of B
+        world.add(end, end, 0, -1, cfg.marker_radius)
+    # B starts on the circle of radius seed_distance around A's start.
+    theta = rng.uniform(0, 2 * np.pi) + np.arange(cfg.num_angles) * (2 * np.pi / cfg.num_angles)
+    ring = start_a + cfg.seed_distance * np.stack([np.cos(theta), np.sin(theta)], -1)
+    req = world.required(1, 0, clearance, cfg.paddle_length) + cfg.marker_radius
+    ok = _inside(ring[:, 0], ring[:, 1], cfg) & world.free(ring[:, :1], ring[:, 1:], req)
+    if not ok.any():
+        return None
+    a_only = np.flatnonzero(world.seg[world.OWNER, : world.n] == 0)  # A's paddles and discs
+    n0 = world.n
+    # B is retried from fresh ring points before A is given up: a long,
+    # straight snake often runs into the frame, and A is the costlier half.
+    for _ in range(_B_TRIES):
+        world.n = n0
+        start_b = ring[rng.choice(np.flatnonzero(ok))]
+        path_b = _grow(rng, world, start_b, 1, n, cfg, clearance)
+        if path_b is None:
+            continue
+        # B's far end must also leave room for a marker next to A.
+        d2 = world.dist2(np.asarray(path_b[-1, 0]), np.asarray(path_b[-1, 1]), a_only)
+        if (d2 >= (clearance + cfg.marker_radius + world.seg[world.EXTRA, :n0][a_only]) ** 2).all():
+            break
+    else:
+        return None
+    for end in (path_b[0], path_b[-1]):
+        world.add(end, end, 1, -1, cfg.marker_radius)
+    return path_a, path_b
+
+
+def _render(paths, cfg: PathfinderConfig) -> np.ndarray:
+    """Coverage in [0, 1] of a list of vertex arrays, ``[size, size]`` float32."""
+    s = cfg.antialias_scale
+    canvas = np.zeros((cfg.size * s, cfg.size * s), np.float32)
+    segs = [np.stack([p[:-1], p[1:]], 1) for p in paths if len(p) > 1]
+    if segs:
+        draw.draw_segments(canvas, np.concatenate(segs), cfg.thickness, s)
+    return draw.downsample(canvas, s)
+
+
+def _touch(mask_a: np.ndarray, mask_b: np.ndarray) -> bool:
+    """Whether two masks overlap or are 8-neighbours somewhere."""
+    grown = mask_a.copy()
+    grown[1:] |= mask_a[:-1]
+    grown[:-1] |= mask_a[1:]
+    g2 = grown.copy()
+    g2[:, 1:] |= grown[:, :-1]
+    g2[:, :-1] |= grown[:, 1:]
+    return bool((g2 & mask_b).any())
+
+
+def sample(rng: np.random.Generator, size: int = 32, difficulty: str = "hard", label: int | None = None,
+           config: PathfinderConfig | None = None):
+    """Draws one Pathfinder image.
+
+    Args:
+      rng: NumPy generator (the only source of randomness).
+      size: image side, 32 / 64 / 128 / 256 (ignored when ``config`` is given).
+      difficulty: ``"easy"``, ``"intermediate"`` or ``"hard"`` (ignored with ``config``).
+      label: 1 (markers on one snake) or 0 (on two snakes); drawn from ``rng`` when None.
+      config: explicit settings (default: :func:`get_config(size, difficulty)`).
+
+    Returns:
+      ``(image, label, info)``: ``image`` uint8 ``[size, size]``; ``label`` int;
+      ``info`` a dict with ``markers`` (float ``[2, 2]`` marker centres as
+      ``(row, col)``), ``marker_snakes`` (which target, 0 = A or 1 = B, each
+      marker sits on), ``path_masks`` (bool ``[2, size, size]``: pixels where
+      target A / B is drawn, i.e. its own rendered intensity is > 0),
+      ``paths`` (vertices ``(x, y)`` of A and B), ``distractors`` (their
+      vertices), ``num_distractors``, ``margin`` and ``config``.
+
+    Raises:
+      ConfigError: for a bad size, difficulty or label.
+      RuntimeError: when no target pair fits in ``_PAIR_TRIES`` attempts.
+    """
+    cfg = config if config is not None else get_config(size, difficulty)
+    if label is None:
+        label = int(rng.integers(2))
+    if label not in (0, 1):
+        raise ConfigError(f"pathfinder label={label!r} is not allowed; allowed: 0, 1, None")
+    margin = float(rng.choice(np.asarray(cfg.margins, np.float64)))
+    clearance = margin + cfg.thickness + AA_GAP
+    for _ in range(_PAIR_TRIES):
+        world = _World()
+        pair = _target_pair(rng, world, cfg, clearance)
+        if pair is None:
+            continue
+        cover_a, cover_b = _render([pair[0]], cfg), _render([pair[1]], cfg)
+        if not _touch(cover_a > 0, cover_b > 0):
+            break
+    else:
+        raise RuntimeError(f"pathfinder: no target pair fits after {_PAIR_TRIES} tries ({cfg})")
+    path_a, path_b = pair
+
+    distractors = []
+    for d in range(cfg.num_distractors):
+        for _ in range(_DISTRACTOR_TRIES):
+            start = _random_start(rng, world, cfg, clearance)
+            if start is None:
+                continue
+            n0 = world.n
+            path = _grow(rng, world, start, 2 + d, cfg.distractor_length, cfg, clearance)
+            if path is not None:
+                distractors.append(path)
+                break
+            world.n = n0  # undo the stuck snake
+
+    # Markers: label 1 on both ends of A; label 0 on the far end of one target
+    # and the start of the other (both starts are seed_distance apart).
+    if label == 1:
+        ends, owners = [path_a[0], path_a[-1]], [0, 0]
+    elif rng.integers(2) == 0:
+        ends, owners = [path_a[-1], path_b[0]], [0, 1]
+    else:
+        ends, owners = [path_a[0], path_b[-1]], [0, 1]
+
+    s = cfg.antialias_scale
+    snakes = np.maximum(np.maximum(cover_a, cover_b), _render(distractors, cfg))
+    marker_canvas = np.zeros((cfg.size * s, cfg.size * s), np.float32)
+    draw.draw_discs(marker_canvas, np.stack(ends), cfg.marker_radius, s)
+    value = np.maximum(np.clip(snakes * cfg.snake_contrast, 0.0, 1.0), draw.downsample(marker_canvas, s))
+    image = np.round(value * 255).astype(np.uint8)
+    info = {
+        "markers": np.stack(ends)[:, ::-1].copy(),
+        "marker_snakes": np.asarray(owners),
+        "path_masks": np.stack([cover_a > 0, cover_b > 0]),
+        "paths": [path_a, path_b],
+        "distractors": distractors,
+        "num_distractors": len(distractors),
+        "margin": margin,
+        "config": cfg,
+    }
+    return image, label, info
+
+
+def tokens(image: np.ndarray) -> np.ndarray:
+    """LRA's input sequence of an image: row-major pixel intensities.
+
+    Args:
+      image: uint8 ``[size, size]``.
+
+    Returns:
+      int32 ``[size * size]`` with values 0..255.
+    """
+    return np.asarray(image).reshape(-1).astype(np.int32)
+
+
+def turning_angles(path: np.ndarray) -> np.ndarray:
+    """Turns (radians, in [-pi, pi]) between consecutive paddles of a snake.
+
+    Args:
+      path: ``[n + 1, 2]`` vertices.
+
+    Returns:
+      ``[n - 1]`` signed turning angles.
+    """
+    d = np.diff(np.asarray(path), axis=0)
+    ang = np.arctan2(d[:, 1], d[:, 0])
+    return (np.diff(ang) + np.pi) % (2 * np.pi) - np.pi
+
+
+def generate(seed: int, split_id: int, indices, size: int = 32, difficulty: str = "hard",
+             config: PathfinderConfig | None = None) -> list:
+    """Examples ``indices`` of a split: each seeded by ``default_rng([seed, split_id, i])``, label ``i % 2``.
+
+    The result for an index never depends on which other indices are
+    generated or in which process: a builder can split the work freely.
+
+    Args:
+      seed: data seed.
+      split_id: 0 train, 1 validation, 2 test.
+      indices: example indices.
+      size: image side.
+      difficulty: difficulty name.
+      config: explicit settings (overrides size and difficulty).
+
+    Returns:
+      list of ``(index, tokens int32 [size*size], label)``.
+    """
+    cfg = config if config is not None else get_config(size, difficulty)
+    out = []
+    for i in indices:
+        rng = np.random.default_rng([int(seed), int(split_id), int(i)])
+        image, label, _ = sample(rng, label=int(i) % 2, config=cfg)
+        out.append((int(i), tokens(image), label))
+    return out
