@@ -12,6 +12,13 @@ Public ops:
     merge in ``online_softmax.py``.
   * :func:`linear_attention` — linear attention with optional decay
     (``linear_attn.py``).
+  * Sequence parallelism (inside ``jax.shard_map``, length split over a mesh
+    axis; also reachable as ``sequence_axis=`` of ``attention``,
+    ``linear_scan`` and ``ssd``): ``ring_attention.ring_attention`` with
+    :func:`zigzag_permute` / :func:`zigzag_unpermute` (``ring_attention.py``;
+    the function is not re-exported here because the attribute
+    ``seqjax.ops.ring_attention`` is the submodule once it is imported),
+    :func:`linear_scan_sp` and :func:`ssd_sp` (``sp_scan.py``).
   * SSM building blocks: HiPPO matrices and inits (``hippo.py``, NumPy,
     init-time), discretisation and convolution kernels (``ssm_kernels.py``),
     :func:`fft_conv` (``long_conv.py``).
@@ -29,6 +36,10 @@ _EXPORTS = {
     "decode_attention": "decode",
     "SoftmaxState": "online_softmax",
     "linear_attention": "linear_attn",
+    "zigzag_permute": "ring_attention",
+    "zigzag_unpermute": "ring_attention",
+    "linear_scan_sp": "sp_scan",
+    "ssd_sp": "sp_scan",
     "fft_conv": "long_conv",
     **{
         name: "hippo"

@@ -83,3 +83,49 @@ def segment_starts(segment_ids: jax.Array, reverse: bool = False) -> jax.Array:
     if reverse:
         return jnp.concatenate([change, false], axis=1)
     return jnp.concatenate([false, change], axis=1)
+
+
+def varying_axes(x) -> frozenset:
+    """The manual mesh axes over which ``x`` varies (empty outside ``shard_map``).
+
+    Inside ``jax.shard_map`` with ``check_vma=True`` every value carries the set
+    of mesh axes along which it may differ between devices; outside it, or with
+    ``check_vma=False``, the set is empty.
+
+    Args:
+      x: an array or tracer.
+
+    Returns:
+      A frozenset of axis names.
+    """
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)  # jax >= 0.9: ManualAxisType
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def match_vma(tree, *refs):
+    """Marks ``tree``'s leaves as varying over every mesh axis the ``refs`` vary over.
+
+    A loop carry initialised from constants (zeros, ``-inf``) is device-
+    invariant, while the loop body mixes in device-varying inputs; inside
+    ``shard_map`` the carry types must match, so constants are cast to varying
+    first. A no-op outside ``shard_map``.
+
+    Args:
+      tree: a pytree of arrays (the constants).
+      *refs: pytrees of arrays whose varying axes the result must cover.
+
+    Returns:
+      ``tree`` with each leaf cast (``lax.pcast(..., to="varying")``) as needed.
+    """
+    want = frozenset().union(*(varying_axes(r) for r in jax.tree.leaves(refs)))
+    if not want:
+        return tree
+
+    def cast(x):
+        missing = tuple(sorted(want - varying_axes(x)))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(cast, tree)

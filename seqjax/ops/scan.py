@@ -14,6 +14,10 @@ Implementations (``impl``):
   * ``"auto"``: ``"sequential"`` on CPU, where it beats ``"associative"`` by ~3x
     (see ``benchmarks/results``); ``"associative"`` on accelerators.
 
+Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
+split over that mesh axis) runs ``sp_scan.linear_scan_sp``: local scans plus
+one all-gather of per-shard (decay product, final state) pairs.
+
 Gradients: all implementations share one ``jax.custom_vjp`` whose backward pass
 is the adjoint recurrence — itself a reverse linear scan run with the same
 implementation — so the backward pass stores only ``h`` (which the forward pass
@@ -25,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops._util import accum_dtype, check_impl, pad_axis, platform, segment_starts
+from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis, platform, segment_starts
 from seqjax.types import ScanCoeff, ScanState, SegmentIds
 
 IMPLS = ("auto", "sequential", "associative", "chunked")
@@ -41,6 +45,7 @@ def linear_scan(
     segment_ids: SegmentIds | None = None,
     impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK,
+    sequence_axis: str | None = None,
 ) -> tuple[ScanCoeff, ScanState]:
     """Runs ``h[:, t] = a[:, t] * h[:, t-1] + b[:, t]`` along axis 1.
 
@@ -56,13 +61,24 @@ def linear_scan(
         separate ones. ``h0`` applies to the first segment only.
       impl: one of ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"``.
       chunk_size: chunk length for ``"chunked"``.
+      sequence_axis: sequence parallelism. When set, this call must run inside
+        ``jax.shard_map`` with the length axis of ``a``, ``b`` (and
+        ``segment_ids``) split contiguously over the mesh axis of this name;
+        ``h0`` is replicated over it. See :func:`seqjax.ops.sp_scan.linear_scan_sp`.
 
     Returns:
       ``(h, h_last)``: ``h`` of ``b``'s shape in the inputs' common dtype, and the
       state after the whole scan (``h[:, -1]``, or ``h[:, 0]`` when reversed) in
       the accumulation dtype (at least float32), ready to carry into a next call.
+      With ``sequence_axis``, ``h`` is the local shard and ``h_last`` the global
+      final state, the same on every device of the axis.
     """
     check_impl("linear_scan", impl, IMPLS)
+    if sequence_axis is not None:
+        from seqjax.ops.sp_scan import linear_scan_sp  # sp_scan imports this module
+
+        return linear_scan_sp(a, b, h0, axis_name=sequence_axis, reverse=reverse,
+                              segment_ids=segment_ids, impl=impl, chunk_size=chunk_size)
     a, b, h0 = jnp.asarray(a), jnp.asarray(b), None if h0 is None else jnp.asarray(h0)
     _check_shapes(a, b, h0, segment_ids, chunk_size)
     if impl == "auto":
@@ -77,6 +93,11 @@ def linear_scan(
     a = jnp.broadcast_to(a.astype(dtype), a.shape[:1] + b.shape[1:2] + a.shape[2:])
     b = b.astype(dtype)
     h0 = jnp.zeros(state_shape, dtype) if h0 is None else jnp.broadcast_to(h0.astype(dtype), state_shape)
+    # Inside shard_map: the scan carry must vary over the mesh axes that a, b
+    # do, and the custom_vjp must return gradients typed like its inputs, so a
+    # replicated a or h0 (e.g. a time-invariant decay) is cast to varying; the
+    # cast's transpose sums its gradient over the devices.
+    a, b, h0 = match_vma((a, b, h0), a, b, h0)
 
     if segment_ids is not None:
         # A segment start cuts the chain: h_t no longer depends on h_{t-1}.

@@ -33,6 +33,11 @@ Implementations (``impl``):
     reference's L² memory is small and its plain autodiff is simplest.
   * ``"pallas"`` (later, in ``seqjax/kernels``) will take the same arguments.
 
+Sequence parallelism: with ``sequence_axis=`` (inside ``jax.shard_map``, the
+length split over that mesh axis) the call goes to ring attention
+(``ring_attention.py``), which runs this module's blockwise kernel per K/V
+block; see ``docs/parallelism.md``.
+
 Softmax statistics are kept in float32 (or float64 for float64 inputs); the
 output has ``q``'s dtype. A query that sees no key outputs 0 (and gets zero
 gradients), never NaN.
@@ -45,7 +50,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.ops import online_softmax as osm
-from seqjax.ops._util import accum_dtype, check_impl, pad_axis
+from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis
 from seqjax.types import AttnBias, AttnOut, Keys, Queries, SegmentIds, Values
 
 IMPLS = ("auto", "reference", "blockwise")
@@ -70,6 +75,8 @@ def attention(
     impl: str = "auto",
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
+    sequence_axis: str | None = None,
+    sequence_layout: str = "contiguous",
 ) -> AttnOut:
     """Multi-head (grouped-query) softmax attention.
 
@@ -94,11 +101,24 @@ def attention(
       impl: ``"auto"``, ``"reference"`` or ``"blockwise"``.
       block_q: query block size of ``"blockwise"``.
       block_k: key block size of ``"blockwise"``.
+      sequence_axis: sequence parallelism. When set, this call must run inside
+        ``jax.shard_map`` with the length axis of ``q, k, v`` (and of
+        ``segment_ids``) split over the mesh axis of this name; the arrays are
+        the local shards and the result is the local shard of the output.
+        Computed by :func:`seqjax.ops.ring_attention.ring_attention` (the
+        blockwise kernel per K/V block, so ``impl`` must be ``"auto"`` or
+        ``"blockwise"``). ``window`` and ``bias`` are not supported with it.
+      sequence_layout: which positions each shard holds when ``sequence_axis``
+        is set: ``"contiguous"`` or ``"zigzag"`` (see
+        :func:`seqjax.ops.ring_attention.zigzag_permute`).
 
     Returns:
       ``(b, lq, h, dv)`` in ``q``'s dtype; 0 for a query with no visible key.
     """
     check_impl("attention", impl, IMPLS)
+    if sequence_axis is not None:
+        return _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl,
+                                  block_q, block_k, sequence_axis, sequence_layout)
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     b, lq, h, hk, dk, lk, dv = _check_qkv(q, k, v)
     left, right = resolve_window(window, causal)
@@ -129,6 +149,24 @@ def attention(
     else:
         out = _blockwise(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right, block_q, block_k)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, dv).astype(q.dtype)
+
+
+def _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl, block_q, block_k,
+                       axis_name, layout):
+    for name, val in (("window", window), ("bias", bias)):
+        if val is not None:
+            raise NotImplementedError(
+                f"attention: {name}= is not implemented with sequence_axis (ring attention); "
+                f"call it without sequence_axis on gathered sequences instead")
+    if impl == "reference":
+        raise NotImplementedError(
+            "attention: impl='reference' is not available with sequence_axis; ring attention "
+            "computes every K/V block with the blockwise kernel (use 'auto' or 'blockwise')")
+    # Imported here: ring_attention imports this module.
+    from seqjax.ops.ring_attention import ring_attention
+
+    return ring_attention(q, k, v, axis_name=axis_name, causal=causal, segment_ids=segment_ids,
+                          scale=scale, layout=layout, block_q=block_q, block_k=block_k)
 
 
 # ----------------------------------------------------------------------------
@@ -282,6 +320,10 @@ def _blockwise(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right, block_q, blo
         if bias5.shape[4] > 1:
             bias5 = pad_axis(bias5, bk, axis=4)
     cfg = (scale, left, right, lq, lk, bq, bk)
+    # Inside shard_map the custom_vjp returns gradients typed like its inputs:
+    # a replicated input (K/V or bias against sharded queries) is cast to
+    # varying, and the cast's transpose sums its gradient over the devices.
+    q5, k4, v4, bias5 = match_vma((q5, k4, v4, bias5), q5, k4, v4, bias5)
     out = _flash(cfg, q5, k4, v4, bias5, segs)
     return out[:, :, :, :lq]
 
@@ -361,7 +403,9 @@ def _flash_forward(cfg, q, k, v, bias, segs):
             return osm.merge(state, osm.from_scores(s, vj[:, :, None, None], mask))
 
         lo, hi = _key_block_range(q0, cfg)
-        state = lax.fori_loop(lo, hi, key_block, osm.empty((b, hk, g, bq), dv, dtype))
+        # Inside shard_map the constant initial state must vary like the inputs.
+        init = match_vma(osm.empty((b, hk, g, bq), dv, dtype), qi, k, v, bias)
+        state = lax.fori_loop(lo, hi, key_block, init)
         return osm.finalize(state).astype(q.dtype), osm.logsumexp(state)
 
     out, lse = lax.map(query_block, jnp.arange(lqp // bq))
@@ -416,13 +460,14 @@ def _flash_bwd(cfg, res, d_out):
             return dk_j, dv_j, dq, dbias
 
         lo, hi = _query_block_range(k0, cfg)
-        init = (jnp.zeros(kj.shape, dtype), jnp.zeros(vj.shape, dtype), dq, dbias)
+        init = (*match_vma((jnp.zeros(kj.shape, dtype), jnp.zeros(vj.shape, dtype)), kj, vj, q, d_out),
+                dq, dbias)
         dk_j, dv_j, dq, dbias = lax.fori_loop(lo, hi, query_block, init)
         return (dq, dbias), (dk_j, dv_j)
 
     dbias0 = None if bias is None else jnp.zeros(bias.shape, dtype)
-    (dq, dbias), (dk, dv) = lax.scan(
-        key_block, (jnp.zeros(q.shape, dtype), dbias0), jnp.arange(lkp // bk))
+    init = match_vma((jnp.zeros(q.shape, dtype), dbias0), q, k, v, bias, d_out, out)
+    (dq, dbias), (dk, dv) = lax.scan(key_block, init, jnp.arange(lkp // bk))
     # (nk, b, hk, bk, d) -> (b, hk, nk * bk, d)
     dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
     dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)

@@ -75,6 +75,7 @@ def ssd(
     initial_state: SSDState | None = None,
     segment_ids: SegmentIds | None = None,
     impl: str = "auto",
+    sequence_axis: str | None = None,
 ) -> tuple[SSDInput, SSDState]:
     """Mamba-2 SSD: ``H_t = exp(dt_t A) H_{t-1} + dt_t x_t ⊗ B_t``, ``y_t = H_t C_t + D x_t``.
 
@@ -93,6 +94,12 @@ def ssd(
       segment_ids: ``(b, l)`` integers; where the id changes the state restarts
         from zero, so packed sequences behave as separate ones.
       impl: one of ``"auto"``, ``"reference"``, ``"sequential"``, ``"chunked"``.
+      sequence_axis: sequence parallelism. When set, this call must run inside
+        ``jax.shard_map`` with the length axis of ``x, dt, B, C`` (and
+        ``segment_ids``) split contiguously over the mesh axis of this name
+        (``A, D, initial_state`` replicated over it); ``y`` is then the local
+        shard and ``final_state`` the global one. See
+        :func:`seqjax.ops.sp_scan.ssd_sp`.
 
     Returns:
       ``(y, final_state)``: ``y`` of shape ``(b, l, h, p)`` in ``x``'s dtype and
@@ -100,6 +107,11 @@ def ssd(
       dtype (float32, or float64 for float64 inputs).
     """
     check_impl("ssd", impl, IMPLS)
+    if sequence_axis is not None:
+        from seqjax.ops.sp_scan import ssd_sp  # sp_scan calls back into this module
+
+        return ssd_sp(x, dt, A, B, C, axis_name=sequence_axis, chunk_size=chunk_size, D=D,
+                      initial_state=initial_state, segment_ids=segment_ids, impl=impl)
     x, dt, A, B, C = map(jnp.asarray, (x, dt, A, B, C))
     D = None if D is None else jnp.asarray(D)
     initial_state = None if initial_state is None else jnp.asarray(initial_state)
