@@ -45,6 +45,11 @@ def bench_pipeline(size: int, num_examples: int, batch_size: int, batches: int, 
     from seqjax.data.builders.lra_pathfinder import make_config
     from seqjax.data.pipeline import make_loader
 
+    from absl import flags
+
+    # grain's worker processes read absl flags; a plain script has not parsed any.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         config = make_config(size, "hard", num_examples=num_examples, seed=0)
@@ -111,15 +116,17 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--models", default="transformer,s4d,s5,mamba,lstm")
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--pathx_examples", type=int, default=None)
+    p.add_argument("--pathx_examples", type=int, default=None, help="images generated for the pipeline test")
+    p.add_argument("--size", type=int, default=None, help="Pathfinder size for the pipeline (default 128 = Path-X)")
+    p.add_argument("--lengths", default=None, help="train-step lengths, comma-separated (default 1024,4096,16384)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     quick = args.quick
-    size = 32 if quick else 128
+    size = args.size or (32 if quick else 128)
     n = args.pathx_examples or (200 if quick else 2000)
     info = machine()
     rows = bench_pipeline(size, n, batch_size=16, batches=5 if quick else 30, workers=(0, 2))
-    lengths = [1024] if quick else [1024, 4096, 16384]
+    lengths = [int(v) for v in args.lengths.split(",")] if args.lengths else ([1024] if quick else [1024, 4096, 16384])
     for length in lengths:
         for model in args.models.split(","):
             batch = max(1, (8 if quick else 16) * 1024 // length)
