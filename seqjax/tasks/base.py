@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 
+from seqjax.errors import ConfigError
+
 Batch = dict[str, Any]
 Metrics = dict[str, Any]
 
@@ -73,3 +75,22 @@ class Task(Protocol):
           seed: seed of the evaluation data, where the task samples it.
         """
         ...
+
+
+def host_shard(batch_size: int) -> tuple[int, tuple[int, int]]:
+    """This host's share of a global batch: ``(per-host batch size, (process index, process count))``.
+
+    Args:
+      batch_size: the global batch size (``config.train.batch_size``).
+
+    Returns:
+      The per-host batch size and the ``shard`` argument of the grain loader.
+
+    Raises:
+      ConfigError: ``batch_size`` is not a multiple of the process count.
+    """
+    procs = jax.process_count()
+    if batch_size % procs:
+        raise ConfigError(f"config.train.batch_size={batch_size} is not allowed; allowed: multiples of "
+                          f"the process count {procs}")
+    return batch_size // procs, (jax.process_index(), procs)

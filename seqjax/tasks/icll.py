@@ -44,7 +44,7 @@ from seqjax.data import regbench as rb
 from seqjax.data.builders.regbench import Regbench, make_config
 from seqjax.data.pipeline import make_loader
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.tasks.base import Batch, DataIterator, Metrics
+from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard
 from seqjax.tasks.icll_baselines import ngram_baseline
 
 _DEFAULTS = dict(data_dir=None, num_train_dfas=5000, num_eval_dfas=500, seed=0, max_length=4096,
@@ -143,13 +143,10 @@ class ICLLTask:
         Returns:
           A resumable iterator (``get_state``/``set_state``).
         """
-        procs = jax.process_count()
-        if batch_size % procs:
-            raise ConfigError(f"config.train.batch_size={batch_size} is not allowed; allowed: multiples of "
-                              f"the process count {procs}")
-        return make_loader(self.source("train"), batch_size=batch_size // procs, seed=seed, shuffle=True,
+        per_host, shard = host_shard(batch_size)
+        return make_loader(self.source("train"), batch_size=per_host, seed=seed, shuffle=True,
                            pad_to=self.max_length, pad_id=rb.PAD, num_epochs=None,
-                           shard=(jax.process_index(), procs))
+                           shard=shard)
 
     # Loss -------------------------------------------------------------------
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:

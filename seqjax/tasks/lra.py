@@ -47,7 +47,7 @@ import numpy as np
 
 from seqjax.data.pipeline import make_loader
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.tasks.base import Batch, DataIterator, Metrics
+from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard
 
 # dataset -> (classes, retrieval?, variable length?, image?)
 DATASETS = {
@@ -222,13 +222,10 @@ class LRATask:
         Returns:
           A resumable iterator (``get_state``/``set_state``).
         """
-        procs = jax.process_count()
-        if batch_size % procs:
-            raise ConfigError(f"config.train.batch_size={batch_size} is not allowed; allowed: multiples of "
-                              f"the process count {procs}")
-        loader = make_loader(self.source("train"), batch_size=batch_size // procs, seed=seed, shuffle=True,
+        per_host, shard = host_shard(batch_size)
+        loader = make_loader(self.source("train"), batch_size=per_host, seed=seed, shuffle=True,
                              pad_to=self.max_length, pad_id=0, num_epochs=None,
-                             shard=(jax.process_index(), procs), features=self._features(), keep=("label",))
+                             shard=shard, features=self._features(), keep=("label",))
         return _MappedLoader(loader, self.to_batch)
 
     # Loss -------------------------------------------------------------------
