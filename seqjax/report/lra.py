@@ -66,9 +66,10 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
                                    for t in columns] for model in models]
     majority = {}
     for (t, _), r in cell.items():
-        last = [v for v in r["metrics"].values() if isinstance(v, dict) and "majority" in v]
-        if last:
-            majority[t] = last[-1]["majority"]
+        # The split that ``accuracy`` reports: the config's last eval split (results.json sorts keys).
+        split = (r["config"]["task"].get("eval_splits") or ["test"])[-1]
+        if isinstance(r["metrics"].get(split), dict):
+            majority[t] = r["metrics"][split]["majority"]
     rows.append(["majority class (ours, test split)"] + [pct(majority.get(t)) for t in columns])
     for name, values in (table.get("paper") or {}).items():
         rows.append([name] + ["fail" if v is None else f"{v:.2f}" for v in values])
