@@ -43,7 +43,7 @@ from seqjax.config import parse_arg
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
-# task -> (builder, builder_config, max_length, train examples, paper transformer settings)
+# task -> (builder, paper builder_config, paper max_length, train examples)
 # Train sizes: ListOps 96k, IMDB 25k, AAN 147,086 pairs, CIFAR-10 45k (90%), Pathfinder 160k (80%).
 FACTS = {
     "listops": ("lra_listops", None, 2048, 96_000),
