@@ -6,13 +6,14 @@ cache); ``sliding_window`` is ``mha`` with a local window and a ring-buffer
 cache. Position schemes (RoPE, ALiBi, learned) live in ``positions.py``.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from seqjax.errors import ConfigError
 from seqjax.mixers._layers import dense
 from seqjax.mixers.positions import (
     LearnedPositions,
@@ -29,6 +30,7 @@ from seqjax.ops._util import accum_dtype, check_impl
 from seqjax.ops.decode import decode_attention
 from seqjax.ops.softmax_attention import IMPLS as ATTN_IMPLS
 from seqjax.ops.softmax_attention import attention
+from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]
@@ -105,6 +107,9 @@ class MultiHeadAttention(nn.Module):
       impl: ``impl`` of :func:`seqjax.ops.attention`.
       dtype: compute dtype (and KV-cache dtype); parameters are float32 and the
         softmax accumulates in float32.
+      sequence_axis: mesh axis that splits the length (ring attention under a
+        context mesh, see :func:`seqjax.parallel.sequence_map`); None: never
+        split. Not with ``positions="alibi"`` or a window.
     """
 
     d_model: int | None = None
@@ -117,6 +122,7 @@ class MultiHeadAttention(nn.Module):
     max_length: int | None = None
     impl: str = "auto"
     dtype: Any = jnp.float32
+    sequence_axis: str | None = None
 
     # --- hooks that SlidingWindowAttention overrides --------------------------------
 
@@ -224,8 +230,16 @@ class MultiHeadAttention(nn.Module):
         p, q, k, v = self._prepare(x, segment_ids)
         b, l, _ = x.shape
         runs = None if segment_ids is None else segment_runs(segment_ids, b, l)
-        o = attention(q, k, v, causal=self.causal, segment_ids=runs, window=self._window(),
-                      bias=self._alibi(l), impl=self.impl)
+        window, bias = self._window(), self._alibi(l)
+        if self.sequence_axis is not None and (window is not None or bias is not None):
+            raise ConfigError(f"{self._mixer_name()}: sequence_axis={self.sequence_axis!r} (ring attention) does not "
+                              f"support a window or positions='alibi'; use positions='rope', 'learned' or 'none'")
+
+        def core(axis, q, k, v, runs):
+            return attention(q, k, v, causal=self.causal, segment_ids=runs, window=window, bias=bias,
+                             impl=self.impl, sequence_axis=axis)
+
+        o = sequence_map(core, self.sequence_axis, (q, k, v, runs), what=self._mixer_name())
         return self._out(p, o)
 
     def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> HeadMatrix:
@@ -407,6 +421,9 @@ class SlidingWindowAttention(MultiHeadAttention):
     """
 
     window: int = 64
+
+    # Ring attention has no window support (NotImplementedError in the op).
+    sequence_parallel: ClassVar[bool] = False
 
     def _window(self) -> int | None:
         if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:

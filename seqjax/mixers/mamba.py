@@ -23,6 +23,7 @@ from seqjax.mixers.registry import register
 from seqjax.ops._util import accum_dtype, check_impl
 from seqjax.ops.selective import IMPLS as SELECTIVE_IMPLS
 from seqjax.ops.selective import selective_scan
+from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]
@@ -32,7 +33,7 @@ MixMatrix = Float[Array, "b c l l"]
 # every eager call (~0.2-0.6 s each in tests and eager loops); under an outer
 # jit this wrapper is simply inlined.
 _selective_scan = jax.jit(
-    selective_scan, static_argnames=("delta_softplus", "return_last_state", "impl", "chunk_size")
+    selective_scan, static_argnames=("delta_softplus", "return_last_state", "impl", "chunk_size", "sequence_axis")
 )
 
 
@@ -156,6 +157,9 @@ class Mamba(nn.Module):
         float32 and the scan accumulates in float32 (float64 for float64).
       scan_impl: ``impl`` of :func:`seqjax.ops.selective_scan`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.selective_scan`.
+      sequence_axis: mesh axis that splits the length (the sequence-parallel
+        selective scan under a context mesh, see :func:`seqjax.parallel.sequence_map`);
+        None: never split.
     """
 
     d_model: int | None = None
@@ -170,6 +174,7 @@ class Mamba(nn.Module):
     dtype: Any = jnp.float32
     scan_impl: str = "auto"
     chunk_size: int = 64
+    sequence_axis: str | None = None
 
     # --- configuration and parameters ----------------------------------------------
 
@@ -256,11 +261,15 @@ class Mamba(nn.Module):
         check_seq("mamba", x, segment_ids)
         p = self._parts(model_width(self, x))
         u, delta, B, C, z = self._branches(p, x, segment_ids)
-        y = _selective_scan(
-            u, delta, self._A(p), B, C, D=p["D"], z=z, delta_bias=p["dt_bias"], delta_softplus=True,
-            segment_ids=scan_segments(segment_ids, x.shape[1]), impl=self.scan_impl,
-            chunk_size=self.chunk_size,
-        )
+
+        def core(axis, u, delta, B, C, z, segments, A, D, dt_bias):
+            return _selective_scan(
+                u, delta, A, B, C, D=D, z=z, delta_bias=dt_bias, delta_softplus=True, segment_ids=segments,
+                impl=self.scan_impl, chunk_size=self.chunk_size, sequence_axis=axis,
+            )
+
+        y = sequence_map(core, self.sequence_axis, (u, delta, B, C, z, scan_segments(segment_ids, x.shape[1])),
+                         (self._A(p), p["D"], p["dt_bias"]), what="mamba")
         return p["out_proj"](y.astype(self.dtype)).astype(self.dtype)
 
     def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:

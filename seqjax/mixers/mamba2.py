@@ -33,6 +33,7 @@ from seqjax.mixers.registry import register
 from seqjax.ops._util import accum_dtype, check_impl
 from seqjax.ops.state_space_duality import IMPLS as SSD_IMPLS
 from seqjax.ops.state_space_duality import ssd
+from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep, SSDBC, SSDStep
 
 Cache = dict[str, jax.Array]
@@ -171,6 +172,9 @@ class Mamba2(nn.Module):
       dtype: compute dtype; parameters are float32, SSD accumulates in float32.
       ssd_impl: ``impl`` of :func:`seqjax.ops.ssd`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.ssd`.
+      sequence_axis: mesh axis that splits the length (the sequence-parallel
+        SSD under a context mesh, see :func:`seqjax.parallel.sequence_map`);
+        None: never split.
     """
 
     d_model: int | None = None
@@ -186,6 +190,7 @@ class Mamba2(nn.Module):
     dtype: Any = jnp.float32
     ssd_impl: str = "auto"
     chunk_size: int = 64
+    sequence_axis: str | None = None
 
     # --- configuration and parameters ----------------------------------------------
 
@@ -275,10 +280,13 @@ class Mamba2(nn.Module):
         check_seq("mamba2", x, segment_ids)
         p = self._parts(model_width(self, x))
         z, xh, dt, B, C = self._branches(p, x, segment_ids)
-        y, _ = ssd(
-            xh, dt, self._A(p), B, C, D=p["D"], segment_ids=scan_segments(segment_ids, x.shape[1]),
-            chunk_size=self.chunk_size, impl=self.ssd_impl,
-        )
+
+        def core(axis, xh, dt, B, C, segments, A, D):
+            return ssd(xh, dt, A, B, C, D=D, segment_ids=segments, chunk_size=self.chunk_size, impl=self.ssd_impl,
+                       sequence_axis=axis)[0]
+
+        y = sequence_map(core, self.sequence_axis, (xh, dt, B, C, scan_segments(segment_ids, x.shape[1])),
+                         (self._A(p), p["D"]), what="mamba2")
         return self._out(p, y, z)
 
     def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:

@@ -33,6 +33,7 @@ from seqjax.mixers.registry import register
 from seqjax.ops._util import accum_dtype, check_impl
 from seqjax.ops.linear_attn import IMPLS as LINEAR_ATTN_IMPLS
 from seqjax.ops.linear_attn import linear_attention
+from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]
@@ -129,6 +130,9 @@ class _GatedDecayAttention(nn.Module):
         normalisation run in float32 (float64 for a float64 ``dtype``).
       impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+      sequence_axis: mesh axis that splits the length (the sequence-parallel
+        ``linear_attention`` under a context mesh, see
+        :func:`seqjax.parallel.sequence_map`); None: never split.
     """
 
     d_model: int | None = None
@@ -137,6 +141,7 @@ class _GatedDecayAttention(nn.Module):
     dtype: Any = jnp.float32
     impl: str = "auto"
     chunk_size: int = 64
+    sequence_axis: str | None = None
 
     mixer_name: ClassVar[str] = "decayed linear attention"
     uses_positions: ClassVar[bool] = False
@@ -185,9 +190,16 @@ class _GatedDecayAttention(nn.Module):
         """
         del deterministic
         p, (q, k, v, log_decay, gate) = self._prepare(x, segment_ids)
-        o, _ = linear_attention(
-            q, k, v, log_decay=log_decay, segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl
-        )
+        # A fixed per-head decay (RetNet, (h,)) is shared; GLA's (b, l, h, dk) is per token.
+        per_token = log_decay is not None and log_decay.ndim >= 3
+
+        def core(axis, q, k, v, segments, token_decay, shared_decay):
+            decay = token_decay if per_token else shared_decay
+            return linear_attention(q, k, v, log_decay=decay, segment_ids=segments, chunk_size=self.chunk_size,
+                                    impl=self.impl, sequence_axis=axis)[0]
+
+        o = sequence_map(core, self.sequence_axis, (q, k, v, segment_ids, log_decay if per_token else None),
+                         (None if per_token else log_decay,), what=self.mixer_name)
         return self._out(p, o, gate)
 
     def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:

@@ -30,6 +30,7 @@ from seqjax.ops.hippo import block_diagonal_legs
 from seqjax.ops.scan import IMPLS as SCAN_IMPLS
 from seqjax.ops.scan import linear_scan
 from seqjax.ops.ssm_kernels import DISCRETIZATIONS, discretize
+from seqjax.parallel.sequence import sequence_map
 from seqjax.types import ComplexSeq, SegmentIds, Seq, SeqStep
 
 
@@ -130,6 +131,9 @@ class S5(nn.Module):
       dtype: compute dtype of the projections; the scan runs in complex64
         (complex128 for float64).
       scan_impl: ``impl`` of :func:`seqjax.ops.linear_scan`.
+      sequence_axis: mesh axis that splits the length (the sequence-parallel
+        ``linear_scan`` under a context mesh, see
+        :func:`seqjax.parallel.sequence_map`); None: never split.
     """
 
     d_model: int | None = None
@@ -143,6 +147,7 @@ class S5(nn.Module):
     clip_eigs: bool = False
     dtype: Any = jnp.float32
     scan_impl: str = "auto"
+    sequence_axis: str | None = None
 
     # --- configuration -------------------------------------------------------
 
@@ -272,11 +277,16 @@ class S5(nn.Module):
         check_input("s5", x, self.d_model, segment_ids)
         Abar, _, Bbar, C_tilde, D = self._params(x.shape[-1])
         v = self._project_in(x, Bbar)
-        a = Abar[None, None]
-        h, _ = linear_scan(a, v, segment_ids=segment_ids, impl=self.scan_impl)
-        if self.is_bidirectional:
-            h_b, _ = linear_scan(a, v, reverse=True, segment_ids=segment_ids, impl=self.scan_impl)
-            h = jnp.concatenate([h, h_b], axis=-1)
+
+        def core(axis, v, segments, a):
+            h, _ = linear_scan(a, v, segment_ids=segments, impl=self.scan_impl, sequence_axis=axis)
+            if self.is_bidirectional:
+                h_b, _ = linear_scan(a, v, reverse=True, segment_ids=segments, impl=self.scan_impl,
+                                     sequence_axis=axis)
+                h = jnp.concatenate([h, h_b], axis=-1)
+            return h
+
+        h = sequence_map(core, self.sequence_axis, (v, segment_ids), (Abar[None, None],), what="s5")
         return self._project_out(h, x, C_tilde, D)
 
     def _require_causal(self, what):

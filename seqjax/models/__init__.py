@@ -79,7 +79,17 @@ def default_config() -> ml_collections.ConfigDict:
         num_classes=None,
         pooling="mean",
         dtype="float32",
+        sequence_axis=None,
     ))
+
+
+def sequence_parallel_mixers() -> list[str]:
+    """Registry names of the mixers that can run with the length split (a ``sequence_axis`` field)."""
+    return [name for name in mixers.names() if _sequence_parallel(mixers.get(name))]
+
+
+def _sequence_parallel(cls) -> bool:
+    return "sequence_axis" in _mixer_fields(cls) and getattr(cls, "sequence_parallel", True)
 
 
 def _as_dict(value) -> dict:
@@ -216,6 +226,12 @@ def mixer_kwargs(model_config, name: str) -> dict[str, Any]:
         kwargs["dtype"] = _dtype(f"{field}.dtype", kwargs.get("dtype", cfg["dtype"]))
     if "max_length" in fields and kwargs.get("max_length") is None and cfg["max_length"] is not None:
         kwargs["max_length"] = cfg["max_length"] + int(_uses_cls(cfg))
+    axis = cfg["sequence_axis"]
+    if axis is not None:
+        if not _sequence_parallel(cls):
+            raise ConfigError(f"{_FIELD}.sequence_axis={axis!r} but mixer {name!r} cannot run with the length split; "
+                              f"allowed mixers: {', '.join(sequence_parallel_mixers())}")
+        kwargs.setdefault("sequence_axis", axis)
     # Lists from configs become tuples so that the module stays hashable.
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
@@ -260,6 +276,12 @@ def validate(model_config) -> None:
         _check_int(f"{_FIELD}.num_classes", cfg["num_classes"])
     check_choice(f"{_FIELD}.pooling", cfg["pooling"], POOLINGS)
     check_choice(f"{_FIELD}.dtype", cfg["dtype"], DTYPES)
+    if cfg["sequence_axis"] is not None and not isinstance(cfg["sequence_axis"], str):
+        raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} must be None or a mesh axis name "
+                          f"(\"sequence\")")
+    if cfg["sequence_axis"] is not None and _uses_cls(cfg):
+        raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} with pooling='cls': the CLS token makes "
+                          f"the length odd; allowed pooling with a split length: mean, last")
 
     kwargs_cfg = _as_dict(cfg["mixer_kwargs"])
     for name in kwargs_cfg:
@@ -356,5 +378,5 @@ def build(model_config) -> SequenceModel:
 
 __all__ = [
     "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length",
-    "causal_only", "bidirectional_only", "SequenceModel", "Backbone", "Block", "channel_hidden", "pool",
+    "causal_only", "bidirectional_only", "sequence_parallel_mixers", "SequenceModel", "Backbone", "Block", "channel_hidden", "pool",
 ]

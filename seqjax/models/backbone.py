@@ -32,9 +32,14 @@ import jax.numpy as jnp
 
 from seqjax import mixers
 from seqjax.mixers._layers import dense
+from seqjax.parallel.rules import constrain
 from seqjax.types import SegmentIds, Seq
 
 NORM_EPS = 1e-5
+
+RESIDUAL_AXES = ("batch", "length", "embed")
+"""Logical names of the residual stream's dimensions."""
+
 CHANNELS = ("mlp", "glu", "none")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -199,7 +204,11 @@ class Backbone(nn.Module):
         Returns:
           ``(b, l, d)`` float32, normalised.
         """
+        # The residual stream's layout between blocks (a no-op without a mesh):
+        # batch over data/fsdp, length over sequence under fsdp+sequence.
+        x = constrain(x, RESIDUAL_AXES)
         for i, spec in enumerate(self.layers):
             x = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, name=f"block_{i}")(
                 x, segment_ids=segment_ids, deterministic=deterministic)
+            x = constrain(x, RESIDUAL_AXES)
         return make_norm(self.norm, "final_norm")(x)

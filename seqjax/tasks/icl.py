@@ -35,6 +35,7 @@ import numpy as np
 from seqjax.data import icl as icl_data
 from seqjax.errors import ConfigError, check_choice, check_positive
 from seqjax.tasks import icl_baselines
+from seqjax.tasks.base import host_shard
 
 Batch = dict[str, Any]
 
@@ -199,6 +200,11 @@ class _ICLIterator:
         self.batch_size = int(batch_size)
         self.step = 0
         self._key = jax.random.key(self.seed)
+        # Every process samples the same global batch and keeps its own block
+        # of rows, so N processes train exactly as one does.
+        per_host, (index, _) = host_shard(self.batch_size)
+        self._rows = slice(index * per_host, (index + 1) * per_host)
+        self._whole = per_host == self.batch_size
 
     def __iter__(self):
         return self
@@ -208,7 +214,9 @@ class _ICLIterator:
         key = jax.random.fold_in(self._key, self.step)
         batch = self.task._sample_train(key, jnp.int32(active_dim), self.batch_size, n_points)
         self.step += 1
-        return batch
+        if self._whole:
+            return batch
+        return jax.tree.map(lambda x: np.asarray(x)[self._rows], batch)
 
     def get_state(self) -> dict:
         return {"step": self.step}

@@ -6,17 +6,27 @@ One call of :func:`run`:
 2. checks the config against ``workdir/config.json`` (a folder holds one run:
    a different config fails naming the fields; see :data:`RESUMABLE_FIELDS`),
    and returns ``workdir/results.json`` unchanged if it exists for the same ``train.steps``;
-3. builds the task, the model, the mesh (axis ``data``) and the optimiser;
+3. builds the task, the model, the mesh (``config.mesh``: axes ``data``,
+   ``fsdp``, ``sequence``, ``tensor`` and a rule preset, see
+   :mod:`seqjax.parallel`) and the optimiser;
 4. restores the newest checkpoint in ``workdir/checkpoints`` (state, data
-   iterator, rng) or initialises a fresh state;
-5. trains with a jitted step (batch split over ``data``, state replicated and
-   donated; dropout key ``fold_in(key, step)`` so a resumed run repeats the
-   uninterrupted one), logging every ``log_every``, evaluating every
+   iterator, rng) or initialises a fresh state directly in its shardings
+   (parameters split by their logical names; no full copy on one device);
+5. trains with a step jitted with in/out shardings (batch split over the
+   batch axes and, under ``fsdp+sequence``, its length over ``sequence``;
+   state donated; dropout key ``fold_in(key, step)`` so a resumed run repeats
+   the uninterrupted one), logging every ``log_every``, evaluating every
    ``eval_every`` and checkpointing every ``checkpoint_every`` steps;
 6. evaluates at the end and writes ``results.json`` atomically.
 
 A non-finite loss (or gradient norm) leaves the state untouched inside the
 step, saves it as a checkpoint and raises :class:`TrainingDiverged`.
+
+Multi-host: :func:`run` first calls :func:`seqjax.parallel.distributed.initialize`
+with ``config.distributed``; each process's task iterator yields its rows of
+the global batch, which become global arrays; every process evaluates the full
+eval set (outputs gathered) and takes part in the (orbax) checkpoints, while
+only process 0 writes ``results.json`` and the metric files.
 """
 
 import json
@@ -37,10 +47,12 @@ from ml_collections.config_dict import placeholder
 from tqdm.auto import tqdm
 
 import seqjax
+from seqjax import parallel
 from seqjax.errors import ConfigError
+from seqjax.parallel import distributed
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
-from seqjax.train.state import TrainState, batch_shardings, make_init_fn, replicated, state_shardings
+from seqjax.train.state import TrainState, boxed_param_shapes, make_init_fn, replicated, state_shardings
 from seqjax.train.writers import MetricWriter, _jsonable
 
 
@@ -49,7 +61,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Defaults for the sections the trainer owns: ``seed``, ``optim``, ``train``, ``mesh``.
+    """Defaults for the sections the trainer owns: ``seed``, ``optim``, ``train``, ``mesh``, ``distributed``.
 
     Returns:
       A ConfigDict; experiments add ``task`` and ``model`` and override fields.
@@ -78,7 +90,11 @@ def default_config() -> ml_collections.ConfigDict:
             "keep_checkpoints": 2,
             "progress": True,
         },
-        "mesh": {"data": -1},  # -1: all devices
+        # -1: the devices the other axes leave; presets in seqjax/parallel/rules.py.
+        "mesh": parallel.mesh.default_config().to_dict(),
+        # Multi-host: None fields fall back to SEQJAX_* env vars or a detected cluster.
+        "distributed": {k: placeholder(str) if k == "coordinator_address" else None
+                        for k in distributed.FIELDS} | {"enabled": "auto"},
     })
 
 
@@ -105,7 +121,7 @@ def validate_config(config, num_devices: int | None = None) -> int:
       num_devices: devices available (default: ``jax.device_count()``).
 
     Returns:
-      The size of the ``data`` mesh axis.
+      The mesh axis sizes (``{"data": ..., "fsdp": ..., "sequence": ..., "tensor": ...}``).
 
     Raises:
       ConfigError: one line naming the first bad field.
@@ -122,15 +138,30 @@ def validate_config(config, num_devices: int | None = None) -> int:
     if not isinstance(train.get("progress"), bool):
         raise ConfigError(f"config.train.progress={train.get('progress')!r} must be True or False")
     optim_lib.validate(_section(config, "optim"), train.steps)
-    data = _section(config, "mesh").get("data")
-    if not isinstance(data, int) or isinstance(data, bool) or not (data == -1 or 1 <= data <= num_devices):
-        raise ConfigError(f"config.mesh.data={data!r} must be -1 (all devices) or an int in [1, {num_devices}]")
-    data = num_devices if data == -1 else data
-    if train.batch_size % data:
+    mesh_cfg = _section(config, "mesh")
+    sizes = parallel.mesh_shape(mesh_cfg, num_devices)
+    preset = mesh_cfg.get("preset", "dp")
+    parallel.check_preset(preset, sizes)
+    ways = sizes["data"] * sizes["fsdp"]
+    if train.batch_size % ways:
         raise ConfigError(
-            f"config.train.batch_size={train.batch_size} is not divisible by the data mesh size {data} (config.mesh.data)"
+            f"config.train.batch_size={train.batch_size} is not divisible by the batch split {ways} "
+            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']})"
         )
-    return data
+    model = config.get("model")
+    axis = model.get("sequence_axis") if model is not None else None
+    if sizes["sequence"] > 1 and axis != "sequence":
+        raise ConfigError(
+            f"config.mesh.sequence={sizes['sequence']} splits the length, so the mixers must know it: set "
+            f"config.model.sequence_axis='sequence' (got {axis!r})"
+        )
+    procs = jax.process_count()
+    if procs > 1 and jax.local_device_count() % (sizes["sequence"] * sizes["tensor"]):
+        raise ConfigError(
+            f"config.mesh.sequence x config.mesh.tensor = {sizes['sequence'] * sizes['tensor']} must divide the "
+            f"{jax.local_device_count()} devices of one host: a host reads whole sequences"
+        )
+    return sizes
 
 
 def check_lengths(config, task) -> None:
@@ -149,10 +180,12 @@ def check_lengths(config, task) -> None:
 
 # Fields that may change between invocations in the same folder: they change
 # bookkeeping or placement, not what is trained (train.steps may grow to
-# extend a run; the data axis may change, since 8 devices train as 1 does).
+# extend a run; the mesh and the processes may change, since 8 devices train
+# as 1 does and checkpoints restore into any sharding).
 RESUMABLE_FIELDS = (
     "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "mesh.data",
+    "train.keep_checkpoints", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
+    "model.sequence_axis", *(f"distributed.{k}" for k in distributed.FIELDS),
 )
 
 
@@ -195,11 +228,6 @@ def check_workdir_config(config, workdir: Path) -> None:
 # --- helpers -----------------------------------------------------------------------
 
 
-def make_mesh(data: int) -> jax.sharding.Mesh:
-    """A 1-D mesh with axis ``data`` over the first ``data`` devices."""
-    return jax.make_mesh((data,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:data])
-
-
 def git_hash() -> str | None:
     """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None."""
     try:
@@ -215,6 +243,19 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+class _NullWriter:
+    """The metric writer of processes other than 0: only process 0 writes the run's files."""
+
+    def write(self, step: int, kind: str, values: dict) -> None:
+        del step, kind, values
+
+    def message(self, text: str) -> None:
+        del text
+
+    def close(self) -> None:
+        pass
 
 
 # Batch keys the model is applied with (besides ``inputs``), when the task provides them.
@@ -285,9 +326,11 @@ def run(config, workdir, *, task=None, model=None) -> dict:
       TrainingDiverged: the loss became NaN/Inf (after checkpointing the last good state).
     """
     t_start = time.time()
+    distributed.initialize(config.get("distributed"))
+    primary = distributed.is_primary()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    data_size = validate_config(config)
+    sizes = validate_config(config)
     check_workdir_config(config, workdir)
     train_cfg, steps = config.train, config.train.steps
     results_path = workdir / "results.json"
@@ -306,26 +349,38 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         # The models' own limits too: mixer position tables, s4's l_max, a CLS token.
         models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
         model = models.build(config.model)
-    if not (workdir / "config.json").exists():
+    if primary and not (workdir / "config.json").exists():
         _write_json_atomic(workdir / "config.json", _jsonable(config.to_dict()))
 
-    mesh = make_mesh(data_size)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.get_rules(config.mesh.get("preset", "dp"))
     rep = replicated(mesh)
     tx, schedules = optim_lib.make_optimizer(config.optim, steps)
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
 
+    # The iterator yields this process's rows of the global batch.
     iterator = task.train_iterator(config.seed, train_cfg.batch_size)
     first_state = iterator.get_state()
     sample = jax.tree.map(np.asarray, next(iterator))  # shapes for init and shardings
     iterator.set_state(first_state)
+    procs = jax.process_count()
+    global_sample = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((x.shape[0] * procs,) + x.shape[1:], x.dtype) if x.ndim else x, sample)
     sample_in = jax.tree.map(lambda x: x[:1], _model_inputs(sample))
     init_fn = make_init_fn(model, tx)
     abstract = jax.eval_shape(init_fn, init_key, sample_in["inputs"], sample_in.get("segment_ids"))
-    st_shard = state_shardings(abstract, mesh)
-    b_shard = batch_shardings(sample, mesh)
+    # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
+    specs = parallel.param_specs(boxed_param_shapes(model, sample_in["inputs"], sample_in.get("segment_ids")),
+                                 mesh, rules)
+    st_shard = state_shardings(abstract, mesh, specs)
+    b_shard = parallel.batch_shardings(global_sample, mesh, rules)
 
     ckpt = Checkpointer(workdir, keep=train_cfg.keep_checkpoints)
     writer, bar = None, None
+    # Model code is traced inside the mesh/rules context: the backbone's sharding
+    # constraints and the sequence-parallel mixers read them from there.
+    context = parallel.activate(mesh, rules)
+    context.__enter__()
     try:
         restored = ckpt.restore_latest(abstract_like(abstract, st_shard))
         if restored is not None:
@@ -339,29 +394,35 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             elapsed_before, last_loss = float(meta.get("elapsed_s", 0.0)), meta.get("loss")
         else:
             step0, elapsed_before, last_loss = 0, 0.0, None
+            # Each device creates only its own shards of the parameters.
             init = jax.jit(init_fn, out_shardings=st_shard)
             state = init(init_key, sample_in["inputs"], sample_in.get("segment_ids"))
         rng_data = np.asarray(jax.random.key_data(dropout_key)).tolist()
 
-        writer = MetricWriter(workdir, resume_step=step0)
+        writer = MetricWriter(workdir, resume_step=step0) if primary else _NullWriter()
         what = f"resuming from step {step0}" if step0 else "starting"
-        writer.message(f"{what}: {steps} steps, batch {train_cfg.batch_size}, "
-                       f"{data_size} device(s) ({jax.devices()[0].device_kind})")
+        layout = " x ".join(f"{a}={n}" for a, n in sizes.items() if n > 1) or "1 device"
+        writer.message(f"{what}: {steps} steps, batch {train_cfg.batch_size}, mesh {layout} "
+                       f"(preset {config.mesh.get('preset', 'dp')}), {procs} process(es) "
+                       f"({jax.devices()[0].device_kind})")
         step_fn = jax.jit(
             make_train_step(model, task, tx, schedules["lr"]),
             in_shardings=(st_shard, b_shard, rep),
             out_shardings=(st_shard, rep),
             donate_argnums=(0,),
         )
-        predict_jit = jax.jit(lambda params, b: _apply(model, params, b, deterministic=True))
+        # Outputs replicated: every process reads the whole prediction.
+        predict_jit = jax.jit(lambda params, b: _apply(model, params, b, deterministic=True), out_shardings=rep)
         task_cfg = config.get("task")
         eval_seed = task_cfg.get("eval_seed") if task_cfg is not None else None
         eval_seed = config.seed if eval_seed is None else eval_seed
 
         def evaluate(step: int, params) -> dict:
             def predict(batch):
-                b = _model_inputs(batch)
-                return predict_jit(params, jax.device_put(b, batch_shardings(b, mesh)))
+                # Every process holds the whole eval batch.
+                b = jax.tree.map(np.asarray, _model_inputs(batch))
+                shards = parallel.batch_shardings(b, mesh, rules)
+                return distributed.fetch(predict_jit(params, jax.tree.map(distributed.host_array_to_global, b, shards)))
 
             metrics = task.evaluate(predict, eval_seed)
             writer.write(step, "eval", metrics)
@@ -374,18 +435,19 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         tokens_per_example = int(np.prod(sample["inputs"].shape[1:2])) if sample["inputs"].ndim > 1 else 1
         # Redirected output (logs, CI) gets a redraw every 10 s instead of ~20 per second.
         interactive = sys.stderr.isatty()
-        bar = tqdm(total=steps, initial=step0, disable=not train_cfg.progress, desc="train", dynamic_ncols=True,
+        bar = tqdm(total=steps, initial=step0, disable=not (train_cfg.progress and primary), desc="train",
+                   dynamic_ncols=True,
                    mininterval=0.1 if interactive else 10.0)
         timed_steps, timed_seconds = 0, 0.0
         window, window_steps, window_seconds = [], 0, 0.0
         data_state = iterator.get_state()
-        batch = jax.device_put(next(iterator), b_shard) if step0 < steps else None
+        batch = distributed.global_batch(next(iterator), b_shard) if step0 < steps else None
         for s in range(step0, steps):
             t_step = time.perf_counter()
             state, metrics = step_fn(state, batch, dropout_key)
             data_before, data_state = data_state, iterator.get_state()
             if s + 1 < steps:  # fetch the next batch while the device computes this step
-                batch = jax.device_put(next(iterator), b_shard)
+                batch = distributed.global_batch(next(iterator), b_shard)
             loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 # The step returned its input state: save it with the iterator before the bad batch.
@@ -439,13 +501,17 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             "git_hash": git_hash(),
             "wall_time_s": elapsed_before + time.time() - t_start,
             "device_kind": jax.devices()[0].device_kind,
-            "num_devices": data_size,
+            "num_devices": math.prod(sizes.values()),
+            "mesh": {**sizes, "preset": config.mesh.get("preset", "dp")},
+            "num_processes": procs,
             "finished": True,
         }
-        _write_json_atomic(results_path, results)
+        if primary:
+            _write_json_atomic(results_path, results)
         writer.message(f"finished {steps} steps: loss {last_loss}, metrics {json.dumps(results['metrics'])}")
         return results
     finally:
+        context.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         ckpt.close()
@@ -453,5 +519,5 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             writer.close()
 
 
-__all__ = ["run", "default_config", "validate_config", "check_workdir_config", "check_lengths", "TrainingDiverged", "make_mesh",
+__all__ = ["run", "default_config", "validate_config", "check_workdir_config", "check_lengths", "TrainingDiverged",
            "make_train_step", "git_hash"]

@@ -2,9 +2,10 @@
 
 The state is one pytree so that the jitted train step can take it, donate it
 and return the next one, and so that a checkpoint is a single save of it.
-Where the state lives on the mesh is decided in :func:`state_shardings` only;
-today everything is replicated, and sharding parameters (FSDP / tensor
-parallelism) is a change to that one function.
+Where the state lives on the mesh is decided in :func:`state_shardings` only:
+parameters by their logical axis names and the rules of ``config.mesh.preset``
+(:mod:`seqjax.parallel.rules`), optimiser moments like their parameters, the
+step counter replicated.
 """
 
 from collections.abc import Callable
@@ -74,39 +75,52 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+def boxed_param_shapes(model: nn.Module, inputs: Any, segment_ids: Any = None) -> Any:
+    """The model's parameters as ``ShapeDtypeStruct`` leaves inside their logical-name boxes.
+
+    Nothing is computed or allocated (``jax.eval_shape``).
+
+    Args:
+      model: the Flax module.
+      inputs: example inputs (only shapes and dtypes are used).
+      segment_ids: example segment ids, or None.
+
+    Returns:
+      The ``"params"`` collection with ``nn.LogicallyPartitioned`` boxes kept.
+    """
+    def init(key):
+        return model.init({"params": key, "dropout": key}, inputs, segment_ids=segment_ids, deterministic=True)
+
+    return jax.eval_shape(init, jax.random.key(0))["params"]
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, param_specs: Any = None) -> Any:
     """Where each leaf of the train state lives: the one place that decides it.
 
     Args:
       abstract_state: the state's pytree (arrays or ``ShapeDtypeStruct``).
-      mesh: the device mesh (axis ``data``).
+      mesh: the device mesh.
+      param_specs: one PartitionSpec per parameter
+        (:func:`seqjax.parallel.param_specs`); None replicates everything.
 
     Returns:
-      A pytree of ``NamedSharding`` of the same structure (all replicated for now).
+      A pytree of ``NamedSharding`` of the same structure: ``params`` by their
+      specs, ``opt_state`` leaves like the parameter they mirror (Adam's
+      moments), everything else replicated.
     """
     rep = replicated(mesh)
-    return jax.tree.map(lambda _: rep, abstract_state)
+    if param_specs is None:
+        return jax.tree.map(lambda _: rep, abstract_state)
+    from seqjax.parallel.rules import tree_shardings_like_params
+
+    params = jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs,
+                          is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return TrainState(
+        step=rep,
+        params=params,
+        opt_state=tree_shardings_like_params(abstract_state.opt_state, param_specs, mesh),
+    )
 
 
-def batch_shardings(batch: Any, mesh: Mesh) -> Any:
-    """Batch arrays split over ``data`` on their first axis (scalars replicated).
-
-    Args:
-      batch: a batch pytree (arrays or ``ShapeDtypeStruct``).
-      mesh: the device mesh.
-
-    Returns:
-      A pytree of ``NamedSharding`` matching ``batch``.
-    """
-    size = mesh.shape["data"]
-
-    def one(x):
-        shape = jnp.shape(x)
-        if len(shape) == 0 or shape[0] % size:
-            return replicated(mesh)
-        return NamedSharding(mesh, PartitionSpec("data"))
-
-    return jax.tree.map(one, batch)
-
-
-__all__ = ["TrainState", "create_train_state", "make_init_fn", "replicated", "state_shardings", "batch_shardings"]
+__all__ = ["TrainState", "create_train_state", "make_init_fn", "replicated", "state_shardings",
+           "boxed_param_shapes"]

@@ -17,7 +17,7 @@ from seqjax.train import TrainingDiverged, run
 from tests.train.toy import ToyModel, ToyTask, final_params, losses, make_config
 
 RESULT_KEYS = {"metrics", "train", "config", "seqjax_version", "git_hash", "wall_time_s", "device_kind",
-               "num_devices", "finished"}
+               "num_devices", "mesh", "num_processes", "finished"}
 
 
 def _assert_same_params(a, b, tol=1e-6):
