@@ -14,11 +14,14 @@ Public ops:
     (``linear_attn.py``).
   * Sequence parallelism (inside ``jax.shard_map``, length split over a mesh
     axis; also reachable as ``sequence_axis=`` of ``attention``,
-    ``linear_scan`` and ``ssd``): ``ring_attention.ring_attention`` with
+    ``linear_scan``, ``ssd``, ``selective_scan`` and ``linear_attention``):
+    ``ring_attention.ring_attention`` with
     :func:`zigzag_permute` / :func:`zigzag_unpermute` (``ring_attention.py``;
     the function is not re-exported here because the attribute
     ``seqjax.ops.ring_attention`` is the submodule once it is imported),
-    :func:`linear_scan_sp` and :func:`ssd_sp` (``sp_scan.py``).
+    :func:`linear_scan_sp` and :func:`ssd_sp` (``sp_scan.py``),
+    :func:`selective_scan_sp` (``sp_selective.py``), :func:`linear_attention_sp`
+    (``sp_linear_attn.py``).
   * SSM building blocks: HiPPO matrices and inits (``hippo.py``, NumPy,
     init-time), discretisation and convolution kernels (``ssm_kernels.py``),
     :func:`fft_conv` (``long_conv.py``).
@@ -40,6 +43,8 @@ _EXPORTS = {
     "zigzag_unpermute": "ring_attention",
     "linear_scan_sp": "sp_scan",
     "ssd_sp": "sp_scan",
+    "selective_scan_sp": "sp_selective",
+    "linear_attention_sp": "sp_linear_attn",
     "fft_conv": "long_conv",
     **{
         name: "hippo"

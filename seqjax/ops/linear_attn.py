@@ -48,6 +48,10 @@ chunk-local cumulative sum), which is <= 0 when ``log_decay <= 0``; pairs with
 s > t are masked with ``jnp.where`` *before* ``exp`` so neither the values nor
 the gradients ever see ``exp`` of a positive number (no inf * 0 = nan).
 
+Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
+split over that mesh axis) runs ``sp_linear_attn.linear_attention_sp``: local
+runs plus one all-gather of per-shard (decay product, final state) pairs.
+
 Gradients come from autodiff of whichever form runs. ``lax.scan`` keeps its
 carries for the backward pass: ``(l, b, h, dk, dv)`` for ``"sequential"``, one
 state per chunk for ``"chunked"``.
@@ -76,6 +80,7 @@ def linear_attention(
     segment_ids: SegmentIds | None = None,
     chunk_size: int = 64,
     impl: str = "auto",
+    sequence_axis: str | None = None,
 ) -> tuple[AttnOut, LinAttnState]:
     """Linear attention ``o_t = S_t^T q_t`` with ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``.
 
@@ -107,6 +112,14 @@ def linear_attention(
         is padded at the end with zero keys/values and zero log decay, which
         leaves the final state unchanged).
       impl: ``"auto"``, ``"reference"``, ``"sequential"`` or ``"chunked"``.
+      sequence_axis: sequence parallelism. When set, this call must run inside
+        ``jax.shard_map`` with the length axis of ``q, k, v`` (and of a
+        ``(b, l, h)`` or ``(b, l, h, dk)`` ``log_decay`` and of ``segment_ids``)
+        split contiguously over the mesh axis of this name (an ``(h,)``
+        ``log_decay`` and ``initial_state`` replicated over it); ``o`` is then
+        the local shard and ``final_state`` the global one. ``causal=False``
+        is supported there without ``segment_ids``. See
+        :func:`seqjax.ops.sp_linear_attn.linear_attention_sp`.
 
     Returns:
       ``(o, final_state)``: ``o`` ``(b, l, h, dv)`` in the inputs' dtype and the
@@ -116,6 +129,12 @@ def linear_attention(
       segment's ``sum_s k_s v_s^T``.
     """
     check_impl("linear_attention", impl, IMPLS)
+    if sequence_axis is not None:
+        from seqjax.ops.sp_linear_attn import linear_attention_sp  # it calls back into this module
+
+        return linear_attention_sp(q, k, v, axis_name=sequence_axis, log_decay=log_decay,
+                                   causal=causal, initial_state=initial_state,
+                                   segment_ids=segment_ids, chunk_size=chunk_size, impl=impl)
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     log_decay = None if log_decay is None else jnp.asarray(log_decay)
     initial_state = None if initial_state is None else jnp.asarray(initial_state)

@@ -34,6 +34,10 @@ channel ``i`` uses group ``i // (d // g)``. Internally channels are viewed as
 
 Segments: where ``segment_ids`` changes, the state restarts from zero, so
 packed sequences give exactly what separate runs give.
+
+Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
+split over that mesh axis) runs ``sp_selective.selective_scan_sp``: local scans
+plus one all-gather of per-shard (decay product, final state) pairs.
 """
 
 import functools
@@ -42,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.ops._util import accum_dtype, check_impl, pad_axis, segment_starts
+from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis, segment_starts
 from seqjax.ops.scan import linear_scan
 from seqjax.types import SegmentIds, SelA, SelBC, SelInput, SelState
 
@@ -70,6 +74,7 @@ def selective_scan(
     return_last_state: bool = False,
     impl: str = "auto",
     chunk_size: int = DEFAULT_CHUNK,
+    sequence_axis: str | None = None,
 ) -> SelInput | tuple[SelInput, SelState]:
     """Mamba-1's selective scan (S6).
 
@@ -93,6 +98,12 @@ def selective_scan(
         where it is faster and needs far less memory (see :func:`_auto_impl`).
       chunk_size: positions per chunk for ``"chunked"`` (and for ``"auto"``
         when it picks ``"chunked"``).
+      sequence_axis: sequence parallelism. When set, this call must run inside
+        ``jax.shard_map`` with the length axis of ``u, delta, B, C, z`` (and
+        ``segment_ids``) split contiguously over the mesh axis of this name
+        (``A, D, delta_bias`` replicated over it); ``y`` is then the local
+        shard and ``last_state`` the global one. See
+        :func:`seqjax.ops.sp_selective.selective_scan_sp`.
 
     Returns:
       ``y`` of shape ``(b, l, d)`` in ``u``'s dtype; with ``return_last_state``,
@@ -100,6 +111,13 @@ def selective_scan(
       accumulation dtype (float32, or float64 for float64 inputs).
     """
     check_impl("selective_scan", impl, IMPLS)
+    if sequence_axis is not None:
+        from seqjax.ops.sp_selective import selective_scan_sp  # it calls back into this module
+
+        return selective_scan_sp(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_name=sequence_axis,
+            segment_ids=segment_ids, return_last_state=return_last_state, impl=impl,
+            chunk_size=chunk_size)
     u, delta, A, B, C = map(jnp.asarray, (u, delta, A, B, C))
     D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
     if segment_ids is not None:
@@ -269,7 +287,8 @@ def _chunk_states(u, dt, A, B, keep, h_in):
 
 def _chunked_forward(u, dt, A, B, C, keep, chunk):
     batch, _, groups, e = u.shape
-    h0 = jnp.zeros((batch, groups, e, A.shape[-1]), u.dtype)
+    # Inside shard_map the carry must vary over the mesh axes the inputs do.
+    h0 = match_vma(jnp.zeros((batch, groups, e, A.shape[-1]), u.dtype), u, dt, A, B, C, keep)
 
     def body(h_in, xs):
         u_c, dt_c, B_c, C_c, keep_c = xs
