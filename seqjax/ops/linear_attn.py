@@ -60,7 +60,7 @@ state per chunk for ``"chunked"``.
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops._util import accum_dtype, check_impl, pad_axis, segment_starts
+from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis, segment_starts
 from seqjax.types import AttnOut, Keys, LinAttnState, LogDecay, Queries, SegmentIds, Values
 
 IMPLS = ("auto", "reference", "sequential", "chunked")
@@ -348,6 +348,8 @@ def _across_chunks(decay, u, s0):
         a, uj = x
         return a * state + uj, state
 
+    # Inside shard_map a zero s0 is device-invariant while u varies: match them.
+    s0 = match_vma(s0, decay, u)
     final, states_in = jax.lax.scan(step, s0, (jnp.moveaxis(decay, 1, 0), jnp.moveaxis(u, 1, 0)))
     return jnp.moveaxis(states_in, 0, 1), final
 

@@ -244,3 +244,20 @@ def test_linear_attention_sp_bidirectional(rng):
             lambda q, k, v, s: linear_attention(q, k, v, causal=False, segment_ids=s,
                                                 sequence_axis="sequence"),
             mesh=mesh, in_specs=(seq,) * 4, out_specs=(seq, P()))(*args32, seg)
+
+
+def test_plain_chunked_op_inside_shard_map_over_the_batch(rng):
+    """The unsharded-length op inside shard_map (data parallel), no initial state, check_vma on.
+
+    Its zero carry must be cast to varying; without it tracing fails.
+    """
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:4])
+    q, k, v = (jnp.asarray(rng.normal(size=(4, 16, 2, 4)), jnp.float32) for _ in range(3))
+    log_decay = -jnp.asarray(rng.uniform(0.01, 0.5, size=(4, 16, 2, 4)), jnp.float32)
+
+    def f(q, k, v, ld):
+        return linear_attention(q, k, v, log_decay=ld, impl="chunked", chunk_size=4)[0]
+
+    spec = jax.sharding.PartitionSpec("data")
+    out = jax.shard_map(f, mesh=mesh, in_specs=spec, out_specs=spec)(q, k, v, log_decay)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(f(q, k, v, log_decay)), rtol=1e-6, atol=1e-6)
