@@ -37,6 +37,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice, check_positive
@@ -79,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_classes=None,
         pooling="mean",
         dtype="float32",
-        sequence_axis=None,
+        sequence_axis=placeholder(str),  # "sequence": split the length (see seqjax.parallel)
     ))
 
 

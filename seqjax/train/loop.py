@@ -93,8 +93,14 @@ def default_config() -> ml_collections.ConfigDict:
         # -1: the devices the other axes leave; presets in seqjax/parallel/rules.py.
         "mesh": parallel.mesh.default_config().to_dict(),
         # Multi-host: None fields fall back to SEQJAX_* env vars or a detected cluster.
-        "distributed": {k: placeholder(str) if k == "coordinator_address" else None
-                        for k in distributed.FIELDS} | {"enabled": "auto"},
+        "distributed": {
+            "enabled": "auto",  # "auto", "True" or "False" (see seqjax.parallel.distributed.initialize)
+            "coordinator_address": placeholder(str),
+            "num_processes": placeholder(int),
+            "process_id": placeholder(int),
+            "local_device_ids": placeholder(tuple),
+            "initialization_timeout": placeholder(int),
+        },
     })
 
 
