@@ -103,7 +103,9 @@ def _axes(entry) -> tuple[str, ...]:
     return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
-def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules: Rules) -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules: Rules
+) -> PartitionSpec:
     """The PartitionSpec of one array from its logical dimension names.
 
     Args:

@@ -7,19 +7,18 @@ outputs and gradients compare directly with unsharded attention.
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import attention
 from seqjax.ops import ring_attention as ra
 from tests.ops.ref_attention import attention_ref
-from tests.ops.utils import assert_rel_close
+from tests.ops.utils import assert_rel_close, make_mesh
 
 # Float32 against float64, relative to the largest |expected| (the brief's bar).
 RTOL = 2e-5
@@ -28,12 +27,6 @@ RTOL = 2e-5
 BLOCKS = dict(block_q=4, block_k=4)
 # The autodiffed loop reference unrolls to ~1000 ops: compile it cheaply.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def make_mesh(shape, names):
-    n = math.prod(shape)
-    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape),
-                         devices=jax.devices()[:n])
 
 
 def sharded_attention(mesh, layout, *, batch_axis=None, seq_axis="sequence", via_attention=False,

@@ -11,39 +11,22 @@ autodiff of :func:`_matrix_ref`, the unrolled sum of the recurrence in float64
 Every test first checks that the matrix form equals the loop to 1e-12.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import linear_attention
 from tests.ops.ref_linear_attention import linear_attention_ref
-from tests.ops.utils import assert_rel_close, rel_err
+from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads, rel_err
 
 RTOL = 2e-5
 RTOL_GRAD = 5e-5
 B, L, H, DK, DV = 2, 32, 2, 4, 3
 # The autodiffed float64 reference only has to be right, not fast: compile it cheaply.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def make_mesh(shape, names):
-    n = math.prod(shape)
-    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape),
-                         devices=jax.devices()[:n])
-
-
-def outputs_and_grads(fn, args, cotangents, compiler_options=None):
-    """fn's outputs and the VJP of the cotangents w.r.t. every argument (one jit)."""
-    def run(*a):
-        out, vjp = jax.vjp(fn, *a)
-        return out, vjp(cotangents)
-
-    return jax.jit(run, compiler_options=compiler_options)(*args)
 
 
 def _runs(segment_ids, batch, length):

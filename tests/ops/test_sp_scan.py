@@ -5,38 +5,21 @@ states and gradients (through ``shard_map``) are compared with the float64 loop
 references and with the unsharded ops.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import linear_scan, linear_scan_sp, ssd
 from tests.ops.ref_scan import linear_scan_ref
 from tests.ops.ref_ssd import ssd_ref
-from tests.ops.utils import assert_rel_close
+from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads
 
 RTOL = 2e-5
 RTOL_GRAD = 5e-5  # the decay gradients sum many products of decays
 SEQ = P(None, "sequence")
-
-
-def make_mesh(shape, names):
-    n = math.prod(shape)
-    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape),
-                         devices=jax.devices()[:n])
-
-
-def outputs_and_grads(fn, args, cotangents):
-    """fn's outputs and the VJP of the cotangents w.r.t. every float argument (one jit)."""
-    def run(*a):
-        out, vjp = jax.vjp(fn, *a)
-        return out, vjp(cotangents)
-
-    return jax.jit(run)(*args)
 
 
 def _f32(x):

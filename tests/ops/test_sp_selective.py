@@ -12,39 +12,22 @@ unrolled autodiff takes ~50 s to compile on the 2-core machine, this ~2 s.
 Every test first checks that the matrix form equals the loop to 1e-12.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import selective_scan
 from tests.ops.ref_selective import selective_scan_ref
-from tests.ops.utils import assert_rel_close, rel_err
+from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads, rel_err
 
 RTOL = 2e-5
 RTOL_GRAD = 5e-5  # dA and ddelta sum many products of decays
 # The autodiffed float64 reference only has to be right, not fast: compile it cheaply.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_mesh(shape, names):
-    n = math.prod(shape)
-    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape),
-                         devices=jax.devices()[:n])
-
-
-def outputs_and_grads(fn, args, cotangents, compiler_options=None):
-    """fn's outputs and the VJP of the cotangents w.r.t. every argument (one jit)."""
-    def run(*a):
-        out, vjp = jax.vjp(fn, *a)
-        return out, vjp(cotangents)
-
-    return jax.jit(run, compiler_options=compiler_options)(*args)
 
 
 def _matrix_ref(u, delta, A, B, C, D, z, delta_bias, segment_ids=None):

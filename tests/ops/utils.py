@@ -25,3 +25,36 @@ def assert_rel_close(actual, expected, rtol, what=""):
     err = rel_err(actual, expected)
     assert np.all(np.isfinite(np.asarray(actual))), f"{what}: non-finite values"
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
+
+
+def make_mesh(shape, names):
+    """An Auto-typed mesh over the first ``prod(shape)`` host devices (conftest gives 8)."""
+    import math
+
+    import jax
+    from jax.sharding import AxisType
+
+    n = math.prod(shape)
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=jax.devices()[:n])
+
+
+def outputs_and_grads(fn, args, cotangents, compiler_options=None):
+    """``fn``'s outputs and the VJP of ``cotangents`` w.r.t. every argument, in one jit.
+
+    Args:
+      fn: the function.
+      args: its positional arguments.
+      cotangents: a pytree like ``fn``'s outputs.
+      compiler_options: XLA options for the jit (e.g. a low optimisation level
+        for float64 references that only have to be right).
+
+    Returns:
+      ``(outputs, grads)`` with one gradient per argument.
+    """
+    import jax
+
+    def run(*a):
+        out, vjp = jax.vjp(fn, *a)
+        return out, vjp(cotangents)
+
+    return jax.jit(run, compiler_options=compiler_options)(*args)

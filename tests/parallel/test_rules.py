@@ -67,7 +67,8 @@ def test_logical_to_spec_priority_divisibility_and_reuse():
     # Dense (embed, mlp): mlp -> tensor first, then embed -> fsdp.
     assert parallel.logical_to_spec(("embed", "mlp"), (16, 64), mesh, rules) == P("fsdp", "tensor")
     # Activations: batch takes (data, fsdp), so embed cannot reuse fsdp.
-    assert parallel.logical_to_spec(("batch", "length", "embed"), (8, 4, 16), mesh, rules) == P(("data", "fsdp"), None, None)
+    spec = parallel.logical_to_spec(("batch", "length", "embed"), (8, 4, 16), mesh, rules)
+    assert spec == P(("data", "fsdp"), None, None)
     # A batch of 2 is split over data only; of 1 not at all.
     assert parallel.logical_to_spec(("batch", "length"), (2, 4), mesh, rules) == P("data", None)
     assert parallel.logical_to_spec(("batch", "length"), (1, 4), mesh, rules) == P(None, None)
@@ -75,7 +76,8 @@ def test_logical_to_spec_priority_divisibility_and_reuse():
     assert parallel.logical_to_spec(("heads", "embed"), (3, 16), mesh, rules) == P(None, "fsdp")
     assert parallel.logical_to_spec(None, (3, 5), mesh, rules) == P()
     # Size-1 axes are left out of specs.
-    assert parallel.logical_to_spec(("embed", "mlp"), (16, 64), _mesh(fsdp=1), parallel.get_rules("fsdp")) == P(None, None)
+    spec = parallel.logical_to_spec(("embed", "mlp"), (16, 64), _mesh(fsdp=1), parallel.get_rules("fsdp"))
+    assert spec == P(None, None)
 
 
 @pytest.mark.parametrize("name", SP_MIXERS)
