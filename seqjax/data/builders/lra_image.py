@@ -45,6 +45,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data.builders import _manual
+from seqjax.data.builders._base import OfflineBuilder
 
 IMAGE_SIZE = 32
 SEQ_LENGTH = IMAGE_SIZE * IMAGE_SIZE  # 1,024 tokens
@@ -216,7 +217,7 @@ def read_archive(path: epath.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return batches
 
 
-class LraImage(tfds.core.GeneratorBasedBuilder):
+class LraImage(OfflineBuilder):
     """LRA Image: grayscale CIFAR-10 as 1,024-token sequences, from the manual CIFAR archive.
 
     Attributes:
@@ -231,16 +232,6 @@ class LraImage(tfds.core.GeneratorBasedBuilder):
         f"from {ARCHIVES[1].url}) and place it, not extracted, in the manual folder "
         "(default <data_dir>/downloads/manual). See docs/lra_archives.md."
     )
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file (tfds' own lookup needs the missing ``importlib_resources`` backport)."""
-        return epath.Path(__file__)
-
-    def __init__(self, *args, file_format=None, **kwargs):
-        # array_record: the format that loads without TensorFlow.
-        super().__init__(*args, file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

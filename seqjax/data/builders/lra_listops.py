@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data import listops as lo
+from seqjax.data.builders._base import OfflineBuilder
 from seqjax.errors import ConfigError
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -151,7 +152,7 @@ def make_config(num_train: int = PAPER_SIZES[0], num_validation: int = PAPER_SIZ
     return LraListopsConfig(name=name, description="ListOps generated locally (see module docstring).", **params)
 
 
-class LraListops(tfds.core.GeneratorBasedBuilder):
+class LraListops(OfflineBuilder):
     """Long Range Arena ListOps (Tay et al. 2020): generated locally, or the release's TSVs.
 
     Attributes:
@@ -169,16 +170,8 @@ class LraListops(tfds.core.GeneratorBasedBuilder):
     DEFAULT_BUILDER_CONFIG_NAME = "generated"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. Overridden because tfds' own lookup imports the
-        ``importlib_resources`` backport, which is not installed."""
-        return epath.Path(__file__)
-
     def __init__(self, *args, file_format=None, num_workers: int | None = None, progress: bool = True, **kwargs):
-        # array_record: the format that loads without TensorFlow.
-        super().__init__(*args, file_format=file_format or "array_record", **kwargs)
+        super().__init__(*args, file_format=file_format, **kwargs)
         self.num_workers = int(num_workers) if num_workers is not None else (os.cpu_count() or 1)
         self.progress = bool(progress)
 

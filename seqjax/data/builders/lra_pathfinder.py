@@ -49,6 +49,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data import pathfinder as pf
+from seqjax.data.builders._base import OfflineBuilder
 from seqjax.errors import ConfigError, check_positive
 
 PAPER_NUM_EXAMPLES = 200_000
@@ -239,7 +240,7 @@ def _read_png(path) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
-class LraPathfinder(tfds.core.GeneratorBasedBuilder):
+class LraPathfinder(OfflineBuilder):
     """Pathfinder (Linsley et al. 2018) as in the Long Range Arena: generated, or the official release.
 
     Attributes:
@@ -259,16 +260,8 @@ class LraPathfinder(tfds.core.GeneratorBasedBuilder):
         "that it holds lra_release/pathfinder{32,64,128,256}/{curv_baseline,curv_contour_length_9,"
         "curv_contour_length_14}/{imgs/<k>/sample_<n>.png, metadata/<k>.npy}.")
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. Overridden because tfds' own lookup imports the
-        ``importlib_resources`` backport, which is not installed."""
-        return epath.Path(__file__)
-
     def __init__(self, *args, file_format=None, num_workers: int | None = None, **kwargs):
-        # array_record: the format that loads without TensorFlow.
-        super().__init__(*args, file_format=file_format or "array_record", **kwargs)
+        super().__init__(*args, file_format=file_format, **kwargs)
         self.num_workers = int(num_workers) if num_workers is not None else (os.cpu_count() or 1)
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -41,6 +41,11 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data.builders import _manual
+from seqjax.data.builders._base import (
+    ByteLengthConfig,
+    OfflineBuilder,
+    byte_length_configs,
+)
 
 DEFAULT_MAX_LENGTH = 4000
 VOCAB_SIZE = _manual.BYTE_VOCAB_SIZE
@@ -60,42 +65,10 @@ _ALTERNATIVE = ("Or put the three TSVs " + ", ".join(TSV_NAMES.values())
                 + " (from lra_release/.../tsv_data/ in that archive) directly into the folder.")
 
 
-class LraRetrievalConfig(tfds.core.BuilderConfig):
-    """Parameters of ``lra_retrieval``.
-
-    Attributes:
-      max_length: bytes kept per document (the first ones).
-    """
-
-    def __init__(self, *, max_length: int = DEFAULT_MAX_LENGTH, **kwargs):
-        kwargs.setdefault("version", tfds.core.Version("1.0.0"))
-        super().__init__(**kwargs)
-        self.max_length = _manual.check_length("lra_retrieval.max_length", max_length)
-
-
-# Registered configs are singletons (tfds accepts a registered name only for that object).
-_DEFAULT_CONFIG = LraRetrievalConfig(name=str(DEFAULT_MAX_LENGTH), max_length=DEFAULT_MAX_LENGTH,
-                                     description="AAN pairs, bytes cut to 4,000 per document")
-
-
-def make_config(max_length: int = DEFAULT_MAX_LENGTH) -> LraRetrievalConfig:
-    """A config that keeps ``max_length`` bytes per document.
-
-    Args:
-      max_length: bytes kept per document (int >= 1).
-
-    Returns:
-      The registered default config for 4,000, else a new config named
-      ``str(max_length)``.
-
-    Raises:
-      ConfigError: for a bad ``max_length``.
-    """
-    max_length = _manual.check_length("lra_retrieval.max_length", max_length)
-    if max_length == DEFAULT_MAX_LENGTH:
-        return _DEFAULT_CONFIG
-    return LraRetrievalConfig(name=str(max_length), max_length=max_length,
-                              description=f"AAN pairs, bytes cut to {max_length} per document")
+# One parameter (bytes kept per document); the default config is registered.
+_DEFAULT_CONFIG, make_config = byte_length_configs(
+    "lra_retrieval", DEFAULT_MAX_LENGTH, lambda n: f"AAN pairs, bytes cut to {n:,} per document")
+LraRetrievalConfig = ByteLengthConfig
 
 
 def parse_label(field: bytes, where: str) -> int:
@@ -206,7 +179,7 @@ def copy_tsvs_from_archive(archive: epath.Path, dest: epath.Path) -> dict[str, e
     return paths
 
 
-class LraRetrieval(tfds.core.GeneratorBasedBuilder):
+class LraRetrieval(OfflineBuilder):
     """LRA Retrieval: byte-level AAN citation pairs from the LRA release TSVs.
 
     Attributes:
@@ -224,16 +197,6 @@ class LraRetrieval(tfds.core.GeneratorBasedBuilder):
         "(default <data_dir>/downloads/manual); or place the three TSVs " + ", ".join(TSV_NAMES.values())
         + " there. See docs/lra_archives.md."
     )
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file (tfds' own lookup needs the missing ``importlib_resources`` backport)."""
-        return epath.Path(__file__)
-
-    def __init__(self, *args, file_format=None, **kwargs):
-        # array_record: the format that loads without TensorFlow.
-        super().__init__(*args, file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         tokens = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding="zlib")  # noqa: E731

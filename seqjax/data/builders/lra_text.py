@@ -40,6 +40,11 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data.builders import _manual
+from seqjax.data.builders._base import (
+    ByteLengthConfig,
+    OfflineBuilder,
+    byte_length_configs,
+)
 
 DEFAULT_MAX_LENGTH = 4096
 VOCAB_SIZE = _manual.BYTE_VOCAB_SIZE
@@ -59,43 +64,10 @@ ARCHIVE = _manual.ManualFile(
 _MEMBER = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 
 
-class LraTextConfig(tfds.core.BuilderConfig):
-    """Parameters of ``lra_text``.
-
-    Attributes:
-      max_length: bytes kept per review (the first ones).
-    """
-
-    def __init__(self, *, max_length: int = DEFAULT_MAX_LENGTH, **kwargs):
-        kwargs.setdefault("version", tfds.core.Version("1.0.0"))
-        super().__init__(**kwargs)
-        self.max_length = _manual.check_length("lra_text.max_length", max_length)
-
-
-# Registered configs are singletons: tfds accepts a config object with a
-# registered name only if it IS that object.
-_DEFAULT_CONFIG = LraTextConfig(name=str(DEFAULT_MAX_LENGTH), max_length=DEFAULT_MAX_LENGTH,
-                                description="IMDB bytes cut to 4,096 (see module docstring)")
-
-
-def make_config(max_length: int = DEFAULT_MAX_LENGTH) -> LraTextConfig:
-    """A config that keeps ``max_length`` bytes per review.
-
-    Args:
-      max_length: bytes kept per review (int >= 1).
-
-    Returns:
-      The registered default config for 4,096, else a new config named
-      ``str(max_length)`` (so different lengths never share a directory).
-
-    Raises:
-      ConfigError: for a bad ``max_length``.
-    """
-    max_length = _manual.check_length("lra_text.max_length", max_length)
-    if max_length == DEFAULT_MAX_LENGTH:
-        return _DEFAULT_CONFIG
-    return LraTextConfig(name=str(max_length), max_length=max_length,
-                         description=f"IMDB bytes cut to {max_length} (see module docstring)")
+# One parameter (bytes kept per review); the default config is registered.
+_DEFAULT_CONFIG, make_config = byte_length_configs(
+    "lra_text", DEFAULT_MAX_LENGTH, lambda n: f"IMDB bytes cut to {n:,} (see module docstring)")
+LraTextConfig = ByteLengthConfig
 
 
 def member_split_label(name: str) -> tuple[str, int] | None:
@@ -112,7 +84,7 @@ def member_split_label(name: str) -> tuple[str, int] | None:
     return None if m is None else (m.group(1), LABELS[m.group(2)])
 
 
-class LraText(tfds.core.GeneratorBasedBuilder):
+class LraText(OfflineBuilder):
     """LRA Text: byte-level IMDB reviews from the manual ``aclImdb_v1.tar.gz``.
 
     Attributes:
@@ -129,16 +101,6 @@ class LraText(tfds.core.GeneratorBasedBuilder):
         f"Download {ARCHIVE.name} ({ARCHIVE.size}) from {ARCHIVE.url} and place it, not extracted, "
         "in the manual folder (default <data_dir>/downloads/manual). See docs/lra_archives.md."
     )
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file (tfds' own lookup needs the missing ``importlib_resources`` backport)."""
-        return epath.Path(__file__)
-
-    def __init__(self, *args, file_format=None, **kwargs):
-        # array_record: the format that loads without TensorFlow.
-        super().__init__(*args, file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

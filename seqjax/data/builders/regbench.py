@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from seqjax.data import regbench as rb
+from seqjax.data.builders._base import OfflineBuilder
 
 PAPER_TRAIN_SIZES = (625, 1250, 2500, 5000, 10000, 20000, 40000)
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -123,7 +123,7 @@ def make_config(num_train_dfas: int = 5000, *, num_eval_dfas: int = 500, seed: i
                           **params)
 
 
-class Regbench(tfds.core.GeneratorBasedBuilder):
+class Regbench(OfflineBuilder):
     """RegBench prompts (Akyürek et al. 2024), generated locally.
 
     Attributes:
@@ -136,17 +136,6 @@ class Regbench(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [make_config(n) for n in PAPER_TRAIN_SIZES]
     DEFAULT_BUILDER_CONFIG_NAME = "5000"
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. Overridden because tfds' own lookup imports the
-        ``importlib_resources`` backport, which is not installed."""
-        return epath.Path(__file__)
-
-    def __init__(self, *args, file_format=None, **kwargs):
-        # array_record: the format that loads without TensorFlow.
-        super().__init__(*args, file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
