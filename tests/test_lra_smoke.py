@@ -2,9 +2,12 @@
 generated data, or tiny archives of the official formats in a manual folder)
 trains a few steps through the trainer and evaluates.
 
-One hybrid model per task covers three mixer families at once: softmax
-attention (``mha``), a convolutional SSM (``s4d``) and a selective SSM
-(``mamba``); ``s5`` and ``lstm`` get their own run on ListOps.
+On ListOps (short sequences) one hybrid model covers three mixer families at
+once: softmax attention (``mha``), a convolutional SSM (``s4d``) and a
+selective SSM (``mamba``); ``s5`` and ``lstm`` get their own run there. The
+other tasks, whose point is their builder, config and task code at lengths up
+to 4096, train one ``s4d`` layer (attention and Mamba at those lengths cost
+most of the suite's time on CPU and are covered by the ListOps run).
 """
 
 import math
@@ -68,7 +71,7 @@ def _tiny(task, dirs, mixers="mha,s4d,mamba"):
 
 @pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder", "pathx"])
 def test_task_trains_and_evaluates(task, dirs, tmp_path):
-    res = train.run(_tiny(task, dirs), str(tmp_path / task))
+    res = train.run(_tiny(task, dirs, "mha,s4d,mamba" if task == "listops" else "s4d"), str(tmp_path / task))
     assert res["finished"] and math.isfinite(res["train"]["loss"])
     for split in ("validation", "test"):
         m = res["metrics"][split]

@@ -57,10 +57,11 @@ def _curve(workdir):
     return np.array([curve[s] for s in range(1, STEPS + 1)])
 
 
+# mamba/mamba2/s5/gla on sequence meshes are checked model by model in
+# test_sequence_models.py (forward and gradients); here one full training run
+# per preset keeps the suite's time in budget.
 @pytest.mark.parametrize("mixer, mesh", [
     ("mha", {"data": 2, "fsdp": 2, "sequence": 2, "preset": "fsdp+sequence"}),
-    ("mamba2", {"data": 2, "fsdp": 2, "sequence": 2, "preset": "fsdp+sequence"}),
-    ("mha", {"data": 2, "fsdp": 2, "tensor": 2, "preset": "fsdp+tensor"}),
 ])
 def test_mesh_trains_like_one_device(tmp_path, one_device, mixer, mesh):
     one, one_dir = one_device(mixer)
@@ -74,15 +75,20 @@ def test_mesh_trains_like_one_device(tmp_path, one_device, mixer, mesh):
 
 
 def test_sharded_checkpoint_resumes_on_another_mesh(tmp_path, one_device):
-    """Train 2 steps on 2x2x2, then extend to 4 on one device: equals 4 straight steps."""
+    """2 steps on data x fsdp x sequence, then 2 more on data x fsdp x tensor: equals 4 steps on one device.
+
+    The second half also trains the fsdp+tensor preset (heads/mlp/vocab over
+    ``tensor``) against the one-device curve.
+    """
     _, straight = one_device("mha")
     work = tmp_path / "moved"
     first = tiny_icl(data=2, fsdp=2, sequence=2, preset="fsdp+sequence")
     first.train.steps, first.train.checkpoint_every = 2, 2
     train.run(first, work)
-    second = tiny_icl()
-    second.model.sequence_axis = "sequence"  # a placement field: allowed to differ in the same folder
-    train.run(second, work)
+    second = tiny_icl(data=2, fsdp=2, tensor=2, preset="fsdp+tensor")
+    second.model.sequence_axis = "sequence"  # placement fields may differ in the same folder
+    results = train.run(second, work)
+    assert results["mesh"]["preset"] == "fsdp+tensor" and results["mesh"]["tensor"] == 2
     np.testing.assert_allclose(_curve(work), _curve(straight), rtol=1e-4)
     config = json.loads((work / "config.json").read_text())
     assert config["mesh"]["preset"] == "fsdp+sequence"  # the folder keeps its first config
