@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import linear_attention
 from tests.ops.ref_linear_attention import linear_attention_ref
-from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads, rel_err
+from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads, rel_err, sp_segment_ids
 
 RTOL = 2e-5
 RTOL_GRAD = 5e-5
@@ -99,17 +99,6 @@ def _local_only_ref(q, k, v, ld, seg, num):
     return np.concatenate(outs, axis=1), final
 
 
-def _segment_ids(batch, length, shard):
-    # Row 0: a start inside shard 0, a segment crossing several shard
-    # boundaries, then a start exactly on a boundary. Row 1: one start inside
-    # a later shard (the initial state reaches it through the earlier shards).
-    seg = np.zeros((batch, length), int)
-    seg[0, 3:] = 1
-    seg[0, 3 * shard:] = 2  # boundary
-    seg[1, 2 * shard + 3:] = 1
-    return seg
-
-
 def _sharded(mesh, batch_axis, kind, impl, chunk_size, seg, check_vma=True):
     seq, state = P(batch_axis, "sequence"), P(batch_axis)
     ld_spec = P() if kind == "head" else seq
@@ -147,7 +136,7 @@ def test_linear_attention_sp(rng, name):
     mesh = make_mesh(shape, names)
     num = mesh.shape["sequence"]
     q, k, v, ld, s0 = _inputs(rng, kind)
-    seg = _segment_ids(B, L, L // num) if segments else None
+    seg = sp_segment_ids(B, L, L // num) if segments else None
     batch_axis = "data" if "data" in names else None
     fn = _sharded(mesh, batch_axis, kind, impl, chunk, seg, check_vma)
     labels = ("q", "k", "v") + (() if ld is None else ("log_decay",)) + ("initial_state",)
@@ -221,7 +210,7 @@ def test_linear_attention_sp_bidirectional(rng):
     for label, g, e in zip("qkv", grads, grads_ref):
         assert_rel_close(g, e, RTOL_GRAD, f"d{label} vs f64 reference")
 
-    seg = jnp.asarray(_segment_ids(B, L, L // 8))
+    seg = jnp.asarray(sp_segment_ids(B, L, L // 8))
     with pytest.raises(ValueError, match="causal=False"):
         jax.shard_map(
             lambda q, k, v, s: linear_attention(q, k, v, causal=False, segment_ids=s,

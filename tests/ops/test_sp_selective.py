@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import selective_scan
 from tests.ops.ref_selective import selective_scan_ref
-from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads, rel_err
+from tests.ops.utils import assert_rel_close, make_mesh, outputs_and_grads, rel_err, sp_segment_ids
 
 RTOL = 2e-5
 RTOL_GRAD = 5e-5  # dA and ddelta sum many products of decays
@@ -88,17 +88,6 @@ def _inputs(rng, b, l, d, n, groups):
     )
 
 
-def _segment_ids(batch, length, shard):
-    # Row 0: a start inside shard 0, a segment that crosses several shard
-    # boundaries, then a start exactly on a boundary. Row 1: one start inside
-    # a later shard. Ids repeat, so only changes matter.
-    seg = np.zeros((batch, length), int)
-    seg[0, 3:] = 1
-    seg[0, 3 * shard:] = 2  # boundary
-    seg[1, 2 * shard + 3:] = 1
-    return seg
-
-
 # (mesh shape, names, b, l, d, n, groups, impl, chunk_size, segments, check_vma)
 CASES = {
     "p8_reference_shared_bc_unchecked": ((8,), ("sequence",), 2, 32, 4, 4, None, "reference", 64,
@@ -133,7 +122,7 @@ def test_selective_scan_sp(rng, name):
     mesh = make_mesh(shape, names)
     num = mesh.shape["sequence"]
     args = _inputs(rng, b, l, d, n, groups)
-    seg = _segment_ids(b, l, l // num) if segments else None
+    seg = sp_segment_ids(b, l, l // num) if segments else None
     batch_axis = "data" if "data" in names else None
     fn = _sharded(mesh, batch_axis, impl, chunk, seg, check_vma)
 

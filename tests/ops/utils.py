@@ -58,3 +58,18 @@ def outputs_and_grads(fn, args, cotangents, compiler_options=None):
         return out, vjp(cotangents)
 
     return jax.jit(run, compiler_options=compiler_options)(*args)
+
+
+def sp_segment_ids(batch: int, length: int, shard: int) -> np.ndarray:
+    """Segment ids that exercise sequence-parallel segment handling (``batch >= 2``).
+
+    Row 0: a start inside shard 0, a segment crossing several shard
+    boundaries, then a start exactly on a boundary. Row 1: one start inside a
+    later shard (an initial state reaches it through the earlier shards). Ids
+    repeat across rows, so only changes matter.
+    """
+    seg = np.zeros((batch, length), int)
+    seg[0, 3:] = 1
+    seg[0, 3 * shard:] = 2  # boundary
+    seg[1, 2 * shard + 3:] = 1
+    return seg
