@@ -22,13 +22,13 @@ import time
 
 _T0 = time.monotonic()
 
-from seqjax.parallel import distributed  # noqa: E402  (imports jax; no backend yet)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from seqjax.parallel import distributed  # noqa: E402  (imports jax; no backend yet)
 
 GLOBAL_BATCH = 32
 D_IN, D_HIDDEN = 16, 32

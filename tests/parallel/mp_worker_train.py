@@ -17,7 +17,7 @@ import time
 _T0 = time.monotonic()
 
 from seqjax import train
-from tests.parallel.test_mesh_training import STEPS, tiny_icl
+from tests.parallel.tiny import STEPS, tiny_icl
 
 
 def main(workdir: str) -> None:

@@ -13,43 +13,8 @@ import pytest
 
 from seqjax import train
 from seqjax.errors import ConfigError
-from seqjax.experiment import load_config
+from tests.parallel.tiny import STEPS, tiny_icl
 from tests.train.toy import losses
-
-STEPS = 4
-
-
-def tiny_icl(mixer="mha", **mesh):
-    """ICL linear regression, d=3, 8 points (length 16), one layer of ``mixer``, width 16."""
-    c = load_config("configs/icl/regression.py", "fc=linear,model=transformer,scale=cpu")
-    c.task.dim, c.task.n_points, c.model.input_dim, c.model.max_length = 3, 8, 3, 16
-    c.model.num_layers, c.model.d_model = 1, 16
-    c.model.mixers = mixer
-    c.model.mixer_kwargs = {"mha": {"num_heads": 2}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4}}[mixer]
-    c.model.mixer_kwargs = {mixer: c.model.mixer_kwargs.to_dict()}
-    c.task.eval_batch_size, c.task.ilwd_batch_size = 16, 8
-    c.task.baselines = ()
-    c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = STEPS, 16, 1, STEPS
-    c.train.progress = False
-    c.optim.warmup_steps = 1
-    c.mesh.update({"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1, "preset": "dp", **mesh})
-    if c.mesh.sequence > 1:
-        c.model.sequence_axis = "sequence"
-    return c
-
-
-@pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    """``mixer -> (results, workdir)`` of the one-device run, made once per module."""
-    runs = {}
-
-    def get(mixer):
-        if mixer not in runs:
-            workdir = tmp_path_factory.mktemp(f"one-{mixer}")
-            runs[mixer] = (train.run(tiny_icl(mixer), workdir), workdir)
-        return runs[mixer]
-
-    return get
 
 
 def _curve(workdir):
@@ -57,30 +22,17 @@ def _curve(workdir):
     return np.array([curve[s] for s in range(1, STEPS + 1)])
 
 
-# mamba/mamba2/s5/gla on sequence meshes are checked model by model in
-# test_sequence_models.py (forward and gradients); here one full training run
-# per preset keeps the suite's time in budget.
-@pytest.mark.parametrize("mixer, mesh", [
-    ("mha", {"data": 2, "fsdp": 2, "sequence": 2, "preset": "fsdp+sequence"}),
-])
-def test_mesh_trains_like_one_device(tmp_path, one_device, mixer, mesh):
-    one, one_dir = one_device(mixer)
-    many = train.run(tiny_icl(mixer, **mesh), tmp_path / "many")
-    assert many["num_devices"] == 8 and many["mesh"]["preset"] == mesh["preset"]
-    a, b = _curve(one_dir), _curve(tmp_path / "many")
-    assert len(set(np.round(a, 6))) == STEPS  # the loss moves
-    np.testing.assert_allclose(b, a, rtol=1e-4)
-    key = "error_at_2d" if "error_at_2d" in one["metrics"] else sorted(one["metrics"])[0]
-    np.testing.assert_allclose(many["metrics"][key], one["metrics"][key], rtol=1e-3)
+def test_meshes_and_a_move_between_them_train_like_one_device(tmp_path, one_device_icl):
+    """2 steps on data x fsdp x sequence = 2 x 2 x 2, then (restoring that sharded
+    checkpoint) 2 more on data x fsdp x tensor = 2 x 2 x 2: the 4 losses and the
+    final evaluation equal 4 steps on one device.
 
-
-def test_sharded_checkpoint_resumes_on_another_mesh(tmp_path, one_device):
-    """2 steps on data x fsdp x sequence, then 2 more on data x fsdp x tensor: equals 4 steps on one device.
-
-    The second half also trains the fsdp+tensor preset (heads/mlp/vocab over
-    ``tensor``) against the one-device curve.
+    One run covers both presets that split more than the batch and the restore
+    of a checkpoint into another layout; mamba/mamba2/s5/gla on sequence meshes
+    are checked model by model in test_sequence_models.py (forward and
+    gradients), and two processes in test_multiprocess_train.py.
     """
-    _, straight = one_device("mha")
+    one, straight = one_device_icl
     work = tmp_path / "moved"
     first = tiny_icl(data=2, fsdp=2, sequence=2, preset="fsdp+sequence")
     first.train.steps, first.train.checkpoint_every = 2, 2
@@ -89,7 +41,12 @@ def test_sharded_checkpoint_resumes_on_another_mesh(tmp_path, one_device):
     second.model.sequence_axis = "sequence"  # placement fields may differ in the same folder
     results = train.run(second, work)
     assert results["mesh"]["preset"] == "fsdp+tensor" and results["mesh"]["tensor"] == 2
-    np.testing.assert_allclose(_curve(work), _curve(straight), rtol=1e-4)
+    assert results["num_devices"] == 8
+    a, b = _curve(straight), _curve(work)
+    assert len(set(np.round(a, 6))) == STEPS  # the loss moves
+    np.testing.assert_allclose(b, a, rtol=1e-4)
+    key = sorted(one["metrics"])[0]
+    np.testing.assert_allclose(results["metrics"][key], one["metrics"][key], rtol=1e-3)
     config = json.loads((work / "config.json").read_text())
     assert config["mesh"]["preset"] == "fsdp+sequence"  # the folder keeps its first config
 

@@ -11,13 +11,12 @@ import json
 
 import numpy as np
 
-from seqjax import train
 from tests.parallel import mp_launch
-from tests.parallel.test_mesh_training import STEPS, tiny_icl
+from tests.parallel.tiny import STEPS
 from tests.train.toy import losses
 
 
-def test_two_processes_train_like_one_device(tmp_path):
+def test_two_processes_train_like_one_device(tmp_path, one_device_icl):
     work = tmp_path / "mp"
     done = mp_launch.run_processes("tests.parallel.mp_worker_train", [str(work)], num_processes=2,
                                    devices_per_process=4, timeout=420)
@@ -31,8 +30,8 @@ def test_two_processes_train_like_one_device(tmp_path):
     assert 2 in steps and STEPS in steps
     assert json.loads((work / "results.json").read_text())["num_processes"] == 2
 
-    one = train.run(tiny_icl(), tmp_path / "one")
-    a = np.array([losses(tmp_path / "one")[s] for s in range(1, STEPS + 1)])
+    one, one_dir = one_device_icl
+    a = np.array([losses(one_dir)[s] for s in range(1, STEPS + 1)])
     b = np.array([losses(work)[s] for s in range(1, STEPS + 1)])
     np.testing.assert_allclose(b, a, rtol=1e-4)
     key = sorted(one["metrics"])[0]
