@@ -13,7 +13,7 @@
 See ``docs/parallelism.md``.
 """
 
-from seqjax.parallel.mesh import AXES, batch_divisor, make_mesh, mesh_shape
+from seqjax.parallel.mesh import AXES, make_mesh, mesh_shape
 from seqjax.parallel.rules import (
     LOGICAL_AXES,
     PRESETS,
@@ -29,7 +29,7 @@ from seqjax.parallel.rules import (
 from seqjax.parallel.sequence import sequence_map, sequence_size
 
 __all__ = [
-    "AXES", "make_mesh", "mesh_shape", "batch_divisor",
+    "AXES", "make_mesh", "mesh_shape",
     "LOGICAL_AXES", "PRESETS", "get_rules", "check_preset", "logical_to_spec", "param_specs",
     "tree_shardings_like_params", "batch_shardings", "activate", "constrain",
     "sequence_map", "sequence_size",

@@ -117,9 +117,4 @@ def make_mesh(section=None, num_devices: int | None = None) -> Mesh:
     return jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES), **kwargs)
 
 
-def batch_divisor(mesh: Mesh) -> int:
-    """How many ways the batch is split: the product of the ``data`` and ``fsdp`` sizes."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
-__all__ = ["AXES", "default_config", "mesh_shape", "make_mesh", "batch_divisor"]
+__all__ = ["AXES", "default_config", "mesh_shape", "make_mesh"]
