@@ -52,7 +52,8 @@ from seqjax.errors import ConfigError
 from seqjax.parallel import distributed
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
-from seqjax.train.state import TrainState, boxed_param_shapes, make_init_fn, replicated, state_shardings
+from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
+                                state_shardings)
 from seqjax.train.writers import MetricWriter, _jsonable
 
 
@@ -119,7 +120,7 @@ def _check_int(field: str, value, minimum: int) -> None:
         raise ConfigError(f"{field}={value!r} must be an int >= {minimum}")
 
 
-def validate_config(config, num_devices: int | None = None) -> int:
+def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
     """Checks the trainer's sections of ``config``.
 
     Args:
@@ -358,8 +359,9 @@ def run(config, workdir, *, task=None, model=None) -> dict:
     if primary and not (workdir / "config.json").exists():
         _write_json_atomic(workdir / "config.json", _jsonable(config.to_dict()))
 
+    preset = config.mesh.get("preset", "dp")
     mesh = parallel.make_mesh(config.mesh)
-    rules = parallel.get_rules(config.mesh.get("preset", "dp"))
+    rules = parallel.get_rules(preset)
     rep = replicated(mesh)
     tx, schedules = optim_lib.make_optimizer(config.optim, steps)
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -374,10 +376,12 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         lambda x: jax.ShapeDtypeStruct((x.shape[0] * procs,) + x.shape[1:], x.dtype) if x.ndim else x, sample)
     sample_in = jax.tree.map(lambda x: x[:1], _model_inputs(sample))
     init_fn = make_init_fn(model, tx)
-    abstract = jax.eval_shape(init_fn, init_key, sample_in["inputs"], sample_in.get("segment_ids"))
+    # One abstract trace of the model: the boxed parameter shapes give both the
+    # state's shapes and the logical names that place each parameter.
+    boxed = boxed_param_shapes(model, sample_in["inputs"], sample_in.get("segment_ids"))
+    abstract = jax.eval_shape(lambda p: create_train_state(p, tx), boxed)
     # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
-    specs = parallel.param_specs(boxed_param_shapes(model, sample_in["inputs"], sample_in.get("segment_ids")),
-                                 mesh, rules)
+    specs = parallel.param_specs(boxed, mesh, rules)
     st_shard = state_shardings(abstract, mesh, specs)
     b_shard = parallel.batch_shardings(global_sample, mesh, rules)
 
@@ -409,7 +413,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         what = f"resuming from step {step0}" if step0 else "starting"
         layout = " x ".join(f"{a}={n}" for a, n in sizes.items() if n > 1) or "1 device"
         writer.message(f"{what}: {steps} steps, batch {train_cfg.batch_size}, mesh {layout} "
-                       f"(preset {config.mesh.get('preset', 'dp')}), {procs} process(es) "
+                       f"(preset {preset}), {procs} process(es) "
                        f"({jax.devices()[0].device_kind})")
         step_fn = jax.jit(
             make_train_step(model, task, tx, schedules["lr"]),
@@ -508,7 +512,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             "wall_time_s": elapsed_before + time.time() - t_start,
             "device_kind": jax.devices()[0].device_kind,
             "num_devices": math.prod(sizes.values()),
-            "mesh": {**sizes, "preset": config.mesh.get("preset", "dp")},
+            "mesh": {**sizes, "preset": preset},
             "num_processes": procs,
             "finished": True,
         }
