@@ -15,7 +15,7 @@ stacked on the batch axis), as the public Hydra code does.
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -112,6 +112,9 @@ class Hydra(nn.Module):
       ssd_impl: ``impl`` of :func:`seqjax.ops.ssd`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.ssd`.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("A_log", "dt_bias")
 
     d_model: int | None = None
     d_state: int = 64

@@ -17,7 +17,7 @@ of a time-invariant diagonal recurrence, which the S5 mixer reuses for its
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -155,6 +155,9 @@ class LRU(nn.Module):
         recurrence runs in complex64 (complex128 for float64).
       scan_impl: ``impl`` of :func:`seqjax.ops.linear_scan`.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
 
     d_model: int | None = None
     d_state: int = 64

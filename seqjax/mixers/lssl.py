@@ -9,6 +9,8 @@ layer is the long convolution with its Krylov kernel
 layer body (:class:`seqjax.mixers.s4.ConvSSM`: ``D`` skip, GELU, output map).
 """
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -55,6 +57,9 @@ class LSSL(ConvSSM):
       dtype: compute dtype.
       conv_impl: ``impl`` of :func:`seqjax.ops.fft_conv`.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("log_step",)
 
     def _check_config(self):
         super()._check_config()

@@ -9,7 +9,7 @@ pairwise decay sums that the Mamba-2 and Hydra modules share.
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -161,6 +161,9 @@ class Mamba(nn.Module):
         selective scan under a context mesh, see :func:`seqjax.parallel.sequence_map`);
         None: never split.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("A_log", "dt_bias")
 
     d_model: int | None = None
     d_state: int = 16

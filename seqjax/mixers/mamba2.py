@@ -11,7 +11,7 @@ materialised SSD matrix.
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -176,6 +176,9 @@ class Mamba2(nn.Module):
         SSD under a context mesh, see :func:`seqjax.parallel.sequence_map`);
         None: never split.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("A_log", "dt_bias")
 
     d_model: int | None = None
     d_state: int = 64

@@ -17,7 +17,7 @@ Causal layers also run as the recurrence ``x_t = Ā x_{t-1} + B̄ u_t``,
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -478,6 +478,9 @@ class S4D(ConvSSM):
       scan_impl: ``impl`` of :func:`seqjax.ops.linear_scan` (segments only).
     """
 
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("log_step", "Lambda_log_re", "Lambda_im", "B")
+
     a_init: str = "legs"
     b_init: str = "ones"
     discretization: str = "zoh"
@@ -591,6 +594,9 @@ class S4(ConvSSM):
       conv_impl: ``impl`` of :func:`seqjax.ops.fft_conv`.
       l_max: the length ``C̃`` stands for; None: the input length.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("log_step", "Lambda_log_re", "Lambda_im", "P", "B")
 
     l_max: int | None = None
 

@@ -16,7 +16,7 @@ from zero at every episode/segment boundary).
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -135,6 +135,9 @@ class S5(nn.Module):
         ``linear_scan`` under a context mesh, see
         :func:`seqjax.parallel.sequence_map`); None: never split.
     """
+
+    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
+    ssm_params: ClassVar[tuple[str, ...]] = ("log_step", "Lambda_re", "Lambda_im", "B")
 
     d_model: int | None = None
     d_state: int = 64
