@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._timing import peak_bytes, time_fn
-from seqjax.ops.decode import decode_attention
-from seqjax.ops.softmax_attention import attention
+from seqjax.ops.decode_attention import decode_attention
+from seqjax.ops.attention import attention
 
 B, H, D = 1, 4, 64
 REFERENCE_LIMIT_BYTES = 6 * 2**30

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks._timing import peak_bytes, time_fn
-from seqjax.ops.linear_attn import linear_attention
+from seqjax.ops.linear_attention import linear_attention
 
 IMPLS = ("reference", "sequential", "chunked")
 # The machine is shared: never plan more than this for one call.

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._timing import peak_bytes, time_fn
-from seqjax.ops.selective import selective_scan
+from seqjax.ops.selective_scan import selective_scan
 
 IMPLS = ("reference", "chunked")
 CHUNK = 64

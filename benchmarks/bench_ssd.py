@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._timing import peak_bytes, time_fn
-from seqjax.ops.state_space_duality import ssd
+from seqjax.ops.ssd import ssd
 
 IMPLS = ("reference", "chunked", "sequential")
 # Larger plans are skipped: the benchmark machine's memory is shared.

@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks._timing import peak_bytes, time_fn
 from seqjax.ops import hippo
 from seqjax.ops import ssm_kernels as sk
-from seqjax.ops.long_conv import fft_conv
+from seqjax.ops.fft_conv import fft_conv
 
 # Skip a case whose compiled plan needs more than this (the machine is shared).
 MAX_BYTES = 6 * 2**30
@@ -60,7 +60,7 @@ def _kernel_rows(h, n, length, repeats, rng):
         f"vandermonde_{impl}": (
             lambda lam, b, c, s, impl=impl: sk.vandermonde_kernel(lam, b, c, s, length, impl=impl), vander_args
         )
-        for impl in ("direct", "blocked")
+        for impl in ("reference", "chunked")
     }
     fns["dplr"] = (lambda lam, p, b, c, s: sk.dplr_kernel(lam, p, b, c, s, length), dplr_args)
     rows = []

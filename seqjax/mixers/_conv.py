@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqjax.ops._util import accum_dtype
+from seqjax.ops.common import accum_dtype
 from seqjax.types import SegmentIds
 
 ConvWeight = Float[Array, "k d"]

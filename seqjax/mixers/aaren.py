@@ -22,7 +22,7 @@ from seqjax.mixers.positions import segment_runs
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops import online_softmax as osm
-from seqjax.ops._util import accum_dtype, segment_starts
+from seqjax.ops.common import accum_dtype, segment_starts
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]

@@ -26,10 +26,10 @@ from seqjax.mixers.positions import (
 )
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.decode import decode_attention
-from seqjax.ops.softmax_attention import IMPLS as ATTN_IMPLS
-from seqjax.ops.softmax_attention import attention
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
+from seqjax.ops.decode_attention import decode_attention
+from seqjax.ops.attention import attention
 from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -149,7 +149,7 @@ class MultiHeadAttention(nn.Module):
     def _dims(self, d: int) -> tuple[int, int, int]:
         name = self._mixer_name()
         check_positions(name, self.positions)
-        check_impl(f"{name} (impl)", self.impl, ATTN_IMPLS)
+        dispatch.check("attention", self.impl)
         h, hk, dh = head_sizes(name, d, self.num_heads, self.num_kv_heads, self.head_dim)
         if self.positions == "rope" and dh % 2:
             raise ValueError(f"{name}: positions='rope' needs an even head_dim, got {dh}")

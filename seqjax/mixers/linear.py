@@ -30,9 +30,9 @@ from seqjax.mixers._conv import segment_runs
 from seqjax.mixers._layers import dense
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.linear_attn import IMPLS as LINEAR_ATTN_IMPLS
-from seqjax.ops.linear_attn import linear_attention
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
+from seqjax.ops.linear_attention import linear_attention
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]
@@ -168,7 +168,7 @@ class _NormalisedLinearAttention(nn.Module):
             raise ValueError(f"{name}: eps must be > 0, got {self.eps!r}")
         if not isinstance(self.causal, bool):
             raise ValueError(f"{name}: causal must be a bool, got {self.causal!r}")
-        check_impl(f"{name} (impl)", self.impl, LINEAR_ATTN_IMPLS)
+        dispatch.check("linear_attention", self.impl)
         dk = d // self.num_heads
         return self.num_heads, dk, self._feature_dim(dk)
 

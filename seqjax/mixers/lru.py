@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Complex
 
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.scan import IMPLS as SCAN_IMPLS
-from seqjax.ops.scan import linear_scan
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
+from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import ComplexSeq, SegmentIds, Seq, SeqStep
 
 
@@ -178,7 +178,7 @@ class LRU(nn.Module):
             )
         if not self.max_phase > 0:
             raise ValueError(f"lru: max_phase must be positive, got {self.max_phase}")
-        check_impl("lru (scan_impl)", self.scan_impl, SCAN_IMPLS)
+        dispatch.check("linear_scan", self.scan_impl)
 
     @nn.compact
     def _params(self, d: int):

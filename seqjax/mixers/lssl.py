@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from seqjax.mixers.registry import register
 from seqjax.mixers.s4 import ConvSSM, log_uniform_init
-from seqjax.ops._util import accum_dtype
+from seqjax.ops.common import accum_dtype
 from seqjax.ops.hippo import hippo_legs
 from seqjax.ops.ssm_kernels import discretize_dense, krylov_kernel
 

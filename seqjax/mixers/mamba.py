@@ -20,9 +20,9 @@ from seqjax.mixers._conv import init_conv_buffer, segment_runs, short_conv, shor
 from seqjax.mixers._layers import dense
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.selective import IMPLS as SELECTIVE_IMPLS
-from seqjax.ops.selective import selective_scan
+from seqjax.ops import dispatch
+from seqjax.ops.common import accum_dtype
+from seqjax.ops.selective_scan import selective_scan
 from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -77,7 +77,7 @@ def check_dt_range(name: str, dt_min: float, dt_max: float, floor: float) -> Non
 def scan_segments(segment_ids: SegmentIds | None, length: int) -> SegmentIds | None:
     """Segment ids for the ops, None for length 1 (where no boundary exists).
 
-    ``seqjax.ops._util.segment_starts`` returns a ``(b, 0)`` array for length
+    ``seqjax.ops.common.segment_starts`` returns a ``(b, 0)`` array for length
     1, which the scans cannot take; one position has no boundary anyway.
     """
     return None if length == 1 else segment_ids
@@ -189,7 +189,7 @@ class Mamba(nn.Module):
         if self.dt_rank is not None and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
             raise ValueError(f"mamba: dt_rank must be None or a positive int, got {self.dt_rank!r}")
         check_dt_range("mamba", self.dt_min, self.dt_max, self.dt_init_floor)
-        check_impl("mamba (scan_impl)", self.scan_impl, SELECTIVE_IMPLS)
+        dispatch.check("selective_scan", self.scan_impl)
 
     def _rank(self, d: int) -> int:
         return self.dt_rank if self.dt_rank is not None else math.ceil(d / 16)

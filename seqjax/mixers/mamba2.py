@@ -30,9 +30,9 @@ from seqjax.mixers.mamba import (
 )
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.state_space_duality import IMPLS as SSD_IMPLS
-from seqjax.ops.state_space_duality import ssd
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
+from seqjax.ops.ssd import ssd
 from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep, SSDBC, SSDStep
 
@@ -207,7 +207,7 @@ class Mamba2(nn.Module):
         if not 0 < low <= high:
             raise ValueError(f"mamba2: A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
         check_dt_range("mamba2", self.dt_min, self.dt_max, self.dt_init_floor)
-        check_impl("mamba2 (ssd_impl)", self.ssd_impl, SSD_IMPLS)
+        dispatch.check("ssd", self.ssd_impl)
         d_in = self.expand * d
         p = head_dim("mamba2", d_in, self.headdim)
         check_groups("mamba2", d_in // p, self.ngroups)

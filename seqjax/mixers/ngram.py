@@ -22,9 +22,9 @@ from seqjax.mixers.attention import head_sizes
 from seqjax.mixers.positions import positions_in_segment, segment_runs
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.softmax_attention import IMPLS as ATTN_IMPLS
-from seqjax.ops.softmax_attention import attention
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
+from seqjax.ops.attention import attention
 from seqjax.types import SegmentIds, Seq, SeqStep, Tokens
 
 Cache = dict[str, jax.Array]
@@ -117,7 +117,7 @@ class NGramAttention(nn.Module):
     def _dims(self, d: int) -> tuple[int, int]:
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise ValueError(f"ngram: n must be an int >= 1, got {self.n!r}")
-        check_impl("ngram (impl)", self.impl, ATTN_IMPLS)
+        dispatch.check("attention", self.impl)
         h, _, dh = head_sizes("ngram", d, self.num_heads, None, self.head_dim)
         return h, dh
 

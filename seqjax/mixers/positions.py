@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from seqjax.ops._util import accum_dtype, segment_starts
+from seqjax.ops.common import accum_dtype, segment_starts
 from seqjax.types import SegmentIds
 
 POSITIONS = ("none", "learned", "rope", "alibi")

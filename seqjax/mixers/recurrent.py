@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from seqjax.mixers._layers import dense
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, segment_starts
+from seqjax.ops.common import accum_dtype, segment_starts
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]

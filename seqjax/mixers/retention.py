@@ -30,9 +30,9 @@ from seqjax.mixers._layers import dense
 from seqjax.mixers.mamba import masked_exp, pairwise_sums
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
-from seqjax.ops.linear_attn import IMPLS as LINEAR_ATTN_IMPLS
-from seqjax.ops.linear_attn import linear_attention
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
+from seqjax.ops.linear_attention import linear_attention
 from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -155,7 +155,7 @@ class _GatedDecayAttention(nn.Module):
                 raise ValueError(f"{name}: {what}={width} (d_model={d}) must be a positive multiple of num_heads={self.num_heads}")
         if not self.norm_eps > 0:
             raise ValueError(f"{name}: norm_eps must be > 0, got {self.norm_eps!r}")
-        check_impl(f"{name} (impl)", self.impl, LINEAR_ATTN_IMPLS)
+        dispatch.check("linear_attention", self.impl)
 
     def _acc(self):
         return accum_dtype(self.dtype)

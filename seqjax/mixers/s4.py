@@ -28,13 +28,12 @@ from jaxtyping import Array, Float
 from seqjax.mixers._layers import dense
 from seqjax.mixers.lru import check_input, complex_dtype
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl, segment_starts
+from seqjax.ops.common import accum_dtype, segment_starts
+from seqjax.ops import dispatch
 from seqjax.ops.hippo import S4D_KINDS, nplr_legs, s4d_init
-from seqjax.ops.long_conv import IMPLS as CONV_IMPLS
-from seqjax.ops.long_conv import fft_conv
-from seqjax.ops.scan import IMPLS as SCAN_IMPLS
-from seqjax.ops.scan import linear_scan
-from seqjax.ops.ssm_kernels import DISCRETIZATIONS, VANDERMONDE_IMPLS, discretize, discretize_dense
+from seqjax.ops.fft_conv import fft_conv
+from seqjax.ops.linear_scan import linear_scan
+from seqjax.ops.ssm_kernels import DISCRETIZATIONS, discretize, discretize_dense
 from seqjax.ops.ssm_kernels import dplr_c_tilde, dplr_kernel, vandermonde_kernel
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -193,7 +192,7 @@ class ConvSSM(nn.Module):
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.output not in OUTPUTS:
             raise ValueError(f"{name}: output={self.output!r} is not one of {', '.join(map(repr, OUTPUTS))}")
-        check_impl(f"{name} (conv_impl)", self.conv_impl, CONV_IMPLS)
+        dispatch.check("fft_conv", self.conv_impl)
 
     def _check_even_state(self):
         N = self.d_state
@@ -497,8 +496,8 @@ class S4D(ConvSSM):
         if self.discretization not in DISCRETIZATIONS:
             allowed = ", ".join(map(repr, DISCRETIZATIONS))
             raise ValueError(f"s4d: discretization={self.discretization!r} is not one of {allowed}")
-        check_impl("s4d (kernel_impl)", self.kernel_impl, VANDERMONDE_IMPLS)
-        check_impl("s4d (scan_impl)", self.scan_impl, SCAN_IMPLS)
+        dispatch.check("vandermonde_kernel", self.kernel_impl)
+        dispatch.check("linear_scan", self.scan_impl)
 
     def _ssm_params(self, d):
         B0 = nplr_legs(self.d_state, conj_sym=True)[2] if self.b_init == "legs" else np.ones(d_modes(self))

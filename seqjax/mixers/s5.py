@@ -25,10 +25,10 @@ from jaxtyping import Array, Complex
 
 from seqjax.mixers.lru import check_input, complex_dtype, decay_power_matrix
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, check_impl
+from seqjax.ops.common import accum_dtype
+from seqjax.ops import dispatch
 from seqjax.ops.hippo import block_diagonal_legs
-from seqjax.ops.scan import IMPLS as SCAN_IMPLS
-from seqjax.ops.scan import linear_scan
+from seqjax.ops.linear_scan import linear_scan
 from seqjax.ops.ssm_kernels import DISCRETIZATIONS, discretize
 from seqjax.parallel.sequence import sequence_map
 from seqjax.types import ComplexSeq, SegmentIds, Seq, SeqStep
@@ -191,7 +191,7 @@ class S5(nn.Module):
                 f"s5: discretization={self.discretization!r} is not one of "
                 + ", ".join(map(repr, DISCRETIZATIONS))
             )
-        check_impl("s5 (scan_impl)", self.scan_impl, SCAN_IMPLS)
+        dispatch.check("linear_scan", self.scan_impl)
 
     # --- parameters ----------------------------------------------------------
 

@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 from seqjax.mixers._layers import dense
 from seqjax.mixers.recurrent import HeadwiseRNN, check_heads, check_seq, model_width
 from seqjax.mixers.registry import register
-from seqjax.ops._util import accum_dtype, segment_starts
+from seqjax.ops.common import accum_dtype, segment_starts
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]

@@ -13,7 +13,7 @@ maximum. ``merge`` is associative and commutative with identity :func:`empty`
 (``m = -inf``), so the pieces may be merged in any order or grouping. This is the
 single place where that combine lives; it is used by
 
-* blockwise (flash) attention — merge over key blocks (``softmax_attention.py``),
+* blockwise (flash) attention — merge over key blocks (``flash.py``),
 * split-KV decoding — merge over cache splits (``decode.py``),
 * ring attention — merge over the key shards that arrive by ``ppermute``,
 * Aaren — a prefix ``lax.associative_scan`` of :func:`merge` over positions.
@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops._util import accum_dtype
+from seqjax.ops.common import accum_dtype
 
 
 class SoftmaxState(NamedTuple):

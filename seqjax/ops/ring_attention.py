@@ -11,8 +11,9 @@ partial softmax result and folds it into its running
 every query has seen every key. Liu, Zaharia & Abbeel (2023), "Ring Attention
 with Blockwise Transformers for Near-Infinite Context".
 
-Each block is computed with the flash kernels of ``softmax_attention.py``
-(``_flash_forward`` / ``_flash_bwd``, O(block) memory, no L×L scores): a block's
+Each block is computed with the flash kernel of :mod:`seqjax.ops.flash`
+(:func:`~seqjax.ops.flash.flash_forward` / :func:`~seqjax.ops.flash.flash_backward`,
+O(block) memory, no L×L scores): a block's
 ``(out, lse)`` is the same partial state as ``(m, l, acc) = (lse, 1, out)``.
 The next K/V block is sent *before* the current one is computed, so the
 transfer can overlap the compute.
@@ -51,9 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seqjax.ops import dispatch
 from seqjax.ops import online_softmax as osm
-from seqjax.ops import softmax_attention as sa
-from seqjax.ops._util import accum_dtype, match_vma, pad_axis
+from seqjax.ops.collectives import match_vma
+from seqjax.ops.common import accum_dtype, pad_axis
+from seqjax.ops.flash import (
+    DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, FlashConfig, check_qkv, check_segments, flash_backward, flash_forward,
+    resolve_window)
 
 LAYOUTS = ("contiguous", "zigzag")
 
@@ -68,6 +73,7 @@ KINDS = {SKIP: "skip", FULL: "full", DIAG: "diag", LOWER: "lower", UPPER: "upper
 _TILES = {SKIP: 0, FULL: 4, DIAG: 3, LOWER: 2, UPPER: 2}
 
 
+@dispatch.register_sequence_parallel("attention")
 def ring_attention(
     q: jax.Array,
     k: jax.Array,
@@ -78,8 +84,8 @@ def ring_attention(
     segment_ids=None,
     scale: float | jax.Array | None = None,
     layout: str = "contiguous",
-    block_q: int = sa.DEFAULT_BLOCK_Q,
-    block_k: int = sa.DEFAULT_BLOCK_K,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_k: int = DEFAULT_BLOCK_K,
 ) -> jax.Array:
     """Softmax attention over a sequence split across the devices of ``axis_name``.
 
@@ -111,14 +117,14 @@ def ring_attention(
     if layout not in LAYOUTS:
         raise ValueError(f"ring_attention: layout must be one of {LAYOUTS}, got {layout!r}")
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
-    b, n, h, hk, dk, n_k, dv = sa._check_qkv(q, k, v)
+    b, n, h, hk, dk, n_k, dv = check_qkv(q, k, v)
     if causal and n_k != n:
         raise ValueError(
             f"ring_attention: causal needs equal local q and k lengths, got q {q.shape}, k {k.shape}")
     if causal and layout == "zigzag" and n % 2:
         raise ValueError(
             f"ring_attention: the zigzag layout needs an even local length, got {n} (q {q.shape})")
-    seg_q, seg_k = sa._check_segments(segment_ids, b, n, n_k)
+    seg_q, seg_k = check_segments(segment_ids, b, n, n_k)
     for name, val in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"ring_attention: {name} must be a positive int, got {val!r}")
@@ -242,8 +248,8 @@ def block_tiles(num_devices: int, layout: str = "contiguous", causal: bool = Tru
 
 
 def _block_cfg(scale, causal, lq, lk, block_q, block_k):
-    left, right = sa.resolve_window(None, causal)
-    return (scale, left, right, lq, lk, min(block_q, lq), min(block_k, lk))
+    left, right = resolve_window(None, causal)
+    return FlashConfig(scale, left, right, lq, lk, min(block_q, lq), min(block_k, lk))
 
 
 def _pad_segs(seg_q, seg_k, bq, bk):
@@ -257,7 +263,7 @@ def _block_state(q5, k4, v4, seg_q, seg_k, causal, scale, block_q, block_k):
     lq, lk = q5.shape[3], k4.shape[2]
     cfg = _block_cfg(scale, causal, lq, lk, block_q, block_k)
     bq, bk = cfg[5], cfg[6]
-    out, lse = sa._flash_forward(
+    out, lse = flash_forward(
         cfg, pad_axis(q5, bq, 3), pad_axis(k4, bk, 2), pad_axis(v4, bk, 2), None,
         _pad_segs(seg_q, seg_k, bq, bk))
     out, lse = out[:, :, :, :lq], lse[:, :, :, :lq]
@@ -274,7 +280,7 @@ def _block_grads(q5, k4, v4, seg_q, seg_k, out, lse, d_out, causal, scale, block
     bq, bk = cfg[5], cfg[6]
     res = (pad_axis(q5, bq, 3), pad_axis(k4, bk, 2), pad_axis(v4, bk, 2), None,
            _pad_segs(seg_q, seg_k, bq, bk), pad_axis(out, bq, 3), pad_axis(lse, bq, 3))
-    dq, dk, dv, _, _ = sa._flash_bwd(cfg, res, pad_axis(d_out, bq, 3))
+    dq, dk, dv, _, _ = flash_backward(cfg, res, pad_axis(d_out, bq, 3))
     return dq[:, :, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
 
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.ops import softmax_attention as sa
-from seqjax.ops.softmax_attention import attention
+from seqjax.ops import flash
+from seqjax.ops.attention import attention
 from tests.ops.ref_attention import attention_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
@@ -276,7 +276,7 @@ def test_auto_picks_by_size():
         jaxpr = jax.make_jaxpr(lambda q, k: attention(q, k, k, impl="auto"))(q, k)
         return "custom_vjp" in str(jaxpr)
 
-    side = int(np.sqrt(sa.AUTO_BLOCKWISE_MIN))
+    side = 256  # the auto table's threshold: 256^2 scores
     assert uses_blockwise(side, side)
     assert not uses_blockwise(side // 2, side)
 
@@ -286,17 +286,17 @@ def test_auto_picks_by_size():
 def test_block_ranges_are_exactly_the_visible_blocks(length, causal, window):
     """The key (query) blocks looped over are exactly those holding a visible pair."""
     lq, lk, bq, bk = length - 3, length, 16, 32
-    left, right = sa.resolve_window(window, causal)
-    cfg = (1.0, left, right, lq, lk, bq, bk)
+    left, right = flash.resolve_window(window, causal)
+    cfg = flash.FlashConfig(1.0, left, right, lq, lk, bq, bk)
     nq, nk = -(-lq // bq), -(-lk // bk)
-    vis = np.asarray(sa._visible(np.arange(nq * bq) + lk - lq, np.arange(nk * bk), lk, lk,
+    vis = np.asarray(flash.visible(np.arange(nq * bq) + lk - lq, np.arange(nk * bk), lk, lk,
                                  left, right, None, None))[0, 0, 0]
     blocks = vis.reshape(nq, bq, nk, bk).any(axis=(1, 3))
     for iq in range(nq):
-        lo, hi = (int(x) for x in sa._key_block_range(iq * bq, cfg))
+        lo, hi = (int(x) for x in flash._key_block_range(iq * bq, cfg))
         assert set(range(lo, hi)) == set(np.nonzero(blocks[iq])[0]), (iq, lo, hi)
     for jk in range(nk):
-        lo, hi = (int(x) for x in sa._query_block_range(jk * bk, cfg))
+        lo, hi = (int(x) for x in flash._query_block_range(jk * bk, cfg))
         assert set(range(lo, hi)) == set(np.nonzero(blocks[:, jk])[0]), (jk, lo, hi)
     if causal:
         assert not blocks.all()  # something is actually skipped

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.ops.linear_attn import linear_attention
+from seqjax.ops.linear_attention import linear_attention
 from tests.ops.ref_linear_attention import linear_attention_ref
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close, rel_err
 

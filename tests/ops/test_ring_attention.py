@@ -16,7 +16,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqjax.ops import attention
-from seqjax.ops import ring_attention as ra
+from seqjax.ops.ring_attention import (
+    DIAG, FULL, LAYOUTS, LOWER, UPPER, block_schedule, block_tiles, ring_attention, zigzag_permute, zigzag_unpermute)
 from tests.ops.ref_attention import attention_ref
 from tests.ops.utils import assert_rel_close, make_mesh
 
@@ -39,19 +40,19 @@ def sharded_attention(mesh, layout, *, batch_axis=None, seq_axis="sequence", via
         if via_attention:
             return attention(q, k, v, segment_ids=seg, sequence_axis=seq_axis,
                              sequence_layout=layout, **BLOCKS, **kw)
-        return ra.ring_attention(q, k, v, axis_name=seq_axis, segment_ids=seg, layout=layout,
+        return ring_attention(q, k, v, axis_name=seq_axis, segment_ids=seg, layout=layout,
                                  **BLOCKS, **kw)
 
     def fn(q, k, v, seg=None):
         args = (q, k, v, seg)
         if layout == "zigzag":
-            args = tuple(None if x is None else ra.zigzag_permute(x, num) for x in args)
+            args = tuple(None if x is None else zigzag_permute(x, num) for x in args)
         # Explicitly placed inputs: shard_map accepts them under any mesh axis type.
         args = tuple(None if x is None else jax.lax.with_sharding_constraint(
             x, NamedSharding(mesh, spec)) for x in args)
         out = jax.shard_map(inner, mesh=mesh, in_specs=(spec, spec, spec, None if seg is None else spec),
                             out_specs=spec)(*args)
-        return ra.zigzag_unpermute(out, num) if layout == "zigzag" else out
+        return zigzag_unpermute(out, num) if layout == "zigzag" else out
 
     return fn
 
@@ -149,36 +150,36 @@ def _tiles(num, layout, device):
 
 
 @pytest.mark.parametrize("num", [1, 2, 3, 8])
-@pytest.mark.parametrize("layout", ra.LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_schedule_covers_causal_mask_once(num, layout):
     # Rebuild, from the schedule the ring runs, every (query chunk, key chunk)
     # pair that gets computed: it must be each causally visible pair exactly once.
-    table = ra.block_schedule(num, layout, causal=True)
+    table = block_schedule(num, layout, causal=True)
     seen = []
     for s in range(num):
         for i in range(num):
             qa, qb = _tiles(num, layout, i)
             ka, kb = _tiles(num, layout, (i - s) % num)
             kind = table[s, i]
-            if kind == ra.FULL:
+            if kind == FULL:
                 seen += [(x, y) for x in (qa, qb) for y in (ka, kb)]
-            elif kind == ra.DIAG:
+            elif kind == DIAG:
                 assert (ka, kb) == (qa, qb)
                 seen += [(qa, qa), (qb, qa), (qb, qb)]
-            elif kind == ra.LOWER:
+            elif kind == LOWER:
                 seen += [(qa, ka), (qb, ka)]
-            elif kind == ra.UPPER:
+            elif kind == UPPER:
                 seen += [(qb, ka), (qb, kb)]
     expected = [(x, y) for x in range(2 * num) for y in range(x + 1)]
     assert sorted(seen) == expected
-    assert (ra.block_schedule(num, layout, causal=False) == ra.FULL).all()
+    assert (block_schedule(num, layout, causal=False) == FULL).all()
 
 
 def test_zigzag_balances_causal_work():
     for num in (2, 4, 8):
-        zig = ra.block_tiles(num, "zigzag")
+        zig = block_tiles(num, "zigzag")
         assert (zig == 2 * num + 1).all(), zig
-        contiguous = ra.block_tiles(num, "contiguous")
+        contiguous = block_tiles(num, "contiguous")
         # Same total work, but the contiguous layout piles it on the last device.
         assert zig.sum() == contiguous.sum() == num * (2 * num + 1)
         assert contiguous.max() == 4 * num - 1 and contiguous.min() == 3
@@ -186,12 +187,12 @@ def test_zigzag_balances_causal_work():
 
 def test_zigzag_permute_roundtrip_and_chunks():
     x = np.arange(2 * 24).reshape(2, 24)
-    y = np.asarray(ra.zigzag_permute(x, 3, axis=1))
+    y = np.asarray(zigzag_permute(x, 3, axis=1))
     # Device 1 of 3 (chunks of 4): chunks 1 and 4 of the original.
     np.testing.assert_array_equal(y[0, 8:16], np.r_[4:8, 16:20])
-    np.testing.assert_array_equal(np.asarray(ra.zigzag_unpermute(y, 3, axis=1)), x)
+    np.testing.assert_array_equal(np.asarray(zigzag_unpermute(y, 3, axis=1)), x)
     with pytest.raises(ValueError, match="multiple of 2 \\* P"):
-        ra.zigzag_permute(x, 5)
+        zigzag_permute(x, 5)
 
 
 def test_unsupported_options_raise():
@@ -203,7 +204,7 @@ def test_unsupported_options_raise():
     with pytest.raises(NotImplementedError, match="reference"):
         attention(q, q, q, impl="reference", sequence_axis="sequence")
     with pytest.raises(ValueError, match="layout"):
-        ra.ring_attention(q, q, q, axis_name="sequence", layout="striped")
+        ring_attention(q, q, q, axis_name="sequence", layout="striped")
     with pytest.raises(ValueError, match="even local length"):
-        ra.ring_attention(q[:, :7], q[:, :7], q[:, :7], axis_name="sequence", causal=True,
+        ring_attention(q[:, :7], q[:, :7], q[:, :7], axis_name="sequence", causal=True,
                           layout="zigzag")

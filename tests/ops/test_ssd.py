@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.ops import state_space_duality as ssd_module
-from seqjax.ops.state_space_duality import ssd
+from seqjax.ops.ssd import _ssd, ssd
 from tests.ops.ref_ssd import ssd_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
@@ -281,10 +280,10 @@ def test_no_retrace_on_second_call(rng):
     second = f(*_f32(*_inputs(rng, l=19)))  # new values, same shapes
     assert rel_err(first[0], second[0]) > 1e-2
     # The eager entry point caches too: its jitted core compiles once per shape.
-    if not hasattr(ssd_module._ssd, "_cache_size"):  # private jax API
+    if not hasattr(_ssd, "_cache_size"):  # private jax API
         return
     args = _f32(*_inputs(rng, l=17))
     _run(args, "chunked", 8)
-    size = ssd_module._ssd._cache_size()
+    size = _ssd._cache_size()
     _run(_f32(*_inputs(rng, l=17)), "chunked", 8)
-    assert ssd_module._ssd._cache_size() == size
+    assert _ssd._cache_size() == size

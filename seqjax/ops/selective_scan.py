@@ -25,7 +25,8 @@ Mamba), which is what the implementations differ on:
     Inside a chunk the recurrences are :func:`linear_scan` calls, so they are
     sequential on CPU and associative (parallel) on accelerators.
   * ``"auto"``: ``"reference"`` while ``b·l·d·n <= 2**19``, else ``"chunked"``
-    (measured on CPU; see :func:`_auto_impl` for the numbers).
+    (the rows of :data:`seqjax.ops.dispatch.AUTO_TABLE`; measured on CPU, see
+    :func:`auto_impl` for the numbers).
 
 Groups: ``B`` and ``C`` may be ``(b, l, n)`` (shared by all channels) or
 ``(b, l, g, n)``: the ``d`` channels are split into ``g`` contiguous groups and
@@ -36,8 +37,13 @@ Segments: where ``segment_ids`` changes, the state restarts from zero, so
 packed sequences give exactly what separate runs give.
 
 Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
-split over that mesh axis) runs ``sp_selective.selective_scan_sp``: local scans
-plus one all-gather of per-shard (decay product, final state) pairs.
+split over that mesh axis) runs :func:`seqjax.ops.selective_scan_sp.selective_scan_sp`
+(registered with the front door, :mod:`seqjax.ops.dispatch`): local scans plus
+one all-gather of per-shard (decay product, final state) pairs.
+
+Registered implementations take ``fn(u, dt, A, B, C, segment_ids, chunk_size)
+-> (y, last_state)`` with ``dt`` after bias and softplus, ``B, C`` as ``(b, l,
+g, n)``, all in the accumulation dtype; ``D`` and the gate are the caller's.
 """
 
 import functools
@@ -46,15 +52,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis, segment_starts
-from seqjax.ops.scan import linear_scan
+from seqjax.ops import dispatch
+from seqjax.ops.collectives import match_vma
+from seqjax.ops.common import accum_dtype, pad_axis, segment_starts
+from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, SelA, SelBC, SelInput, SelState
 
-IMPLS = ("auto", "reference", "chunked")
 DEFAULT_CHUNK = 64
-# "auto" picks "reference" while the state tensor b*l*d*n has at most this many
-# elements (see _auto_impl for the measurements behind it).
-AUTO_REFERENCE_MAX_STATE = 2**19
 
 _HI = lax.Precision.HIGHEST
 
@@ -95,7 +99,7 @@ def selective_scan(
       return_last_state: also return the state after the last position.
       impl: one of ``"auto"``, ``"reference"``, ``"chunked"``; ``"auto"`` runs
         ``"reference"`` while ``b*l*d*n <= 2**19`` and ``"chunked"`` above,
-        where it is faster and needs far less memory (see :func:`_auto_impl`).
+        where it is faster and needs far less memory (see :func:`auto_impl`).
       chunk_size: positions per chunk for ``"chunked"`` (and for ``"auto"``
         when it picks ``"chunked"``).
       sequence_axis: sequence parallelism. When set, this call must run inside
@@ -103,18 +107,16 @@ def selective_scan(
         ``segment_ids``) split contiguously over the mesh axis of this name
         (``A, D, delta_bias`` replicated over it); ``y`` is then the local
         shard and ``last_state`` the global one. See
-        :func:`seqjax.ops.sp_selective.selective_scan_sp`.
+        :func:`seqjax.ops.selective_scan_sp.selective_scan_sp`.
 
     Returns:
       ``y`` of shape ``(b, l, d)`` in ``u``'s dtype; with ``return_last_state``,
       ``(y, last_state)`` where ``last_state`` is ``(b, d, n)`` in the
       accumulation dtype (float32, or float64 for float64 inputs).
     """
-    check_impl("selective_scan", impl, IMPLS)
+    dispatch.check("selective_scan", impl)
     if sequence_axis is not None:
-        from seqjax.ops.sp_selective import selective_scan_sp  # it calls back into this module
-
-        return selective_scan_sp(
+        return dispatch.sequence_parallel("selective_scan")(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_name=sequence_axis,
             segment_ids=segment_ids, return_last_state=return_last_state, impl=impl,
             chunk_size=chunk_size)
@@ -122,12 +124,8 @@ def selective_scan(
     D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
     if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size)
-
-    batch, length, d = u.shape
-    n = A.shape[1]
-    if impl == "auto":
-        impl = _auto_impl(batch, length, d, n)
+    check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size)
+    impl = auto_impl(impl, u.shape, A.shape[1])
     optional = [x.dtype for x in (D, z, delta_bias) if x is not None]
     dtype = accum_dtype(u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype, *optional)
 
@@ -142,10 +140,7 @@ def selective_scan(
     Cg = (C if C.ndim == 4 else C[:, :, None]).astype(dtype)
     Af = A.astype(dtype)
 
-    if impl == "reference":
-        y, last = _reference(uf, dt, Af, Bg, Cg, segment_ids)
-    else:
-        y, last = _chunked(uf, dt, Af, Bg, Cg, segment_ids, chunk_size)
+    y, last = dispatch.implementation("selective_scan", impl)(uf, dt, Af, Bg, Cg, segment_ids, chunk_size)
 
     if D is not None:
         y = y + uf * D.astype(dtype)
@@ -155,11 +150,12 @@ def selective_scan(
     return (y, last) if return_last_state else y
 
 
-def _auto_impl(batch: int, length: int, d: int, n: int) -> str:
-    """The implementation that ``"auto"`` runs, from the problem size.
+def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
+    """The implementation a call runs: ``impl``, or the ``auto`` table's pick for its size.
 
-    Rule: ``"reference"`` while ``b*l*d*n <= AUTO_REFERENCE_MAX_STATE`` (2**19
-    state elements, 2 MiB per float32 state tensor), else ``"chunked"``.
+    The table (:data:`seqjax.ops.dispatch.AUTO_TABLE`) reads the state size
+    ``b*l*d*n``: ``"reference"`` up to 2**19 state elements (2 MiB per float32
+    state tensor), else ``"chunked"``.
 
     Measured on the 2-core development CPU (jit, forward / forward+backward in
     ms with gradients for all eight inputs and ``delta_softplus``; the minimum
@@ -181,11 +177,21 @@ def _auto_impl(batch: int, length: int, d: int, n: int) -> str:
     of forward+backward: 422 MB vs 40 MB; at l = 4096: 1.69 GB vs 113 MB).
     The timings were taken on a shared, loaded machine (noise of +-50%); the
     crossover is a cache effect, so it is the order of magnitude that counts.
+
+    Args:
+      impl: the requested implementation.
+      shape: ``u``'s ``(b, l, d)``.
+      n: the state size.
+
+    Returns:
+      A registered implementation name.
     """
-    return "reference" if batch * length * d * n <= AUTO_REFERENCE_MAX_STATE else "chunked"
+    batch, length, d = shape
+    return dispatch.resolve("selective_scan", impl, state=batch * length * d * n)
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size):
+def check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size) -> None:
+    """Raises a ValueError naming the first argument of ``selective_scan`` with a bad shape or dtype."""
     name = "selective_scan"
     if u.ndim != 3:
         raise ValueError(f"{name}: u must be (batch, length, d), got shape {u.shape}")
@@ -232,7 +238,9 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size):
 # --- "reference": the full (b, l, d, n) state through linear_scan -------------
 
 
-def _reference(u, dt, A, B, C, segment_ids):
+@dispatch.register("selective_scan", "reference")
+def _reference(u, dt, A, B, C, segment_ids, chunk_size):
+    del chunk_size
     d, groups = u.shape[2], B.shape[2]
     Bd = jnp.repeat(B, d // groups, axis=2)  # (b, l, d, n)
     Cd = jnp.repeat(C, d // groups, axis=2)
@@ -246,6 +254,7 @@ def _reference(u, dt, A, B, C, segment_ids):
 # --- "chunked": chunk-by-chunk scan with a recomputing custom_vjp -------------
 
 
+@dispatch.register("selective_scan", "chunked")
 def _chunked(u, dt, A, B, C, segment_ids, chunk_size):
     batch, length, d = u.shape
     groups, n = B.shape[2], B.shape[3]

@@ -15,7 +15,7 @@ entering state ``S_start`` adds
 
 to the outputs. The algorithm:
 
-1. each shard runs :func:`~seqjax.ops.linear_attn.linear_attention` from a
+1. each shard runs :func:`~seqjax.ops.linear_attention.linear_attention` from a
    zero state (any ``impl``) and the prefix sum ``c`` of its log decays;
 2. one ``all_gather`` of the per-shard (decay product ``(b, h, e)`` with
    ``e = dk`` for a per-channel decay and 1 otherwise, final state
@@ -41,11 +41,14 @@ of the per-device gradients).
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.ops._util import accum_dtype, match_vma
-from seqjax.ops.sp_scan import _all_gather, _global_starts
+from seqjax.ops import dispatch
+from seqjax.ops.collectives import before_first_start, combine_shards, global_segment_starts, match_vma
+from seqjax.ops.common import accum_dtype
+from seqjax.ops.linear_attention import check_inputs, linear_attention, per_step_log_decay
 from seqjax.types import AttnOut, Keys, LinAttnState, LogDecay, Queries, SegmentIds, Values
 
 
+@dispatch.register_sequence_parallel("linear_attention")
 def linear_attention_sp(
     q: Queries,
     k: Keys,
@@ -87,14 +90,11 @@ def linear_attention_sp(
         shards would need a segment-wise reduction), and for the errors of
         :func:`seqjax.ops.linear_attention`.
     """
-    from seqjax.ops.linear_attn import (  # linear_attn dispatches here
-        _check_inputs, _per_step_log_decay, linear_attention)
-
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     log_decay = None if log_decay is None else jnp.asarray(log_decay)
     initial_state = None if initial_state is None else jnp.asarray(initial_state)
     segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
-    _check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size)
+    check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size)
     batch, length, heads, dk = q.shape
     dv = v.shape[-1]
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
@@ -115,34 +115,22 @@ def linear_attention_sp(
     zero = match_vma(jnp.zeros((batch, heads, dk, dv), dtype), q, k, v)
     o, s_local = linear_attention(q, k, v, log_decay=log_decay, causal=True, initial_state=zero,
                                   segment_ids=segment_ids, chunk_size=chunk_size, impl=impl)
-    num_devices = lax.axis_size(axis_name)
-    idx = lax.axis_index(axis_name)
-    g = _per_step_log_decay(log_decay, batch, length, heads, dtype)  # (b, n, h, e) or None
+    g = per_step_log_decay(log_decay, batch, length, heads, dtype)  # (b, n, h, e) or None
     # Σ_{start ≤ s ≤ t} log_decay_s: a plain prefix sum from the shard's start.
     c = None if g is None else jnp.cumsum(g, axis=1)
     keep = None
     if segment_ids is not None:
-        starts = _global_starts(segment_ids, axis_name, num_devices, idx, False)
-        # 1 until the first segment start of the shard (its first position included).
-        keep = (jnp.cumsum(starts.astype(jnp.int32), axis=1) == 0).astype(dtype)  # (b, n)
+        keep = before_first_start(global_segment_starts(segment_ids, axis_name), dtype)  # (b, n)
     decay_total = jnp.ones((batch, heads, 1), dtype) if c is None else jnp.exp(c[:, -1])
     if keep is not None:
         decay_total = decay_total * keep[:, -1, None, None]
     decay_total = match_vma(decay_total, s_local)
 
-    # 2. The only communication: (P, b, h, e) and (P, b, h, dk, dv).
-    all_a, all_s = _all_gather((decay_total, s_local), axis_name)
+    # 2. The only communication, (P, b, h, e) and (P, b, h, dk, dv), and the
+    # exclusive prefix over the devices.
     s = (jnp.zeros((batch, heads, dk, dv), dtype) if initial_state is None
          else initial_state.astype(dtype))
-    s = match_vma(s, all_a, all_s)
-
-    def combine(carry, pair):
-        a_i, s_i = pair
-        return a_i[..., None] * carry + s_i, carry
-
-    # 3. Exclusive prefix over the devices: entering[i] enters device i.
-    final, entering = lax.scan(combine, s, (all_a, all_s))
-    s_start = entering[idx]
+    s_start, final = combine_shards(decay_total, s_local, s, axis_name)
     q_in = q if c is None else q * jnp.exp(c)
     if keep is not None:
         q_in = q_in * keep[:, :, None, None]

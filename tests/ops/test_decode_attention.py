@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.ops.decode import decode_attention
+from seqjax.ops.decode_attention import decode_attention
 from tests.ops.ref_attention import attention_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 

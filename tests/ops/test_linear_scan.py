@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.ops import linear_scan
+from seqjax.ops import dispatch, linear_scan
 from tests.ops.ref_scan import linear_scan_ref
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close
 
@@ -175,10 +175,10 @@ def test_no_retrace_on_same_shapes(rng):
 def test_auto_is_sequential_on_cpu(rng, monkeypatch):
     # The benchmark shows sequential ~3x faster than associative on CPU; auto must
     # not pick associative there. Observed through which forward runs.
-    import seqjax.ops.scan as scan_mod
-
+    impls = dispatch._IMPLS["linear_scan"]
+    sequential = impls["sequential"]
     called = []
-    monkeypatch.setattr(scan_mod, "_sequential", lambda *args: called.append(1) or scan_mod._associative(*args))
+    monkeypatch.setitem(impls, "sequential", lambda *args: called.append(1) or sequential(*args))
     if jax.default_backend() == "cpu":
         a, b, _ = _inputs(rng, (1, 8, 2))
         linear_scan(jnp.float32(a), jnp.float32(b))

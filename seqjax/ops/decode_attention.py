@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from seqjax.ops import online_softmax as osm
-from seqjax.ops._util import accum_dtype, pad_axis
+from seqjax.ops.common import accum_dtype, pad_axis
+from seqjax.ops.flash import resolve_window
 from seqjax.types import DecodeQuery, KVCache
-from seqjax.ops.softmax_attention import resolve_window
 
 
 def decode_attention(
@@ -42,7 +42,7 @@ def decode_attention(
         ``< lengths`` (default: all ``s``). A length of 0 outputs 0.
       num_splits: number of cache chunks processed in parallel (need not divide
         ``s``; capped at ``s``).
-      window: as in :func:`~seqjax.ops.softmax_attention.attention` with
+      window: as in :func:`~seqjax.ops.attention.attention` with
         ``causal=True``, relative to the query's position ``lengths - 1``: an int
         ``w`` keeps positions ``> lengths - 1 - w``; a tuple ``(left, right)``
         keeps positions ``>= lengths - 1 - left``.

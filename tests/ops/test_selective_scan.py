@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from seqjax.ops import selective_scan
-from seqjax.ops.selective import _auto_impl
+from seqjax.ops.selective_scan import auto_impl
 from tests.ops.ref_selective import selective_scan_ref
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close, rel_err
 
@@ -93,7 +93,7 @@ def test_float64_exact(rng, impl, case):
 def test_auto_large_takes_chunked_and_matches(rng):
     # Large enough that "auto" picks "chunked" (b*l*d*n = 2*600*32*16 > 2**19).
     b, l, d, n = 2, 600, 32, 16
-    assert _auto_impl(b, l, d, n) == "chunked" and _auto_impl(2, 7, 4, 3) == "reference"
+    assert auto_impl("auto", (b, l, d), n) == "chunked" and auto_impl("auto", (2, 7, 4), 3) == "reference"
     args = dict(
         u=rng.standard_normal((b, l, d)), delta=rng.standard_normal((b, l, d)),
         A=-rng.uniform(0.2, 3.0, (d, n)), B=rng.standard_normal((b, l, 2, n)),

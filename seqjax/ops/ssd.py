@@ -44,6 +44,14 @@ Segments (packed sequences): with ``r_t`` the number of segment starts up to
 
 Gradients are plain autodiff of these forms (``linear_scan`` brings its own
 adjoint scan).
+
+Sequence parallelism: ``sequence_axis=`` runs
+:func:`seqjax.ops.ssd_sp.ssd_sp` (registered with the front door,
+:mod:`seqjax.ops.dispatch`). Registered implementations take
+``fn(x, dt, A, B, C, h0, r, segment_ids, chunk_size) -> (y, final)`` with
+heads split as ``(g, e)`` (``x (b, l, g, e, p)``, ``dt (b, l, g, e)``, ``A (g,
+e)``), ``r`` the ``(b, l)`` segment run indices, all in the accumulation dtype,
+and ``D`` left to the caller.
 """
 
 import functools
@@ -52,11 +60,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops._util import accum_dtype, check_impl, pad_axis, segment_starts
-from seqjax.ops.scan import linear_scan
+from seqjax.ops import dispatch
+from seqjax.ops.common import accum_dtype, pad_axis, segment_runs
+from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, SSDBC, SSDInput, SSDState, SSDStep
-
-IMPLS = ("auto", "reference", "sequential", "chunked")
 
 # Float32 contractions at full precision: on GPU/TPU the default would round
 # operands to tf32/bf16, far outside the float32 tolerances SSD is held to.
@@ -99,26 +106,24 @@ def ssd(
         ``segment_ids``) split contiguously over the mesh axis of this name
         (``A, D, initial_state`` replicated over it); ``y`` is then the local
         shard and ``final_state`` the global one. See
-        :func:`seqjax.ops.sp_scan.ssd_sp`.
+        :func:`seqjax.ops.ssd_sp.ssd_sp`.
 
     Returns:
       ``(y, final_state)``: ``y`` of shape ``(b, l, h, p)`` in ``x``'s dtype and
       the state after the last position, ``(b, h, p, n)``, in the accumulation
       dtype (float32, or float64 for float64 inputs).
     """
-    check_impl("ssd", impl, IMPLS)
+    dispatch.check("ssd", impl)
     if sequence_axis is not None:
-        from seqjax.ops.sp_scan import ssd_sp  # sp_scan calls back into this module
-
-        return ssd_sp(x, dt, A, B, C, axis_name=sequence_axis, chunk_size=chunk_size, D=D,
-                      initial_state=initial_state, segment_ids=segment_ids, impl=impl)
+        return dispatch.sequence_parallel("ssd")(
+            x, dt, A, B, C, axis_name=sequence_axis, chunk_size=chunk_size, D=D,
+            initial_state=initial_state, segment_ids=segment_ids, impl=impl)
     x, dt, A, B, C = map(jnp.asarray, (x, dt, A, B, C))
     D = None if D is None else jnp.asarray(D)
     initial_state = None if initial_state is None else jnp.asarray(initial_state)
     segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
     _check_args(x, dt, A, B, C, chunk_size, D, initial_state, segment_ids)
-    if impl == "auto":
-        impl = "reference" if x.shape[1] <= chunk_size else "chunked"
+    impl = dispatch.resolve("ssd", impl, length=x.shape[1], chunk_size=int(chunk_size))
     return _ssd(x, dt, A, B, C, D, initial_state, segment_ids, chunk_size=int(chunk_size), impl=impl)
 
 
@@ -170,17 +175,8 @@ def _ssd(x, dt, A, B, C, D, h0, segment_ids, *, chunk_size, impl):
     B, C = B.astype(dtype), C.astype(dtype)
     if h0 is not None:
         h0 = h0.astype(dtype)
-    if segment_ids is None:
-        r = jnp.zeros((batch, length), jnp.int32)
-    else:
-        r = jnp.cumsum(segment_starts(segment_ids).astype(jnp.int32), axis=1)
-
-    if impl == "reference":
-        y, final = _quadratic(x, dt, A, B, C, h0, r)
-    elif impl == "sequential":
-        y, final = _sequential(x, dt, A, B, C, h0, segment_ids)
-    else:
-        y, final = _chunked(x, dt, A, B, C, h0, r, chunk_size)
+    r = jnp.zeros((batch, length), jnp.int32) if segment_ids is None else segment_runs(segment_ids)
+    y, final = dispatch.implementation("ssd", impl)(x, dt, A, B, C, h0, r, segment_ids, chunk_size)
     if D is not None:
         y = y + D.astype(dtype).reshape(groups, e)[:, :, None] * x
     return y.reshape(batch, length, heads, p).astype(out_dtype), final.astype(dtype)
@@ -208,8 +204,10 @@ def _segsum(a):
     return jnp.cumsum(jnp.where(strict, a[..., :, None], 0), axis=-2)
 
 
-def _quadratic(x, dt, A, B, C, h0, r):
+@dispatch.register("ssd", "reference")
+def _quadratic(x, dt, A, B, C, h0, r, segment_ids, chunk_size):
     """The dual form over the whole sequence; x (b, l, g, e, p), dt (b, l, g, e)."""
+    del segment_ids, chunk_size
     batch, length, groups, e, p = x.shape
     cs = jnp.cumsum(dt * A, axis=1)  # (b, l, g, e): Σ_{r≤t} dt_r A
     xdt = x * dt[..., None]
@@ -234,8 +232,10 @@ def _quadratic(x, dt, A, B, C, h0, r):
     return y, final.reshape(batch, groups * e, p, B.shape[-1])
 
 
-def _sequential(x, dt, A, B, C, h0, segment_ids):
+@dispatch.register("ssd", "sequential")
+def _sequential(x, dt, A, B, C, h0, r, segment_ids, chunk_size):
     """The recurrence over time with linear_scan over the (b, h, p, n) state."""
+    del r, chunk_size
     batch, length, groups, e, p = x.shape
     n = B.shape[-1]
     a = jnp.exp(dt * A).reshape(batch, length, groups * e, 1, 1)
@@ -248,8 +248,10 @@ def _sequential(x, dt, A, B, C, h0, segment_ids):
     return y, final
 
 
-def _chunked(x, dt, A, B, C, h0, r, chunk_size):
+@dispatch.register("ssd", "chunked")
+def _chunked(x, dt, A, B, C, h0, r, segment_ids, chunk_size):
     """The SSD algorithm; x (b, l, g, e, p), dt (b, l, g, e), r (b, l)."""
+    del segment_ids
     batch, length, groups, e, p = x.shape
     n = B.shape[-1]
     q = min(chunk_size, length)

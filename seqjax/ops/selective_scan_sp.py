@@ -14,7 +14,7 @@ state from zero), and the state entering it adds
 
 to the outputs (before ``D u`` and the ``silu(z)`` gate). The algorithm:
 
-1. each shard runs :func:`~seqjax.ops.selective.selective_scan` from a zero
+1. each shard runs :func:`~seqjax.ops.selective_scan.selective_scan` from a zero
    state (any ``impl``) and the prefix sum ``cΔ`` of its step sizes;
 2. one ``all_gather`` of the per-shard (decay product, final state), two
    ``(b, d, n)`` arrays per device — the only communication (plus, with
@@ -36,20 +36,23 @@ Gradients are plain autodiff through these steps (the local scan has its own
 
 Segments: a segment start cuts the carry (shard boundaries included; whether a
 shard's first position starts a segment is decided from the previous shard's
-last id, as in :func:`~seqjax.ops.sp_scan.linear_scan_sp`).
+last id, :func:`~seqjax.ops.collectives.global_segment_starts`).
 """
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.ops._util import accum_dtype, match_vma, pad_axis
-from seqjax.ops.sp_scan import _all_gather, _global_starts
+from seqjax.ops import dispatch
+from seqjax.ops.collectives import before_first_start, combine_shards, global_segment_starts, match_vma
+from seqjax.ops.common import accum_dtype, pad_axis
+from seqjax.ops.selective_scan import auto_impl, check_shapes, selective_scan
 from seqjax.types import SegmentIds, SelA, SelBC, SelInput, SelState
 
 _HI = lax.Precision.HIGHEST
 
 
+@dispatch.register_sequence_parallel("selective_scan")
 def selective_scan_sp(
     u: SelInput,
     delta: SelInput,
@@ -89,20 +92,16 @@ def selective_scan_sp(
       ``return_last_state``, ``(y, last_state)`` with the global
       ``(b, d, n)`` final state in the accumulation dtype.
     """
-    from seqjax.ops.selective import (  # selective dispatches here
-        _auto_impl, _check_shapes, selective_scan)
-
     u, delta, A, B, C = map(jnp.asarray, (u, delta, A, B, C))
     D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
     if segment_ids is not None:
         segment_ids = jnp.asarray(segment_ids)
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size)
+    check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size)
     optional = [x.dtype for x in (D, z, delta_bias) if x is not None]
     dtype = accum_dtype(u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype, *optional)
     batch, length, d = u.shape
     n = A.shape[-1]
-    if impl == "auto":
-        impl = _auto_impl(batch, length, d, n)
+    impl = auto_impl(impl, u.shape, n)
     # 1. The local scan from zero, without D and the gate (the correction comes
     # first). u in the accumulation dtype, so y comes back unrounded. A is
     # cast to varying: the local scan's custom_vjp returns a per-device dA, and
@@ -112,8 +111,6 @@ def selective_scan_sp(
         u.astype(dtype), delta, A_v, B, C, delta_bias=delta_bias, delta_softplus=delta_softplus,
         segment_ids=segment_ids, return_last_state=True, impl=impl, chunk_size=chunk_size)
 
-    num_devices = lax.axis_size(axis_name)
-    idx = lax.axis_index(axis_name)
     dt = delta.astype(dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.astype(dtype)
@@ -124,24 +121,13 @@ def selective_scan_sp(
     Af = A.astype(dtype)
     keep = None
     if segment_ids is not None:
-        starts = _global_starts(segment_ids, axis_name, num_devices, idx, False)
-        # 1 until the first segment start of the shard (its first position included).
-        keep = (jnp.cumsum(starts.astype(jnp.int32), axis=1) == 0).astype(dtype)  # (b, n_loc)
+        keep = before_first_start(global_segment_starts(segment_ids, axis_name), dtype)  # (b, n_loc)
     decay_total = jnp.exp(cdt[:, -1, :, None] * Af)  # (b, d, n)
     if keep is not None:
         decay_total = decay_total * keep[:, -1, None, None]
 
-    # 2. The only communication: (P, b, d, n) twice.
-    all_a, all_h = _all_gather((decay_total, last_local), axis_name)
-    h = match_vma(jnp.zeros((batch, d, n), dtype), all_a, all_h)
-
-    def combine(carry, pair):
-        a_i, h_i = pair
-        return a_i * carry + h_i, carry
-
-    # 3. Exclusive prefix over the devices: entering[i] enters device i.
-    last, entering = lax.scan(combine, h, (all_a, all_h))
-    h_start = entering[idx]
+    # 2. The only communication, (P, b, d, n) twice, and the prefix over devices.
+    h_start, last = combine_shards(decay_total, last_local, jnp.zeros((batch, d, n), dtype), axis_name)
     Cg = (C if C.ndim == 4 else C[:, :, None]).astype(dtype)
     chunk = length if impl == "reference" else min(chunk_size, length)
     corr = _correction(cdt, Af, Cg, h_start, chunk)

@@ -26,12 +26,11 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
-from seqjax.ops._util import accum_dtype, check_impl
+from seqjax.ops import dispatch
+from seqjax.ops.common import accum_dtype
 
-IMPLS = ("auto", "fft", "direct")
 
-
-def _smooth_size(n: int) -> int:
+def smooth_size(n: int) -> int:
     """The smallest ``2^a 3^b 5^c ≥ n`` (FFT sizes that are fast everywhere)."""
     best = 1 << max(n - 1, 0).bit_length()
     p5 = 1
@@ -78,7 +77,7 @@ def fft_conv(
     Returns:
       ``y`` of shape ``(b, l, h)`` in ``u``'s dtype.
     """
-    check_impl("fft_conv", impl, IMPLS)
+    dispatch.check("fft_conv", impl)
     u, k = jnp.asarray(u), jnp.asarray(k)
     if u.ndim != 3:
         raise ValueError(f"fft_conv: u must have shape (batch, length, h), got {u.shape}")
@@ -93,24 +92,23 @@ def fft_conv(
         D = jnp.asarray(D)
         if D.shape != (h,):
             raise ValueError(f"fft_conv: D must have shape ({h},), got {D.shape}")
-    if impl == "auto":
-        impl = "fft"
+    impl = dispatch.resolve("fft_conv", impl)
 
     dtype = accum_dtype(u.dtype, k.dtype, *(() if D is None else (D.dtype,)))
     uf, kf = u.astype(dtype), k.astype(dtype)
     if not bidirectional:
         kf = kf[None]
-    conv = _conv_fft if impl == "fft" else _conv_direct
-    y = conv(uf, kf)
+    y = dispatch.implementation("fft_conv", impl)(uf, kf)
     if D is not None:
         y = y + D.astype(dtype) * uf
     return y.astype(u.dtype)
 
 
+@dispatch.register("fft_conv", "fft")
 def _conv_fft(u, k):
     """``u (b, l, h)``, ``k (1 or 2, h, lk)`` → ``(b, l, h)`` by zero-padded rFFT."""
     length, lk = u.shape[1], k.shape[-1]
-    n = _smooth_size(2 * length)
+    n = smooth_size(2 * length)
     # One length-n kernel holds both directions: the causal taps at 0..lk-1 and
     # the anti-causal ones (k_bwd[i] at n-1-i, i.e. lag -(i+1)). n ≥ 2L keeps
     # them apart and stops any wrap-around.
@@ -122,6 +120,7 @@ def _conv_fft(u, k):
     return jnp.fft.irfft(u_f * k_f, n=n, axis=1)[:, :length].astype(u.dtype)
 
 
+@dispatch.register("fft_conv", "direct")
 def _conv_direct(u, k):
     """``u (b, l, h)``, ``k (1 or 2, h, lk)`` → ``(b, l, h)`` by a depthwise conv."""
     h, lk = k.shape[1], k.shape[2]

@@ -15,8 +15,14 @@ Implementations (``impl``):
     (see ``benchmarks/results``); ``"associative"`` on accelerators.
 
 Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
-split over that mesh axis) runs ``sp_scan.linear_scan_sp``: local scans plus
+split over that mesh axis) runs :func:`seqjax.ops.linear_scan_sp.linear_scan_sp`
+(registered with the front door, :mod:`seqjax.ops.dispatch`): local scans plus
 one all-gather of per-shard (decay product, final state) pairs.
+
+Registered implementations (``dispatch.register("linear_scan", name)``) are
+*forward* scans ``fn(a, b, h0, chunk_size) -> h`` on full-shape, forward-order,
+accumulation-dtype inputs (``a`` broadcast along the length only); the one
+``custom_vjp`` below runs the backward pass with the same implementation.
 
 Gradients: all implementations share one ``jax.custom_vjp`` whose backward pass
 is the adjoint recurrence — itself a reverse linear scan run with the same
@@ -29,10 +35,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis, platform, segment_starts
+from seqjax.ops import dispatch
+from seqjax.ops.collectives import match_vma
+from seqjax.ops.common import accum_dtype, pad_axis, segment_starts
 from seqjax.types import ScanCoeff, ScanState, SegmentIds
 
-IMPLS = ("auto", "sequential", "associative", "chunked")
 DEFAULT_CHUNK = 64
 
 
@@ -64,7 +71,7 @@ def linear_scan(
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``a``, ``b`` (and
         ``segment_ids``) split contiguously over the mesh axis of this name;
-        ``h0`` is replicated over it. See :func:`seqjax.ops.sp_scan.linear_scan_sp`.
+        ``h0`` is replicated over it. See :func:`seqjax.ops.linear_scan_sp.linear_scan_sp`.
 
     Returns:
       ``(h, h_last)``: ``h`` of ``b``'s shape in the inputs' common dtype, and the
@@ -73,16 +80,14 @@ def linear_scan(
       With ``sequence_axis``, ``h`` is the local shard and ``h_last`` the global
       final state, the same on every device of the axis.
     """
-    check_impl("linear_scan", impl, IMPLS)
+    dispatch.check("linear_scan", impl)
     if sequence_axis is not None:
-        from seqjax.ops.sp_scan import linear_scan_sp  # sp_scan imports this module
-
-        return linear_scan_sp(a, b, h0, axis_name=sequence_axis, reverse=reverse,
-                              segment_ids=segment_ids, impl=impl, chunk_size=chunk_size)
+        return dispatch.sequence_parallel("linear_scan")(
+            a, b, h0, axis_name=sequence_axis, reverse=reverse, segment_ids=segment_ids, impl=impl,
+            chunk_size=chunk_size)
     a, b, h0 = jnp.asarray(a), jnp.asarray(b), None if h0 is None else jnp.asarray(h0)
-    _check_shapes(a, b, h0, segment_ids, chunk_size)
-    if impl == "auto":
-        impl = "sequential" if platform() == "cpu" else "associative"
+    check_shapes(a, b, h0, segment_ids, chunk_size)
+    impl = dispatch.resolve("linear_scan", impl)
 
     out_dtype = jnp.result_type(a, b)
     dtype = accum_dtype(a.dtype, b.dtype, *(() if h0 is None else (h0.dtype,)))
@@ -113,7 +118,8 @@ def linear_scan(
     return h.astype(out_dtype), h_last
 
 
-def _check_shapes(a, b, h0, segment_ids, chunk_size):
+def check_shapes(a, b, h0, segment_ids, chunk_size) -> None:
+    """Raises a ValueError naming the first argument of ``linear_scan`` with a bad shape."""
     if b.ndim < 2:
         raise ValueError(f"linear_scan: b must be (batch, length, ...), got shape {b.shape}")
     if a.ndim != b.ndim or any(x not in (1, y) for x, y in zip(a.shape, b.shape)):
@@ -139,7 +145,9 @@ def _check_shapes(a, b, h0, segment_ids, chunk_size):
 # --- forward implementations (full shapes, accumulation dtype, forward order) --
 
 
-def _sequential(a, b, h0):
+@dispatch.register("linear_scan", "sequential")
+def _sequential(a, b, h0, chunk_size):
+    del chunk_size
     def step(h, ab):
         h = ab[0] * h + ab[1]
         return h, h
@@ -155,13 +163,16 @@ def _combine(left, right):
     return a1 * a2, a2 * b1 + b2
 
 
-def _associative(a, b, h0):
+@dispatch.register("linear_scan", "associative")
+def _associative(a, b, h0, chunk_size):
+    del chunk_size
     # Folding h0 into the first input makes the scan start from zero.
     b = b.at[:, 0].add(a[:, 0] * h0)
     _, h = jax.lax.associative_scan(_combine, (a, b), axis=1)
     return h
 
 
+@dispatch.register("linear_scan", "chunked")
 def _chunked(a, b, h0, chunk_size):
     length = b.shape[1]
     chunk = min(chunk_size, length)
@@ -187,11 +198,7 @@ def _chunked(a, b, h0, chunk_size):
 
 
 def _forward(a, b, h0, impl, chunk_size):
-    if impl == "sequential":
-        return _sequential(a, b, h0)
-    if impl == "associative":
-        return _associative(a, b, h0)
-    return _chunked(a, b, h0, chunk_size)
+    return dispatch.implementation("linear_scan", impl)(a, b, h0, chunk_size)
 
 
 # --- custom_vjp: the backward pass is the adjoint (reverse) scan -------------

@@ -49,8 +49,14 @@ s > t are masked with ``jnp.where`` *before* ``exp`` so neither the values nor
 the gradients ever see ``exp`` of a positive number (no inf * 0 = nan).
 
 Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
-split over that mesh axis) runs ``sp_linear_attn.linear_attention_sp``: local
-runs plus one all-gather of per-shard (decay product, final state) pairs.
+split over that mesh axis) runs :func:`seqjax.ops.linear_attention_sp.linear_attention_sp`
+(registered with the front door, :mod:`seqjax.ops.dispatch`): local runs plus
+one all-gather of per-shard (decay product, final state) pairs.
+
+Registered implementations are the *causal* forms ``fn(q, k, v, g, s0, run,
+chunk_size) -> (o, final_state)`` in the accumulation dtype, with ``g`` the
+per-step log decay as ``(b, l, h, 1 or dk)`` (or None) and ``run`` the segment
+run indices (or None); the bidirectional form is built from two causal runs.
 
 Gradients come from autodiff of whichever form runs. ``lax.scan`` keeps its
 carries for the backward pass: ``(l, b, h, dk, dv)`` for ``"sequential"``, one
@@ -60,10 +66,10 @@ state per chunk for ``"chunked"``.
 import jax
 import jax.numpy as jnp
 
-from seqjax.ops._util import accum_dtype, check_impl, match_vma, pad_axis, segment_starts
+from seqjax.ops import dispatch
+from seqjax.ops.collectives import match_vma
+from seqjax.ops.common import accum_dtype, pad_axis, segment_runs
 from seqjax.types import AttnOut, Keys, LinAttnState, LogDecay, Queries, SegmentIds, Values
-
-IMPLS = ("auto", "reference", "sequential", "chunked")
 # Largest diagonal sub-block of the per-channel-decay intra-chunk scores: 8
 # beat 4 and 16 on CPU (exps cost ~ l * dk * (chunk / SUB_CHUNK + SUB_CHUNK)).
 SUB_CHUNK = 8
@@ -119,7 +125,7 @@ def linear_attention(
         ``log_decay`` and ``initial_state`` replicated over it); ``o`` is then
         the local shard and ``final_state`` the global one. ``causal=False``
         is supported there without ``segment_ids``. See
-        :func:`seqjax.ops.sp_linear_attn.linear_attention_sp`.
+        :func:`seqjax.ops.linear_attention_sp.linear_attention_sp`.
 
     Returns:
       ``(o, final_state)``: ``o`` ``(b, l, h, dv)`` in the inputs' dtype and the
@@ -128,18 +134,16 @@ def linear_attention(
       ``initial_state``. With ``causal=False`` the final state is the last
       segment's ``sum_s k_s v_s^T``.
     """
-    check_impl("linear_attention", impl, IMPLS)
+    dispatch.check("linear_attention", impl)
     if sequence_axis is not None:
-        from seqjax.ops.sp_linear_attn import linear_attention_sp  # it calls back into this module
-
-        return linear_attention_sp(q, k, v, axis_name=sequence_axis, log_decay=log_decay,
-                                   causal=causal, initial_state=initial_state,
-                                   segment_ids=segment_ids, chunk_size=chunk_size, impl=impl)
+        return dispatch.sequence_parallel("linear_attention")(
+            q, k, v, axis_name=sequence_axis, log_decay=log_decay, causal=causal,
+            initial_state=initial_state, segment_ids=segment_ids, chunk_size=chunk_size, impl=impl)
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     log_decay = None if log_decay is None else jnp.asarray(log_decay)
     initial_state = None if initial_state is None else jnp.asarray(initial_state)
     segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
-    _check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size)
+    check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size)
     if not causal and (log_decay is not None or initial_state is not None):
         raise ValueError(
             "linear_attention: causal=False sums over the whole segment in both "
@@ -154,7 +158,7 @@ def linear_attention(
     extra = [x.dtype for x in (log_decay, initial_state) if x is not None]
     dtype = accum_dtype(q.dtype, k.dtype, v.dtype, *extra)
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
-    g = _per_step_log_decay(log_decay, batch, length, heads, dtype)
+    g = per_step_log_decay(log_decay, batch, length, heads, dtype)
     s0 = (
         jnp.zeros((batch, heads, dk, dv), dtype)
         if initial_state is None
@@ -163,12 +167,9 @@ def linear_attention(
     # Run index: 0 for the first segment, +1 at each segment start. Two positions
     # interact iff their run indices agree; the state carried in from "position
     # -1" (the initial state) belongs to run 0.
-    run = None
-    if segment_ids is not None:
-        run = jnp.cumsum(segment_starts(segment_ids), axis=1, dtype=jnp.int32)
+    run = None if segment_ids is None else segment_runs(segment_ids)
 
-    if impl == "auto":
-        impl = "chunked"
+    impl = dispatch.resolve("linear_attention", impl)
     if causal:
         o, state = _causal(q, k, v, g, s0, run, impl, chunk_size)
     else:
@@ -176,7 +177,8 @@ def linear_attention(
     return o.astype(out_dtype), state
 
 
-def _check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size):
+def check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size) -> None:
+    """Raises a ValueError naming the first argument of ``linear_attention`` with a bad shape or dtype."""
     if q.ndim != 4:
         raise ValueError(f"linear_attention: q must be (b, l, h, dk), got shape {q.shape}")
     batch, length, heads, dk = q.shape
@@ -214,8 +216,19 @@ def _check_inputs(q, k, v, log_decay, initial_state, segment_ids, chunk_size):
         raise ValueError(f"linear_attention: chunk_size must be a positive int, got {chunk_size!r}")
 
 
-def _per_step_log_decay(log_decay, batch, length, heads, dtype):
-    """log_decay as ``(b, l, h, e)`` with e = 1 (scalar per head) or dk; or None."""
+def per_step_log_decay(log_decay, batch, length, heads, dtype):
+    """``log_decay`` as ``(b, l, h, e)`` with e = 1 (scalar per head) or dk; or None.
+
+    Args:
+      log_decay: None, ``(h,)``, ``(b, l, h)`` or ``(b, l, h, dk)``.
+      batch: ``b``.
+      length: ``l``.
+      heads: ``h``.
+      dtype: the accumulation dtype.
+
+    Returns:
+      ``(b, l, h, e)`` in ``dtype``, or None.
+    """
     if log_decay is None:
         return None
     g = log_decay.astype(dtype)
@@ -227,12 +240,20 @@ def _per_step_log_decay(log_decay, batch, length, heads, dtype):
 
 
 def _causal(q, k, v, g, s0, run, impl, chunk_size):
+    return dispatch.implementation("linear_attention", impl)(q, k, v, g, s0, run, chunk_size)
+
+
+@dispatch.register("linear_attention", "reference")
+def _whole(q, k, v, g, s0, run, chunk_size):
+    # The whole sequence as one chunk with exact pairwise decays.
+    del chunk_size
     length = q.shape[1]
-    if impl == "sequential":
-        return _recurrent(q, k, v, g, s0, run)
-    if impl == "reference":
-        # The whole sequence as one chunk with exact pairwise decays.
-        return _chunked(q, k, v, g, s0, run, chunk=length, sub=length)
+    return _chunked(q, k, v, g, s0, run, chunk=length, sub=length)
+
+
+@dispatch.register("linear_attention", "chunked")
+def _chunkwise(q, k, v, g, s0, run, chunk_size):
+    length = q.shape[1]
     if length <= chunk_size:
         # One chunk; rounding up to a multiple of 8 keeps sub-blocks 8 wide.
         chunk = min(-(-length // 8) * 8, chunk_size)
@@ -270,7 +291,9 @@ def _zero_state(q, v):
 # --- recurrent form ----------------------------------------------------------
 
 
-def _recurrent(q, k, v, g, s0, run):
+@dispatch.register("linear_attention", "sequential")
+def _recurrent(q, k, v, g, s0, run, chunk_size):
+    del chunk_size
     batch = q.shape[0]
     # Per-step row decay of S as (b, l, h or 1, dk or 1, 1); None for "keep all".
     a = None if g is None else jnp.exp(g)[..., None]
