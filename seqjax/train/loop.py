@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 import seqjax
 from seqjax import parallel
 from seqjax.errors import ConfigError
+from seqjax.models import param_groups
 from seqjax.parallel import distributed
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
@@ -363,7 +364,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.get_rules(preset)
     rep = replicated(mesh)
-    tx, schedules = optim_lib.make_optimizer(config.optim, steps)
+    tx, schedules = optim_lib.make_optimizer(config.optim, steps, param_groups.labeler(config.get("model")))
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
 
     # The iterator yields this process's rows of the global batch.

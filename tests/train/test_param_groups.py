@@ -161,3 +161,16 @@ def test_without_a_model_config_only_rank_and_embedding_rules():
               "dense": {"kernel": jnp.zeros((4, 4))}}
     assert param_labels(params, None) == {"embed": {"embedding": "no_decay"}, "A_log": "decay", "bias": "no_decay",
                                           "dense": {"kernel": "decay"}}
+
+
+def test_train_package_holds_no_parameter_names():
+    """seqjax/train/ names no parameter: the groups come from the models package."""
+    from pathlib import Path
+
+    import seqjax.train
+
+    names = set(_OLD_SSM_PARAMS) | {"embedding", "kernel", "scale", "A_log", "dt_bias", "read_in", "recurrent_bias"}
+    for path in Path(seqjax.train.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        found = sorted(n for n in names if f'"{n}"' in text or f"'{n}'" in text)
+        assert not found, (path.name, found)
