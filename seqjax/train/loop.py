@@ -55,7 +55,7 @@ from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
 from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
                                 state_shardings)
-from seqjax.train.writers import MetricWriter, _jsonable
+from seqjax.train.writers import MetricWriter, jsonable
 
 
 class TrainingDiverged(RuntimeError):
@@ -223,7 +223,7 @@ def check_workdir_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    old, new = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(_jsonable(config.to_dict()))))
+    old, new = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(jsonable(config.to_dict()))))
     diffs = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)]
     if diffs:
         shown = ", ".join(f"config.{k}={new.get(k)!r} (run has {old.get(k)!r})" for k in diffs[:3])
@@ -358,7 +358,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
         model = models.build(config.model)
     if primary and not (workdir / "config.json").exists():
-        _write_json_atomic(workdir / "config.json", _jsonable(config.to_dict()))
+        _write_json_atomic(workdir / "config.json", jsonable(config.to_dict()))
 
     preset = config.mesh.get("preset", "dp")
     mesh = parallel.make_mesh(config.mesh)
@@ -500,14 +500,14 @@ def run(config, workdir, *, task=None, model=None) -> dict:
         else:
             examples_per_s = train_cfg.batch_size * timed_steps / max(timed_seconds, 1e-9)
         results = {
-            "metrics": _jsonable(final_metrics),
+            "metrics": jsonable(final_metrics),
             "train": {
                 "loss": last_loss,
                 "steps": steps,
                 "examples_per_s": examples_per_s,
                 "tokens_per_s": None if examples_per_s is None else examples_per_s * tokens_per_example,
             },
-            "config": _jsonable(config.to_dict()),
+            "config": jsonable(config.to_dict()),
             "seqjax_version": seqjax.__version__,
             "git_hash": git_hash(),
             "wall_time_s": elapsed_before + time.time() - t_start,
