@@ -33,7 +33,8 @@ def _old_leaf_name(path):
 def _old_group_of(name, ndim):
     if name in _OLD_SSM_PARAMS:
         return "ssm"
-    if ndim <= 1 or name in _OLD_NO_DECAY_NAMES or (name is not None and (name.endswith("bias") or name.startswith("norm"))):
+    if ndim <= 1 or name in _OLD_NO_DECAY_NAMES or (
+            name is not None and (name.endswith("bias") or name.startswith("norm"))):
         return "no_decay"
     return "decay"
 
