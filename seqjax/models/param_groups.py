@@ -24,7 +24,9 @@ in exactly one group. The rules, first match wins:
   Everything else: projection kernels, convolution weights, recurrent
   matrices, output maps.
 
-The optimiser (``seqjax.train.optim``) gives ``"ssm"`` its own learning rate
+The layers' mixers come from ``config.model`` (:func:`param_labels`,
+:func:`labeler`) or from a built model (:func:`layer_names`, what
+``seqjax.train.run`` uses). The optimiser (``seqjax.train.optim``) gives ``"ssm"`` its own learning rate
 and no weight decay, ``"no_decay"`` the base rate without decay and
 ``"decay"`` the base rate with decay. It knows no parameter names: a new
 mixer declares its own (``ssm_params`` / ``no_decay_params``, class
@@ -154,12 +156,32 @@ def group_of(keys: Sequence[str], rank: int, layers: Sequence[str]) -> str:
     return "decay"
 
 
-def labeler(model_config) -> Callable[[Any], Any]:
+def layer_names(model) -> tuple[str, ...]:
+    """The mixer name of each layer of a built model.
+
+    Args:
+      model: a Flax module; a :class:`~seqjax.models.SequenceModel` (whose
+        ``layers`` are ``(name, kwargs)`` specs) or anything else.
+
+    Returns:
+      The names, or ``()`` for a module that is not a ``SequenceModel`` (its
+      parameters then get the rank and embedding rules only).
+    """
+    from seqjax.models.model import SequenceModel
+
+    if not isinstance(model, SequenceModel):
+        return ()
+    return tuple(name for name, _ in model.layers)
+
+
+def labeler(model_config=None, *, layers: Sequence[str] | None = None) -> Callable[[Any], Any]:
     """``params -> labels`` for models of ``model_config`` (the layers are read once).
 
     Args:
       model_config: ``config.model`` (None: a model without mixer layers; only
         the rank and embedding rules apply).
+      layers: the mixer name of each layer, instead of ``model_config``
+        (e.g. :func:`layer_names` of a model built by hand).
 
     Returns:
       A function of a param tree (boxed in ``nn.LogicallyPartitioned`` or
@@ -169,7 +191,7 @@ def labeler(model_config) -> Callable[[Any], Any]:
     Raises:
       ConfigError: ``model_config.mixers`` / ``num_layers`` cannot be read.
     """
-    layers = tuple(_layer_mixers(model_config))
+    layers = tuple(_layer_mixers(model_config) if layers is None else layers)
 
     def labels(params: Any) -> Any:
         return jax.tree_util.tree_map_with_path(lambda p, x: group_of(_keys(p), _rank(x), layers), params)
@@ -194,4 +216,4 @@ def param_labels(params: Any, model_config) -> Any:
     return labeler(model_config)(params)
 
 
-__all__ = ["GROUPS", "param_labels", "labeler", "group_of", "ssm_params", "no_decay_params"]
+__all__ = ["GROUPS", "param_labels", "labeler", "layer_names", "group_of", "ssm_params", "no_decay_params"]

@@ -235,8 +235,8 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
       read from it (for shapes) and rewound.
 
     Raises:
-      ConfigError: the task, the model or the parameter groups reject the
-        config (the workdir is then not created).
+      ConfigError: the task or the model rejects the config (the workdir is
+        then not created).
     """
     task, model, labels = _build(config, task, model)
     _create_workdir(config, workdir)
@@ -287,8 +287,9 @@ def _build(config, task, model):
         # The models' own limits too: mixer position tables, s4's l_max, a CLS token.
         models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
         model = models.build(config.model)
-    # The mixer of each layer is read here, so a bad config.model fails before the workdir exists.
-    labels = param_groups.labeler(config.get("model"))
+    # The mixer of each layer, from the model itself: a model passed in need not
+    # be described by config.model.
+    labels = param_groups.labeler(layers=param_groups.layer_names(model))
     return task, model, labels
 
 

@@ -156,6 +156,17 @@ def test_a_B_outside_an_ssm_mixer_is_not_ssm():
         {k: v for k, v in old.items() if k not in ("adapter/B", "backbone/block_1/mixer/P")}
 
 
+def test_layers_from_a_built_model():
+    """labeler(layers=layer_names(model)) (what run() uses) equals param_labels(params, config.model)."""
+    cfg = _config("s5,mha,mamba", 3)
+    model = models.build(cfg)
+    assert param_groups.layer_names(model) == tuple(models.layer_mixers(cfg))
+    params = nn.meta.unbox(_boxed_shapes(cfg))
+    by_model = param_groups.labeler(layers=param_groups.layer_names(model))(params)
+    assert by_model == param_labels(params, cfg)
+    assert param_groups.layer_names(nn.Dense(3)) == ()
+
+
 def test_without_a_model_config_only_rank_and_embedding_rules():
     """A custom model (no mixer layers in the config): nothing is "ssm", however it is named."""
     params = {"embed": {"embedding": jnp.zeros((5, 4))}, "A_log": jnp.zeros((4, 2)), "bias": jnp.zeros(4),
