@@ -24,6 +24,9 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """Saves and restores (state, meta) pairs, keeping the newest ``keep`` steps.
 
+    A context manager: leaving the ``with`` block waits for pending saves and
+    releases the manager (:meth:`close`).
+
     Attributes:
       directory: ``workdir/checkpoints``.
       manager: the orbax ``CheckpointManager``.
@@ -104,6 +107,14 @@ class Checkpointer:
         """Waits for pending saves and releases the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Also on an error: a save already started (the divergence checkpoint,
+        # say) is finished before the error leaves run().
+        self.close()
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -2,22 +2,33 @@
 
 One call of :func:`run`:
 
-1. validates the config (one-line :class:`~seqjax.errors.ConfigError` naming the field);
-2. checks the config against ``workdir/config.json`` (a folder holds one run:
-   a different config fails naming the fields; see :data:`RESUMABLE_FIELDS`),
-   and returns ``workdir/results.json`` unchanged if it exists for the same ``train.steps``;
-3. builds the task, the model, the mesh (``config.mesh``: axes ``data``,
-   ``fsdp``, ``sequence``, ``tensor`` and a rule preset, see
-   :mod:`seqjax.parallel`) and the optimiser;
-4. restores the newest checkpoint in ``workdir/checkpoints`` (state, data
-   iterator, rng) or initialises a fresh state directly in its shardings
-   (parameters split by their logical names; no full copy on one device);
-5. trains with a step jitted with in/out shardings (batch split over the
-   batch axes and, under ``fsdp+sequence``, its length over ``sequence``;
-   state donated; dropout key ``fold_in(key, step)`` so a resumed run repeats
-   the uninterrupted one), logging every ``log_every``, evaluating every
-   ``eval_every`` and checkpointing every ``checkpoint_every`` steps;
-6. evaluates at the end and writes ``results.json`` atomically.
+1. validates the config (one-line :class:`~seqjax.errors.ConfigError` naming
+   the field, :mod:`seqjax.train.config`), checks it against
+   ``workdir/config.json`` (a folder holds one run: a different config fails
+   naming the fields; see :data:`~seqjax.train.config.RESUMABLE_FIELDS`), and
+   returns ``workdir/results.json`` unchanged if it exists for the same
+   ``train.steps``;
+2. :func:`set_up`: builds the task and the model (their own checks), and only
+   then creates the workdir (a config that fails leaves no folder behind);
+   then the mesh (``config.mesh``: axes ``data``, ``fsdp``, ``sequence``,
+   ``tensor`` and a rule preset, see :mod:`seqjax.parallel`), the optimiser
+   (parameter groups from :mod:`seqjax.models.param_groups`) and the
+   shardings of the state and the batch;
+3. :func:`restore_or_init`: restores the newest checkpoint in
+   ``workdir/checkpoints`` (state, data iterator, rng) or initialises a fresh
+   state directly in its shardings (parameters split by their logical names;
+   no full copy on one device);
+4. :func:`train_loop`: trains with a step jitted with in/out shardings (batch
+   split over the batch axes and, under ``fsdp+sequence``, its length over
+   ``sequence``; state donated; dropout key ``fold_in(key, step)`` so a
+   resumed run repeats the uninterrupted one), logging every ``log_every``,
+   evaluating every ``eval_every`` and checkpointing every
+   ``checkpoint_every`` steps;
+5. :func:`finish`: evaluates at the end and writes ``results.json`` atomically.
+
+The checkpointer, the mesh/rules context, the metric writer and the progress
+bar are context managers, closed (pending checkpoint saves finished) however
+:func:`run` ends.
 
 A non-finite loss (or gradient norm) leaves the state untouched inside the
 step, saves it as a checkpoint and raises :class:`TrainingDiverged`.
@@ -29,207 +40,499 @@ eval set (outputs gathered) and takes part in the (orbax) checkpoints, while
 only process 0 writes ``results.json`` and the metric files.
 """
 
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
-from ml_collections.config_dict import placeholder
 from tqdm.auto import tqdm
 
 import seqjax
 from seqjax import parallel
 from seqjax.errors import ConfigError
+from seqjax.models import param_groups
 from seqjax.parallel import distributed
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
+from seqjax.train.config import check_lengths, check_workdir_config, validate_config
 from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
                                 state_shardings)
-from seqjax.train.writers import MetricWriter, _jsonable
+from seqjax.train.step import apply_model, make_train_step, model_inputs
+from seqjax.train.writers import MetricWriter, NullWriter, jsonable, open_writer
+
+Writer = MetricWriter | NullWriter
 
 
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient norm) became NaN/Inf; the last good state was checkpointed."""
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Defaults for the sections the trainer owns: ``seed``, ``optim``, ``train``, ``mesh``, ``distributed``.
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What :func:`set_up` builds for one run; the later stages only read it.
 
-    Returns:
-      A ConfigDict; experiments add ``task`` and ``model`` and override fields.
+    Attributes:
+      config: the full config.
+      workdir: the run's directory (exists).
+      task: the task object.
+      model: the Flax module.
+      primary: whether this is process 0 (the one that writes files).
+      t_start: ``time.time()`` when :func:`run` was called.
+      sizes: the mesh axis sizes.
+      preset: ``config.mesh.preset``.
+      mesh: the device mesh.
+      rules: the logical-axis rules of ``preset``.
+      tx: the optimiser.
+      schedules: ``{"lr": ..., "ssm_lr": ...}`` learning-rate schedules.
+      iterator: this process's train iterator (positioned at its start).
+      init_key: the key that initialises the parameters.
+      dropout_key: the key folded with the step for dropout.
+      sample_in: one example's model inputs (shapes for the init).
+      tokens_per_example: the length of ``inputs`` (1 without a length axis).
+      abstract_state: the state's shapes (``ShapeDtypeStruct`` leaves).
+      state_shardings: where each leaf of the state lives.
+      batch_shardings: where each leaf of a global batch lives.
     """
-    return ml_collections.ConfigDict({
-        "seed": 0,
-        "optim": {
-            "optimizer": "adamw",
-            "learning_rate": 1e-3,
-            "ssm_learning_rate": placeholder(float),  # None: the base rate
-            "weight_decay": 0.01,
-            "b1": 0.9,
-            "b2": 0.999,
-            "eps": 1e-8,
-            "schedule": "cosine",
-            "warmup_steps": 0,
-            "min_lr_ratio": 0.0,
-            "clip_norm": 1.0,
-        },
-        "train": {
-            "steps": 1000,
-            "batch_size": 32,
-            "log_every": 100,
-            "eval_every": 0,  # 0: evaluate only at the end
-            "checkpoint_every": 1000,  # 0: checkpoint only at the end
-            "keep_checkpoints": 2,
-            "progress": True,
-        },
-        # -1: the devices the other axes leave; presets in seqjax/parallel/rules.py.
-        "mesh": parallel.mesh.default_config().to_dict(),
-        # Multi-host: None fields fall back to SEQJAX_* env vars or a detected cluster.
-        "distributed": {
-            "enabled": "auto",  # "auto", "True" or "False" (see seqjax.parallel.distributed.initialize)
-            "coordinator_address": placeholder(str),
-            "num_processes": placeholder(int),
-            "process_id": placeholder(int),
-            "local_device_ids": placeholder(tuple),
-            "initialization_timeout": placeholder(int),
-        },
-    })
+
+    config: Any
+    workdir: Path
+    task: Any
+    model: Any
+    primary: bool
+    t_start: float
+    sizes: dict[str, int]
+    preset: str
+    mesh: jax.sharding.Mesh
+    rules: Any
+    tx: Any
+    schedules: dict[str, Callable]
+    iterator: Any
+    init_key: jax.Array
+    dropout_key: jax.Array
+    sample_in: dict
+    tokens_per_example: int
+    abstract_state: Any
+    state_shardings: Any
+    batch_shardings: Any
 
 
-# --- validation ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where training starts (:func:`restore_or_init`).
+
+    Attributes:
+      step: updates already applied (0 for a fresh run).
+      state: the train state at ``step``, in its shardings.
+      dropout_key: the run's dropout key (restored with the checkpoint).
+      elapsed_s: wall time of earlier processes of this run, up to their last checkpoint.
+      loss: the loss of the step before ``step`` (None for a fresh run).
+    """
+
+    step: int
+    state: TrainState
+    dropout_key: jax.Array
+    elapsed_s: float
+    loss: float | None
 
 
-def _section(config, name: str):
-    section = config.get(name)
-    if section is None:
-        raise ConfigError(f"config.{name} is missing; it must hold the {name} fields (see seqjax.train.default_config)")
-    return section
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What :func:`train_loop` hands to :func:`finish`.
+
+    Attributes:
+      state: the state after the last step.
+      loss: the last step's loss (the checkpoint's when no step ran).
+      examples_per_s: throughput over the timed steps (None when no step was timed).
+    """
+
+    state: TrainState
+    loss: float | None
+    examples_per_s: float | None
 
 
-def _check_int(field: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{field}={value!r} must be an int >= {minimum}")
+# --- the run -------------------------------------------------------------------------
 
 
-def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
-    """Checks the trainer's sections of ``config``.
+def run(config, workdir, *, task=None, model=None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and returns the results.
 
     Args:
-      config: the full config.
-      num_devices: devices available (default: ``jax.device_count()``).
+      config: the full ConfigDict (``seed``, ``task``, ``model``, ``optim``, ``train``, ``mesh``).
+      workdir: the run's directory (created once the config has passed every check).
+      task: a Task object to use instead of ``seqjax.tasks.build(config.task)``.
+      model: a Flax module to use instead of ``seqjax.models.build(config.model)``.
 
     Returns:
-      The mesh axis sizes (``{"data": ..., "fsdp": ..., "sequence": ..., "tensor": ...}``).
+      The contents of ``workdir/results.json``.
 
     Raises:
-      ConfigError: one line naming the first bad field.
+      ConfigError: a bad config field (before anything is built or written).
+      TrainingDiverged: the loss became NaN/Inf (after checkpointing the last good state).
     """
-    num_devices = jax.device_count() if num_devices is None else num_devices
-    _check_int("config.seed", config.get("seed"), 0)
-    train = _section(config, "train")
-    _check_int("config.train.steps", train.get("steps"), 1)
-    _check_int("config.train.batch_size", train.get("batch_size"), 1)
-    _check_int("config.train.log_every", train.get("log_every"), 1)
-    _check_int("config.train.eval_every", train.get("eval_every"), 0)
-    _check_int("config.train.checkpoint_every", train.get("checkpoint_every"), 0)
-    _check_int("config.train.keep_checkpoints", train.get("keep_checkpoints"), 1)
-    if not isinstance(train.get("progress"), bool):
-        raise ConfigError(f"config.train.progress={train.get('progress')!r} must be True or False")
-    optim_lib.validate(_section(config, "optim"), train.steps)
-    mesh_cfg = _section(config, "mesh")
-    sizes = parallel.mesh_shape(mesh_cfg, num_devices)
-    preset = mesh_cfg.get("preset", "dp")
-    parallel.check_preset(preset, sizes)
-    ways = sizes["data"] * sizes["fsdp"]
-    if train.batch_size % ways:
-        raise ConfigError(
-            f"config.train.batch_size={train.batch_size} is not divisible by the batch split {ways} "
-            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']})"
-        )
-    model = config.get("model")
-    axis = model.get("sequence_axis") if model is not None else None
-    if sizes["sequence"] > 1 and axis != "sequence":
-        raise ConfigError(
-            f"config.mesh.sequence={sizes['sequence']} splits the length, so the mixers must know it: set "
-            f"config.model.sequence_axis='sequence' (got {axis!r})"
-        )
-    procs = jax.process_count()
-    if procs > 1 and jax.local_device_count() % (sizes["sequence"] * sizes["tensor"]):
-        raise ConfigError(
-            f"config.mesh.sequence x config.mesh.tensor = {sizes['sequence'] * sizes['tensor']} must divide the "
-            f"{jax.local_device_count()} devices of one host: a host reads whole sequences"
-        )
-    return sizes
+    t_start = time.time()
+    distributed.initialize(config.get("distributed"))
+    workdir = Path(workdir)
+    sizes = validate_config(config)
+    check_workdir_config(config, workdir)
+    previous = finished_results(workdir, config.train.steps)
+    if previous is not None:
+        return previous
+    setup = set_up(config, workdir, sizes, t_start, task=task, model=model)
+    # Entered in this order, left in the reverse: the mesh/rules context first,
+    # then the checkpointer (which finishes pending saves), as before the split.
+    with Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt, parallel.activate(setup.mesh, setup.rules):
+        # Model code is traced inside the mesh/rules context: the backbone's sharding
+        # constraints and the sequence-parallel mixers read them from there.
+        start = restore_or_init(setup, ckpt)
+        with open_writer(workdir, resume_step=start.step, primary=setup.primary) as writer:
+            writer.message(start_message(setup, start))
+            evaluate = make_evaluate(setup, writer)
+            trained = train_loop(setup, start, ckpt, writer, evaluate)
+            return finish(setup, start, trained, ckpt, writer, evaluate)
 
 
-def check_lengths(config, task) -> None:
-    """Raises when the task's sequences are longer than the model's learned positions allow."""
-    model = config.get("model")
-    if model is None or model.get("positions") != "learned" or model.get("max_length") is None:
-        return
-    if task.max_length > model.max_length:
-        raise ConfigError(
-            f"config.model.max_length={model.max_length}: sequence longer than the model allows "
-            f"(task {task.name!r} feeds length {task.max_length}; learned positions need max_length >= it)"
-        )
-
-
-# --- one run per folder --------------------------------------------------------------
-
-# Fields that may change between invocations in the same folder: they change
-# bookkeeping or placement, not what is trained (train.steps may grow to
-# extend a run; the mesh and the processes may change, since 8 devices train
-# as 1 does and checkpoints restore into any sharding).
-RESUMABLE_FIELDS = (
-    "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
-    "model.sequence_axis", *(f"distributed.{k}" for k in distributed.FIELDS),
-)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def check_workdir_config(config, workdir: Path) -> None:
-    """Checks ``config`` against ``workdir/config.json`` when the folder has one.
-
-    :func:`run` writes that file once the config has passed every check, so a
-    config that failed (say, a too-long sequence) can be fixed in place.
+def finished_results(workdir: Path, steps: int) -> dict | None:
+    """The contents of ``workdir/results.json`` if it holds a finished run of ``steps`` steps.
 
     Args:
-      config: the full config.
-      workdir: the run folder.
+      workdir: the run's directory (need not exist).
+      steps: ``config.train.steps``.
 
-    Raises:
-      ConfigError: the folder holds a run of another config (names up to three
-        differing fields with both values).
+    Returns:
+      The results, or None (no file, unfinished, or another number of steps).
     """
-    path = workdir / "config.json"
+    path = workdir / "results.json"
     if not path.exists():
-        return
-    old, new = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(_jsonable(config.to_dict()))))
-    diffs = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)]
-    if diffs:
-        shown = ", ".join(f"config.{k}={new.get(k)!r} (run has {old.get(k)!r})" for k in diffs[:3])
-        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
-        raise ConfigError(
-            f"{workdir} holds a run of a different config: {shown}{more}; pass another --workdir or delete the folder"
-        )
+        return None
+    previous = json.loads(path.read_text())
+    if previous.get("finished") and previous.get("train", {}).get("steps") == steps:
+        return previous
+    return None
+
+
+def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task=None, model=None) -> Setup:
+    """Builds the task and the model, creates the workdir, then the mesh, optimiser and shardings.
+
+    Args:
+      config: the full config, already passed by :func:`~seqjax.train.config.validate_config`.
+      workdir: the run's directory (created here, after the last check).
+      sizes: the mesh axis sizes that ``validate_config`` returned.
+      t_start: ``time.time()`` at the start of :func:`run`.
+      task: a Task object, or None to build ``config.task``.
+      model: a Flax module, or None to build ``config.model``.
+
+    Returns:
+      The :class:`Setup`. The train iterator is at its start; one batch was
+      read from it (for shapes) and rewound.
+
+    Raises:
+      ConfigError: the task or the model rejects the config (the workdir is
+        then not created).
+    """
+    task, model, labels = _build(config, task, model)
+    _create_workdir(config, workdir)
+
+    steps, batch_size = config.train.steps, config.train.batch_size
+    preset = config.mesh.get("preset", "dp")
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.get_rules(preset)
+    tx, schedules = optim_lib.make_optimizer(config.optim, steps, labels)
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+
+    # The iterator yields this process's rows of the global batch.
+    iterator = task.train_iterator(config.seed, batch_size)
+    first_state = iterator.get_state()
+    sample = jax.tree.map(np.asarray, next(iterator))  # shapes for init and shardings
+    iterator.set_state(first_state)
+    procs = jax.process_count()
+    global_sample = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((x.shape[0] * procs,) + x.shape[1:], x.dtype) if x.ndim else x, sample)
+    sample_in = jax.tree.map(lambda x: x[:1], model_inputs(sample))
+    # One abstract trace of the model: the boxed parameter shapes give both the
+    # state's shapes and the logical names that place each parameter.
+    boxed = boxed_param_shapes(model, sample_in["inputs"], sample_in.get("segment_ids"))
+    abstract = jax.eval_shape(lambda p: create_train_state(p, tx), boxed)
+    # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
+    specs = parallel.param_specs(boxed, mesh, rules)
+    inputs = sample["inputs"]
+    return Setup(
+        config=config, workdir=workdir, task=task, model=model, primary=distributed.is_primary(), t_start=t_start,
+        sizes=sizes, preset=preset, mesh=mesh, rules=rules, tx=tx, schedules=schedules, iterator=iterator,
+        init_key=init_key, dropout_key=dropout_key, sample_in=sample_in,
+        tokens_per_example=int(np.prod(inputs.shape[1:2])) if inputs.ndim > 1 else 1,
+        abstract_state=abstract, state_shardings=state_shardings(abstract, mesh, specs),
+        batch_shardings=parallel.batch_shardings(global_sample, mesh, rules),
+    )
+
+
+def _build(config, task, model):
+    """``(task, model, labels)``: the objects, built and checked unless given."""
+    if task is None:
+        from seqjax import tasks
+
+        task = tasks.build(config.task)
+    check_lengths(config, task)
+    if model is None:
+        from seqjax import models
+
+        # The models' own limits too: mixer position tables, s4's l_max, a CLS token.
+        models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
+        model = models.build(config.model)
+    # The mixer of each layer, from the model itself: a model passed in need not
+    # be described by config.model.
+    labels = param_groups.labeler(layers=param_groups.layer_names(model))
+    return task, model, labels
+
+
+def _create_workdir(config, workdir: Path) -> None:
+    """Creates ``workdir`` and (process 0, first run) writes ``config.json`` in it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_primary() and not (workdir / "config.json").exists():
+        _write_json_atomic(workdir / "config.json", jsonable(config.to_dict()))
+
+
+def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
+    """The newest checkpoint of the workdir restored into its shardings, or a fresh state.
+
+    Call it inside ``parallel.activate(setup.mesh, setup.rules)``: a fresh
+    state is created by a jitted init, each device making only its shards.
+
+    Args:
+      setup: the run's set-up; a restore repositions ``setup.iterator``.
+      ckpt: the workdir's checkpointer.
+
+    Returns:
+      The :class:`Start`.
+
+    Raises:
+      ConfigError: ``config.train.steps`` is below the newest checkpoint's step.
+    """
+    steps = setup.config.train.steps
+    restored = ckpt.restore_latest(abstract_like(setup.abstract_state, setup.state_shardings))
+    if restored is not None:
+        step, state, meta = restored
+        if step > steps:
+            raise ConfigError(
+                f"config.train.steps={steps} is below the newest checkpoint in {setup.workdir} (step {step})")
+        setup.iterator.set_state(meta["data_iterator"])
+        return Start(
+            step=step, state=state, dropout_key=jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32)),
+            elapsed_s=float(meta.get("elapsed_s", 0.0)), loss=meta.get("loss"))
+    init = jax.jit(make_init_fn(setup.model, setup.tx), out_shardings=setup.state_shardings)
+    state = init(setup.init_key, setup.sample_in["inputs"], setup.sample_in.get("segment_ids"))
+    return Start(step=0, state=state, dropout_key=setup.dropout_key, elapsed_s=0.0, loss=None)
+
+
+def start_message(setup: Setup, start: Start) -> str:
+    """The ``train.log`` line that opens a run: steps, batch, mesh, processes, device kind."""
+    what = f"resuming from step {start.step}" if start.step else "starting"
+    layout = " x ".join(f"{a}={n}" for a, n in setup.sizes.items() if n > 1) or "1 device"
+    return (f"{what}: {setup.config.train.steps} steps, batch {setup.config.train.batch_size}, mesh {layout} "
+            f"(preset {setup.preset}), {jax.process_count()} process(es) ({jax.devices()[0].device_kind})")
+
+
+def make_evaluate(setup: Setup, writer: Writer) -> Callable[[int, Any], dict]:
+    """``(step, params) -> metrics``: ``task.evaluate`` with a jitted predict, logged as ``eval``.
+
+    Args:
+      setup: the run's set-up.
+      writer: where the eval metrics go.
+
+    Returns:
+      The evaluation function (every process evaluates the whole eval set).
+    """
+    # Outputs replicated: every process reads the whole prediction.
+    predict_jit = jax.jit(lambda params, b: apply_model(setup.model, params, b, deterministic=True),
+                          out_shardings=replicated(setup.mesh))
+    task_cfg = setup.config.get("task")
+    eval_seed = task_cfg.get("eval_seed") if task_cfg is not None else None
+    eval_seed = setup.config.seed if eval_seed is None else eval_seed
+
+    def evaluate(step: int, params) -> dict:
+        def predict(batch):
+            # Every process holds the whole eval batch.
+            b = jax.tree.map(np.asarray, model_inputs(batch))
+            shards = parallel.batch_shardings(b, setup.mesh, setup.rules)
+            return distributed.fetch(predict_jit(params, jax.tree.map(distributed.host_array_to_global, b, shards)))
+
+        metrics = setup.task.evaluate(predict, eval_seed)
+        writer.write(step, "eval", metrics)
+        return metrics
+
+    return evaluate
+
+
+class LogWindow:
+    """Train metrics averaged over each log window, and throughput without the compile step.
+
+    The first step a process runs includes compilation, so it is left out of
+    the throughput (unless it is the only step); a log window made of that
+    step alone reports its (slow) rate rather than none.
+    """
+
+    def __init__(self, *, first_step: int, steps: int, log_every: int, batch_size: int, tokens_per_example: int):
+        self.first_step, self.steps, self.log_every = first_step, steps, log_every
+        self.batch_size, self.tokens_per_example = batch_size, tokens_per_example
+        self.timed_steps, self.timed_seconds = 0, 0.0
+        self._metrics, self._steps, self._seconds = [], 0, 0.0
+
+    def add(self, s: int, metrics: dict, seconds: float) -> dict | None:
+        """Records step ``s`` (0-based) and returns the window's values when a log is due.
+
+        Args:
+          s: the step's index (the state then holds ``s + 1`` updates).
+          metrics: the step's metrics (device scalars; ``lr`` among them).
+          seconds: the step's wall time.
+
+        Returns:
+          None, or (at every ``log_every``-th update and the last) the window's
+          means, the last ``lr``, ``examples_per_s`` and ``tokens_per_s``.
+        """
+        self._metrics.append(metrics)
+        if s > self.first_step or self.steps - self.first_step == 1:
+            self.timed_steps, self.timed_seconds = self.timed_steps + 1, self.timed_seconds + seconds
+            self._steps, self._seconds = self._steps + 1, self._seconds + seconds
+        elif (s + 1) % self.log_every == 0:
+            self._steps, self._seconds = 1, seconds
+        done = s + 1
+        if done % self.log_every and done != self.steps:
+            return None
+        window = self._metrics
+        values = {k: float(np.mean([float(m[k]) for m in window])) for k in window[-1] if k != "lr"}
+        values["lr"] = float(window[-1]["lr"])
+        ex_s = self.batch_size * self._steps / max(self._seconds, 1e-9)
+        values.update(examples_per_s=ex_s, tokens_per_s=ex_s * self.tokens_per_example)
+        self._metrics, self._steps, self._seconds = [], 0, 0.0
+        return values
+
+    def examples_per_s(self) -> float | None:
+        """Examples per second over the timed steps, or None when none was timed."""
+        if self.timed_steps == 0:
+            return None
+        return self.batch_size * self.timed_steps / max(self.timed_seconds, 1e-9)
+
+
+def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
+               evaluate: Callable[[int, Any], dict]) -> Trained:
+    """Runs the steps ``start.step .. config.train.steps - 1``: log, checkpoint and evaluate on schedule.
+
+    Args:
+      setup: the run's set-up.
+      start: where to start (:func:`restore_or_init`); its state is donated.
+      ckpt: the checkpointer.
+      writer: the metric writer.
+      evaluate: :func:`make_evaluate`'s function (the evaluations of ``eval_every``).
+
+    Returns:
+      The :class:`Trained` state, last loss and throughput.
+
+    Raises:
+      TrainingDiverged: a non-finite loss or gradient norm (the last good
+        state is checkpointed first, at the step it had reached).
+    """
+    cfg = setup.config.train
+    steps, rep = cfg.steps, replicated(setup.mesh)
+    step_fn = jax.jit(
+        make_train_step(setup.model, setup.task, setup.tx, setup.schedules["lr"]),
+        in_shardings=(setup.state_shardings, setup.batch_shardings, rep),
+        out_shardings=(setup.state_shardings, rep),
+        donate_argnums=(0,),
+    )
+    rng_data = np.asarray(jax.random.key_data(start.dropout_key)).tolist()
+
+    def meta(step: int, data_state, loss) -> dict:
+        return {"step": step, "data_iterator": data_state, "rng": rng_data, "loss": loss,
+                "elapsed_s": start.elapsed_s + time.time() - setup.t_start}
+
+    window = LogWindow(first_step=start.step, steps=steps, log_every=cfg.log_every, batch_size=cfg.batch_size,
+                       tokens_per_example=setup.tokens_per_example)
+    iterator, state, last_loss = setup.iterator, start.state, start.loss
+    data_state = iterator.get_state()
+    batch = distributed.global_batch(next(iterator), setup.batch_shardings) if start.step < steps else None
+    # Redirected output (logs, CI) gets a redraw every 10 s instead of ~20 per second.
+    interactive = sys.stderr.isatty()
+    with tqdm(total=steps, initial=start.step, disable=not (cfg.progress and setup.primary), desc="train",
+              dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
+        for s in range(start.step, steps):
+            t_step = time.perf_counter()
+            state, metrics = step_fn(state, batch, start.dropout_key)
+            data_before, data_state = data_state, iterator.get_state()
+            if s + 1 < steps:  # fetch the next batch while the device computes this step
+                batch = distributed.global_batch(next(iterator), setup.batch_shardings)
+            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                # The step returned its input state: save it with the iterator before the bad batch.
+                msg = (f"training diverged at step {s}: loss={loss}, grad_norm={grad_norm}; "
+                       f"the last good state is checkpoint {s} in {ckpt.directory}")
+                ckpt.save(s, state, meta(s, data_before, last_loss))
+                ckpt.wait()
+                writer.message("ERROR " + msg)
+                raise TrainingDiverged(msg)
+            last_loss = loss
+            done = s + 1
+            values = window.add(s, metrics, time.perf_counter() - t_step)
+            if values is not None:
+                writer.write(done, "train", values)
+                bar.set_postfix(loss=f"{values['loss']:.4g}", ex_s=f"{values['examples_per_s']:.3g}",
+                                tok_s=f"{values['tokens_per_s']:.3g}")
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == steps:
+                ckpt.save(done, state, meta(done, data_state, loss))
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != steps:
+                evaluate(done, state.params)
+            bar.update(1)
+    return Trained(state=state, loss=last_loss, examples_per_s=window.examples_per_s())
+
+
+def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, writer: Writer,
+           evaluate: Callable[[int, Any], dict]) -> dict:
+    """Evaluates the final state, waits for the last checkpoint and writes ``results.json``.
+
+    Args:
+      setup: the run's set-up.
+      start: where this process started (its earlier wall time counts).
+      trained: :func:`train_loop`'s result.
+      ckpt: the checkpointer.
+      writer: the metric writer.
+      evaluate: :func:`make_evaluate`'s function.
+
+    Returns:
+      The results (also in ``workdir/results.json``, written by process 0).
+    """
+    steps = setup.config.train.steps
+    final_metrics = evaluate(steps, trained.state.params)
+    ckpt.wait()
+    examples_per_s = trained.examples_per_s
+    results = {
+        "metrics": jsonable(final_metrics),
+        "train": {
+            "loss": trained.loss,
+            "steps": steps,
+            "examples_per_s": examples_per_s,
+            "tokens_per_s": None if examples_per_s is None else examples_per_s * setup.tokens_per_example,
+        },
+        "config": jsonable(setup.config.to_dict()),
+        "seqjax_version": seqjax.__version__,
+        "git_hash": git_hash(),
+        "wall_time_s": start.elapsed_s + time.time() - setup.t_start,
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": math.prod(setup.sizes.values()),
+        "mesh": {**setup.sizes, "preset": setup.preset},
+        "num_processes": jax.process_count(),
+        "finished": True,
+    }
+    if setup.primary:
+        _write_json_atomic(setup.workdir / "results.json", results)
+    writer.message(f"finished {steps} steps: loss {trained.loss}, metrics {json.dumps(results['metrics'])}")
+    return results
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -252,282 +555,5 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-class _NullWriter:
-    """The metric writer of processes other than 0: only process 0 writes the run's files."""
-
-    def write(self, step: int, kind: str, values: dict) -> None:
-        del step, kind, values
-
-    def message(self, text: str) -> None:
-        del text
-
-    def close(self) -> None:
-        pass
-
-
-# Batch keys the model is applied with (besides ``inputs``), when the task provides them.
-MODEL_KEYS = ("segment_ids", "mask")
-
-
-def _model_inputs(batch: dict) -> dict:
-    """Only what the model sees: ``inputs`` and, if present, ``segment_ids`` and ``mask``.
-
-    ``mask`` (True at real positions) reaches the classification head's
-    pooling, so padded sequences pool over their real tokens only.
-    """
-    out = {"inputs": batch["inputs"]}
-    for key in MODEL_KEYS:
-        if batch.get(key) is not None:
-            out[key] = batch[key]
-    return out
-
-
-def _apply(model, params, batch: dict, **kwargs):
-    extra = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
-    return model.apply({"params": params}, batch["inputs"], **extra, **kwargs)
-
-
-def make_train_step(model, task, tx, lr_schedule):
-    """The (unjitted) train step ``(state, batch, key) -> (state, metrics)``.
-
-    A non-finite loss or gradient norm returns the input state unchanged, so
-    that the host can checkpoint the last good state after seeing the loss.
-    """
-
-    def train_step(state: TrainState, batch, key):
-        step_key = jax.random.fold_in(key, state.step)
-
-        def loss_fn(params):
-            outputs = _apply(model, params, batch, deterministic=False, rngs={"dropout": step_key})
-            return task.loss(outputs, batch)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
-        return new, metrics
-
-    return train_step
-
-
-# --- the run -------------------------------------------------------------------------
-
-
-def run(config, workdir, *, task=None, model=None) -> dict:
-    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and returns the results.
-
-    Args:
-      config: the full ConfigDict (``seed``, ``task``, ``model``, ``optim``, ``train``, ``mesh``).
-      workdir: the run's directory (created).
-      task: a Task object to use instead of ``seqjax.tasks.build(config.task)``.
-      model: a Flax module to use instead of ``seqjax.models.build(config.model)``.
-
-    Returns:
-      The contents of ``workdir/results.json``.
-
-    Raises:
-      ConfigError: a bad config field (before anything is built).
-      TrainingDiverged: the loss became NaN/Inf (after checkpointing the last good state).
-    """
-    t_start = time.time()
-    distributed.initialize(config.get("distributed"))
-    primary = distributed.is_primary()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    sizes = validate_config(config)
-    check_workdir_config(config, workdir)
-    train_cfg, steps = config.train, config.train.steps
-    results_path = workdir / "results.json"
-    if results_path.exists():
-        previous = json.loads(results_path.read_text())
-        if previous.get("finished") and previous.get("train", {}).get("steps") == steps:
-            return previous
-    if task is None:
-        from seqjax import tasks
-
-        task = tasks.build(config.task)
-    check_lengths(config, task)
-    if model is None:
-        from seqjax import models
-
-        # The models' own limits too: mixer position tables, s4's l_max, a CLS token.
-        models.check_length(config.model, task.max_length, f"task {task.name!r} max_length")
-        model = models.build(config.model)
-    if primary and not (workdir / "config.json").exists():
-        _write_json_atomic(workdir / "config.json", _jsonable(config.to_dict()))
-
-    preset = config.mesh.get("preset", "dp")
-    mesh = parallel.make_mesh(config.mesh)
-    rules = parallel.get_rules(preset)
-    rep = replicated(mesh)
-    tx, schedules = optim_lib.make_optimizer(config.optim, steps)
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-
-    # The iterator yields this process's rows of the global batch.
-    iterator = task.train_iterator(config.seed, train_cfg.batch_size)
-    first_state = iterator.get_state()
-    sample = jax.tree.map(np.asarray, next(iterator))  # shapes for init and shardings
-    iterator.set_state(first_state)
-    procs = jax.process_count()
-    global_sample = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((x.shape[0] * procs,) + x.shape[1:], x.dtype) if x.ndim else x, sample)
-    sample_in = jax.tree.map(lambda x: x[:1], _model_inputs(sample))
-    init_fn = make_init_fn(model, tx)
-    # One abstract trace of the model: the boxed parameter shapes give both the
-    # state's shapes and the logical names that place each parameter.
-    boxed = boxed_param_shapes(model, sample_in["inputs"], sample_in.get("segment_ids"))
-    abstract = jax.eval_shape(lambda p: create_train_state(p, tx), boxed)
-    # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
-    specs = parallel.param_specs(boxed, mesh, rules)
-    st_shard = state_shardings(abstract, mesh, specs)
-    b_shard = parallel.batch_shardings(global_sample, mesh, rules)
-
-    ckpt = Checkpointer(workdir, keep=train_cfg.keep_checkpoints)
-    writer, bar = None, None
-    # Model code is traced inside the mesh/rules context: the backbone's sharding
-    # constraints and the sequence-parallel mixers read them from there.
-    context = parallel.activate(mesh, rules)
-    context.__enter__()
-    try:
-        restored = ckpt.restore_latest(abstract_like(abstract, st_shard))
-        if restored is not None:
-            step0, state, meta = restored
-            if step0 > steps:
-                raise ConfigError(
-                    f"config.train.steps={steps} is below the newest checkpoint in {workdir} (step {step0})"
-                )
-            iterator.set_state(meta["data_iterator"])
-            dropout_key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
-            elapsed_before, last_loss = float(meta.get("elapsed_s", 0.0)), meta.get("loss")
-        else:
-            step0, elapsed_before, last_loss = 0, 0.0, None
-            # Each device creates only its own shards of the parameters.
-            init = jax.jit(init_fn, out_shardings=st_shard)
-            state = init(init_key, sample_in["inputs"], sample_in.get("segment_ids"))
-        rng_data = np.asarray(jax.random.key_data(dropout_key)).tolist()
-
-        writer = MetricWriter(workdir, resume_step=step0) if primary else _NullWriter()
-        what = f"resuming from step {step0}" if step0 else "starting"
-        layout = " x ".join(f"{a}={n}" for a, n in sizes.items() if n > 1) or "1 device"
-        writer.message(f"{what}: {steps} steps, batch {train_cfg.batch_size}, mesh {layout} "
-                       f"(preset {preset}), {procs} process(es) "
-                       f"({jax.devices()[0].device_kind})")
-        step_fn = jax.jit(
-            make_train_step(model, task, tx, schedules["lr"]),
-            in_shardings=(st_shard, b_shard, rep),
-            out_shardings=(st_shard, rep),
-            donate_argnums=(0,),
-        )
-        # Outputs replicated: every process reads the whole prediction.
-        predict_jit = jax.jit(lambda params, b: _apply(model, params, b, deterministic=True), out_shardings=rep)
-        task_cfg = config.get("task")
-        eval_seed = task_cfg.get("eval_seed") if task_cfg is not None else None
-        eval_seed = config.seed if eval_seed is None else eval_seed
-
-        def evaluate(step: int, params) -> dict:
-            def predict(batch):
-                # Every process holds the whole eval batch.
-                b = jax.tree.map(np.asarray, _model_inputs(batch))
-                shards = parallel.batch_shardings(b, mesh, rules)
-                return distributed.fetch(predict_jit(params, jax.tree.map(distributed.host_array_to_global, b, shards)))
-
-            metrics = task.evaluate(predict, eval_seed)
-            writer.write(step, "eval", metrics)
-            return metrics
-
-        def make_meta(step: int, data_state, loss) -> dict:
-            return {"step": step, "data_iterator": data_state, "rng": rng_data, "loss": loss,
-                    "elapsed_s": elapsed_before + time.time() - t_start}
-
-        tokens_per_example = int(np.prod(sample["inputs"].shape[1:2])) if sample["inputs"].ndim > 1 else 1
-        # Redirected output (logs, CI) gets a redraw every 10 s instead of ~20 per second.
-        interactive = sys.stderr.isatty()
-        bar = tqdm(total=steps, initial=step0, disable=not (train_cfg.progress and primary), desc="train",
-                   dynamic_ncols=True,
-                   mininterval=0.1 if interactive else 10.0)
-        timed_steps, timed_seconds = 0, 0.0
-        window, window_steps, window_seconds = [], 0, 0.0
-        data_state = iterator.get_state()
-        batch = distributed.global_batch(next(iterator), b_shard) if step0 < steps else None
-        for s in range(step0, steps):
-            t_step = time.perf_counter()
-            state, metrics = step_fn(state, batch, dropout_key)
-            data_before, data_state = data_state, iterator.get_state()
-            if s + 1 < steps:  # fetch the next batch while the device computes this step
-                batch = distributed.global_batch(next(iterator), b_shard)
-            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                # The step returned its input state: save it with the iterator before the bad batch.
-                msg = (f"training diverged at step {s}: loss={loss}, grad_norm={grad_norm}; "
-                       f"the last good state is checkpoint {s} in {ckpt.directory}")
-                ckpt.save(s, state, make_meta(s, data_before, last_loss))
-                ckpt.wait()
-                writer.message("ERROR " + msg)
-                raise TrainingDiverged(msg)
-            last_loss = loss
-            seconds = time.perf_counter() - t_step
-            window.append(metrics)
-            if s > step0 or steps - step0 == 1:  # the first step of a process includes compilation
-                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + seconds
-                window_steps, window_seconds = window_steps + 1, window_seconds + seconds
-            elif (s + 1) % train_cfg.log_every == 0:
-                # A window of only the compile step: report its (slow) rate rather than none.
-                window_steps, window_seconds = 1, seconds
-            done = s + 1
-            if done % train_cfg.log_every == 0 or done == steps:
-                values = {k: float(np.mean([float(m[k]) for m in window])) for k in window[-1] if k != "lr"}
-                values["lr"] = float(window[-1]["lr"])
-                ex_s = train_cfg.batch_size * window_steps / max(window_seconds, 1e-9)
-                values.update(examples_per_s=ex_s, tokens_per_s=ex_s * tokens_per_example)
-                writer.write(done, "train", values)
-                bar.set_postfix(loss=f"{values['loss']:.4g}", ex_s=f"{ex_s:.3g}",
-                                tok_s=f"{ex_s * tokens_per_example:.3g}")
-                window, window_steps, window_seconds = [], 0, 0.0
-            if (train_cfg.checkpoint_every and done % train_cfg.checkpoint_every == 0) or done == steps:
-                ckpt.save(done, state, make_meta(done, data_state, loss))
-            if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done != steps:
-                evaluate(done, state.params)
-            bar.update(1)
-        bar.close()
-        final_metrics = evaluate(steps, state.params)
-        ckpt.wait()
-        if timed_steps == 0:
-            examples_per_s = None
-        else:
-            examples_per_s = train_cfg.batch_size * timed_steps / max(timed_seconds, 1e-9)
-        results = {
-            "metrics": _jsonable(final_metrics),
-            "train": {
-                "loss": last_loss,
-                "steps": steps,
-                "examples_per_s": examples_per_s,
-                "tokens_per_s": None if examples_per_s is None else examples_per_s * tokens_per_example,
-            },
-            "config": _jsonable(config.to_dict()),
-            "seqjax_version": seqjax.__version__,
-            "git_hash": git_hash(),
-            "wall_time_s": elapsed_before + time.time() - t_start,
-            "device_kind": jax.devices()[0].device_kind,
-            "num_devices": math.prod(sizes.values()),
-            "mesh": {**sizes, "preset": preset},
-            "num_processes": procs,
-            "finished": True,
-        }
-        if primary:
-            _write_json_atomic(results_path, results)
-        writer.message(f"finished {steps} steps: loss {last_loss}, metrics {json.dumps(results['metrics'])}")
-        return results
-    finally:
-        context.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
-        ckpt.close()
-        if writer is not None:
-            writer.close()
-
-
-__all__ = ["run", "default_config", "validate_config", "check_workdir_config", "check_lengths", "TrainingDiverged",
-           "make_train_step", "git_hash"]
+__all__ = ["run", "TrainingDiverged", "Setup", "Start", "Trained", "set_up", "restore_or_init", "train_loop",
+           "finish", "finished_results", "make_evaluate", "start_message", "LogWindow", "git_hash"]

@@ -1,22 +1,20 @@
-"""The optimiser: parameter groups, the learning-rate schedule and clipping.
+"""The optimiser: per-group Adam(W), the learning-rate schedule and clipping.
 
-Every parameter lands in exactly one of three groups, decided by its leaf name
-(the last key of its path in the param tree) and its rank:
+Every parameter is in one of three groups; which one is decided by the model
+(:mod:`seqjax.models.param_groups`: the mixers declare their SSM dynamics),
+and this module only receives the labels:
 
 ``"ssm"``
-  SSM dynamics (the names in :data:`SSM_PARAMS`). They get their own learning
-  rate (``config.optim.ssm_learning_rate``, ``None`` = the base rate) and no
-  weight decay: S4, S4D and S5 train Λ, Δ and B with a smaller rate and no
-  decay, and decaying ``A_log``/``dt_bias`` would pull Mamba's decay rates
-  towards a fixed value instead of towards "no memory".
+  SSM dynamics: their own learning rate (``config.optim.ssm_learning_rate``,
+  ``None`` = the base rate) and no weight decay. S4, S4D and S5 train Λ, Δ
+  and B with a smaller rate and no decay, and decaying ``A_log``/``dt_bias``
+  would pull Mamba's decay rates towards a fixed value instead of towards
+  "no memory".
 ``"no_decay"``
   Norm scales, biases, embedding tables and every other parameter of rank
-  <= 1 (per-channel vectors such as the skip ``D``): base learning rate, no
-  weight decay. Embeddings are left undecayed (minGPT's convention): decay
-  shrinks the rows of rare tokens towards zero between the steps that see them.
+  <= 1: base learning rate, no weight decay.
 ``"decay"``
-  Everything else (projection matrices, convolution weights, recurrent
-  matrices, the output maps ``C``): base learning rate and weight decay.
+  Everything else: base learning rate and weight decay.
 
 The schedule is a linear warm-up followed by a cosine decay to
 ``min_lr_ratio * learning_rate`` at ``config.train.steps`` (or a constant rate
@@ -33,81 +31,10 @@ import jax.numpy as jnp
 import optax
 
 from seqjax.errors import ConfigError, check_choice, check_positive
+from seqjax.models.param_groups import GROUPS
 
-GROUPS = ("decay", "no_decay", "ssm")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "constant")
-
-# Leaf names of SSM-dynamics parameters, read from the ``self.param(`` calls in
-# seqjax/mixers/*.py. One entry per name; the comment says whose and why.
-SSM_PARAMS: dict[str, str] = {
-    # Mamba / Mamba-2 / Hydra: log of -A (the state decay rates).
-    "A_log": "mamba, mamba2, hydra: log(-A), the decay rates of the state",
-    # Mamba / Mamba-2 / Hydra: bias of the input-dependent step size Δ.
-    "dt_bias": "mamba, mamba2, hydra: softplus^-1 of the base step size Δ",
-    # S4 / S4D / S5 / LSSL: log of the (per channel or per mode) step size Δ.
-    "log_step": "s4, s4d, s5, lssl: log Δ (S4/S5 code: SSM learning rate, no decay)",
-    # S4 / S4D: Re Λ stored as log(-Re Λ) so that Re Λ < 0 for any value.
-    "Lambda_log_re": "s4, s4d: log(-Re Λ) of the diagonal state matrix",
-    # S4 / S4D / S5: imaginary part of the diagonal state matrix.
-    "Lambda_im": "s4, s4d, s5: Im Λ of the diagonal state matrix",
-    # S5: real part of Λ (clipped negative in the forward pass).
-    "Lambda_re": "s5: Re Λ of the diagonal state matrix",
-    # S4 (DPLR): the low-rank correction P of A = Λ - P P*.
-    "P": "s4: low-rank term of the DPLR state matrix",
-    # S4 / S4D / S5: the input matrix B (their public code puts B in the SSM group).
-    "B": "s4, s4d, s5: input matrix B (SSM group in the S4 and S5 code)",
-    # LRU: ν and θ parametrise the eigenvalues λ = exp(-exp(ν) + i exp(θ)).
-    "nu_log": "lru: log of -log|λ| (eigenvalue modulus)",
-    "theta_log": "lru: log of the eigenvalue phase",
-    # LRU: the normalisation γ = sqrt(1 - |λ|²) is tied to λ.
-    "gamma_log": "lru: log of the input normalisation γ",
-    # LRU: B is trained with the recurrent parameters (reduced rate, no decay).
-    "B_re": "lru: real part of the input matrix B",
-    "B_im": "lru: imaginary part of the input matrix B",
-}
-
-# Leaf names that are never decayed (besides rank <= 1 parameters).
-NO_DECAY_NAMES = frozenset({"bias", "scale", "norm", "embedding", "D"})
-
-
-def _leaf_name(path) -> str | None:
-    """The last dict key / attribute name of a tree path (skips boxes' ``.value``)."""
-    for entry in reversed(path):
-        if isinstance(entry, jax.tree_util.DictKey):
-            return str(entry.key)
-        if isinstance(entry, jax.tree_util.GetAttrKey) and entry.name != "value":
-            return entry.name
-    return None
-
-
-def group_of(name: str | None, ndim: int) -> str:
-    """The parameter group of a leaf called ``name`` of rank ``ndim``.
-
-    Args:
-      name: the leaf's name in the param tree (e.g. ``"A_log"``, ``"kernel"``).
-      ndim: its rank.
-
-    Returns:
-      ``"ssm"``, ``"no_decay"`` or ``"decay"``.
-    """
-    if name in SSM_PARAMS:
-        return "ssm"
-    if ndim <= 1 or name in NO_DECAY_NAMES or (name is not None and (name.endswith("bias") or name.startswith("norm"))):
-        return "no_decay"
-    return "decay"
-
-
-def param_labels(params: Any) -> Any:
-    """The group label of every leaf of ``params`` (same tree structure).
-
-    Args:
-      params: a parameter pytree (unboxed; nested dicts from Flax).
-
-    Returns:
-      A pytree of strings, one of :data:`GROUPS` per leaf.
-    """
-    return jax.tree_util.tree_map_with_path(lambda p, x: group_of(_leaf_name(p), jnp.ndim(x)), params)
 
 
 def make_schedule(
@@ -190,17 +117,21 @@ def _group_transform(optimizer: str, lr, weight_decay: float, b1: float, b2: flo
     return tx
 
 
-def make_optimizer(optim: Mapping, steps: int) -> tuple[optax.GradientTransformation, dict[str, Callable]]:
+def make_optimizer(
+    optim: Mapping, steps: int, labels: Any | Callable[[Any], Any]
+) -> tuple[optax.GradientTransformation, dict[str, Callable]]:
     """The full optimiser from ``config.optim``.
 
     Args:
-      optim: ``config.optim`` (fields in the module docstring of ``seqjax.train``).
+      optim: ``config.optim`` (fields in docs/training.md).
       steps: ``config.train.steps`` (length of the cosine).
+      labels: the group (one of :data:`GROUPS`) of every parameter leaf: a
+        tree like the params, or a function of the params returning one
+        (``seqjax.models.param_groups.labeler(config.model)``).
 
     Returns:
-      ``(tx, schedules)``: the optax transformation (labels computed from the
-      param tree it is initialised with) and ``{"lr": ..., "ssm_lr": ...}``
-      schedules for logging.
+      ``(tx, schedules)``: the optax transformation and
+      ``{"lr": ..., "ssm_lr": ...}`` schedules for logging.
 
     Raises:
       ConfigError: a bad ``config.optim`` field.
@@ -222,9 +153,8 @@ def make_optimizer(optim: Mapping, steps: int) -> tuple[optax.GradientTransforma
     if optim["clip_norm"] > 0:
         # Clip the global norm over all groups together, before the groups split.
         parts.append(optax.clip_by_global_norm(float(optim["clip_norm"])))
-    parts.append(optax.multi_transform(groups, param_labels))
+    parts.append(optax.multi_transform(groups, labels))
     return optax.chain(*parts), {"lr": lr, "ssm_lr": ssm_lr}
 
 
-__all__ = ["GROUPS", "SSM_PARAMS", "NO_DECAY_NAMES", "group_of", "param_labels", "make_schedule",
-           "make_optimizer", "validate"]
+__all__ = ["GROUPS", "make_schedule", "make_optimizer", "validate"]

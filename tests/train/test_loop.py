@@ -9,15 +9,24 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
+from seqjax import models
 from seqjax.errors import ConfigError
 from seqjax.train import TrainingDiverged, run
 from tests.train.toy import ToyModel, ToyTask, final_params, losses, make_config
 
 RESULT_KEYS = {"metrics", "train", "config", "seqjax_version", "git_hash", "wall_time_s", "device_kind",
                "num_devices", "mesh", "num_processes", "finished"}
+
+
+def _assert_contexts_left():
+    """No mesh or logical-axis rules stay active after run() (it enters them with ``with``)."""
+    assert jax.sharding.get_abstract_mesh().empty
+    assert not nn.get_logical_axis_rules()
 
 
 def _assert_same_params(a, b, tol=1e-6):
@@ -28,34 +37,37 @@ def _assert_same_params(a, b, tol=1e-6):
 
 def test_loss_goes_down_and_outputs(tmp_path):
     config = make_config(steps=60, log_every=1, checkpoint_every=25, eval_every=30)
-    results = run(config, tmp_path, task=ToyTask(), model=ToyModel())
-    curve = losses(tmp_path)
+    workdir = tmp_path / "new" / "run"  # created, parents too
+    results = run(config, workdir, task=ToyTask(), model=ToyModel())
+    assert {p.name for p in workdir.iterdir()} == {"config.json", "results.json", "metrics.jsonl", "train.log", "tb",
+                                                  "checkpoints"}
+    curve = losses(workdir)
     assert sorted(curve) == list(range(1, 61))
     first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (58, 59, 60)])
     assert last < 0.5 * first, (first, last)
     # results.json: all keys, written to disk, the final eval equals the returned one.
-    on_disk = json.loads((tmp_path / "results.json").read_text())
+    on_disk = json.loads((workdir / "results.json").read_text())
     assert set(on_disk) == RESULT_KEYS and on_disk == results
     assert results["finished"] is True and results["train"]["steps"] == 60
     assert results["train"]["loss"] == pytest.approx(curve[60])
     assert results["train"]["examples_per_s"] > 0 and results["num_devices"] == 1
     assert results["config"]["train"]["steps"] == 60 and results["metrics"]["num_batches"] == 2
     # metrics.jsonl: train lines every step, eval at 30 and at the end.
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "eval"] == [30, 60]
     assert {"loss", "mse", "grad_norm", "lr", "examples_per_s", "tokens_per_s"} <= set(records[0])
     # TensorBoard reads the same losses back.
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    acc = accumulator.EventAccumulator(str(tmp_path / "tb"))
+    acc = accumulator.EventAccumulator(str(workdir / "tb"))
     acc.Reload()
     tb = {s.step: s.value for s in acc.Scalars("train/loss")}
     np.testing.assert_allclose([tb[s] for s in range(1, 61)], [curve[s] for s in range(1, 61)], rtol=1e-6)
     assert acc.Scalars("eval/mse")[-1].value == pytest.approx(results["metrics"]["mse"], rel=1e-6)
     # Checkpoints: keep_checkpoints=2 of {25, 50, 60}.
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [50, 60]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [50, 60]
     # Same steps again: results.json is returned without training (no iterator is made).
     task = ToyTask()
-    assert run(config, tmp_path, task=task, model=ToyModel()) == results
+    assert run(config, workdir, task=task, model=ToyModel()) == results
     assert task.iterators_made == 0
 
 
@@ -142,6 +154,7 @@ def test_nan_loss_raises_and_checkpoints_last_good_state(tmp_path):
     assert "diverged at step 7" in (tmp_path / "train.log").read_text()
     assert not (tmp_path / "results.json").exists()
     assert max(losses(tmp_path)) == 7  # steps 1..7 were logged, nothing after
+    _assert_contexts_left()
 
 
 def _set(config, dotted, value):
@@ -173,14 +186,50 @@ def test_config_errors_name_the_field(tmp_path, field, value):
     config = make_config(steps=20)
     config.mesh.data = 8 if field == "train.batch_size" else 1
     _set(config, field, value)
-    task = ToyTask()
+    task, workdir = ToyTask(), tmp_path / "run"
     with pytest.raises(ConfigError) as info:
-        run(config, tmp_path, task=task, model=ToyModel())
+        run(config, workdir, task=task, model=ToyModel())
     message = str(info.value)
     named = "config.mesh.data" if field == "train.batch_size" else f"config.{field}"
     assert "\n" not in message and f"config.{field}" in message and named in message, message
     assert repr(value) in message or str(value) in message
     assert task.iterators_made == 0  # raised before anything was built
+    assert not workdir.exists()  # nor written
+
+
+def _real_model_config(**fields):
+    """A real seqjax model that fits the toy task: continuous inputs (4 wide), regression head."""
+    config = make_config(steps=2)
+    config.model = models.default_config()
+    config.model.update(dict(mixers="mha", num_layers=1, d_model=8, input="continuous", input_dim=4,
+                             head="regression", output_dim=1, mixer_kwargs={"mha": {"num_heads": 2}}))
+    config.model.update(fields)
+    return config
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        # The model's own check (models.check_length): mha's position table is shorter than the task's 6.
+        ({"max_length": 4, "mixer_kwargs": {"mha": {"num_heads": 2, "positions": "learned"}}},
+         r"sequence longer than the model allows \(mixer 'mha'"),
+        ({"d_model": 0}, r"config\.model\.d_model=0"),  # models.build
+    ],
+)
+def test_a_failing_model_config_creates_no_workdir(tmp_path, fields, match):
+    """The checks that need the task or build the model run before the workdir is made too."""
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=match):
+        run(_real_model_config(**fields), workdir, task=ToyTask())
+    assert not workdir.exists()
+
+
+def test_a_model_passed_in_need_not_match_config_model(tmp_path):
+    """The parameter groups come from the model object: config.model may hold fields seqjax.models does not know."""
+    config = make_config(steps=2, log_every=1, checkpoint_every=0)
+    config.model.width = 16  # describes the toy model, not a seqjax model
+    results = run(config, tmp_path, task=ToyTask(), model=ToyModel())
+    assert math.isfinite(results["train"]["loss"])
 
 
 def test_sequence_longer_than_learned_positions(tmp_path):
@@ -188,9 +237,10 @@ def test_sequence_longer_than_learned_positions(tmp_path):
     config.model.positions = "learned"
     config.model.max_length = 4  # the toy task feeds length 6
     with pytest.raises(ConfigError, match=r"config\.model\.max_length=4.*sequence longer than the model allows"):
-        run(config, tmp_path, task=ToyTask(), model=ToyModel())
+        run(config, tmp_path / "run", task=ToyTask(), model=ToyModel())
+    assert not (tmp_path / "run").exists()
     config.model.positions = "sinusoidal"  # no table to run past: allowed
-    assert math.isfinite(run(config, tmp_path, task=ToyTask(), model=ToyModel())["train"]["loss"])
+    assert math.isfinite(run(config, tmp_path / "run", task=ToyTask(), model=ToyModel())["train"]["loss"])
 
 
 def test_a_folder_holds_one_config(tmp_path):
@@ -207,3 +257,9 @@ def test_a_folder_holds_one_config(tmp_path):
     # Bookkeeping fields may change: more steps extend the run.
     longer = make_config(steps=6, checkpoint_every=0, log_every=2)
     assert run(longer, tmp_path, task=ToyTask(), model=ToyModel())["train"]["steps"] == 6
+    # Fewer steps than the newest checkpoint: an error raised inside the mesh
+    # context and the open checkpointer, which are left as the error passes.
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(ConfigError, match=r"config\.train\.steps=3 is below the newest checkpoint .* \(step 6\)"):
+        run(make_config(steps=3, checkpoint_every=0), tmp_path, task=ToyTask(), model=ToyModel())
+    _assert_contexts_left()

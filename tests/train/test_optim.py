@@ -1,4 +1,8 @@
-"""Tests of seqjax.train.optim: parameter groups, per-group updates, clipping and the schedule."""
+"""Tests of seqjax.train.optim: per-group updates, clipping and the schedule.
+
+The groups themselves (which parameter is "ssm", "no_decay", "decay") are
+tested in test_param_groups.py; here they come from a real s5 + mamba model.
+"""
 
 import math
 
@@ -9,41 +13,30 @@ import ml_collections
 import numpy as np
 import pytest
 
-import seqjax.mixers
+from seqjax import models
+from seqjax.models.param_groups import labeler, param_labels
 from seqjax.train import default_config
-from seqjax.train.optim import make_optimizer, make_schedule, param_labels
+from seqjax.train.optim import make_optimizer, make_schedule
 
 
 def _flat(tree):
     return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _mixer_params(name, rng):
-    x = jnp.asarray(rng.normal(size=(1, 8, 8)), jnp.float32)
-    # Jitted init: eager init of mamba/s5 takes several seconds on CPU.
-    variables = jax.jit(seqjax.mixers.get(name)().init)(jax.random.key(0), x)
-    return nn.meta.unbox(variables["params"])
-
-
-class _Block(nn.Module):
-    """Embedding, LayerNorm and a biased Dense: the non-mixer parts of a model.
-
-    Attributes:
-      (none)
-    """
-
-    @nn.compact
-    def __call__(self, tokens):
-        h = nn.Embed(11, 8)(tokens)
-        return nn.Dense(8)(nn.LayerNorm()(h))
+def _model_config():
+    """Two layers (s5, mamba) on tokens, with a learned position table: every group is present."""
+    cfg = models.default_config()
+    cfg.update(dict(mixers="s5,mamba", num_layers=2, d_model=8, vocab_size=11, max_length=8, positions="learned"))
+    return cfg
 
 
 @pytest.fixture(scope="module")
 def real_params():
-    """Params of real s5 and mamba mixers plus an embedding/LayerNorm/Dense block (built once)."""
-    rng = np.random.default_rng(0)
-    block = nn.meta.unbox(_Block().init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"])
-    return {"s5": _mixer_params("s5", rng), "mamba": _mixer_params("mamba", rng), "block": block}
+    """Params of a real s5 + mamba model (built once)."""
+    model = models.build(_model_config())
+    # Jitted init: eager init of mamba/s5 takes several seconds on CPU.
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    return nn.meta.unbox(variables["params"])
 
 
 def _optim(**kw):
@@ -52,17 +45,25 @@ def _optim(**kw):
     return optim
 
 
+def _make(optim, steps=10):
+    return make_optimizer(optim, steps, labeler(_model_config()))
+
+
 def test_param_groups_of_real_mixers(real_params):
-    labels = _flat(param_labels(real_params))
+    labels = _flat(param_labels(real_params, _model_config()))
+    s5, mamba = "['backbone']['block_0']['mixer']", "['backbone']['block_1']['mixer']"
     expected = {
-        "['s5']['Lambda_re']": "ssm", "['s5']['Lambda_im']": "ssm", "['s5']['log_step']": "ssm",
-        "['s5']['B']": "ssm", "['s5']['C']": "decay", "['s5']['D']": "no_decay",
-        "['mamba']['A_log']": "ssm", "['mamba']['dt_bias']": "ssm", "['mamba']['D']": "no_decay",
-        "['mamba']['conv_bias']": "no_decay", "['mamba']['conv_weight']": "decay",
-        "['mamba']['in_proj']['kernel']": "decay", "['mamba']['dt_proj']['kernel']": "decay",
-        "['block']['Embed_0']['embedding']": "no_decay", "['block']['LayerNorm_0']['scale']": "no_decay",
-        "['block']['LayerNorm_0']['bias']": "no_decay", "['block']['Dense_0']['bias']": "no_decay",
-        "['block']['Dense_0']['kernel']": "decay",
+        f"{s5}['Lambda_re']": "ssm", f"{s5}['Lambda_im']": "ssm", f"{s5}['log_step']": "ssm",
+        f"{s5}['B']": "ssm", f"{s5}['C']": "decay", f"{s5}['D']": "no_decay",
+        f"{mamba}['A_log']": "ssm", f"{mamba}['dt_bias']": "ssm", f"{mamba}['D']": "no_decay",
+        f"{mamba}['conv_bias']": "no_decay", f"{mamba}['conv_weight']": "decay",
+        f"{mamba}['in_proj']['kernel']": "decay", f"{mamba}['dt_proj']['kernel']": "decay",
+        "['embed']['embedding']": "no_decay", "['embed']['positions']['embedding']": "no_decay",
+        "['backbone']['block_0']['mixer_norm']['scale']": "no_decay",
+        "['backbone']['block_0']['mixer_norm']['bias']": "no_decay",
+        "['backbone']['block_0']['channel']['wi']['bias']": "no_decay",
+        "['backbone']['block_0']['channel']['wi']['kernel']": "decay",
+        "['head']['logits']['kernel']": "decay",
     }
     assert {k: labels[k] for k in expected} == expected
     assert set(labels.values()) == {"ssm", "decay", "no_decay"}
@@ -72,10 +73,10 @@ def test_weight_decay_only_on_decay_group(real_params):
     """One AdamW step with zero gradient: only "decay" leaves shrink, by exactly lr * wd * p."""
     lr, wd = 0.01, 0.1
     params = real_params
-    tx, _ = make_optimizer(_optim(learning_rate=lr, weight_decay=wd, schedule="constant", ssm_learning_rate=0.05), 10)
+    tx, _ = _make(_optim(learning_rate=lr, weight_decay=wd, schedule="constant", ssm_learning_rate=0.05))
     grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
-    labels, ups, ps = _flat(param_labels(params)), _flat(updates), _flat(params)
+    labels, ups, ps = _flat(param_labels(params, _model_config())), _flat(updates), _flat(params)
     for key, label in labels.items():
         p = np.asarray(ps[key], np.float64)
         want = -lr * wd * p if label == "decay" else np.zeros_like(p)
@@ -88,10 +89,10 @@ def test_ssm_group_uses_ssm_learning_rate(real_params, rng):
     params = real_params
     optim = _optim(optimizer="adam", learning_rate=lr, ssm_learning_rate=ssm_lr, weight_decay=0.0, b1=b1, b2=b2,
                    eps=eps, schedule="constant", clip_norm=0.0)
-    tx, _ = make_optimizer(optim, 10)
+    tx, _ = _make(optim)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
     updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
-    labels, ups, gs = _flat(param_labels(params)), _flat(updates), _flat(grads)
+    labels, ups, gs = _flat(param_labels(params, _model_config())), _flat(updates), _flat(grads)
     for key, label in labels.items():
         g = np.asarray(gs[key], np.float64)
         m_hat = (1 - b1) * g / (1 - b1)
@@ -107,7 +108,7 @@ def test_global_norm_clipping(rng):
     params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))}
     grads = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
     tx, _ = make_optimizer(_optim(optimizer="adam", learning_rate=lr, eps=eps, weight_decay=0.0,
-                                  schedule="constant", clip_norm=clip), 10)
+                                  schedule="constant", clip_norm=clip), 10, labeler(None))
     updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
     g = {k: np.asarray(v, np.float64) for k, v in grads.items()}
     norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
@@ -142,5 +143,5 @@ def test_schedule_matches_formula(steps, warmup, schedule, ratio):
 
 
 def test_ssm_rate_defaults_to_base_rate():
-    _, schedules = make_optimizer(ml_collections.ConfigDict(_optim(learning_rate=2e-3)), 10)
+    _, schedules = make_optimizer(ml_collections.ConfigDict(_optim(learning_rate=2e-3)), 10, labeler(None))
     assert float(schedules["ssm_lr"](3)) == pytest.approx(float(schedules["lr"](3)))

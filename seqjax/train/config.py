@@ -1,0 +1,205 @@
+"""The trainer's config sections: their defaults and the checks run before anything is built.
+
+:func:`default_config` gives the sections the trainer owns (``seed``,
+``optim``, ``train``, ``mesh``, ``distributed``); :func:`validate_config`,
+:func:`check_lengths` and :func:`check_workdir_config` raise a one-line
+:class:`~seqjax.errors.ConfigError` naming the field. ``seqjax.train.run``
+calls all of them before it creates the workdir, so a config that fails
+leaves nothing behind.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from seqjax import parallel
+from seqjax.errors import ConfigError
+from seqjax.parallel import distributed
+from seqjax.train import optim as optim_lib
+from seqjax.train.writers import jsonable
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Defaults for the sections the trainer owns: ``seed``, ``optim``, ``train``, ``mesh``, ``distributed``.
+
+    Returns:
+      A ConfigDict; experiments add ``task`` and ``model`` and override fields.
+    """
+    return ml_collections.ConfigDict({
+        "seed": 0,
+        "optim": {
+            "optimizer": "adamw",
+            "learning_rate": 1e-3,
+            "ssm_learning_rate": placeholder(float),  # None: the base rate
+            "weight_decay": 0.01,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "schedule": "cosine",
+            "warmup_steps": 0,
+            "min_lr_ratio": 0.0,
+            "clip_norm": 1.0,
+        },
+        "train": {
+            "steps": 1000,
+            "batch_size": 32,
+            "log_every": 100,
+            "eval_every": 0,  # 0: evaluate only at the end
+            "checkpoint_every": 1000,  # 0: checkpoint only at the end
+            "keep_checkpoints": 2,
+            "progress": True,
+        },
+        # -1: the devices the other axes leave; presets in seqjax/parallel/rules.py.
+        "mesh": parallel.mesh.default_config().to_dict(),
+        # Multi-host: None fields fall back to SEQJAX_* env vars or a detected cluster.
+        "distributed": {
+            "enabled": "auto",  # "auto", "True" or "False" (see seqjax.parallel.distributed.initialize)
+            "coordinator_address": placeholder(str),
+            "num_processes": placeholder(int),
+            "process_id": placeholder(int),
+            "local_device_ids": placeholder(tuple),
+            "initialization_timeout": placeholder(int),
+        },
+    })
+
+
+# --- validation ------------------------------------------------------------------
+
+
+def _section(config, name: str):
+    section = config.get(name)
+    if section is None:
+        raise ConfigError(f"config.{name} is missing; it must hold the {name} fields (see seqjax.train.default_config)")
+    return section
+
+
+def _check_int(field: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{field}={value!r} must be an int >= {minimum}")
+
+
+def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
+    """Checks the trainer's sections of ``config``.
+
+    Args:
+      config: the full config.
+      num_devices: devices available (default: ``jax.device_count()``).
+
+    Returns:
+      The mesh axis sizes (``{"data": ..., "fsdp": ..., "sequence": ..., "tensor": ...}``).
+
+    Raises:
+      ConfigError: one line naming the first bad field.
+    """
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    _check_int("config.seed", config.get("seed"), 0)
+    train = _section(config, "train")
+    _check_int("config.train.steps", train.get("steps"), 1)
+    _check_int("config.train.batch_size", train.get("batch_size"), 1)
+    _check_int("config.train.log_every", train.get("log_every"), 1)
+    _check_int("config.train.eval_every", train.get("eval_every"), 0)
+    _check_int("config.train.checkpoint_every", train.get("checkpoint_every"), 0)
+    _check_int("config.train.keep_checkpoints", train.get("keep_checkpoints"), 1)
+    if not isinstance(train.get("progress"), bool):
+        raise ConfigError(f"config.train.progress={train.get('progress')!r} must be True or False")
+    optim_lib.validate(_section(config, "optim"), train.steps)
+    mesh_cfg = _section(config, "mesh")
+    sizes = parallel.mesh_shape(mesh_cfg, num_devices)
+    preset = mesh_cfg.get("preset", "dp")
+    parallel.check_preset(preset, sizes)
+    ways = sizes["data"] * sizes["fsdp"]
+    if train.batch_size % ways:
+        raise ConfigError(
+            f"config.train.batch_size={train.batch_size} is not divisible by the batch split {ways} "
+            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']})"
+        )
+    model = config.get("model")
+    axis = model.get("sequence_axis") if model is not None else None
+    if sizes["sequence"] > 1 and axis != "sequence":
+        raise ConfigError(
+            f"config.mesh.sequence={sizes['sequence']} splits the length, so the mixers must know it: set "
+            f"config.model.sequence_axis='sequence' (got {axis!r})"
+        )
+    procs = jax.process_count()
+    if procs > 1 and jax.local_device_count() % (sizes["sequence"] * sizes["tensor"]):
+        raise ConfigError(
+            f"config.mesh.sequence x config.mesh.tensor = {sizes['sequence'] * sizes['tensor']} must divide the "
+            f"{jax.local_device_count()} devices of one host: a host reads whole sequences"
+        )
+    return sizes
+
+
+def check_lengths(config, task) -> None:
+    """Raises when the task's sequences are longer than the model's learned positions allow.
+
+    Args:
+      config: the full config (reads ``config.model.positions`` and ``max_length``).
+      task: the task object (its ``max_length`` and ``name``).
+
+    Raises:
+      ConfigError: naming ``config.model.max_length`` and the task's length.
+    """
+    model = config.get("model")
+    if model is None or model.get("positions") != "learned" or model.get("max_length") is None:
+        return
+    if task.max_length > model.max_length:
+        raise ConfigError(
+            f"config.model.max_length={model.max_length}: sequence longer than the model allows "
+            f"(task {task.name!r} feeds length {task.max_length}; learned positions need max_length >= it)"
+        )
+
+
+# --- one run per folder --------------------------------------------------------------
+
+# Fields that may change between invocations in the same folder: they change
+# bookkeeping or placement, not what is trained (train.steps may grow to
+# extend a run; the mesh and the processes may change, since 8 devices train
+# as 1 does and checkpoints restore into any sharding).
+RESUMABLE_FIELDS = (
+    "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
+    "model.sequence_axis", *(f"distributed.{k}" for k in distributed.FIELDS),
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_workdir_config(config, workdir: Path) -> None:
+    """Checks ``config`` against ``workdir/config.json`` when the folder has one.
+
+    :func:`run` writes that file once the config has passed every check, so a
+    config that failed (say, a too-long sequence) can be fixed in place.
+
+    Args:
+      config: the full config.
+      workdir: the run folder.
+
+    Raises:
+      ConfigError: the folder holds a run of another config (names up to three
+        differing fields with both values).
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old, new = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(jsonable(config.to_dict()))))
+    diffs = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)]
+    if diffs:
+        shown = ", ".join(f"config.{k}={new.get(k)!r} (run has {old.get(k)!r})" for k in diffs[:3])
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise ConfigError(
+            f"{workdir} holds a run of a different config: {shown}{more}; pass another --workdir or delete the folder"
+        )
+
+
+__all__ = ["default_config", "validate_config", "check_lengths", "check_workdir_config", "RESUMABLE_FIELDS"]

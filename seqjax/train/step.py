@@ -1,0 +1,93 @@
+"""What runs on the devices: the train step and the model's application to a batch.
+
+Both are pure functions of arrays; :mod:`seqjax.train.loop` jits them with
+the state's and the batch's shardings.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from seqjax.train.state import TrainState
+
+# Batch keys the model is applied with (besides ``inputs``), when the task provides them.
+MODEL_KEYS = ("segment_ids", "mask")
+
+
+def model_inputs(batch: dict) -> dict:
+    """Only what the model sees: ``inputs`` and, if present, ``segment_ids`` and ``mask``.
+
+    ``mask`` (True at real positions) reaches the classification head's
+    pooling, so padded sequences pool over their real tokens only.
+
+    Args:
+      batch: a task's batch.
+
+    Returns:
+      The subset of ``batch`` passed to the model.
+    """
+    out = {"inputs": batch["inputs"]}
+    for key in MODEL_KEYS:
+        if batch.get(key) is not None:
+            out[key] = batch[key]
+    return out
+
+
+def apply_model(model, params, batch: dict, **kwargs):
+    """``model.apply`` on a batch's ``inputs`` (and ``segment_ids``/``mask`` when present).
+
+    Args:
+      model: the Flax module.
+      params: its ``"params"`` collection.
+      batch: a batch (other keys, e.g. targets, are ignored).
+      **kwargs: passed on (``deterministic``, ``rngs``).
+
+    Returns:
+      The model's outputs.
+    """
+    extra = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+    return model.apply({"params": params}, batch["inputs"], **extra, **kwargs)
+
+
+def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: Callable) -> Callable:
+    """The (unjitted) train step ``(state, batch, key) -> (state, metrics)``.
+
+    A non-finite loss or gradient norm returns the input state unchanged, so
+    that the host can checkpoint the last good state after seeing the loss.
+    The dropout key of a step is ``fold_in(key, state.step)``, so a resumed
+    run draws the same masks as an uninterrupted one.
+
+    Args:
+      model: the Flax module.
+      task: the task (its ``loss(outputs, batch) -> (loss, metrics)``).
+      tx: the optimiser.
+      lr_schedule: ``count -> lr`` of the base group, logged as ``lr``.
+
+    Returns:
+      The step function; its metrics are the task's plus ``loss``,
+      ``grad_norm`` and ``lr``.
+    """
+
+    def train_step(state: TrainState, batch: Any, key: jax.Array):
+        step_key = jax.random.fold_in(key, state.step)
+
+        def loss_fn(params):
+            outputs = apply_model(model, params, batch, deterministic=False, rngs={"dropout": step_key})
+            return task.loss(outputs, batch)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
+        return new, metrics
+
+    return train_step
+
+
+__all__ = ["MODEL_KEYS", "model_inputs", "apply_model", "make_train_step"]
