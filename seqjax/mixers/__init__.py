@@ -10,6 +10,7 @@ or KV cache per sequence at inference). See ``docs/mixers.md``.
 Use :func:`get` and :func:`names`; importing this package registers every family.
 """
 
+from seqjax.mixers.base import Mixer, Projection
 from seqjax.mixers.registry import get, names, register
 
 # Importing a family registers its mixers.
@@ -17,4 +18,4 @@ from seqjax.mixers import (  # noqa: E402,F401  isort: skip
     aaren, attention, hydra, linear, lru, lssl, mamba, mamba2, ngram, recurrent, retention, s4, s5, xlstm,
 )
 
-__all__ = ["get", "names", "register"]
+__all__ = ["Mixer", "Projection", "get", "names", "register"]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.attention import head_sizes
 from seqjax.mixers.positions import segment_runs
 from seqjax.mixers.recurrent import check_seq, model_width

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from seqjax.errors import ConfigError
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.positions import (
     LearnedPositions,
     alibi_bias,

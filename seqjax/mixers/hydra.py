@@ -15,47 +15,28 @@ stacked on the batch axis), as the public Hydra code does.
 """
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.mixers._conv import segment_runs, short_conv
-from seqjax.mixers._layers import dense
-from seqjax.mixers.mamba import check_dt_range, dt_bias_init, scan_segments, uniform_init
-from seqjax.mixers.mamba2 import (
-    HeadMatrix,
-    a_log_init,
-    check_groups,
-    gated_rms_norm,
-    head_dim,
-    ssd_matrix,
-)
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.errors import ConfigError
+from seqjax.mixers.base import Projection
+from seqjax.mixers.common import dense, param, segment_runs, uniform_init
+from seqjax.mixers.mamba_blocks import (
+    SSDBlock, a_log_init, dt_bias_init, gated_rms_norm, short_conv)
 from seqjax.mixers.registry import register
-from seqjax.ops.common import accum_dtype
-from seqjax.ops import dispatch
 from seqjax.ops.ssd import ssd
 from seqjax.types import SegmentIds, Seq
 
 
-def _shift_mask(segment_ids, batch, length):
-    """``(b, l-1)``: position ``t+1`` may read position ``t`` (same segment)."""
-    if segment_ids is None:
-        return jnp.ones((batch, length - 1), bool)
-    runs = segment_runs(segment_ids, length)
-    return runs[:, 1:] == runs[:, :-1]
-
-
-def _shift(y, segment_ids, axis=1):
-    """``out[t] = y[t-1]`` along ``axis`` (time), 0 at ``t = 0`` and at segment starts."""
-    y = jnp.moveaxis(y, axis, 1)
-    keep = _shift_mask(segment_ids, y.shape[0], y.shape[1])
-    keep = keep.reshape(keep.shape + (1,) * (y.ndim - 2))
-    prev = jnp.where(keep, y[:, :-1], 0)
-    out = jnp.concatenate([jnp.zeros_like(y[:, :1]), prev], axis=1)
-    return jnp.moveaxis(out, 1, axis)
+def _shift(y, segment_ids):
+    """``out[t] = y[t-1]`` along the length, 0 at ``t = 0`` and at segment starts."""
+    batch, length = y.shape[:2]
+    runs = segment_runs(segment_ids, batch, length)
+    keep = (runs[:, 1:] == runs[:, :-1]).reshape((batch, length - 1) + (1,) * (y.ndim - 2))
+    return jnp.concatenate([jnp.zeros_like(y[:, :1]), jnp.where(keep, y[:, :-1], 0)], axis=1)
 
 
 def _flip(a):
@@ -63,7 +44,7 @@ def _flip(a):
 
 
 @register("hydra")
-class Hydra(nn.Module):
+class Hydra(SSDBlock):
     """Hydra (Hwang et al. 2024): the quasiseparable bidirectional mixer; not causal.
 
     With ``d_in = expand·d_model``, ``h`` heads of ``p = headdim``, ``g``
@@ -97,6 +78,9 @@ class Hydra(nn.Module):
 
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
+      dtype: compute dtype; parameters are float32, SSD accumulates in float32.
+      impl: ``impl`` of :func:`seqjax.ops.ssd`.
+      sequence_axis: unused (Hydra runs unsplit).
       d_state: ``n`` per direction (64, as the Hydra code).
       d_conv: taps of the centered conv, odd (7, as the Hydra code).
       expand: ``d_in = expand·d_model`` (2).
@@ -108,81 +92,43 @@ class Hydra(nn.Module):
       dt_init_floor: lower clamp of the initial step.
       diag_proj: the Hydra code's input-dependent diagonal ``D + W_D x``
         (``fc_D``); False keeps the plain learned ``D`` of the paper's equation.
-      dtype: compute dtype; parameters are float32, SSD accumulates in float32.
-      ssd_impl: ``impl`` of :func:`seqjax.ops.ssd`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.ssd`.
     """
 
-    # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
-    ssm_params: ClassVar[tuple[str, ...]] = ("A_log", "dt_bias")
+    causality = "bidirectional"
 
-    d_model: int | None = None
-    d_state: int = 64
     d_conv: int = 7
-    expand: int = 2
-    headdim: int | None = None
-    ngroups: int = 1
     A_init_range: tuple[float, float] = (1.0, 1.0)
-    dt_min: float = 1e-3
-    dt_max: float = 1e-1
-    dt_init_floor: float = 1e-4
     diag_proj: bool = True
-    dtype: Any = jnp.float32
-    ssd_impl: str = "auto"
-    chunk_size: int = 64
 
-    # --- configuration and parameters ----------------------------------------------
-
-    def _dims(self, d: int) -> tuple[int, int, int, int, int]:
-        """``(d_in, h, p, g, n)`` for width ``d``; validates the configuration."""
-        for field in ("d_state", "d_conv", "expand"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"hydra: {field} must be a positive int, got {value!r}")
+    def check_fields(self):
+        super().check_fields()
         if self.d_conv % 2 == 0:
-            raise ValueError(f"hydra: d_conv must be odd (a centered window), got {self.d_conv}")
-        low, high = self.A_init_range
-        if not 0 < low <= high:
-            raise ValueError(f"hydra: A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
-        check_dt_range("hydra", self.dt_min, self.dt_max, self.dt_init_floor)
-        dispatch.check("ssd", self.ssd_impl)
-        d_in = self.expand * d
-        p = head_dim("hydra", d_in, self.headdim)
-        check_groups("hydra", d_in // p, self.ngroups)
-        return d_in, d_in // p, p, self.ngroups, self.d_state
+            raise ConfigError(f"{self.mixer_name}.d_conv={self.d_conv!r} must be odd (a centered window)")
 
     @nn.compact
-    def _parts(self, d: int) -> dict[str, Any]:
-        """Creates/reads the parameters; returns the layers and float arrays."""
-        d_in, h, _, g, n = self._dims(d)
+    def parts(self, d: int) -> dict[str, Any]:
+        d_in, h, _, g, n = self.dims(d)
         conv_dim = d_in + 4 * g * n
-        part = nn.with_logical_partitioning
         bound = 1.0 / math.sqrt(self.d_conv)
         parts = {
             "in_proj": dense(2 * d_in + 4 * g * n + 2 * h, ("embed", "mlp"), dtype=self.dtype, name="in_proj"),
-            "conv_weight": self.param("conv_weight", part(uniform_init(bound), (None, "mlp")), (self.d_conv, conv_dim)),
-            "conv_bias": self.param("conv_bias", part(uniform_init(bound), ("mlp",)), (conv_dim,)),
-            "dt_bias": self.param(
-                "dt_bias", part(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), ("heads",)), (h,)
-            ),
-            "A_log": self.param("A_log", part(a_log_init(*self.A_init_range), ("heads",)), (h,)),
-            "D": self.param("D", part(nn.initializers.ones_init(), ("heads",)), (h,)),
-            "norm": self.param("norm", part(nn.initializers.ones_init(), ("mlp",)), (d_in,)),
+            "conv_weight": param(self, "conv_weight", uniform_init(bound), (self.d_conv, conv_dim), (None, "mlp")),
+            "conv_bias": param(self, "conv_bias", uniform_init(bound), (conv_dim,), ("mlp",)),
+            "dt_bias": param(self, "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,),
+                             ("heads",)),
+            "A_log": param(self, "A_log", a_log_init(*self.A_init_range), (h,), ("heads",)),
+            "D": param(self, "D", nn.initializers.ones_init(), (h,), ("heads",)),
+            "norm": param(self, "norm", nn.initializers.ones_init(), (d_in,), ("mlp",)),
             "out_proj": dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj"),
         }
         if self.diag_proj:
             parts["fc_D"] = dense(h, ("mlp", "heads"), dtype=self.dtype, name="fc_D")
         return parts
 
-    # --- shared pieces of every path ----------------------------------------------
-
-    def _acc(self):
-        return accum_dtype(self.dtype)
-
-    def _branches(self, p, x, segment_ids):
-        """``z, x (b,l,h,p), diag (b,l,h), (dt, B, C)`` of each direction, in input order."""
-        acc = self._acc()
-        d_in, h, hp, g, n = self._dims(x.shape[-1])
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        acc = self.acc()
+        d_in, h, hp, g, n = self.dims(x.shape[-1])
         z, xbc, dt = jnp.split(p["in_proj"](x.astype(self.dtype)), [d_in, 2 * d_in + 4 * g * n], axis=-1)
         xbc = short_conv(xbc, p["conv_weight"], p["conv_bias"], segment_ids=segment_ids, causal=False)
         xbc = jax.nn.silu(xbc).astype(self.dtype)
@@ -193,95 +139,25 @@ class Hydra(nn.Module):
         diag = jnp.broadcast_to(p["D"].astype(acc), lead + (h,))
         if self.diag_proj:
             diag = diag + p["fc_D"](xs).astype(acc)
-        return z, xs.reshape(lead + (h, hp)), diag, (dt[..., :h], Bf, Cf), (dt[..., h:], Bb, Cb)
+        tokens = (xs.reshape(lead + (h, hp)), dt[..., :h], Bf, Cf, dt[..., h:], Bb, Cb, diag, segment_ids)
+        return Projection(tokens=tokens, shared=(-jnp.exp(p["A_log"].astype(acc)),), rest=z)
 
-    def _A(self, p):
-        return -jnp.exp(p["A_log"].astype(self._acc()))
-
-    def _out(self, p, y, z):
-        """Gated RMSNorm (norm before gate, one group) and out-projection of ``y (…, h, p)``."""
-        y = y.reshape(y.shape[:-2] + (-1,)).astype(self._acc())
-        y = gated_rms_norm(y, z, p["norm"], 1, norm_before_gate=True)
-        return p["out_proj"](y.astype(self.dtype)).astype(self.dtype)
-
-    # --- public API -------------------------------------------------------------
-
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
-        """Runs the Hydra layer over a sequence (bidirectional).
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids of packed sequences.
-          deterministic: unused (no dropout).
-
-        Returns:
-          ``(batch, length, d_model)`` output in ``dtype``.
-        """
-        del deterministic
-        check_seq("hydra", x, segment_ids)
-        batch, length = x.shape[:2]
-        p = self._parts(model_width(self, x))
-        z, xh, diag, (dtf, Bf, Cf), (dtb, Bb, Cb) = self._branches(p, x, segment_ids)
+    def mix(self, axis, xh, dtf, Bf, Cf, dtb, Bb, Cb, diag, segment_ids, A):
+        del axis
+        batch = xh.shape[0]
         # Both directions in one SSD call: the reversed copy goes on the batch axis.
         cat = lambda f, b: jnp.concatenate([f, _flip(b)], axis=0)  # noqa: E731
         seg2 = None if segment_ids is None else cat(segment_ids, segment_ids)
-        y2, _ = ssd(
-            cat(xh, xh), cat(dtf, dtb), self._A(p), cat(Bf, Bb), cat(Cf, Cb),
-            segment_ids=scan_segments(seg2, length), chunk_size=self.chunk_size, impl=self.ssd_impl,
-        )
-        y2 = _shift(y2.astype(self._acc()), seg2)
-        y = y2[:batch] + _flip(y2[batch:]) + diag[..., None] * xh.astype(self._acc())
-        return self._out(p, y, z)
+        y2, _ = ssd(cat(xh, xh), cat(dtf, dtb), A, cat(Bf, Bb), cat(Cf, Cb), segment_ids=seg2,
+                    chunk_size=self.chunk_size, impl=self.impl_for("ssd"))
+        y2 = _shift(y2.astype(self.acc()), seg2)
+        return y2[:batch] + _flip(y2[batch:]) + diag[..., None] * xh.astype(self.acc())
 
-    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> HeadMatrix:
-        """The full two-sided matrix per head, acting on the post-conv ``x``.
-
-        ``M = shift(SS_f) + flip(shift(SS_b)) + diag(D + W_D x)``: strictly
-        lower, diagonal and strictly upper parts (see the class docstring);
-        zero between different segments.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids.
-
-        Returns:
-          ``(batch, heads, length, length)`` in the accumulation dtype.
-        """
-        check_seq("hydra", x, segment_ids)
-        acc = self._acc()
-        p = self._parts(model_width(self, x))
-        _, _, diag, (dtf, Bf, Cf), (dtb, Bb, Cb) = self._branches(p, x, segment_ids)
-        A = self._A(p)
-        Mf = ssd_matrix(dtf, A, Bf.astype(acc), Cf.astype(acc), segment_ids)
-        Mf = _shift(Mf, segment_ids, axis=2)  # row t <- row t-1
-        Mb = ssd_matrix(_flip(dtb), A, _flip(Bb).astype(acc), _flip(Cb).astype(acc), _flip(segment_ids))
-        Mb = jnp.flip(_shift(Mb, _flip(segment_ids), axis=2), axis=(2, 3))
-        eye = jnp.eye(x.shape[1], dtype=acc)
-        return Mf + Mb + jnp.moveaxis(diag, 1, -1)[..., None] * eye
-
-    def apply_mixing_matrix(self, x: Seq, M: HeadMatrix, *, segment_ids: SegmentIds | None = None) -> Seq:
-        """The Hydra layer with dense per-head matrices ``M`` instead of the SSDs.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          M: ``(batch, heads, length, length)``, e.g. from :meth:`mixing_matrix`.
-          segment_ids: optional ``(batch, length)`` ids; they only keep the
-            short convolution within segments (``M`` already holds the mixing).
-
-        Returns:
-          ``(batch, length, d_model)`` output in ``dtype``.
-        """
-        check_seq("hydra", x, segment_ids)
-        d = model_width(self, x)
-        _, h, _, _, _ = self._dims(d)
-        expected = (x.shape[0], h, x.shape[1], x.shape[1])
-        if M.shape != expected:
-            raise ValueError(f"hydra: M must have shape (b, heads, l, l) = {expected}, got {M.shape}")
-        p = self._parts(d)
-        z, xh, _, _, _ = self._branches(p, x, segment_ids)
-        acc = self._acc()
-        y = jnp.einsum("bhts,bshp->bthp", M.astype(acc), xh.astype(acc), precision=jax.lax.Precision.HIGHEST)
-        return self._out(p, y, z)
+    def output(self, p, y, proj: Projection) -> Seq:
+        # Gated RMSNorm (norm before gate, one group) and out-projection of y (…, h, p).
+        y = y.reshape(y.shape[:-2] + (-1,)).astype(self.acc())
+        y = gated_rms_norm(y, proj.rest, p["norm"], 1, norm_before_gate=True)
+        return p["out_proj"](y.astype(self.dtype)).astype(self.dtype)
 
     def state_size(self, length: int | None = None) -> int:
         """Bytes of state per sequence: both directions' SSD carries and the conv window.
@@ -298,6 +174,6 @@ class Hydra(nn.Module):
           ``(d_conv-1)·(d_in+4gn)·itemsize(dtype) + 2·h·p·n·itemsize(float32)``.
         """
         del length
-        d_in, h, hp, g, n = self._dims(model_width(self))
+        d_in, h, hp, g, n = self.dims(self.width())
         conv = (self.d_conv - 1) * (d_in + 4 * g * n) * jnp.dtype(self.dtype).itemsize
-        return conv + 2 * h * hp * n * jnp.dtype(self._acc()).itemsize
+        return conv + 2 * h * hp * n * jnp.dtype(self.acc()).itemsize

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqjax.mixers._conv import segment_runs
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense, segment_runs
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype
@@ -108,7 +107,7 @@ def _keep_mask(length: int, batch: int, causal: bool, segment_ids: SegmentIds | 
     keep = idx[:, None] >= idx[None, :] if causal else jnp.ones((length, length), bool)
     keep = jnp.broadcast_to(keep, (batch, length, length))
     if segment_ids is not None:
-        runs = segment_runs(segment_ids, length)
+        runs = segment_runs(segment_ids, batch, length)
         keep = keep & (runs[:, :, None] == runs[:, None, :])
     return keep[:, None]
 

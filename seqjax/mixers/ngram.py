@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.attention import head_sizes
 from seqjax.mixers.positions import positions_in_segment, segment_runs
 from seqjax.mixers.recurrent import check_seq, model_width

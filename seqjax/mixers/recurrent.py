@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype, segment_starts
 from seqjax.types import SegmentIds, Seq, SeqStep

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqjax.mixers._layers import dense
-from seqjax.mixers.mamba import masked_exp, pairwise_sums
+from seqjax.mixers.common import dense
+from seqjax.mixers.common import same_segment
 from seqjax.mixers.recurrent import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype
@@ -106,6 +106,20 @@ def head_layer_norm(o: jax.Array, scale: jax.Array, bias: jax.Array, eps: float)
     var = jnp.mean(jnp.square(o - mean), axis=-1, keepdims=True)
     y = ((o - mean) * jax.lax.rsqrt(var + eps)).reshape(o.shape[:-2] + (-1,))
     return y * scale.astype(o.dtype) + bias.astype(o.dtype)
+
+
+def pairwise_sums(a: jax.Array, segment_ids: SegmentIds | None = None) -> tuple[jax.Array, jax.Array]:
+    """``S[..., t, s] = Σ_{s<r≤t} a[..., r]`` and where it applies (``s <= t``, same segment)."""
+    length = a.shape[-1]
+    idx = jnp.arange(length)
+    S = jnp.cumsum(jnp.where(idx[:, None] > idx[None, :], a[..., :, None], 0), axis=-2)
+    keep = (idx[:, None] >= idx[None, :]) & same_segment(segment_ids, a.shape[0], length)
+    return S, keep.reshape((a.shape[0],) + (1,) * (a.ndim - 2) + (length, length))
+
+
+def masked_exp(exponent: jax.Array, keep: jax.Array) -> jax.Array:
+    """``exp(exponent)`` where ``keep``, exactly 0 elsewhere (no ``exp`` of junk)."""
+    return jnp.exp(jnp.where(keep, exponent, -jnp.inf))
 
 
 def _xavier(gain: float):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.lru import check_input, complex_dtype
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype, segment_starts

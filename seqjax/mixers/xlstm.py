@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.recurrent import HeadwiseRNN, check_heads, check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype, segment_starts

@@ -164,14 +164,18 @@ def _mixer_fields(cls) -> dict[str, Any]:
 
 
 def causal_only(name: str) -> bool:
-    """A mixer with no ``causal`` field and a recurrent ``step``: always causal."""
+    """A mixer that is always causal (it has a recurrent ``step`` and no ``causal`` field)."""
     cls = mixers.get(name)
+    if issubclass(cls, mixers.Mixer):
+        return cls.causality == "causal"
     return "causal" not in _mixer_fields(cls) and hasattr(cls, "step")
 
 
 def bidirectional_only(name: str) -> bool:
-    """A mixer with no ``causal`` field and no ``step`` (``hydra``): never causal."""
+    """A mixer that is never causal (``hydra``)."""
     cls = mixers.get(name)
+    if issubclass(cls, mixers.Mixer):
+        return cls.causality == "bidirectional"
     return "causal" not in _mixer_fields(cls) and not hasattr(cls, "step")
 
 

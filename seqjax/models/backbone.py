@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from seqjax import mixers
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.parallel.rules import constrain
 from seqjax.types import SegmentIds, Seq
 

@@ -33,7 +33,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from seqjax.errors import ConfigError
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.mixers.positions import LearnedPositions, positions_in_segment
 from seqjax.types import SegmentIds
 

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from seqjax.mixers._layers import dense
+from seqjax.mixers.common import dense
 from seqjax.types import Seq
 
 POOLINGS = ("mean", "last", "cls")

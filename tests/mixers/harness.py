@@ -54,9 +54,14 @@ def check_causal(module, variables, x, rng, cut=None, rtol=1e-6):
     assert rel_err(y2[:, cut:], y1[:, cut:]) > 1e-3, "future outputs ignore the changed inputs"
 
 
-def check_segments(module, variables, rng, lengths=(5, 8, 3), width=16, rtol=RTOL):
-    """One packed row with segment ids equals each segment run on its own."""
-    pieces = [jnp.asarray(rng.standard_normal((1, n, width)), jnp.float32) for n in lengths]
+def check_segments(module, variables, rng, lengths=(5, 8, 3), width=16, rtol=RTOL, make=None):
+    """One packed row with segment ids equals each segment run on its own.
+
+    ``make(n)`` returns a ``(1, n, width)`` piece (default: fresh normals).
+    """
+    if make is None:
+        make = lambda n: jnp.asarray(rng.standard_normal((1, n, width)), jnp.float32)  # noqa: E731
+    pieces = [make(n) for n in lengths]
     packed = jnp.concatenate(pieces, axis=1)
     ids = jnp.asarray(np.repeat(np.arange(len(lengths)), lengths)[None], jnp.int32)
     y = module.apply(variables, packed, segment_ids=ids)
@@ -86,3 +91,47 @@ def check_mixing_matrix(module, variables, x, causal, rtol=RTOL):
         upper = np.triu(np.abs(np.asarray(m)), k=1)
         assert upper.max(initial=0.0) == 0.0, "causal mixer has weight on future positions"
     return m
+
+
+def jit_init(module, x, seed=0):
+    """``module.init`` under ``jax.jit`` (one compile instead of an eager forward pass)."""
+    return jax.jit(module.init)(jax.random.PRNGKey(seed), jnp.asarray(x))
+
+
+def perturb(variables, rng, scale=0.1):
+    """Moves every parameter off its init by ``scale · N(0, 1)`` (so no init value hides a bug).
+
+    At init many parameters are constants (``D = 1``, norm scales 1, biases 0)
+    that would hide a missing term.
+    """
+
+    def move(leaf):
+        leaf = np.asarray(leaf)
+        return jnp.asarray(leaf + scale * rng.standard_normal(leaf.shape).astype(leaf.dtype))
+
+    return {**variables, "params": jax.tree.map(move, variables["params"])}
+
+
+class Jitted:
+    """A module stand-in for the checks whose ``apply`` is jit-compiled per method.
+
+    Op-by-op dispatch compiles each small op for every new shape; one jit per
+    method is far faster. Calls with a Python ``int``/``None`` argument
+    (``init_cache``, ``state_size``) stay eager.
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self._cache = {}
+
+    def apply(self, variables, *args, method=None, **kwargs):
+        if any(isinstance(a, int) or a is None for a in args):
+            return self.module.apply(variables, *args, method=method, **kwargs)
+        if method not in self._cache:
+            module, name = self.module, method
+
+            def run(variables, *args, **kwargs):
+                return module.apply(variables, *args, method=name, **kwargs)
+
+            self._cache[method] = jax.jit(run)
+        return self._cache[method](variables, *args, **kwargs)

@@ -69,6 +69,41 @@ def conv_reference(x, weight, bias, runs, causal, xp=np):
     return xp.stack(outs, axis=1)
 
 
+def mamba_branches(p, x, runs, xp=np):
+    """``(u, z, Δ, B, C, A)`` of the Mamba block: everything before the scan, float64."""
+    d_in, n = p["A_log"].shape
+    rank = p["dt_proj"].shape[0]
+    xz = x @ p["in_proj"]
+    xs, z = xz[..., :d_in], xz[..., d_in:]
+    u = _silu(conv_reference(xs, p["conv_weight"], p["conv_bias"], runs, True, xp), xp)
+    dbc = u @ p["x_proj"]
+    dt_low, B, C = dbc[..., :rank], dbc[..., rank : rank + n], dbc[..., rank + n :]
+    delta = _softplus(dt_low @ p["dt_proj"] + p["dt_bias"], xp)  # (b, l, d_in)
+    return u, z, delta, B, C, -xp.exp(p["A_log"])
+
+
+def mamba_matrix(p, x, segment_ids=None):
+    """The Mamba block's mixing matrix from the paper's closed form, float64, pair by pair.
+
+    ``M[b, c, t, s] = silu(z_t[c]) (Σ_k C_t[k] exp(A[c, k] Σ_{s<r≤t} Δ_r[c]) B_s[k] Δ_s[c] + D[c] [s = t])``
+    for ``s ≤ t`` in the same segment, 0 elsewhere: what multiplies the
+    post-conv ``u`` (the skip and the gate are part of the op).
+    """
+    batch, length, _ = x.shape
+    runs = _runs(segment_ids, batch, length)
+    u, z, delta, B, C, A = mamba_branches(p, x, runs)
+    M = np.zeros((batch, A.shape[0], length, length))
+    for t in range(length):
+        for s_ in range(t + 1):
+            same = (runs[:, t] == runs[:, s_])[:, None]
+            decay = np.exp(A[None] * delta[:, s_ + 1 : t + 1].sum(axis=1)[:, :, None])  # (b, c, n)
+            m = np.einsum("bn,bcn,bn->bc", C[:, t], decay, B[:, s_]) * delta[:, s_]
+            if s_ == t:
+                m = m + p["D"]
+            M[:, :, t, s_] = np.where(same, m * _silu(z[:, t], np), 0.0)
+    return M
+
+
 def mamba_reference(p, x, segment_ids=None, xp=np):
     """The Mamba block (Gu & Dao 2023, Section 3.4) in float64.
 
@@ -88,15 +123,8 @@ def mamba_reference(p, x, segment_ids=None, xp=np):
     """
     batch, length, _ = x.shape
     d_in, n = p["A_log"].shape
-    rank = p["dt_proj"].shape[0]
     runs = _runs(segment_ids, batch, length)
-    xz = x @ p["in_proj"]
-    xs, z = xz[..., :d_in], xz[..., d_in:]
-    u = _silu(conv_reference(xs, p["conv_weight"], p["conv_bias"], runs, True, xp), xp)
-    dbc = u @ p["x_proj"]
-    dt_low, B, C = dbc[..., :rank], dbc[..., rank : rank + n], dbc[..., rank + n :]
-    delta = _softplus(dt_low @ p["dt_proj"] + p["dt_bias"], xp)  # (b, l, d_in)
-    A = -xp.exp(p["A_log"])  # (d_in, n)
+    u, z, delta, B, C, A = mamba_branches(p, x, runs, xp)
     h = xp.zeros((batch, d_in, n))
     ys = []
     for t in range(length):
@@ -124,6 +152,42 @@ def _dims2(p, ngroups, extra_groups):
     return d_in, h, d_in // h, n, np.arange(h) // (h // ngroups)
 
 
+def mamba2_branches(p, x, ngroups, runs, xp=np):
+    """``(z, x (b, l, h, p), dt (b, l, h), B, C (b, l, h, n), A (h,))`` of the Mamba-2 block, float64."""
+    batch, length, _ = x.shape
+    d_in, h, hp, n, head_group = _dims2(p, ngroups, 2)
+    gn = ngroups * n
+    proj = x @ p["in_proj"]
+    z, xbc, dt = proj[..., :d_in], proj[..., d_in : 2 * d_in + 2 * gn], proj[..., 2 * d_in + 2 * gn :]
+    xbc = _silu(conv_reference(xbc, p["conv_weight"], p["conv_bias"], runs, True, xp), xp)
+    xs = xp.reshape(xbc[..., :d_in], (batch, length, h, hp))
+    B = xp.reshape(xbc[..., d_in : d_in + gn], (batch, length, ngroups, n))[:, :, head_group]
+    C = xp.reshape(xbc[..., d_in + gn :], (batch, length, ngroups, n))[:, :, head_group]
+    dt = _softplus(dt + p["dt_bias"], xp)  # (b, l, h)
+    return z, xs, dt, B, C, -xp.exp(p["A_log"])
+
+
+def ssd_matrix(dt, A, B, C, runs):
+    """The SSD matrix ``(C_t·B_s) exp(A Σ_{s<r≤t} dt_r) dt_s`` per head (``s ≤ t``, same segment), float64."""
+    batch, length, h = dt.shape
+    M = np.zeros((batch, h, length, length))
+    for t in range(length):
+        for s_ in range(t + 1):
+            same = (runs[:, t] == runs[:, s_])[:, None]
+            decay = np.exp(A * dt[:, s_ + 1 : t + 1].sum(axis=1))  # (b, h)
+            m = np.einsum("bhn,bhn->bh", C[:, t], B[:, s_]) * decay * dt[:, s_]
+            M[:, :, t, s_] = np.where(same, m, 0.0)
+    return M
+
+
+def mamba2_matrix(p, x, ngroups=1, segment_ids=None):
+    """Mamba-2's mixing matrix per head from the closed form: the SSD matrix plus ``D`` on the diagonal."""
+    batch, length, _ = x.shape
+    runs = _runs(segment_ids, batch, length)
+    _, _, dt, B, C, A = mamba2_branches(p, x, ngroups, runs)
+    return ssd_matrix(dt, A, B, C, runs) + p["D"][None, :, None, None] * np.eye(length)
+
+
 def mamba2_reference(p, x, ngroups=1, segment_ids=None, xp=np):
     """The Mamba-2 block (Dao & Gu 2024, Section 7) in float64.
 
@@ -143,17 +207,9 @@ def mamba2_reference(p, x, ngroups=1, segment_ids=None, xp=np):
       ``(b, l, d_model)``.
     """
     batch, length, _ = x.shape
-    d_in, h, hp, n, head_group = _dims2(p, ngroups, 2)
-    gn = ngroups * n
+    d_in, h, hp, n, _ = _dims2(p, ngroups, 2)
     runs = _runs(segment_ids, batch, length)
-    proj = x @ p["in_proj"]
-    z, xbc, dt = proj[..., :d_in], proj[..., d_in : 2 * d_in + 2 * gn], proj[..., 2 * d_in + 2 * gn :]
-    xbc = _silu(conv_reference(xbc, p["conv_weight"], p["conv_bias"], runs, True, xp), xp)
-    xs = xp.reshape(xbc[..., :d_in], (batch, length, h, hp))
-    B = xp.reshape(xbc[..., d_in : d_in + gn], (batch, length, ngroups, n))[:, :, head_group]
-    C = xp.reshape(xbc[..., d_in + gn :], (batch, length, ngroups, n))[:, :, head_group]
-    dt = _softplus(dt + p["dt_bias"], xp)  # (b, l, h)
-    A = -xp.exp(p["A_log"])
+    z, xs, dt, B, C, A = mamba2_branches(p, x, ngroups, runs, xp)
     H = xp.zeros((batch, h, hp, n))
     ys = []
     for t in range(length):
@@ -166,6 +222,53 @@ def mamba2_reference(p, x, ngroups=1, segment_ids=None, xp=np):
     y = xp.reshape(xp.stack(ys, axis=1), (batch, length, d_in))
     y = _rms(y * _silu(z, xp), ngroups, xp) * p["norm"]
     return y @ p["out_proj"]
+
+
+def hydra_branches(p, x, ngroups, diag_proj, runs, xp=np):
+    """``(z, x, diag, (dt_f, B_f, C_f), (dt_b, B_b, C_b), A)`` of the Hydra layer, float64."""
+    batch, length, _ = x.shape
+    d_in, h, hp, n, head_group = _dims2(p, ngroups, 4)
+    gn = ngroups * n
+    proj = x @ p["in_proj"]
+    z, xbc, dt = proj[..., :d_in], proj[..., d_in : 2 * d_in + 4 * gn], proj[..., 2 * d_in + 4 * gn :]
+    xbc = _silu(conv_reference(xbc, p["conv_weight"], p["conv_bias"], runs, False, xp), xp)
+    x_flat = xbc[..., :d_in]
+
+    def bc(k):
+        part = xbc[..., d_in + k * gn : d_in + (k + 1) * gn]
+        return xp.reshape(part, (batch, length, ngroups, n))[:, :, head_group]  # (b, l, h, n)
+
+    dtf = _softplus(dt[..., :h] + p["dt_bias"], xp)
+    dtb = _softplus(dt[..., h:] + p["dt_bias"], xp)
+    diag = p["D"] + (x_flat @ p["fc_D"] if diag_proj else 0.0)  # (b, l, h)
+    xs = xp.reshape(x_flat, (batch, length, h, hp))
+    return z, xs, diag, (dtf, bc(0), bc(1)), (dtb, bc(2), bc(3)), -xp.exp(p["A_log"])
+
+
+def hydra_matrix(p, x, ngroups=1, diag_proj=True, segment_ids=None):
+    """Hydra's quasiseparable matrix per head from the paper's closed form, float64.
+
+    ``(C^f_{t-1}·B^f_s) exp(A Σ_{s<r<t} dt^f_r) dt^f_s`` below the diagonal,
+    ``D + (W_D x_t)`` on it, ``(C^b_{t+1}·B^b_s) exp(A Σ_{t<r<s} dt^b_r) dt^b_s``
+    above it; zero between segments.
+    """
+    batch, length, _ = x.shape
+    runs = _runs(segment_ids, batch, length)
+    _, _, diag, (dtf, Bf, Cf), (dtb, Bb, Cb), A = hydra_branches(p, x, ngroups, diag_proj, runs)
+    M = np.zeros((batch, A.shape[0], length, length))
+    for t in range(length):
+        for s_ in range(length):
+            same = (runs[:, t] == runs[:, s_])[:, None]
+            if s_ < t:
+                dec = np.exp(A * dtf[:, s_ + 1 : t].sum(axis=1))
+                m = np.einsum("bhn,bhn->bh", Cf[:, t - 1], Bf[:, s_]) * dec * dtf[:, s_]
+            elif s_ > t:
+                dec = np.exp(A * dtb[:, t + 1 : s_].sum(axis=1))
+                m = np.einsum("bhn,bhn->bh", Cb[:, t + 1], Bb[:, s_]) * dec * dtb[:, s_]
+            else:
+                m = diag[:, t]
+            M[:, :, t, s_] = np.where(same, m, 0.0)
+    return M
 
 
 def hydra_reference(p, x, ngroups=1, diag_proj=True, segment_ids=None, xp=np):
@@ -191,23 +294,9 @@ def hydra_reference(p, x, ngroups=1, diag_proj=True, segment_ids=None, xp=np):
       ``(b, l, d_model)``.
     """
     batch, length, _ = x.shape
-    d_in, h, hp, n, head_group = _dims2(p, ngroups, 4)
-    gn = ngroups * n
+    d_in, h, hp, n, _ = _dims2(p, ngroups, 4)
     runs = _runs(segment_ids, batch, length)
-    proj = x @ p["in_proj"]
-    z, xbc, dt = proj[..., :d_in], proj[..., d_in : 2 * d_in + 4 * gn], proj[..., 2 * d_in + 4 * gn :]
-    xbc = _silu(conv_reference(xbc, p["conv_weight"], p["conv_bias"], runs, False, xp), xp)
-    x_flat = xbc[..., :d_in]
-    xs = xp.reshape(x_flat, (batch, length, h, hp))
-
-    def bc(k):
-        part = xbc[..., d_in + k * gn : d_in + (k + 1) * gn]
-        return xp.reshape(part, (batch, length, ngroups, n))[:, :, head_group]  # (b, l, h, n)
-
-    Bf, Cf, Bb, Cb = bc(0), bc(1), bc(2), bc(3)
-    dtf = _softplus(dt[..., :h] + p["dt_bias"], xp)
-    dtb = _softplus(dt[..., h:] + p["dt_bias"], xp)
-    A = -xp.exp(p["A_log"])
+    z, xs, diag, (dtf, Bf, Cf), (dtb, Bb, Cb), A = hydra_branches(p, x, ngroups, diag_proj, runs, xp)
     zero = xp.zeros((batch, h, hp))
 
     def advance(H, dt_t, t, B):
@@ -233,7 +322,6 @@ def hydra_reference(p, x, ngroups=1, diag_proj=True, segment_ids=None, xp=np):
         else:
             bwd.append(zero)
         H = advance(H, dtb[:, t], t, Bb)
-    diag = p["D"] + (x_flat @ p["fc_D"] if diag_proj else 0.0)  # (b, l, h)
     y = xp.stack(fwd, axis=1) + xp.stack(bwd[::-1], axis=1) + diag[..., None] * xs
     y = xp.reshape(y, (batch, length, d_in))
     y = _rms(y, 1, xp) * p["norm"] * _silu(z, xp)

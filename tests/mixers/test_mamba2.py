@@ -1,8 +1,11 @@
-"""Mamba-2 and Hydra: float64 loop references, init, and the mixer contract."""
+"""Mamba-2 and Hydra: float64 loop references, closed-form matrices and init.
+
+The contract (step, causality, segments, bfloat16, ...) is checked for every
+mixer in ``test_contract.py``.
+"""
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,9 +14,11 @@ import pytest
 
 import seqjax.mixers.hydra  # noqa: F401  (registers "hydra")
 import seqjax.mixers.mamba2  # noqa: F401  (registers "mamba2")
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
-from tests.mixers.ref_mamba import Jitted, hydra_reference, jit_init, mamba2_reference, params_of, perturb
+from tests.mixers.ref_mamba import (
+    Jitted, hydra_matrix, hydra_reference, jit_init, mamba2_matrix, mamba2_reference, params_of, perturb)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
@@ -77,7 +82,7 @@ def test_init():
     # Many heads (headdim 1) so that the distributions can be checked.
     # Parameters only (no forward pass): init through the parameter method.
     def params(m, seed):
-        return params_of(m.init(jax.random.PRNGKey(seed), 256, method=lambda mod, d: mod._parts(d)))
+        return params_of(m.init(jax.random.PRNGKey(seed), 256, method=lambda mod, d: mod.parts(d)))
 
     p = params(_mamba2(headdim=1, d_state=1), 3)
     A = np.exp(p["A_log"])  # 512 heads, A = -exp(A_log) ~ -U[1, 16]
@@ -96,7 +101,7 @@ def test_init():
 
 
 @pytest.mark.parametrize(
-    "name, ssd_impl, length, ngroups",
+    "name, impl, length, ngroups",
     [
         ("mamba2", "chunked", 37, 2),
         ("mamba2", "sequential", 1, 4),
@@ -104,9 +109,9 @@ def test_init():
         ("hydra", "sequential", 1, 1),
     ],
 )
-def test_matches_reference_float32(rng, name, ssd_impl, length, ngroups):
+def test_matches_reference_float32(rng, name, impl, length, ngroups):
     make = _mamba2 if name == "mamba2" else _hydra
-    m = make(ngroups=ngroups, ssd_impl=ssd_impl, chunk_size=8)
+    m = make(ngroups=ngroups, impl=impl, chunk_size=8)
     x, v = _setup(rng, m, 2, length, 16)
     p = params_of(v)
     x64 = np.asarray(x, np.float64)
@@ -168,77 +173,22 @@ def test_gradients(rng, name):
     assert_rel_close(g_x, r_x, RTOL_GRAD, f"{name}: dx")
 
 
-@pytest.mark.parametrize("name", ["mamba2", "hydra"])
-def test_segments(rng, name):
-    # The sequential SSD compiles faster; the chunked one meets segments in
-    # test_matches_reference_float32.
-    m = (_mamba2 if name == "mamba2" else _hydra)(ssd_impl="sequential")
-    x, v = _setup(rng, m, 1, 16, 16)
-    harness.check_segments(Jitted(m), v, rng)
+# --- the matrices -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["mamba2", "hydra"])
-def test_bfloat16(rng, name):
-    make = _mamba2 if name == "mamba2" else _hydra
-    m32, m16 = make(), make(dtype=jnp.bfloat16)
-    x = harness.random_input(rng, 2, 13, 16)
-    v = jit_init(m32, x)
-    J16 = Jitted(m16)
-    y16 = J16.apply(v, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16
-    assert rel_err(y16.astype(jnp.float32), jax.jit(m32.apply)(v, x)) < 5e-2
-    if name == "mamba2":
-        cache = m16.apply(v, 2, method="init_cache")
-        y_t, cache = J16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
-        assert y_t.dtype == jnp.bfloat16 and cache["ssm"].dtype == jnp.float32
-        assert rel_err(y_t.astype(jnp.float32), y16[:, 0].astype(jnp.float32)) < 5e-2
-
-
-# --- Mamba-2 ------------------------------------------------------------------
-
-
-def test_mamba2_step_matches_parallel(rng):
-    m = _mamba2(ngroups=2)
+def test_matrix_is_the_closed_form(rng, name):
+    """The matrix read off the SSDs equals the papers' closed form (SSD matrix + D; Hydra's quasiseparable one)."""
+    m = (_mamba2 if name == "mamba2" else _hydra)(ngroups=2)
     x, v = _setup(rng, m)
-    harness.check_step_matches_parallel(Jitted(m), v, x)
-    cache = m.apply(v, 2, method="init_cache")
-    assert cache["conv"].shape == (2, 3, 32 + 2 * 2 * 8) and cache["ssm"].shape == (2, 4, 8, 8)
-
-
-def test_mamba2_causal(rng):
-    m = _mamba2()
-    x, v = _setup(rng, m)
-    harness.check_causal(Jitted(m), v, x, rng)
-
-
-def test_mamba2_mixing_matrix(rng):
-    m = _mamba2(ngroups=2)
-    x, v = _setup(rng, m)
-    J = Jitted(m)
-    M = harness.check_mixing_matrix(J, v, x, causal=True)
+    seg = _segments(rng, 2, 13)
+    M = Jitted(m).apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
     assert M.shape == (2, 4, 13, 13)
-    # Input-dependent (selective), and with segments block-diagonal.
-    assert rel_err(J.apply(v, harness.random_input(rng, 2, 13, 16), method="mixing_matrix"), M) > 1e-2
-    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
-    Ms = J.apply(v, x, segment_ids=seg, method="mixing_matrix")
-    assert np.abs(np.asarray(Ms[0, :, 4:, :4])).max() == 0.0
-    assert np.abs(np.asarray(Ms[0, :, 5, 4])).min() > 0.0
-    y_m = J.apply(v, x, Ms, segment_ids=seg, method="apply_mixing_matrix")
-    assert_rel_close(y_m, J.apply(v, x, segment_ids=seg), RTOL, "mixing matrix with segments")
-
-
-def test_mamba2_no_retrace(rng):
-    m = _mamba2()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = jit_init(m, x)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def run(v, x):
-        return m.apply(v, x)
-
-    run(v, x)
-    run(v, harness.random_input(rng, 2, 13, 16))  # same shapes: no second trace
+    p, x64 = params_of(v), np.asarray(x, np.float64)
+    want = mamba2_matrix(p, x64, 2, seg) if name == "mamba2" else hydra_matrix(p, x64, 2, True, seg)
+    assert_rel_close(M, want, RTOL, f"{name} matrix vs closed form")
+    # Input-dependent (selective).
+    assert rel_err(Jitted(m).apply(v, harness.random_input(rng, 2, 13, 16), method="mixing_matrix"), M) > 1e-2
 
 
 # --- Hydra --------------------------------------------------------------------
@@ -248,7 +198,7 @@ def test_hydra_mixing_matrix_is_two_sided(rng):
     m = _hydra(ngroups=2)
     x, v = _setup(rng, m)
     J = Jitted(m)
-    M = np.asarray(harness.check_mixing_matrix(J, v, x, causal=False))
+    M = np.asarray(J.apply(v, x, method="mixing_matrix"))
     assert M.shape == (2, 4, 13, 13)
     # Quasiseparable: weight strictly below AND strictly above the diagonal.
     assert np.abs(np.tril(M, -1)).max() > 1e-3 and np.abs(np.triu(M, 1)).max() > 1e-3
@@ -264,7 +214,7 @@ def test_hydra_mixing_matrix_is_two_sided(rng):
     x, v = _setup(rng, m_plain)
     M = np.asarray(jax.jit(lambda v, x: m_plain.apply(v, x, method="mixing_matrix"))(v, x))
     D = params_of(v)["D"]
-    np.testing.assert_allclose(np.diagonal(M, axis1=-2, axis2=-1), np.broadcast_to(D[:, None], (2, 4, 13)), rtol=1e-6)
+    np.testing.assert_allclose(np.diagonal(M, axis1=-2, axis2=-1), np.broadcast_to(D[:, None], (2, 4, 13)), rtol=1e-5)
 
 
 def test_hydra_is_bidirectional(rng):
@@ -277,40 +227,36 @@ def test_hydra_is_bidirectional(rng):
     # Past outputs see the future (and through the backward SSD, not only the
     # 3-tap look-ahead of the centered conv: position 0 is 7 steps away).
     assert rel_err(y2[:, :1], y1[:, :1]) > 1e-3
-    assert not hasattr(m, "step") and not hasattr(m, "init_cache")
+    with pytest.raises(ValueError, match="not causal"):
+        m.apply(v, 2, method="init_cache")
+
+
+def test_hydra_state_size():
+    # The centered conv's 6 positions of 32 + 4·8 channels and two SSD carries.
+    assert _hydra(d_model=16).apply({}, None, method="state_size") == 6 * 64 * 4 + 2 * 4 * 8 * 8 * 4
 
 
 # --- sizes and errors ----------------------------------------------------------
 
 
-def test_state_size(rng):
-    m = _mamba2(d_model=16, ngroups=2)
-    # conv (4-1)·(32 + 2·2·8) float32 + SSD state 4 heads · 8 · 8 float32.
-    expected = 3 * 64 * 4 + 4 * 8 * 8 * 4
-    assert m.apply({}, None, method="state_size") == expected
-    v = jit_init(m, harness.random_input(rng, 1, 3, 16))
-    cache = m.apply(v, 3, method="init_cache")
-    assert sum(a.nbytes for a in jax.tree_util.tree_leaves(cache)) == 3 * expected
-    # Hydra: the centered conv's 6 positions of 32 + 4·8 channels and two SSD carries.
-    assert _hydra(d_model=16).apply({}, None, method="state_size") == 6 * 64 * 4 + 2 * 4 * 8 * 8 * 4
-
-
 def test_config_errors(rng):
     x = harness.random_input(rng, 1, 4, 16)
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="headdim"):
-        _mamba2(headdim=5).init(key, x)
-    with pytest.raises(ValueError, match="ngroups"):
-        _mamba2(ngroups=3).init(key, x)
-    with pytest.raises(ValueError, match="'reference', 'sequential', 'chunked'"):
-        _mamba2(ssd_impl="flash").init(key, x)
-    with pytest.raises(ValueError, match="odd"):
-        _hydra(d_conv=4).init(key, x)
-    with pytest.raises(ValueError, match="A_init_range"):
-        _hydra(A_init_range=(0.0, 1.0)).init(key, x)
+    with pytest.raises(ConfigError, match=r"^mamba2\.headdim=5 must divide"):
+        _mamba2(headdim=5, d_model=16)
+    with pytest.raises(ConfigError, match=r"^mamba2\.headdim=5 must divide"):
+        _mamba2(headdim=5).init(key, x)  # width from the input
+    with pytest.raises(ConfigError, match=r"^mamba2\.ngroups=3 must divide"):
+        _mamba2(ngroups=3, d_model=16)
+    with pytest.raises(ConfigError, match=r"^mamba2\.impl='flash'.*allowed: auto, reference, sequential, chunked"):
+        _mamba2(impl="flash")
+    with pytest.raises(ConfigError, match=r"^hydra\.d_conv=4 must be odd"):
+        _hydra(d_conv=4)
+    with pytest.raises(ConfigError, match=r"^hydra\.A_init_range=\(0.0, 1.0\)"):
+        _hydra(A_init_range=(0.0, 1.0))
     m = _mamba2()
     v = jit_init(m, x)
     with pytest.raises(ValueError, match="x_t"):
         m.apply(v, x, m.apply(v, 1, method="init_cache"), method="step")
     with pytest.raises(ValueError, match="M must"):
-        m.apply(v, x, jnp.zeros((1, 3, 4, 4)), method="apply_mixing_matrix")
+        m.apply(v, x, jnp.zeros((1, 3, 5, 5)), method="apply_mixing_matrix")

@@ -22,7 +22,7 @@ VOCAB, LENGTH, BATCH = 11, 32, 4
 # Small widths; chunk sizes below the shard length so chunked paths cross chunks.
 MIXER_KWARGS = {
     "mha": {"num_heads": 2},
-    "mamba": {"d_state": 4, "chunk_size": 4, "scan_impl": "chunked"},
+    "mamba": {"d_state": 4, "chunk_size": 4, "impl": "chunked"},
     "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4},
     "s5": {"d_state": 8},
     "gla": {"num_heads": 2, "chunk_size": 4},

@@ -1,0 +1,239 @@
+"""Helpers every mixer family shares: input checks, segments, projections, inits, field checks.
+
+Nothing here belongs to one family. The family files import from here (and
+from ``seqjax.ops``), never from each other's private helpers.
+"""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.errors import ConfigError
+from seqjax.ops.common import accum_dtype, segment_runs as _runs, segment_starts
+from seqjax.types import SegmentIds
+
+# --- input checks ----------------------------------------------------------------------
+
+
+def check_input(name: str, x: jax.Array, segment_ids: SegmentIds | None = None) -> None:
+    """Validates a mixer input ``x: (b, l, d)`` and its ``segment_ids: (b, l)``.
+
+    Args:
+      name: the mixer, for the message.
+      x: the input.
+      segment_ids: optional ids.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"{name}: x must have shape (batch, length, d_model), got {x.shape}")
+    if segment_ids is not None and tuple(jnp.shape(segment_ids)) != x.shape[:2]:
+        raise ValueError(
+            f"{name}: segment_ids has shape {jnp.shape(segment_ids)}; expected (batch, length) = {x.shape[:2]}")
+
+
+def check_step_input(name: str, x_t: jax.Array) -> None:
+    """Validates one position ``x_t: (b, d)`` for ``step``."""
+    if x_t.ndim != 2:
+        raise ValueError(f"{name}.step: x_t must have shape (batch, d_model), got {x_t.shape}")
+
+
+# --- field checks (ConfigError: "<mixer>.<field>=<value> ..., allowed: ...") ----------------
+
+
+def check_int(name: str, field: str, value, *, minimum: int = 1, optional: bool = False) -> None:
+    """Raises ConfigError unless ``value`` is an int ``>= minimum`` (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ConfigError(f"{name}.{field}={value!r} must be {what}")
+
+
+def check_number(name: str, field: str, value, *, low: float | None = None, high: float | None = None,
+                 open_low: bool = False) -> None:
+    """Raises ConfigError unless ``value`` is a number in the given range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if open_low else '>='} {low}")
+        if high is not None:
+            bounds.append(f"<= {high}")
+        raise ConfigError(f"{name}.{field}={value!r} must be a number {' and '.join(bounds)}".rstrip())
+
+
+def check_option(name: str, field: str, value, allowed: Sequence) -> None:
+    """Raises ConfigError unless ``value`` is one of ``allowed``."""
+    if value not in tuple(allowed):
+        raise ConfigError(f"{name}.{field}={value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_divides(name: str, field: str, value: int, total: int, what: str) -> int:
+    """Raises ConfigError unless the int ``value`` divides ``total``; returns ``total // value``."""
+    check_int(name, field, value)
+    if total % value:
+        raise ConfigError(f"{name}.{field}={value!r} must divide {what}={total}")
+    return total // value
+
+
+# --- segments and positions -------------------------------------------------------------
+
+
+def segment_runs(segment_ids: SegmentIds | None, batch: int, length: int) -> jax.Array:
+    """Run index of each position: 0, 0, 1, 1, 1, 2, ... (zeros without segments).
+
+    A new segment starts wherever the id changes, so ids that repeat later in a
+    row (``0, 0, 1, 0``) still give separate segments; pass these run indices
+    (not the raw ids) to ops that compare ids.
+
+    Args:
+      segment_ids: ``(b, l)`` integer ids, or None (one segment per row).
+      batch: ``b``.
+      length: ``l``.
+
+    Returns:
+      ``(b, l)`` int32 run indices.
+    """
+    if segment_ids is None:
+        return jnp.zeros((batch, length), jnp.int32)
+    return _runs(jnp.asarray(segment_ids))
+
+
+def positions_in_segment(segment_ids: SegmentIds | None, batch: int, length: int) -> jax.Array:
+    """Each position's offset from the start of its segment (0 at every start).
+
+    Args:
+      segment_ids: ``(b, l)`` integer ids, or None.
+      batch: ``b``.
+      length: ``l``.
+
+    Returns:
+      ``(b, l)`` int32: ``t - start(t)``; ``t`` itself without segments.
+    """
+    t = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    if segment_ids is None:
+        return t
+    start = jax.lax.cummax(jnp.where(segment_starts(jnp.asarray(segment_ids)), t, 0), axis=1)
+    return t - start
+
+
+def same_segment(segment_ids: SegmentIds | None, batch: int, length: int) -> jax.Array:
+    """``(b, l, l)`` booleans: positions ``t`` and ``s`` are in the same packed sequence."""
+    runs = segment_runs(segment_ids, batch, length)
+    return runs[:, :, None] == runs[:, None, :]
+
+
+# --- projections and dtypes ----------------------------------------------------------------
+
+
+def dense(
+    features: int,
+    axes: Sequence[str | None],
+    *,
+    use_bias: bool = False,
+    dtype=jnp.float32,
+    name: str | None = None,
+    kernel_init=nn.initializers.lecun_normal(),
+) -> nn.Dense:
+    """A float32-parameter ``nn.Dense`` whose kernel carries logical axis names.
+
+    Parameters carry logical axis names (``embed``, ``heads``, ``mlp``,
+    ``state``, ...) so that ``seqjax.parallel`` can map them to mesh axes;
+    without a mesh the names are inert metadata.
+
+    Args:
+      features: output width.
+      axes: logical names of the kernel's (input, output) axes.
+      use_bias: add a bias (named after the output axis).
+      dtype: compute dtype.
+      name: submodule name.
+      kernel_init: initializer of the kernel.
+
+    Returns:
+      The Dense module (not yet bound).
+    """
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(kernel_init, tuple(axes)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
+        name=name,
+    )
+
+
+def complex_dtype(dtype) -> jnp.dtype:
+    """The complex accumulation dtype for a compute dtype (complex64 at least)."""
+    return jnp.result_type(accum_dtype(dtype), jnp.complex64)
+
+
+def as_complex(p: jax.Array, dtype) -> jax.Array:
+    """A ``(..., 2)`` real parameter as a complex array of real dtype ``dtype``."""
+    p = p.astype(dtype)
+    return jax.lax.complex(p[..., 0], p[..., 1])
+
+
+def split_complex(z):
+    """A complex array as real ``(..., 2)`` parts (the storage of complex parameters)."""
+    xp = np if isinstance(z, np.ndarray) else jnp  # init-time constants stay NumPy float64
+    return xp.stack([xp.real(z), xp.imag(z)], axis=-1)
+
+
+# --- initialisers ------------------------------------------------------------------------
+
+
+def constant_init(value):
+    """An initializer returning ``value`` broadcast to the requested shape."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.broadcast_to(jnp.asarray(value, dtype), shape)
+
+    return init
+
+
+def uniform_init(bound: float):
+    """``U(-bound, bound)`` (PyTorch's default init of a conv or linear layer)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def log_uniform_init(low: float, high: float):
+    """``log Δ`` uniform on ``[log low, log high]`` (Δ log-uniform, as S4/S5)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, math.log(low), math.log(high))
+
+    return init
+
+
+def scaled_normal_init(scale: float):
+    """``N(0, scale²)``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.normal(key, shape, dtype) * scale
+
+    return init
+
+
+def param(module: nn.Module, name: str, init, shape, axes: Sequence[str | None]) -> jax.Array:
+    """``module.param`` with logical axis names, float32."""
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, jnp.float32)
+
+
+__all__ = [
+    "check_input", "check_step_input", "check_int", "check_number", "check_option", "check_divides",
+    "segment_runs", "positions_in_segment", "same_segment", "dense", "complex_dtype", "as_complex",
+    "split_complex", "constant_init", "uniform_init", "log_uniform_init", "scaled_normal_init", "param",
+]

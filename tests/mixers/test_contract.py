@@ -1,0 +1,225 @@
+"""The mixer contract, checked for every registered mixer from one settings table.
+
+Each row of :data:`SETTINGS` gives a small configuration of one mixer and a
+bad field value; every test below runs over all rows. A new mixer adds one
+row here (``test_every_mixer_has_a_row`` fails until it does), one docs row,
+and its family test file keeps only its float64 oracles (paper equations,
+init, gradients). What is checked (``docs/architecture.md``, the Mixer base):
+
+* default construction from no arguments, width from the input;
+* construction checks: a bad field and a bad ``impl`` raise one ConfigError
+  naming ``<mixer>.<field>``;
+* the declared SSM parameters exist;
+* causal mixers: the ``step`` rollout equals ``__call__``; future inputs never
+  change past outputs; ``state_size`` is the cache's bytes per sequence;
+* packed sequences (``segment_ids``) equal separate runs;
+* mixers linear in a projection of x: ``__call__`` equals the projection and
+  output around the dense ``mixing_matrix``, which is lower triangular when
+  causal and zero across segments;
+* bfloat16 runs in bfloat16 and stays close to float32; no retrace under jit.
+"""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import mixers
+from seqjax.errors import ConfigError
+from tests.mixers import harness
+from tests.ops.utils import rel_err
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One mixer's row.
+
+    Attributes:
+      kwargs: a small configuration (width 16).
+      bad: ``(field, value)`` that construction must refuse.
+      repeat: the input repeats a pattern of this many positions (n-gram
+        heads only attend where earlier contexts repeat exactly); 0: random.
+      max_length: ``init_cache``'s ``max_length`` (KV caches, S4's C̃).
+      rtol: tolerance of the step / segments / matrix checks.
+    """
+
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    bad: tuple = ("d_model", 0)
+    repeat: int = 0
+    max_length: int | None = None
+    rtol: float = harness.RTOL
+
+
+SETTINGS: dict[str, Case] = {
+    # attention family
+    "mha": Case(dict(num_heads=2), ("num_heads", 0), max_length=16),
+    "sliding_window": Case(dict(num_heads=2, window=4), ("window", 0), max_length=16),
+    "linear_attention": Case(dict(num_heads=2), ("eps", 0.0)),
+    "performer": Case(dict(num_heads=2, num_features=8), ("num_features", 0)),
+    "retnet": Case(dict(num_heads=2), ("value_factor", 0)),
+    "gla": Case(dict(num_heads=2), ("gate_temperature", 0.0)),
+    "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
+    "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
+    # state-space family
+    "lssl": Case(dict(d_state=4), ("d_state", 0)),
+    "s4": Case(dict(d_state=4, l_max=16), ("d_state", 3), max_length=16),
+    "s4d": Case(dict(d_state=4), ("a_init", "nope")),
+    "s5": Case(dict(d_state=8), ("d_state", 3)),
+    "lru": Case(dict(d_state=8), ("r_max", 2.0)),
+    "mamba": Case(dict(d_state=4), ("d_state", 0)),
+    "mamba2": Case(dict(d_state=8, headdim=8), ("headdim", 5)),
+    "hydra": Case(dict(d_state=8, headdim=8), ("d_conv", 4)),
+    # recurrent family
+    "lstm": Case(dict(num_heads=2), ("num_heads", 3)),
+    "gru": Case(dict(num_heads=2), ("num_heads", 3)),
+    "slstm": Case(dict(num_heads=2), ("num_heads", 3)),
+    "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
+}  # fmt: skip
+WIDTH = 16
+# Mixers on the Mixer base class (all of them once the families have moved over).
+NAMES = sorted(n for n in SETTINGS if n in mixers.names() and issubclass(mixers.get(n), mixers.Mixer))
+
+
+def _module(name, **extra):
+    return mixers.get(name)(**{**SETTINGS[name].kwargs, **extra})
+
+
+def _input(name, rng, batch=2, length=13):
+    x = harness.random_input(rng, batch, length, WIDTH)
+    period = SETTINGS[name].repeat
+    if period:
+        x = jnp.concatenate([x[:, :period]] * -(-length // period), axis=1)[:, :length]
+    return x
+
+
+def _setup(name, rng, batch=2, length=13, **extra):
+    m = _module(name, **extra)
+    x = _input(name, rng, batch, length)
+    return m, x, harness.perturb(harness.jit_init(m, x), rng)
+
+
+def test_every_mixer_has_a_row():
+    assert sorted(mixers.names()) == sorted(SETTINGS), "add a row to SETTINGS for every registered mixer"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_construction(name, rng):
+    m = mixers.get(name)()
+    x = _input(name, rng, 2, 6)
+    v = harness.jit_init(m, x)
+    y = jax.jit(m.apply)(v, x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert np.isfinite(np.asarray(y)).all() and float(jnp.std(y)) > 0
+    assert m.bind(v).width() == WIDTH
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_fields_are_one_config_error(name):
+    field, value = SETTINGS[name].bad
+    with pytest.raises(ConfigError, match=rf"^{name}\.{field}={value!r}"):
+        _module(name, **{field: value, "d_model": WIDTH})
+    cls = mixers.get(name)
+    if cls.ops:
+        with pytest.raises(ConfigError, match=rf"^{name}\.impl='nonsense'.*allowed: auto"):
+            _module(name, impl="nonsense")
+        with pytest.raises(ConfigError, match=rf"^{name}\.impl names op 'nope'"):
+            _module(name, impl={"nope": "auto"})
+    if not cls.sequence_parallel:
+        with pytest.raises(ConfigError, match=rf"^{name}\.sequence_axis='sequence'"):
+            _module(name, sequence_axis="sequence")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_ssm_params_exist(name, rng):
+    m, x, v = _setup(name, rng, 1, 4)
+    params = jax.tree_util.tree_flatten_with_path(v["params"])[0]
+    paths = {"/".join(str(k.key) for k in path if hasattr(k, "key")) for path, _ in params}
+    for declared in type(m).ssm_params:
+        assert declared in paths, f"{name} declares ssm param {declared!r}; params: {sorted(paths)}"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if mixers.get(n)().is_causal])
+def test_step_matches_parallel(name, rng):
+    m, x, v = _setup(name, rng)
+    J = harness.Jitted(m)
+    y = J.apply(v, x)
+    cache = m.apply(v, x.shape[0], SETTINGS[name].max_length, method="init_cache")
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, cache = J.apply(v, x[:, t], cache, method="step")
+        ys.append(y_t)
+    err = rel_err(jnp.stack(ys, axis=1), y)
+    assert err <= SETTINGS[name].rtol, f"step rollout vs parallel: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if mixers.get(n)().is_causal])
+def test_causal(name, rng):
+    m, x, v = _setup(name, rng)
+    harness.check_causal(harness.Jitted(m), v, x, rng)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if mixers.get(n)().is_causal])
+def test_state_size_is_the_cache_per_sequence(name, rng):
+    m, x, v = _setup(name, rng, 1, 4)
+    bound = m.bind(v)
+    size = bound.state_size(SETTINGS[name].max_length)
+    cache = bound.init_cache(3, SETTINGS[name].max_length)
+    per_batch = [leaf.nbytes for leaf in jax.tree.leaves(cache) if leaf.shape[:1] == (3,)]
+    assert isinstance(size, int) and size > 0 and 3 * size == sum(per_batch)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_segments(name, rng):
+    m, x, v = _setup(name, rng, 1, 16)
+    if SETTINGS[name].repeat:
+        pieces = (4, 8, 4)  # whole periods, so each piece repeats on its own
+    else:
+        pieces = (5, 8, 3)
+    harness.check_segments(harness.Jitted(m), v, rng, lengths=pieces, width=WIDTH, rtol=SETTINGS[name].rtol,
+                           make=lambda n: _input(name, rng, 1, n))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if mixers.get(n).values_index is not None])
+def test_mixing_matrix(name, rng):
+    m, x, v = _setup(name, rng)
+    J = harness.Jitted(m)
+    M = harness.check_mixing_matrix(J, v, x, causal=m.is_causal, rtol=SETTINGS[name].rtol)
+    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
+    Ms = J.apply(v, x, segment_ids=seg, method="mixing_matrix")
+    assert np.abs(np.asarray(Ms[0, :, 4:, :4])).max() == 0.0 and np.abs(np.asarray(Ms[0, :, :4, 4:])).max() == 0.0
+    assert np.abs(np.asarray(Ms[1, :, 6:, :6])).max() == 0.0
+    y_m = J.apply(v, x, Ms, segment_ids=seg, method="apply_mixing_matrix")
+    assert rel_err(y_m, J.apply(v, x, segment_ids=seg)) <= SETTINGS[name].rtol
+    assert M.shape[:1] == (2,) and M.shape[2:] == (13, 13)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if mixers.get(n).values_index is None])
+def test_nonlinear_mixers_have_no_matrix(name, rng):
+    m, x, v = _setup(name, rng, 1, 4)
+    with pytest.raises(ValueError, match="no mixing matrix"):
+        m.apply(v, x, method="mixing_matrix")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16(name, rng):
+    m32, x, v = _setup(name, rng, 2, 8)
+    m16 = _module(name, dtype=jnp.bfloat16)
+    y16 = jax.jit(m16.apply)(v, x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    assert rel_err(y16.astype(jnp.float32), jax.jit(m32.apply)(v, x)) < 6e-2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_retrace(name, rng):
+    m, x, v = _setup(name, rng, 2, 8)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(v, x):
+        return m.apply(v, x)
+
+    run(v, x)
+    run(v, _input(name, rng, 2, 8))  # same shapes: no second trace
