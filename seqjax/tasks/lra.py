@@ -179,7 +179,7 @@ class LRATask:
         if self._builder is None:
             import tensorflow_datasets as tfds
 
-            import seqjax.data  # noqa: F401  (registers the builders)
+            import seqjax.data.builders  # noqa: F401  (registers the builders with tfds)
 
             config = self.builder_config()
             kwargs = {} if config is None else {"config": config}
