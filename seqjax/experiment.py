@@ -8,6 +8,7 @@ A bad config prints one ``error:`` line and the process exits with status 2;
 no run folder is created for it.
 """
 
+import copy
 import dataclasses
 import pathlib
 import sys
@@ -34,9 +35,10 @@ class Prepared:
     """A validated config, ready for ``seqjax.train.run``.
 
     Attributes:
-      config: the config to train.
-      task: the built task.
-      note: one line to print before training, or None.
+      config: the config to train (``train.batch_size`` padded when the batch
+        does not split over the devices; see :func:`prepare`).
+      task: the built task (a :class:`~seqjax.tasks.base.PaddedTask` when padded).
+      note: one line about the padding, or None.
     """
 
     config: object
@@ -52,6 +54,11 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     model (``seqjax.models.validate``), the task (its constructor) and the
     lengths the model allows.
 
+    A global batch that the batch-splitting mesh axes (``data x fsdp``) do not
+    divide, say the LRA papers' batch 50 on 4 or 8 devices, is padded to the
+    next multiple with rows of loss weight 0 (:class:`~seqjax.tasks.base.PaddedTask`):
+    the loss, gradient and metrics are exactly the real batch's.
+
     Args:
       config: the full experiment config.
       num_devices: devices available (default ``jax.device_count()``).
@@ -62,13 +69,36 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     Raises:
       ConfigError: one line naming the first bad field.
     """
-    from seqjax import models, tasks
+    from seqjax import models, parallel, tasks
     from seqjax.parallel import distributed
+    from seqjax.tasks.base import PaddedTask, padded_batch_size
     from seqjax.train import loop
 
     # First: JAX must not start its backends before a multi-host runtime is up.
     distributed.initialize(config.get("distributed"))
-    run_config, note = config, None
+    import jax
+
+    run_config, note, real = config, None, None
+    train = config.get("train")
+    batch = train.get("batch_size") if train is not None else None
+    if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 and config.get("mesh") is not None:
+        try:
+            sizes = parallel.mesh_shape(config.mesh, num_devices)
+        except ConfigError:
+            sizes = None  # validate_config reports it
+        if sizes is not None:
+            ways = sizes["data"] * sizes["fsdp"]
+            padded = padded_batch_size(batch, ways)
+            procs = jax.process_count()
+            if batch % procs:
+                raise ConfigError(f"config.train.batch_size={batch} is not allowed; allowed: multiples of the "
+                                  f"process count {procs}")
+            if padded != batch:
+                real, run_config = batch, copy.deepcopy(config)
+                run_config.train.batch_size = padded
+                note = (f"note: config.train.batch_size={batch} does not split {ways} ways (mesh data x fsdp); "
+                        f"each step pads it to {padded} rows, {padded - batch} of loss weight 0, so the loss and "
+                        f"gradient are the {batch}-row batch's")
     loop.validate_config(run_config, num_devices)
     model_config = config.get("model")
     if model_config is None:
@@ -79,6 +109,8 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     task = tasks.build(config.task)
     loop.check_lengths(config, task)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
+    if real is not None:
+        task = PaddedTask(task, real, run_config.train.batch_size)
     return Prepared(run_config, task, note)
 
 
