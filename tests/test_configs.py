@@ -43,3 +43,20 @@ def test_ngram_suffix_prepends_a_layer():
 def test_unknown_model_lists_allowed():
     with pytest.raises(ConfigError, match=r"model='mambo'.*allowed: .*mamba"):
         load_config("configs/icl/regression.py", "model=mambo")
+
+
+def test_docs_state_what_the_configs_and_builders_are():
+    """The README and docs/ numbers that once drifted from the code."""
+    import seqjax.data.builders as builders
+
+    icl = load_config(ROOT / "configs/icl/regression.py")
+    row = next(line for line in (ROOT / "docs/experiments.md").read_text().splitlines()
+               if line.startswith("| `configs/icl/regression.py`"))
+    assert f"{icl.train.steps:,} steps of batch {icl.train.batch_size}" in row
+    assert f"Adam {icl.optim.learning_rate:.0e}".replace("e-0", "e-") in row  # "Adam 3e-3"
+    lra = [n for n in builders.__all__ if n.startswith("Lra") and not n.endswith("Config")]
+    assert len(lra) == 5
+    assert "(5 offline builders," in (ROOT / "README.md").read_text()
+    assert "five TFDS builders" in (ROOT / "docs/lra.md").read_text()
+    lssl = next(line for line in (ROOT / "docs/mixers.md").read_text().splitlines() if line.startswith("| `lssl`"))
+    assert lssl.split("|")[-2].strip().startswith("yes / yes / yes")  # step / bidir / segments
