@@ -250,6 +250,7 @@ function class, the builder); every other section only takes its own fields."""
 
 _PREFIX = "config."
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_NONE = "None"  # the one spelling of None: "none" is a real value of str fields (model.positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,13 +371,12 @@ def _parse_scalar(text: str, kind):
         return float(text)
     if kind is str:
         return text
-    value = _literal(text)
-    return value
+    return _literal(text)
 
 
-def _parse_value(text: str, current, kind, flag: str):
-    """The value that ``text`` denotes for a field holding ``current`` of type ``kind``."""
-    if text.strip() in ("None", "none", "null"):
+def _parse_value(text: str, current, kind, flag: str, path: str):
+    """The value that ``text`` denotes for the field ``path`` holding ``current`` of type ``kind``."""
+    if text.strip() == _NONE:
         return None
     try:
         if kind in (bool, int, float, str):
@@ -401,12 +401,7 @@ def _parse_value(text: str, current, kind, flag: str):
         return _literal(text)
     except ValueError as e:
         msg = str(e) if str(e).startswith("must") else f"must be {_type_name(kind)}, not {text!r}"
-        raise ConfigError(f"{flag}: config.{flag_path(flag)} {msg}") from None
-
-
-def flag_path(flag: str) -> str:
-    """The field path of an override as written (``--config.a.b=1`` → ``a.b``)."""
-    return flag.lstrip("-").removeprefix("no").removeprefix(_PREFIX).split("=", 1)[0]
+        raise ConfigError(f"{flag}: config.{path} {msg}") from None
 
 
 def apply_overrides(config: ConfigDict, overrides: Sequence[Override | str]) -> ConfigDict:
@@ -454,11 +449,14 @@ def _apply_one(config: ConfigDict, item: Override) -> None:
         raise _unknown(config, node, section, key, flag)
     current = node.get(key)
     kind = node.get_type(key) if key in node else type(None)
-    if isinstance(current, ConfigDict) and item.value is not None and not item.value.lstrip().startswith("{"):
-        fields = ", ".join(sorted(current.keys())) or "none"
-        raise ConfigError(f"{flag}: config.{item.path} is a section (fields: {fields}); set its fields, "
+    text = (item.value or "").strip()
+    if isinstance(current, ConfigDict) and item.value is not None and not text.startswith("{") and text != _NONE:
+        names = ", ".join(sorted(current.keys())) or "none"
+        raise ConfigError(f"{flag}: config.{item.path} is a section (fields: {names}); set its fields, "
                           f"e.g. --config.{item.path}.<field>=<value>")
     if item.value is None:
+        if item.negated and kind is not bool and current is not None:
+            raise ConfigError(f"{flag}: config.{item.path} is {_type_name(kind)}; --no{_PREFIX}<field> is for bools")
         if kind is not bool and current is not None:
             raise ConfigError(f"{flag}: config.{item.path} is {_type_name(kind)}; give a value "
                               f"(--config.{item.path}=<value>)")
@@ -466,11 +464,10 @@ def _apply_one(config: ConfigDict, item: Override) -> None:
     elif item.negated:
         raise ConfigError(f"{flag}: --no{_PREFIX}<field> takes no value")
     else:
-        value = _parse_value(item.value, current, kind, flag)
+        value = _parse_value(item.value, current, kind, flag, item.path)
     try:
         node[key] = value
-    except (TypeError, ValueError) as e:
-        del e
+    except (TypeError, ValueError):  # ml_collections' type check (a typed placeholder, a section)
         raise ConfigError(f"{flag}: config.{item.path} must be {_type_name(kind)}, not {value!r}") from None
 
 

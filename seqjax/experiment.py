@@ -69,37 +69,29 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     Raises:
       ConfigError: one line naming the first bad field.
     """
-    from seqjax import models, parallel, tasks
+    from seqjax import models, tasks
     from seqjax.parallel import distributed
-    from seqjax.tasks.base import PaddedTask, padded_batch_size
+    from seqjax.tasks.base import PaddedTask
     from seqjax.train import loop
 
     # First: JAX must not start its backends before a multi-host runtime is up.
     distributed.initialize(config.get("distributed"))
-    import jax
-
     run_config, note, real = config, None, None
-    train = config.get("train")
-    batch = train.get("batch_size") if train is not None else None
-    if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 and config.get("mesh") is not None:
-        try:
-            sizes = parallel.mesh_shape(config.mesh, num_devices)
-        except ConfigError:
-            sizes = None  # validate_config reports it
-        if sizes is not None:
-            ways = sizes["data"] * sizes["fsdp"]
-            padded = padded_batch_size(batch, ways)
-            procs = jax.process_count()
-            if batch % procs:
-                raise ConfigError(f"config.train.batch_size={batch} is not allowed; allowed: multiples of the "
-                                  f"process count {procs}")
-            if padded != batch:
-                real, run_config = batch, copy.deepcopy(config)
-                run_config.train.batch_size = padded
-                note = (f"note: config.train.batch_size={batch} does not split {ways} ways (mesh data x fsdp); "
-                        f"each step pads it to {padded} rows, {padded - batch} of loss weight 0, so the loss and "
-                        f"gradient are the {batch}-row batch's")
-    loop.validate_config(run_config, num_devices)
+    try:
+        loop.validate_config(config, num_devices)
+    except ConfigError:
+        # A batch that data x fsdp do not divide is padded here; when the trainer
+        # accepts such a batch itself, validate_config passes and nothing is padded.
+        split = _uneven_split(config, num_devices)
+        if split is None:
+            raise
+        ways, padded = split
+        real, run_config = config.train.batch_size, copy.deepcopy(config)
+        run_config.train.batch_size = padded
+        loop.validate_config(run_config, num_devices)  # any other bad field
+        note = (f"note: config.train.batch_size={real} does not split {ways} ways (mesh data x fsdp); "
+                f"each step pads it to {padded} rows, {padded - real} of loss weight 0, so the loss and "
+                f"gradient are the {real}-row batch's")
     model_config = config.get("model")
     if model_config is None:
         raise ConfigError("config.model is missing; it must hold the model fields (see seqjax.models.default_config)")
@@ -112,6 +104,31 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     if real is not None:
         task = PaddedTask(task, real, run_config.train.batch_size)
     return Prepared(run_config, task, note)
+
+
+def _uneven_split(config, num_devices: int | None) -> tuple[int, int] | None:
+    """``(ways, padded batch)`` when ``config``'s batch does not split over ``data x fsdp``, else None.
+
+    None too when the batch or the mesh is itself invalid (validation reports
+    those) or the batch does not split over the processes (each reads whole rows).
+    """
+    import jax
+
+    from seqjax import parallel
+    from seqjax.tasks.base import padded_batch_size
+
+    train, mesh = config.get("train"), config.get("mesh")
+    batch = train.get("batch_size") if train is not None else None
+    if mesh is None or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        return None
+    try:
+        sizes = parallel.mesh_shape(mesh, num_devices)
+    except ConfigError:
+        return None
+    ways = sizes["data"] * sizes["fsdp"]
+    if batch % ways == 0 or batch % jax.process_count():
+        return None
+    return ways, padded_batch_size(batch, ways)
 
 
 def main(config, workdir: str | None, report: Callable[[dict], str] | None = None) -> int:

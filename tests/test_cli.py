@@ -19,7 +19,7 @@ import pytest
 from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
-from seqjax import experiment, train
+from seqjax import experiment
 from seqjax.config import Override, apply_overrides, fields, load_config, load_module, split_overrides
 from seqjax.errors import ConfigError
 from seqjax.tasks import build
@@ -56,8 +56,8 @@ def test_values_parse_as_the_field_type():
     apply_overrides(c, ["i=1e3", "f=2", "b=false", "s=3", "t=4,5", "names=x,y", "p=1", "n=[1, 2]", "d.k=7"])
     assert (c.i, c.f, c.b, c.s, c.t, c.names, c.p, c.n, c.d.k) == (1000, 2.0, False, "3", (4, 5), ("x", "y"), 1.0,
                                                                   [1, 2], 7)
-    apply_overrides(c, ["p=None", "t=(7,)", "b"])
-    assert c.p is None and c.t == (7,) and c.b is True
+    apply_overrides(c, ["p=None", "t=(7,)", "b", "s=none"])
+    assert c.p is None and c.t == (7,) and c.b is True and c.s == "none"  # only "None" is None
     for bad, msg in [("i=2.5", "config.i must be an int, not '2.5'"), ("b=maybe", "must be true or false"),
                      ("f=fast", "config.f must be a float"), ("i", "config.i is an int; give a value"),
                      ("d=3", "config.d is a section (fields: k)")]:
@@ -88,6 +88,22 @@ def test_open_maps_take_new_keys_and_their_owner_checks_them():
     apply_overrides(c, ["model.mixer_kwargs.mamba.d_stat=8"])
     with pytest.raises(ConfigError, match=r"config.model.mixer_kwargs.mamba.d_stat is not a field of mixer 'mamba'"):
         experiment.prepare(c, num_devices=1)
+    cpu = apply_overrides(load_config(ROOT / "configs/lra/pathfinder.py"), ["task.builder_kwargs=None",
+                                                                            "task.builder_config=32_hard"])
+    assert cpu.task.builder_kwargs is None and build(cpu.task).builder_config() == "32_hard"
+
+
+@pytest.mark.parametrize("config, doc", [("configs/icll/regbench.py", "docs/regbench.md"),
+                                         ("configs/lra/listops.py", "seqjax/tasks/lra.py")])
+def test_every_icll_and_lra_task_field_is_in_the_config_and_documented(config, doc):
+    c = load_config(ROOT / config)
+    module = sys.modules[type(build(c.task)).__module__]
+    assert set(module._DEFAULTS) <= set(c.task.keys())  # every field the task reads can be overridden
+    text = (ROOT / doc).read_text()
+    assert not [k for k in c.task.keys() if k != "name" and f"``{k}``" not in text and f"`{k}`" not in text]
+    apply_overrides(c, ["task.eval_batch_size=5", "task.eval_examples=7"])
+    task = build(c.task)
+    assert (task.eval_batch_size, task.eval_examples) == (5, 7)
 
 
 # --- every documented ICL field -----------------------------------------------------------
@@ -237,23 +253,39 @@ def test_every_lra_paper_cell_and_the_documented_command_fit_the_devices(devices
     assert padded == {1: 0, 2: 0, 4: 10, 8: 10}[devices]
 
 
-def test_a_padded_8_device_run_trains_exactly_like_one_device(tmp_path):
-    """Batch 12 on 8 devices is padded to 16 rows of which 4 weigh 0: the losses equal 1 device's."""
-    from tests.parallel.tiny import tiny_icl
-    from tests.train.toy import losses
+def test_a_padded_8_device_step_equals_the_1_device_step():
+    """Batch 12 split 8 ways: the trainer's step on the 16-row padded batch (4 rows of weight 0),
+    sharded over 8 devices, gives the loss, metrics and update of one device on the 12 real rows."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
 
-    curves = {}
-    for data in (1, -1):
-        c = tiny_icl(data=data)
-        c.train.batch_size, c.train.steps, c.train.checkpoint_every = 12, 3, 3
-        c.task.ilwd_batch_size = 0
-        p = experiment.prepare(c)
-        assert p.config.train.batch_size == (12 if data == 1 else 16)
-        results = train.run(p.config, tmp_path / str(data), task=p.task)
-        assert results["num_devices"] == (1 if data == 1 else 8)
-        curves[data] = [losses(tmp_path / str(data))[s] for s in (1, 2, 3)]
-    assert len(set(np.round(curves[1], 6))) == 3  # the loss moves
-    np.testing.assert_allclose(curves[-1], curves[1], rtol=1e-5)
+    from seqjax import models, parallel
+    from seqjax.tasks.base import PaddedTask
+    from seqjax.train.loop import make_train_step
+    from seqjax.train.optim import make_optimizer
+    from seqjax.train.state import create_train_state
+
+    c = load_config(ICL)
+    apply_overrides(c, ["task.dim=3", "task.n_points=4", "model.input_dim=3", "model.max_length=8",
+                        "model.num_layers=1", "model.d_model=16", "model.mixer_kwargs.mha.num_heads=2"])
+    task = build(c.task)
+    real = jax.tree.map(np.asarray, next(task.train_iterator(0, 12)))
+    padded = next(PaddedTask(task, 12, 16).train_iterator(0, 16))  # the same stream, padded
+    assert padded["weight"].tolist() == [1.0] * 12 + [0.0] * 4
+    np.testing.assert_array_equal(padded["inputs"][:12], real["inputs"])
+    model = models.build(c.model)
+    params = model.init(jax.random.key(0), real["inputs"][:1], deterministic=True)["params"]
+    tx, schedules = make_optimizer(c.optim, c.train.steps)
+    state, key = create_train_state(params, tx), jax.random.key(1)
+    step = make_train_step(model, task, tx, schedules["lr"])
+    one, m_one = jax.jit(step)(state, real, key)
+    mesh = parallel.make_mesh({"data": 8})
+    rows, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    eight, m_eight = jax.jit(step, in_shardings=(whole, rows, whole), out_shardings=(whole, whole))(state, padded, key)
+    for k in ("loss", "mse", "error_last", "grad_norm"):
+        np.testing.assert_allclose(m_eight[k], m_one[k], rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(eight.params), jax.tree.leaves(one.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_the_documented_multi_device_lra_command_trains_on_8_devices(tmp_path):

@@ -60,6 +60,9 @@ class Task(Protocol):
       name: the task's registry name (``config.task.name``).
       max_length: the longest ``inputs`` length the task feeds the model (the
         trainer checks it against ``config.model.max_length``).
+
+    Optional: ``weighted_rows = True`` declares that :meth:`loss` weighs rows by
+    :func:`row_weights`, so batches may be padded with rows of weight 0.
     """
 
     name: str
