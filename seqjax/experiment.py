@@ -50,7 +50,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     """Validates every section of ``config`` and builds its task, writing nothing.
 
     Checks, in order: the multi-host runtime (``config.distributed``), the
-    trainer's sections and the mesh (``seqjax.train.loop.validate_config``), the
+    trainer's sections and the mesh (``seqjax.train.config.validate_config``), the
     model (``seqjax.models.validate``), the task (its constructor) and the
     lengths the model allows.
 
@@ -72,13 +72,13 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     from seqjax import models, tasks
     from seqjax.parallel import distributed
     from seqjax.tasks.base import PaddedTask
-    from seqjax.train import loop
+    from seqjax.train import config as train_config
 
     # First: JAX must not start its backends before a multi-host runtime is up.
     distributed.initialize(config.get("distributed"))
     run_config, note, real = config, None, None
     try:
-        loop.validate_config(config, num_devices)
+        train_config.validate_config(config, num_devices)
     except ConfigError:
         # A batch that data x fsdp do not divide is padded here; when the trainer
         # accepts such a batch itself, validate_config passes and nothing is padded.
@@ -88,7 +88,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
         ways, padded = split
         real, run_config = config.train.batch_size, copy.deepcopy(config)
         run_config.train.batch_size = padded
-        loop.validate_config(run_config, num_devices)  # any other bad field
+        train_config.validate_config(run_config, num_devices)  # any other bad field
         note = (f"note: config.train.batch_size={real} does not split {ways} ways (mesh data x fsdp); "
                 f"each step pads it to {padded} rows, {padded - real} of loss weight 0, so the loss and "
                 f"gradient are the {real}-row batch's")
@@ -99,7 +99,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     if config.get("task") is None:
         raise ConfigError(f"config.task is missing; allowed task names: {', '.join(tasks.names())}")
     task = tasks.build(config.task)
-    loop.check_lengths(config, task)
+    train_config.check_lengths(config, task)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
     if real is not None:
         task = PaddedTask(task, real, run_config.train.batch_size)
