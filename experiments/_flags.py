@@ -1,28 +1,57 @@
-"""The flags every entrypoint shares: ``--config`` (with ``--config.x=y``) and ``--workdir``."""
+"""The command line every entrypoint shares: ``--config``, ``--config.x=y``, ``--workdir``.
 
-import re
+``--config.<field>=<value>`` overrides are split off and applied by
+:func:`seqjax.config.apply_overrides` (a misspelt field fails naming the
+closest valid ones); absl parses the rest. Any bad flag or config prints one
+``error:`` line and exits with status 2, before JAX starts or a folder is made.
+"""
+
+import pathlib
 import sys
+from collections.abc import Callable
 
 from absl import flags
-from ml_collections import config_flags
 
-from seqjax.errors import ConfigError
+# The default configs live beside this package, so the defaults work from any directory.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+USAGE = """usage: python -m {module} [--config=path/to/config.py[:arg]] [--config.<field>=<value> ...]
+                              [--workdir=DIR] [--print_config]
+
+  --config          config file and its argument (default: {default})
+  --config.<field>  override one field, e.g. --config.train.steps=500 --config.task.dim=10
+                    (lists: --config.task.baselines=least_squares,ridge; None: --config.x=None;
+                    bools: --config.train.progress=false or --noconfig.train.progress)
+  --workdir         run folder (default: runs/<config.name>); a finished run is reported, not rerun
+  --print_config    print the config after the overrides (every settable field) and exit
+"""
 
 
-def define(default_config: str):
-    """Defines ``--config`` (default ``default_config``) and ``--workdir``; returns both holders."""
-    config = config_flags.DEFINE_config_file("config", default_config, "path/to/config.py:arg", lock_config=False)
+def main(argv: list[str], module: str, doc: str, default_config: str, report: Callable[[], Callable] | None) -> None:
+    """Parses ``argv``, then runs :func:`seqjax.experiment.command` and exits with its status.
+
+    Args:
+      argv: ``sys.argv``.
+      module: the entrypoint's module name (for the usage text).
+      doc: the entrypoint's docstring (printed by ``--help``).
+      default_config: ``configs/...py:arg`` relative to the repository root.
+      report: returns the results → text function (imported late: after parsing).
+    """
+    from seqjax.config import split_overrides
+
+    config = flags.DEFINE_string("config", str(REPO / default_config), "path/to/config.py[:arg]")
     workdir = flags.DEFINE_string("workdir", None, "run folder (default: runs/<config.name>)")
-    return config, workdir
-
-
-def parse(argv: list[str]) -> None:
-    """Parses flags; a bad config prints one ``error:`` line and exits with status 2."""
+    print_config = flags.DEFINE_bool("print_config", False, "print the config after the overrides and exit")
+    overrides, rest = split_overrides(argv[1:])
+    if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in rest):
+        print(USAGE.format(module=module, default=default_config) + "\n" + (doc or "").strip())
+        sys.exit(0)
     try:
-        flags.FLAGS(argv)
+        flags.FLAGS(argv[:1] + rest)
     except flags.Error as e:
-        # config_flags re-raises errors from get_config as text with the traceback
-        # inside; a ConfigError's own line is all the user needs.
-        found = re.findall(rf"{ConfigError.__name__}: (.*)", str(e))
-        print(f"error: {found[-1] if found else str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
+    from seqjax import experiment
+
+    sys.exit(experiment.command(config.value, overrides, workdir.value, report() if report else None,
+                                print_config=print_config.value))

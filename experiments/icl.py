@@ -3,18 +3,22 @@
 With no flags it runs the README's default: linear regression at CPU scale,
 then prints the transformer's error per number of examples beside least
 squares, 3-NN and averaging. ``--config=configs/icl/regression.py:fc=...,
-model=...,scale=...`` and ``--config.train.steps=...`` change it.
+model=...,scale=...`` picks the experiment and ``--config.x=y`` overrides any
+field, e.g. ``--config.train.steps=500``, ``--config.task.ilwd_batch_size=0``
+or (with ``fc=sliding_window``) ``--config.task.task_kwargs.window=5``.
 """
 
 import sys
 
 from experiments import _flags
-from seqjax import experiment
 
-CONFIG, WORKDIR = _flags.define("configs/icl/regression.py:fc=linear,model=transformer,scale=cpu")
+
+def _report():
+    from seqjax.report import icl
+
+    return icl.run_summary
+
 
 if __name__ == "__main__":
-    _flags.parse(sys.argv)
-    from seqjax.report import icl as icl_report
-
-    sys.exit(experiment.main(CONFIG.value, WORKDIR.value, icl_report.run_summary))
+    _flags.main(sys.argv, "experiments.icl", __doc__, "configs/icl/regression.py:fc=linear,model=transformer,scale=cpu",
+                _report)

@@ -5,11 +5,15 @@ resume), then writes ``<root>/<table>-<scale>/report.md`` and PNG plots built on
 from the cells' ``results.json`` files.
 """
 
+import pathlib
 import sys
 
 from absl import app, flags, logging
 
 from seqjax import experiment
+
+# configs/tables/ and the cells' config files are found beside this package, from any directory.
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TABLE = flags.DEFINE_enum("table", None, ["icl", "icll", "lra"], "which table (configs/tables/<table>.py)")
 SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "scale of every cell")
@@ -22,7 +26,8 @@ def main(argv):
     del argv
     # app.run logs INFO to stderr; orbax and tfds would print a line per checkpoint.
     logging.set_verbosity(logging.WARNING)
-    return experiment.reproduce(TABLE.value, SCALE.value, ROOT.value, only=ONLY.value, train=not REPORT_ONLY.value)
+    return experiment.reproduce(TABLE.value, SCALE.value, ROOT.value, only=ONLY.value, train=not REPORT_ONLY.value,
+                               repo=REPO)
 
 
 if __name__ == "__main__":

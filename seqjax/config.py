@@ -1,17 +1,101 @@
-"""Helpers for the ``get_config(arg)`` files under ``configs/``.
+"""Experiment configs: loading config files, their shared helpers, and ``--config.x=y`` overrides.
 
-A config file takes one string argument of comma-separated ``key=value`` pairs
-(``"model=mamba,scale=cpu"``), parsed here so that every config reports a bad
-key or value the same way: one line naming the argument and the allowed values.
-``--config.x=y`` overrides are handled by ml_collections' ``config_flags`` in
-the entrypoints, after ``get_config`` returns.
+A config file (``configs/**.py``) is plain data: a ``get_config(arg)`` that
+returns an ml_collections ``ConfigDict``. Config files import their shared
+helpers from this module (the installed package), never from a ``configs``
+package, so :func:`load_config` only has to execute the file: it works from any
+working directory and nothing is added to ``sys.path``. A config file that
+shares code with its siblings loads that file with :func:`load_module`.
+
+The argument after ``:`` in ``--config=file.py:arg`` is comma-separated
+``key=value`` pairs (``"model=mamba,scale=cpu"``), parsed by :func:`parse_arg`
+so that every config reports a bad key or value the same way.
+
+``--config.<field>=<value>`` overrides are applied by :func:`apply_overrides`:
+the field must exist (a misspelt one fails naming the closest valid names), and
+the value is parsed as the field's type (a ``placeholder`` gives a None default
+its type). Only the maps in :data:`OPEN_MAPS` (a mixer's or a function class's
+keyword arguments) accept new keys; their consumers check them.
 """
 
-from collections.abc import Mapping
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import fnmatch
+import importlib.util
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from types import ModuleType
 
 from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
 
 from seqjax.errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# Loading config files.
+
+
+def load_module(path: str | pathlib.Path) -> ModuleType:
+    """Executes the Python file at ``path`` as a fresh module and returns it.
+
+    Args:
+      path: the file (relative paths are relative to the working directory).
+
+    Returns:
+      The module (registered in ``sys.modules`` under a name derived from the
+      resolved path, so dataclasses and pickling inside it work).
+
+    Raises:
+      ConfigError: ``path`` is not a file.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (relative paths start at {pathlib.Path.cwd()})")
+    resolved = path.resolve()
+    # A module name per file: two config files with the same stem never collide.
+    name = "_seqjax_config_" + "".join(c if c.isalnum() else "_" for c in str(resolved))
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load_config(path: str | pathlib.Path, arg: str | None = None) -> ConfigDict:
+    """Calls ``get_config(arg)`` of the config file at ``path`` (as ``--config=path:arg`` does).
+
+    Args:
+      path: the config file.
+      arg: the config argument (None or "" for the file's defaults).
+
+    Returns:
+      The config.
+
+    Raises:
+      ConfigError: no such file, no ``get_config``, or a bad argument.
+    """
+    module = load_module(path)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {str(path)!r} defines no get_config(arg)")
+    return module.get_config(arg or None)
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"path.py:arg"`` → ``("path.py", "arg")``; ``"path.py"`` → ``("path.py", None)``."""
+    path, _, arg = spec.partition(":")
+    return path, (arg or None)
+
+
+# --------------------------------------------------------------------------------------
+# The config argument and shared pieces of the config files.
 
 
 def parse_arg(arg: str | None, allowed: Mapping[str, list[str] | None], defaults: Mapping[str, str]) -> dict[str, str]:
@@ -61,3 +145,337 @@ def merge(base: ConfigDict, updates: Mapping) -> ConfigDict:
         else:
             out[key] = value
     return out
+
+
+# preset -> (layer pattern, mixer kwargs). "transformer" is softmax attention
+# with rotary positions (the RegBench transformer; Garg et al.'s GPT-2 used
+# learned absolute positions, which the ICL configs add).
+PRESETS = {
+    "transformer": ("mha", {}),
+}
+NGRAM_SUFFIX = "+ngram"
+
+
+def model_names() -> list[str]:
+    """Every accepted ``model=`` value without the ``+ngram`` suffix."""
+    from seqjax import mixers
+
+    return sorted(set(PRESETS) | set(mixers.names()))
+
+
+def apply_model_preset(config: ConfigDict, name: str, *, num_heads: int | None = None, ngram_n: int = 2) -> None:
+    """Sets ``config.model.mixers`` / ``mixer_kwargs`` for the preset ``name`` in place.
+
+    Model presets name a layer pattern of registry mixers; any registry name is
+    also a preset (one mixer in every layer), and ``<preset>+ngram`` prepends one
+    layer of n-gram heads (Akyürek et al. 2024 hard-wire n-gram heads into other
+    models; putting the layer first lets it match on token embeddings directly).
+
+    Args:
+      config: the full config (its ``model`` section is modified).
+      name: a preset, a registry mixer name, or either with ``+ngram``.
+      num_heads: heads for the attention-like mixers that take ``num_heads``.
+      ngram_n: ``n`` of the n-gram layer added by ``+ngram``.
+
+    Raises:
+      ConfigError: ``name`` is neither a preset nor a registry name.
+    """
+    from seqjax import mixers
+
+    base, ngram = (name[: -len(NGRAM_SUFFIX)], True) if name.endswith(NGRAM_SUFFIX) else (name, False)
+    if base not in model_names():
+        raise ConfigError(f"config argument model={name!r} is not allowed; allowed: {', '.join(model_names())} "
+                          f"(optionally with {NGRAM_SUFFIX!r})")
+    pattern, kwargs = PRESETS.get(base, (base, {}))
+    kwargs = {k: dict(v) for k, v in kwargs.items()}
+    layers = pattern.split(",")
+    if num_heads is not None:
+        for layer in set(layers):
+            if "num_heads" in mixers.get(layer).__dataclass_fields__:
+                kwargs.setdefault(layer, {})["num_heads"] = num_heads
+    if ngram:
+        # An explicit per-layer list: the n-gram layer, then the preset's pattern
+        # repeated over num_layers (the model repeats a pattern that divides it).
+        layers = ["ngram"] + layers * (config.model.num_layers // len(layers))
+        kwargs.setdefault("ngram", {})["n"] = ngram_n
+        config.model.num_layers = len(layers)
+    config.model.mixers = ",".join(layers)
+    config.model.mixer_kwargs = kwargs
+
+
+# Model fields whose default is None, with the type a command-line value takes.
+_MODEL_NONE_TYPES = {"vocab_size": int, "input_dim": int, "max_length": int, "num_classes": int}
+
+
+def base_config() -> ConfigDict:
+    """Seed, trainer/optimiser/mesh defaults and the model defaults.
+
+    Returns:
+      An unlocked ConfigDict; the model's None defaults are typed placeholders,
+      so ``--config.model.num_classes=5`` parses as an int.
+    """
+    from seqjax import models
+    from seqjax.train import default_config as train_defaults
+
+    config = train_defaults()
+    config.model = models.default_config()
+    for key, kind in _MODEL_NONE_TYPES.items():
+        if config.model.get(key) is None:
+            config.model[key] = placeholder(kind)
+    config.unlock()
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of a table (``configs/tables/*.py``).
+
+    Attributes:
+      name: folder name of the run under the table's root.
+      config: path of the config file, relative to the repository root.
+      arg: the config argument.
+    """
+
+    name: str
+    config: str
+    arg: str
+
+
+# --------------------------------------------------------------------------------------
+# Command-line overrides: ``--config.a.b=value``.
+
+OPEN_MAPS = ("model.mixer_kwargs", "model.mixer_kwargs.*", "task.task_kwargs", "task.builder_kwargs")
+"""Config maps whose keys are free (checked by their consumer: the mixer, the
+function class, the builder); every other section only takes its own fields."""
+
+_PREFIX = "config."
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_NONE = "None"  # the one spelling of None: "none" is a real value of str fields (model.positions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One ``--config.<path>=<value>`` argument.
+
+    Attributes:
+      path: the dotted field path below ``config`` (``"task.dim"``).
+      value: the text after ``=`` (None: the bare ``--config.x`` / ``--noconfig.x`` form).
+      negated: the ``--noconfig.x`` form (a bool set to False).
+    """
+
+    path: str
+    value: str | None = None
+    negated: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The argument as written, for messages."""
+        name = ("--no" if self.negated else "--") + _PREFIX + self.path
+        return name if self.value is None else f"{name}={self.value}"
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[Override], list[str]]:
+    """Separates ``--config.x=y`` overrides from the other arguments.
+
+    Accepted forms: ``--config.x=y``, ``--config.x y`` (the next argument is the
+    value unless it starts with ``--``), a bare ``--config.x`` (True) and
+    ``--noconfig.x`` (False) for bools; one leading dash works too.
+
+    Args:
+      argv: the command line (``argv[0]`` included or not).
+
+    Returns:
+      ``(overrides in order, the other arguments)``.
+    """
+    overrides, rest = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        body = arg.lstrip("-")
+        negated = body.startswith("no" + _PREFIX)
+        if arg.startswith("-") and (body.startswith(_PREFIX) or negated) and arg != body:
+            name, eq, value = body.removeprefix("no").removeprefix(_PREFIX).partition("=")
+            if not eq and not negated and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, eq = args[i + 1], "="
+                i += 1
+            overrides.append(Override(name, value if eq else None, negated))
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, rest
+
+
+def _is_open(path: str) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in OPEN_MAPS)
+
+
+def _leaf_paths(node, prefix: str = "") -> list[str]:
+    out = []
+    for key in node.keys():
+        value = node[key]
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, ConfigDict):
+            out.extend(_leaf_paths(value, path + "."))
+    return out
+
+
+def _unknown(config: ConfigDict, node: ConfigDict, section: str, key: str, flag: str) -> ConfigError:
+    """The one-line error for ``flag`` naming a field ``key`` that ``section`` lacks."""
+    names = sorted(node.keys())
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    # The same name elsewhere (``train.learning_rate`` for ``optim.learning_rate``).
+    elsewhere = [p for p in _leaf_paths(config) if p.rsplit(".", 1)[-1] == key and p != f"{section}.{key}"]
+    hints = [f"config.{section}.{n}" if section else f"config.{n}" for n in close]
+    hints += [f"config.{p}" for p in elsewhere[:3] if f"config.{p}" not in hints]
+    where = f"config.{section}" if section else "config"
+    if hints:
+        tail = f"did you mean {' or '.join(hints)}?"
+    elif names:
+        tail = f"its fields: {', '.join(names)}"
+    else:
+        tail = "it has no fields"
+    return ConfigError(f"{flag}: {where} has no field {key!r}; {tail}")
+
+
+def _type_name(kind) -> str:
+    """``"an int"``, ``"a float"``, ``"a tuple"``... for messages."""
+    name = {ConfigDict: "section", dict: "dict", type(None): "value"}.get(kind, getattr(kind, "__name__", str(kind)))
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _parse_scalar(text: str, kind):
+    """``text`` as a value of ``kind`` (bool, int, float, str); raises ValueError."""
+    if kind is bool:
+        low = text.strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ValueError(f"must be true or false, not {text!r}")
+    if kind is int:
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            number = float(text)  # "1e3": an integral float is accepted
+            if not number.is_integer():
+                raise ValueError(f"must be an int, not {text!r}") from None
+            return int(number)
+    if kind is float:
+        return float(text)
+    if kind is str:
+        return text
+    return _literal(text)
+
+
+def _parse_value(text: str, current, kind, flag: str, path: str):
+    """The value that ``text`` denotes for the field ``path`` holding ``current`` of type ``kind``."""
+    if text.strip() == _NONE:
+        return None
+    try:
+        if kind in (bool, int, float, str):
+            return _parse_scalar(text, kind)
+        if kind in (tuple, list):
+            value = _literal(text)
+            if isinstance(value, (tuple, list)):
+                items = list(value)
+            elif isinstance(value, str) or not isinstance(value, (int, float, bool)):
+                # "a,b,c" (what a shell leaves of a list): parse each item like the defaults' items.
+                item_kind = type(current[0]) if current else None
+                items = [_parse_scalar(s.strip(), item_kind) if item_kind in (bool, int, float, str)
+                         else _literal(s.strip()) for s in text.split(",") if s.strip()]
+            else:
+                items = [value]
+            return kind(items)
+        if kind is ConfigDict or kind is dict:
+            value = _literal(text)
+            if not isinstance(value, dict):
+                raise ValueError("must be a dict literal, e.g. \"{'key': 1}\", or set its fields one by one")
+            return value
+        return _literal(text)
+    except ValueError as e:
+        msg = str(e) if str(e).startswith("must") else f"must be {_type_name(kind)}, not {text!r}"
+        raise ConfigError(f"{flag}: config.{path} {msg}") from None
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[Override | str]) -> ConfigDict:
+    """Applies ``--config.<path>=<value>`` overrides to ``config`` in place.
+
+    Args:
+      config: the loaded config.
+      overrides: :class:`Override` objects, or strings such as ``"task.dim=3"``.
+
+    Returns:
+      ``config``.
+
+    Raises:
+      ConfigError: one line naming the flag: an unknown field (with the closest
+        valid names), a value that does not parse as the field's type, or a
+        bare flag on a field that is not a bool.
+    """
+    for item in overrides:
+        if isinstance(item, str):
+            path, eq, value = item.partition("=")
+            item = Override(path, value if eq else None)
+        _apply_one(config, item)
+    return config
+
+
+def _apply_one(config: ConfigDict, item: Override) -> None:
+    flag = item.flag
+    parts = item.path.split(".")
+    if not item.path or not all(parts):
+        raise ConfigError(f"{flag}: not a field path; write --config.<section>.<field>=<value>")
+    node, section = config, ""
+    for part in parts[:-1]:
+        if part not in node:
+            if not _is_open(section):
+                raise _unknown(config, node, section, part, flag)
+            node[part] = ConfigDict()
+        elif node[part] is None and _is_open(f"{section}.{part}".lstrip(".")):
+            node[part] = ConfigDict()  # an open map that is None by default (e.g. builder_kwargs)
+        section = f"{section}.{part}".lstrip(".")
+        node = node[part]
+        if not isinstance(node, ConfigDict):
+            raise ConfigError(f"{flag}: config.{section} is a {type(node).__name__} value, not a section")
+    key = parts[-1]
+    if key not in node and not _is_open(section):
+        raise _unknown(config, node, section, key, flag)
+    current = node.get(key)
+    kind = node.get_type(key) if key in node else type(None)
+    text = (item.value or "").strip()
+    if isinstance(current, ConfigDict) and item.value is not None and not text.startswith("{") and text != _NONE:
+        names = ", ".join(sorted(current.keys())) or "none"
+        raise ConfigError(f"{flag}: config.{item.path} is a section (fields: {names}); set its fields, "
+                          f"e.g. --config.{item.path}.<field>=<value>")
+    if item.value is None:
+        if item.negated and kind is not bool and current is not None:
+            raise ConfigError(f"{flag}: config.{item.path} is {_type_name(kind)}; --no{_PREFIX}<field> is for bools")
+        if kind is not bool and current is not None:
+            raise ConfigError(f"{flag}: config.{item.path} is {_type_name(kind)}; give a value "
+                              f"(--config.{item.path}=<value>)")
+        value = not item.negated
+    elif item.negated:
+        raise ConfigError(f"{flag}: --no{_PREFIX}<field> takes no value")
+    else:
+        value = _parse_value(item.value, current, kind, flag, item.path)
+    try:
+        node[key] = value
+    except (TypeError, ValueError):  # ml_collections' type check (a typed placeholder, a section)
+        raise ConfigError(f"{flag}: config.{item.path} must be {_type_name(kind)}, not {value!r}") from None
+
+
+def fields(config: ConfigDict) -> list[str]:
+    """Every field path of ``config`` (sections included), e.g. ``["model", "model.d_model", ...]``."""
+    return _leaf_paths(config)
+
+
+__all__ = ["load_module", "load_config", "split_spec", "parse_arg", "merge", "PRESETS", "NGRAM_SUFFIX",
+           "model_names", "apply_model_preset", "base_config", "Cell", "OPEN_MAPS", "Override",
+           "split_overrides", "apply_overrides", "fields"]

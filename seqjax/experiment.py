@@ -1,16 +1,20 @@
 """What an experiment entrypoint does, kept here so tests can reach it.
 
-``experiments/*.py`` only parse flags; :func:`main` validates the config,
-trains (or resumes, or finds the run finished), and prints the run's report.
-Bad configs print one ``error:`` line and exit with status 2.
+``experiments/*.py`` only parse flags; :func:`command` loads the config file,
+applies the ``--config.x=y`` overrides, and :func:`main` validates the whole
+config (trainer, mesh, model, task) before anything is built or written, then
+trains (or resumes, or finds the run finished) and prints the run's report.
+A bad config prints one ``error:`` line and the process exits with status 2;
+no run folder is created for it.
 """
 
-import importlib
-import importlib.util
+import copy
+import dataclasses
 import pathlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from seqjax.config import Override, apply_overrides, load_config, load_module, split_spec
 from seqjax.errors import ConfigError
 
 
@@ -19,8 +23,116 @@ def default_workdir(config) -> pathlib.Path:
     return pathlib.Path("runs") / config.get("name", "run")
 
 
+def fail(error: Exception | str) -> int:
+    """Prints ``error: <first line of error>`` to stderr and returns the exit status 2."""
+    text = str(error).strip().splitlines()
+    print(f"error: {text[0] if text else type(error).__name__}", file=sys.stderr)
+    return 2
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A validated config, ready for ``seqjax.train.run``.
+
+    Attributes:
+      config: the config to train (``train.batch_size`` padded when the batch
+        does not split over the devices; see :func:`prepare`).
+      task: the built task (a :class:`~seqjax.tasks.base.PaddedTask` when padded).
+      note: one line about the padding, or None.
+    """
+
+    config: object
+    task: object
+    note: str | None = None
+
+
+def prepare(config, num_devices: int | None = None) -> Prepared:
+    """Validates every section of ``config`` and builds its task, writing nothing.
+
+    Checks, in order: the multi-host runtime (``config.distributed``), the
+    trainer's sections and the mesh (``seqjax.train.config.validate_config``), the
+    model (``seqjax.models.validate``), the task (its constructor) and the
+    lengths the model allows.
+
+    A global batch that the batch-splitting mesh axes (``data x fsdp``) do not
+    divide, say the LRA papers' batch 50 on 4 or 8 devices, is padded to the
+    next multiple with rows of loss weight 0 (:class:`~seqjax.tasks.base.PaddedTask`):
+    the loss, gradient and metrics are exactly the real batch's.
+
+    Args:
+      config: the full experiment config.
+      num_devices: devices available (default ``jax.device_count()``).
+
+    Returns:
+      A :class:`Prepared`.
+
+    Raises:
+      ConfigError: one line naming the first bad field.
+    """
+    from seqjax import models, tasks
+    from seqjax.parallel import distributed
+    from seqjax.tasks.base import PaddedTask
+    from seqjax.train import config as train_config
+
+    # First: JAX must not start its backends before a multi-host runtime is up.
+    distributed.initialize(config.get("distributed"))
+    run_config, note, real = config, None, None
+    try:
+        train_config.validate_config(config, num_devices)
+    except ConfigError:
+        # A batch that data x fsdp do not divide is padded here; when the trainer
+        # accepts such a batch itself, validate_config passes and nothing is padded.
+        split = _uneven_split(config, num_devices)
+        if split is None:
+            raise
+        ways, padded = split
+        real, run_config = config.train.batch_size, copy.deepcopy(config)
+        run_config.train.batch_size = padded
+        train_config.validate_config(run_config, num_devices)  # any other bad field
+        note = (f"note: config.train.batch_size={real} does not split {ways} ways (mesh data x fsdp); "
+                f"each step pads it to {padded} rows, {padded - real} of loss weight 0, so the loss and "
+                f"gradient are the {real}-row batch's")
+    model_config = config.get("model")
+    if model_config is None:
+        raise ConfigError("config.model is missing; it must hold the model fields (see seqjax.models.default_config)")
+    models.validate(model_config)
+    if config.get("task") is None:
+        raise ConfigError(f"config.task is missing; allowed task names: {', '.join(tasks.names())}")
+    task = tasks.build(config.task)
+    train_config.check_lengths(config, task)
+    models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
+    if real is not None:
+        task = PaddedTask(task, real, run_config.train.batch_size)
+    return Prepared(run_config, task, note)
+
+
+def _uneven_split(config, num_devices: int | None) -> tuple[int, int] | None:
+    """``(ways, padded batch)`` when ``config``'s batch does not split over ``data x fsdp``, else None.
+
+    None too when the batch or the mesh is itself invalid (validation reports
+    those) or the batch does not split over the processes (each reads whole rows).
+    """
+    import jax
+
+    from seqjax import parallel
+    from seqjax.tasks.base import padded_batch_size
+
+    train, mesh = config.get("train"), config.get("mesh")
+    batch = train.get("batch_size") if train is not None else None
+    if mesh is None or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        return None
+    try:
+        sizes = parallel.mesh_shape(mesh, num_devices)
+    except ConfigError:
+        return None
+    ways = sizes["data"] * sizes["fsdp"]
+    if batch % ways == 0 or batch % jax.process_count():
+        return None
+    return ways, padded_batch_size(batch, ways)
+
+
 def main(config, workdir: str | None, report: Callable[[dict], str] | None = None) -> int:
-    """Runs ``config`` in ``workdir`` and prints ``report(results)``.
+    """Validates ``config``, runs it in ``workdir`` and prints ``report(results)``.
 
     Args:
       config: the full experiment config.
@@ -28,68 +140,98 @@ def main(config, workdir: str | None, report: Callable[[dict], str] | None = Non
       report: results → text to print (e.g. the ICL error table).
 
     Returns:
-      The process exit status: 0 on success, 2 on a bad config.
+      The process exit status: 0 on success, 2 on a bad config (nothing written).
     """
+    try:
+        prepared = prepare(config)
+    except ConfigError as e:
+        return fail(e)
     from seqjax import train  # imported late: flags parse before JAX starts
 
     workdir = pathlib.Path(workdir) if workdir else default_workdir(config)
+    if prepared.note:
+        print(prepared.note, flush=True)
     try:
-        results = train.run(config, str(workdir))
+        results = train.run(prepared.config, str(workdir), task=prepared.task)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     print(f"workdir: {workdir}")
     if report is not None:
         print(report(results))
     return 0
 
 
-def load_config(path: str, arg: str):
-    """Calls ``get_config(arg)`` of the config file at ``path`` (as config_flags would).
+def command(config_spec: str, overrides: Sequence[Override | str], workdir: str | None,
+            report: Callable[[dict], str] | None = None, *, print_config: bool = False) -> int:
+    """An entrypoint's work after flag parsing: load, override, validate, run.
 
-    Config files import ``configs.common``; the folder holding ``configs/`` is
-    put on ``sys.path`` so this works from any working directory.
+    Args:
+      config_spec: ``path/to/config.py[:arg]`` (``--config``).
+      overrides: the ``--config.<field>=<value>`` arguments, in order.
+      workdir: ``--workdir`` (None: :func:`default_workdir`).
+      report: results → text to print.
+      print_config: print the final config and exit without running.
+
+    Returns:
+      The exit status: 0, or 2 for a bad config (one ``error:`` line on stderr).
     """
-    for parent in pathlib.Path(path).resolve().parents:
-        if (parent / "configs" / "__init__.py").is_file():
-            if str(parent) not in sys.path:
-                sys.path.insert(0, str(parent))
-            break
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    try:
+        config = load_config(*split_spec(config_spec))
+        apply_overrides(config, overrides)
+    except ConfigError as e:
+        return fail(e)
+    if print_config:
+        print(config)
+        return 0
+    return main(config, workdir, report)
 
 
-def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = True) -> int:
+def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = True,
+              repo: str | pathlib.Path = ".") -> int:
     """Runs the missing cells of ``configs/tables/<table>.py`` and writes the report.
 
     Args:
-      table: "icl" or "icll".
+      table: "icl", "icll" or "lra".
       scale: "cpu" or "paper".
       root: folder holding one run folder per cell (``<root>/<table>-<scale>/<cell>``).
       only: optional cell names to run (others are only reported if finished).
       train: False rebuilds the report without training.
+      repo: the folder holding ``configs/`` (cells name their config files relative to it).
 
     Returns:
       Exit status: 0; 1 if a cell diverged (the others still run); 2 on a bad
-      cell config.
+      cell config (every selected cell is checked before the first one trains).
     """
     from seqjax import train as trainer
     from seqjax.report import build_report
 
-    tab = importlib.import_module(f"configs.tables.{table}").get_table(scale)
+    repo = pathlib.Path(repo)
+    try:
+        tab = load_module(repo / "configs" / "tables" / f"{table}.py").get_table(scale)
+    except ConfigError as e:
+        return fail(e)
     base = pathlib.Path(root) / f"{table}-{scale}"
     cells = [c for c in tab["cells"] if only is None or c.name in only]
     if only is not None and len(cells) != len(only):
         known = ", ".join(c.name for c in tab["cells"])
         print(f"error: --only names cells that are not in the table; cells: {known}", file=sys.stderr)
         return 2
+    # Every selected cell is validated before any trains: a bad cell fails in seconds, not hours in.
+    prepared = {}
+    for cell in cells if train else []:
+        try:
+            prepared[cell.name] = prepare(load_config(repo / cell.config, cell.arg))
+        except ConfigError as e:
+            print(f"error: cell {cell.name}: {e}", file=sys.stderr)
+            return 2
     diverged = []
     for i, cell in enumerate(cells if train else []):
         print(f"[{i + 1}/{len(cells)}] {cell.name}: {cell.config}:{cell.arg}", flush=True)
+        run = prepared[cell.name]
+        if run.note:
+            print(run.note, flush=True)
         try:
-            trainer.run(load_config(cell.config, cell.arg), str(base / cell.name))
+            trainer.run(run.config, str(base / cell.name), task=run.task)
         except ConfigError as e:
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
             return 2
@@ -104,3 +246,6 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         print(f"cells that diverged (not in the report): {', '.join(diverged)}", file=sys.stderr)
         return 1
     return 0
+
+
+__all__ = ["default_workdir", "fail", "Prepared", "prepare", "main", "command", "reproduce", "load_config"]

@@ -28,6 +28,12 @@ def _cli(*args, timeout=300):
         (["--config.optim.learning_rate=-0.1"], "config.optim.learning_rate"),
         (["--config.model.positions=learned", "--config.task.n_points=40"], "max_length"),
         (["--config.model.mixers=mha,foo"], "config.model.mixers"),
+        # Unknown and misspelt fields name the closest valid ones.
+        (["--config.task.foo=1"], "config.task has no field 'foo'; its fields: baselines, curriculum"),
+        (["--config.task.ilwd_batchsize=0"], "did you mean config.task.ilwd_batch_size"),
+        (["--config.task.dim=abc"], "config.task.dim must be an int, not 'abc'"),
+        # A kwarg of another function class: the task names the classes that take it.
+        (["--config.task.task_kwargs.window=5"], "'window' is a kwarg of function_class=sliding_window"),
     ],
 )
 def test_bad_config_fails_at_start_in_one_line(tmp_path, args, field):
@@ -35,7 +41,8 @@ def test_bad_config_fails_at_start_in_one_line(tmp_path, args, field):
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], r.stderr[-2000:]
-    assert not (tmp_path / "w" / "checkpoints").exists()
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not (tmp_path / "w").exists()  # a bad config writes nothing
 
 
 def _tiny_icl(steps=30):
@@ -101,22 +108,22 @@ def test_reproduce_runs_cells_skips_finished_and_survives_divergence(tmp_path, m
     def fake_load(path, arg):
         return _tiny_icl(steps=12)
 
-    def run(config, workdir):
+    def run(config, workdir, **kwargs):
         calls.append(pathlib.Path(workdir).name)
         if workdir.endswith("linear-mamba"):
             raise train.TrainingDiverged("loss=nan at step 3")
-        return real_run(config, workdir)
+        return real_run(config, workdir, **kwargs)
 
     monkeypatch.setattr(experiment, "load_config", fake_load)
     monkeypatch.setattr(train, "run", run)
     only = ["linear-transformer", "linear-mamba"]
-    assert reproduce("icl", "cpu", str(tmp_path), only=only) == 1
+    assert reproduce("icl", "cpu", str(tmp_path), only=only, repo=ROOT) == 1
     err = capsys.readouterr().err
     assert "error: cell linear-mamba: loss=nan" in err and "diverged (not in the report): linear-mamba" in err
     assert calls == only
     assert "transformer" in (tmp_path / "icl-cpu" / "report.md").read_text()
     # Again: the finished cell returns its results.json without training; the diverged one is retried.
-    assert reproduce("icl", "cpu", str(tmp_path), only=["linear-transformer"]) == 0
+    assert reproduce("icl", "cpu", str(tmp_path), only=["linear-transformer"], repo=ROOT) == 0
     assert json.loads((tmp_path / "icl-cpu" / "linear-transformer" / "results.json").read_text())["finished"]
     log = (tmp_path / "icl-cpu" / "linear-transformer" / "train.log").read_text()
     assert log.count("starting") == 1 and "resuming" not in log

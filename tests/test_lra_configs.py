@@ -5,7 +5,7 @@ import pytest
 
 from seqjax import models
 from seqjax.errors import ConfigError
-from seqjax.experiment import load_config
+from seqjax.experiment import load_config, prepare
 
 TASKS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 
@@ -16,6 +16,7 @@ TASKS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 def test_every_cell_validates(task, model, scale):
     c = load_config(f"configs/lra/{task}.py", f"model={model},scale={scale}")
     models.validate(c.model)
+    prepare(c, num_devices=1)  # every check a run makes before training (trainer, optimiser, task, lengths)
     assert c.task.name == "lra" and c.name == f"lra-{task}-{model}-{scale}"
     assert c.model.head == ("retrieval" if task == "retrieval" else "classification")
     assert c.model.num_classes == (10 if task in ("listops", "image") else 2)
@@ -37,6 +38,10 @@ def test_paper_settings_spot_checks():
     # The LRA schedule's peak 0.05 / sqrt(8000) (rsqrt decay replaced by cosine).
     assert tr.optim.learning_rate == pytest.approx(0.05 / 8000**0.5)
     assert (tr.model.num_layers, tr.model.d_model, tr.model.pooling) == (4, 256, "cls")
+    # Retrieval warms up for 8,000 of 5,000 steps: the same linear ramp, ending at 5/8 of the peak.
+    rt = load_config("configs/lra/retrieval.py", "model=transformer,scale=paper")
+    assert rt.optim.warmup_steps == rt.train.steps == 5000
+    assert rt.optim.learning_rate == pytest.approx(0.05 / 8000**0.5 * 5000 / 8000)
 
 
 def test_bad_arguments():

@@ -3,18 +3,22 @@
 Usage: ``--config=configs/icl/regression.py:fc=linear,model=transformer,scale=cpu``.
 
   * ``fc``: the function class (``seqjax.data.icl.FUNCTION_CLASSES``).
-  * ``model``: a preset from ``configs/common.py`` or any registry mixer name.
+  * ``model``: a preset (``seqjax.config.PRESETS``) or any registry mixer name.
   * ``scale=cpu``: d = 5, 11 points, a 3-layer width-64 model; Adam 3e-3, 4,500 steps of
-    batch 128; ~6 minutes on 2 cores (the README's main command).
+    batch 128; ~7 minutes on 2 cores (the README's main command).
   * ``scale=paper``: Garg et al.'s setting: d = 20, 41 points, 12 layers,
     width 256, 8 heads, batch 64, Adam 1e-4, 500k steps, curriculum d 5→20
     (+1 every 2,000 steps) and points 11→41 (+2 every 2,000).
+
+``config.task`` holds every field of the ``icl`` task (``docs/icl.md``), so each
+can be set on the command line: ``--config.task.ilwd_batch_size=0``,
+``--config.task.baselines=least_squares,ridge``, ``--config.task.ridge_lambda=0.5``,
+and the class's keyword arguments, e.g. ``fc=sliding_window`` with
+``--config.task.task_kwargs.window=5``.
 """
 
-from ml_collections import ConfigDict
-
-from configs import common
-from seqjax.config import parse_arg
+from seqjax.config import apply_model_preset, base_config, parse_arg
+from seqjax.tasks.icl import default_config as icl_task_config
 
 FUNCTION_CLASSES = [
     "linear", "sparse_linear", "noisy_linear", "quadratic", "linear_classification",
@@ -27,22 +31,18 @@ def get_config(arg: str | None = None):
     """The ICL config for ``arg`` (see the module docstring)."""
     args = parse_arg(arg, {"fc": FUNCTION_CLASSES, "model": None, "scale": ["cpu", "paper"]}, DEFAULTS)
     paper = args["scale"] == "paper"
-    config = common.base_config()
+    config = base_config()
     dim, n_points = (20, 41) if paper else (5, 11)
 
-    t = config.task = ConfigDict()
-    t.name = "icl"
-    t.function_class = args["fc"]
+    t = config.task = icl_task_config(args["fc"])
     t.dim = dim
     t.n_points = n_points
     t.noise_std = 0.5 if args["fc"] == "noisy_linear" else 0.0
-    t.curriculum = ConfigDict(
-        dict(enabled=paper, dim_start=5, dim_end=dim, dim_inc=1, points_start=11, points_end=n_points,
-             points_inc=2, interval=2000)
-    )
+    c = t.curriculum
+    c.enabled, c.dim_start, c.dim_end, c.dim_inc = paper, 5, dim, 1
+    c.points_start, c.points_end, c.points_inc, c.interval = 11, n_points, 2, 2000
     t.eval_batch_size = 1280 if paper else 640
     t.eval_seed = 1234
-    t.baselines = None  # the task's defaults for the function class
 
     m = config.model
     m.num_layers, m.d_model = (12, 256) if paper else (3, 64)
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None):
     m.causal = True
     m.positions = "none"  # mha applies RoPE itself; recurrent models need no positions
     m.max_length = 2 * n_points
-    common.apply_model_preset(config, args["model"], num_heads=8 if paper else 4)
+    apply_model_preset(config, args["model"], num_heads=8 if paper else 4)
 
     o = config.optim
     o.optimizer = "adam"

@@ -2,7 +2,7 @@
 
 Usage: ``--config=configs/icll/regbench.py:model=mamba,train_dfas=1000,scale=cpu``.
 
-  * ``model``: a preset from ``configs/common.py`` or any registry mixer name,
+  * ``model``: a preset (``seqjax.config.PRESETS``) or any registry mixer name,
     optionally with ``+ngram`` (one layer of n-gram heads first).
   * ``train_dfas``: number of training languages (the paper sweeps 625 …
     40,000; default 5,000 at paper scale, 1,000 at CPU scale).
@@ -19,10 +19,9 @@ The dataset is generated locally into ``$SEQJAX_DATA/regbench`` (default
 
 import os
 
-from ml_collections import ConfigDict
-
-from configs import common
-from seqjax.config import parse_arg
+from seqjax.config import apply_model_preset, base_config, parse_arg
+from seqjax.errors import ConfigError
+from seqjax.tasks.icll import default_config as icll_task_config
 
 DEFAULTS = {"model": "transformer", "train_dfas": "", "scale": "cpu"}
 
@@ -31,11 +30,13 @@ def get_config(arg: str | None = None):
     """The ICLL config for ``arg`` (see the module docstring)."""
     args = parse_arg(arg, {"model": None, "train_dfas": None, "scale": ["cpu", "paper"]}, DEFAULTS)
     paper = args["scale"] == "paper"
-    config = common.base_config()
-    num_train = int(args["train_dfas"]) if args["train_dfas"] else (5000 if paper else 1000)
+    config = base_config()
+    try:
+        num_train = int(args["train_dfas"]) if args["train_dfas"] else (5000 if paper else 1000)
+    except ValueError:
+        raise ConfigError(f"config argument train_dfas={args['train_dfas']!r} must be an int > 0") from None
 
-    t = config.task = ConfigDict()
-    t.name = "icll"
+    t = config.task = icll_task_config()
     t.data_dir = os.path.join(os.path.expanduser(os.environ.get("SEQJAX_DATA", "~/seqjax_data")), "regbench")
     t.num_train_dfas = num_train
     t.seed = 0
@@ -51,7 +52,7 @@ def get_config(arg: str | None = None):
     m.head = "lm"
     m.causal = True
     m.positions = "none"
-    common.apply_model_preset(config, args["model"], num_heads=4)
+    apply_model_preset(config, args["model"], num_heads=4)
     m.max_length = t.max_length  # the model passes it to mixers with a max_length field
 
     o = config.optim

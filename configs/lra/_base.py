@@ -1,7 +1,8 @@
 """Shared Long Range Arena config logic: one table of per-task facts and settings.
 
 Every ``configs/lra/<task>.py`` is ``get_config(arg) = make("<task>", arg)``
-with ``arg`` = ``model=<name>,scale=cpu|paper``.
+with ``arg`` = ``model=<name>,scale=cpu|paper``; it loads this file by path
+(``seqjax.config.load_module``), so no ``configs`` package needs to be importable.
 
 Paper settings (``scale=paper``), from the papers' public configs:
 
@@ -10,8 +11,10 @@ Paper settings (``scale=paper``), from the papers' public configs:
   weight decay, dropout, pooling. Their schedule is ``0.05 · warm-up ·
   rsqrt-decay``; seqjax has warm-up + cosine, so the peak rate here is the
   rsqrt schedule's peak ``0.05 / sqrt(warmup)`` (1.6e-3 with 1,000 warm-up
-  steps, 5.6e-4 with 8,000), then cosine. Rotary positions replace learned
-  ones (``mha``'s default).
+  steps, 5.6e-4 with 8,000), then cosine. Retrieval warms up for 8,000 of its
+  5,000 steps, so its rate never peaks: there the warm-up spans the run and
+  ends at 5/8 of that peak (the paper's ramp). Rotary positions replace
+  learned ones (``mha``'s default).
 * ``s4``, ``s4d`` (and ``lssl``): the S4 repository's LRA configs (HTTYH
   paper, also used by S4D): depth, width, d_state 64, dropout, lr, SSM lr
   0.001, weight decay, batch, epochs; bidirectional.
@@ -38,8 +41,8 @@ import os
 
 from ml_collections import ConfigDict
 
-from configs import common
-from seqjax.config import parse_arg
+from seqjax.config import NGRAM_SUFFIX, apply_model_preset, base_config, parse_arg
+from seqjax.tasks.lra import default_config as lra_task_config
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 
@@ -135,10 +138,9 @@ def make(task: str, arg: str | None) -> ConfigDict:
     args = parse_arg(arg, {"model": None, "scale": ["cpu", "paper"]}, DEFAULTS)
     paper = args["scale"] == "paper"
     builder, builder_config, paper_length, train_size = FACTS[task]
-    config = common.base_config()
+    config = base_config()
 
-    t = config.task = ConfigDict()
-    t.name = "lra"
+    t = config.task = lra_task_config()
     t.dataset = builder
     t.builder_config = builder_config if paper else None
     t.builder_kwargs = None if paper else CPU_DATA[task].get("builder_kwargs")
@@ -151,7 +153,7 @@ def make(task: str, arg: str | None) -> ConfigDict:
     t.eval_examples = 0 if paper else 1000
     t.eval_batch_size = 32
 
-    base = args["model"].removesuffix(common.NGRAM_SUFFIX)
+    base = args["model"].removesuffix(NGRAM_SUFFIX)
     m = config.model
     m.input, m.vocab_size = "tokens", 256 if task in ("image", "pathfinder", "pathx") else 257
     if task == "listops":
@@ -172,7 +174,7 @@ def make(task: str, arg: str | None) -> ConfigDict:
     if not paper:
         c = CPU_MODEL
         m.num_layers, m.d_model, m.dropout = c["layers"], c["width"], c["dropout"]
-        common.apply_model_preset(config, args["model"], num_heads=c["heads"])
+        apply_model_preset(config, args["model"], num_heads=c["heads"])
         m.mixer_kwargs = {**m.mixer_kwargs.to_dict(), **_ssm_kwargs(base, d_state=16)}
         o.learning_rate, o.ssm_learning_rate, o.weight_decay = c["lr"], c["ssm_lr"], c["wd"]
         o.warmup_steps = 200
@@ -181,14 +183,19 @@ def make(task: str, arg: str | None) -> ConfigDict:
         c = TRANSFORMER[task]
         m.num_layers, m.d_model, m.dropout, m.pooling = c["layers"], c["width"], c["dropout"], c["pooling"]
         m.mlp_ratio = c["mlp"] / c["width"]
-        common.apply_model_preset(config, args["model"], num_heads=c["heads"])
-        o.learning_rate = c.get("lr", 0.05 / math.sqrt(c["warmup"]))
-        o.weight_decay, o.warmup_steps = c["wd"], c["warmup"]
+        apply_model_preset(config, args["model"], num_heads=c["heads"])
+        peak, warmup = c.get("lr", 0.05 / math.sqrt(c["warmup"])), c["warmup"]
+        if warmup > c["steps"]:
+            # Retrieval: 8,000 warm-up steps in a 5,000-step run, so the LRA rate rises
+            # linearly all run and ends at 5/8 of its peak: the same ramp, as a warm-up
+            # over the whole run to that rate (seqjax's warm-up cannot outlast the run).
+            peak, warmup = peak * c["steps"] / warmup, c["steps"]
+        o.learning_rate, o.weight_decay, o.warmup_steps = peak, c["wd"], warmup
         tr.batch_size, tr.steps, tr.checkpoint_every = c["batch"], c["steps"], 5000
     else:
         c = S5[task] if base == "s5" else S4[task]
         m.num_layers, m.d_model, m.dropout = c["layers"], c["width"], c["dropout"]
-        common.apply_model_preset(config, args["model"], num_heads=4)
+        apply_model_preset(config, args["model"], num_heads=4)
         kwargs = _ssm_kwargs(base, d_state=c.get("P", 64), blocks=c.get("J"))
         m.mixer_kwargs = {**m.mixer_kwargs.to_dict(), **kwargs}
         o.learning_rate, o.ssm_learning_rate, o.weight_decay = c["lr"], c["ssm_lr"], c["wd"]

@@ -1,6 +1,11 @@
 """LRA text: ``--config=configs/lra/text.py:model=s4d,scale=cpu`` (settings: ``configs/lra/_base.py``)."""
 
-from configs.lra._base import make
+import pathlib
+
+from seqjax.config import load_module
+
+# The shared LRA settings, loaded by path: config files need no importable ``configs`` package.
+make = load_module(pathlib.Path(__file__).with_name("_base.py")).make
 
 
 def get_config(arg: str | None = None):

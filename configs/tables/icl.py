@@ -6,25 +6,10 @@ report draws the baselines (least squares, 3-NN, averaging) that the papers
 draw beside the models, computed on the same prompts.
 """
 
-import dataclasses
+from seqjax.config import Cell
 
 MODELS = ["transformer", "mamba", "lstm", "s4d", "gla"]
 FUNCTION_CLASSES = ["linear", "sparse_linear", "noisy_linear", "relu2nn", "decision_tree"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One run of a table.
-
-    Attributes:
-      name: folder name of the run under the table's root.
-      config: path of the config file.
-      arg: the config argument.
-    """
-
-    name: str
-    config: str
-    arg: str
 
 
 def get_table(scale: str) -> dict:

@@ -6,7 +6,7 @@ beat recurrent and convolutional models, and adding n-gram heads closes much of
 the gap. The report states that ordering beside ours instead of typed numbers.
 """
 
-from configs.tables.icl import Cell
+from seqjax.config import Cell
 
 MODELS = ["mha", "mamba", "lstm", "s4d", "gla", "mha+ngram"]
 TRAIN_DFAS = {"cpu": [1000], "paper": [625, 1250, 2500, 5000, 10000, 20000, 40000]}

@@ -11,7 +11,7 @@ At ``scale=cpu`` only the generated tasks (ListOps, short variant; Pathfinder-32
 ``--only`` once the archives are there.
 """
 
-from configs.tables.icl import Cell
+from seqjax.config import Cell
 
 TASKS = {"cpu": ["listops", "pathfinder"],
          "paper": ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]}

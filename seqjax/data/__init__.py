@@ -1,4 +1,7 @@
-"""Data: dataset builders and samplers (see ARCHITECTURE.md)."""
+"""Data: samplers, generators and the grain pipeline (see ARCHITECTURE.md).
 
-# Registers the TFDS builders (``tfds.builder("regbench")``) on ``import seqjax.data``.
-from seqjax.data import builders  # noqa: E402,F401
+Importing this package registers nothing with ``tensorflow_datasets``: the TFDS
+builders (``regbench`` and the five ``lra_*``) are registered by an explicit
+``import seqjax.data.builders`` (importing any builder module does it too), so
+code that only samples ICL prompts never pays for TFDS.
+"""

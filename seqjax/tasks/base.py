@@ -9,12 +9,23 @@ Batches are dicts of arrays, batch first. ``batch["inputs"]`` is what the
 model is applied to (``model.apply(params, batch["inputs"],
 segment_ids=batch.get("segment_ids"), ...)``); every other key is for
 :meth:`Task.loss` only.
+
+Uneven splits: a global batch that does not divide over the devices that
+split it (``config.mesh.data x fsdp``; LRA's batch 50 on 4 or 8 devices) is
+padded by :class:`PaddedIterator` with copies of its first row that carry
+``batch["weight"] = 0``. A task whose ``loss`` weighs rows by
+:func:`row_weights` (class attribute ``weighted_rows = True``) then trains on
+exactly the unpadded batch: the loss, its gradient and the metrics are those of
+the real rows.
 """
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from seqjax.errors import ConfigError
 
@@ -49,6 +60,9 @@ class Task(Protocol):
       name: the task's registry name (``config.task.name``).
       max_length: the longest ``inputs`` length the task feeds the model (the
         trainer checks it against ``config.model.max_length``).
+
+    Optional: ``weighted_rows = True`` declares that :meth:`loss` weighs rows by
+    :func:`row_weights`, so batches may be padded with rows of weight 0.
     """
 
     name: str
@@ -94,3 +108,130 @@ def host_shard(batch_size: int) -> tuple[int, tuple[int, int]]:
         raise ConfigError(f"config.train.batch_size={batch_size} is not allowed; allowed: multiples of "
                           f"the process count {procs}")
     return batch_size // procs, (jax.process_index(), procs)
+
+
+# --- uneven batch splits -----------------------------------------------------------------
+
+WEIGHT = "weight"
+"""Batch key of the per-row loss weight: 1 for real rows, 0 for padding rows."""
+
+
+def row_weights(batch: Batch, rows: int) -> jax.Array:
+    """``batch["weight"]`` as float32 ``(rows,)``, or ones when the batch has none.
+
+    Args:
+      batch: a training batch.
+      rows: its number of rows.
+
+    Returns:
+      The weights a task's ``loss`` multiplies per-row losses by (normalising by
+      their sum, so padding rows change nothing).
+    """
+    if batch.get(WEIGHT) is None:
+        return jnp.ones((rows,), jnp.float32)
+    return jnp.asarray(batch[WEIGHT], jnp.float32)
+
+
+def padded_batch_size(batch_size: int, ways: int) -> int:
+    """The smallest multiple of ``ways`` that is at least ``batch_size``."""
+    return math.ceil(batch_size / ways) * ways
+
+
+def pad_rows(batch: Batch, rows: int) -> Batch:
+    """``batch`` with copies of its first row appended up to ``rows``, and ``weight``.
+
+    Copies of a real row (not zeros) keep every model output finite: an
+    all-padding row would pool over no tokens.
+
+    Args:
+      batch: dict of arrays with a common leading dimension ``b <= rows``.
+      rows: the padded number of rows.
+
+    Returns:
+      A new dict: every array padded to ``rows`` rows, plus ``weight`` (float32,
+      the input's weights or 1 for real rows, 0 for the copies).
+    """
+    arrays = {k: np.asarray(v) for k, v in batch.items()}
+    b = len(next(iter(arrays.values())))
+    if b > rows:
+        raise ValueError(f"a batch of {b} rows cannot be padded to {rows}")
+    weight = arrays.pop(WEIGHT, np.ones((b,), np.float32)).astype(np.float32)
+    extra = rows - b
+    out = {k: np.concatenate([v, np.repeat(v[:1], extra, axis=0)]) if extra else v for k, v in arrays.items()}
+    out[WEIGHT] = np.concatenate([weight, np.zeros((extra,), np.float32)])
+    return out
+
+
+class PaddedIterator:
+    """A task's training iterator whose batches are padded to a fixed number of rows.
+
+    The position is the wrapped iterator's, so a padded run resumes like any other.
+
+    Attributes:
+      iterator: the wrapped :class:`DataIterator`.
+      rows: rows of every batch (per process).
+    """
+
+    def __init__(self, iterator: DataIterator, rows: int):
+        self.iterator, self.rows = iterator, int(rows)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        return pad_rows(next(self.iterator), self.rows)
+
+    def get_state(self) -> Any:
+        return self.iterator.get_state()
+
+    def set_state(self, state: Any) -> None:
+        self.iterator.set_state(state)
+
+
+class PaddedTask:
+    """``task`` whose training batches of ``batch_size`` rows arrive padded to ``padded_size``.
+
+    Used by :mod:`seqjax.experiment` to split a batch unevenly over devices until
+    the trainer does it itself; everything but :meth:`train_iterator` is the
+    wrapped task's.
+
+    Attributes:
+      task: the wrapped task (``weighted_rows`` must be True).
+      batch_size: the real global batch size.
+      padded_size: the global batch size the trainer sees (a multiple of the split).
+    """
+
+    def __init__(self, task: Task, batch_size: int, padded_size: int):
+        if not getattr(task, "weighted_rows", False):
+            raise ConfigError(f"config.train.batch_size={batch_size} would need padding rows, but task "
+                              f"{task.name!r} does not weigh rows; allowed: a batch the devices divide")
+        self.task, self.batch_size, self.padded_size = task, int(batch_size), int(padded_size)
+        self.name, self.max_length = task.name, task.max_length
+
+    def __getattr__(self, name: str):
+        if name == "task":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+    def train_iterator(self, seed: int, batch_size: int) -> DataIterator:
+        """The wrapped task's stream of ``self.batch_size`` rows, padded (per process) to ``batch_size``.
+
+        Args:
+          seed: stream seed.
+          batch_size: the padded global batch size (``self.padded_size``).
+
+        Returns:
+          A :class:`PaddedIterator`.
+        """
+        if batch_size != self.padded_size:
+            raise ValueError(f"expected the padded batch size {self.padded_size}, got {batch_size}")
+        procs = jax.process_count()
+        return PaddedIterator(self.task.train_iterator(seed, self.batch_size), self.padded_size // procs)
+
+    def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
+        """The wrapped task's (row-weighted) loss."""
+        return self.task.loss(outputs, batch)
+
+    def evaluate(self, predict: Callable[[Batch], jax.Array], seed: int) -> Metrics:
+        """The wrapped task's evaluation."""
+        return self.task.evaluate(predict, seed)

@@ -24,22 +24,69 @@ output ``(b, 2n, 1)`` is read at the even (``x``) positions.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from ml_collections.config_dict import placeholder
 
 from seqjax.data import icl as icl_data
 from seqjax.errors import ConfigError, check_choice, check_positive
 from seqjax.tasks import icl_baselines
-from seqjax.tasks.base import host_shard
+from seqjax.tasks.base import host_shard, row_weights
 
 Batch = dict[str, Any]
 
 DEFAULT_BASELINES = ("least_squares", "knn3", "averaging", "ridge", "gd")
+
+
+def default_baselines(function_class: str) -> tuple[str, ...]:
+    """The baselines evaluated by default: :data:`DEFAULT_BASELINES`, plus lasso on sparse_linear."""
+    return DEFAULT_BASELINES + (("lasso",) if function_class == "sparse_linear" else ())
+
+
+def default_config(function_class: str = "linear") -> ml_collections.ConfigDict:
+    """Every field of ``config.task`` for ``task.name = "icl"``, with its default.
+
+    Config files start from it, so every documented field can be set from the
+    command line (``--config.task.<field>=<value>``); fields whose default is
+    "derived" (``ridge_lambda``, ``gd_lr``, ``ilwd_probes``, ``eval_seed``)
+    are typed None placeholders.
+
+    Args:
+      function_class: the class; ``task_kwargs`` holds its keyword arguments
+        (``seqjax.data.icl.TASK_KWARGS``) and ``baselines`` its default list.
+
+    Returns:
+      A ConfigDict (see :class:`ICLTask` for the meaning of each field).
+    """
+    check_choice("config.task.function_class", function_class, icl_data.FUNCTION_CLASSES)
+    curriculum = {f.name: f.default for f in dataclasses.fields(icl_data.Curriculum)}
+    return ml_collections.ConfigDict({
+        "name": "icl",
+        "function_class": function_class,
+        "dim": 20,
+        "n_points": 41,
+        "noise_std": 0.0,
+        "task_kwargs": dict(icl_data.TASK_KWARGS[function_class]),
+        "curriculum": {"enabled": False, **curriculum},
+        "eval_batch_size": 1280,
+        "eval_seed": placeholder(int),  # None: the run's seed
+        "eval_chunk_size": 256,
+        "baselines": default_baselines(function_class),
+        "ridge_lambda": placeholder(float),  # None: noise_std^2 with noise, else 0.1
+        "gd_steps": 10,
+        "gd_lr": placeholder(float),  # None: 1 / dim
+        "lasso_alpha": 0.01,
+        "lasso_iters": 300,
+        "ilwd_batch_size": 64,  # 0: no ILWD
+        "ilwd_probes": placeholder(int),  # None: 2 * dim
+    })
 
 
 # ----------------------------------------------------------------------------
@@ -270,6 +317,7 @@ class ICLTask:
     """
 
     name = "icl"
+    weighted_rows = True  # loss() honours batch["weight"] (seqjax.tasks.base.pad_rows)
 
     def __init__(self, task_config):
         fc = _get(task_config, "function_class", "linear")
@@ -289,7 +337,15 @@ class ICLTask:
             raise ConfigError(
                 "config.task.noise_std=0.0 must be > 0 for function_class='noisy_linear'"
             )
-        self.task_kwargs = icl_data.task_kwargs_with_defaults(fc, _as_dict(_get(task_config, "task_kwargs")))
+        given = _as_dict(_get(task_config, "task_kwargs"))
+        for key in given:
+            if key not in icl_data.TASK_KWARGS[fc]:
+                # Name the classes that take it: the usual slip is a kwarg of another class.
+                owners = [c for c, kw in icl_data.TASK_KWARGS.items() if key in kw]
+                hint = f" ({key!r} is a kwarg of function_class={', '.join(owners)})" if owners else ""
+                raise ConfigError(f"config.task.task_kwargs.{key} is not allowed for function_class={fc!r}; "
+                                  f"allowed: {', '.join(icl_data.TASK_KWARGS[fc]) or '(none)'}{hint}")
+        self.task_kwargs = icl_data.task_kwargs_with_defaults(fc, given)
         self.curriculum = self._build_curriculum(_get(task_config, "curriculum"))
         self.max_length = 2 * self.n_points
 
@@ -303,8 +359,7 @@ class ICLTask:
         self.ilwd_probes = _get(task_config, "ilwd_probes", 2 * self.dim)
         check_positive("config.task.ilwd_probes", self.ilwd_probes)
 
-        default_baselines = DEFAULT_BASELINES + (("lasso",) if fc == "sparse_linear" else ())
-        baselines = _get(task_config, "baselines", default_baselines)
+        baselines = _get(task_config, "baselines", default_baselines(fc))
         if isinstance(baselines, str):
             baselines = [b.strip() for b in baselines.split(",") if b.strip()]
         self.baselines = tuple(baselines)
@@ -385,7 +440,8 @@ class ICLTask:
 
         Args:
           outputs: ``(b, 2n, 1)`` (or ``(b, 2n)``) regression outputs.
-          batch: with ``"ys"`` ``(b, n)``.
+          batch: with ``"ys"`` ``(b, n)`` and optionally ``"weight"`` ``(b,)``
+            (see :func:`seqjax.tasks.base.row_weights`).
 
         Returns:
           ``(mse, {"mse": mse, "error_last": squared error at the last point})``.
@@ -396,8 +452,11 @@ class ICLTask:
             outputs = outputs[..., 0]
         preds = outputs[:, 0::2].astype(jnp.float32)
         sq = (preds - batch["ys"].astype(jnp.float32)) ** 2
-        mse = jnp.mean(sq)
-        return mse, {"mse": mse, "error_last": jnp.mean(sq[:, -1])}
+        # Rows of weight 0 (padding that splits a batch evenly over devices) do not count.
+        w = row_weights(batch, sq.shape[0])
+        total = jnp.sum(w)
+        mse = jnp.sum(w[:, None] * sq) / (total * sq.shape[1])
+        return mse, {"mse": mse, "error_last": jnp.sum(w * sq[:, -1]) / total}
 
     def _family_kwargs(self, name):
         family, _ = icl_baselines.parse_baseline(name)

@@ -38,18 +38,31 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from seqjax.data import regbench as rb
 from seqjax.data.builders.regbench import Regbench, make_config
 from seqjax.data.pipeline import make_loader
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard
+from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard, row_weights
 from seqjax.tasks.icll_baselines import ngram_baseline
 
 _DEFAULTS = dict(data_dir=None, num_train_dfas=5000, num_eval_dfas=500, seed=0, max_length=4096,
                  num_strings=(10, 19), string_length=(1, 49), max_chars=4096, eval_split="test",
                  eval_examples=0, eval_batch_size=32, ngram_orders=(1, 2, 3))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of ``config.task`` for ``task.name = "icll"``, with its default.
+
+    Config files start from it, so every field can be set from the command line.
+    ``data_dir`` is "" (the task's fallback: ``~/tensorflow_datasets``).
+
+    Returns:
+      A ConfigDict (see the module docstring for the fields).
+    """
+    return ml_collections.ConfigDict({"name": "icll", **_DEFAULTS, "data_dir": ""})
 
 
 def _get(cfg, key):
@@ -91,6 +104,7 @@ class ICLLTask:
     """
 
     name = "icll"
+    weighted_rows = True  # loss() honours batch["weight"] (seqjax.tasks.base.pad_rows)
 
     def __init__(self, task_config):
         p = "config.task"
@@ -154,7 +168,8 @@ class ICLLTask:
 
         Args:
           outputs: logits ``(b, l, 20)``.
-          batch: has ``targets`` ``(b, l)`` int.
+          batch: has ``targets`` ``(b, l)`` int and optionally ``weight`` ``(b,)``
+            (rows of weight 0 are padding and not scored).
 
         Returns:
           ``(ce, {"ce": ce, "acc": acc})``.
@@ -162,6 +177,7 @@ class ICLLTask:
         logits = outputs.astype(jnp.float32)
         targets = batch["targets"]
         mask = ((targets >= 1) & (targets <= len(rb.LETTERS))).astype(jnp.float32)
+        mask = mask * row_weights(batch, targets.shape[0])[:, None]
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
         denom = jnp.maximum(mask.sum(), 1.0)

@@ -43,11 +43,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from seqjax.data.pipeline import make_loader
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard
+from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard, row_weights
 
 # dataset -> (classes, retrieval?, variable length?, image?)
 DATASETS = {
@@ -63,6 +64,27 @@ PIXEL_MEAN, PIXEL_STD = 122.6 / 255.0, 61.0 / 255.0
 _DEFAULTS = dict(dataset=None, builder_config=None, builder_kwargs=None, data_dir=None, manual_dir=None,
                  max_length=None, pixels="tokens", eval_splits=("validation", "test"), eval_examples=0,
                  eval_batch_size=32)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of ``config.task`` for ``task.name = "lra"``, with its default.
+
+    Config files start from it, so every field can be set from the command line.
+    ``builder_kwargs`` is an open map (``--config.task.builder_kwargs.seed=3``);
+    ``dataset``, ``builder_config``, ``data_dir``, ``manual_dir`` and
+    ``max_length`` are typed None placeholders.
+
+    Returns:
+      A ConfigDict (see the module docstring for the fields).
+    """
+    from ml_collections.config_dict import placeholder
+
+    return ml_collections.ConfigDict({
+        "name": "lra", **_DEFAULTS,
+        "dataset": placeholder(str), "builder_config": placeholder(str), "data_dir": placeholder(str),
+        "manual_dir": placeholder(str), "max_length": placeholder(int),
+        "builder_kwargs": None,  # an open map: None or {make_config kwarg: value}
+    })
 
 
 def _get(cfg, key):
@@ -123,6 +145,7 @@ class LRATask:
     """
 
     name = "lra"
+    weighted_rows = True  # loss() honours batch["weight"] (seqjax.tasks.base.pad_rows)
 
     def __init__(self, task_config):
         p = "config.task"
@@ -179,7 +202,7 @@ class LRATask:
         if self._builder is None:
             import tensorflow_datasets as tfds
 
-            import seqjax.data  # noqa: F401  (registers the builders)
+            import seqjax.data.builders  # noqa: F401  (registers the builders with tfds)
 
             config = self.builder_config()
             kwargs = {} if config is None else {"config": config}
@@ -234,16 +257,19 @@ class LRATask:
 
         Args:
           outputs: logits ``(b, num_classes)``.
-          batch: has ``label`` ``(b,)``.
+          batch: has ``label`` ``(b,)`` and optionally ``weight`` ``(b,)``
+            (rows of weight 0 are padding and do not count).
 
         Returns:
           ``(ce, {"ce": ce, "acc": acc})``.
         """
         logits = outputs.astype(jnp.float32)
         labels = batch["label"].astype(jnp.int32)
+        w = row_weights(batch, labels.shape[0])
+        total = jnp.sum(w)
         logp = jax.nn.log_softmax(logits, axis=-1)
-        ce = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
-        acc = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        ce = -jnp.sum(w * jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]) / total
+        acc = jnp.sum(w * (jnp.argmax(logits, axis=-1) == labels)) / total
         return ce, {"ce": ce, "acc": acc}
 
     # Evaluation ---------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import seqjax.data  # noqa: F401  (registers the builders)
+import seqjax.data.builders  # noqa: F401  (registers the builders with tfds)
 from seqjax.data import listops as lo
 from seqjax.data.builders import lra_listops as bl
 from seqjax.errors import ConfigError

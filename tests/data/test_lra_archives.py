@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import hashing
 
-import seqjax.data  # noqa: F401  (registers the builders)
+import seqjax.data.builders  # noqa: F401  (registers the builders with tfds)
 from seqjax.data.builders import _manual, lra_image, lra_retrieval, lra_text
 from seqjax.data.pipeline import make_loader
 from seqjax.errors import ConfigError

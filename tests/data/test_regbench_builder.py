@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import seqjax.data  # noqa: F401  (registers the builders)
+import seqjax.data.builders  # noqa: F401  (registers the builders with tfds)
 from seqjax.data import regbench as rb
 from seqjax.data.builders.regbench import Regbench, example_prompt, make_config
 

@@ -1,4 +1,10 @@
-"""TFDS builders; importing this package registers them with ``tensorflow_datasets``.
+"""TFDS builders; ``import seqjax.data.builders`` registers them with ``tensorflow_datasets``.
+
+Registration is explicit: ``import seqjax.data`` alone does not do it. After
+this import, ``tfds.builder("regbench")`` and ``tfds.builder("lra_listops")``
+(``lra_text``, ``lra_retrieval``, ``lra_image``, ``lra_pathfinder``) find them.
+Importing one builder module (``seqjax.data.builders.regbench``) runs this
+package first, so it registers all six as well.
 
 Builders are generated locally or from manual archives and prepare/load
 without TensorFlow (array_record + ``as_data_source``).
