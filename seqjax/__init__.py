@@ -1,6 +1,6 @@
 """seqjax: sequence mixers in JAX/Flax and the experiments that compare them.
 
-Layers (imports point downward only; see ARCHITECTURE.md):
+Layers (imports point downward only, no cycle; see ``docs/architecture.md``):
 ``train`` > ``tasks`` > ``data`` / ``models`` > ``mixers`` > ``parallel`` >
 ``kernels`` > ``ops``.
 """

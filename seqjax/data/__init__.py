@@ -1,4 +1,4 @@
-"""Data: samplers, generators and the grain pipeline (see ARCHITECTURE.md).
+"""Data: samplers, generators and the grain pipeline (see ``docs/architecture.md``).
 
 Importing this package registers nothing with ``tensorflow_datasets``: the TFDS
 builders (``regbench`` and the five ``lra_*``) are registered by an explicit

@@ -39,7 +39,8 @@ From those, the base class gives every mixer:
 
 Class-level declarations: ``ssm_params`` (parameter names that are SSM
 dynamics: the optimizer gives them their own learning rate and no weight
-decay), ``ops`` (the ops the ``impl`` field addresses, primary first),
+decay), ``no_decay_params`` (parameters of rank > 1 kept out of weight decay,
+e.g. gate biases), ``ops`` (the ops the ``impl`` field addresses, primary first),
 ``causality`` (``"causal"``, ``"bidirectional"`` or ``"either"``: then the
 mixer has a ``causal`` field), ``sequence_parallel``, ``values_index``.
 """
@@ -101,6 +102,7 @@ class Mixer(nn.Module):
 
     mixer_name: ClassVar[str] = "mixer"  # set by seqjax.mixers.register
     ssm_params: ClassVar[tuple[str, ...]] = ()
+    no_decay_params: ClassVar[tuple[str, ...]] = ()
     ops: ClassVar[tuple[str, ...]] = ()
     causality: ClassVar[str] = "causal"
     sequence_parallel: ClassVar[bool] = False

@@ -135,3 +135,28 @@ class Jitted:
 
             self._cache[method] = jax.jit(run)
         return self._cache[method](variables, *args, **kwargs)
+
+
+def default_run(name, rng, batch=2, length=13, width=16):
+    """A default-constructed mixer ``name`` run on a fresh input; checks shape, dtype, finiteness.
+
+    Returns:
+      ``(module, x, variables, y)``.
+    """
+    from seqjax import mixers
+
+    m = mixers.get(name)()
+    x = random_input(rng, batch, length, width)
+    v = jit_init(m, x)
+    y = jax.jit(m.apply)(v, x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(y)))
+    return m, x, v, y
+
+
+def runs_of(segment_ids, batch, length):
+    """Segment index per position, NumPy: a new segment wherever the id changes (zeros for None)."""
+    if segment_ids is None:
+        return np.zeros((batch, length), np.int64)
+    ids = np.asarray(segment_ids)
+    return np.concatenate([np.zeros((batch, 1), np.int64), np.cumsum(ids[:, 1:] != ids[:, :-1], axis=1)], axis=1)

@@ -30,14 +30,9 @@ def params_of(variables, xp=np):
 
 
 def _runs(segment_ids, batch, length):
-    """Segment index per position: a new segment wherever the id changes."""
-    if segment_ids is None:
-        return np.zeros((batch, length), np.int64)
-    ids = np.asarray(segment_ids)
-    runs = np.zeros((batch, length), np.int64)
-    for t in range(1, length):
-        runs[:, t] = runs[:, t - 1] + (ids[:, t] != ids[:, t - 1])
-    return runs
+    from tests.mixers.harness import runs_of
+
+    return runs_of(segment_ids, batch, length)
 
 
 def _softplus(v, xp):
@@ -248,26 +243,22 @@ def hydra_branches(p, x, ngroups, diag_proj, runs, xp=np):
 def hydra_matrix(p, x, ngroups=1, diag_proj=True, segment_ids=None):
     """Hydra's quasiseparable matrix per head from the paper's closed form, float64.
 
-    ``(C^f_{t-1}·B^f_s) exp(A Σ_{s<r<t} dt^f_r) dt^f_s`` below the diagonal,
-    ``D + (W_D x_t)`` on it, ``(C^b_{t+1}·B^b_s) exp(A Σ_{t<r<s} dt^b_r) dt^b_s``
-    above it; zero between segments.
+    ``(C^f_{t-1}·B^f_s) exp(A Σ_{s<r<t} dt^f_r) dt^f_s`` below the diagonal (row
+    ``t-1`` of the forward SSD matrix), ``D + (W_D x_t)`` on it, and above it the
+    same for the backward SSD on the reversed sequence; zero between segments.
     """
     batch, length, _ = x.shape
     runs = _runs(segment_ids, batch, length)
     _, _, diag, (dtf, Bf, Cf), (dtb, Bb, Cb), A = hydra_branches(p, x, ngroups, diag_proj, runs)
+    lower = ssd_matrix(dtf, A, Bf, Cf, runs)
+    upper = ssd_matrix(dtb[:, ::-1], A, Bb[:, ::-1], Cb[:, ::-1], runs[:, ::-1])[..., ::-1, ::-1]
     M = np.zeros((batch, A.shape[0], length, length))
-    for t in range(length):
-        for s_ in range(length):
-            same = (runs[:, t] == runs[:, s_])[:, None]
-            if s_ < t:
-                dec = np.exp(A * dtf[:, s_ + 1 : t].sum(axis=1))
-                m = np.einsum("bhn,bhn->bh", Cf[:, t - 1], Bf[:, s_]) * dec * dtf[:, s_]
-            elif s_ > t:
-                dec = np.exp(A * dtb[:, t + 1 : s_].sum(axis=1))
-                m = np.einsum("bhn,bhn->bh", Cb[:, t + 1], Bb[:, s_]) * dec * dtb[:, s_]
-            else:
-                m = diag[:, t]
-            M[:, :, t, s_] = np.where(same, m, 0.0)
+    M[:, :, 1:, :] += lower[:, :, :-1, :]  # row t reads row t - 1
+    M[:, :, :-1, :] += upper[:, :, 1:, :]  # row t reads row t + 1
+    same = runs[:, :, None] == runs[:, None, :]
+    M = np.where(same[:, None], M, 0.0)
+    idx = np.arange(length)
+    M[:, :, idx, idx] = np.moveaxis(diag, 1, -1)
     return M
 
 
@@ -349,37 +340,14 @@ def perturb(variables, rng, scale=0.2, dt_shift=3.0):
     return jax.tree_util.tree_map_with_path(move, variables)
 
 
-class Jitted:
-    """A module stand-in for the harness whose ``apply`` is jit-compiled per method.
-
-    The harness calls ``module.apply`` eagerly; the Mamba family's blocks have
-    many small ops, and op-by-op dispatch compiles each one for every new
-    shape (~3 s per shape). Calls with a Python ``int``/``None`` argument
-    (``init_cache``, ``state_size``) stay eager.
-    """
-
-    def __init__(self, module):
-        import jax
-
-        self.module = module
-        self._jax = jax
-        self._cache = {}
-
-    def apply(self, variables, *args, method=None, **kwargs):
-        if any(isinstance(a, int) or a is None for a in args):
-            return self.module.apply(variables, *args, method=method, **kwargs)
-        if method not in self._cache:
-            module, name = self.module, method
-
-            def run(variables, *args, **kwargs):
-                return module.apply(variables, *args, method=name, **kwargs)
-
-            self._cache[method] = self._jax.jit(run)
-        return self._cache[method](variables, *args, **kwargs)
+def segments(rng, batch, length):
+    """Random contiguous segments whose ids repeat non-contiguously (cumsum % 3)."""
+    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
 
 
-def jit_init(module, x, seed=0):
-    """``module.init`` under ``jax.jit`` (one compile instead of an eager forward pass)."""
-    import jax
+def setup(rng, module, batch=2, length=13, width=16):
+    """A fresh input and the module's perturbed variables (Δ moved up to O(1))."""
+    from tests.mixers import harness
 
-    return jax.jit(module.init)(jax.random.PRNGKey(seed), jax.numpy.asarray(x))
+    x = harness.random_input(rng, batch, length, width)
+    return x, perturb(harness.jit_init(module, x), rng)

@@ -18,20 +18,10 @@ from seqjax.mixers import get
 from seqjax.mixers.mamba_blocks import init_conv_buffer, short_conv, short_conv_step
 from tests.mixers import harness
 from tests.mixers.ref_mamba import (
-    Jitted, _runs, conv_reference, jit_init, mamba_matrix, mamba_reference, params_of, perturb)
+    _runs, conv_reference, mamba_matrix, mamba_reference, params_of, perturb, segments, setup)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
-
-
-def _segments(rng, batch, length):
-    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
-
-
-def _setup(rng, m, batch=2, length=13, width=16):
-    x = harness.random_input(rng, batch, length, width)
-    return x, perturb(jit_init(m, x), rng)
 
 
 # --- the shared short convolution ----------------------------------------------
@@ -79,12 +69,7 @@ def test_short_conv_errors():
 
 
 def test_default_construction(rng):
-    m = get("mamba")()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-    y = m.apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert np.all(np.isfinite(np.asarray(y)))
+    m, x, v, y = harness.default_run("mamba", rng)
     p = params_of(v)
     # d_inner = 2·16, d_state 16, dt_rank = ceil(16/16) = 1, d_conv 4.
     assert p["A_log"].shape == (32, 16) and p["dt_proj"].shape == (1, 32)
@@ -95,7 +80,7 @@ def test_default_construction(rng):
 def test_paper_init(rng):
     d = 256  # d_inner 512, dt_rank 16
     m = get("mamba")()
-    p = params_of(jit_init(m, harness.random_input(rng, 1, 2, d), seed=5))
+    p = params_of(harness.jit_init(m, harness.random_input(rng, 1, 2, d), seed=5))
     # S4D-Real: A = -(1, 2, ..., n) in every channel; D = 1.
     np.testing.assert_allclose(p["A_log"], np.broadcast_to(np.log(np.arange(1, 17)), (512, 16)), rtol=1e-6)
     np.testing.assert_array_equal(p["D"], np.ones(512))
@@ -116,22 +101,22 @@ def test_paper_init(rng):
 )
 def test_matches_reference_float32(rng, impl, length):
     m = get("mamba")(d_state=8, impl=impl, chunk_size=8)
-    x, v = _setup(rng, m, 2, length, 24)  # dt_rank = ceil(24/16) = 2
+    x, v = setup(rng, m, 2, length, 24)  # dt_rank = ceil(24/16) = 2
     p = params_of(v)
     x64 = np.asarray(x, np.float64)
     run = jax.jit(m.apply)
     assert_rel_close(run(v, x), mamba_reference(p, x64), RTOL, "mamba f32")
-    seg = _segments(rng, 2, length)
+    seg = segments(rng, 2, length)
     y = run(v, x, segment_ids=jnp.asarray(seg))
     assert_rel_close(y, mamba_reference(p, x64, seg), RTOL, "mamba f32 segments")
 
 
 def test_float64_exact(rng):
     x = rng.standard_normal((2, 13, 16))
-    seg = _segments(rng, 2, 13)
+    seg = segments(rng, 2, 13)
     with jax.enable_x64(True):
         m = get("mamba")(d_state=8, dtype=jnp.float64, impl="chunked", chunk_size=4)
-        v = perturb(jit_init(m, jnp.asarray(x)), rng)
+        v = perturb(harness.jit_init(m, jnp.asarray(x)), rng)
         # jit: one compile per path instead of op-by-op dispatch in float64.
         y = jax.jit(m.apply)(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
         assert y.dtype == jnp.float64
@@ -155,7 +140,7 @@ def test_gradients(rng):
     w = rng.standard_normal((2, 7, 16))
     seg = np.array([[0, 0, 1, 1, 1, 2, 2], [3, 3, 3, 3, 3, 0, 0]])
     m = get("mamba")(d_state=4)
-    v = nn.meta.unbox(perturb(jit_init(m, jnp.float32(x)), rng))
+    v = nn.meta.unbox(perturb(harness.jit_init(m, jnp.float32(x)), rng))
     with jax.enable_x64(True):
         p64 = params_of(v, xp=jnp)
 
@@ -180,7 +165,7 @@ def test_gradients(rng):
 def test_step_infers_width_and_uses_d_model(rng):
     x = harness.random_input(rng, 2, 5, 16)
     m = get("mamba")()  # d_model None: widths come from the parameters
-    v, J = jit_init(m, x), Jitted(m)
+    v, J = harness.jit_init(m, x), harness.Jitted(m)
     for module in (m, get("mamba")(d_model=16)):
         cache = module.apply(v, 2, method="init_cache")
         assert cache["conv"].shape == (2, 3, 32) and cache["ssm"].shape == (2, 32, 16)
@@ -194,14 +179,14 @@ def test_step_infers_width_and_uses_d_model(rng):
 def test_matrix_is_the_closed_form(rng):
     """The mixing matrix read off the scan equals the paper's S6 matrix (with ``D`` and the gate), float64."""
     m = get("mamba")(d_state=8)
-    x, v = _setup(rng, m)
-    seg = jnp.asarray(_segments(rng, 2, 13))
-    M = Jitted(m).apply(v, x, segment_ids=seg, method="mixing_matrix")
+    x, v = setup(rng, m)
+    seg = jnp.asarray(segments(rng, 2, 13))
+    M = harness.Jitted(m).apply(v, x, segment_ids=seg, method="mixing_matrix")
     assert M.shape == (2, 32, 13, 13)
     want = mamba_matrix(params_of(v), np.asarray(x, np.float64), np.asarray(seg))
     assert_rel_close(M, want, RTOL, "mamba matrix vs closed form")
     # Selective: the matrix depends on the input (an LTI SSM's would not).
-    assert rel_err(Jitted(m).apply(v, harness.random_input(rng, 2, 13, 16), segment_ids=seg,
+    assert rel_err(harness.Jitted(m).apply(v, harness.random_input(rng, 2, 13, 16), segment_ids=seg,
                                    method="mixing_matrix"), M) > 1e-2
 
 
@@ -212,7 +197,7 @@ def test_config_errors(rng):
     with pytest.raises(ConfigError, match=r"^mamba\.dt_min=0.5 must be <= mamba\.dt_max=0.1"):
         get("mamba")(dt_min=0.5, dt_max=0.1)
     m = get("mamba")()
-    v = jit_init(m, x)
+    v = harness.jit_init(m, x)
     with pytest.raises(ValueError, match="cache"):
         m.apply(v, x[:, 0], {"ssm": jnp.zeros((1, 32, 16))}, method="step")
     with pytest.raises(ValueError, match="segment_ids"):

@@ -18,20 +18,10 @@ from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
 from tests.mixers.ref_mamba import (
-    Jitted, hydra_matrix, hydra_reference, jit_init, mamba2_matrix, mamba2_reference, params_of, perturb)
+    hydra_matrix, hydra_reference, mamba2_matrix, mamba2_reference, params_of, perturb, segments, setup)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
-
-
-def _segments(rng, batch, length):
-    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
-
-
-def _setup(rng, m, batch=2, length=13, width=16):
-    x = harness.random_input(rng, batch, length, width)
-    return x, perturb(jit_init(m, x), rng)
 
 
 def _mamba2(**kw):
@@ -64,12 +54,7 @@ def _dt_is_log_uniform(dt_bias):
 
 @pytest.mark.parametrize("name", ["mamba2", "hydra"])
 def test_default_construction(rng, name):
-    m = get(name)()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-    y = m.apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert np.all(np.isfinite(np.asarray(y)))
+    m, x, v, y = harness.default_run(name, rng)
     p = params_of(v)
     # d_inner 32 -> headdim 32 (largest divisor <= 64): one head; d_state 64.
     assert p["A_log"].shape == (1,) and p["norm"].shape == (32,)
@@ -112,12 +97,12 @@ def test_init():
 def test_matches_reference_float32(rng, name, impl, length, ngroups):
     make = _mamba2 if name == "mamba2" else _hydra
     m = make(ngroups=ngroups, impl=impl, chunk_size=8)
-    x, v = _setup(rng, m, 2, length, 16)
+    x, v = setup(rng, m, 2, length, 16)
     p = params_of(v)
     x64 = np.asarray(x, np.float64)
     run = jax.jit(m.apply)
     assert_rel_close(run(v, x), _reference(name, m, p, x64), RTOL, f"{name} f32")
-    seg = _segments(rng, 2, length)
+    seg = segments(rng, 2, length)
     y = run(v, x, segment_ids=jnp.asarray(seg))
     assert_rel_close(y, _reference(name, m, p, x64, seg), RTOL, f"{name} f32 segments")
 
@@ -125,11 +110,11 @@ def test_matches_reference_float32(rng, name, impl, length, ngroups):
 @pytest.mark.parametrize("name", ["mamba2", "hydra"])
 def test_float64_exact(rng, name):
     x = rng.standard_normal((2, 13, 16))
-    seg = _segments(rng, 2, 13)
+    seg = segments(rng, 2, 13)
     make = _mamba2 if name == "mamba2" else _hydra
     with jax.enable_x64(True):
         m = make(ngroups=2, dtype=jnp.float64, chunk_size=4)
-        v = perturb(jit_init(m, jnp.asarray(x)), rng)
+        v = perturb(harness.jit_init(m, jnp.asarray(x)), rng)
         y = jax.jit(m.apply)(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
         assert y.dtype == jnp.float64
         y_ref = _reference(name, m, params_of(v), x, seg)
@@ -153,7 +138,7 @@ def test_gradients(rng, name):
     seg = np.array([[0, 0, 1, 1, 1, 2], [3, 3, 3, 3, 0, 0]])
     make = _mamba2 if name == "mamba2" else _hydra
     m = make(ngroups=2, d_state=4, chunk_size=4)
-    v = nn.meta.unbox(perturb(jit_init(m, jnp.float32(x)), rng))
+    v = nn.meta.unbox(perturb(harness.jit_init(m, jnp.float32(x)), rng))
 
     def loss(params, x):
         return jnp.sum(m.apply({"params": params}, x, segment_ids=jnp.asarray(seg)) * w)
@@ -180,15 +165,15 @@ def test_gradients(rng, name):
 def test_matrix_is_the_closed_form(rng, name):
     """The matrix read off the SSDs equals the papers' closed form (SSD matrix + D; Hydra's quasiseparable one)."""
     m = (_mamba2 if name == "mamba2" else _hydra)(ngroups=2)
-    x, v = _setup(rng, m)
-    seg = _segments(rng, 2, 13)
-    M = Jitted(m).apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
+    x, v = setup(rng, m)
+    seg = segments(rng, 2, 13)
+    M = harness.Jitted(m).apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
     assert M.shape == (2, 4, 13, 13)
     p, x64 = params_of(v), np.asarray(x, np.float64)
     want = mamba2_matrix(p, x64, 2, seg) if name == "mamba2" else hydra_matrix(p, x64, 2, True, seg)
     assert_rel_close(M, want, RTOL, f"{name} matrix vs closed form")
     # Input-dependent (selective).
-    assert rel_err(Jitted(m).apply(v, harness.random_input(rng, 2, 13, 16), method="mixing_matrix"), M) > 1e-2
+    assert rel_err(harness.Jitted(m).apply(v, harness.random_input(rng, 2, 13, 16), method="mixing_matrix"), M) > 1e-2
 
 
 # --- Hydra --------------------------------------------------------------------
@@ -196,8 +181,8 @@ def test_matrix_is_the_closed_form(rng, name):
 
 def test_hydra_mixing_matrix_is_two_sided(rng):
     m = _hydra(ngroups=2)
-    x, v = _setup(rng, m)
-    J = Jitted(m)
+    x, v = setup(rng, m)
+    J = harness.Jitted(m)
     M = np.asarray(J.apply(v, x, method="mixing_matrix"))
     assert M.shape == (2, 4, 13, 13)
     # Quasiseparable: weight strictly below AND strictly above the diagonal.
@@ -211,7 +196,7 @@ def test_hydra_mixing_matrix_is_two_sided(rng):
     assert np.abs(Ms[0, :, 5, 4]).min() > 0.0 and np.abs(Ms[0, :, 4, 5]).min() > 0.0
     # Without W_D the diagonal is exactly the learned D (the shifts keep off it).
     m_plain = _hydra(diag_proj=False)
-    x, v = _setup(rng, m_plain)
+    x, v = setup(rng, m_plain)
     M = np.asarray(jax.jit(lambda v, x: m_plain.apply(v, x, method="mixing_matrix"))(v, x))
     D = params_of(v)["D"]
     np.testing.assert_allclose(np.diagonal(M, axis1=-2, axis2=-1), np.broadcast_to(D[:, None], (2, 4, 13)), rtol=1e-5)
@@ -219,7 +204,7 @@ def test_hydra_mixing_matrix_is_two_sided(rng):
 
 def test_hydra_is_bidirectional(rng):
     m = _hydra()
-    x, v = _setup(rng, m)
+    x, v = setup(rng, m)
     x2 = np.array(x)
     x2[:, 7:] = rng.standard_normal(x2[:, 7:].shape)
     run = jax.jit(m.apply)
@@ -255,7 +240,7 @@ def test_config_errors(rng):
     with pytest.raises(ConfigError, match=r"^hydra\.A_init_range=\(0.0, 1.0\)"):
         _hydra(A_init_range=(0.0, 1.0))
     m = _mamba2()
-    v = jit_init(m, x)
+    v = harness.jit_init(m, x)
     with pytest.raises(ValueError, match="x_t"):
         m.apply(v, x, m.apply(v, 1, method="init_cache"), method="step")
     with pytest.raises(ValueError, match="M must"):
