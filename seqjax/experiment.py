@@ -35,10 +35,9 @@ class Prepared:
     """A validated config, ready for ``seqjax.train.run``.
 
     Attributes:
-      config: the config to train (``train.batch_size`` padded when the batch
-        does not split over the devices; see :func:`prepare`).
-      task: the built task (a :class:`~seqjax.tasks.base.PaddedTask` when padded).
-      note: one line about the padding, or None.
+      config: the config to train.
+      task: the built task.
+      note: one line about the batch padding the trainer will do, or None.
     """
 
     config: object
@@ -55,9 +54,9 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     lengths the model allows.
 
     A global batch that the batch-splitting mesh axes (``data x fsdp``) do not
-    divide, say the LRA papers' batch 50 on 4 or 8 devices, is padded to the
-    next multiple with rows of loss weight 0 (:class:`~seqjax.tasks.base.PaddedTask`):
-    the loss, gradient and metrics are exactly the real batch's.
+    divide, say the LRA papers' batch 50 on 4 or 8 devices, is padded by the
+    trainer to the next multiple with rows of loss weight 0 (the loss, gradient
+    and metrics are exactly the real batch's); the task must weigh rows.
 
     Args:
       config: the full experiment config.
@@ -71,27 +70,11 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     """
     from seqjax import models, tasks
     from seqjax.parallel import distributed
-    from seqjax.tasks.base import PaddedTask
     from seqjax.train import config as train_config
 
     # First: JAX must not start its backends before a multi-host runtime is up.
     distributed.initialize(config.get("distributed"))
-    run_config, note, real = config, None, None
-    try:
-        train_config.validate_config(config, num_devices)
-    except ConfigError:
-        # A batch that data x fsdp do not divide is padded here; when the trainer
-        # accepts such a batch itself, validate_config passes and nothing is padded.
-        split = _uneven_split(config, num_devices)
-        if split is None:
-            raise
-        ways, padded = split
-        real, run_config = config.train.batch_size, copy.deepcopy(config)
-        run_config.train.batch_size = padded
-        train_config.validate_config(run_config, num_devices)  # any other bad field
-        note = (f"note: config.train.batch_size={real} does not split {ways} ways (mesh data x fsdp); "
-                f"each step pads it to {padded} rows, {padded - real} of loss weight 0, so the loss and "
-                f"gradient are the {real}-row batch's")
+    train_config.validate_config(config, num_devices)
     model_config = config.get("model")
     if model_config is None:
         raise ConfigError("config.model is missing; it must hold the model fields (see seqjax.models.default_config)")
@@ -101,34 +84,27 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     task = tasks.build(config.task)
     train_config.check_lengths(config, task)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
-    if real is not None:
-        task = PaddedTask(task, real, run_config.train.batch_size)
-    return Prepared(run_config, task, note)
+    note = _padding_note(config, num_devices)
+    if note is not None and not getattr(task, "weighted_rows", False):
+        raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over the mesh's "
+                          f"data x fsdp devices, and task {task.name!r} cannot weigh rows to pad it; allowed: a "
+                          "batch size the split divides")
+    return Prepared(config, task, note)
 
 
-def _uneven_split(config, num_devices: int | None) -> tuple[int, int] | None:
-    """``(ways, padded batch)`` when ``config``'s batch does not split over ``data x fsdp``, else None.
-
-    None too when the batch or the mesh is itself invalid (validation reports
-    those) or the batch does not split over the processes (each reads whole rows).
-    """
-    import jax
-
+def _padding_note(config, num_devices: int | None) -> str | None:
+    """One line when the trainer will pad the batch to split it over ``data x fsdp``, else None."""
     from seqjax import parallel
     from seqjax.tasks.base import padded_batch_size
 
-    train, mesh = config.get("train"), config.get("mesh")
-    batch = train.get("batch_size") if train is not None else None
-    if mesh is None or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+    sizes = parallel.mesh_shape(config.mesh, num_devices)
+    ways, batch = sizes["data"] * sizes["fsdp"], config.train.batch_size
+    padded = padded_batch_size(batch, ways)
+    if padded == batch:
         return None
-    try:
-        sizes = parallel.mesh_shape(mesh, num_devices)
-    except ConfigError:
-        return None
-    ways = sizes["data"] * sizes["fsdp"]
-    if batch % ways == 0 or batch % jax.process_count():
-        return None
-    return ways, padded_batch_size(batch, ways)
+    return (f"note: config.train.batch_size={batch} does not split {ways} ways (mesh data x fsdp); "
+            f"each step pads it to {padded} rows, {padded - batch} of loss weight 0, so the loss and "
+            f"gradient are the {batch}-row batch's")
 
 
 def main(config, workdir: str | None, report: Callable[[dict], str] | None = None) -> int:

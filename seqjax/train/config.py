@@ -19,6 +19,7 @@ from ml_collections.config_dict import placeholder
 from seqjax import parallel
 from seqjax.errors import ConfigError
 from seqjax.parallel import distributed
+from seqjax.tasks.base import padded_batch_size
 from seqjax.train import optim as optim_lib
 from seqjax.train.writers import jsonable
 
@@ -111,11 +112,14 @@ def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
     sizes = parallel.mesh_shape(mesh_cfg, num_devices)
     preset = mesh_cfg.get("preset", "dp")
     parallel.check_preset(preset, sizes)
-    ways = sizes["data"] * sizes["fsdp"]
-    if train.batch_size % ways:
+    # A batch that data x fsdp do not divide is padded by the trainer with rows of
+    # loss weight 0 (set_up); each process must still read whole rows.
+    procs = jax.process_count()
+    padded = padded_batch_size(train.batch_size, sizes["data"] * sizes["fsdp"])
+    if train.batch_size % procs or padded % procs:
         raise ConfigError(
-            f"config.train.batch_size={train.batch_size} is not divisible by the batch split {ways} "
-            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']})"
+            f"config.train.batch_size={train.batch_size} must split evenly over the {procs} processes, before "
+            f"and after padding to the batch split config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']}"
         )
     model = config.get("model")
     axis = model.get("sequence_axis") if model is not None else None
@@ -124,7 +128,6 @@ def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
             f"config.mesh.sequence={sizes['sequence']} splits the length, so the mixers must know it: set "
             f"config.model.sequence_axis='sequence' (got {axis!r})"
         )
-    procs = jax.process_count()
     if procs > 1 and jax.local_device_count() % (sizes["sequence"] * sizes["tensor"]):
         raise ConfigError(
             f"config.mesh.sequence x config.mesh.tensor = {sizes['sequence'] * sizes['tensor']} must divide the "

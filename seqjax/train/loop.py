@@ -61,6 +61,7 @@ from seqjax import parallel
 from seqjax.errors import ConfigError
 from seqjax.models import param_groups
 from seqjax.parallel import distributed
+from seqjax.tasks.base import PaddedIterator, padded_batch_size
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
 from seqjax.train.config import check_lengths, check_workdir_config, validate_config
@@ -239,6 +240,12 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
         then not created).
     """
     task, model, labels = _build(config, task, model)
+    ways = sizes["data"] * sizes["fsdp"]
+    if config.train.batch_size % ways and not getattr(task, "weighted_rows", False):
+        raise ConfigError(
+            f"config.train.batch_size={config.train.batch_size} is not divisible by the batch split {ways} "
+            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']}), and task {task.name!r} "
+            "cannot weigh rows to pad it; allowed: a batch size the split divides")
     _create_workdir(config, workdir)
 
     steps, batch_size = config.train.steps, config.train.batch_size
@@ -248,8 +255,13 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     tx, schedules = optim_lib.make_optimizer(config.optim, steps, labels)
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
 
-    # The iterator yields this process's rows of the global batch.
+    # The iterator yields this process's rows of the global batch, padded with
+    # rows of loss weight 0 when data x fsdp do not divide it (the LRA papers'
+    # batch 50 on 4 or 8 devices): loss, gradient and metrics are the real batch's.
     iterator = task.train_iterator(config.seed, batch_size)
+    rows = padded_batch_size(batch_size, ways)
+    if rows != batch_size:
+        iterator = PaddedIterator(iterator, rows // jax.process_count())
     first_state = iterator.get_state()
     sample = jax.tree.map(np.asarray, next(iterator))  # shapes for init and shardings
     iterator.set_state(first_state)
@@ -336,7 +348,11 @@ def start_message(setup: Setup, start: Start) -> str:
     """The ``train.log`` line that opens a run: steps, batch, mesh, processes, device kind."""
     what = f"resuming from step {start.step}" if start.step else "starting"
     layout = " x ".join(f"{a}={n}" for a, n in setup.sizes.items() if n > 1) or "1 device"
-    return (f"{what}: {setup.config.train.steps} steps, batch {setup.config.train.batch_size}, mesh {layout} "
+    batch = setup.config.train.batch_size
+    rows = padded_batch_size(batch, setup.sizes["data"] * setup.sizes["fsdp"])
+    if rows != batch:
+        batch = f"{batch} (padded to {rows} rows, {rows - batch} of loss weight 0)"
+    return (f"{what}: {setup.config.train.steps} steps, batch {batch}, mesh {layout} "
             f"(preset {setup.preset}), {jax.process_count()} process(es) ({jax.devices()[0].device_kind})")
 
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from seqjax import train
+from seqjax import tasks, train
 from seqjax.errors import ConfigError
 from tests.parallel.tiny import STEPS, tiny_icl
 from tests.train.toy import losses
@@ -60,7 +60,13 @@ def test_sequence_mesh_without_sequence_axis_is_a_config_error(tmp_path):
     c.mesh.update({"fsdp": 2, "preset": "dp"})
     with pytest.raises(ConfigError, match=r"config.mesh.fsdp=2 but config.mesh.preset='dp'"):
         train.run(c, tmp_path)
+    # A batch that data x fsdp do not divide is padded with rows of weight 0, but
+    # only for a task that weighs rows.
     c = tiny_icl(data=8)
     c.train.batch_size = 12
-    with pytest.raises(ConfigError, match=r"config.train.batch_size=12 is not divisible by the batch split 8"):
-        train.run(c, tmp_path)
+    unweighted = tasks.build(c.task)
+    unweighted.weighted_rows = False  # an instance attribute over the class's True
+    with pytest.raises(ConfigError, match=r"config.train.batch_size=12 is not divisible by the batch split 8.*"
+                                          r"cannot weigh rows"):
+        train.run(c, tmp_path / "unweighted", task=unweighted)
+    assert not (tmp_path / "unweighted").exists()
