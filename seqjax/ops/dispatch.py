@@ -178,6 +178,20 @@ AUTO_TABLE: tuple[Rule, ...] = (
 )
 
 
+def add_rules(*rules: Rule) -> None:
+    """Puts ``rules`` at the top of :data:`AUTO_TABLE` (so they win over the existing rows).
+
+    How a new implementation joins ``"auto"`` (a Pallas kernel for the GPU, say)
+    without touching any op's or mixer's code; a row whose implementation is
+    not registered is skipped by :func:`resolve`.
+
+    Args:
+      *rules: the new rows, in the order they are tried.
+    """
+    global AUTO_TABLE
+    AUTO_TABLE = tuple(rules) + AUTO_TABLE
+
+
 def resolve(op: str, impl: str, **sizes: int) -> str:
     """The implementation a call runs: ``impl`` itself, or the ``auto`` table's pick.
 
@@ -204,5 +218,5 @@ def resolve(op: str, impl: str, **sizes: int) -> str:
 
 __all__ = [
     "VOCABULARY", "AUTO_TABLE", "Rule", "register", "register_sequence_parallel", "implementations",
-    "check", "implementation", "sequence_parallel", "platform", "resolve",
+    "check", "implementation", "sequence_parallel", "platform", "add_rules", "resolve",
 ]
