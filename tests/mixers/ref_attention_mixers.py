@@ -7,10 +7,11 @@ with plain Python integers (causality, window, segment, n-gram match), and
 the softmax is written out (max shift, exp, normalise). Each ``*_matrix`` is
 the closed-form mixing matrix of the same equations (the per-query softmax
 weights over the visible keys, NumPy only), the oracle of the matrix the
-``Mixer`` base reads off the op. Nothing here calls seqjax. RoPE is written as a complex rotation ``z_c · e^{i p θ_c}`` of the
-channel pairs ``(c, c + d/2)``, ALiBi slopes from the paper's formula.
+``Mixer`` base reads off the op. Nothing here calls seqjax. RoPE is written
+as a complex rotation ``z_c · e^{i p θ_c}`` of the channel pairs
+``(c, c + d/2)``, ALiBi slopes from the paper's formula.
 
-Every function takes an ``xp`` module (``numpy`` or ``jax.numpy``) and uses
+Every ``*_reference`` takes an ``xp`` module (``numpy`` or ``jax.numpy``) and uses
 only operations both support (lists + ``xp.stack``, no in-place assignment),
 so the same code is differentiated by ``jax.grad`` under ``jax.enable_x64``.
 Integer structure (segments, tokens to match) is always NumPy.
