@@ -1,75 +1,109 @@
 """Softmax attention mixers: full multi-head attention and sliding-window attention.
 
-Both are thin Flax modules over :func:`seqjax.ops.attention` (parallel form)
-and :func:`seqjax.ops.decode_attention` (one decoding step against a KV
-cache); ``sliding_window`` is ``mha`` with a local window and a ring-buffer
-cache. Position schemes (RoPE, ALiBi, learned) live in ``positions.py``.
+Both are :class:`~seqjax.mixers.base.Mixer` subclasses over
+:func:`seqjax.ops.attention` (the parallel form; ring attention when the
+length is split) and :func:`seqjax.ops.decode_attention` (one decoding step
+against a KV cache); ``sliding_window`` is ``mha`` with a local window and a
+ring-buffer cache. Position schemes (RoPE, ALiBi, learned) live in
+``positions.py``.
+
+Also here, for the whole attention family (``mha``, ``sliding_window``,
+``ngram``, ``aaren``): :class:`Heads`, the unregistered base holding the head
+fields, their checks and the output projection, and :func:`cache_slots`, the
+length of a cache with one slot per position.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from seqjax.errors import ConfigError
-from seqjax.mixers.common import dense
-from seqjax.mixers.positions import (
-    LearnedPositions,
-    alibi_bias,
-    alibi_slopes,
-    check_positions,
-    positions_in_segment,
-    rope,
-    segment_runs,
-)
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.common import (
+    check_divides, check_int, check_number, check_option, dense, positions_in_segment, segment_runs)
+from seqjax.mixers.positions import POSITIONS, LearnedPositions, alibi_bias, alibi_slopes, rope
 from seqjax.mixers.registry import register
-from seqjax.ops.common import accum_dtype
-from seqjax.ops import dispatch
-from seqjax.ops.decode_attention import decode_attention
 from seqjax.ops.attention import attention
-from seqjax.parallel.sequence import sequence_map
+from seqjax.ops.decode_attention import decode_attention
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 Cache = dict[str, jax.Array]
-HeadMatrix = Float[Array, "b h l l"]
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def head_sizes(
-    name: str, d: int, num_heads: int, num_kv_heads: int | None, head_dim: int | None
-) -> tuple[int, int, int]:
-    """``(h, hk, dh)``: query heads, key/value heads and head dimension, validated.
+def cache_slots(name: str, field: int | None, max_length: int | None) -> int:
+    """Slots of a cache that keeps one entry per position.
 
     Args:
       name: the mixer, for messages.
-      d: model width.
-      num_heads: query heads ``h``.
-      num_kv_heads: key/value heads ``hk`` (None: ``h``); must divide ``h``.
-      head_dim: ``dh`` (None: ``d // h``, which then must divide evenly).
+      field: the mixer's ``max_length`` field (the default).
+      max_length: the length asked for (``init_cache``/``state_size``), or None.
 
     Returns:
-      ``(h, hk, dh)``.
+      ``max_length``, else ``field``.
+
+    Raises:
+      ValueError: neither is set, or the length is not a positive int.
     """
-    if not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{name}: num_heads must be a positive int, got {num_heads!r}")
-    hk = num_heads if num_kv_heads is None else num_kv_heads
-    if not isinstance(hk, int) or hk < 1 or num_heads % hk:
-        raise ValueError(f"{name}: num_kv_heads={num_kv_heads!r} must be a positive divisor of num_heads={num_heads}")
-    if head_dim is None:
-        if d % num_heads:
-            raise ValueError(
-                f"{name}: d_model={d} is not divisible by num_heads={num_heads}; set head_dim explicitly")
-        head_dim = d // num_heads
-    if not isinstance(head_dim, int) or head_dim < 1:
-        raise ValueError(f"{name}: head_dim must be a positive int, got {head_dim!r}")
-    return num_heads, hk, head_dim
+    max_length = field if max_length is None else max_length
+    if max_length is None:
+        raise ValueError(
+            f"{name}: max_length is required for its cache (one slot per position); "
+            "pass init_cache(batch_size, max_length) or set the max_length field")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError(f"{name}: max_length must be a positive int, got {max_length!r}")
+    return max_length
+
+
+class Heads(Mixer):
+    """The head fields of the attention family (not registered).
+
+    ``mha``, ``sliding_window``, ``ngram`` and ``aaren`` split their
+    projections into ``h`` heads of ``dh`` channels and end with
+    ``y = W_o concat_h(o)`` (:meth:`output`).
+
+    Attributes:
+      num_heads: query heads ``h``.
+      head_dim: ``dh`` (None: ``d_model // num_heads``, which must then divide evenly).
+    """
+
+    num_heads: int = 4
+    head_dim: int | None = None
+
+    def kv_heads(self) -> int | None:
+        """Key/value heads; None: one per query head (only ``mha`` has a field for it)."""
+        return None
+
+    def check_fields(self):
+        name = self.mixer_name
+        check_int(name, "num_heads", self.num_heads)
+        if self.kv_heads() is not None:
+            check_divides(name, "num_kv_heads", self.kv_heads(), self.num_heads, "num_heads")
+        check_int(name, "head_dim", self.head_dim, optional=True)
+        if self.d_model is not None:
+            self.heads(self.d_model)
+
+    def heads(self, d: int) -> tuple[int, int, int]:
+        """``(h, hk, dh)`` for width ``d``: query heads, key/value heads, head dimension.
+
+        Raises:
+          ConfigError: ``head_dim`` is None and ``num_heads`` does not divide ``d``.
+        """
+        h = self.num_heads
+        dh = self.head_dim
+        if dh is None:
+            dh = check_divides(self.mixer_name, "num_heads", h, d, "d_model")
+        return h, self.kv_heads() or h, dh
+
+    def output(self, p, o, proj: Projection) -> Seq:
+        """``W_o concat_h(o)`` of ``o (..., h, dh)``, in ``dtype``."""
+        del proj
+        return p["out_proj"](o.reshape(o.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
 
 
 @register("mha")
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(Heads):
     """Multi-head softmax attention (Vaswani et al. 2017) with grouped queries.
 
     With ``h`` query heads, ``hk`` key/value heads (Ainslie et al. 2023, GQA:
@@ -88,41 +122,44 @@ class MultiHeadAttention(nn.Module):
     Positions restart at each segment start, so packed sequences equal
     separate runs.
 
-    Mixing matrix (per head): the attention probabilities
-    ``P[h, t, s] = softmax_s(...)`` (dense; lower triangular when causal).
-    Complexity: training O(l² · d) time and, with ``impl="blockwise"``,
-    O(l · d) memory besides the inputs (ALiBi adds an O(h · l²) bias);
-    decoding O(l · d) per step with an O(l · hk · dh) KV cache.
+    Mixing matrix (per query head, acting on the values ``v``; read off the
+    op by :meth:`~seqjax.mixers.base.Mixer.mixing_matrix`): the attention
+    probabilities ``M[h, t, s] = softmax_s(q_t·k_s / √dh + b_ts)`` over the
+    visible ``s``, 0 elsewhere (dense; lower triangular when causal, banded
+    for ``sliding_window``). Complexity: training O(l² · d) time and, with
+    ``impl="blockwise"``, O(l · d) memory besides the inputs (ALiBi adds an
+    O(h · l²) bias); decoding O(l · d) per step with an O(l · hk · dh) KV cache.
 
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
+      dtype: compute dtype (and KV-cache dtype); parameters are float32 and the
+        softmax accumulates in float32.
+      impl: ``impl`` of :func:`seqjax.ops.attention` (or ``{"attention": ...}``).
+      sequence_axis: mesh axis that splits the length (ring attention under a
+        context mesh, see :func:`seqjax.parallel.sequence_map`); None: never
+        split. Not with ``positions="alibi"`` (nor for ``sliding_window``).
       num_heads: query heads ``h`` (4).
-      num_kv_heads: key/value heads ``hk`` (None: ``h``; 1 is multi-query).
       head_dim: ``dh`` (None: ``d_model // num_heads``).
+      num_kv_heads: key/value heads ``hk`` (None: ``h``; 1 is multi-query); divides ``h``.
       causal: causal (decoder) attention; False is bidirectional and has no ``step``.
       positions: ``"none"``, ``"learned"``, ``"rope"`` (default) or ``"alibi"``.
       rope_base: RoPE's frequency base (10000).
       max_length: size of the learned position table (required for
         ``"learned"``) and the default KV-cache length of ``init_cache``.
-      impl: ``impl`` of :func:`seqjax.ops.attention`.
-      dtype: compute dtype (and KV-cache dtype); parameters are float32 and the
-        softmax accumulates in float32.
-      sequence_axis: mesh axis that splits the length (ring attention under a
-        context mesh, see :func:`seqjax.parallel.sequence_map`); None: never
-        split. Not with ``positions="alibi"`` or a window.
     """
 
-    d_model: int | None = None
-    num_heads: int = 4
+    ops = ("attention",)
+    causality = "either"
+    sequence_parallel = True
+    values_index = 2  # v (b, l, hk, dh)
+    # The own learned position table (positions="learned") is an embedding: no weight decay.
+    no_decay_params = ("pos_embedding/embedding",)
+
     num_kv_heads: int | None = None
-    head_dim: int | None = None
     causal: bool = True
     positions: str = "rope"
     rope_base: float = 10000.0
     max_length: int | None = None
-    impl: str = "auto"
-    dtype: Any = jnp.float32
-    sequence_axis: str | None = None
 
     # --- hooks that SlidingWindowAttention overrides --------------------------------
 
@@ -131,35 +168,38 @@ class MultiHeadAttention(nn.Module):
 
     def _cache_slots(self, max_length: int | None) -> int:
         """Slots of the KV cache: one per position up to ``max_length``."""
-        name = self._mixer_name()
-        max_length = self.max_length if max_length is None else max_length
-        if max_length is None:
-            raise ValueError(
-                f"{name}: max_length is required for attention's KV cache (one slot per position); "
-                "pass init_cache(batch_size, max_length) or set the max_length field")
-        if not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"{name}: max_length must be a positive int, got {max_length!r}")
-        return max_length
-
-    def _mixer_name(self) -> str:
-        return getattr(type(self), "mixer_name", type(self).__name__)
+        return cache_slots(self.mixer_name, self.max_length, max_length)
 
     # --- configuration and parameters -----------------------------------------------
 
-    def _dims(self, d: int) -> tuple[int, int, int]:
-        name = self._mixer_name()
-        check_positions(name, self.positions)
-        dispatch.check("attention", self.impl)
-        h, hk, dh = head_sizes(name, d, self.num_heads, self.num_kv_heads, self.head_dim)
-        if self.positions == "rope" and dh % 2:
-            raise ValueError(f"{name}: positions='rope' needs an even head_dim, got {dh}")
+    def kv_heads(self) -> int | None:
+        return self.num_kv_heads
+
+    def check_fields(self):
+        name = self.mixer_name
+        check_option(name, "positions", self.positions, POSITIONS)
+        check_option(name, "causal", self.causal, (True, False))
+        check_number(name, "rope_base", self.rope_base, low=0, open_low=True)
+        check_int(name, "max_length", self.max_length, optional=True)
         if self.positions == "learned" and self.max_length is None:
-            raise ValueError(f"{name}: positions='learned' needs the max_length field (size of the position table)")
+            raise ConfigError(f"{name}.max_length=None: positions='learned' needs it (the size of the position table)")
+        if self.sequence_axis is not None and self.positions == "alibi":
+            raise ConfigError(f"{name}.sequence_axis={self.sequence_axis!r}: ring attention does not support "
+                              "positions='alibi'; allowed positions with a split length: 'none', 'learned', 'rope'")
+        if self.positions == "rope" and self.head_dim is not None and self.head_dim % 2:
+            raise ConfigError(f"{name}.head_dim={self.head_dim!r} must be even with positions='rope'")
+        super().check_fields()
+
+    def heads(self, d: int) -> tuple[int, int, int]:
+        h, hk, dh = super().heads(d)
+        if self.positions == "rope" and dh % 2:
+            raise ConfigError(f"{self.mixer_name}.positions='rope' needs an even head dimension, got "
+                              f"d_model // num_heads = {dh}; set head_dim")
         return h, hk, dh
 
     @nn.compact
-    def _parts(self, d: int) -> dict[str, Any]:
-        h, hk, dh = self._dims(d)
+    def parts(self, d: int) -> dict[str, Any]:
+        h, hk, dh = self.heads(d)
         parts = {
             "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
             "k_proj": dense(hk * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
@@ -170,178 +210,65 @@ class MultiHeadAttention(nn.Module):
             parts["pos_embedding"] = LearnedPositions(self.max_length, d, name="pos_embedding")
         return parts
 
-    def _check_length(self, length: int) -> None:
-        if self.positions == "learned" and length > self.max_length:
-            raise ValueError(
-                f"{self._mixer_name()}: sequence length {length} exceeds max_length={self.max_length} "
-                "(the learned position table); raise the max_length field")
-
     def _qkv(self, p, x, pos):
         """Projected, position-encoded ``q (b,l,h,dh)``, ``k, v (b,l,hk,dh)``."""
-        b, l, d = x.shape
-        h, hk, dh = self._dims(d)
+        b, length, d = x.shape
+        h, hk, dh = self.heads(d)
         xc = x.astype(self.dtype)
         xqk = xc
         if self.positions == "learned":
-            acc = accum_dtype(self.dtype)
+            acc = self.acc()
             xqk = (xc.astype(acc) + p["pos_embedding"](pos).astype(acc)).astype(self.dtype)
-        q = p["q_proj"](xqk).reshape(b, l, h, dh)
-        k = p["k_proj"](xqk).reshape(b, l, hk, dh)
-        v = p["v_proj"](xc).reshape(b, l, hk, dh)
+        q = p["q_proj"](xqk).reshape(b, length, h, dh)
+        k = p["k_proj"](xqk).reshape(b, length, hk, dh)
+        v = p["v_proj"](xc).reshape(b, length, hk, dh)
         if self.positions == "rope":
             q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
         return q, k, v
 
     def _alibi(self, length: int):
-        """``(1, h, l, l)`` ALiBi bias (relative, so segment restarts change nothing)."""
+        """``(1, h, l, l)`` ALiBi bias (relative, so segment restarts change nothing), or None."""
         if self.positions != "alibi":
             return None
         t = jnp.arange(length)
         return alibi_bias(alibi_slopes(self.num_heads), t, t)[None]
 
-    def _out(self, p, o):
-        """Output projection of ``o (..., h, dh)``."""
-        o = o.reshape(o.shape[:-2] + (-1,)).astype(self.dtype)
-        return p["out_proj"](o).astype(self.dtype)
+    # --- the hooks of the Mixer contract ---------------------------------------------
 
-    def _prepare(self, x, segment_ids):
-        check_seq(self._mixer_name(), x, segment_ids)
-        b, l, d = x.shape
-        p = self._parts(model_width(self, x))
-        self._check_length(l)
-        q, k, v = self._qkv(p, x, positions_in_segment(segment_ids, b, l))
-        return p, q, k, v
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        b, length, _ = x.shape
+        if self.positions == "learned" and length > self.max_length:
+            raise ValueError(
+                f"{self.mixer_name}: sequence length {length} exceeds max_length={self.max_length} "
+                "(the learned position table); raise the max_length field")
+        q, k, v = self._qkv(p, x, positions_in_segment(segment_ids, b, length))
+        # Run indices, not raw ids: a reused id (0, 1, 0) is still three sequences.
+        runs = None if segment_ids is None else segment_runs(segment_ids, b, length)
+        return Projection(tokens=(q, k, v, runs))
 
-    # --- public API -----------------------------------------------------------------
+    def mix(self, axis, q, k, v, runs):
+        return attention(q, k, v, causal=self.causal, segment_ids=runs, window=self._window(),
+                         bias=self._alibi(q.shape[1]), impl=self.impl_for("attention"), sequence_axis=axis)
 
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
-        """Attention over a whole sequence (the parallel form).
+    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> Cache:
+        """``{"k", "v": (b, slots, hk, dh) in dtype, "pos": (b,) int32}``; ``pos`` counts the positions seen.
 
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids of packed sequences; a
-            change of id starts a new sequence.
-          deterministic: unused (no dropout).
-
-        Returns:
-          ``(batch, length, d_model)`` in ``dtype``.
+        ``slots`` is ``max_length`` (else the field) for ``mha``; ``window``
+        for ``sliding_window`` (its ring buffer), whatever the length.
         """
-        del deterministic
-        p, q, k, v = self._prepare(x, segment_ids)
-        b, l, _ = x.shape
-        runs = None if segment_ids is None else segment_runs(segment_ids, b, l)
-        window, bias = self._window(), self._alibi(l)
-        if self.sequence_axis is not None and (window is not None or bias is not None):
-            raise ConfigError(f"{self._mixer_name()}: sequence_axis={self.sequence_axis!r} (ring attention) does not "
-                              f"support a window or positions='alibi'; use positions='rope', 'learned' or 'none'")
-
-        def core(axis, q, k, v, runs):
-            return attention(q, k, v, causal=self.causal, segment_ids=runs, window=window, bias=bias,
-                             impl=self.impl, sequence_axis=axis)
-
-        o = sequence_map(core, self.sequence_axis, (q, k, v, runs), what=self._mixer_name())
-        return self._out(p, o)
-
-    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> HeadMatrix:
-        """The attention probabilities per query head, materialised.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids.
-
-        Returns:
-          ``(batch, heads, length, length)`` in the accumulation dtype; row
-          ``t`` is the softmax over the keys ``t`` sees (masks and biases
-          applied), zero elsewhere.
-        """
-        _, q, k, _ = self._prepare(x, segment_ids)
-        b, l, _ = x.shape
-        h, hk, dh = q.shape[2], k.shape[2], q.shape[3]
-        acc = accum_dtype(self.dtype)
-        k = jnp.repeat(k, h // hk, axis=2)
-        s = jnp.einsum("bthd,bshd->bhts", q.astype(acc), k.astype(acc), precision=_HIGHEST) * dh**-0.5
-        bias = self._alibi(l)
-        if bias is not None:
-            s = s + bias.astype(acc)
-        t = jnp.arange(l)
-        dist = t[:, None] - t[None, :]
-        vis = jnp.ones((l, l), bool)
-        if self.causal:
-            vis = vis & (dist >= 0)
-        window = self._window()
-        if window is not None:
-            vis = vis & (jnp.abs(dist) < window)
-        runs = segment_runs(segment_ids, b, l)
-        vis = vis[None] & (runs[:, :, None] == runs[:, None, :])
-        # Every query sees itself, so no row is empty.
-        return jax.nn.softmax(jnp.where(vis[:, None], s, -jnp.inf), axis=-1)
-
-    def apply_mixing_matrix(self, x: Seq, M: HeadMatrix, *, segment_ids: SegmentIds | None = None) -> Seq:
-        """Same projections as ``__call__``, mixing the values with the dense ``M``.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          M: ``(batch, heads, length, length)``, e.g. from :meth:`mixing_matrix`.
-          segment_ids: optional ids, validated only (the values carry no
-            positions, and ``M`` already holds the masks and biases).
-
-        Returns:
-          ``(batch, length, d_model)`` in ``dtype``.
-        """
-        p, q, _, v = self._prepare(x, segment_ids)
-        b, l, h = q.shape[:3]
-        if M.shape != (b, h, l, l):
-            raise ValueError(f"{self._mixer_name()}: M must have shape (b, heads, l, l)={(b, h, l, l)}, got {M.shape}")
-        acc = accum_dtype(self.dtype)
-        v = jnp.repeat(v, h // v.shape[2], axis=2).astype(acc)
-        o = jnp.einsum("bhts,bshd->bthd", M.astype(acc), v, precision=_HIGHEST)
-        return self._out(p, o)
-
-    def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:
-        """An empty KV cache.
-
-        Args:
-          batch_size: number of sequences.
-          max_length: cache slots (positions); None takes the ``max_length``
-            field. Required for ``mha``; ignored by ``sliding_window`` (its
-            ring buffer has ``window`` slots).
-
-        Returns:
-          ``{"k", "v": (b, slots, hk, dh) in dtype, "pos": (b,) int32}``;
-          ``pos`` counts the positions seen.
-        """
-        if not self.causal:
-            raise ValueError(f"{self._mixer_name()}: bidirectional attention (causal=False) has no step/cache")
-        _, hk, dh = self._dims(model_width(self))
-        slots = self._cache_slots(max_length)
-        kv = jnp.zeros((batch_size, slots, hk, dh), self.dtype)
+        _, hk, dh = self.heads(d)
+        kv = jnp.zeros((batch_size, self._cache_slots(max_length), hk, dh), self.dtype)
         return {"k": kv, "v": kv, "pos": jnp.zeros((batch_size,), jnp.int32)}
 
-    def step(self, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
+    def step_mix(self, p, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
         """One decoding position: append ``k_t, v_t`` to the cache, attend with ``q_t``.
 
         ``mha`` writes slot ``pos``; past the cache's end (or, for learned
         positions, past ``max_length``) the output is NaN (a jitted step cannot
-        raise). ``sliding_window`` writes slot
-        ``pos mod window`` of its ring buffer, overwriting the key that just
-        left the window.
-
-        Args:
-          x_t: ``(batch, d_model)`` input.
-          cache: from :meth:`init_cache` or a previous step.
-
-        Returns:
-          ``(y_t, cache)``: ``(batch, d_model)`` in ``dtype`` and the new cache.
+        raise). ``sliding_window`` writes slot ``pos mod window`` of its ring
+        buffer, overwriting the key that just left the window.
         """
-        name = self._mixer_name()
-        if not self.causal:
-            raise ValueError(f"{name}: bidirectional attention (causal=False) has no step")
-        if x_t.ndim != 2:
-            raise ValueError(f"{name}.step: x_t must have shape (batch, d_model), got {x_t.shape}")
-        if not isinstance(cache, dict) or set(cache) != {"k", "v", "pos"}:
-            raise ValueError(f"{name}.step: cache must be the dict of init_cache with keys k, v, pos")
         b = x_t.shape[0]
-        p = self._parts(model_width(self, x_t))
         pos = cache["pos"]
         q, k, v = self._qkv(p, x_t[:, None], pos[:, None])
         slots = cache["k"].shape[1]
@@ -364,7 +291,7 @@ class MultiHeadAttention(nn.Module):
             limit = self.max_length if limit is None else min(limit, self.max_length)
         if limit is not None:
             o = jnp.where((pos < limit)[:, None, None], o, jnp.nan)
-        return self._out(p, o), {"k": kc, "v": vc, "pos": pos + 1}
+        return self.output(p, o, Projection()), {"k": kc, "v": vc, "pos": pos + 1}
 
     def _alibi_decode(self, q, kc, vc, pos, lengths, ring):
         """Decoding with the ALiBi bias, which :func:`decode_attention` does not take.
@@ -380,22 +307,8 @@ class MultiHeadAttention(nn.Module):
         valid = j[None, :] < lengths[:, None]
         bias = alibi_bias(alibi_slopes(self.num_heads), pos[:, None], kpos)  # (b, h, 1, slots)
         segs = (jnp.ones((b, 1), jnp.int32), valid.astype(jnp.int32))
-        o = attention(q, kc, vc, segment_ids=segs, bias=bias, impl=self.impl)
+        o = attention(q, kc, vc, segment_ids=segs, bias=bias, impl=self.impl_for("attention"))
         return o[:, 0]
-
-    def state_size(self, length: int | None = None) -> int:
-        """Bytes of the KV cache per sequence at ``length`` positions (plus the counter).
-
-        Args:
-          length: cache positions; None takes the ``max_length`` field. Unused
-            by ``sliding_window`` (its cache has ``window`` slots whatever the length).
-
-        Returns:
-          ``2 · slots · hk · dh · itemsize(dtype) + 4`` (the int32 position counter).
-        """
-        _, hk, dh = self._dims(model_width(self))
-        slots = self._cache_slots(length)
-        return 2 * slots * hk * dh * jnp.dtype(self.dtype).itemsize + 4
 
 
 @register("sliding_window")
@@ -417,19 +330,21 @@ class SlidingWindowAttention(MultiHeadAttention):
     Attributes:
       window: number of keys each query sees, itself included (64).
       (all fields of :class:`MultiHeadAttention`; ``max_length`` is needed only
-      for ``positions="learned"``.)
+      for ``positions="learned"``; no ``sequence_axis``.)
     """
+
+    # Ring attention has no window support (NotImplementedError in the op).
+    sequence_parallel = False
 
     window: int = 64
 
-    # Ring attention has no window support (NotImplementedError in the op).
-    sequence_parallel: ClassVar[bool] = False
+    def check_fields(self):
+        check_int(self.mixer_name, "window", self.window)
+        super().check_fields()
 
     def _window(self) -> int | None:
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
-            raise ValueError(f"sliding_window: window must be a positive int, got {self.window!r}")
         return self.window
 
     def _cache_slots(self, max_length: int | None) -> int:
-        del max_length
-        return self._window()
+        del max_length  # the ring buffer: window slots whatever the length
+        return self.window

@@ -19,71 +19,24 @@ that needs positions. Three schemes:
 * **Learned absolute positions** (as in GPT-2): a trainable table of
   ``max_length`` vectors, looked up by position (:class:`LearnedPositions`).
 
-Packed sequences: positions restart at every segment start
-(:func:`positions_in_segment`), so that a packed row equals separate runs
-even for absolute (learned) positions. A *change* of segment id starts a new
-segment (ids may repeat later in the row), as in :func:`seqjax.ops.linear_scan`.
+Packed sequences: the mixers feed positions that restart at every segment
+start (:func:`seqjax.mixers.common.positions_in_segment`), so that a packed
+row equals separate runs even for absolute (learned) positions. A *change* of
+segment id starts a new segment (ids may repeat later in the row), as in
+:func:`seqjax.ops.linear_scan`.
 """
 
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from seqjax.ops.common import accum_dtype, segment_starts
-from seqjax.types import SegmentIds
+from seqjax.ops.common import accum_dtype
 
 POSITIONS = ("none", "learned", "rope", "alibi")
-
-
-def check_positions(name: str, positions: str) -> None:
-    """Raises a ValueError naming the mixer unless ``positions`` is known."""
-    if positions not in POSITIONS:
-        raise ValueError(
-            f"{name}: positions={positions!r} is not one of {', '.join(map(repr, POSITIONS))}")
-
-
-def segment_runs(segment_ids: SegmentIds | None, batch: int, length: int) -> Int[Array, "b l"]:
-    """The index of each position's segment in its row: 0, 0, 1, 1, 1, 2, ...
-
-    A new segment starts wherever the id changes, so ids that repeat later in a
-    row (``0, 0, 1, 0``) still give separate segments; passing these run
-    indices (not the raw ids) to :func:`seqjax.ops.attention` keeps such
-    segments apart.
-
-    Args:
-      segment_ids: ``(b, l)`` integer ids, or None (one segment per row).
-      batch: ``b``.
-      length: ``l``.
-
-    Returns:
-      ``(b, l)`` int32 run indices.
-    """
-    if segment_ids is None:
-        return jnp.zeros((batch, length), jnp.int32)
-    return jnp.cumsum(segment_starts(jnp.asarray(segment_ids)).astype(jnp.int32), axis=1)
-
-
-def positions_in_segment(segment_ids: SegmentIds | None, batch: int, length: int) -> Int[Array, "b l"]:
-    """Each position's offset from the start of its segment (0 at every start).
-
-    Args:
-      segment_ids: ``(b, l)`` integer ids, or None.
-      batch: ``b``.
-      length: ``l``.
-
-    Returns:
-      ``(b, l)`` int32: ``t - start(t)``; ``t`` itself without segments.
-    """
-    t = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    if segment_ids is None:
-        return t
-    starts = segment_starts(jnp.asarray(segment_ids))
-    start = jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
-    return t - start
+"""The values of the attention mixers' ``positions`` field."""
 
 
 # --- RoPE ----------------------------------------------------------------------------
@@ -94,7 +47,7 @@ def rope(x: Float[Array, "b l h k"], positions: Int[Array, "b l"], base: float =
 
     Args:
       x: ``(b, l, h, dk)`` with ``dk`` even.
-      positions: ``(b, l)`` integer positions (e.g. :func:`positions_in_segment`).
+      positions: ``(b, l)`` integer positions (e.g. ``common.positions_in_segment``).
       base: the frequency base (10000 in RoFormer).
 
     Returns:

@@ -33,8 +33,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from seqjax.errors import ConfigError
-from seqjax.mixers.common import dense
-from seqjax.mixers.positions import LearnedPositions, positions_in_segment
+from seqjax.mixers.common import dense, positions_in_segment
+from seqjax.mixers.positions import LearnedPositions
 from seqjax.types import SegmentIds
 
 EMBED_STDDEV = 0.02

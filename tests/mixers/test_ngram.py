@@ -1,17 +1,24 @@
-"""ngram (Akyürek et al. 2024 n-gram heads): a float64 loop that literally finds matching n-grams."""
+"""ngram (Akyürek et al. 2024 n-gram heads): a float64 loop that literally finds matching n-grams.
+
+The contract (step, causality, segments, mixing matrix vs fast path,
+bfloat16, state_size vs cache bytes, no retrace, default construction) is
+checked for every mixer in ``test_contract.py``; here: the references, token
+ids (in the parallel form, the matrix and the step) and the n-gram pattern.
+"""
 
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import seqjax.mixers.ngram  # noqa: F401  (registers "ngram")
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
-from tests.mixers.ref_attention_mixers import Jitted, ngram_matches, ngram_reference, params_of, random_variables
+from tests.mixers.ref_attention_mixers import (
+    Jitted, assert_gradients_match, ngram_matches, ngram_matrix, ngram_reference, params_of, random_variables)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL
@@ -44,16 +51,15 @@ def _ref(m, v, x, keys, seg=None, xp=np):
                            segment_ids=seg, xp=xp)
 
 
-def test_default_construction(rng):
+def test_default_parameters(rng):
     m = Jitted(get("ngram")())
     tok = _tokens(rng, 2, 13)
     x = _embed(rng, tok)
     v = harness.init(m, x)
-    y = m.apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32 and m.n == 2
+    assert m.n == 2 and m.num_heads == 1
     p = params_of(v)
     assert set(p) == {"v_proj", "out_proj"} and p["v_proj"].shape == (16, 16)
-    assert_rel_close(y, _ref(m, v, np.asarray(x, np.float64), np.asarray(x)), RTOL, "default ngram")
+    assert_rel_close(m.apply(v, x), _ref(m, v, np.asarray(x, np.float64), np.asarray(x)), RTOL, "default ngram")
 
 
 def test_bigram_by_hand(rng):
@@ -126,29 +132,29 @@ def test_float64_exact(rng):
 def test_gradients(rng, impl):
     m, tok, x, v = _setup(rng, 2, 11, n=2, num_heads=2, impl=impl)
     seg = _segments(rng, 2, 11)
-    w = rng.standard_normal((2, 11, 16))
-
-    def loss(params, x):
-        return jnp.sum(m.apply({"params": params}, x, segment_ids=jnp.asarray(seg)) * w)
-
-    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
-    assert np.isfinite(np.asarray(g_x)).all()
-    with jax.enable_x64(True):
-        def ref_loss(p, xx):
-            return jnp.sum(ngram_reference(p, xx, tok, n=2, num_heads=2, segment_ids=seg, xp=jnp) * w)
-
-        r_p, r_x = jax.jit(jax.grad(ref_loss, argnums=(0, 1)))(params_of(v, jnp), jnp.asarray(x, jnp.float64))
-    g_p = params_of({"params": g_p})
-    assert set(g_p) == set(r_p)
-    for k in r_p:
-        assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"d{k}")
-    assert_rel_close(g_x, r_x, RTOL_GRAD, "dx")
+    assert_gradients_match(m.module, v, np.asarray(x), seg,
+                           lambda p, xx: ngram_reference(p, xx, tok, n=2, num_heads=2, segment_ids=seg, xp=jnp),
+                           RTOL_GRAD)
 
 
-def test_step_matches_parallel(rng):
-    for n in (1, 3):
-        m, tok, x, v = _setup(rng, n=n, num_heads=2, max_length=16)
-        harness.check_step_matches_parallel(m, v, x)
+@pytest.mark.parametrize("tokens", [False, True])
+def test_matrix_is_the_closed_form(rng, tokens):
+    """The matrix read off the op is 1[s ∈ S_t] / |S_t| for every head, with segments (vectors or token ids)."""
+    m, tok, x, v = _setup(rng, n=2, num_heads=2)
+    seg = _segments(rng, 2, 13)
+    kw = dict(token_ids=jnp.asarray((tok + 1) % 3)) if tokens else {}  # ids that differ from the vectors'
+    M = m.apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix", **kw)
+    want = ngram_matrix((tok + 1) % 3 if tokens else np.asarray(x), n=2, num_heads=2, segment_ids=seg)
+    assert M.shape == (2, 2, 13, 13)
+    assert_rel_close(M, want, 1e-6, "ngram matrix vs closed form")
+    sums = want.sum(-1)
+    assert (sums == 0).any() and (sums > 0).any()  # rows without a match and rows with one
+
+
+def test_step_with_token_ids_and_longer_grams(rng):
+    # The contract steps n = 2 on vectors; here n = 3, and token mode.
+    m, tok, x, v = _setup(rng, n=3, num_heads=2, max_length=16)
+    harness.check_step_matches_parallel(m, v, x)
     # Token mode: the cache keeps int32 tokens; step needs token_ids.
     m, tok, x, v = _setup(rng, n=2, max_length=16)
     other = (tok + (np.arange(13) % 2)) % 3  # not the tokens that x encodes
@@ -162,78 +168,38 @@ def test_step_matches_parallel(rng):
     assert_rel_close(jnp.stack(ys, 1), y, RTOL, "token step rollout")
     with pytest.raises(ValueError, match="token_ids"):
         m.apply(v, x[:, 0], cache, method="step")
+    with pytest.raises(ValueError, match="token_ids must have shape"):
+        m.apply(v, x[:, 0], cache, token_ids=jnp.zeros((3,), jnp.int32), method="step")
 
 
-def test_causal_and_segments(rng):
-    m, tok, x, v = _setup(rng, n=2)
-    harness.check_causal(m, v, x, rng)
-    # Random inputs never repeat, so use n = 1 (average of everything earlier) for the harness.
-    m1, _, _, v1 = _setup(rng, n=1)
-    harness.check_segments(m1, v1, rng)
-    # Packed token rows equal separate runs, with the n-gram window not crossing a boundary.
-    pieces = [_tokens(rng, 1, k) for k in (6, 9)]
-    packed = np.concatenate(pieces, 1)
-    xp_ = _embed(rng, packed)
-    ids = jnp.asarray([[0] * 6 + [1] * 9])
-    y = m.apply(v, xp_, segment_ids=ids)
-    assert_rel_close(y[:, :6], m.apply(v, xp_[:, :6]), RTOL, "first piece")
-    assert_rel_close(y[:, 6:], m.apply(v, xp_[:, 6:]), RTOL, "second piece")
-
-
-def test_mixing_matrix(rng):
-    m, tok, x, v = _setup(rng, n=2, num_heads=2)
-    M = np.asarray(harness.check_mixing_matrix(m, v, x, causal=True))
-    assert M.shape == (2, 2, 13, 13)
-    assert np.all(np.diagonal(M, axis1=-2, axis2=-1) == 0)  # strictly earlier
-    sums = M.sum(-1)
-    assert np.all((np.abs(sums - 1) < 1e-6) | (sums == 0)) and (sums == 0).any() and (sums > 0).any()
-    for row in M.reshape(-1, 13):  # uniform over the matches
-        nz = row[row > 0]
-        assert nz.size == 0 or np.allclose(nz, 1.0 / nz.size)
-
-
-def test_bfloat16(rng):
-    m32, tok, x, v = _setup(rng, n=2)
+def test_bfloat16_cache(rng):
+    _, tok, x, v = _setup(rng, n=2)
     m16 = Jitted(get("ngram")(n=2, max_length=40, dtype=jnp.bfloat16))
-    y16 = m16.apply(v, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16
-    assert rel_err(y16.astype(jnp.float32), m32.apply(v, x)) < 5e-2
     cache = m16.apply(v, 2, method="init_cache")
+    # Values in bfloat16; vector keys in float32, so that equality stays exact.
     assert cache["v"].dtype == jnp.bfloat16 and cache["keys"].dtype == jnp.float32
     y_t, _ = m16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
     assert y_t.dtype == jnp.bfloat16
 
 
-def test_state_size(rng):
+def test_state_size():
     m = get("ngram")(d_model=16, num_heads=2, max_length=10)
     # Per position: the input vector (16 float32) + values (2·8 float32); plus the counter.
     assert m.apply({}, 100, method="state_size") == 100 * (16 * 4 + 16 * 4) + 4
     assert m.apply({}, 100, True, method="state_size") == 100 * (4 + 16 * 4) + 4
-    for tokens in (False, True):
-        cache = jax.eval_shape(lambda: m.apply({}, 3, 100, use_token_ids=tokens, method="init_cache"))
-        size = m.apply({}, 100, tokens, method="state_size")
-        assert sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(cache)) == 3 * size
+    cache = jax.eval_shape(lambda: m.apply({}, 3, 100, use_token_ids=True, method="init_cache"))
+    size = m.apply({}, 100, True, method="state_size")
+    assert sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(cache)) == 3 * size
 
 
-def test_no_retrace(rng):
-    m, tok, x, v = _setup(rng)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def run(v, x, tok):
-        return m.module.apply(v, x, token_ids=tok)
-
-    run(v, x, jnp.asarray(tok))
-    run(v, x * 2, jnp.asarray(_tokens(rng, 2, 13)))
-
-
-def test_config_errors(rng):
+def test_errors(rng):
+    with pytest.raises(ConfigError, match=r"^ngram\.n=0 must be an int >= 1"):
+        get("ngram")(n=0)
+    with pytest.raises(ConfigError, match=r"^ngram\.impl='fast' .*allowed: auto, reference, blockwise"):
+        get("ngram")(impl="fast")
+    with pytest.raises(ConfigError, match=r"^ngram\.num_heads=3 must divide d_model=16"):
+        get("ngram")(d_model=16, num_heads=3)
     x = harness.random_input(rng, 1, 4, 16)
-    key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="n must be"):
-        get("ngram")(n=0).init(key, x)
-    with pytest.raises(ValueError, match="'reference', 'blockwise'"):
-        get("ngram")(impl="fast").init(key, x)
     m = Jitted(get("ngram")())
     v = random_variables(m.module, x, rng)
     with pytest.raises(ValueError, match="token_ids"):
