@@ -18,7 +18,7 @@ from jaxtyping import Array, Bool
 
 from seqjax.mixers.attention import Cache, Heads
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_option, dense, param
+from seqjax.mixers.common import dense, param
 from seqjax.mixers.registry import register
 from seqjax.ops import online_softmax as osm
 from seqjax.ops.common import segment_starts
@@ -90,11 +90,6 @@ class Aaren(Heads):
     """
 
     values_index = 1  # v (b, l, h, dh)
-
-    def check_fields(self):
-        # No op with implementations (ops = ()): only "auto" means anything.
-        check_option(self.mixer_name, "impl", self.impl, ("auto",))
-        super().check_fields()
 
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:

@@ -121,9 +121,11 @@ class Mixer(nn.Module):
         if self.d_model is not None and (not isinstance(self.d_model, int) or isinstance(self.d_model, bool)
                                          or self.d_model < 1):
             raise ConfigError(f"{name}.d_model={self.d_model!r} must be None or a positive int")
-        impls = dict(self.impl) if isinstance(self.impl, Mapping) else {self.ops[0]: self.impl} if self.ops else {}
         if not isinstance(self.impl, (str, Mapping)):
             raise ConfigError(f"{name}.impl={self.impl!r} must be a string or a mapping {{op: impl}}")
+        if not self.ops and self.impl != "auto":
+            raise ConfigError(f"{name}.impl={self.impl!r}: {name} calls no op with implementations; allowed: auto")
+        impls = dict(self.impl) if isinstance(self.impl, Mapping) else {self.ops[0]: self.impl} if self.ops else {}
         for op, value in impls.items():
             if op not in self.ops:
                 raise ConfigError(f"{name}.impl names op {op!r}; allowed ops: {', '.join(self.ops) or 'none'}")

@@ -122,9 +122,9 @@ def test_bad_fields_are_one_config_error(name):
     with pytest.raises(ConfigError, match=rf"^{name}\.{field}={value!r}"):
         _module(name, **{field: value, "d_model": WIDTH})
     cls = mixers.get(name)
+    with pytest.raises(ConfigError, match=rf"^{name}\.impl='nonsense'.*allowed: auto"):
+        _module(name, impl="nonsense")
     if cls.ops:
-        with pytest.raises(ConfigError, match=rf"^{name}\.impl='nonsense'.*allowed: auto"):
-            _module(name, impl="nonsense")
         with pytest.raises(ConfigError, match=rf"^{name}\.impl names op 'nope'"):
             _module(name, impl={"nope": "auto"})
     if not cls.sequence_parallel:
