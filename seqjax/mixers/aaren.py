@@ -19,7 +19,7 @@ from jaxtyping import Array, Bool, Float
 from seqjax.mixers.common import dense
 from seqjax.mixers.attention import head_sizes
 from seqjax.mixers.positions import segment_runs
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers._unconverted import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops import online_softmax as osm
 from seqjax.ops.common import accum_dtype, segment_starts

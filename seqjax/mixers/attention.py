@@ -24,7 +24,7 @@ from seqjax.mixers.positions import (
     rope,
     segment_runs,
 )
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers._unconverted import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype
 from seqjax.ops import dispatch

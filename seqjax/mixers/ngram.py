@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int
 from seqjax.mixers.common import dense
 from seqjax.mixers.attention import head_sizes
 from seqjax.mixers.positions import positions_in_segment, segment_runs
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers._unconverted import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype
 from seqjax.ops import dispatch
