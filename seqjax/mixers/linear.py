@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from seqjax.mixers.common import dense, segment_runs
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers._unconverted import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype
 from seqjax.ops import dispatch

@@ -28,7 +28,7 @@ from jaxtyping import Array, Float
 
 from seqjax.mixers.common import dense
 from seqjax.mixers.common import same_segment
-from seqjax.mixers.recurrent import check_seq, model_width
+from seqjax.mixers._unconverted import check_seq, model_width
 from seqjax.mixers.registry import register
 from seqjax.ops.common import accum_dtype
 from seqjax.ops import dispatch

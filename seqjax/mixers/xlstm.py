@@ -10,9 +10,11 @@ here, not an approximation).
 * ``slstm``: a nonlinear recurrence (the gates read ``h_{t-1}`` through a
   head-wise block-diagonal ``R``), run with the sequential scan of
   :class:`seqjax.mixers.recurrent.HeadwiseRNN`.
-* ``mlstm``: linear in ``v`` given the gates, so ``__call__`` is the paper's
-  parallel (quadratic) form; ``step`` is the recurrent form; ``mixing_matrix``
-  is the normalised ``D * (Q K^T)`` matrix that multiplies ``V``.
+* ``mlstm``: linear in ``v`` given the gates, so its mix is the paper's
+  parallel (quadratic) form ``h~ = M v``; ``step`` is the recurrent form; the
+  base class's ``mixing_matrix`` reads ``M`` off that mix.
+
+Neither calls a ``seqjax.ops`` op (``ops = ()``; ``impl`` is only ``"auto"``).
 """
 
 import math
@@ -21,16 +23,12 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
-from seqjax.mixers.common import dense
-from seqjax.mixers.recurrent import HeadwiseRNN, check_heads, check_seq, model_width
+from seqjax.mixers.base import Projection
+from seqjax.mixers.common import dense, param, same_segment
+from seqjax.mixers.recurrent import Heads, HeadwiseRNN
 from seqjax.mixers.registry import register
-from seqjax.ops.common import accum_dtype, segment_starts
 from seqjax.types import SegmentIds, Seq, SeqStep
-
-Cache = dict[str, jax.Array]
-MixingMatrix = Float[Array, "b h l l"]
 
 # Forget-gate bias range at init (xLSTM reference code: linspace(3, 6)); sigmoid(3..6)
 # = 0.95..0.998, i.e. memories that last tens to hundreds of steps from the start.
@@ -63,13 +61,15 @@ class SLSTM(HeadwiseRNN):
     start at zero and restart at zero at a new segment. Forget-gate biases start
     at ``linspace(3, 6)`` over each head's units, the others at zero.
 
+    No mixing matrix (nonlinear in ``h``).
+
     Attributes:
-      d_model: model width; None takes it from the input (or the parameters).
       num_heads: number of heads of the block-diagonal ``R`` (default 4); must
-        divide ``d_model``.
-      dtype: compute dtype of the projections; the recurrence runs in float32.
+        divide ``d_model``. The other fields are those of
+        :class:`~seqjax.mixers.recurrent.HeadwiseRNN`.
     """
 
+    no_decay_params: ClassVar[tuple[str, ...]] = ("bias",)
     gates: ClassVar[tuple[str, ...]] = ("i", "f", "z", "o")
     states: ClassVar[tuple[str, ...]] = ("h", "c", "n", "m")
 
@@ -79,7 +79,7 @@ class SLSTM(HeadwiseRNN):
         forget = jnp.linspace(*FORGET_BIAS_RANGE, head_dim, dtype=dtype)
         return jnp.zeros(shape, dtype).at[:, 1].set(jnp.broadcast_to(forget, (heads, head_dim)))
 
-    def _cell(self, pre, rec, state, extra):
+    def _cell(self, pre, rec, state):
         _, c, n, m = state
         g = pre + rec
         log_i = g[:, :, 0]
@@ -97,7 +97,7 @@ class SLSTM(HeadwiseRNN):
 
 
 @register("mlstm")
-class MLSTM(nn.Module):
+class MLSTM(Heads):
     """mLSTM (Beck et al. 2024, xLSTM §2.3): matrix memory, covariance update rule.
 
     Per head, with ``q, k, v, o~`` from the dense input projection (plus bias),
@@ -115,73 +115,67 @@ class MLSTM(nn.Module):
         m_t = max_s log D_ts,   S = (Q K^T) * exp(log D - m)
         M = S / max(|S 1|, exp(-m))  (row-wise)
 
-    ``__call__`` evaluates that form (O(l^2) time and memory), ``mixing_matrix``
-    returns ``M`` per head and ``step`` runs the stabilised recurrence
-    (``m_t = max(log f_t + m_{t-1}, i~_t)``, ``C, n`` scaled by ``exp(-m_t)``,
-    denominator ``max(|n^T q|, exp(-m_t))``). Both skip the reference code's
-    ``eps`` in the denominator: ``exp(-m_t) > 0`` already bounds it away from 0.
-    ``dk = dv = d_model / num_heads``. The forget-gate bias starts at
-    ``linspace(3, 6)`` over heads, the input-gate bias at N(0, 0.1^2).
+    The mix evaluates that form (O(l^2) time and memory); ``step`` runs the
+    stabilised recurrence (``m_t = max(log f_t + m_{t-1}, i~_t)``, ``C, n``
+    scaled by ``exp(-m_t)``, denominator ``max(|n^T q|, exp(-m_t))``). Both
+    skip the reference code's ``eps`` in the denominator: ``exp(-m_t) > 0``
+    already bounds it away from 0. ``dk = dv = d_model / num_heads``. The
+    forget-gate bias starts at ``linspace(3, 6)`` over heads, the input-gate
+    bias at N(0, 0.1^2).
+
+    Mixing matrix: ``mixing_matrix`` returns ``M`` above, per head
+    ``(b, heads, l, l)``, acting on ``v`` (the projection's values); the output
+    gate ``sigmoid(o~)`` and ``W_out`` come after the mix, so they are not in ``M``.
 
     Attributes:
       d_model: model width; None takes it from the input (or the parameters).
-      num_heads: number of heads (default 4); must divide ``d_model``.
       dtype: compute dtype of the projections; the quadratic form and the
         recurrence run in float32 (float64 when ``dtype`` is float64).
+      impl: only ``"auto"`` (the parallel form is the mixer's own, no op).
+      sequence_axis: must stay None.
+      num_heads: number of heads (default 4); must divide ``d_model``.
     """
 
-    d_model: int | None = None
-    num_heads: int = 4
-    dtype: Any = jnp.float32
+    no_decay_params: ClassVar[tuple[str, ...]] = ("bias", "gate_bias")
+    values_index = 2  # v in (q, k, v, log i, log f, segment_ids)
 
     @nn.compact
-    def _parts(self, d: int):
-        head_dim = check_heads("MLSTM", d, self.num_heads)
-        heads = self.num_heads
-        in_proj = dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="in_proj")
-        bias = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", None, None)),
-            (heads, 4, head_dim),
-            jnp.float32,
-        )
-        gate_proj = dense(2 * heads, ("embed", "heads"), dtype=self.dtype, name="gate_proj")
+    def parts(self, d: int) -> dict[str, Any]:
+        heads, head_dim = self.num_heads, self.head_dim(d)
 
         def gate_bias_init(key, shape, dtype=jnp.float32):
             i_bias = INPUT_BIAS_STD * jax.random.normal(key, shape[1:], dtype)
             f_bias = jnp.linspace(*FORGET_BIAS_RANGE, shape[1], dtype=dtype)
             return jnp.stack([i_bias, f_bias])
 
-        gate_bias = self.param(
-            "gate_bias",
-            nn.with_logical_partitioning(gate_bias_init, (None, "heads")),
-            (2, heads),
-            jnp.float32,
-        )
-        out_proj = dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj")
-        return in_proj, bias, gate_proj, gate_bias, out_proj
+        return {
+            "in_proj": dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="in_proj"),
+            "bias": param(self, "bias", nn.initializers.zeros_init(), (heads, 4, head_dim), ("heads", None, None)),
+            "gate_proj": dense(2 * heads, ("embed", "heads"), dtype=self.dtype, name="gate_proj"),
+            "gate_bias": param(self, "gate_bias", gate_bias_init, (2, heads), (None, "heads")),
+            "out_proj": dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj"),
+        }
 
-    def _project(self, x):
+    def _qkvo(self, p, x):
         """q, k, v, o~: ``(..., heads, head_dim)``; i~, log f: ``(..., heads)``; in acc dtype."""
-        acc = accum_dtype(self.dtype)
-        d = model_width(self, x)
-        in_proj, bias, gate_proj, gate_bias, out_proj = self._parts(d)
+        acc = self.acc()
         xc = x.astype(self.dtype)
-        pre = in_proj(xc).reshape(*x.shape[:-1], self.num_heads, 4, -1).astype(acc) + bias.astype(acc)
+        pre = p["in_proj"](xc).reshape(*x.shape[:-1], self.num_heads, 4, -1).astype(acc) + p["bias"].astype(acc)
         q, k, v, o = (pre[..., j, :] for j in range(4))
         k = k / math.sqrt(k.shape[-1])
-        gates = gate_proj(xc).reshape(*x.shape[:-1], 2, self.num_heads).astype(acc)
-        gates = gates + gate_bias.astype(acc)
+        gates = p["gate_proj"](xc).reshape(*x.shape[:-1], 2, self.num_heads).astype(acc)
+        gates = gates + p["gate_bias"].astype(acc)
         log_i, log_f = gates[..., 0, :], jax.nn.log_sigmoid(gates[..., 1, :])
-        return q, k, v, o, log_i, log_f, out_proj
+        return q, k, v, o, log_i, log_f
 
-    def _output(self, h, o, out_proj, shape):
-        h = jax.nn.sigmoid(o) * h
-        return out_proj(h.reshape(shape).astype(self.dtype)).astype(self.dtype)
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        q, k, v, o, log_i, log_f = self._qkvo(p, x)
+        return Projection(tokens=(q, k, v, log_i, log_f, segment_ids), rest=o)
 
-    def _matrix(self, q, k, log_i, log_f, segment_ids):
-        """The normalised mixing matrix ``(b, h, t, s)`` (the parallel stabilised form)."""
-        length = q.shape[1]
+    def mix(self, axis, q, k, v, log_i, log_f, segment_ids):
+        """``h~ = M v`` per head with the normalised matrix ``M`` (the parallel stabilised form)."""
+        del axis  # never split (sequence_parallel is False)
+        batch, length = q.shape[:2]
         log_f = jnp.moveaxis(log_f, 1, -1)  # (b, h, l)
         # Pairwise sums of log f over (s, t] by a cumulative sum down a masked
         # (t, s) grid (Mamba-2's segsum): exact per pair, unlike F_t - F_s of one
@@ -191,106 +185,29 @@ class MLSTM(nn.Module):
         log_d = jnp.cumsum(grid, axis=-2) + jnp.moveaxis(log_i, 1, -1)[..., None, :]
         keep = jnp.tril(jnp.ones((length, length), bool))
         if segment_ids is not None:
-            # Index of the segment each position is in (ids may repeat non-adjacently).
-            seg = jnp.cumsum(segment_starts(segment_ids), axis=1)
-            keep = keep & (seg[:, None, :, None] == seg[:, None, None, :])
+            keep = keep & same_segment(segment_ids, batch, length)[:, None]
         # Mask before exp: exp never sees a positive argument, nor its gradient inf * 0.
         log_d = jnp.where(keep, log_d, -jnp.inf)
         m = jax.lax.stop_gradient(jnp.max(log_d, axis=-1, keepdims=True))  # diagonal is finite
         scores = jnp.einsum("bthk,bshk->bhts", q, k) * jnp.exp(log_d - m)
         norm = jnp.maximum(jnp.abs(jnp.sum(scores, axis=-1, keepdims=True)), jnp.exp(-m))
-        return scores / norm
+        return jnp.einsum("bhts,bshv->bthv", scores / norm, v)
 
-    def __call__(
-        self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True
-    ) -> Seq:
-        """The parallel (quadratic) stabilised form over the sequence.
+    def output(self, p, y, proj: Projection) -> Seq:
+        h = jax.nn.sigmoid(proj.rest) * y  # the output gate o~
+        return p["out_proj"](h.reshape(h.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
 
-        Args:
-          x: ``(b, l, d)`` input.
-          segment_ids: ``(b, l)`` ids of packed sequences; no position attends
-            across a change of id.
-          deterministic: unused (no dropout).
+    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
+        """Zero state: ``C (b, h, dk, dv)``, ``n (b, h, dk)``, ``m (b, h)``, in float32."""
+        del max_length  # the state does not grow
+        shape = (batch_size, self.num_heads, self.head_dim(d))
+        return {"C": jnp.zeros(shape + shape[-1:], self.acc()), "n": jnp.zeros(shape, self.acc()),
+                "m": jnp.zeros(shape[:2], self.acc())}
 
-        Returns:
-          ``(b, l, d)`` output in ``dtype``.
-        """
-        del deterministic
-        check_seq("MLSTM", x, segment_ids)
-        q, k, v, o, log_i, log_f, out_proj = self._project(x)
-        mat = self._matrix(q, k, log_i, log_f, segment_ids)
-        return self._output(jnp.einsum("bhts,bshv->bthv", mat, v), o, out_proj, x.shape)
-
-    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> MixingMatrix:
-        """The lower-triangular ``(b, heads, l, l)`` matrix ``M`` with ``h~ = M v`` per head.
-
-        Args:
-          x: ``(b, l, d)`` input.
-          segment_ids: optional ``(b, l)`` packed-sequence ids.
-
-        Returns:
-          ``M`` in float32 (the accumulation dtype).
-        """
-        check_seq("MLSTM", x, segment_ids)
-        q, k, _, _, log_i, log_f, _ = self._project(x)
-        return self._matrix(q, k, log_i, log_f, segment_ids)
-
-    def apply_mixing_matrix(self, x: Seq, mat: MixingMatrix) -> Seq:
-        """The mixer's output with ``h~ = M v`` computed densely from a given ``M``.
-
-        Args:
-          x: ``(b, l, d)`` input.
-          mat: ``(b, heads, l, l)`` mixing matrix (e.g. from ``mixing_matrix``).
-
-        Returns:
-          ``(b, l, d)`` output in ``dtype``.
-        """
-        check_seq("MLSTM", x, None)
-        want = (x.shape[0], self.num_heads, x.shape[1], x.shape[1])
-        if mat.shape != want:
-            raise ValueError(f"MLSTM: mixing matrix has shape {mat.shape}; expected {want}")
-        _, _, v, o, _, _, out_proj = self._project(x)
-        h = jnp.einsum("bhts,bshv->bthv", mat.astype(v.dtype), v)
-        return self._output(h, o, out_proj, x.shape)
-
-    def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:
-        """Zero state for ``step``: ``C (b, h, dk, dv)``, ``n (b, h, dk)``, ``m (b, h)``.
-
-        Args:
-          batch_size: number of sequences.
-          max_length: unused (the state does not grow).
-
-        Returns:
-          The cache dict, in float32.
-        """
-        del max_length
-        d = model_width(self)
-        head_dim = check_heads("MLSTM", d, self.num_heads)
-        acc = accum_dtype(self.dtype)
-        shape = (batch_size, self.num_heads, head_dim)
-        return {
-            "C": jnp.zeros(shape + (head_dim,), acc),
-            "n": jnp.zeros(shape, acc),
-            "m": jnp.zeros(shape[:2], acc),
-        }
-
-    def step(self, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
-        """One token of the stabilised recurrent form.
-
-        Args:
-          x_t: ``(b, d)`` input at the current position.
-          cache: the state from ``init_cache`` or the previous ``step``.
-
-        Returns:
-          ``(y_t, cache)`` with ``y_t: (b, d)`` in ``dtype``.
-        """
-        if x_t.ndim != 2:
-            raise ValueError(f"MLSTM.step: x_t must have shape (batch, d_model), got {x_t.shape}")
-        if set(cache) != {"C", "n", "m"}:
-            raise ValueError(f"MLSTM.step: cache has keys {sorted(cache)}; expected C, n, m (use init_cache)")
-        q, k, v, o, log_i, log_f, out_proj = self._project(x_t)
-        acc = q.dtype
-        c, n, m = (cache[key].astype(acc) for key in ("C", "n", "m"))
+    def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
+        # The stabilised recurrent form: m = max(log f + m, i~), C, n rescaled by exp(-m).
+        q, k, v, o, log_i, log_f = self._qkvo(p, x_t)
+        c, n, m = (cache[key].astype(q.dtype) for key in ("C", "n", "m"))
         m_new = jax.lax.stop_gradient(jnp.maximum(log_f + m, log_i))
         f_s = jnp.exp(log_f + m - m_new)[..., None]
         i_s = jnp.exp(log_i - m_new)[..., None]
@@ -298,20 +215,4 @@ class MLSTM(nn.Module):
         n = f_s * n + i_s * k
         num = jnp.einsum("bhk,bhkv->bhv", q, c)
         den = jnp.maximum(jnp.abs(jnp.sum(n * q, axis=-1)), jnp.exp(-m_new))
-        y = self._output(num / den[..., None], o, out_proj, x_t.shape)
-        return y, {"C": c, "n": n, "m": m_new}
-
-    def state_size(self, length: int | None = None) -> int:
-        """Bytes of recurrent state per sequence: ``C (h, dk, dv)``, ``n (h, dk)``, ``m (h,)``.
-
-        Args:
-          length: unused (the state does not grow with the sequence).
-
-        Returns:
-          The size in bytes.
-        """
-        del length
-        d = model_width(self)
-        head_dim = check_heads("MLSTM", d, self.num_heads)
-        floats = self.num_heads * (head_dim * head_dim + head_dim + 1)
-        return floats * jnp.dtype(accum_dtype(self.dtype)).itemsize
+        return self.output(p, num / den[..., None], Projection(rest=o)), {"C": c, "n": n, "m": m_new}

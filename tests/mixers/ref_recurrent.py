@@ -8,6 +8,13 @@ of ``seqjax.mixers.recurrent``: ``in_proj`` ``(d, gates*d)`` read as
 ``(heads, gates, head_dim)``, ``bias (heads, gates, head_dim)``, ``recurrent
 (heads, head_dim, gates*head_dim)``, ``out_proj`` ``(d, d)``.
 
+Every reference here and in ``ref_xlstm.py`` is called ``ref(xp, params, x,
+num_heads, segment_ids=None, ...)``: ``xp`` is numpy or jax.numpy, ``params``
+the mixer's unboxed params, ``x`` a ``(batch, length, d)`` float64 input,
+``num_heads`` the heads, ``segment_ids`` ``(batch, length)`` numpy ints or None
+(a change of id restarts every state at zero); it returns the ``(batch,
+length, d)`` output.
+
 Works with ``xp = numpy`` and with ``xp = jax.numpy`` under ``jax.enable_x64``
 (autodiff of the reference for gradient checks): no in-place assignment. Integer
 indexing goes through :func:`at` (``xp.take``): with jax, ``a[:, t]`` compiles
@@ -72,18 +79,7 @@ def run_heads(xp, params, x, num_heads, gates, cell, n_states, segment_ids=None)
 
 
 def lstm_ref(xp, params, x, num_heads, segment_ids=None):
-    """Head-wise LSTM: c = f c + i tanh(z~), h = o tanh(c), y = h W_out.
-
-    Args:
-      xp: numpy or jax.numpy.
-      params: the mixer's unboxed params.
-      x: (batch, length, d) float64.
-      num_heads: number of heads.
-      segment_ids: (batch, length) numpy ints or None; a change restarts at zero.
-
-    Returns:
-      (batch, length, d) output.
-    """
+    """Head-wise LSTM (signature: module docstring): c = f c + i tanh(z~), h = o tanh(c), y = h W_out."""
 
     def cell(g_in, g_rec, head, st):
         h, c = st
@@ -96,17 +92,11 @@ def lstm_ref(xp, params, x, num_heads, segment_ids=None):
 
 
 def gru_ref(xp, params, x, num_heads, segment_ids=None):
-    """Head-wise GRU, reset-after candidate n = tanh(x W_n + b_n + r * (h R_n + b_hn)).
+    """Head-wise GRU (signature: module docstring), reset-after candidate.
 
-    Args:
-      xp: numpy or jax.numpy.
-      params: the mixer's unboxed params (with ``recurrent_bias (heads, head_dim)``).
-      x: (batch, length, d) float64.
-      num_heads: number of heads.
-      segment_ids: (batch, length) numpy ints or None; a change restarts at zero.
-
-    Returns:
-      (batch, length, d) output.
+    ``r = sigmoid(r~ + h R_r)``, ``u = sigmoid(u~ + h R_u)``,
+    ``n = tanh(n~ + r * (h R_n + b_hn))`` with ``b_hn = params["recurrent_bias"]``
+    ``(heads, head_dim)``, ``h = (1 - u) n + u h``, ``y = h W_out``.
     """
 
     def cell(g_in, g_rec, head, st):

@@ -7,11 +7,16 @@ runs differently on purpose (sLSTM: ``m_1 = i~_1``; mLSTM ``__call__``: the
 parallel form), so agreement checks the algorithm, not a copy of it.
 
 Parameters are the mixer's own (``nn.meta.unbox(variables)["params"]``), with the
-layouts of ``seqjax.mixers.xlstm``. Works with ``xp = numpy`` and with
-``xp = jax.numpy`` under ``jax.enable_x64`` (no in-place assignment).
+layouts of ``seqjax.mixers.xlstm``. The references take the arguments of those
+in ``ref_recurrent.py`` (its module docstring) plus ``stabilised``, and work
+with ``xp = numpy`` and with ``xp = jax.numpy`` under ``jax.enable_x64`` (no
+in-place assignment). :func:`mlstm_matrix` is the closed-form mixing matrix,
+NumPy only.
 """
 
 import math
+
+import numpy as np
 
 from tests.mixers.ref_recurrent import at, input_preactivations, keep_state, reset, run_heads, sigmoid
 
@@ -24,16 +29,8 @@ def log_sigmoid(xp, z):
 def slstm_ref(xp, params, x, num_heads, segment_ids=None, stabilised=True):
     """sLSTM: c = f c + i z, n = f n + i, h = o c / n; i = exp(i~), f = sigmoid(f~).
 
-    Args:
-      xp: numpy or jax.numpy.
-      params: the mixer's unboxed params.
-      x: (batch, length, d) float64.
-      num_heads: number of heads (blocks of the recurrent matrix).
-      segment_ids: (batch, length) numpy ints or None; a change restarts at zero.
-      stabilised: use the paper's stabiliser m (eqs. 15-17, m_0 = 0).
-
-    Returns:
-      (batch, length, d) output.
+    ``stabilised``: run the paper's stabiliser m (eqs. 15-17, m_0 = 0) instead
+    of the plain exponentials; the other arguments as ``ref_recurrent``'s.
     """
 
     def cell(g_in, g_rec, head, st):
@@ -60,17 +57,8 @@ def slstm_ref(xp, params, x, num_heads, segment_ids=None, stabilised=True):
 def mlstm_ref(xp, params, x, num_heads, segment_ids=None, stabilised=True):
     """mLSTM: C = f C + i k v^T, n = f n + i k, h~ = C^T q / max(|n^T q|, 1), h = o h~.
 
-    Args:
-      xp: numpy or jax.numpy.
-      params: the mixer's unboxed params.
-      x: (batch, length, d) float64.
-      num_heads: number of heads.
-      segment_ids: (batch, length) numpy ints or None; a change restarts at zero.
-      stabilised: use the paper's stabiliser m (m_0 = 0; denominator
-        max(|n^T q|, exp(-m))).
-
-    Returns:
-      (batch, length, d) output.
+    ``stabilised``: the paper's stabiliser m (m_0 = 0; denominator
+    ``max(|n^T q|, exp(-m))``) instead of the plain exponentials.
     """
     batch, length, d = x.shape
     head_dim = d // num_heads
@@ -114,42 +102,39 @@ def mlstm_ref(xp, params, x, num_heads, segment_ids=None, stabilised=True):
     return xp.matmul(h, params["out_proj"]["kernel"])
 
 
-def mlstm_matrix_ref(np_, params, x, num_heads):
-    """The mLSTM mixing matrix from the unrolled plain recurrence, entry by entry.
+def mlstm_matrix(params, x, num_heads, segment_ids=None):
+    """The mLSTM mixing matrix from the unrolled plain recurrence, entry by entry, float64.
 
-    ``M[b, h, t, s] = (q_t . k_s) i_s prod_{j=s+1..t} f_j / max(|sum_s' (...)|, 1)``
-    for ``s <= t`` (zero above the diagonal), so that ``h~_t = sum_s M[t, s] v_s``.
+    Unrolling ``C_t = f_t C_{t-1} + i_t k_t v_t^T`` and ``n_t = f_t n_{t-1} + i_t k_t``
+    in ``h~_t = C_t^T q_t / max(|n_t^T q_t|, 1)`` gives ``h~_t = Σ_s M[t, s] v_s`` with::
+
+        M[b, h, t, s] = (q_t · k_s) i_s Π_{s<j≤t} f_j / max(|Σ_s' (same for s')|, 1)
+
+    for ``s ≤ t`` with no segment start in ``(s, t]``, 0 elsewhere (a start
+    restarts ``C`` and ``n`` at zero). The output gate is applied after the mix.
 
     Args:
-      np_: numpy (scalar loops; the row normaliser uses Python's max, so not for autodiff).
-      params: the mixer's unboxed params.
-      x: (batch, length, d) float64.
+      params: the mixer's unboxed params (NumPy float64).
+      x: ``(batch, length, d)`` float64.
       num_heads: number of heads.
+      segment_ids: optional ``(batch, length)`` ints.
 
     Returns:
-      (batch, heads, length, length) float64.
+      ``(batch, heads, length, length)`` float64.
     """
     batch, length, d = x.shape
-    pre = input_preactivations(np_, params, x, num_heads, 4)
-    gates = np_.reshape(np_.matmul(x, params["gate_proj"]["kernel"]), (batch, length, 2, num_heads))
-    gates = gates + params["gate_bias"]
+    pre = input_preactivations(np, params, x, num_heads, 4)
+    gates = np.reshape(x @ params["gate_proj"]["kernel"], (batch, length, 2, num_heads)) + params["gate_bias"]
     scale = 1.0 / math.sqrt(d // num_heads)
-    per_batch = []
+    M = np.zeros((batch, num_heads, length, length))
     for b in range(batch):
-        per_head = []
-        for h in range(num_heads):
-            rows = []
-            for t in range(length):
-                entries = []
-                for s in range(length):
-                    if s > t:
-                        entries.append(0.0)
-                        continue
-                    decay = np_.prod(sigmoid(np_, gates[b, s + 1 : t + 1, 1, h]))
-                    qk = np_.dot(pre[b, t, h, 0], pre[b, s, h, 1] * scale)
-                    entries.append(qk * np_.exp(gates[b, s, 0, h]) * decay)
-                row = np_.stack(entries)
-                rows.append(row / max(abs(row.sum()), 1.0))
-            per_head.append(np_.stack(rows))
-        per_batch.append(np_.stack(per_head))
-    return np_.stack(per_batch)
+        for t in range(length):
+            for s in range(t + 1):
+                if segment_ids is not None and len(set(np.asarray(segment_ids)[b, s : t + 1].tolist())) > 1:
+                    continue  # the id changes somewhere in (s, t]: a segment start between them
+                for h in range(num_heads):
+                    decay = np.prod(sigmoid(np, gates[b, s + 1 : t + 1, 1, h]))
+                    qk = np.dot(pre[b, t, h, 0], pre[b, s, h, 1] * scale)
+                    M[b, h, t, s] = qk * np.exp(gates[b, s, 0, h]) * decay
+            M[b, :, t] /= np.maximum(np.abs(M[b, :, t].sum(axis=-1)), 1.0)[:, None]
+    return M

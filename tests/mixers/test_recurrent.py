@@ -1,8 +1,12 @@
-"""Head-wise LSTM and GRU mixers against float64 loop references, plus the mixer contract."""
+"""Head-wise LSTM and GRU: float64 loop references, gradients, init and heads.
+
+The contract (step, causality, segments, no mixing matrix, bfloat16, state
+size, no retrace, ...) is checked for every mixer in ``test_contract.py``. The
+helpers here are shared with ``test_xlstm.py``.
+"""
 
 import functools
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 
 import seqjax.mixers.recurrent  # noqa: F401  (registers lstm, gru)
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
 from tests.mixers.ref_recurrent import gru_ref, lstm_ref
@@ -19,35 +24,15 @@ NAMES = ["lstm", "gru"]
 REFS = {"lstm": lstm_ref, "gru": gru_ref}
 
 
-class Jitted:
-    """A mixer whose ``init``/``apply`` are jitted: one compile per shape, not one per op.
-
-    The harness and the comparisons call it like the module; the property tested
-    is the module's, the jit only saves test time (eager Flax compiles every op
-    of every new shape). ``init_cache``/``state_size`` take Python ints and run
-    eagerly.
-    """
-
-    def __init__(self, module):
-        self.module = module
-        self.init = jax.jit(module.init)
-        self._apply = jax.jit(module.apply, static_argnames=("method",))
-
-    def apply(self, variables, *args, method=None, **kwargs):
-        if method in ("init_cache", "state_size"):
-            return self.module.apply(variables, *args, method=method, **kwargs)
-        return self._apply(variables, *args, method=method, **kwargs)
-
-
 @functools.cache
 def jitted(name, heads=4, dtype=jnp.float32):
-    """One shared :class:`Jitted` per configuration, so tests reuse compiles."""
-    return Jitted(get(name)(num_heads=heads, dtype=dtype))
+    """One shared jitted module per configuration, so tests reuse compiles."""
+    return harness.Jitted(get(name)(num_heads=heads, dtype=dtype))
 
 
 def init(name, width=16, heads=4, seed=0):
     """The mixer's variables for ``width`` (parameters do not depend on b or l)."""
-    return jitted(name, heads).init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, width), jnp.float32))
+    return harness.jit_init(jitted(name, heads).module, jnp.zeros((1, 1, width), jnp.float32), seed)
 
 
 def segments(rng, batch, length):
@@ -84,13 +69,18 @@ def _setup(name, rng, batch=2, length=13, width=16, heads=4):
     return jitted(name, heads), perturbed_params(name, rng, width, heads), x
 
 
+def check_float32(module, params, x, heads, ref, rtol, what):
+    """The float32 mixer on float32 casts of ``params``, ``x`` vs the float64 reference."""
+    y = module.apply(f32(params), jnp.float32(x))
+    assert y.dtype == jnp.float32
+    assert_rel_close(y, ref(np, params, x, heads), rtol, what)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("length,heads", [(1, 1), (7, 2), (37, 4)])
 def test_matches_reference_float32(rng, name, length, heads):
     module, params, x = _setup(name, rng, length=length, heads=heads)
-    y = module.apply(f32(params), jnp.float32(x))
-    assert y.dtype == jnp.float32
-    assert_rel_close(y, REFS[name](np, params, x, heads), RTOL_SCAN, name)
+    check_float32(module, params, x, heads, REFS[name], RTOL_SCAN, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -104,10 +94,11 @@ def test_float64_exact_with_segments(rng, name):
         assert y.dtype == jnp.float64
         # Without the resets the answer must differ: the test can see segments.
         y_plain = m64.apply({"params": params}, jnp.asarray(x))
-        y_step, _ = rollout(m64, {"params": params}, jnp.asarray(x))
+        y_step, cache = rollout(m64, {"params": params}, jnp.asarray(x))
     assert_rel_close(y, expected, RTOL_F64, name)
     assert rel_err(y_plain, expected) > 1e-3
     assert_rel_close(y_step, REFS[name](np, params, x, 4), RTOL_F64, f"{name} step")
+    assert all(c.dtype == jnp.float64 and c.shape == (3, 4, 4) for c in cache.values())
 
 
 def check_gradients(name, module, params, x, heads, ref, rng, **ref_kwargs):
@@ -138,24 +129,6 @@ def test_gradients_match_reference_autodiff(rng, name):
     check_gradients(name, module, params, x, 2, REFS[name], rng)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_harness_step_causal_segments(rng, name):
-    x = harness.random_input(rng, 2, 13, 16)
-    module = jitted(name)
-    variables = harness.init(module, x)
-    harness.check_step_matches_parallel(module, variables, x, rtol=RTOL_SCAN)
-    harness.check_causal(module, variables, x, rng)
-    harness.check_segments(module, variables, rng, rtol=RTOL_SCAN)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_step_matches_reference_float32(rng, name):
-    module, params, x = _setup(name, rng)
-    y, cache = rollout(module, f32(params), jnp.float32(x))
-    assert all(c.dtype == jnp.float32 and c.shape == (2, 4, 4) for c in cache.values())
-    assert_rel_close(y, REFS[name](np, params, x, 4), RTOL_SCAN, f"{name} step")
-
-
 def test_lstm_forget_bias_init():
     params = nn.meta.unbox(init("lstm", width=12))["params"]
     bias = np.asarray(params["bias"])
@@ -165,6 +138,13 @@ def test_lstm_forget_bias_init():
     # Block-diagonal recurrence: one (head_dim, gates * head_dim) block per head.
     assert params["recurrent"].shape == (4, 3, 12)
     assert params["in_proj"]["kernel"].shape == (12, 48)
+
+
+def test_gru_init():
+    params = nn.meta.unbox(init("gru", width=12))["params"]
+    np.testing.assert_array_equal(params["bias"], np.zeros((4, 3, 3)))  # (heads, gates r u n, head_dim)
+    np.testing.assert_array_equal(params["recurrent_bias"], np.zeros((4, 3)))  # b_hn per head
+    assert params["recurrent"].shape == (4, 3, 9)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -181,50 +161,21 @@ def test_heads_are_independent(rng, name):
     np.testing.assert_array_equal(changed, np.arange(16) // 4 == 2)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_default_construction_bf16_and_state_size(rng, name):
-    x = harness.random_input(rng, 2, 13, 16)
-    module = get(name)()
-    variables = module.init(jax.random.PRNGKey(0), x)  # eager, the plain contract
-    y = module.apply(variables, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
-
-    y16 = jitted(name, 4, jnp.bfloat16).apply(variables, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y16, np.float32)))
-    assert rel_err(np.asarray(y16, np.float32), y) < 5e-2
-
-    n_states = {"lstm": 2, "gru": 1}[name]
-    size = module.apply(variables, None, method="state_size")
-    assert size == n_states * 16 * 4
-    cache = module.apply(variables, 1, method="init_cache")
-    assert size == sum(a.nbytes for a in jax.tree_util.tree_leaves(cache))
-    # An explicit d_model gives the same answer without looking at parameters.
-    assert get(name)(d_model=16).apply({}, None, method="state_size") == size
+@pytest.mark.parametrize("name,states", [("lstm", 2), ("gru", 1)])
+def test_state_size_is_the_states(name, states):
+    # h, c (lstm) or h (gru): d_model float32 each, known from d_model alone (no parameters).
+    assert get(name)(d_model=16).apply({}, method="state_size") == states * 16 * 4
 
 
-def test_bad_arguments_raise_clear_errors(rng):
+def test_config_errors(rng):
     x = harness.random_input(rng, 2, 5, 10)
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="num_heads=4 must be a positive divisor of d_model=10"):
+    with pytest.raises(ConfigError, match=r"^lstm\.num_heads=3 must divide d_model=16"):
+        get("lstm")(d_model=16, num_heads=3)
+    # Without d_model, the width (10) is known at init.
+    with pytest.raises(ConfigError, match=r"^lstm\.num_heads=4 must divide d_model=10"):
         jax.eval_shape(get("lstm")().init, key, x)
+    with pytest.raises(ConfigError, match=r"^gru\.impl='chunked' is not allowed; allowed: 'auto'"):
+        get("gru")(impl="chunked")
     with pytest.raises(ValueError, match="d_model=8"):
         jax.eval_shape(get("gru")(d_model=8, num_heads=2).init, key, x)
-    with pytest.raises(ValueError, match="segment_ids"):
-        jax.eval_shape(lambda: get("gru")(num_heads=2).init(key, x, segment_ids=jnp.zeros((2, 4), jnp.int32)))
-    with pytest.raises(ValueError, match="x must have shape"):
-        jax.eval_shape(get("lstm")(num_heads=2).init, key, x[0])
-
-
-def test_no_retrace_on_same_shapes(rng):
-    module = get("lstm")()
-    x = harness.random_input(rng, 2, 8, 16)
-    variables = init("lstm")
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def f(v, xx):
-        return module.apply(v, xx)
-
-    f(variables, x)
-    f(variables, x + 1.0)  # a second trace would raise

@@ -1,6 +1,10 @@
-"""sLSTM and mLSTM mixers against float64 loop references, plus the mixer contract."""
+"""sLSTM and mLSTM: float64 loop references (plain and stabilised), the gates' extremes, init, mLSTM's matrix.
 
-import chex
+The contract (step, causality, segments, mixing matrix vs the fast path,
+bfloat16, state size, no retrace, ...) is checked for every mixer in
+``test_contract.py``.
+"""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,10 +12,12 @@ import numpy as np
 import pytest
 
 import seqjax.mixers.xlstm  # noqa: F401  (registers slstm, mlstm)
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
-from tests.mixers.ref_xlstm import mlstm_matrix_ref, mlstm_ref, slstm_ref
-from tests.mixers.test_recurrent import check_gradients, f32, init, jitted, perturbed_params, rollout, segments
+from tests.mixers.ref_xlstm import mlstm_matrix, mlstm_ref, slstm_ref
+from tests.mixers.test_recurrent import (
+    check_float32, check_gradients, f32, init, jitted, perturbed_params, rollout, segments)
 from tests.ops.utils import RTOL_ATTN, RTOL_F64, RTOL_SCAN, assert_rel_close, rel_err
 
 NAMES = ["slstm", "mlstm"]
@@ -48,9 +54,7 @@ def _shift_input_gate(name, params, shift):
 @pytest.mark.parametrize("length,heads", [(1, 1), (7, 2), (37, 4)])
 def test_matches_reference_float32(rng, name, length, heads):
     module, params, x = _setup(name, rng, length=length, heads=heads)
-    y = module.apply(f32(params), jnp.float32(x))
-    assert y.dtype == jnp.float32
-    assert_rel_close(y, REFS[name](np, params, x, heads), RTOL[name], name)
+    check_float32(module, params, x, heads, REFS[name], RTOL[name], name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -135,42 +139,20 @@ def test_gradients_match_reference_autodiff(rng, name):
     check_gradients(name, module, params, x, 2, REFS[name], rng, stabilised=False)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_harness_step_causal_segments(rng, name):
-    x = harness.random_input(rng, 2, 13, 16)
-    module = jitted(name)
-    variables = harness.init(module, x)
-    harness.check_step_matches_parallel(module, variables, x, rtol=RTOL[name])
-    harness.check_causal(module, variables, x, rng)
-    harness.check_segments(module, variables, rng, rtol=RTOL[name])
-
-
-def test_mlstm_mixing_matrix(rng):
+def test_matrix_is_the_closed_form(rng):
+    """mLSTM's matrix read off the parallel form equals the unrolled recurrence's, with segments."""
     module, params, x = _setup("mlstm", rng)
-    m = harness.check_mixing_matrix(module, f32(params), jnp.float32(x), causal=True)
-    assert m.shape == (2, 4, 13, 13)
-    # Entry by entry against the unrolled plain recurrence.
-    expected = mlstm_matrix_ref(np, params, x, 4)
-    assert_rel_close(m, expected, RTOL_ATTN, "mixing matrix")
+    seg = segments(rng, 2, 13)
+    expected = mlstm_matrix(params, x, 4, seg)
+    M = module.apply(f32(params), jnp.float32(x), segment_ids=jnp.asarray(seg), method="mixing_matrix")
+    assert M.shape == (2, 4, 13, 13) and M.dtype == jnp.float32
+    assert_rel_close(M, expected, RTOL_ATTN, "mlstm matrix vs closed form")
     with jax.enable_x64(True):
-        mat = jitted("mlstm", 4, jnp.float64).apply({"params": params}, jnp.asarray(x), method="mixing_matrix")
-    assert_rel_close(mat, expected, RTOL_F64, "mixing matrix float64")
-
-
-def test_mlstm_mixing_matrix_segments_are_blocks(rng):
-    module, params, _ = _setup("mlstm", rng)
-    v = f32(params)
-    lengths = (4, 6, 3)
-    pieces = [harness.random_input(rng, 1, n, 16) for n in lengths]
-    ids = jnp.asarray(np.repeat([0, 1, 0], lengths)[None], jnp.int32)  # id 0 comes back
-    m = np.asarray(module.apply(v, jnp.concatenate(pieces, 1), segment_ids=ids, method="mixing_matrix"))
-    start = 0
-    for piece in pieces:
-        end = start + piece.shape[1]
-        block = module.apply(v, piece, method="mixing_matrix")
-        assert_rel_close(m[..., start:end, start:end], block, RTOL_ATTN, "diagonal block")
-        assert np.all(m[..., start:end, :start] == 0.0), "weight across a segment boundary"
-        start = end
+        M64 = jitted("mlstm", 4, jnp.float64).apply(
+            {"params": params}, jnp.asarray(x), segment_ids=jnp.asarray(seg), method="mixing_matrix")
+    assert_rel_close(M64, expected, RTOL_F64, "mlstm matrix vs closed form, float64")
+    # The segments are seen: without them the matrix differs.
+    assert rel_err(mlstm_matrix(params, x, 4), expected) > 1e-3
 
 
 def test_slstm_forget_bias_init():
@@ -189,57 +171,28 @@ def test_mlstm_gate_bias_init():
     assert 0.0 < np.abs(gate_bias[0]).max() < 0.5  # input: N(0, 0.1^2), not zero
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_default_construction_bf16_and_state_size(rng, name):
-    x = harness.random_input(rng, 2, 13, 16)
-    module = get(name)()
-    variables = module.init(jax.random.PRNGKey(0), x)  # eager, the plain contract
-    y = module.apply(variables, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
-
-    y16 = jitted(name, 4, jnp.bfloat16).apply(variables, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y16, np.float32)))
-    assert rel_err(np.asarray(y16, np.float32), y) < 5e-2
-
-    size = module.apply(variables, None, method="state_size")
-    # sLSTM: h, c, n, m per unit; mLSTM: C (4, 4, 4), n (4, 4), m (4,) per head.
-    assert size == {"slstm": 4 * 16 * 4, "mlstm": 4 * (16 + 4 + 1) * 4}[name]
-    cache = module.apply(variables, 1, method="init_cache")
-    assert size == sum(a.nbytes for a in jax.tree_util.tree_leaves(cache))
-    assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(cache))
+@pytest.mark.parametrize("name,floats", [("slstm", 4 * 16), ("mlstm", 4 * (4 * 4 + 4 + 1))])
+def test_state_size_is_the_states(name, floats):
+    # sLSTM: h, c, n, m per unit; mLSTM: C (dk, dv), n (dk), m per head; float32, from d_model alone.
+    assert get(name)(d_model=16).apply({}, method="state_size") == floats * 4
 
 
-def test_bad_arguments_raise_clear_errors(rng):
+def test_config_and_input_errors(rng):
     x = harness.random_input(rng, 2, 5, 10)
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="num_heads=4 must be a positive divisor of d_model=10"):
+    with pytest.raises(ConfigError, match=r"^mlstm\.num_heads=4 must divide d_model=10"):
         jax.eval_shape(get("mlstm")().init, key, x)
-    with pytest.raises(ValueError, match="num_heads=3 must be a positive divisor"):
-        jax.eval_shape(get("slstm")(num_heads=3).init, key, x)
+    with pytest.raises(ConfigError, match=r"^slstm\.num_heads=3 must divide d_model=16"):
+        get("slstm")(d_model=16, num_heads=3)
+    with pytest.raises(ConfigError, match=r"^mlstm\.impl names op 'linear_attention'; allowed ops: none"):
+        get("mlstm")(impl={"linear_attention": "chunked"})
     module = get("mlstm")(num_heads=2)
-    variables = jitted("mlstm", 2).init(key, x)
+    variables = harness.jit_init(module, x)
 
     def shapes(*args, **kwargs):
         return jax.eval_shape(lambda: module.apply(variables, *args, **kwargs))
 
-    with pytest.raises(ValueError, match=r"mixing matrix has shape \(2, 2, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"M must have shape \(b, channels, l, l\)"):
         shapes(x, jnp.zeros((2, 2, 4, 4)), method="apply_mixing_matrix")
-    with pytest.raises(ValueError, match="segment_ids"):
-        shapes(x, segment_ids=jnp.zeros((2, 4), jnp.int32))
-    with pytest.raises(ValueError, match="cache"):
+    with pytest.raises(ValueError, match="cache must have keys C, m, n"):
         shapes(x[:, 0], {"h": jnp.zeros(1)}, method="step")
-
-
-def test_no_retrace_on_same_shapes(rng):
-    module = get("mlstm")()
-    x = harness.random_input(rng, 2, 8, 16)
-    variables = init("mlstm")
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def f(v, xx):
-        return module.apply(v, xx)
-
-    f(variables, x)
-    f(variables, x + 1.0)  # a second trace would raise
