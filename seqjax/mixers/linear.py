@@ -317,15 +317,15 @@ class Performer(_NormalisedLinearAttention):
     the whole ``variables``, not only ``params``. No feature redrawing.
 
     Attributes:
+      num_features: ``m``, the random features per head; None gives ``2·dk``.
+      num_heads: heads (they share ``ω``); must divide ``d_model``.
+      causal: causal (with ``step``) or bidirectional.
+      eps: added to the denominator (the query stabilisation cancels up to it).
       d_model: width; None takes it from the input (or the parameters).
       dtype: compute dtype of the projections (features and the op in float32).
       impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
-      sequence_axis: must stay None (no sequence-parallel form).
-      num_heads: heads; must divide ``d_model``.
-      causal: causal (with ``step``) or bidirectional.
-      eps: added to the denominator.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
-      num_features: ``m``; None gives ``2·dk``.
+      sequence_axis: must stay None (no sequence-parallel form).
     """
 
     num_features: int | None = None

@@ -21,12 +21,20 @@ The references and :func:`linear_attention_matrix` take an ``xp`` module
 ``xp.stack``, no in-place assignment), so tests can also differentiate them
 with ``jax.grad`` under ``jax.enable_x64``. Segment bookkeeping is NumPy on
 the integer ids.
+
+Last, the checks that ``test_linear.py`` and ``test_retention.py`` both run
+against these oracles (float32 and float64 runs, gradients), written once;
+they take the family file's ``reference(m, v, x, segment_ids, xp, params)``.
 """
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from tests.mixers import harness
+from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close
 
 
 def params_of(variables, xp=np, collection="params"):
@@ -370,3 +378,77 @@ def gla_matrix(p, x, heads, *, temperature=16.0, segment_ids=None):
     """GLA's ``M[b, h, t, s] = Σ_j q_t[j] k_s[j] Π_{s<r≤t} α_r[j]`` (``s <= t``, same segment)."""
     q, k, _, log_alpha, _ = gla_branches(p, x, heads, temperature=temperature)
     return decayed_matrix(q, k, log_alpha, segment_ids)
+
+
+# --- checks shared by test_linear.py and test_retention.py -------------------------------------
+
+
+def segments(rng, batch, length):
+    """Random contiguous segments whose ids repeat non-contiguously (``cumsum % 3``)."""
+    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
+
+
+def check_float32(m, v, x, reference, rng, what):
+    """The float32 mixer equals its float64 reference, without and with random segments."""
+    x64 = np.asarray(x, np.float64)
+    assert_rel_close(m.apply(v, x), reference(m, v, x64), harness.RTOL, what)
+    seg = segments(rng, *x.shape[:2])
+    y = m.apply(v, x, segment_ids=jnp.asarray(seg))
+    assert_rel_close(y, reference(m, v, x64, seg), harness.RTOL, f"{what} segments")
+
+
+def check_float64(make, rng, reference, matrix, what):
+    """In float64 the op, the dense-matrix path and the matrix itself equal the oracles to rounding.
+
+    Args:
+      make: ``make(**fields)`` builds the mixer (float64 ``dtype``, chunked op added here).
+      rng: the test's generator.
+      reference: ``reference(m, v, x, segment_ids)``, the float64 loop reference.
+      matrix: ``matrix(m, v, x, segment_ids)``, the closed-form mixing matrix.
+      what: the mixer, for messages.
+    """
+    x = rng.standard_normal((2, 13, 16))
+    seg = segments(rng, 2, 13)
+    with jax.enable_x64(True):
+        m = make(dtype=jnp.float64, impl="chunked", chunk_size=4)
+        v = perturb(harness.init(m, jnp.asarray(x)), rng)
+        y = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
+        assert y.dtype == jnp.float64
+        M = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg), method="mixing_matrix")
+        y_m = m.apply(v, jnp.asarray(x), M, segment_ids=jnp.asarray(seg), method="apply_mixing_matrix")
+    y_ref = reference(m, v, x, seg)
+    assert_rel_close(y, y_ref, RTOL_F64, f"{what} f64 op")
+    assert_rel_close(y_m, y_ref, RTOL_F64, f"{what} f64 mixing matrix")
+    assert_rel_close(M, matrix(m, v, x, seg), RTOL_F64, f"{what} f64 matrix vs closed form")
+
+
+def check_gradients(m, v, x, seg, reference, rng):
+    """Gradients of ``Σ w ⊙ m(x)`` for every parameter and ``x`` equal autodiff of the float64 reference.
+
+    Args:
+      m: the mixer (float32).
+      v: its variables, unboxed (``constants`` are held fixed).
+      x: ``(b, l, d)`` NumPy float64 input.
+      seg: ``(b, l)`` segment ids.
+      reference: ``reference(m, v, x, segment_ids, xp=..., params=...)``.
+      rng: the test's generator (draws the weights ``w``).
+    """
+    w = rng.standard_normal(x.shape)
+    rest = {k: val for k, val in v.items() if k != "params"}
+
+    def loss(params, x):
+        return jnp.sum(m.apply({"params": params, **rest}, x, segment_ids=jnp.asarray(seg)) * w)
+
+    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
+    with jax.enable_x64(True):
+
+        def ref_loss(p, x):
+            return jnp.sum(reference(m, v, x, seg, xp=jnp, params=p) * w)
+
+        # Eager: cheaper than compiling the unrolled float64 loop.
+        r_p, r_x = jax.grad(ref_loss, argnums=(0, 1))(params_of(v, xp=jnp), jnp.asarray(x))
+    g_p = params_of({"params": g_p})
+    assert set(g_p) == set(r_p)
+    for k in r_p:
+        assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"d{k}")
+    assert_rel_close(g_x, r_x, RTOL_GRAD, "dx")

@@ -19,8 +19,9 @@ from seqjax.mixers import get
 from seqjax.mixers.linear import elu_feature_map, favor_features, orthogonal_random_features
 from tests.mixers import harness
 from tests.mixers.ref_linear_mixers import (
-    Jitted, linear_attention_matrix, linear_attention_reference, params_of, perturb, runs_of)
-from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
+    Jitted, check_float32, check_float64, check_gradients, linear_attention_matrix, linear_attention_reference,
+    params_of, perturb, runs_of, segments)
+from tests.ops.utils import assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
 NAMES = ["linear_attention", "performer"]
@@ -29,11 +30,6 @@ NAMES = ["linear_attention", "performer"]
 def _get(name):
     """The registered mixer class, constructed wrapped in :class:`Jitted` (apply/init under jit)."""
     return lambda **kwargs: Jitted(get(name)(**kwargs), eager_init=True)
-
-
-def _segments(rng, batch, length):
-    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
 
 
 def _setup(rng, m, batch=2, length=13, width=16):
@@ -53,6 +49,11 @@ def _reference(m, v, x, segment_ids=None, xp=np, params=None):
     """The float64 loop reference of mixer ``m`` with variables ``v``."""
     p = params_of(v, xp=xp) if params is None else params
     return linear_attention_reference(p, x, m.num_heads, **_kwargs(m, v, segment_ids, xp))
+
+
+def _matrix(m, v, x, segment_ids):
+    """The float64 closed-form mixing matrix of mixer ``m`` with variables ``v``."""
+    return linear_attention_matrix(params_of(v), np.asarray(x, np.float64), m.num_heads, **_kwargs(m, v, segment_ids))
 
 
 # --- the float64 references -------------------------------------------------------------
@@ -80,60 +81,22 @@ def test_default_construction(rng, name):
 def test_matches_reference_float32(rng, name, causal, impl, length):
     m = _get(name)(causal=causal, impl=impl, chunk_size=8)
     x, v = _setup(rng, m, 2, length, 16)
-    x64 = np.asarray(x, np.float64)
-    assert_rel_close(m.apply(v, x), _reference(m, v, x64), RTOL, f"{name} causal={causal}")
-    seg = _segments(rng, 2, length)
-    y = m.apply(v, x, segment_ids=jnp.asarray(seg))
-    assert_rel_close(y, _reference(m, v, x64, seg), RTOL, f"{name} causal={causal} segments")
+    check_float32(m, v, x, _reference, rng, f"{name} causal={causal}")
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("causal", [True, False])
 def test_float64_exact(rng, name, causal):
-    x = rng.standard_normal((2, 13, 16))
-    seg = _segments(rng, 2, 13)
-    with jax.enable_x64(True):
-        m = _get(name)(causal=causal, dtype=jnp.float64, impl="chunked", chunk_size=4)
-        v = perturb(harness.init(m, jnp.asarray(x)), rng)
-        y = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
-        assert y.dtype == jnp.float64
-        M = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg), method="mixing_matrix")
-        y_m = m.apply(v, jnp.asarray(x), M, method="apply_mixing_matrix")
-    y_ref = _reference(m, v, x, seg)
-    assert_rel_close(y, y_ref, RTOL_F64, f"{name} f64 op")
-    assert_rel_close(y_m, y_ref, RTOL_F64, f"{name} f64 mixing matrix")
-    assert_rel_close(M, linear_attention_matrix(params_of(v), x, m.num_heads, **_kwargs(m, v, seg)), RTOL_F64,
-                     f"{name} f64 matrix vs closed form")
+    check_float64(lambda **kw: _get(name)(causal=causal, **kw), rng, _reference, _matrix, f"{name} causal={causal}")
 
 
-@pytest.mark.parametrize("name, causal, impl, length", [
-    ("linear_attention", True, "chunked", 11), ("performer", False, "chunked", 7),
-])
-def test_gradients(rng, name, causal, impl, length):
+@pytest.mark.parametrize("name, causal, length", [("linear_attention", True, 11), ("performer", False, 7)])
+def test_gradients(rng, name, causal, length):
     # The bidirectional reference builds the (l, l) matrix: a shorter sequence keeps its trace small.
     x = rng.standard_normal((2, length, 8))
-    w = rng.standard_normal((2, length, 8))
-    seg = _segments(rng, 2, length)
-    m = _get(name)(num_heads=2, causal=causal, impl=impl, chunk_size=4)
+    m = _get(name)(num_heads=2, causal=causal, impl="chunked", chunk_size=4)
     v = nn.meta.unbox(perturb(harness.init(m, jnp.float32(x)), rng))
-    rest = {k: val for k, val in v.items() if k != "params"}
-
-    def loss(params, x):
-        return jnp.sum(m.apply({"params": params, **rest}, x, segment_ids=jnp.asarray(seg)) * w)
-
-    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
-    with jax.enable_x64(True):
-        p64 = params_of(v, xp=jnp)
-
-        def ref_loss(p, x):
-            return jnp.sum(_reference(m, v, x, seg, xp=jnp, params=p) * w)
-
-        r_p, r_x = jax.grad(ref_loss, argnums=(0, 1))(p64, jnp.asarray(x))  # eager: cheaper than compiling the unrolled loop
-    g_p = params_of({"params": g_p})
-    assert set(g_p) == set(r_p)
-    for k in r_p:
-        assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"d{k}")
-    assert_rel_close(g_x, r_x, RTOL_GRAD, "dx")
+    check_gradients(m, v, x, segments(rng, 2, length), _reference, rng)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -142,11 +105,10 @@ def test_matrix_is_the_closed_form(rng, name, causal):
     """The matrix read off the op (ones column and division included) is the normalised attention matrix."""
     m = _get(name)(causal=causal)
     x, v = _setup(rng, m)
-    seg = _segments(rng, 2, 13)
+    seg = segments(rng, 2, 13)
     M = np.asarray(m.apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix"))
     assert M.shape == (2, 4, 13, 13)
-    want = linear_attention_matrix(params_of(v), np.asarray(x, np.float64), m.num_heads, **_kwargs(m, v, seg))
-    assert_rel_close(M, want, RTOL, f"{name} causal={causal} matrix vs closed form")
+    assert_rel_close(M, _matrix(m, v, x, seg), RTOL, f"{name} causal={causal} matrix vs closed form")
     # Normalised and positive: every row is a probability vector up to eps, so
     # rows sum to den / (den + eps), just below 1 (eps matters most for short rows).
     assert M.min() >= 0.0
@@ -255,36 +217,25 @@ def test_performer_features_per_layer_and_fixed(rng):
 @pytest.mark.parametrize("name, features", [("linear_attention", 4), ("performer", 8), ("performer", 5)])
 def test_state_size(rng, name, features):
     # Per head: S (m x dv) and z (m), float32; h = 4, dv = 4. The bidirectional
-    # form (no step) reports the same carry, that of a chunk-by-chunk pass.
+    # form has no step but reports the same carry, that of a chunk-by-chunk pass.
     kw = {"num_features": features} if name == "performer" else {}
     expected = 4 * features * (4 + 1) * 4
     x = harness.random_input(rng, 1, 3, 16)
     for m in (_get(name)(d_model=16, **kw), _get(name)(causal=False, **kw)):
         v = harness.init(m, x)
         assert m.apply(v, 100, method="state_size") == expected
+        if not m.causal:
+            with pytest.raises(ValueError, match="not causal"):
+                m.apply(v, 1, method="init_cache")
 
 
-def test_config_errors(rng):
+@pytest.mark.parametrize("name, field, value, d_model", [
+    ("linear_attention", "num_heads", 3, 16), ("performer", "num_heads", 3, None), ("performer", "num_features", 0, 16),
+    ("performer", "eps", 0.0, None), ("linear_attention", "causal", "yes", None), ("linear_attention", "chunk_size", 0, 16),
+])
+def test_config_errors(rng, name, field, value, d_model):
+    # One ConfigError naming the field: at construction, or at init where the
+    # check needs the width and d_model is None.
     x = harness.random_input(rng, 1, 4, 16)
-    key = jax.random.PRNGKey(0)
-    with pytest.raises(ConfigError, match=r"^linear_attention\.impl='fast'.*allowed: auto, reference, sequential, chunked"):
-        get("linear_attention")(impl="fast")
-    with pytest.raises(ConfigError, match=r"^performer\.impl='fast' is not an implementation of linear_attention"):
-        get("performer")(impl={"linear_attention": "fast"})
-    with pytest.raises(ConfigError, match=r"^linear_attention\.num_heads=3 must divide d_model=16"):
-        get("linear_attention")(num_heads=3, d_model=16)
-    with pytest.raises(ConfigError, match=r"^linear_attention\.num_heads=3 must divide d_model=16"):
-        get("linear_attention")(num_heads=3).init(key, x)  # width known only at init
-    with pytest.raises(ConfigError, match=r"^performer\.num_features=0 must be an int >= 1 or None"):
-        get("performer")(num_features=0)
-    with pytest.raises(ConfigError, match=r"^performer\.eps=0\.0 must be a number > 0"):
-        get("performer")(eps=0.0)
-    with pytest.raises(ConfigError, match=r"^linear_attention\.causal='yes' must be a bool"):
-        get("linear_attention")(causal="yes")
-    mb = _get("linear_attention")(causal=False)
-    v = harness.init(mb, x)
-    with pytest.raises(ValueError, match="not causal"):
-        mb.apply(v, 1, method="init_cache")
-    m = get("linear_attention")()
-    with pytest.raises(ValueError, match="cache"):
-        m.apply(v, x[:, 0], {"S": jnp.zeros((1, 4, 4, 4))}, method="step")
+    with pytest.raises(ConfigError, match=rf"^{name}\.{field}={value!r} must"):
+        get(name)(d_model=d_model, **{field: value}).init(jax.random.PRNGKey(0), x)

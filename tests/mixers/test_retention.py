@@ -19,8 +19,9 @@ from seqjax.mixers import get
 from seqjax.mixers.retention import retnet_decays, retnet_log_decays, rotary
 from tests.mixers import harness
 from tests.mixers.ref_linear_mixers import (
-    Jitted, gla_matrix, gla_reference, params_of, perturb, retnet_matrix, retnet_reference)
-from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
+    Jitted, check_float32, check_float64, check_gradients, gla_matrix, gla_reference, params_of, perturb,
+    retnet_matrix, retnet_reference, segments)
+from tests.ops.utils import assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
 NAMES = ["retnet", "gla"]
@@ -29,11 +30,6 @@ NAMES = ["retnet", "gla"]
 def _get(name):
     """The registered mixer class, constructed wrapped in :class:`Jitted` (apply/init under jit)."""
     return lambda **kwargs: Jitted(get(name)(**kwargs))
-
-
-def _segments(rng, batch, length):
-    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
 
 
 def _setup(rng, m, batch=2, length=13, width=16):
@@ -81,54 +77,20 @@ def test_default_construction(rng, name, shapes):
 def test_matches_reference_float32(rng, name, impl, length):
     m = _get(name)(impl=impl, chunk_size=8)
     x, v = _setup(rng, m, 2, length, 16)
-    x64 = np.asarray(x, np.float64)
-    assert_rel_close(m.apply(v, x), _reference(m, v, x64), RTOL, f"{name} {impl}")
-    seg = _segments(rng, 2, length)
-    y = m.apply(v, x, segment_ids=jnp.asarray(seg))
-    assert_rel_close(y, _reference(m, v, x64, seg), RTOL, f"{name} {impl} segments")
+    check_float32(m, v, x, _reference, rng, f"{name} {impl}")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_exact(rng, name):
-    x = rng.standard_normal((2, 13, 16))
-    seg = _segments(rng, 2, 13)
-    with jax.enable_x64(True):
-        m = _get(name)(dtype=jnp.float64, impl="chunked", chunk_size=4)
-        v = perturb(harness.init(m, jnp.asarray(x)), rng)
-        y = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
-        assert y.dtype == jnp.float64
-        M = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg), method="mixing_matrix")
-        y_m = m.apply(v, jnp.asarray(x), M, segment_ids=jnp.asarray(seg), method="apply_mixing_matrix")
-    y_ref = _reference(m, v, x, seg)
-    assert_rel_close(y, y_ref, RTOL_F64, f"{name} f64 op")
-    assert_rel_close(y_m, y_ref, RTOL_F64, f"{name} f64 mixing matrix")
-    assert_rel_close(M, _matrix(m, v, x, seg), RTOL_F64, f"{name} f64 matrix vs closed form")
+    check_float64(_get(name), rng, _reference, _matrix, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients(rng, name):
     x = rng.standard_normal((2, 11, 16))
-    w = rng.standard_normal((2, 11, 16))
-    seg = _segments(rng, 2, 11)
     m = _get(name)(impl="chunked", chunk_size=4)
     v = nn.meta.unbox(perturb(harness.init(m, jnp.float32(x)), rng))
-
-    def loss(params, x):
-        return jnp.sum(m.apply({"params": params}, x, segment_ids=jnp.asarray(seg)) * w)
-
-    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
-    with jax.enable_x64(True):
-        p64 = params_of(v, xp=jnp)
-
-        def ref_loss(p, x):
-            return jnp.sum(_reference(m, v, x, seg, xp=jnp, params=p) * w)
-
-        r_p, r_x = jax.grad(ref_loss, argnums=(0, 1))(p64, jnp.asarray(x))  # eager: no compile of the loop
-    g_p = params_of({"params": g_p})
-    assert set(g_p) == set(r_p)
-    for k in r_p:
-        assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"d{k}")
-    assert_rel_close(g_x, r_x, RTOL_GRAD, "dx")
+    check_gradients(m, v, x, segments(rng, 2, 11), _reference, rng)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -136,7 +98,7 @@ def test_matrix_is_the_closed_form(rng, name):
     """The matrix read off the op is ``Σ_j q_t[j] k_s[j] Π_{s<r≤t} a_r[j]`` (RetNet: ``γ_h^(t−s) q_t·k_s``)."""
     m = _get(name)()
     x, v = _setup(rng, m)
-    seg = _segments(rng, 2, 13)
+    seg = segments(rng, 2, 13)
     M = m.apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
     assert M.shape == (2, 4, 13, 13)
     assert_rel_close(M, _matrix(m, v, x, seg), RTOL, f"{name} matrix vs closed form")
@@ -222,28 +184,15 @@ def test_state_size():
     assert get("gla")(d_model=16).state_size() == 4 * 2 * 4 * 4
 
 
-def test_config_errors(rng):
-    x = harness.random_input(rng, 1, 4, 16)
-    key = jax.random.PRNGKey(0)
-    with pytest.raises(ConfigError, match=r"^retnet\.impl='fast'.*allowed: auto, reference, sequential, chunked"):
-        get("retnet")(impl="fast")
-    with pytest.raises(ConfigError, match=r"^gla\.impl='fast' is not an implementation of linear_attention"):
-        get("gla")(impl={"linear_attention": "fast"})
-    with pytest.raises(ConfigError, match=r"^retnet\.num_heads=16 gives the key head dim .* = 1; it must be even"):
-        get("retnet")(num_heads=16, d_model=16)
-    with pytest.raises(ConfigError, match=r"^retnet\.num_heads=3 must divide d_model=16"):
-        get("retnet")(num_heads=3).init(key, x)  # width known only at init
-    with pytest.raises(ConfigError, match=r"^gla\.expand_k=0\.3: expand_k · d_model = 4\.8"):
-        get("gla")(expand_k=0.3, d_model=16)
-    with pytest.raises(ConfigError, match=r"^gla\.expand_k=0\.5: .* multiple of num_heads=3"):
-        get("gla")(num_heads=3).init(key, x)
-    with pytest.raises(ConfigError, match=r"^gla\.gate_temperature=0\.0 must be a number > 0"):
-        get("gla")(gate_temperature=0.0)
-    with pytest.raises(ConfigError, match=r"^gla\.gate_low_rank=0 must be an int >= 1"):
-        get("gla")(gate_low_rank=0)
-    with pytest.raises(ConfigError, match=r"^retnet\.rope_base=-1\.0 must be a number > 0"):
-        get("retnet")(rope_base=-1.0)
-    m = get("retnet")()
-    v = jax.jit(m.init)(key, x)
-    with pytest.raises(ValueError, match="cache must have keys S, pos"):
-        m.apply(v, x[:, 0], {"S": jnp.zeros((1, 4, 4, 8))}, method="step")
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("retnet", dict(num_heads=16, d_model=16), r"retnet\.num_heads=16 gives the key head dim .* = 1; it must be even"),
+    ("retnet", dict(num_heads=3), r"retnet\.num_heads=3 must divide d_model=16"),  # width known at init
+    ("retnet", dict(rope_base=-1.0), r"retnet\.rope_base=-1\.0 must be a number > 0"),
+    ("gla", dict(expand_k=0.3, d_model=16), r"gla\.expand_k=0\.3: expand_k · d_model = 4\.8"),
+    ("gla", dict(num_heads=3), r"gla\.expand_k=0\.5: .* multiple of num_heads=3"),
+    ("gla", dict(gate_low_rank=0), r"gla\.gate_low_rank=0 must be an int >= 1"),
+    ("gla", dict(norm_eps=0.0), r"gla\.norm_eps=0\.0 must be a number > 0"),
+])
+def test_config_errors(rng, name, kwargs, message):
+    with pytest.raises(ConfigError, match="^" + message):
+        get(name)(**kwargs).init(jax.random.PRNGKey(0), harness.random_input(rng, 1, 4, 16))
