@@ -99,6 +99,7 @@ def favor_features(x: jax.Array, omega: jax.Array, *, stabilise: bool = False) -
         logits = logits - jnp.max(logits, axis=-1, keepdims=True)
     return jnp.exp(logits) / math.sqrt(omega.shape[0])
 
+
 # --- shared module -----------------------------------------------------------------
 
 
@@ -133,7 +134,8 @@ class _NormalisedLinearAttention(Mixer):
     ops = ("linear_attention",)
     causality = "either"
     values_index = 2  # v in (φq, φk, v, segment_ids)
-    no_decay_params: ClassVar[tuple[str, ...]] = ()  # biases are rank 1; the Performer's ω is a constant, not a parameter
+    # Every bias is rank 1 (undecayed by rank); the Performer's ω is a constant, not a parameter.
+    no_decay_params: ClassVar[tuple[str, ...]] = ()
 
     num_heads: int = 4
     causal: bool = True

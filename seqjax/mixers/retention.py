@@ -246,8 +246,8 @@ class RetNet(_GatedDecayAttention):
     def _dims(self, d: int) -> tuple[int, int, int]:
         dk = check_divides(self.mixer_name, "num_heads", self.num_heads, d, "d_model")
         if dk % 2:
-            raise ConfigError(f"retnet.num_heads={self.num_heads!r} gives the key head dim d_model/num_heads = {dk}; "
-                              f"it must be even (RoPE rotates channel pairs)")
+            raise ConfigError(f"{self.mixer_name}.num_heads={self.num_heads!r} gives the key head dim "
+                              f"d_model/num_heads = {dk}; it must be even (RoPE rotates channel pairs)")
         return self.num_heads, dk, self.value_factor * dk
 
     @nn.compact
@@ -334,8 +334,8 @@ class GLA(_GatedDecayAttention):
             value = getattr(self, field)
             width = d * value
             if width != int(width) or int(width) < 1 or int(width) % self.num_heads:
-                raise ConfigError(f"gla.{field}={value!r}: {field} · d_model = {width} (d_model={d}) must be a "
-                                  f"positive integer multiple of num_heads={self.num_heads}")
+                raise ConfigError(f"{self.mixer_name}.{field}={value!r}: {field} · d_model = {width} (d_model={d}) "
+                                  f"must be a positive integer multiple of num_heads={self.num_heads}")
             widths.append(int(width) // self.num_heads)
         return self.num_heads, widths[0], widths[1]
 

@@ -230,8 +230,9 @@ def test_state_size(rng, name, features):
 
 
 @pytest.mark.parametrize("name, field, value, d_model", [
-    ("linear_attention", "num_heads", 3, 16), ("performer", "num_heads", 3, None), ("performer", "num_features", 0, 16),
-    ("performer", "eps", 0.0, None), ("linear_attention", "causal", "yes", None), ("linear_attention", "chunk_size", 0, 16),
+    ("linear_attention", "num_heads", 3, 16), ("performer", "num_heads", 3, None),
+    ("performer", "num_features", 0, 16), ("performer", "eps", 0.0, None),
+    ("linear_attention", "causal", "yes", None), ("linear_attention", "chunk_size", 0, 16),
 ])
 def test_config_errors(rng, name, field, value, d_model):
     # One ConfigError naming the field: at construction, or at init where the
