@@ -9,8 +9,10 @@ a ``(m, dv)`` state ``S`` and a ``(m,)`` normaliser ``z`` per head::
 
 The hot loop is :func:`seqjax.ops.linear_attention`; the normaliser comes out
 of the same op by appending a ones column to ``v`` (so the op's state is
-``[S | z]``). ``causal=False`` gives the bidirectional form (sums over the
-whole segment).
+``[S | z]``). Both the ones column and the division are inside the mixer's
+:meth:`~seqjax.mixers.base.Mixer.mix`, which is therefore linear in ``v``:
+the base class reads the normalised attention matrix off it. ``causal=False``
+gives the bidirectional form (sums over the whole segment).
 
   * ``linear_attention`` ("Transformers are RNNs", ICML 2020): ``φ(x) = elu(x) + 1``.
   * ``performer`` ("Rethinking Attention with Performers", ICLR 2021): FAVOR+
@@ -26,16 +28,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqjax.mixers.common import dense, segment_runs
-from seqjax.mixers._unconverted import check_seq, model_width
+from seqjax.errors import ConfigError
+from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.common import check_divides, check_int, check_number, dense
 from seqjax.mixers.registry import register
-from seqjax.ops.common import accum_dtype
-from seqjax.ops import dispatch
 from seqjax.ops.linear_attention import linear_attention
 from seqjax.types import SegmentIds, Seq, SeqStep
 
-Cache = dict[str, jax.Array]
-HeadMatrix = Float[Array, "b h l l"]
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -101,47 +100,47 @@ def favor_features(x: jax.Array, omega: jax.Array, *, stabilise: bool = False) -
     return jnp.exp(logits) / math.sqrt(omega.shape[0])
 
 
-def _keep_mask(length: int, batch: int, causal: bool, segment_ids: SegmentIds | None) -> jax.Array:
-    """``(b, 1, l, l)`` boolean: which ``(t, s)`` pairs interact."""
-    idx = jnp.arange(length)
-    keep = idx[:, None] >= idx[None, :] if causal else jnp.ones((length, length), bool)
-    keep = jnp.broadcast_to(keep, (batch, length, length))
-    if segment_ids is not None:
-        runs = segment_runs(segment_ids, batch, length)
-        keep = keep & (runs[:, :, None] == runs[:, None, :])
-    return keep[:, None]
-
-
 # --- shared module -----------------------------------------------------------------
 
 
-class _NormalisedLinearAttention(nn.Module):
-    """Multi-head normalised linear attention with a pluggable feature map.
+class _NormalisedLinearAttention(Mixer):
+    """Multi-head normalised linear attention with a pluggable feature map (not registered).
 
     Subclasses define ``_feature_dim`` (``m``), ``_features`` and, where the
     map has fixed random draws, ``_constants_init``.
 
+    Mixing matrix (per head ``h``, acting on ``v``; the normalisation is part
+    of the mix, so part of ``M``)::
+
+        M[h, t, s] = φ(q_t)·φ(k_s) / (Σ_{s'} φ(q_t)·φ(k_{s'}) + eps)
+
+    over ``s, s' <= t`` (causal) or the whole segment (``causal=False``), 0
+    elsewhere: a row-normalised, positive matrix of rank ``<= m`` before the mask.
+
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
+      dtype: compute dtype of the projections; features, the op and the
+        normalisation run in float32 (float64 for a float64 ``dtype``).
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention` (a string, or
+        ``{"linear_attention": impl}``).
+      sequence_axis: must stay None (these mixers do not run with the length split).
       num_heads: heads; must divide ``d_model`` (head dim ``dk = dv = d_model / h``).
       causal: True: ``o_t`` attends to ``s <= t`` (has ``step``); False: to
         the whole segment.
       eps: added to the denominator ``φ(q_t)·z_t``.
-      dtype: compute dtype of the projections; features, the op and the
-        normalisation run in float32 (float64 for a float64 ``dtype``).
-      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
     """
 
-    d_model: int | None = None
+    ops = ("linear_attention",)
+    causality = "either"
+    values_index = 2  # v in (φq, φk, v, segment_ids)
+    # Every bias is rank 1 (undecayed by rank); the Performer's ω is a constant, not a parameter.
+    no_decay_params: ClassVar[tuple[str, ...]] = ()
+
     num_heads: int = 4
     causal: bool = True
     eps: float = 1e-6
-    dtype: Any = jnp.float32
-    impl: str = "auto"
     chunk_size: int = 64
-
-    mixer_name: ClassVar[str] = "linear attention"
 
     # --- subclass hooks ---------------------------------------------------------------
 
@@ -158,28 +157,30 @@ class _NormalisedLinearAttention(nn.Module):
 
     # --- configuration and parameters -----------------------------------------------
 
-    def _dims(self, d: int) -> tuple[int, int, int]:
-        """``(h, dk, m)`` for width ``d``; validates the configuration."""
+    def check_fields(self):
         name = self.mixer_name
-        if not isinstance(self.num_heads, int) or self.num_heads < 1 or d % self.num_heads:
-            raise ValueError(f"{name}: num_heads={self.num_heads!r} must be a positive divisor of d_model={d}")
-        if not self.eps > 0:
-            raise ValueError(f"{name}: eps must be > 0, got {self.eps!r}")
+        check_int(name, "num_heads", self.num_heads)
         if not isinstance(self.causal, bool):
-            raise ValueError(f"{name}: causal must be a bool, got {self.causal!r}")
-        dispatch.check("linear_attention", self.impl)
-        dk = d // self.num_heads
+            raise ConfigError(f"{name}.causal={self.causal!r} must be a bool (True or False)")
+        check_number(name, "eps", self.eps, low=0, open_low=True)
+        check_int(name, "chunk_size", self.chunk_size)
+        if self.d_model is not None:
+            self._dims(self.d_model)
+
+    def _dims(self, d: int) -> tuple[int, int, int]:
+        """``(h, dk, m)`` for width ``d``; ConfigError unless ``num_heads`` divides it."""
+        dk = check_divides(self.mixer_name, "num_heads", self.num_heads, d, "d_model")
         return self.num_heads, dk, self._feature_dim(dk)
 
     @nn.compact
-    def _parts(self, d: int) -> dict[str, Any]:
-        """Creates/reads the parameters; returns the layers and the constants."""
-        h, dk, _ = self._dims(d)
+    def parts(self, d: int) -> dict[str, Any]:
+        h, dk, m = self._dims(d)
         parts = {
             name: dense(h * dk, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name=name)
             for name in ("q_proj", "k_proj", "v_proj")
         }
         parts["out_proj"] = dense(d, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="out_proj")
+        parts["dims"] = (h, dk, m)
         init = self._constants_init(dk)
         parts["consts"] = None
         if init is not None:
@@ -189,134 +190,56 @@ class _NormalisedLinearAttention(nn.Module):
             parts["consts"] = self.variable("constants", "omega", init, rng).value
         return parts
 
-    def _acc(self):
-        return accum_dtype(self.dtype)
-
     def _branches(self, p, x):
         """Feature-mapped ``(φq, φk)`` ``(…, h, m)`` and ``v`` ``(…, h, dv)``, all in float32+."""
-        h, dk, _ = self._dims(p["out_proj"].features)
+        h, dk, _ = p["dims"]
         x = x.astype(self.dtype)
-        q, k, v = (p[n](x).astype(self._acc()).reshape(x.shape[:-1] + (h, dk)) for n in ("q_proj", "k_proj", "v_proj"))
+        q, k, v = (p[n](x).astype(self.acc()).reshape(x.shape[:-1] + (h, dk)) for n in ("q_proj", "k_proj", "v_proj"))
         fq, fk = self._features(q, k, p["consts"])
         return fq, fk, v
 
-    def _out(self, p, o):
-        """Out-projection of per-head outputs ``(…, h, dv)``."""
-        return p["out_proj"](o.reshape(o.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
+    # --- the hooks of the Mixer base ----------------------------------------------------
 
-    def _check_causal(self, what: str):
-        if not self.causal:
-            raise ValueError(f"{self.mixer_name}.{what}: only a causal mixer (causal=True) has a recurrent step")
-
-    # --- public API -------------------------------------------------------------------
-
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
-        """Runs normalised linear attention over a sequence.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids of packed sequences.
-          deterministic: unused (no dropout).
-
-        Returns:
-          ``(batch, length, d_model)`` output in ``dtype``.
-        """
-        del deterministic
-        check_seq(self.mixer_name, x, segment_ids)
-        p = self._parts(model_width(self, x))
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
         fq, fk, v = self._branches(p, x)
+        return Projection(tokens=(fq, fk, v, segment_ids))
+
+    def mix(self, axis, fq, fk, v, segment_ids):
+        # The ones column makes the op carry z = Σ φ(k) beside S = Σ φ(k) vᵀ;
+        # dividing here keeps the whole normalised attention inside the mix.
         ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
         o, _ = linear_attention(
-            fq, fk, jnp.concatenate([v, ones], axis=-1), causal=self.causal,
-            segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl,
+            fq, fk, jnp.concatenate([v, ones], axis=-1), causal=self.causal, segment_ids=segment_ids,
+            chunk_size=self.chunk_size, impl=self.impl_for("linear_attention"), sequence_axis=axis,
         )
-        return self._out(p, o[..., :-1] / (o[..., -1:] + self.eps))
+        return o[..., :-1] / (o[..., -1:] + self.eps)
 
-    def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:
-        """Zero state: ``S = Σ φ(k) vᵀ`` and ``z = Σ φ(k)`` per head (causal only).
+    def output(self, p, y, proj: Projection) -> Seq:
+        """Out-projection of per-head outputs ``(…, h, dv)``."""
+        return p["out_proj"](y.reshape(y.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
 
-        Args:
-          batch_size: number of sequences.
-          max_length: unused (the state does not grow).
-
-        Returns:
-          ``{"S": (b, h, m, dv), "z": (b, h, m)}`` in float32 (float64 for float64).
-        """
-        del max_length
-        self._check_causal("init_cache")
-        h, dk, m = self._dims(model_width(self))
+    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
+        """``{"S": (b, h, m, dv), "z": (b, h, m)}`` zeros in float32 (float64 for float64)."""
+        h, dk, m = self._dims(d)
         return {
-            "S": jnp.zeros((batch_size, h, m, dk), self._acc()),
-            "z": jnp.zeros((batch_size, h, m), self._acc()),
+            "S": jnp.zeros((batch_size, h, m, dk), self.acc()),
+            "z": jnp.zeros((batch_size, h, m), self.acc()),
         }
 
-    def step(self, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
-        """One position: ``S += φ(k) vᵀ``, ``z += φ(k)``, ``o = φ(q)ᵀS / (φ(q)·z + eps)``.
-
-        Args:
-          x_t: ``(batch, d_model)`` input.
-          cache: from :meth:`init_cache` or a previous step.
-
-        Returns:
-          ``(y_t, cache)``: ``(batch, d_model)`` output in ``dtype`` and the new cache.
-        """
-        self._check_causal("step")
-        if x_t.ndim != 2:
-            raise ValueError(f"{self.mixer_name}.step: x_t must have shape (batch, d_model), got {x_t.shape}")
-        if not isinstance(cache, dict) or set(cache) != {"S", "z"}:
-            raise ValueError(f"{self.mixer_name}.step: cache must be a dict with keys S, z (init_cache)")
-        p = self._parts(model_width(self, x_t))
+    def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
+        # S += φ(k) vᵀ, z += φ(k), o = φ(q)ᵀS / (φ(q)·z + eps).
         fq, fk, v = self._branches(p, x_t)  # (b, h, m) x2, (b, h, dv)
         S = cache["S"] + fk[..., :, None] * v[..., None, :]
         z = cache["z"] + fk
         num = jnp.einsum("bhm,bhmv->bhv", fq, S, precision=HIGHEST)
         den = jnp.sum(fq * z, axis=-1, keepdims=True)
-        return self._out(p, num / (den + self.eps)), {"S": S, "z": z}
-
-    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> HeadMatrix:
-        """The normalised attention matrix per head.
-
-        ``A[b, h, t, s] = φ(q_t)·φ(k_s) / (Σ_{s'} φ(q_t)·φ(k_{s'}) + eps)`` over
-        ``s, s' <= t`` (causal) or the whole segment, 0 elsewhere.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids.
-
-        Returns:
-          ``(batch, heads, length, length)`` in the accumulation dtype.
-        """
-        check_seq(self.mixer_name, x, segment_ids)
-        p = self._parts(model_width(self, x))
-        fq, fk, _ = self._branches(p, x)
-        scores = jnp.einsum("bthm,bshm->bhts", fq, fk, precision=HIGHEST)
-        scores = jnp.where(_keep_mask(x.shape[1], x.shape[0], self.causal, segment_ids), scores, 0)
-        return scores / (jnp.sum(scores, axis=-1, keepdims=True) + self.eps)
-
-    def apply_mixing_matrix(self, x: Seq, M: HeadMatrix, *, segment_ids: SegmentIds | None = None) -> Seq:
-        """The mixer with dense per-head matrices ``M`` instead of the op: ``out_proj(M v)``.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          M: ``(batch, heads, length, length)``, e.g. from :meth:`mixing_matrix`.
-          segment_ids: unused (``M`` already holds the mixing); accepted for symmetry.
-
-        Returns:
-          ``(batch, length, d_model)`` output in ``dtype``.
-        """
-        del segment_ids
-        check_seq(self.mixer_name, x, None)
-        d = model_width(self, x)
-        h, _, _ = self._dims(d)
-        expected = (x.shape[0], h, x.shape[1], x.shape[1])
-        if M.shape != expected:
-            raise ValueError(f"{self.mixer_name}: M must have shape (b, heads, l, l) = {expected}, got {M.shape}")
-        p = self._parts(d)
-        _, _, v = self._branches(p, x)
-        return self._out(p, jnp.einsum("bhts,bshv->bthv", M.astype(v.dtype), v, precision=HIGHEST))
+        return self.output(p, num / (den + self.eps), Projection()), {"S": S, "z": z}
 
     def state_size(self, length: int | None = None) -> int:
         """Bytes of inference state per sequence: ``h·m·(dv + 1)`` floats (``S`` and ``z``).
+
+        Also for ``causal=False``, which has no ``step``: there it is the
+        ``[S | z]`` carry of a chunk-by-chunk pass, the same size.
 
         Args:
           length: unused (the state does not grow with the sequence).
@@ -325,8 +248,8 @@ class _NormalisedLinearAttention(nn.Module):
           ``h·m·(dv + 1)·itemsize(float32)``.
         """
         del length
-        h, dk, m = self._dims(model_width(self))
-        return h * m * (dk + 1) * jnp.dtype(self._acc()).itemsize
+        h, dk, m = self._dims(self.width())
+        return h * m * (dk + 1) * jnp.dtype(self.acc()).itemsize
 
 
 @register("linear_attention")
@@ -342,21 +265,20 @@ class LinearAttention(_NormalisedLinearAttention):
 
     (``causal=False``: the sums run over the whole segment.) Projections have
     biases, as ``nn.Linear`` in the authors' ``fast-transformers``; ``eps =
-    1e-6`` as there. Mixing matrix: the normalised attention matrix
-    ``A[t, s] = φ(q_t)·φ(k_s) / Σ_{s'} φ(q_t)·φ(k_{s'})``, rank ``<= dk``
-    before the mask.
+    1e-6`` as there. Mixing matrix (per head, acting on ``v``): the normalised
+    attention matrix ``M[h, t, s] = φ(q_t)·φ(k_s) / (Σ_{s'} φ(q_t)·φ(k_{s'}) +
+    eps)``, rank ``<= dk`` before the mask.
 
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
+      dtype: compute dtype of the projections (the op runs in float32).
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
+      sequence_axis: must stay None (no sequence-parallel form).
       num_heads: heads; must divide ``d_model``.
       causal: causal (with ``step``) or bidirectional.
       eps: added to the denominator.
-      dtype: compute dtype of the projections (the op runs in float32).
-      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
     """
-
-    mixer_name: ClassVar[str] = "linear_attention"
 
     def _features(self, q, k, consts):
         return elu_feature_map(q), elu_feature_map(k)
@@ -376,6 +298,10 @@ class Performer(_NormalisedLinearAttention):
               ≈ softmax attention with scores q_t·k_s / sqrt(dk)
         out = concat_h(o) W_O + b_O
 
+    Mixing matrix (per head, acting on ``v``): ``M[h, t, s] = φ(q'_t)·φ(k'_s) /
+    (Σ_{s'} φ(q'_t)·φ(k'_{s'}) + eps)``, an unbiased rank-``m`` estimate of
+    the softmax attention matrix (up to ``eps``).
+
     Stabilisation: each query's features are divided by their largest value
     (exponent minus its max over the ``m`` features), a positive factor per
     query that cancels between numerator and denominator (up to ``eps``), as
@@ -393,26 +319,25 @@ class Performer(_NormalisedLinearAttention):
     the whole ``variables``, not only ``params``. No feature redrawing.
 
     Attributes:
-      d_model: width; None takes it from the input (or the parameters).
-      num_heads: heads; must divide ``d_model``.
-      num_features: ``m``; None gives ``2·dk``.
+      num_features: ``m``, the random features per head; None gives ``2·dk``.
+      num_heads: heads (they share ``ω``); must divide ``d_model``.
       causal: causal (with ``step``) or bidirectional.
-      eps: added to the denominator.
+      eps: added to the denominator (the query stabilisation cancels up to it).
+      d_model: width; None takes it from the input (or the parameters).
       dtype: compute dtype of the projections (features and the op in float32).
       impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+      sequence_axis: must stay None (no sequence-parallel form).
     """
 
     num_features: int | None = None
 
-    mixer_name: ClassVar[str] = "performer"
+    def check_fields(self):
+        check_int(self.mixer_name, "num_features", self.num_features, optional=True)
+        super().check_fields()
 
     def _feature_dim(self, dk: int) -> int:
-        if self.num_features is None:
-            return 2 * dk
-        if not isinstance(self.num_features, int) or self.num_features < 1:
-            raise ValueError(f"performer: num_features must be a positive int, got {self.num_features!r}")
-        return self.num_features
+        return 2 * dk if self.num_features is None else self.num_features
 
     def _constants_init(self, dk: int):
         m = self._feature_dim(dk)

@@ -15,8 +15,10 @@ back. They differ in the decay ``a_t``:
     channel, ``α_t = sigmoid(x_t W_α1 W_α2 + b_α)^(1/τ)``.
 
 The recurrence is :func:`seqjax.ops.linear_attention` (``log_decay`` of shape
-``(h,)`` for RetNet, ``(b, l, h, dk)`` for GLA); this module computes the
-projections, rotations, decays and the output path.
+``(h,)`` for RetNet, ``(b, l, h, dk)`` for GLA), the mix of the
+:class:`~seqjax.mixers.base.Mixer` base; this module computes the
+projections, rotations, decays (the projection) and the norm, gate and
+out-projection (the output).
 """
 
 from typing import Any, ClassVar
@@ -26,18 +28,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from seqjax.mixers.common import dense
-from seqjax.mixers.common import same_segment
-from seqjax.mixers._unconverted import check_seq, model_width
+from seqjax.errors import ConfigError
+from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.common import check_divides, check_input, check_int, check_number, dense, positions_in_segment
 from seqjax.mixers.registry import register
-from seqjax.ops.common import accum_dtype
-from seqjax.ops import dispatch
 from seqjax.ops.linear_attention import linear_attention
-from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
-Cache = dict[str, jax.Array]
-HeadMatrix = Float[Array, "b h l l"]
 HIGHEST = jax.lax.Precision.HIGHEST
 # Xavier-uniform gain of the RetNet (torchscale) and GLA (flash-linear-attention)
 # code for the q/k/v/gate projections.
@@ -64,21 +61,6 @@ def retnet_log_decays(num_heads: int, dtype=jnp.float32) -> jax.Array:
     """``log γ_h = log1p(−2^(−5−h))`` in ``dtype`` (exact to its precision; ``log`` of a
     rounded ``γ`` would not be)."""
     return jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(num_heads, dtype=dtype))))
-
-
-def segment_positions(segment_ids: SegmentIds | None, batch: int, length: int) -> jax.Array:
-    """Position of each token within its packed sequence, ``(b, l)`` int32.
-
-    Restarting at each segment keeps packed rows identical to separate runs
-    (rotary scores depend only on ``t − s`` in exact arithmetic; restarting
-    also keeps the angles, and their rounding, the same).
-    """
-    idx = jnp.arange(length, dtype=jnp.int32)
-    if segment_ids is None or length == 1:
-        return jnp.broadcast_to(idx, (batch, length))
-    first = jnp.ones((batch, 1), bool)
-    start = jnp.concatenate([first, segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    return idx - jax.lax.cummax(jnp.where(start, idx, 0), axis=1)
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
@@ -108,20 +90,6 @@ def head_layer_norm(o: jax.Array, scale: jax.Array, bias: jax.Array, eps: float)
     return y * scale.astype(o.dtype) + bias.astype(o.dtype)
 
 
-def pairwise_sums(a: jax.Array, segment_ids: SegmentIds | None = None) -> tuple[jax.Array, jax.Array]:
-    """``S[..., t, s] = Σ_{s<r≤t} a[..., r]`` and where it applies (``s <= t``, same segment)."""
-    length = a.shape[-1]
-    idx = jnp.arange(length)
-    S = jnp.cumsum(jnp.where(idx[:, None] > idx[None, :], a[..., :, None], 0), axis=-2)
-    keep = (idx[:, None] >= idx[None, :]) & same_segment(segment_ids, a.shape[0], length)
-    return S, keep.reshape((a.shape[0],) + (1,) * (a.ndim - 2) + (length, length))
-
-
-def masked_exp(exponent: jax.Array, keep: jax.Array) -> jax.Array:
-    """``exp(exponent)`` where ``keep``, exactly 0 elsewhere (no ``exp`` of junk)."""
-    return jnp.exp(jnp.where(keep, exponent, -jnp.inf))
-
-
 def _xavier(gain: float):
     return nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
 
@@ -129,128 +97,90 @@ def _xavier(gain: float):
 # --- shared module ---------------------------------------------------------------------
 
 
-class _GatedDecayAttention(nn.Module):
-    """Shared machinery; subclasses define ``_dims``, ``_parts`` and ``_project``.
+class _GatedDecayAttention(Mixer):
+    """Shared machinery of RetNet and GLA (not registered); subclasses define ``_dims``, ``parts`` and ``_project``.
 
     ``_project(p, x, positions)`` returns ``(q, k, v, log_decay, gate)``: ``q``
     (scaled), ``k`` ``(…, h, dk)``, ``v`` ``(…, h, dv)``, ``log_decay`` ``(h,)``
     or ``(…, h, dk)``, ``gate`` ``(…, h·dv)``, all in the accumulation dtype.
+    The mix is the decayed recurrence alone (linear in ``v``); the per-head
+    norm and the gate are the output.
 
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
-      num_heads: heads.
-      norm_eps: epsilon of the per-head normalisation.
       dtype: compute dtype of the projections; the op, decays and
         normalisation run in float32 (float64 for a float64 ``dtype``).
-      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
-      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention` (a string, or
+        ``{"linear_attention": impl}``).
       sequence_axis: mesh axis that splits the length (the sequence-parallel
         ``linear_attention`` under a context mesh, see
         :func:`seqjax.parallel.sequence_map`); None: never split.
+      num_heads: heads.
+      norm_eps: epsilon of the per-head normalisation.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
     """
 
-    d_model: int | None = None
+    ops = ("linear_attention",)
+    sequence_parallel = True
+    values_index = 2  # v in (q, k, v, segment_ids, per-token log decay)
+    no_decay_params: ClassVar[tuple[str, ...]] = ()  # every bias and norm parameter is rank 1
+
     num_heads: int = 4
     norm_eps: float = 1e-5
-    dtype: Any = jnp.float32
-    impl: str = "auto"
     chunk_size: int = 64
-    sequence_axis: str | None = None
 
-    mixer_name: ClassVar[str] = "decayed linear attention"
-    uses_positions: ClassVar[bool] = False
+    uses_positions: ClassVar[bool] = False  # RetNet: rotary positions, and a position counter in the cache
 
-    def _check_common(self, d: int, widths: dict[str, int]) -> None:
+    def check_fields(self):
         name = self.mixer_name
-        if not isinstance(self.num_heads, int) or self.num_heads < 1:
-            raise ValueError(f"{name}: num_heads must be a positive int, got {self.num_heads!r}")
-        for what, width in widths.items():
-            if width < 1 or width % self.num_heads:
-                raise ValueError(f"{name}: {what}={width} (d_model={d}) must be a positive multiple of num_heads={self.num_heads}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"{name}: norm_eps must be > 0, got {self.norm_eps!r}")
-        dispatch.check("linear_attention", self.impl)
+        check_int(name, "num_heads", self.num_heads)
+        check_number(name, "norm_eps", self.norm_eps, low=0, open_low=True)
+        check_int(name, "chunk_size", self.chunk_size)
+        if self.d_model is not None:
+            self._dims(self.d_model)
 
-    def _acc(self):
-        return accum_dtype(self.dtype)
+    def _dims(self, d: int) -> tuple[int, int, int]:
+        """``(h, dk, dv)`` for width ``d``; ConfigError for widths the heads do not divide."""
+        raise NotImplementedError
+
+    def _project(self, p, x, positions):
+        raise NotImplementedError
 
     def _heads(self, y, width):
-        return y.astype(self._acc()).reshape(y.shape[:-1] + (self.num_heads, width))
+        return y.astype(self.acc()).reshape(y.shape[:-1] + (self.num_heads, width))
 
-    def _out(self, p, o, gate):
-        """Per-head norm, ``swish`` gate and out-projection of ``o (…, h, dv)``."""
-        y = head_layer_norm(o.astype(self._acc()), p["norm_scale"], p["norm_bias"], self.norm_eps)
-        y = y * jax.nn.silu(gate)
+    # --- the hooks of the Mixer base ----------------------------------------------------
+
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        positions = positions_in_segment(segment_ids, x.shape[0], x.shape[1])
+        q, k, v, log_decay, gate = self._project(p, x, positions)
+        # A fixed per-head decay (RetNet, (h,)) is shared; GLA's (b, l, h, dk) is per token.
+        per_token = log_decay.ndim >= 3
+        return Projection(tokens=(q, k, v, segment_ids, log_decay if per_token else None),
+                          shared=(None if per_token else log_decay,), rest=gate)
+
+    def mix(self, axis, q, k, v, segment_ids, token_decay, shared_decay):
+        decay = shared_decay if token_decay is None else token_decay
+        return linear_attention(q, k, v, log_decay=decay, segment_ids=segment_ids, chunk_size=self.chunk_size,
+                                impl=self.impl_for("linear_attention"), sequence_axis=axis)[0]
+
+    def output(self, p, y, proj: Projection) -> Seq:
+        """Per-head norm, ``swish`` gate (``proj.rest``) and out-projection of ``y (…, h, dv)``."""
+        y = head_layer_norm(y.astype(self.acc()), p["norm_scale"], p["norm_bias"], self.norm_eps)
+        y = y * jax.nn.silu(proj.rest)
         return p["out_proj"](y.astype(self.dtype)).astype(self.dtype)
 
-    def _prepare(self, x, segment_ids):
-        check_seq(self.mixer_name, x, segment_ids)
-        p = self._parts(model_width(self, x))
-        positions = segment_positions(segment_ids, x.shape[0], x.shape[1])
-        return p, self._project(p, x, positions)
-
-    # --- public API -----------------------------------------------------------------
-
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
-        """Runs the mixer over a sequence (causal).
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids of packed sequences.
-          deterministic: unused (no dropout).
-
-        Returns:
-          ``(batch, length, d_model)`` output in ``dtype``.
-        """
-        del deterministic
-        p, (q, k, v, log_decay, gate) = self._prepare(x, segment_ids)
-        # A fixed per-head decay (RetNet, (h,)) is shared; GLA's (b, l, h, dk) is per token.
-        per_token = log_decay is not None and log_decay.ndim >= 3
-
-        def core(axis, q, k, v, segments, token_decay, shared_decay):
-            decay = token_decay if per_token else shared_decay
-            return linear_attention(q, k, v, log_decay=decay, segment_ids=segments, chunk_size=self.chunk_size,
-                                    impl=self.impl, sequence_axis=axis)[0]
-
-        o = sequence_map(core, self.sequence_axis, (q, k, v, segment_ids, log_decay if per_token else None),
-                         (None if per_token else log_decay,), what=self.mixer_name)
-        return self._out(p, o, gate)
-
-    def init_cache(self, batch_size: int, max_length: int | None = None) -> Cache:
-        """Zero state ``S`` per head (and, with rotary positions, the position counter).
-
-        Args:
-          batch_size: number of sequences.
-          max_length: unused (the state does not grow).
-
-        Returns:
-          ``{"S": (b, h, dk, dv) float32}``, plus ``"pos": (b,) int32`` for RetNet.
-        """
-        del max_length
-        h, dk, dv = self._dims(model_width(self))
-        cache = {"S": jnp.zeros((batch_size, h, dk, dv), self._acc())}
+    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
+        """``{"S": (b, h, dk, dv) float32}``, plus ``"pos": (b,) int32`` with rotary positions."""
+        h, dk, dv = self._dims(d)
+        cache = {"S": jnp.zeros((batch_size, h, dk, dv), self.acc())}
         if self.uses_positions:
             cache["pos"] = jnp.zeros((batch_size,), jnp.int32)
         return cache
 
-    def step(self, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
-        """One position: ``S = diag(a_t) S + k_t v_tᵀ``, ``o = Sᵀ q_t``, norm, gate, out-projection.
-
-        Args:
-          x_t: ``(batch, d_model)`` input.
-          cache: from :meth:`init_cache` or a previous step.
-
-        Returns:
-          ``(y_t, cache)``: ``(batch, d_model)`` output in ``dtype`` and the new cache.
-        """
-        if x_t.ndim != 2:
-            raise ValueError(f"{self.mixer_name}.step: x_t must have shape (batch, d_model), got {x_t.shape}")
-        keys = {"S", "pos"} if self.uses_positions else {"S"}
-        if not isinstance(cache, dict) or set(cache) != keys:
-            raise ValueError(f"{self.mixer_name}.step: cache must be a dict with keys {', '.join(sorted(keys))} (init_cache)")
-        p = self._parts(model_width(self, x_t))
-        batch = x_t.shape[0]
-        pos = cache["pos"] if self.uses_positions else jnp.zeros((batch,), jnp.int32)
+    def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
+        # S = diag(a_t) S + k_t v_tᵀ, o = Sᵀ q_t, then norm, gate, out-projection.
+        pos = cache["pos"] if self.uses_positions else jnp.zeros((x_t.shape[0],), jnp.int32)
         q, k, v, log_decay, gate = self._project(p, x_t[:, None], pos[:, None])
         decay = jnp.exp(log_decay)
         decay = decay[None, :, None, None] if decay.ndim == 1 else decay[:, 0, :, :, None]
@@ -259,61 +189,7 @@ class _GatedDecayAttention(nn.Module):
         new = {"S": S}
         if self.uses_positions:
             new["pos"] = pos + 1
-        return self._out(p, o[:, None], gate)[:, 0], new
-
-    def mixing_matrix(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> HeadMatrix:
-        """The decayed attention matrix per head, materialised.
-
-        ``M[b, h, t, s] = Σ_j q_t[j] k_s[j] Π_{s<r<=t} a_r[j]`` for ``s <= t`` in
-        the same segment, else 0 (RetNet: ``γ_h^(t−s) q_t·k_s``).
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          segment_ids: optional ``(batch, length)`` ids.
-
-        Returns:
-          ``(batch, heads, length, length)`` in the accumulation dtype.
-        """
-        _, (q, k, _, log_decay, _) = self._prepare(x, segment_ids)
-        batch, length, heads, _ = q.shape
-        if log_decay.ndim == 1:
-            a = jnp.broadcast_to(log_decay[None, :, None], (batch, heads, length))
-            S, keep = pairwise_sums(a, segment_ids)  # (b, h, l, l)
-            return jnp.einsum("bthk,bshk->bhts", q, k, precision=HIGHEST) * masked_exp(S, keep)
-        S, keep = pairwise_sums(jnp.transpose(log_decay, (0, 2, 3, 1)), segment_ids)  # (b, h, dk, l, l)
-        return jnp.einsum("bthk,bshk,bhkts->bhts", q, k, masked_exp(S, keep), precision=HIGHEST)
-
-    def apply_mixing_matrix(self, x: Seq, M: HeadMatrix, *, segment_ids: SegmentIds | None = None) -> Seq:
-        """The mixer with dense per-head matrices ``M`` instead of the op: ``o = M v``, then norm, gate, out.
-
-        Args:
-          x: ``(batch, length, d_model)`` input.
-          M: ``(batch, heads, length, length)``, e.g. from :meth:`mixing_matrix`.
-          segment_ids: optional ``(batch, length)`` ids (they only reset the
-            rotary positions; ``M`` already holds the mixing).
-
-        Returns:
-          ``(batch, length, d_model)`` output in ``dtype``.
-        """
-        p, (_, _, v, _, gate) = self._prepare(x, segment_ids)
-        expected = (x.shape[0], self.num_heads, x.shape[1], x.shape[1])
-        if M.shape != expected:
-            raise ValueError(f"{self.mixer_name}: M must have shape (b, heads, l, l) = {expected}, got {M.shape}")
-        o = jnp.einsum("bhts,bshv->bthv", M.astype(v.dtype), v, precision=HIGHEST)
-        return self._out(p, o, gate)
-
-    def state_size(self, length: int | None = None) -> int:
-        """Bytes of inference state per sequence: ``h·dk·dv`` floats (+ an int32 position for RetNet).
-
-        Args:
-          length: unused (the state does not grow with the sequence).
-
-        Returns:
-          ``h·dk·dv·itemsize(float32)`` (+ 4).
-        """
-        del length
-        h, dk, dv = self._dims(model_width(self))
-        return h * dk * dv * jnp.dtype(self._acc()).itemsize + (4 if self.uses_positions else 0)
+        return self.output(p, o[:, None], Projection(rest=gate))[:, 0], new
 
 
 @register("retnet")
@@ -339,41 +215,48 @@ class RetNet(_GatedDecayAttention):
     ``norm_eps``). Init as torchscale: Xavier-uniform with gain ``2^-2.5`` for
     ``W_Q, W_K, W_V, W_G``, gain 1 for ``W_O``; norm scale 1, bias 0.
 
-    Mixing matrix: ``M[h, t, s] = γ_h^(t−s) q_t·k_s`` (``s <= t``): a rank-``dk``
-    matrix masked by a Toeplitz decay, semiseparable with fixed decay.
+    Mixing matrix (per head, acting on ``v``; the GroupNorm and the gate are
+    the output, not part of ``M``): ``M[h, t, s] = γ_h^(t−s) q_t·k_s`` for
+    ``s <= t`` in the same segment, else 0 (``q``, ``k`` rotated and ``q``
+    scaled): a rank-``dk`` matrix masked by a Toeplitz decay, semiseparable
+    with fixed decay.
 
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
-      num_heads: heads; must divide ``d_model``; ``dk`` must be even (RoPE).
-      value_factor: ``dv = value_factor · d_model / h`` (2, the paper's).
-      rope_base: RoPE base (10000).
-      norm_eps: epsilon of the per-head GroupNorm.
       dtype: compute dtype of the projections (retention in float32).
       impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
+      sequence_axis: mesh axis that splits the length; None: never split.
+      num_heads: heads; must divide ``d_model``; ``dk`` must be even (RoPE).
+      norm_eps: epsilon of the per-head GroupNorm.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
+      value_factor: ``dv = value_factor · d_model / h`` (2, the paper's).
+      rope_base: RoPE base (10000).
     """
 
     value_factor: int = 2
     rope_base: float = 10000.0
 
-    mixer_name: ClassVar[str] = "retnet"
-    uses_positions: ClassVar[bool] = True
+    uses_positions = True
+
+    def check_fields(self):
+        check_int(self.mixer_name, "value_factor", self.value_factor)
+        check_number(self.mixer_name, "rope_base", self.rope_base, low=0, open_low=True)
+        super().check_fields()
 
     def _dims(self, d: int) -> tuple[int, int, int]:
-        if not isinstance(self.value_factor, int) or self.value_factor < 1:
-            raise ValueError(f"retnet: value_factor must be a positive int, got {self.value_factor!r}")
-        self._check_common(d, {"d_model": d})
-        dk = d // self.num_heads
+        dk = check_divides(self.mixer_name, "num_heads", self.num_heads, d, "d_model")
         if dk % 2:
-            raise ValueError(f"retnet: the key head dim d_model/num_heads = {dk} must be even for RoPE")
+            raise ConfigError(f"{self.mixer_name}.num_heads={self.num_heads!r} gives the key head dim "
+                              f"d_model/num_heads = {dk}; it must be even (RoPE rotates channel pairs)")
         return self.num_heads, dk, self.value_factor * dk
 
     @nn.compact
-    def _parts(self, d: int) -> dict[str, Any]:
+    def parts(self, d: int) -> dict[str, Any]:
         h, dk, dv = self._dims(d)
         small = _xavier(SMALL_GAIN)
         part = nn.with_logical_partitioning
         return {
+            "dims": (h, dk, dv),
             "q_proj": dense(h * dk, ("embed", "mlp"), dtype=self.dtype, name="q_proj", kernel_init=small),
             "k_proj": dense(h * dk, ("embed", "mlp"), dtype=self.dtype, name="k_proj", kernel_init=small),
             "v_proj": dense(h * dv, ("embed", "mlp"), dtype=self.dtype, name="v_proj", kernel_init=small),
@@ -384,13 +267,13 @@ class RetNet(_GatedDecayAttention):
         }
 
     def _project(self, p, x, positions):
-        _, dk, dv = self._dims(p["out_proj"].features)
+        _, dk, dv = p["dims"]
         x = x.astype(self.dtype)
         q = rotary(self._heads(p["q_proj"](x), dk), positions, self.rope_base) * dk**-0.5
         k = rotary(self._heads(p["k_proj"](x), dk), positions, self.rope_base)
         v = self._heads(p["v_proj"](x), dv)
-        log_decay = retnet_log_decays(self.num_heads, self._acc())
-        gate = p["g_proj"](x).astype(self._acc())
+        log_decay = retnet_log_decays(self.num_heads, self.acc())
+        gate = p["g_proj"](x).astype(self.acc())
         return q, k, v, log_decay, gate
 
 
@@ -413,21 +296,24 @@ class GLA(_GatedDecayAttention):
     Init as that code: Xavier-uniform with gain ``2^-2.5`` for every
     projection, zero biases; norm scale 1, bias 0.
 
-    Mixing matrix: ``M[h, t, s] = Σ_j q_t[j] k_s[j] Π_{s<r<=t} α_r[j]``
-    (``s <= t``): a sum of ``dk`` rank-one matrices each masked by its own
-    input-dependent 1-semiseparable decay.
+    Mixing matrix (per head, acting on ``v``; the LayerNorm and the gate are
+    the output, not part of ``M``): ``M[h, t, s] = Σ_j q_t[j] k_s[j]
+    Π_{s<r<=t} α_r[j]`` for ``s <= t`` in the same segment, else 0: a sum of
+    ``dk`` rank-one matrices each masked by its own input-dependent
+    1-semiseparable decay.
 
     Attributes:
       d_model: width; None takes it from the input (or the parameters).
+      dtype: compute dtype of the projections (decays and the op in float32).
+      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
+      sequence_axis: mesh axis that splits the length; None: never split.
       num_heads: heads (4, the paper's); must divide both widths.
+      norm_eps: epsilon of the per-head LayerNorm.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
       expand_k: key width over ``d_model`` (0.5).
       expand_v: value width over ``d_model`` (1.0).
       gate_low_rank: rank of ``W_α1 W_α2`` (16).
       gate_temperature: ``τ`` (16).
-      norm_eps: epsilon of the per-head LayerNorm.
-      dtype: compute dtype of the projections (decays and the op in float32).
-      impl: ``impl`` of :func:`seqjax.ops.linear_attention`.
-      chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
     """
 
     expand_k: float = 0.5
@@ -435,28 +321,27 @@ class GLA(_GatedDecayAttention):
     gate_low_rank: int = 16
     gate_temperature: float = 16.0
 
-    mixer_name: ClassVar[str] = "gla"
-
-    def _widths(self, d: int) -> tuple[int, int]:
-        key_width, value_width = d * self.expand_k, d * self.expand_v
-        for what, w in (("expand_k", key_width), ("expand_v", value_width)):
-            if w != int(w):
-                raise ValueError(f"gla: {what} · d_model = {w} must be an integer")
-        return int(key_width), int(value_width)
+    def check_fields(self):
+        name = self.mixer_name
+        for field in ("expand_k", "expand_v", "gate_temperature"):
+            check_number(name, field, getattr(self, field), low=0, open_low=True)
+        check_int(name, "gate_low_rank", self.gate_low_rank)
+        super().check_fields()
 
     def _dims(self, d: int) -> tuple[int, int, int]:
-        if not isinstance(self.gate_low_rank, int) or self.gate_low_rank < 1:
-            raise ValueError(f"gla: gate_low_rank must be a positive int, got {self.gate_low_rank!r}")
-        if not self.gate_temperature > 0:
-            raise ValueError(f"gla: gate_temperature must be > 0, got {self.gate_temperature!r}")
-        key_width, value_width = self._widths(d)
-        self._check_common(d, {"expand_k · d_model": key_width, "expand_v · d_model": value_width})
-        return self.num_heads, key_width // self.num_heads, value_width // self.num_heads
+        widths = []
+        for field in ("expand_k", "expand_v"):
+            value = getattr(self, field)
+            width = d * value
+            if width != int(width) or int(width) < 1 or int(width) % self.num_heads:
+                raise ConfigError(f"{self.mixer_name}.{field}={value!r}: {field} · d_model = {width} (d_model={d}) "
+                                  f"must be a positive integer multiple of num_heads={self.num_heads}")
+            widths.append(int(width) // self.num_heads)
+        return self.num_heads, widths[0], widths[1]
 
     @nn.compact
-    def _parts(self, d: int) -> dict[str, Any]:
-        key_width, value_width = self._widths(d)
-        self._dims(d)
+    def parts(self, d: int) -> dict[str, Any]:
+        h, dk, dv = self._dims(d)
         small = _xavier(SMALL_GAIN)
         part = nn.with_logical_partitioning
 
@@ -464,15 +349,16 @@ class GLA(_GatedDecayAttention):
             return dense(features, axes, use_bias=bias, dtype=self.dtype, name=name, kernel_init=small)
 
         return {
-            "q_proj": proj(key_width, "q_proj"),
-            "k_proj": proj(key_width, "k_proj"),
-            "v_proj": proj(value_width, "v_proj"),
+            "dims": (h, dk, dv),
+            "q_proj": proj(h * dk, "q_proj"),
+            "k_proj": proj(h * dk, "k_proj"),
+            "v_proj": proj(h * dv, "v_proj"),
             "alpha_down": proj(self.gate_low_rank, "alpha_down"),
-            "alpha_up": proj(key_width, "alpha_up", bias=True, axes=(None, "mlp")),
-            "g_proj": proj(value_width, "g_proj", bias=True),
+            "alpha_up": proj(h * dk, "alpha_up", bias=True, axes=(None, "mlp")),
+            "g_proj": proj(h * dv, "g_proj", bias=True),
             "out_proj": proj(d, "out_proj", axes=("mlp", "embed")),
-            "norm_scale": self.param("norm_scale", part(nn.initializers.ones_init(), ("mlp",)), (value_width,)),
-            "norm_bias": self.param("norm_bias", part(nn.initializers.zeros_init(), ("mlp",)), (value_width,)),
+            "norm_scale": self.param("norm_scale", part(nn.initializers.ones_init(), ("mlp",)), (h * dv,)),
+            "norm_bias": self.param("norm_bias", part(nn.initializers.zeros_init(), ("mlp",)), (h * dv,)),
         }
 
     def log_decay(self, x: Seq) -> Float[Array, "b l h k"]:
@@ -484,22 +370,20 @@ class GLA(_GatedDecayAttention):
         Returns:
           ``log_sigmoid(x W_α1 W_α2 + b_α) / τ`` in the accumulation dtype.
         """
-        check_seq("gla", x, None)
-        p = self._parts(model_width(self, x))
+        check_input(self.mixer_name, x)
+        p = self.parts(self.width(x))
         return self._log_decay(p, x.astype(self.dtype))
 
     def _log_decay(self, p, x):
-        _, dk, _ = self._dims(p["out_proj"].features)
-        logits = p["alpha_up"](p["alpha_down"](x)).astype(self._acc())
-        return self._heads(jax.nn.log_sigmoid(logits) / self.gate_temperature, dk)
+        logits = p["alpha_up"](p["alpha_down"](x)).astype(self.acc())
+        return self._heads(jax.nn.log_sigmoid(logits) / self.gate_temperature, p["dims"][1])
 
     def _project(self, p, x, positions):
         del positions
-        _, dk, dv = self._dims(p["out_proj"].features)
+        _, dk, dv = p["dims"]
         x = x.astype(self.dtype)
         q = self._heads(p["q_proj"](x), dk) * dk**-0.5
         k = self._heads(p["k_proj"](x), dk)
         v = self._heads(p["v_proj"](x), dv)
-        gate = p["g_proj"](x).astype(self._acc())
+        gate = p["g_proj"](x).astype(self.acc())
         return q, k, v, self._log_decay(p, x), gate
-

@@ -1,8 +1,12 @@
-"""Linear attention (Katharopoulos et al.) and Performer (FAVOR+): float64 references, features, contract."""
+"""Linear attention (Katharopoulos et al.) and Performer (FAVOR+): float64 references, matrices, features.
+
+The contract (step, causality, segments, mixing matrix vs the fast path,
+bfloat16, state_size vs the cache, ...) is checked for every mixer in
+``test_contract.py``.
+"""
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,11 +14,14 @@ import numpy as np
 import pytest
 
 import seqjax.mixers.linear  # noqa: F401  (registers "linear_attention", "performer")
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from seqjax.mixers.linear import elu_feature_map, favor_features, orthogonal_random_features
 from tests.mixers import harness
-from tests.mixers.ref_linear_mixers import Jitted, linear_attention_reference, params_of, perturb
-from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
+from tests.mixers.ref_linear_mixers import (
+    Jitted, check_float32, check_float64, check_gradients, linear_attention_matrix, linear_attention_reference,
+    params_of, perturb, runs_of, segments)
+from tests.ops.utils import assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
 NAMES = ["linear_attention", "performer"]
@@ -25,28 +32,31 @@ def _get(name):
     return lambda **kwargs: Jitted(get(name)(**kwargs), eager_init=True)
 
 
-def _segments(rng, batch, length):
-    # Random contiguous segments whose ids repeat non-contiguously (cumsum % 3).
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
-
-
 def _setup(rng, m, batch=2, length=13, width=16):
     x = harness.random_input(rng, batch, length, width)
     return x, perturb(harness.init(m, x), rng)
 
 
-def _reference(m, v, x, segment_ids=None, xp=np, params=None):
-    """The float64 loop reference of mixer ``m`` with variables ``v``."""
+def _kwargs(m, v, segment_ids=None, xp=np):
+    """The oracles' keyword arguments for mixer ``m`` with variables ``v``."""
     omega = None
     if "constants" in v:
         omega = xp.asarray(np.asarray(v["constants"]["omega"], np.float64))
+    return dict(causal=m.causal, eps=m.eps, omega=omega, segment_ids=segment_ids, xp=xp)
+
+
+def _reference(m, v, x, segment_ids=None, xp=np, params=None):
+    """The float64 loop reference of mixer ``m`` with variables ``v``."""
     p = params_of(v, xp=xp) if params is None else params
-    return linear_attention_reference(
-        p, x, m.num_heads, causal=m.causal, eps=m.eps, omega=omega, segment_ids=segment_ids, xp=xp
-    )
+    return linear_attention_reference(p, x, m.num_heads, **_kwargs(m, v, segment_ids, xp))
 
 
-# --- default construction and the float64 references ------------------------------------
+def _matrix(m, v, x, segment_ids):
+    """The float64 closed-form mixing matrix of mixer ``m`` with variables ``v``."""
+    return linear_attention_matrix(params_of(v), np.asarray(x, np.float64), m.num_heads, **_kwargs(m, v, segment_ids))
+
+
+# --- the float64 references -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -54,15 +64,12 @@ def test_default_construction(rng, name):
     m = _get(name)()
     x = harness.random_input(rng, 2, 13, 16)
     v = harness.init(m, x)
-    y = m.apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert np.all(np.isfinite(np.asarray(y)))
     assert m.causal and m.num_heads == 4
     assert params_of(v)["q_proj.kernel"].shape == (16, 16)
     if name == "performer":
         # m = 2·dk = 8 features of dk = 4, stored outside "params".
         assert v["constants"]["omega"].shape == (8, 4) and "omega" not in v["params"]
-    assert_rel_close(y, _reference(m, v, np.asarray(x, np.float64)), RTOL, f"default {name}")
+    assert_rel_close(m.apply(v, x), _reference(m, v, np.asarray(x, np.float64)), RTOL, f"default {name}")
 
 
 @pytest.mark.parametrize("name, causal, impl, length", [
@@ -74,111 +81,45 @@ def test_default_construction(rng, name):
 def test_matches_reference_float32(rng, name, causal, impl, length):
     m = _get(name)(causal=causal, impl=impl, chunk_size=8)
     x, v = _setup(rng, m, 2, length, 16)
-    x64 = np.asarray(x, np.float64)
-    assert_rel_close(m.apply(v, x), _reference(m, v, x64), RTOL, f"{name} causal={causal}")
-    seg = _segments(rng, 2, length)
-    y = m.apply(v, x, segment_ids=jnp.asarray(seg))
-    assert_rel_close(y, _reference(m, v, x64, seg), RTOL, f"{name} causal={causal} segments")
+    check_float32(m, v, x, _reference, rng, f"{name} causal={causal}")
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("causal", [True, False])
 def test_float64_exact(rng, name, causal):
-    x = rng.standard_normal((2, 13, 16))
-    seg = _segments(rng, 2, 13)
-    with jax.enable_x64(True):
-        m = _get(name)(causal=causal, dtype=jnp.float64, impl="chunked", chunk_size=4)
-        v = perturb(harness.init(m, jnp.asarray(x)), rng)
-        y = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
-        assert y.dtype == jnp.float64
-        M = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg), method="mixing_matrix")
-        y_m = m.apply(v, jnp.asarray(x), M, method="apply_mixing_matrix")
-    y_ref = _reference(m, v, x, seg)
-    assert_rel_close(y, y_ref, RTOL_F64, f"{name} f64 op")
-    assert_rel_close(y_m, y_ref, RTOL_F64, f"{name} f64 mixing matrix")
+    check_float64(lambda **kw: _get(name)(causal=causal, **kw), rng, _reference, _matrix, f"{name} causal={causal}")
 
 
-@pytest.mark.parametrize("name, causal, impl, length", [
-    ("linear_attention", True, "chunked", 11), ("performer", False, "chunked", 7),
-])
-def test_gradients(rng, name, causal, impl, length):
-    # The bidirectional reference loops over all (t, s) pairs: a shorter sequence keeps its trace small.
+@pytest.mark.parametrize("name, causal, length", [("linear_attention", True, 11), ("performer", False, 7)])
+def test_gradients(rng, name, causal, length):
+    # The bidirectional reference builds the (l, l) matrix: a shorter sequence keeps its trace small.
     x = rng.standard_normal((2, length, 8))
-    w = rng.standard_normal((2, length, 8))
-    seg = _segments(rng, 2, length)
-    m = _get(name)(num_heads=2, causal=causal, impl=impl, chunk_size=4)
+    m = _get(name)(num_heads=2, causal=causal, impl="chunked", chunk_size=4)
     v = nn.meta.unbox(perturb(harness.init(m, jnp.float32(x)), rng))
-    rest = {k: val for k, val in v.items() if k != "params"}
-
-    def loss(params, x):
-        return jnp.sum(m.apply({"params": params, **rest}, x, segment_ids=jnp.asarray(seg)) * w)
-
-    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
-    with jax.enable_x64(True):
-        p64 = params_of(v, xp=jnp)
-
-        def ref_loss(p, x):
-            return jnp.sum(_reference(m, v, x, seg, xp=jnp, params=p) * w)
-
-        r_p, r_x = jax.grad(ref_loss, argnums=(0, 1))(p64, jnp.asarray(x))  # eager: cheaper than compiling the unrolled loop
-    g_p = params_of({"params": g_p})
-    assert set(g_p) == set(r_p)
-    for k in r_p:
-        assert_rel_close(g_p[k], r_p[k], RTOL_GRAD, f"d{k}")
-    assert_rel_close(g_x, r_x, RTOL_GRAD, "dx")
-
-
-# --- the harness ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_step_matches_parallel(rng, name):
-    m = _get(name)()
-    x, v = _setup(rng, m)
-    harness.check_step_matches_parallel(m, v, x)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_causal(rng, name):
-    m = _get(name)()
-    x, v = _setup(rng, m)
-    harness.check_causal(m, v, x, rng)
-    # The bidirectional mixer does look ahead.
-    mb = _get(name)(causal=False)
-    x2 = np.array(x)
-    x2[:, 8:] = rng.standard_normal(x2[:, 8:].shape)
-    assert rel_err(mb.apply(v, jnp.asarray(x2))[:, :8], mb.apply(v, x)[:, :8]) > 1e-3
+    check_gradients(m, v, x, segments(rng, 2, length), _reference, rng)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("causal", [True, False])
-def test_segments(rng, name, causal):
-    m = _get(name)(causal=causal)
-    _, v = _setup(rng, m, 1, 16, 16)
-    harness.check_segments(m, v, rng)
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("causal", [True, False])
-def test_mixing_matrix(rng, name, causal):
+def test_matrix_is_the_closed_form(rng, name, causal):
+    """The matrix read off the op (ones column and division included) is the normalised attention matrix."""
     m = _get(name)(causal=causal)
     x, v = _setup(rng, m)
-    M = harness.check_mixing_matrix(m, v, x, causal=causal)
+    seg = segments(rng, 2, 13)
+    M = np.asarray(m.apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix"))
     assert M.shape == (2, 4, 13, 13)
-    # Normalised and positive: every row is a probability vector (up to eps).
-    assert np.asarray(M).min() >= 0.0
-    # Rows sum to den / (den + eps): just below 1 (eps matters most for short rows).
-    sums = np.asarray(M).sum(-1)
+    assert_rel_close(M, _matrix(m, v, x, seg), RTOL, f"{name} causal={causal} matrix vs closed form")
+    # Normalised and positive: every row is a probability vector up to eps, so
+    # rows sum to den / (den + eps), just below 1 (eps matters most for short rows).
+    assert M.min() >= 0.0
+    sums = M.sum(-1)
     assert sums.max() <= 1.0 + 1e-6 and sums.min() > 0.99
     if not causal:
-        upper = np.triu_indices(13, k=1)
-        assert np.asarray(M)[..., upper[0], upper[1]].min() > 0.0
-    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
-    Ms = np.asarray(m.apply(v, x, segment_ids=seg, method="mixing_matrix"))
-    assert np.abs(Ms[0, :, 4:, :4]).max() == 0.0 and np.abs(Ms[1, :, :6, 6:]).max() == 0.0
-    assert Ms.sum(-1).max() <= 1.0 + 1e-6 and Ms.sum(-1).min() > 0.99
-    y_m = m.apply(v, x, jnp.asarray(Ms), method="apply_mixing_matrix")
-    assert_rel_close(y_m, m.apply(v, x, segment_ids=seg), RTOL, "mixing matrix with segments")
+        # The bidirectional matrix looks ahead inside each segment.
+        t, s = np.triu_indices(13, k=1)
+        runs = runs_of(seg, 2, 13)
+        same = runs[:, t] == runs[:, s]
+        assert (M[:, :, t, s].min(axis=1)[same] > 0.0).all()
 
 
 # --- feature maps -------------------------------------------------------------------------
@@ -270,73 +211,32 @@ def test_performer_features_per_layer_and_fixed(rng):
         m.apply({"params": v1["params"]}, x)
 
 
-# --- dtypes, state, tracing, errors -------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_bfloat16(rng, name):
-    m32, m16 = _get(name)(), _get(name)(dtype=jnp.bfloat16)
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m32, x)
-    y16 = m16.apply(v, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16
-    assert rel_err(y16.astype(jnp.float32), m32.apply(v, x)) < 5e-2
-    cache = m16.apply(v, 2, method="init_cache")
-    y_t, cache = m16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
-    assert y_t.dtype == jnp.bfloat16 and cache["S"].dtype == jnp.float32 and cache["z"].dtype == jnp.float32
-    assert rel_err(y_t.astype(jnp.float32), y16[:, 0].astype(jnp.float32)) < 5e-2
+# --- state and configuration -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, features", [("linear_attention", 4), ("performer", 8), ("performer", 5)])
 def test_state_size(rng, name, features):
+    # Per head: S (m x dv) and z (m), float32; h = 4, dv = 4. The bidirectional
+    # form has no step but reports the same carry, that of a chunk-by-chunk pass.
     kw = {"num_features": features} if name == "performer" else {}
-    m = _get(name)(d_model=16, **kw)
-    # Per head: S (m x dv) and z (m), float32; h = 4, dv = 4.
     expected = 4 * features * (4 + 1) * 4
     x = harness.random_input(rng, 1, 3, 16)
-    v = harness.init(m, x)
-    assert m.apply(v, 100, method="state_size") == expected
-    cache = m.apply(v, 3, method="init_cache")
-    assert sum(a.nbytes for a in jax.tree_util.tree_leaves(cache)) == 3 * expected
-    # Without d_model the width comes from the parameters.
-    m2 = _get(name)(**kw)
-    assert m2.apply(harness.init(m2, x), 7, method="state_size") == expected
+    for m in (_get(name)(d_model=16, **kw), _get(name)(causal=False, **kw)):
+        v = harness.init(m, x)
+        assert m.apply(v, 100, method="state_size") == expected
+        if not m.causal:
+            with pytest.raises(ValueError, match="not causal"):
+                m.apply(v, 1, method="init_cache")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_no_retrace(rng, name):
-    m = _get(name)()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def run(v, x):
-        return m.apply(v, x)
-
-    run(v, x)
-    run(v, harness.random_input(rng, 2, 13, 16))  # same shapes: no second trace
-
-
-def test_config_errors(rng):
+@pytest.mark.parametrize("name, field, value, d_model", [
+    ("linear_attention", "num_heads", 3, 16), ("performer", "num_heads", 3, None),
+    ("performer", "num_features", 0, 16), ("performer", "eps", 0.0, None),
+    ("linear_attention", "causal", "yes", None), ("linear_attention", "chunk_size", 0, 16),
+])
+def test_config_errors(rng, name, field, value, d_model):
+    # One ConfigError naming the field: at construction, or at init where the
+    # check needs the width and d_model is None.
     x = harness.random_input(rng, 1, 4, 16)
-    key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="'reference', 'sequential', 'chunked'"):
-        _get("linear_attention")(impl="fast").init(key, x)
-    with pytest.raises(ValueError, match="num_heads"):
-        _get("linear_attention")(num_heads=3).init(key, x)
-    with pytest.raises(ValueError, match="num_features"):
-        _get("performer")(num_features=0).init(key, x)
-    with pytest.raises(ValueError, match="eps"):
-        _get("performer")(eps=0.0).init(key, x)
-    mb = _get("linear_attention")(causal=False)
-    v = harness.init(mb, x)
-    with pytest.raises(ValueError, match="causal"):
-        mb.apply(v, 1, method="init_cache")
-    m = _get("linear_attention")()
-    with pytest.raises(ValueError, match="cache"):
-        m.apply(v, x[:, 0], {"S": jnp.zeros((1, 4, 4, 4))}, method="step")
-    with pytest.raises(ValueError, match="segment_ids"):
-        m.apply(v, x, segment_ids=jnp.zeros((1, 3), jnp.int32))
-    with pytest.raises(ValueError, match="M must have shape"):
-        m.apply(v, x, jnp.zeros((1, 2, 4, 4)), method="apply_mixing_matrix")
+    with pytest.raises(ConfigError, match=rf"^{name}\.{field}={value!r} must"):
+        get(name)(d_model=d_model, **{field: value}).init(jax.random.PRNGKey(0), x)
