@@ -89,7 +89,8 @@ class Mixer(nn.Module):
         float32 and the ops accumulate in float32 (float64 for float64).
       impl: the implementation of the mixer's op, a name from
         :data:`seqjax.ops.dispatch.VOCABULARY` (it applies to the primary op,
-        ``ops[0]``; the others run ``"auto"``), or a mapping ``{op: impl}``.
+        ``ops[0]``; the others run ``"auto"``), or a mapping ``{op: impl}``
+        (stored as sorted ``(op, impl)`` pairs, so the module stays hashable).
       sequence_axis: mesh axis that splits the length (the sequence-parallel
         op under a context mesh, see :func:`seqjax.parallel.sequence_map`);
         None: never split. Only for classes that declare ``sequence_parallel``.
@@ -97,7 +98,7 @@ class Mixer(nn.Module):
 
     d_model: int | None = None
     dtype: Any = jnp.float32
-    impl: str | Mapping[str, str] = "auto"
+    impl: str | Mapping[str, str] | tuple[tuple[str, str], ...] = "auto"
     sequence_axis: str | None = None
 
     mixer_name: ClassVar[str] = "mixer"  # set by seqjax.mixers.register
@@ -112,6 +113,10 @@ class Mixer(nn.Module):
     # --- construction -------------------------------------------------------------
 
     def __post_init__(self):
+        if isinstance(self.impl, Mapping):
+            # Flax modules are hashed (as static parts of their parents): a mapping is
+            # stored as sorted (op, impl) pairs.
+            object.__setattr__(self, "impl", tuple(sorted(dict(self.impl).items())))
         self._check_common()
         self.check_fields()
         super().__post_init__()
@@ -121,11 +126,12 @@ class Mixer(nn.Module):
         if self.d_model is not None and (not isinstance(self.d_model, int) or isinstance(self.d_model, bool)
                                          or self.d_model < 1):
             raise ConfigError(f"{name}.d_model={self.d_model!r} must be None or a positive int")
-        if not isinstance(self.impl, (str, Mapping)):
+        pairs = isinstance(self.impl, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in self.impl)
+        if not (isinstance(self.impl, str) or pairs):
             raise ConfigError(f"{name}.impl={self.impl!r} must be a string or a mapping {{op: impl}}")
         if not self.ops and self.impl != "auto":
             raise ConfigError(f"{name}.impl={self.impl!r}: {name} calls no op with implementations; allowed: auto")
-        impls = dict(self.impl) if isinstance(self.impl, Mapping) else {self.ops[0]: self.impl} if self.ops else {}
+        impls = dict(self.impl) if pairs else {self.ops[0]: self.impl} if self.ops else {}
         for op, value in impls.items():
             if op not in self.ops:
                 raise ConfigError(f"{name}.impl names op {op!r}; allowed ops: {', '.join(self.ops) or 'none'}")
@@ -150,8 +156,8 @@ class Mixer(nn.Module):
 
     def impl_for(self, op: str) -> str:
         """The implementation to run for ``op`` (``"auto"`` unless the ``impl`` field sets it)."""
-        if isinstance(self.impl, Mapping):
-            return self.impl.get(op, "auto")
+        if isinstance(self.impl, tuple):
+            return dict(self.impl).get(op, "auto")
         return self.impl if self.ops and op == self.ops[0] else "auto"
 
     def acc(self):
