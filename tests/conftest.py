@@ -14,6 +14,40 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+# The smoke subset (``pytest -m smoke``): a few op tests, one mixer, one
+# model under sequence parallelism and one training run. .ci/run also runs it
+# on the newest JAX that pip gives Python 3.12. Node ids, with or without
+# parameters; tests/test_smoke_subset.py fails on an entry that matches no
+# test, so a renamed test cannot silently leave the subset.
+SMOKE = (
+    "tests/test_smoke_subset.py",
+    "tests/ops/test_linear_scan.py::test_complex",
+    "tests/ops/test_linear_scan.py::test_shared_decay_stays_compact_in_memory",
+    "tests/ops/test_linear_scan_sp.py::test_linear_scan_sp[p8_complex_shared_decay]",
+    "tests/ops/test_linear_scan_sp.py::test_sp_scan_is_exact_in_float64",
+    "tests/mixers/test_s5.py",
+    "tests/parallel/test_sequence_models.py::test_sequence_sharded_model_equals_unsharded[s5]",
+    "tests/test_lra_smoke.py::test_other_families_on_listops[s5]",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    def in_entry(nodeid, entry):
+        return nodeid == entry or nodeid.startswith((entry + "[", entry + "::"))
+
+    matched = set()
+    for item in items:
+        for entry in SMOKE:
+            if in_entry(item.nodeid, entry):
+                item.add_marker(pytest.mark.smoke)
+                matched.add(entry)
+    # Stale: an entry whose file was collected, or no longer exists, that matches no test.
+    files = {item.nodeid.split("::")[0] for item in items}
+    config.smoke_stale = [e for e in SMOKE if e not in matched and (
+        e.split("::")[0] in files or not (config.rootpath / e.split("::")[0]).exists())]
+
+
 @pytest.fixture
 def rng(request):
     """A NumPy generator seeded from the test's name: fresh per test, reproducible.

@@ -95,13 +95,12 @@ def linear_scan_sp(
         a = jnp.where(starts, jnp.zeros((), dtype), a)
 
     h_local, last_local = linear_scan(a, b, None, reverse=reverse, impl=impl, chunk_size=chunk_size)
-    # Π_{start ≤ s ≤ t} a_s in scan order: what an incoming state is scaled by.
-    if reverse:
-        a_cum = jnp.flip(jnp.cumprod(jnp.flip(a, 1), axis=1), 1)
-        a_total = a_cum[:, 0]
-    else:
-        a_cum = jnp.cumprod(a, axis=1)
-        a_total = a_cum[:, -1]
+    # Π_{start ≤ s ≤ t} a_s in scan order: what an incoming state is scaled by,
+    # as the linear scan of a from a state of ones with no input. (Not
+    # jnp.cumprod: its autodiff leaves zero-sized residuals that segfault the
+    # compiler of jax/jaxlib 0.11.x inside shard_map.)
+    ones = jnp.ones(a.shape[:1] + a.shape[2:], dtype)
+    a_cum, a_total = linear_scan(a, jnp.zeros_like(a), ones, reverse=reverse, impl=impl, chunk_size=chunk_size)
 
     h = jnp.zeros(state_shape, dtype) if h0 is None else jnp.broadcast_to(h0.astype(dtype), state_shape)
     h_start, h_last = combine_shards(a_total, last_local, h, axis_name, reverse=reverse)

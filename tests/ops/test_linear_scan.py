@@ -187,21 +187,36 @@ def test_auto_is_sequential_on_cpu(rng, monkeypatch):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_shared_decay_stays_compact_in_memory(rng, impl):
-    # A decay shared over a (p, n) state must not be expanded to the state's
-    # size: the compiled forward+backward (arguments + temporaries) needs at
-    # least one state-sized buffer less than with a full-size decay.
+    # A decay shared over a (p, n) state must not be expanded to the state's size.
     shape, a_shape = (2, 256, 4, 32, 16), (2, 256, 4, 1, 1)
+    state_bytes = np.prod(shape) * 4
     b = jnp.float32(rng.standard_normal(shape))
+    compact_a, full_a = jnp.full(a_shape, 0.9, jnp.float32), jnp.full(shape, 0.9, jnp.float32)
 
-    def temp_bytes(a):
+    # What the op keeps for its backward pass, whatever the compiler: h (one
+    # state-sized buffer) and the decay at its own size; a full-size decay
+    # adds one state-sized buffer.
+    def residual_bytes(a):  # shapes only: nothing runs
+        vjp = jax.eval_shape(lambda a, b: jax.vjp(lambda a, b: linear_scan(a, b, impl=impl)[0], a, b)[1], a, b)
+        return sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(vjp))
+
+    assert residual_bytes(full_a) > 1.9 * state_bytes  # the measure sees a full-size decay
+    assert residual_bytes(compact_a) < 1.1 * state_bytes, residual_bytes(compact_a) / state_bytes
+
+    # The compiled forward+backward (arguments + temporaries) with the compact
+    # decay needs at least half a state-sized buffer less than with a full one.
+    # Measured margins in state sizes (sequential, associative, chunked): XLA
+    # of jax 0.10.2: 1.00, 2.75, 4.17; jax 0.11.2 and 0.12.0.1: 1.00, 0.75,
+    # 4.17 (the associative plan keeps two more state-sized buffers from 0.11
+    # on, an XLA regression); with the decay broadcast to full size inside
+    # the op: at most 0.16.
+    def plan_bytes(a):
         loss = lambda a, b: jnp.sum(linear_scan(a, b, impl=impl)[0] ** 2)
         stats = jax.jit(jax.grad(loss, (0, 1))).lower(a, b).compile().memory_analysis()
         return stats.temp_size_in_bytes + stats.argument_size_in_bytes
 
-    compact = temp_bytes(jnp.full(a_shape, 0.9, jnp.float32))
-    full = temp_bytes(jnp.full(shape, 0.9, jnp.float32))
-    state_bytes = np.prod(shape) * 4
-    assert compact <= full - 0.9 * state_bytes, (compact, full, state_bytes)
+    compact, full = plan_bytes(compact_a), plan_bytes(full_a)
+    assert compact <= full - 0.5 * state_bytes, ((full - compact) / state_bytes)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
