@@ -22,10 +22,10 @@ import jax.numpy as jnp
 from seqjax.errors import ConfigError
 from seqjax.mixers.base import Mixer, Projection
 from seqjax.mixers.common import check_int, check_number, complex_dtype, param, scaled_normal_init
-from seqjax.mixers.lti_blocks import complex_in, real_out
+from seqjax.mixers.lti_blocks import DiagonalRecurrence, complex_in, real_out
 from seqjax.mixers.registry import register
 from seqjax.ops.linear_scan import linear_scan
-from seqjax.types import SegmentIds, Seq, SeqStep
+from seqjax.types import Seq
 
 
 def _ring_nu_log(r_min, r_max):
@@ -46,7 +46,7 @@ def _ring_theta_log(max_phase):
 
 
 @register("lru")
-class LRU(Mixer):
+class LRU(DiagonalRecurrence, Mixer):
     """Linear Recurrent Unit (Orvieto et al. 2023), a causal complex diagonal RNN.
 
     Equations (``N = d_state`` complex modes, ``d = d_model``)::
@@ -95,6 +95,11 @@ class LRU(Mixer):
     r_max: float = 0.999
     max_phase: float = 2 * math.pi
 
+    @property
+    def num_modes(self) -> int:
+        """``N``, the complex modes of the state."""
+        return self.d_state
+
     def check_fields(self):
         name = self.mixer_name
         check_int(name, "d_state", self.d_state)
@@ -125,15 +130,12 @@ class LRU(Mixer):
         D = param(self, "D", scaled_normal_init(1.0), (d,), ("embed",))
         acc = self.acc()
         log_lam = (-jnp.exp(nu_log.astype(acc)) + 1j * jnp.exp(theta_log.astype(acc))).astype(complex_dtype(self.dtype))
-        return {"lam": jnp.exp(log_lam), "gamma": jnp.exp(gamma_log.astype(acc)), "B": (B_re, B_im),
+        return {"a": jnp.exp(log_lam), "gamma": jnp.exp(gamma_log.astype(acc)), "B": (B_re, B_im),
                 "C": (C_re, C_im), "D": D.astype(acc)}
 
     def _project_in(self, p, u):
         """``γ ⊙ (B u)``, complex."""
         return complex_in(u, *p["B"], self.dtype) * p["gamma"]
-
-    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
-        return Projection(tokens=(self._project_in(p, x), segment_ids), shared=(p["lam"][None, None],), rest=x)
 
     def mix(self, axis, v, segment_ids, lam):
         del axis  # never split (no sequence_parallel)
@@ -143,27 +145,3 @@ class LRU(Mixer):
         # Re(C h) + D ⊙ u; proj.rest is the raw input u.
         y = real_out(h, *p["C"], self.dtype) + p["D"] * proj.rest.astype(self.acc())
         return y.astype(self.dtype)
-
-    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
-        """``{"h": (batch, d_state)}`` complex zeros."""
-        return {"h": jnp.zeros((batch_size, self.d_state), complex_dtype(self.dtype))}
-
-    def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
-        # x = λ x + γ ⊙ B u_t, y_t = Re(C x) + D u_t.
-        h = p["lam"] * cache["h"] + self._project_in(p, x_t)
-        return self.output(p, h, Projection(rest=x_t)), {"h": h}
-
-    def state_size(self, length: int | None = None) -> int:
-        """Bytes of recurrent state per sequence: ``d_state`` complex numbers.
-
-        The state does not depend on the width, so (unlike the base's) this
-        needs neither ``d_model`` nor parameters.
-
-        Args:
-          length: unused (the state does not grow with length).
-
-        Returns:
-          ``d_state * itemsize`` of the complex state dtype (8 for complex64).
-        """
-        del length
-        return self.d_state * jnp.dtype(complex_dtype(self.dtype)).itemsize

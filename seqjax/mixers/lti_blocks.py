@@ -4,9 +4,11 @@
   (:class:`seqjax.mixers.s4.ConvSSM`) and S5: the state size, the initial
   step range and the one switch with two names (``causal`` /
   ``bidirectional``), with their construction-time checks.
-* :func:`complex_in` and :func:`real_out`, the complex projections of the
-  diagonal recurrences (S5, LRU): ``(B_re + i B_im) u`` and ``Re(C h)``
-  from real matmuls in the compute dtype, accumulated in float32 at least.
+* :class:`DiagonalRecurrence`, the hooks S5 and LRU share around their
+  complex diagonal scans (projection, cache, step, state size), and
+  :func:`complex_in` / :func:`real_out`, their complex projections
+  ``(B_re + i B_im) u`` and ``Re(C h)`` from real matmuls in the compute
+  dtype, accumulated in float32 at least.
 """
 
 from typing import ClassVar
@@ -15,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.errors import ConfigError
-from seqjax.mixers.base import Mixer
-from seqjax.mixers.common import check_int, check_number
+from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.common import check_int, check_number, complex_dtype
 from seqjax.ops.common import accum_dtype
 
 
@@ -81,43 +83,67 @@ class LTISSM(Mixer):
             raise ConfigError(f"{self.mixer_name}.d_state={self.d_state!r} must be even (conjugate pairs of modes)")
 
 
+def _matmul(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """``a @ wᵀ`` over the last axis in the compute dtype, accumulated in float32 at least."""
+    return jnp.einsum("...k,jk->...j", a.astype(dtype), w.astype(dtype), preferred_element_type=accum_dtype(dtype))
+
+
 def complex_in(u: jax.Array, B_re: jax.Array, B_im: jax.Array, dtype) -> jax.Array:
-    """``(B_re + i B_im) u`` from two real matmuls in the compute dtype.
+    """``(B_re + i B_im) u`` for a real ``u (..., d)`` and ``B (n, d)``: ``(..., n)`` complex.
 
     Args:
-      u: ``(..., d)`` real input.
-      B_re: ``(n, d)`` real part.
-      B_im: ``(n, d)`` imaginary part.
-      dtype: the compute dtype of the matmuls.
+      u: the real input.
+      B_re: real part of ``B``.
+      B_im: imaginary part of ``B``.
+      dtype: the compute dtype of the two real matmuls.
 
     Returns:
-      ``(..., n)`` complex, accumulated in ``accum_dtype(dtype)``.
+      The complex product, accumulated in ``accum_dtype(dtype)``.
     """
-    acc = accum_dtype(dtype)
-    u = u.astype(dtype)
-    re = jnp.einsum("...d,nd->...n", u, B_re.astype(dtype), preferred_element_type=acc)
-    im = jnp.einsum("...d,nd->...n", u, B_im.astype(dtype), preferred_element_type=acc)
-    return jax.lax.complex(re, im)
+    return jax.lax.complex(_matmul(u, B_re, dtype), _matmul(u, B_im, dtype))
 
 
 def real_out(h: jax.Array, C_re: jax.Array, C_im: jax.Array, dtype) -> jax.Array:
-    """``Re((C_re + i C_im) h)`` from two real matmuls in the compute dtype.
+    """``Re(C h)`` for complex states ``h (..., n)`` and ``C (d, n)``: ``(..., d)`` real."""
+    return _matmul(h.real, C_re, dtype) - _matmul(h.imag, C_im, dtype)
 
-    Args:
-      h: ``(..., n)`` complex states.
-      C_re: ``(d, n)`` real part.
-      C_im: ``(d, n)`` imaginary part.
-      dtype: the compute dtype of the matmuls.
 
-    Returns:
-      ``(..., d)`` real, in ``accum_dtype(dtype)``.
+class DiagonalRecurrence:
+    """The hooks S5 and LRU share: a complex diagonal recurrence ``h_t = a ⊙ h_{t-1} + v_t``.
+
+    A mixin listed before the Mixer base, for a class whose ``parts`` returns
+    the decay ``"a"`` (``(n,)`` complex), whose ``_project_in(p, u)`` gives
+    ``v`` and whose ``output(p, h, proj)`` reads the input as ``proj.rest``;
+    ``num_modes`` is ``n``. The mix (the scan) is the class's own.
     """
-    acc = accum_dtype(dtype)
 
-    def matmul(a, b):
-        return jnp.einsum("...n,dn->...d", a.astype(dtype), b.astype(dtype), preferred_element_type=acc)
+    def project(self, p, x, segment_ids) -> Projection:
+        return Projection(tokens=(self._project_in(p, x), segment_ids), shared=(p["a"][None, None],), rest=x)
 
-    return matmul(h.real, C_re) - matmul(h.imag, C_im)
+    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
+        """``{"h": (batch, num_modes)}`` complex zeros."""
+        return {"h": jnp.zeros((batch_size, self.num_modes), complex_dtype(self.dtype))}
+
+    def step_mix(self, p, x_t, cache: dict):
+        # h = a ⊙ h + v_t, then the output map.
+        h = p["a"] * cache["h"] + self._project_in(p, x_t)
+        return self.output(p, h, Projection(rest=x_t)), {"h": h}
+
+    def state_size(self, length: int | None = None) -> int:
+        """Bytes of recurrent state per sequence: ``num_modes`` complex numbers (needs no width).
+
+        A bidirectional S5 has no streaming state; it reports the carries of
+        its two scans (twice the causal size).
+
+        Args:
+          length: unused (the state does not grow with length).
+
+        Returns:
+          ``directions · num_modes · itemsize`` (itemsize 8 for complex64).
+        """
+        del length
+        directions = getattr(self, "directions", 1)  # S5's; the LRU runs forwards only
+        return directions * self.num_modes * jnp.dtype(complex_dtype(self.dtype)).itemsize
 
 
-__all__ = ["LTISSM", "complex_in", "real_out"]
+__all__ = ["LTISSM", "DiagonalRecurrence", "complex_in", "real_out"]

@@ -26,12 +26,12 @@ from seqjax.errors import ConfigError
 from seqjax.mixers.base import Projection
 from seqjax.mixers.common import (
     check_int, check_option, complex_dtype, constant_init, log_uniform_init, param, split_complex)
-from seqjax.mixers.lti_blocks import LTISSM, complex_in, real_out
+from seqjax.mixers.lti_blocks import LTISSM, DiagonalRecurrence, complex_in, real_out
 from seqjax.mixers.registry import register
 from seqjax.ops.hippo import block_diagonal_legs
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.ops.ssm_kernels import DISCRETIZATIONS, discretize
-from seqjax.types import SegmentIds, Seq, SeqStep
+from seqjax.types import Seq
 
 
 def _vinv_b(Vinv, width):
@@ -65,7 +65,7 @@ def _c_v(V, width, directions):
 
 
 @register("s5")
-class S5(LTISSM):
+class S5(DiagonalRecurrence, LTISSM):
     """S5 (Smith, Warrington & Linderman 2023): a MIMO diagonal SSM.
 
     Equations (``H = d_model`` channels, ``P = d_state``, ``M = P/2`` stored
@@ -172,15 +172,12 @@ class S5(LTISSM):
         Abar, Bbar = discretize(Lambda[:, None], jax.lax.complex(B[..., 0], B[..., 1]), step[:, None],
                                 self.discretization)
         C = C.astype(acc)
-        return {"Abar": Abar[:, 0].astype(cdt), "Bbar": Bbar.astype(cdt), "C": jax.lax.complex(C[..., 0], C[..., 1]),
+        return {"a": Abar[:, 0].astype(cdt), "Bbar": Bbar.astype(cdt), "C": jax.lax.complex(C[..., 0], C[..., 1]),
                 "D": D.astype(acc)}
 
     def _project_in(self, p, u):
         """``B̄ u``, complex."""
         return complex_in(u, p["Bbar"].real, p["Bbar"].imag, self.dtype)
-
-    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
-        return Projection(tokens=(self._project_in(p, x), segment_ids), shared=(p["Abar"][None, None],), rest=x)
 
     def mix(self, axis, v, segment_ids, a):
         impl = self.impl_for("linear_scan")
@@ -199,15 +196,6 @@ class S5(LTISSM):
         y = 2.0 * real_out(h, p["C"].real, p["C"].imag, self.dtype) + p["D"] * proj.rest.astype(self.acc())
         return y.astype(self.dtype)
 
-    def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
-        """``{"h": (batch, d_state // 2)}`` complex zeros."""
-        return {"h": jnp.zeros((batch_size, self.num_modes), complex_dtype(self.dtype))}
-
-    def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
-        # x = Λ̄ x + B̄ u_t, y_t = 2 Re(C̃ x) + D u_t.
-        h = p["Abar"] * cache["h"] + self._project_in(p, x_t)
-        return self.output(p, h, Projection(rest=x_t)), {"h": h}
-
     def discrete_ssm(self) -> tuple[Array, Array, Array]:
         """The discretised system ``(Λ̄ (M,), B̄ (M, H), C̃ (H, dirs·M))``.
 
@@ -215,19 +203,4 @@ class S5(LTISSM):
           Complex arrays in the accumulation dtype (for inspection and tests).
         """
         p = self.parts(self.width())
-        return p["Abar"], p["Bbar"], p["C"]
-
-    def state_size(self, length: int | None = None) -> int:
-        """Bytes of recurrent state per sequence: ``d_state / 2`` complex numbers.
-
-        A bidirectional layer has no streaming state; it reports the carries of
-        its two scans (twice the causal size). Neither needs the width.
-
-        Args:
-          length: unused (the state does not grow with length).
-
-        Returns:
-          ``dirs · d_state/2 · itemsize`` (itemsize 8 for complex64).
-        """
-        del length
-        return self.directions * self.num_modes * jnp.dtype(complex_dtype(self.dtype)).itemsize
+        return p["a"], p["Bbar"], p["C"]
