@@ -84,7 +84,7 @@ class LRU(DiagonalRecurrence, Mixer):
 
     # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
     ssm_params: ClassVar[tuple[str, ...]] = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
-    # C_re, C_im (rank 2) decay; the rest is rank 1.
+    # Of the rank 2 parameters, B_re and B_im are SSM dynamics and C_re, C_im decay.
     no_decay_params: ClassVar[tuple[str, ...]] = ()
     ops = ("linear_scan",)
     values_index = 0  # v = γ ⊙ B u, complex

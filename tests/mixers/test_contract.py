@@ -64,7 +64,7 @@ SETTINGS: dict[str, Case] = {
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
     "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
     # state-space family
-    # (the direct conv: the FFT leaves ~1e-7 of rounding above a causal matrix's diagonal)
+    # s4, s4d, lssl: impl="direct" (fft_conv), as the FFT leaves ~1e-7 of rounding where the causal check wants 0
     "lssl": Case(dict(d_state=4, impl="direct"), ("d_state", 0)),
     "s4": Case(dict(d_state=4, l_max=16, impl="direct"), ("d_state", 3), max_length=16),
     "s4d": Case(dict(d_state=4, impl="direct"), ("a_init", "nope")),
