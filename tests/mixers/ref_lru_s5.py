@@ -21,6 +21,11 @@ so tests can also differentiate these very functions with JAX in float64.
 
 Segments: where the id changes the state restarts from zero (for the reversed
 scan: where the id of the next position differs).
+
+The mixing matrices (:func:`lru_matrix`, :func:`s5_matrix`) are the closed
+forms of those scans, entry by entry: per mode ``n``, ``M[n, t, s] =
+a_n^(t-s)`` for ``s <= t`` in the same segment (``a = λ`` or ``Λ̄``), acting
+on the projected input (``γ ⊙ B u`` or ``B̄ u``).
 """
 
 import numpy as np
@@ -31,6 +36,40 @@ def params_of(variables, dtype=np.float64):
     import flax.linen as nn
 
     return {k: np.asarray(v, dtype) for k, v in nn.meta.unbox(variables)["params"].items()}
+
+
+def _runs(segment_ids, batch, length):
+    """Segment index per position (a new segment wherever the id changes); zeros without ids."""
+    if segment_ids is None:
+        return np.zeros((batch, length), np.int64)
+    ids = np.asarray(segment_ids)
+    return np.concatenate([np.zeros((batch, 1), np.int64), np.cumsum(ids[:, 1:] != ids[:, :-1], axis=1)], axis=1)
+
+
+def decay_matrix(a, batch, length, segment_ids=None, reverse=False):
+    """``M[b, n, t, s] = a_n^(t-s)`` (``s <= t``; ``reverse``: ``a_n^(s-t)``, ``s >= t``), 0 across segments.
+
+    The matrix of the diagonal scan ``h_t = a ⊙ h_{t-1} + v_t`` (or of the
+    reversed one), written pair by pair with integer powers, complex128.
+
+    Args:
+      a: ``(n,)`` decays.
+      batch: ``b``.
+      length: ``l``.
+      segment_ids: optional ``(b, l)`` ids.
+      reverse: the reversed (anti-causal) scan.
+
+    Returns:
+      ``(b, n, l, l)`` complex.
+    """
+    runs = _runs(segment_ids, batch, length)
+    M = np.zeros((batch, a.shape[0], length, length), np.complex128)
+    for t in range(length):
+        for s_ in range(length):
+            lag = s_ - t if reverse else t - s_
+            if lag >= 0:
+                M[:, :, t, s_] = np.where((runs[:, t] == runs[:, s_])[:, None], a[None] ** lag, 0.0)
+    return M
 
 
 def _resets(segment_ids, t, reverse):
@@ -79,6 +118,21 @@ def lru_reference(p, u, segment_ids=None, xp=np):
     states = _diag_scan(xp, lam, inputs, segment_ids, reverse=False)
     ys = [xp.real(states[t] @ C.T) + p["D"] * u[:, t] for t in range(u.shape[1])]
     return xp.stack(ys, axis=1)
+
+
+def lru_matrix(p, x, segment_ids=None):
+    """LRU's mixing matrix from the paper's recurrence: ``λ_n^(t-s)`` on ``γ ⊙ B u``.
+
+    Args:
+      p: the LRU's parameters.
+      x: ``(b, l, d)`` input (an LTI matrix reads only its shape).
+      segment_ids: optional ``(b, l)`` ids.
+
+    Returns:
+      ``(b, N, l, l)`` complex.
+    """
+    lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+    return decay_matrix(lam, x.shape[0], x.shape[1], segment_ids)
 
 
 def s5_discretize(p, method="zoh", clip_eigs=False, xp=np):
@@ -139,3 +193,25 @@ def s5_reference(p, u, segment_ids=None, *, method="zoh", bidirectional=False, c
             z = z + bwd[t] @ C[:, m:].T
         ys.append(2.0 * xp.real(z) + p["D"] * u[:, t])
     return xp.stack(ys, axis=1)
+
+
+def s5_matrix(p, x, segment_ids=None, *, method="zoh", bidirectional=False, clip_eigs=False):
+    """S5's mixing matrix from the paper's recurrence: ``Λ̄_n^(t-s)`` on ``B̄ u``.
+
+    Bidirectional: the reversed scan's modes ``Λ̄_n^(s-t)`` (``s >= t``)
+    follow the forward ones, in the order of the concatenated state ``C̃`` reads.
+
+    Args:
+      p: the S5 parameters.
+      x: ``(b, l, H)`` input (only its shape).
+      segment_ids: optional ``(b, l)`` ids.
+      method: ``"zoh"`` or ``"bilinear"``.
+      bidirectional: add the reversed modes.
+      clip_eigs: as the module's field.
+
+    Returns:
+      ``(b, M, l, l)`` or ``(b, 2M, l, l)`` complex.
+    """
+    lam_bar, _ = s5_discretize(p, method, clip_eigs)
+    mats = [decay_matrix(lam_bar, x.shape[0], x.shape[1], segment_ids, reverse=r) for r in (False, True)]
+    return np.concatenate(mats, axis=1) if bidirectional else mats[0]

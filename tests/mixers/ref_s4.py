@@ -21,6 +21,10 @@ over time::
 
 ``xp`` is ``numpy`` or ``jax.numpy`` (lists + ``xp.stack``, no in-place
 writes), so tests can autodiff these very functions in float64.
+
+:func:`conv_matrix` is the layers' mixing matrix in closed form: the Toeplitz
+matrix of the kernel ``K[l] = Re(C Ā^l B̄)`` (and the anti-causal ``K_b``)
+plus ``D`` on the diagonal, zero between segments.
 """
 
 import math
@@ -131,6 +135,42 @@ def kernel_reference(system, length, xp=np):
             v = xp.einsum("hnk,hk->hn", Abar, v)
         out.append(xp.stack(ks, axis=-1))
     return xp.stack(out)
+
+
+def conv_matrix(system, D, batch, length, segment_ids=None):
+    """The convolution's mixing matrix from the kernels, float64, entry by entry.
+
+    ``M[b, h, t, s] = K[h, t-s] + D_h [s = t]`` for ``s <= t`` and
+    ``K_b[h, s-t-1]`` for ``s > t`` (bidirectional; else 0), where ``t``,
+    ``s`` are in the same segment of row ``b`` (a new segment wherever the id
+    changes); 0 otherwise.
+
+    Args:
+      system: the discrete system, one ``(Ā, B̄, C)`` per direction.
+      D: ``(h,)`` skip.
+      batch: ``b``.
+      length: ``l``.
+      segment_ids: optional ``(b, l)`` ids.
+
+    Returns:
+      ``(b, h, l, l)`` real.
+    """
+    K = kernel_reference(system, length)
+    runs = np.zeros((batch, length), np.int64)
+    if segment_ids is not None:
+        ids = np.asarray(segment_ids)
+        runs[:, 1:] = np.cumsum(ids[:, 1:] != ids[:, :-1], axis=1)
+    M = np.zeros((batch, K.shape[1], length, length))
+    for t in range(length):
+        for s_ in range(length):
+            if s_ <= t:
+                m = K[0, :, t - s_] + (D if s_ == t else 0.0)
+            elif len(K) == 2:
+                m = K[1, :, s_ - t - 1]
+            else:
+                continue
+            M[:, :, t, s_] = np.where((runs[:, t] == runs[:, s_])[:, None], m, 0.0)
+    return M
 
 
 def _erf(xp):

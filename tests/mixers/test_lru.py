@@ -1,8 +1,11 @@
-"""LRU mixer: ring init, float64 loop reference, gradients, and the mixer contract."""
+"""LRU mixer: ring init, float64 loop reference and closed-form matrix, gradients, field checks.
+
+The contract (step, causality, segments, mixing matrix vs fast path,
+bfloat16, ...) is checked for every mixer in ``test_contract.py``.
+"""
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,9 +13,10 @@ import numpy as np
 import pytest
 
 import seqjax.mixers.lru  # noqa: F401  (registers "lru")
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
-from tests.mixers.ref_lru_s5 import lru_reference, params_of
+from tests.mixers.ref_lru_s5 import lru_matrix, lru_reference, params_of
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
@@ -30,19 +34,6 @@ def _lru(**kw):
 
 def _lambda(p):
     return np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
-
-
-def test_default_construction(rng):
-    m = get("lru")()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-    y = m.apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert np.all(np.isfinite(np.asarray(y)))
-    p = params_of(v)
-    assert p["nu_log"].shape == (64,) and p["B_re"].shape == (64, 16)
-    # The recurrence contributes, not only the D u skip.
-    assert rel_err(y, p["D"] * np.asarray(x)) > 0.05
 
 
 @pytest.mark.parametrize(
@@ -71,26 +62,28 @@ def test_ring_init(rng, r_min, r_max, max_phase):
         assert abs(p[name].std() / std - 1) < 0.05, name
 
 
-@pytest.mark.parametrize("scan_impl", ["sequential", "associative", "chunked"])
+@pytest.mark.parametrize("impl", ["sequential", "associative", "chunked"])
 @pytest.mark.parametrize("length", [1, 7, 37])
-def test_matches_reference_float32(rng, scan_impl, length):
-    m = _lru(scan_impl=scan_impl, r_min=0.5)
+def test_matches_reference_float32(rng, impl, length):
+    m = _lru(impl=impl, r_min=0.5)
     x = harness.random_input(rng, 2, length, 16)
     v = harness.init(m, x)
     seg = _segments(rng, 2, length)
     p = params_of(v)
-    y = m.apply(v, x)
-    assert_rel_close(y, lru_reference(p, np.asarray(x, np.float64)), RTOL, "lru f32")
+    x64 = np.asarray(x, np.float64)
+    y_ref = lru_reference(p, x64)
+    assert rel_err(y_ref, p["D"] * x64) > 0.05  # the recurrence contributes, not only the D u skip
+    assert_rel_close(m.apply(v, x), y_ref, RTOL, "lru f32")
     y = m.apply(v, x, segment_ids=jnp.asarray(seg))
-    assert_rel_close(y, lru_reference(p, np.asarray(x, np.float64), seg), RTOL, "lru f32 segments")
+    assert_rel_close(y, lru_reference(p, x64, seg), RTOL, "lru f32 segments")
 
 
-@pytest.mark.parametrize("scan_impl", ["sequential", "associative"])
-def test_float64_exact(rng, scan_impl):
+@pytest.mark.parametrize("impl", ["sequential", "associative"])
+def test_float64_exact(rng, impl):
     x = rng.standard_normal((2, 13, 16))
     seg = _segments(rng, 2, 13)
     with jax.enable_x64(True):
-        m = _lru(dtype=jnp.float64, scan_impl=scan_impl)
+        m = _lru(dtype=jnp.float64, impl=impl)
         v = harness.init(m, jnp.asarray(x))
         y = m.apply(v, jnp.asarray(x), segment_ids=jnp.asarray(seg))
         assert y.dtype == jnp.float64
@@ -99,6 +92,19 @@ def test_float64_exact(rng, scan_impl):
     y_ref = lru_reference(params_of(v), x, seg)
     assert_rel_close(y, y_ref, RTOL_F64, "lru f64 scan")
     assert_rel_close(y_m, y_ref, RTOL_F64, "lru f64 mixing matrix")
+
+
+def test_matrix_is_the_closed_form(rng):
+    """The matrix read off the scan is λ_n^(t-s) per mode (zero across segments), float64 oracle."""
+    m = _lru(r_min=0.5)
+    x = harness.random_input(rng, 2, 13, 16)
+    v = harness.perturb(harness.jit_init(m, x), rng)
+    matrix = jax.jit(lambda v, x, seg: m.apply(v, x, segment_ids=seg, method="mixing_matrix"))
+    for seg in (None, _segments(rng, 2, 13)):
+        M = matrix(v, x, None if seg is None else jnp.asarray(seg))
+        assert M.shape == (2, 16, 13, 13) and jnp.iscomplexobj(M)
+        assert_rel_close(M, lru_matrix(params_of(v), np.asarray(x, np.float64), seg), RTOL,
+                         f"lru matrix vs closed form, segments={seg is not None}")
 
 
 def _grads(m, variables, x, w, seg):
@@ -135,95 +141,20 @@ def test_gradients(rng):
     assert_rel_close(g32[1], g_ref[1], RTOL_GRAD, "f32 dx")
 
 
-def test_step_matches_parallel(rng):
-    m = _lru()
-    x = harness.random_input(rng, 2, 13, 16)
-    harness.check_step_matches_parallel(m, harness.init(m, x), x)
-
-
-def test_step_infers_width_and_uses_d_model(rng):
-    x = harness.random_input(rng, 2, 13, 16)
-    for m in (_lru(), _lru(d_model=16)):
-        v = harness.init(m, x)
-        cache = m.apply(v, 2, method="init_cache")
-        assert cache["h"].shape == (2, 16) and cache["h"].dtype == jnp.complex64
-        y_t, _ = m.apply(v, x[:, 0], cache, method="step")
-        assert_rel_close(y_t, m.apply(v, x)[:, 0], RTOL, "first step")
-
-
-def test_causal(rng):
-    m = _lru()
-    x = harness.random_input(rng, 2, 13, 16)
-    harness.check_causal(m, harness.init(m, x), x, rng)
-
-
-def test_segments(rng):
-    m = _lru()
-    x = harness.random_input(rng, 1, 16, 16)
-    harness.check_segments(m, harness.init(m, x), rng)
-
-
-def test_mixing_matrix(rng):
-    m = _lru(r_min=0.5)
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-    M = harness.check_mixing_matrix(m, v, x, causal=True)
-    assert M.shape == (2, 16, 13, 13)
-    # Entries are the powers of λ, computed independently here.
-    lam = _lambda(params_of(v))
-    t, s = 7, 3
-    np.testing.assert_allclose(np.asarray(M[1, :, t, s]), lam ** (t - s), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(M[0, :, t, t]), np.ones(16), rtol=1e-6)
-    # With segments: no weight across a boundary, and the dense path still matches.
-    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
-    M = m.apply(v, x, segment_ids=seg, method="mixing_matrix")
-    assert np.abs(np.asarray(M[0, :, 4:, :4])).max() == 0.0
-    assert np.abs(np.asarray(M[0, :, 5, 4])).min() > 0.0
-    y_m = m.apply(v, x, M, method="apply_mixing_matrix")
-    assert_rel_close(y_m, m.apply(v, x, segment_ids=seg), RTOL, "mixing matrix with segments")
-
-
-def test_bfloat16(rng):
-    x = harness.random_input(rng, 2, 13, 16)
-    m32, m16 = _lru(), _lru(dtype=jnp.bfloat16)
-    v = harness.init(m32, x)
-    y16 = m16.apply(v, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16
-    assert rel_err(y16.astype(jnp.float32), m32.apply(v, x)) < 3e-2
-    cache = m16.apply(v, 2, method="init_cache")
-    y_t, cache = m16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
-    assert y_t.dtype == jnp.bfloat16 and cache["h"].dtype == jnp.complex64
-
-
-def test_state_size():
+def test_state_size_needs_no_width():
+    # d_state complex64 numbers, whatever the width (no parameters, no d_model).
     assert get("lru")().apply({}, None, method="state_size") == 64 * 8
     assert _lru(d_state=24).apply({}, 1000, method="state_size") == 24 * 8
 
 
-def test_no_retrace(rng):
-    m = _lru()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def f(v, x):
-        return m.apply(v, x)
-
-    f(v, x)
-    f(v, x + 1.0)
-
-
-def test_bad_arguments(rng):
-    x = harness.random_input(rng, 2, 5, 8)
-    v = harness.init(_lru(), x)
-    with pytest.raises(ValueError, match="batch, length, d_model"):
-        _lru().apply(v, x[0])
-    with pytest.raises(ValueError, match="d_model=6"):
-        _lru(d_model=6).apply(v, x)
-    with pytest.raises(ValueError, match="segment_ids"):
-        _lru().apply(v, x, segment_ids=jnp.zeros((2, 4), jnp.int32))
-    with pytest.raises(ValueError, match="r_min"):
-        harness.init(_lru(r_min=0.99, r_max=0.9), x)
-    with pytest.raises(ValueError, match="'sequential'"):
-        harness.init(_lru(scan_impl="fast"), x)
+@pytest.mark.parametrize("kw, match", [
+    (dict(r_min=0.99, r_max=0.9), r"^lru\.r_min=0.99 must be <= lru\.r_max=0.9"),
+    (dict(r_min=-0.1), r"^lru\.r_min=-0.1 must be a number >= 0.0 and <= 1.0"),
+    (dict(max_phase=0.0), r"^lru\.max_phase=0.0 must be a number > 0.0"),
+    (dict(d_state=0), r"^lru\.d_state=0 must be an int >= 1"),
+    (dict(impl="fast"), r"^lru\.impl='fast' is not an implementation of linear_scan; "
+                        r"allowed: auto, sequential, associative, chunked"),
+])
+def test_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _lru(**kw)

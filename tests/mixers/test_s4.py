@@ -1,9 +1,14 @@
-"""S4 and S4D mixers: HiPPO inits, kernel = unrolled recurrence, float64 loop reference, contract."""
+"""S4 and S4D mixers: HiPPO inits, kernel = unrolled recurrence, float64 loop reference and closed-form matrix.
+
+Also the pieces ``test_lssl.py`` shares (LSSL runs the same ConvSSM body) and
+the causal/bidirectional switch of the whole LTI family (S4, S4D, LSSL, S5).
+The contract (step vs parallel, causality, segments, mixing matrix vs fast
+path, bfloat16, ...) is checked for every mixer in ``test_contract.py``.
+"""
 
 import functools
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +16,7 @@ import numpy as np
 import pytest
 
 import seqjax.mixers.s4  # noqa: F401  (registers "s4", "s4d")
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from seqjax.ops.hippo import nplr_legs
 from tests.mixers import harness
@@ -80,7 +86,7 @@ def _mk(name, **kw):
 
 # Fields that do not change the parameters: modules differing only in these
 # share one initialisation.
-_NOT_PARAMS = ("dtype", "discretization", "conv_impl", "kernel_impl", "scan_impl", "parent", "name")
+_NOT_PARAMS = ("dtype", "discretization", "impl", "parent", "name")
 _INITS = {}
 
 
@@ -101,6 +107,8 @@ def _system(m, p, length, xp=np):
     m = m.module if isinstance(m, _Jitted) else m
     if m.mixer_name == "s4d":
         return ref.s4d_system(p, m.discretization, xp)
+    if m.mixer_name == "lssl":
+        return ref.lssl_system(p, xp)
     return ref.s4_system(p, m.l_max or length, xp)
 
 
@@ -117,22 +125,6 @@ def _legs_normal_eig(n):
 
 
 # --- construction and initialisation ------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["s4d", "s4"])
-def test_default_construction(rng, name):
-    m = get(name)()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = _init(m, x)
-    y = _Jitted(m).apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert np.all(np.isfinite(np.asarray(y)))
-    p = ref.params_of(v)
-    assert p["Lambda_log_re"].shape == (16, 32) and p["B"].shape == (16, 32, 2)
-    assert p["out"]["kernel"].shape == (16, 32)  # GLU: Dense(d, 2d)
-    assert m.causal is True and m.bidirectional is False and m.output == "glu"
-    assert get(name)(causal=False).bidirectional is True
-    assert get(name)(bidirectional=True).causal is False
 
 
 @pytest.mark.parametrize("a_init, N, d", [("legs", 64, 64), ("lin", 16, 3), ("inv", 16, 3)])
@@ -215,68 +207,78 @@ def test_s4_l_max_init_converts_c(rng):
     assert rel_err(p_64["C_tilde"], p_raw["C_tilde"]) > 1e-2  # C̃ ≠ C
 
 
-# --- kernel and layer against the loop reference ---------------------------------
-
-CASES = [
-    ("s4d", ()),
-    ("s4d", (("discretization", "bilinear"), ("bidirectional", True), ("a_init", "lin"), ("output", "linear"))),
-    ("s4", ()),
-    ("s4", (("bidirectional", True), ("l_max", 40), ("output", "linear"))),
-]
+# --- kernel, layer and step against the loop reference ---------------------------
 
 
-@pytest.mark.parametrize("name, kw", CASES)
-def test_matches_reference(rng, name, kw):
-    """Kernel = unrolled recurrence, and the whole layer = the loop reference (f32, f64)."""
-    kw = dict(kw)
-    L = 37
+def check_reference(rng, name, kw, length=37):
+    """Kernel = unrolled recurrence; the layer (and, causal, the step rollout) = the loop reference, f32 and f64."""
     m = _mk(name, **kw)
-    x = harness.random_input(rng, 2, L, 16)
+    x = harness.random_input(rng, 2, length, 16)
     v = _init(m, x)
     p = ref.params_of(v)
     x64 = np.asarray(x, np.float64)
-    system = _system(m, p, L)
-    K_ref = ref.kernel_reference(system, L)
+    system = _system(m, p, length)
+    K_ref = ref.kernel_reference(system, length)
     assert np.abs(K_ref[..., 0]).max() > 1e-2  # not a trivial kernel
-    K = m.apply(v, L, method="kernel")
-    assert K.shape == (m.module.directions, 16, L)
+    K = m.apply(v, length, method="kernel")
+    assert K.shape == (m.module.directions, 16, length)
     assert_rel_close(K, K_ref, RTOL_SCAN, f"{name} kernel f32")
-    y_ref = ref.layer_reference(p, system, x64, output=m.module.output)
+    y_ref = ref.layer_reference(p, system, x64, output=m.module.output_map)
     assert_rel_close(m.apply(v, x), y_ref, RTOL, f"{name} layer f32")
     pre = ref.ssm_reference(system, p["D"], x64)
     assert rel_err(pre - p["D"] * x64, pre) > 0.05  # the SSM part is visible
+    # Length 1: the kernel is its first tap alone (S4 without l_max: C̃ for L = 1).
+    y1_ref = ref.layer_reference(p, _system(m, p, 1), x64[:, :1], output=m.module.output_map)
+    assert_rel_close(m.apply(v, x[:, :1]), y1_ref, RTOL, f"{name} L=1")
+    if m.module.causal:
+        cache = m.apply(v, 2, length, method="init_cache")  # max_length: S4's C̃ without l_max
+        ys = []
+        for t in range(length):
+            y_t, cache = m.apply(v, x[:, t], cache, method="step")
+            ys.append(y_t)
+        assert_rel_close(jnp.stack(ys, axis=1), y_ref, RTOL, f"{name} step rollout")
     with jax.enable_x64(True):
         m64 = _mk(name, dtype=jnp.float64, **kw)
-        K64 = m64.apply(v, L, method="kernel")
+        K64 = m64.apply(v, length, method="kernel")
         y64 = m64.apply(v, jnp.asarray(x64))
         assert K64.dtype == y64.dtype == jnp.float64
     assert_rel_close(K64, K_ref, RTOL_F64, f"{name} kernel f64")
     assert_rel_close(y64, y_ref, RTOL_F64, f"{name} layer f64")
 
 
+CASES = [
+    ("s4d", ()),
+    ("s4d", (("discretization", "bilinear"), ("b_init", "legs"))),
+    ("s4d", (("discretization", "bilinear"), ("bidirectional", True), ("a_init", "lin"), ("output_map", "linear"))),
+    ("s4", ()),
+    ("s4", (("bidirectional", True), ("l_max", 40), ("output_map", "linear"))),
+]
+
+
 @pytest.mark.parametrize("name, kw", CASES)
-def test_length_one(rng, name, kw):
-    m = _mk(name, **dict(kw))
-    x = harness.random_input(rng, 2, 1, 16)
-    v = _init(m, x)
-    p = ref.params_of(v)
-    y_ref = ref.layer_reference(p, _system(m, p, 1), np.asarray(x, np.float64), output=m.module.output)
-    assert_rel_close(m.apply(v, x), y_ref, RTOL, f"{name} L=1")
+def test_matches_reference(rng, name, kw):
+    check_reference(rng, name, dict(kw))
 
 
 def test_segments_against_reference(rng):
     # S4D with segment_ids: the segmented scan (and the masked mixing matrix)
-    # equal the loop reference with state resets, in f32 and f64.
+    # equal the loop reference with state resets, in f32 and f64; the impl
+    # mapping reaches every op.
     L = 29
     x = harness.random_input(rng, 2, L, 16)
     seg = _segments(rng, 2, L)
     x64 = np.asarray(x, np.float64)
-    for kw in ((), CASES[1][1]):
+    impls = {"fft_conv": "direct", "vandermonde_kernel": "reference", "linear_scan": "associative"}
+    for kw in ((), CASES[2][1]):
         m = _mk("s4d", **dict(kw))
         v = _init(m, x)
         p = ref.params_of(v)
-        y_ref = ref.layer_reference(p, _system(m, p, L), x64, seg, output=m.module.output)
+        y_ref = ref.layer_reference(p, _system(m, p, L), x64, seg, output=m.module.output_map)
         assert_rel_close(m.apply(v, x, segment_ids=jnp.asarray(seg)), y_ref, RTOL, f"s4d segments {kw}")
+        mi = _Jitted(m.module.clone(impl=impls))
+        assert_rel_close(mi.apply(v, x, segment_ids=jnp.asarray(seg)), y_ref, RTOL, f"s4d segments {kw} {impls}")
+        y_nseg = ref.layer_reference(p, _system(m, p, L), x64, output=m.module.output_map)
+        assert_rel_close(mi.apply(v, x), y_nseg, RTOL, f"s4d {kw} {impls}")
     with jax.enable_x64(True):
         m64 = _mk("s4d", dtype=jnp.float64, **dict(kw))
         y_s = m64.apply(v, jnp.asarray(x64), segment_ids=jnp.asarray(seg))
@@ -286,12 +288,12 @@ def test_segments_against_reference(rng):
     assert_rel_close(y_m, y_ref, RTOL_F64, "s4d f64 segmented mixing matrix")
 
 
-@pytest.mark.parametrize("name, kw", [("s4d", (("bidirectional", True),)), ("s4", ())])
-def test_gradients(rng, name, kw):
+def check_gradients(rng, name, kw):
+    """Gradients (parameters and input) = autodiff of the float64 loop reference, in f64 and f32."""
     L = 7
     x = rng.standard_normal((2, L, 4))
     w = rng.standard_normal((2, L, 4))
-    kw = dict(d_state=8, **dict(kw))
+    kw = dict(d_state=8, **kw)
 
     def grads(m, params, x, w):
         def loss(p, x):
@@ -306,7 +308,7 @@ def test_gradients(rng, name, kw):
         p64 = jax.tree.map(jnp.asarray, ref.params_of(v))
 
         def ref_loss(p, x):
-            y = ref.layer_reference(p, _system(m32, p, L, xp=jnp), x, output=m32.module.output, xp=jnp)
+            y = ref.layer_reference(p, _system(m32, p, L, xp=jnp), x, output=m32.module.output_map, xp=jnp)
             return jnp.sum(y * w)
 
         g_ref = _run(jax.grad(ref_loss, argnums=(0, 1)), p64, jnp.asarray(x))
@@ -321,32 +323,9 @@ def test_gradients(rng, name, kw):
     assert_rel_close(g32[1], g_ref[1], RTOL_GRAD, "f32 dx")
 
 
-# --- the mixer contract ------------------------------------------------------------
-
-
-STEP_CASES = [("s4d", ()), ("s4d", (("discretization", "bilinear"),)), ("s4", (("l_max", 13),))]
-
-
-@pytest.mark.parametrize("name, kw", STEP_CASES)
-def test_step_matches_parallel(rng, name, kw):
-    m = _mk(name, **dict(kw))
-    x = harness.random_input(rng, 2, 13, 16)
-    v = _init(m, x)
-    harness.check_step_matches_parallel(m, v, x)
-    cache = m.apply(v, 2, method="init_cache")
-    assert cache["x"].shape == (2, 16, 8) and cache["x"].dtype == jnp.complex64
-    # Width inferred from the parameters when d_model is None, or given.
-    y_t, _ = _mk(name, d_model=16, **dict(kw)).apply(v, x[:, 0], cache, method="step")
-    assert_rel_close(y_t, m.apply(v, x)[:, 0], RTOL, "first step")
-
-
-def _rollout(m, v, x, max_length):
-    cache = m.apply(v, x.shape[0], max_length, method="init_cache")
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, cache = m.apply(v, x[:, t], cache, method="step")
-        ys.append(y_t)
-    return jnp.stack(ys, axis=1)
+@pytest.mark.parametrize("name, kw", [("s4d", (("bidirectional", True),)), ("s4", ())])
+def test_gradients(rng, name, kw):
+    check_gradients(rng, name, dict(kw))
 
 
 def test_s4_step_c_tilde_lengths(rng):
@@ -354,141 +333,82 @@ def test_s4_step_c_tilde_lengths(rng):
     x = harness.random_input(rng, 2, 13, 16)
     m = _mk("s4")
     v = _init(m, x)
-    assert_rel_close(_rollout(m, v, x, 13), m.apply(v, x), RTOL, "rollout, max_length = L")
     with pytest.raises(ValueError, match="max_length"):
         m.apply(v, 2, method="init_cache")
     # l_max = 20 > L: the length-20 kernel truncated equals the recurrence.
     m20 = _mk("s4", l_max=20)
     v20 = _init(m20, x)
-    assert_rel_close(_rollout(m20, v20, x, None), m20.apply(v20, x), RTOL, "rollout, l_max = 20")
+    cache = m20.apply(v20, 2, None, method="init_cache")
+    ys = []
+    for t in range(13):
+        y_t, cache = m20.apply(v20, x[:, t], cache, method="step")
+        ys.append(y_t)
+    assert_rel_close(jnp.stack(ys, axis=1), m20.apply(v20, x), RTOL, "rollout, l_max = 20")
     with pytest.raises(ValueError, match="l_max=20"):
         m20.apply(v20, harness.random_input(rng, 1, 21, 16))
 
 
-@pytest.mark.parametrize("name", ["s4d", "s4"])
-def test_causal_and_bidirectional(rng, name):
+# --- the mixing matrix ----------------------------------------------------------------
+
+
+def check_matrix(rng, name, kw):
+    """The matrix read off the layer's mix is the kernels' Toeplitz matrix plus D (closed form), with segments."""
+    m = _mk(name, **kw)
     x = harness.random_input(rng, 2, 13, 16)
-    m = _mk(name)
-    harness.check_causal(m, _init(m, x), x, rng)
-    mb = _mk(name, bidirectional=True)
-    v = _init(mb, x)
-    x2 = np.array(x)
-    x2[:, 7:] = rng.standard_normal(x2[:, 7:].shape)
-    # Not causal: changing the future moves past outputs.
-    assert rel_err(mb.apply(v, jnp.asarray(x2))[:, :7], mb.apply(v, x)[:, :7]) > 1e-3
+    v = _init(m, x)
+    p = ref.params_of(v)
+    system = _system(m, p, 13)
+    seg = _segments(rng, 2, 13)
+    for ids in (None, seg):
+        extra = {} if ids is None else {"segment_ids": jnp.asarray(ids)}
+        M = m.apply(v, x, method="mixing_matrix", **extra)
+        assert M.shape == (2, 16, 13, 13)
+        assert_rel_close(M, ref.conv_matrix(system, p["D"], 2, 13, ids), RTOL,
+                         f"{name} {kw} matrix vs closed form, segments={ids is not None}")
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("s4d", ()),
+    ("s4d", (("bidirectional", True), ("discretization", "bilinear"))),
+    ("s4", (("l_max", 16),)),
+    ("s4", (("bidirectional", True),)),
+])
+def test_matrix_is_the_closed_form(rng, name, kw):
+    check_matrix(rng, name, dict(kw))
+
+
+# --- the family's fields ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["s4", "s4d", "lssl", "s5"])
+def test_one_switch(name):
+    """``causal`` and ``bidirectional`` name one switch; a bidirectional layer has no step, twice the state."""
+    cls = get(name)
+    assert cls().causal is True and cls().bidirectional is False and cls().is_causal
+    assert cls(causal=False).bidirectional is True and cls(bidirectional=True).causal is False
+    assert cls(causal=True, bidirectional=False).causal is True
+    with pytest.raises(ConfigError, match=rf"^{name}\.causal=True contradicts {name}\.bidirectional=True"):
+        cls(causal=True, bidirectional=True)
+    bidir = cls(d_model=4, d_state=8, bidirectional=True)
     with pytest.raises(ValueError, match="not causal"):
-        mb.module.apply(v, 2, method="init_cache")
-    with pytest.raises(ValueError, match="not causal"):
-        mb.module.apply(v, x[:, 0], {"x": None, "system": {}}, method="step")
+        bidir.apply({}, 2, method="init_cache")
+    causal_size = cls(d_model=4, d_state=8).apply({}, None, method="state_size")
+    assert bidir.apply({}, None, method="state_size") == 2 * causal_size > 0
 
 
-def test_segments(rng):
-    # Causal S4D segments: test_segments_against_reference.
-    m = _mk("s4d", bidirectional=True)
-    x = harness.random_input(rng, 1, 16, 16)
-    harness.check_segments(m, _init(m, x), rng)
-    # S4 (DPLR, no diagonal recurrence): the same-segment-masked Toeplitz path.
-    # l_max pins C̃ to one length, so a segment alone uses the same kernel.
-    for kw in ({}, {"bidirectional": True}):
-        m = _mk("s4", l_max=16, **kw)
-        x = harness.random_input(rng, 1, 16, 16)
-        harness.check_segments(m, _init(m, x), rng)
-
-
-@pytest.mark.parametrize("name", ["s4d", "s4"])
-def test_mixing_matrix(rng, name):
-    x = harness.random_input(rng, 2, 13, 16)
-    m = _mk(name)
-    v = _init(m, x)
-    M = np.asarray(harness.check_mixing_matrix(m, v, x, causal=True))
-    assert M.shape == (2, 16, 13, 13)
-    K = np.asarray(m.apply(v, 13, method="kernel"))[0]
-    D = ref.params_of(v)["D"]
-    np.testing.assert_allclose(M[1, :, 9, 4], K[:, 5], rtol=1e-6)  # Toeplitz: K[t - s]
-    np.testing.assert_allclose(M[0, :, 6, 6], K[:, 0] + D, rtol=1e-6)  # D on the diagonal
-
-    # S4 with l_max: a shorter run uses the same (truncated) kernel.
-    mb = _mk(name, bidirectional=True, **({"l_max": 13} if name == "s4" else {}))
-    vb = _init(mb, x)
-    M = np.asarray(harness.check_mixing_matrix(mb, vb, x, causal=False))
-    Kb = np.asarray(mb.apply(vb, 13, method="kernel"))
-    np.testing.assert_allclose(M[0, :, 4, 9], Kb[1, :, 4], rtol=1e-6)  # k_bwd[s - t - 1]
-    np.testing.assert_allclose(M[0, :, 9, 4], Kb[0, :, 5], rtol=1e-6)
-    assert np.abs(np.triu(M, 1)).max() > 0
-    # Segments: zero across runs; the dense path equals separate runs.
-    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
-    Ms = np.asarray(mb.apply(vb, x, segment_ids=seg, method="mixing_matrix"))
-    assert np.abs(Ms[0, :, :4, 4:]).max() == 0.0 and np.abs(Ms[0, :, 4:, :4]).max() == 0.0
-    y_m = mb.apply(vb, x, jnp.asarray(Ms), method="apply_mixing_matrix")
-    assert_rel_close(y_m[1:, 6:], mb.apply(vb, x[1:, 6:]), RTOL, "second segment alone")
-
-
-@pytest.mark.parametrize("name", ["s4d", "s4"])
-def test_bfloat16(rng, name):
-    x = harness.random_input(rng, 2, 13, 16)
-    extra = {"l_max": 13} if name == "s4" else {}  # S4's step needs the length of C̃
-    m32, m16 = _mk(name, **extra), _mk(name, dtype=jnp.bfloat16, **extra)
-    v = _init(m32, x)
-    y16 = m16.apply(v, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16
-    assert rel_err(y16.astype(jnp.float32), m32.apply(v, x)) < 3e-2
-    cache = m16.apply(v, 2, method="init_cache")
-    y_t, cache = m16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
-    assert y_t.dtype == jnp.bfloat16 and cache["x"].dtype == jnp.complex64
-    assert rel_err(y_t.astype(jnp.float32), m32.apply(v, x)[:, 0]) < 3e-2
-
-
-@pytest.mark.parametrize("name", ["s4d", "s4"])
-def test_state_size(rng, name):
-    v = {"params": {"D": jnp.zeros(16)}}
-    # N/2 = 32 complex64 modes per channel, 16 channels (width from the params).
-    assert get(name)().apply(v, None, method="state_size") == 16 * 32 * 8
-    assert get(name)(d_model=4, d_state=8).apply({}, 100, method="state_size") == 4 * 4 * 8
-    assert get(name)(d_model=4, d_state=8, bidirectional=True).apply({}, None, method="state_size") == 2 * 4 * 4 * 8
-    with pytest.raises(ValueError, match="d_model"):
-        get(name)().apply({}, None, method="state_size")
-
-
-def test_no_retrace(rng):
-    m = _mk("s4", bidirectional=True).module
-    x = harness.random_input(rng, 2, 13, 16)
-    v = _init(m, x)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def f(v, x):
-        return m.apply(v, x)
-
-    f(v, x)
-    f(v, x + 1.0)
-
-
-def test_bad_arguments(rng):
-    x = harness.random_input(rng, 2, 5, 8)
-    for kw, match in [
-        (dict(d_state=15), "d_state"),
-        (dict(a_init="fourier"), "'legs', 'lin', 'inv'"),
-        (dict(b_init="random"), "'ones', 'legs'"),
-        (dict(discretization="euler"), "'zoh', 'bilinear'"),
-        (dict(output="gelu"), "'glu', 'linear'"),
-        (dict(dt_min=0.5, dt_max=0.1), "dt_min"),
-        (dict(conv_impl="fast"), "'fft', 'direct'"),
-        (dict(kernel_impl="fast"), "'reference', 'chunked'"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            get("s4d")(**kw).init(jax.random.PRNGKey(0), x)
-    for kw, match in [(dict(d_state=7), "d_state"), (dict(l_max=0), "l_max")]:
-        with pytest.raises(ValueError, match=match):
-            get("s4")(**kw).init(jax.random.PRNGKey(0), x)
-    with pytest.raises(ValueError, match="contradicts"):
-        get("s4")(causal=True, bidirectional=True)
-    m = _mk("s4d")
-    v = _init(m, x)
-    with pytest.raises(ValueError, match="batch, length, d_model"):
-        m.apply(v, x[0])
-    with pytest.raises(ValueError, match="segment_ids"):
-        m.apply(v, x, segment_ids=jnp.zeros((2, 4), jnp.int32))
-    with pytest.raises(ValueError, match="M must have shape"):
-        m.apply(v, x, jnp.zeros((2, 8, 4, 4)), method="apply_mixing_matrix")
-    with pytest.raises(ValueError, match="x_t"):
-        m.apply(v, x, {"x": jnp.zeros((2, 8, 8), jnp.complex64), "system": {}}, method="step")
+@pytest.mark.parametrize("name, kw, match", [
+    ("s4d", dict(d_state=15), r"^s4d\.d_state=15 must be even"),
+    ("s4d", dict(b_init="random"), r"^s4d\.b_init='random' is not allowed; allowed: 'ones', 'legs'"),
+    ("s4d", dict(discretization="euler"), r"^s4d\.discretization='euler' is not allowed; allowed: 'zoh', 'bilinear'"),
+    ("s4d", dict(output_map="gelu"), r"^s4d\.output_map='gelu' is not allowed; allowed: 'glu', 'linear'"),
+    ("s4d", dict(dt_min=0.5, dt_max=0.1), r"^s4d\.dt_min=0.5 must be <= s4d\.dt_max=0.1"),
+    ("s4d", dict(impl="fast"), r"^s4d\.impl='fast' is not an implementation of fft_conv; allowed: auto, fft, direct"),
+    ("s4d", dict(impl={"vandermonde_kernel": "direct"}),
+     r"^s4d\.impl='direct' is not an implementation of vandermonde_kernel; allowed: auto, reference, chunked"),
+    ("s4", dict(impl={"linear_scan": "sequential"}), r"^s4\.impl names op 'linear_scan'; allowed ops: fft_conv"),
+    ("s4", dict(l_max=0), r"^s4\.l_max=0 must be an int >= 1 or None"),
+    ("lssl", dict(dt_min=0.0), r"^lssl\.dt_min=0.0 must be a number > 0.0"),
+])
+def test_config_errors(name, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        get(name)(**kw)

@@ -1,8 +1,12 @@
-"""S5 mixer: HiPPO-LegS init, discretisation, float64 loop reference, gradients, contract."""
+"""S5 mixer: HiPPO-LegS init, discretisation, float64 loop reference and closed-form matrix, gradients.
+
+The contract (step, causality, segments, mixing matrix vs fast path,
+bfloat16, ...) is checked for every mixer in ``test_contract.py``; the
+causal/bidirectional switch in ``test_s4.py`` (``test_one_switch``).
+"""
 
 import math
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,9 +14,11 @@ import numpy as np
 import pytest
 
 import seqjax.mixers.s5  # noqa: F401  (registers "s5")
+from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
-from tests.mixers.ref_lru_s5 import params_of, s5_discretize, s5_reference
+from tests.mixers.ref_lru_s5 import params_of, s5_matrix, s5_reference
+from tests.mixers.ref_s4 import legs_closed_form
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
@@ -33,31 +39,10 @@ def _s5(**kw):
 
 
 def _legs_normal_eigs(n):
-    """Eigenvalues of S = A + p pᵀ, built here from HiPPO-LegS's closed form."""
-    A = np.zeros((n, n))
-    for i in range(n):
-        for k in range(n):
-            if i > k:
-                A[i, k] = -math.sqrt(2 * i + 1) * math.sqrt(2 * k + 1)
-            elif i == k:
-                A[i, k] = -(i + 1)
+    """Eigenvalues of S = A + p pᵀ, from HiPPO-LegS's closed form."""
+    A, _ = legs_closed_form(n)
     p = np.sqrt(np.arange(n) + 0.5)
     return np.linalg.eigvals(A + np.outer(p, p))
-
-
-def test_default_construction(rng):
-    m = get("s5")()
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-    y = m.apply(v, x)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert np.all(np.isfinite(np.asarray(y)))
-    p = params_of(v)
-    assert p["Lambda_re"].shape == (32,) and p["B"].shape == (32, 16, 2) and p["C"].shape == (16, 32, 2)
-    assert rel_err(y, p["D"] * np.asarray(x)) > 1e-3  # the SSM contributes
-    assert m.causal is True and m.bidirectional is False
-    assert get("s5")(causal=False).bidirectional is True
-    assert get("s5")(bidirectional=True).causal is False
 
 
 @pytest.mark.parametrize("d_state, blocks", [(16, 1), (24, 2), (64, 4)])
@@ -79,6 +64,7 @@ def test_init_steps_and_projections(rng):
     P, H = 512, 16
     m = get("s5")(d_state=P, blocks=8)
     p = params_of(harness.init(m, harness.random_input(rng, 1, 3, H)))
+    assert p["B"].shape == (P // 2, H, 2) and p["C"].shape == (H, P // 2, 2)
     step = np.exp(p["log_step"])
     assert step.min() >= 0.001 * (1 - 1e-6) and step.max() <= 0.1 * (1 + 1e-6)
     # log-uniform: half the steps below the geometric mean (uniform: ~9%).
@@ -159,7 +145,7 @@ def test_matches_reference_float32(rng, method, bidirectional, length):
 def test_scan_impls_and_clip_eigs(rng):
     x = harness.random_input(rng, 2, 13, 16)
     for impl in ("associative",):
-        m = _s5(scan_impl=impl, bidirectional=True, clip_eigs=True)
+        m = _s5(impl=impl, bidirectional=True, clip_eigs=True)
         v = harness.init(m, x)
         p = params_of(v)
         p["Lambda_re"] = p["Lambda_re"] * 0 + 0.3  # clipping must act
@@ -218,115 +204,36 @@ def test_gradients(rng, method, bidirectional):
     assert_rel_close(g32[1], g_ref[1], RTOL_GRAD, "f32 dx")
 
 
-def test_step_matches_parallel(rng):
-    m = _s5()
+def test_matrix_is_the_closed_form(rng):
+    """The matrix read off the scans is Λ̄_n^(t-s) per mode, and the reversed modes' Λ̄_n^(s-t) after them."""
     x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-    harness.check_step_matches_parallel(m, v, x)
-    cache = m.apply(v, 2, method="init_cache")
-    assert cache["h"].shape == (2, 8) and cache["h"].dtype == jnp.complex64
-    # Width inferred from the parameters when d_model is None, or given.
-    y_t, _ = _s5(d_model=16).apply(v, x[:, 0], cache, method="step")
-    assert_rel_close(y_t, m.apply(v, x)[:, 0], RTOL, "first step")
+    seg = _segments(rng, 2, 13)
+    for kw in (dict(), dict(bidirectional=True, discretization="bilinear")):
+        m = _s5(**kw)
+        v = harness.perturb(harness.jit_init(m, x), rng)
+        matrix = jax.jit(lambda v, x, seg: m.apply(v, x, segment_ids=seg, method="mixing_matrix"))
+        for ids in (None, seg):
+            M = matrix(v, x, None if ids is None else jnp.asarray(ids))
+            assert M.shape == (2, 8 * m.directions, 13, 13)
+            want = s5_matrix(params_of(v), np.asarray(x, np.float64), ids, method=m.discretization,
+                             bidirectional=m.bidirectional)
+            assert_rel_close(M, want, RTOL, f"s5 {kw} matrix vs closed form, segments={ids is not None}")
 
 
-def test_causal_and_bidirectional(rng):
-    x = harness.random_input(rng, 2, 13, 16)
-    m = _s5()
-    harness.check_causal(m, harness.init(m, x), x, rng)
-    for mb in (_s5(bidirectional=True), _s5(causal=False)):
-        v = harness.init(mb, x)
-        x2 = np.array(x)
-        x2[:, 7:] = rng.standard_normal(x2[:, 7:].shape)
-        # Not causal: changing the future moves past outputs.
-        assert rel_err(mb.apply(v, jnp.asarray(x2))[:, :7], mb.apply(v, x)[:, :7]) > 1e-3
-        with pytest.raises(ValueError, match="not causal"):
-            mb.apply(v, 2, method="init_cache")
-
-
-def test_segments(rng):
-    for bidirectional in (False, True):
-        m = _s5(bidirectional=bidirectional)
-        x = harness.random_input(rng, 1, 16, 16)
-        harness.check_segments(m, harness.init(m, x), rng)
-
-
-def test_mixing_matrix(rng):
-    x = harness.random_input(rng, 2, 13, 16)
-    m = _s5()
-    v = harness.init(m, x)
-    M = harness.check_mixing_matrix(m, v, x, causal=True)
-    assert M.shape == (2, 8, 13, 13)
-    lam_bar, _ = s5_discretize(params_of(v))
-    np.testing.assert_allclose(np.asarray(M[1, :, 9, 4]), lam_bar**5, rtol=1e-5)
-
-    mb = _s5(bidirectional=True)
-    vb = harness.init(mb, x)
-    M = np.asarray(harness.check_mixing_matrix(mb, vb, x, causal=False))
-    assert M.shape == (2, 16, 13, 13)
-    fwd, bwd = np.abs(M[:, :8]), np.abs(M[:, 8:])
-    assert np.triu(fwd, 1).max() == 0 and np.tril(bwd, -1).max() == 0
-    assert np.tril(fwd, -1).max() > 0 and np.triu(bwd, 1).max() > 0
-    np.testing.assert_allclose(M[:, 8:], np.swapaxes(M[:, :8], -1, -2), rtol=1e-6)
-    # Segments: the dense path with the segmented matrix equals the scans.
-    seg = jnp.asarray([[0] * 4 + [1] * 9, [2] * 6 + [0] * 7])
-    Ms = mb.apply(vb, x, segment_ids=seg, method="mixing_matrix")
-    assert np.abs(np.asarray(Ms[0, :, :4, 4:])).max() == 0.0
-    y_m = mb.apply(vb, x, Ms, method="apply_mixing_matrix")
-    assert_rel_close(y_m, mb.apply(vb, x, segment_ids=seg), RTOL, "bidirectional segments")
-
-
-def test_bfloat16(rng):
-    x = harness.random_input(rng, 2, 13, 16)
-    m32, m16 = _s5(), _s5(dtype=jnp.bfloat16)
-    v = harness.init(m32, x)
-    y16 = m16.apply(v, x.astype(jnp.bfloat16))
-    assert y16.dtype == jnp.bfloat16
-    assert rel_err(y16.astype(jnp.float32), m32.apply(v, x)) < 3e-2
-    cache = m16.apply(v, 2, method="init_cache")
-    y_t, cache = m16.apply(v, x[:, 0].astype(jnp.bfloat16), cache, method="step")
-    assert y_t.dtype == jnp.bfloat16 and cache["h"].dtype == jnp.complex64
-    yb = _s5(dtype=jnp.bfloat16, bidirectional=True).apply(
-        harness.init(_s5(bidirectional=True), x), x.astype(jnp.bfloat16))
-    assert yb.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(yb, np.float32)))
-
-
-def test_state_size():
+def test_state_size_needs_no_width():
+    # d_state/2 complex64 modes (twice: the carries of a bidirectional layer's two scans).
     assert get("s5")().apply({}, None, method="state_size") == 32 * 8
     assert _s5(d_state=24, blocks=2).apply({}, 100, method="state_size") == 12 * 8
     assert _s5(bidirectional=True).apply({}, None, method="state_size") == 2 * 8 * 8
 
 
-def test_no_retrace(rng):
-    m = _s5(bidirectional=True)
-    x = harness.random_input(rng, 2, 13, 16)
-    v = harness.init(m, x)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def f(v, x):
-        return m.apply(v, x)
-
-    f(v, x)
-    f(v, x + 1.0)
-
-
-def test_bad_arguments(rng):
-    x = harness.random_input(rng, 2, 5, 8)
-    with pytest.raises(ValueError, match="d_state"):
-        harness.init(_s5(d_state=15), x)
-    with pytest.raises(ValueError, match="blocks=3"):
-        harness.init(_s5(d_state=16, blocks=3), x)
-    with pytest.raises(ValueError, match="'zoh', 'bilinear'"):
-        harness.init(_s5(discretization="euler"), x)
-    with pytest.raises(ValueError, match="contradicts"):
-        _s5(causal=True, bidirectional=True)
-    with pytest.raises(ValueError, match="'sequential'"):
-        harness.init(_s5(scan_impl="fast"), x)
-    v = harness.init(_s5(), x)
-    with pytest.raises(ValueError, match="batch, length, d_model"):
-        _s5().apply(v, x[0])
-    with pytest.raises(ValueError, match="segment_ids"):
-        _s5().apply(v, x, segment_ids=jnp.zeros((2, 4), jnp.int32))
-    with pytest.raises(ValueError, match="M must have shape"):
-        _s5().apply(v, x, jnp.zeros((2, 8, 4, 4), jnp.complex64), method="apply_mixing_matrix")
+@pytest.mark.parametrize("kw, match", [
+    (dict(d_state=16, blocks=3), r"^s5\.blocks=3 must divide d_state=16 into blocks of even size"),
+    (dict(d_state=12, blocks=4), r"^s5\.blocks=4 must divide"),  # blocks of 3: odd
+    (dict(discretization="euler"), r"^s5\.discretization='euler' is not allowed; allowed: 'zoh', 'bilinear'"),
+    (dict(dt_min=0.5, dt_max=0.1), r"^s5\.dt_min=0.5 must be <= s5\.dt_max=0.1"),
+    (dict(impl="fast"), r"^s5\.impl='fast' is not an implementation of linear_scan"),
+])
+def test_config_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _s5(**kw)
