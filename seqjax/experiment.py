@@ -8,7 +8,6 @@ A bad config prints one ``error:`` line and the process exits with status 2;
 no run folder is created for it.
 """
 
-import copy
 import dataclasses
 import pathlib
 import sys

@@ -129,7 +129,7 @@ class Mixer(nn.Module):
         pairs = isinstance(self.impl, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in self.impl)
         if not (isinstance(self.impl, str) or pairs):
             raise ConfigError(f"{name}.impl={self.impl!r} must be a string or a mapping {{op: impl}}")
-        if not self.ops and self.impl != "auto":
+        if not self.ops and isinstance(self.impl, str) and self.impl != "auto":
             raise ConfigError(f"{name}.impl={self.impl!r}: {name} calls no op with implementations; allowed: auto")
         impls = dict(self.impl) if pairs else {self.ops[0]: self.impl} if self.ops else {}
         for op, value in impls.items():

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.mixers.base import Mixer, Projection
-from seqjax.mixers.common import check_divides, check_int, check_option, dense, param, positions_in_segment
+from seqjax.mixers.common import check_divides, check_int, dense, param, positions_in_segment
 from seqjax.mixers.registry import register
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -57,8 +57,6 @@ class Heads(Mixer):
     def check_fields(self):
         name = self.mixer_name
         check_int(name, "num_heads", self.num_heads)
-        if isinstance(self.impl, str):  # the base checks a mapping against ops = ()
-            check_option(name, "impl", self.impl, ("auto",))
         if self.d_model is not None:
             self.head_dim(self.d_model)
 

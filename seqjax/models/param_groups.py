@@ -53,25 +53,6 @@ BACKBONE = "backbone"  # model.py: Backbone(..., name="backbone")
 MIXER = "mixer"  # backbone.py: Block builds its mixer with name="mixer"
 _BLOCK = re.compile(r"block_(\d+)")  # backbone.py: Block(..., name=f"block_{i}")
 
-# no_decay_params of mixers whose classes do not declare it yet; same meaning
-# as the class attribute (names relative to the mixer). Each entry reproduces
-# the grouping of the former global name rule (any ``*bias``, any
-# ``embedding`` was undecayed) for a parameter of rank > 1. To be moved onto
-# the classes: a class attribute, once present, replaces its entry here.
-_NO_DECAY_UNTIL_DECLARED: dict[str, tuple[str, ...]] = {
-    # HeadwiseRNN (recurrent.py, xlstm.py): gate biases (heads, gates, head_dim).
-    "lstm": ("bias",),
-    "slstm": ("bias",),
-    # GRU: also the recurrent bias of the candidate gate, (heads, head_dim).
-    "gru": ("bias", "recurrent_bias"),
-    # MLSTM: the cell bias (heads, 4, head_dim) and the input/forget gate biases (2, heads).
-    "mlstm": ("bias", "gate_bias"),
-    # Attention with positions="learned": its own LearnedPositions table.
-    "mha": ("pos_embedding/embedding",),
-    "sliding_window": ("pos_embedding/embedding",),
-}
-
-
 def ssm_params(name: str) -> tuple[str, ...]:
     """The SSM-dynamics parameters that mixer ``name`` declares (none for most mixers).
 
@@ -81,7 +62,7 @@ def ssm_params(name: str) -> tuple[str, ...]:
     Returns:
       Names relative to the mixer (its class's ``ssm_params``, or ``()``).
     """
-    return tuple(getattr(mixers.get(name), "ssm_params", ()))
+    return tuple(mixers.get(name).ssm_params)
 
 
 def no_decay_params(name: str) -> tuple[str, ...]:
@@ -91,13 +72,9 @@ def no_decay_params(name: str) -> tuple[str, ...]:
       name: a registry name.
 
     Returns:
-      Names relative to the mixer (its class's ``no_decay_params``, or the
-      entry of :data:`_NO_DECAY_UNTIL_DECLARED`, or ``()``).
+      Names relative to the mixer (its class's ``no_decay_params``).
     """
-    cls = mixers.get(name)
-    if hasattr(cls, "no_decay_params"):
-        return tuple(cls.no_decay_params)
-    return _NO_DECAY_UNTIL_DECLARED.get(name, ())
+    return tuple(mixers.get(name).no_decay_params)
 
 
 def _keys(path) -> tuple[str, ...]:

@@ -88,8 +88,11 @@ def check_mixing_matrix(module, variables, x, causal, rtol=RTOL):
     err = rel_err(y_m, y)
     assert err <= rtol, f"mixing_matrix path vs fast path: relative error {err:.2e}"
     if causal:
-        upper = np.triu(np.abs(np.asarray(m)), k=1)
-        assert upper.max(initial=0.0) == 0.0, "causal mixer has weight on future positions"
+        # Exactly 0 for a scan; an FFT convolution leaves rounding (~1e-7 of the
+        # largest entry) above the diagonal, far below any real look-ahead.
+        mag = np.abs(np.asarray(m, np.float64))
+        upper = np.triu(mag, k=1)
+        assert upper.max(initial=0.0) <= 1e-5 * mag.max(), "causal mixer has weight on future positions"
     return m
 
 

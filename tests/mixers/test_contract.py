@@ -64,10 +64,9 @@ SETTINGS: dict[str, Case] = {
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
     "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
     # state-space family
-    # s4, s4d, lssl: impl="direct" (fft_conv), as the FFT leaves ~1e-7 of rounding where the causal check wants 0
-    "lssl": Case(dict(d_state=4, impl="direct"), ("d_state", 0)),
-    "s4": Case(dict(d_state=4, l_max=16, impl="direct"), ("d_state", 3), max_length=16),
-    "s4d": Case(dict(d_state=4, impl="direct"), ("a_init", "nope")),
+    "lssl": Case(dict(d_state=4), ("d_state", 0)),
+    "s4": Case(dict(d_state=4, l_max=16), ("d_state", 3), max_length=16),
+    "s4d": Case(dict(d_state=4), ("a_init", "nope")),
     "s5": Case(dict(d_state=8), ("d_state", 3)),
     "lru": Case(dict(d_state=8), ("r_max", 2.0)),
     "mamba": Case(dict(d_state=4), ("d_state", 0)),
@@ -80,8 +79,7 @@ SETTINGS: dict[str, Case] = {
     "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
 }  # fmt: skip
 WIDTH = 16
-# Mixers on the Mixer base class (all of them once the families have moved over).
-NAMES = sorted(n for n in SETTINGS if n in mixers.names() and issubclass(mixers.get(n), mixers.Mixer))
+NAMES = sorted(SETTINGS)
 
 
 def _module(name, **extra):
@@ -102,8 +100,10 @@ def _setup(name, rng, batch=2, length=13, **extra):
     return m, x, harness.perturb(harness.jit_init(m, x), rng)
 
 
-def test_every_mixer_has_a_row():
-    assert sorted(mixers.names()) == sorted(SETTINGS), "add a row to SETTINGS for every registered mixer"
+def test_every_mixer_has_a_row_and_is_a_mixer():
+    assert sorted(mixers.names()) == NAMES, "add a row to SETTINGS for every registered mixer"
+    for name in NAMES:
+        assert issubclass(mixers.get(name), mixers.Mixer), f"{name} is not a seqjax.mixers.Mixer"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -115,6 +115,10 @@ def test_default_construction(name, rng):
     assert y.shape == x.shape and y.dtype == jnp.float32
     assert np.isfinite(np.asarray(y)).all() and float(jnp.std(y)) > 0
     assert m.bind(v).width() == WIDTH
+    if m.is_causal:  # the default configuration's first step agrees too (max_length: KV caches, S4's C̃)
+        cache = m.apply(v, 2, 6, method="init_cache")
+        y0, _ = m.apply(v, x[:, 0], cache, method="step")
+        np.testing.assert_allclose(np.asarray(y0), np.asarray(y[:, 0]), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -117,5 +117,5 @@ def test_unsupported_mixer_and_cls_are_config_errors():
     with pytest.raises(ConfigError, match=r"pooling='cls'"):
         models.build(cfg)
     cfg.pooling, cfg.mixer_kwargs = "mean", {"mha": {"positions": "alibi"}}
-    with pytest.raises(ConfigError, match=r"mixer_kwargs\.mha: mha\.sequence_axis='sequence'.*alibi"):  # at build
+    with pytest.raises(ConfigError, match=r"mixer_kwargs\.mha\.sequence_axis='sequence'.*alibi"):  # at build
         models.build(cfg)

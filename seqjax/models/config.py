@@ -1,0 +1,381 @@
+"""``config.model``: its fields, their checks (all in this one module) and the build.
+
+Public functions (re-exported by :mod:`seqjax.models`):
+
+* :func:`default_config` — every field of ``config.model`` with its default;
+* :func:`validate` — raises :class:`~seqjax.errors.ConfigError` (one line,
+  naming the field) for a config the code cannot run;
+* :func:`layer_mixers` — the mixer name of every layer (a pattern repeats);
+* :func:`mixer_kwargs` — the resolved constructor kwargs of one mixer;
+* :func:`check_length` — "sequence longer than the model allows";
+* :func:`build` — validates and returns a :class:`SequenceModel`.
+
+Mixer construction. Layer ``i`` runs ``mixers.get(name)(**kwargs)`` with
+``kwargs = config.model.mixer_kwargs[name]`` plus, when the mixer class has
+the field and the user did not set it:
+
+* ``causal = config.model.causal`` (setting a contradicting ``causal`` or
+  ``bidirectional`` in ``mixer_kwargs`` is an error: a model is causal or not
+  as a whole);
+* ``dtype`` = the compute dtype (``config.model.dtype``);
+* ``max_length = config.model.max_length`` (+1 with a CLS token): the
+  default KV-cache size of ``mha``/``sliding_window``/``ngram`` and the size
+  of ``mha``'s own learned position table.
+
+Causality comes from each mixer class's declaration (``Mixer.causality``):
+``"either"`` mixers have a ``causal`` field; the others are causal-only
+(``mamba``, ``mamba2``, ``gla``, ``retnet``, ``lru``, the RNNs, ``aaren``,
+``ngram``: they have a recurrent ``step``) or bidirectional-only (``hydra``).
+``causal=True`` with a bidirectional-only mixer is an error. ``causal=False``
+with a causal-only mixer is allowed: that layer stays causal (a hybrid such as
+``"mamba,mha"`` with ``causal=False`` has causal Mamba layers and
+bidirectional attention layers). A CLS token (``pooling="cls"``) is prepended,
+so it needs at least one layer that sees the future; otherwise it is an error.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from seqjax import mixers
+from seqjax.errors import ConfigError, check_choice, check_positive
+from seqjax.models.backbone import CHANNELS, NORMS
+from seqjax.models.heads import POOLINGS
+from seqjax.models.model import SequenceModel
+
+INPUTS = ("tokens", "continuous")
+POSITIONS = ("none", "learned", "sinusoidal")
+HEADS = ("lm", "regression", "classification", "retrieval")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+_FIELD = "config.model"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of ``config.model`` with its default (a 2-layer causal ``mha`` LM, d=64).
+
+    Returns:
+      A fresh ConfigDict; ``vocab_size``/``input_dim``/``max_length``/
+      ``num_classes`` are None (set them for the task).
+    """
+    return ml_collections.ConfigDict(dict(
+        mixers="mha",
+        num_layers=2,
+        d_model=64,
+        mixer_kwargs={},
+        causal=True,
+        channel="mlp",
+        mlp_ratio=4.0,
+        norm="layernorm",
+        dropout=0.0,
+        input="tokens",
+        vocab_size=None,
+        input_dim=None,
+        positions="none",
+        max_length=None,
+        head="lm",
+        output_dim=1,
+        num_classes=None,
+        pooling="mean",
+        dtype="float32",
+        sequence_axis=placeholder(str),  # "sequence": split the length (see seqjax.parallel)
+    ))
+
+
+def sequence_parallel_mixers() -> list[str]:
+    """Registry names of the mixers that can run with the length split (they declare ``sequence_parallel``)."""
+    return [name for name in mixers.names() if mixers.get(name).sequence_parallel]
+
+
+def _as_dict(value) -> dict:
+    """A plain dict of a ConfigDict / mapping (nested ConfigDicts converted)."""
+    if value is None:
+        return {}
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return dict(value)
+
+
+def _fields(model_config) -> dict:
+    """``model_config`` merged over the defaults; unknown keys raise ConfigError."""
+    defaults = default_config().to_dict()
+    given = _as_dict(model_config)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{_FIELD}.{unknown[0]} is not a model field; allowed: {', '.join(sorted(defaults))}")
+    return {**defaults, **given}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(field: str, value) -> None:
+    """A positive int (not a float, not a bool)."""
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(f"{field}={value!r} must be an int > 0")
+
+
+def _pattern(value) -> list[str]:
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",")]
+    if isinstance(value, (list, tuple)):
+        return [str(name).strip() for name in value]
+    raise ConfigError(f"{_FIELD}.mixers={value!r} must be a comma-separated string of mixer names")
+
+
+def layer_mixers(model_config) -> list[str]:
+    """The mixer name of each layer: the ``mixers`` pattern repeated to ``num_layers``.
+
+    Args:
+      model_config: ``config.model``.
+
+    Returns:
+      ``num_layers`` registry names, e.g. ``"mamba,mha"`` with 4 layers ->
+      ``["mamba", "mha", "mamba", "mha"]``.
+
+    Raises:
+      ConfigError: unknown names, empty entries, or a pattern whose length does
+        not divide ``num_layers``.
+    """
+    cfg = _fields(model_config)
+    _check_int(f"{_FIELD}.num_layers", cfg["num_layers"])
+    pattern = _pattern(cfg["mixers"])
+    allowed = mixers.names()
+    for name in pattern:
+        if name not in allowed:
+            raise ConfigError(f"{_FIELD}.mixers={cfg['mixers']!r}: unknown mixer {name!r}; allowed: {', '.join(allowed)}")
+    n = cfg["num_layers"]
+    if n % len(pattern):
+        raise ConfigError(
+            f"{_FIELD}.mixers={cfg['mixers']!r} has {len(pattern)} entries, which does not divide "
+            f"{_FIELD}.num_layers={n}; allowed: a pattern whose length divides num_layers")
+    return pattern * (n // len(pattern))
+
+
+def _mixer_fields(cls) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
+
+
+def causal_only(name: str) -> bool:
+    """A mixer that is always causal (it has a recurrent ``step`` and no ``causal`` field)."""
+    return mixers.get(name).causality == "causal"
+
+
+def bidirectional_only(name: str) -> bool:
+    """A mixer that is never causal (``hydra``)."""
+    return mixers.get(name).causality == "bidirectional"
+
+
+def _uses_cls(cfg: dict) -> bool:
+    return cfg["head"] in ("classification", "retrieval") and cfg["pooling"] == "cls"
+
+
+def _dtype(field: str, value):
+    if isinstance(value, str):
+        check_choice(field, value, DTYPES)
+        return DTYPES[value]
+    return value
+
+
+def mixer_kwargs(model_config, name: str) -> dict[str, Any]:
+    """The constructor kwargs of mixer ``name`` in this model (see the module docstring).
+
+    Args:
+      model_config: ``config.model``.
+      name: a registry name.
+
+    Returns:
+      ``mixer_kwargs[name]`` plus ``causal``, ``dtype`` and ``max_length``
+      where the class has those fields and the user left them unset.
+
+    Raises:
+      ConfigError: unknown kwargs, a contradicting ``causal``/``bidirectional``
+        or ``d_model``.
+    """
+    cfg = _fields(model_config)
+    cls = mixers.get(name)
+    fields = _mixer_fields(cls)
+    field = f"{_FIELD}.mixer_kwargs.{name}"
+    raw = _as_dict(cfg["mixer_kwargs"]).get(name)
+    if raw is not None and not isinstance(raw, dict) and not hasattr(raw, "to_dict"):
+        raise ConfigError(f"{field}={raw!r} must be a dict of constructor kwargs of mixer {name!r}")
+    kwargs = _as_dict(raw)
+    for key in kwargs:
+        if key not in fields:
+            raise ConfigError(f"{field}.{key} is not a field of mixer {name!r}; allowed: {', '.join(fields)}")
+    causal = bool(cfg["causal"])
+    if "causal" in kwargs and kwargs["causal"] is not None and bool(kwargs["causal"]) != causal:
+        raise ConfigError(f"{field}.causal={kwargs['causal']!r} contradicts {_FIELD}.causal={causal}; "
+                          f"set {_FIELD}.causal instead")
+    if "bidirectional" in kwargs and kwargs["bidirectional"] is not None and bool(kwargs["bidirectional"]) == causal:
+        raise ConfigError(f"{field}.bidirectional={kwargs['bidirectional']!r} contradicts {_FIELD}.causal={causal}; "
+                          f"set {_FIELD}.causal instead")
+    if kwargs.get("d_model") not in (None, cfg["d_model"]):
+        raise ConfigError(f"{field}.d_model={kwargs['d_model']!r} must equal {_FIELD}.d_model={cfg['d_model']}")
+    if "causal" in fields:
+        kwargs["causal"] = causal
+    if "dtype" in fields:
+        kwargs["dtype"] = _dtype(f"{field}.dtype", kwargs.get("dtype", cfg["dtype"]))
+    if "max_length" in fields and kwargs.get("max_length") is None and cfg["max_length"] is not None:
+        kwargs["max_length"] = cfg["max_length"] + int(_uses_cls(cfg))
+    axis = cfg["sequence_axis"]
+    if axis is not None:
+        if not cls.sequence_parallel:
+            raise ConfigError(f"{_FIELD}.sequence_axis={axis!r} but mixer {name!r} cannot run with the length split; "
+                              f"allowed mixers: {', '.join(sequence_parallel_mixers())}")
+        kwargs.setdefault("sequence_axis", axis)
+    # Lists from configs become tuples so that the module stays hashable.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def validate(model_config) -> None:
+    """Raises ConfigError (one line, naming the field) unless ``model_config`` can run.
+
+    Args:
+      model_config: ``config.model`` (a ConfigDict or a mapping; missing fields
+        take :func:`default_config`'s values).
+
+    Raises:
+      ConfigError: see ``docs/models.md`` for the list of checks.
+    """
+    cfg = _fields(model_config)
+    _check_int(f"{_FIELD}.num_layers", cfg["num_layers"])
+    _check_int(f"{_FIELD}.d_model", cfg["d_model"])
+    names = layer_mixers(cfg)
+    if not isinstance(cfg["causal"], bool):
+        raise ConfigError(f"{_FIELD}.causal={cfg['causal']!r} must be a bool")
+    check_choice(f"{_FIELD}.channel", cfg["channel"], CHANNELS)
+    if cfg["channel"] != "none":
+        check_positive(f"{_FIELD}.mlp_ratio", cfg["mlp_ratio"])
+    check_choice(f"{_FIELD}.norm", cfg["norm"], NORMS)
+    dropout = cfg["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"{_FIELD}.dropout={dropout!r} must be a number in [0, 1)")
+    check_choice(f"{_FIELD}.input", cfg["input"], INPUTS)
+    if cfg["input"] == "tokens":
+        _check_int(f"{_FIELD}.vocab_size", cfg["vocab_size"])
+    else:
+        _check_int(f"{_FIELD}.input_dim", cfg["input_dim"])
+    check_choice(f"{_FIELD}.positions", cfg["positions"], POSITIONS)
+    if cfg["positions"] == "learned" or cfg["max_length"] is not None:
+        _check_int(f"{_FIELD}.max_length", cfg["max_length"])
+    check_choice(f"{_FIELD}.head", cfg["head"], HEADS)
+    if cfg["head"] == "lm":
+        _check_int(f"{_FIELD}.vocab_size", cfg["vocab_size"])
+    elif cfg["head"] == "regression":
+        _check_int(f"{_FIELD}.output_dim", cfg["output_dim"])
+    else:
+        _check_int(f"{_FIELD}.num_classes", cfg["num_classes"])
+    check_choice(f"{_FIELD}.pooling", cfg["pooling"], POOLINGS)
+    check_choice(f"{_FIELD}.dtype", cfg["dtype"], DTYPES)
+    if cfg["sequence_axis"] is not None and not isinstance(cfg["sequence_axis"], str):
+        raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} must be None or a mesh axis name "
+                          f"(\"sequence\")")
+    if cfg["sequence_axis"] is not None and _uses_cls(cfg):
+        raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} with pooling='cls': the CLS token makes "
+                          f"the length odd; allowed pooling with a split length: mean, last")
+
+    kwargs_cfg = _as_dict(cfg["mixer_kwargs"])
+    for name in kwargs_cfg:
+        if name not in mixers.names():
+            raise ConfigError(f"{_FIELD}.mixer_kwargs has unknown mixer {name!r}; allowed: {', '.join(mixers.names())}")
+    for name in dict.fromkeys(names):
+        if cfg["causal"] and bidirectional_only(name):
+            raise ConfigError(f"{_FIELD}.causal=True but mixer {name!r} in {_FIELD}.mixers is bidirectional only; "
+                              f"set {_FIELD}.causal=False")
+        kwargs = mixer_kwargs(cfg, name)
+        if kwargs.get("positions") == "learned" and "max_length" in _mixer_fields(mixers.get(name)) \
+                and kwargs.get("max_length") is None:
+            raise ConfigError(f"{_FIELD}.mixer_kwargs.{name}.positions='learned' needs a position table size: "
+                              f"set {_FIELD}.max_length (or {_FIELD}.mixer_kwargs.{name}.max_length)")
+        try:  # Every mixer checks its own fields on construction ("<mixer>.<field>=...").
+            mixers.get(name)(**kwargs)
+        except (TypeError, ValueError) as e:
+            message = str(e).splitlines()[0]
+            if isinstance(e, ConfigError) and message.startswith(f"{name}."):
+                raise ConfigError(f"{_FIELD}.mixer_kwargs.{message}") from None
+            raise ConfigError(f"{_FIELD}.mixer_kwargs.{name}: {message}") from None
+    if _uses_cls(cfg) and all(cfg["causal"] or causal_only(name) for name in names):
+        raise ConfigError(f"{_FIELD}.pooling='cls' prepends a CLS token that no layer lets see the sequence "
+                          f"(every mixer is causal); allowed: mean, last, or {_FIELD}.causal=False with a "
+                          "bidirectional mixer")
+
+
+def check_length(model_config, length: int, field: str) -> None:
+    """Raises ConfigError when sequences of ``length`` are longer than the model allows.
+
+    Limits: ``max_length`` with learned positions; a mixer's own table
+    (``positions="learned"`` in ``mha``/``sliding_window``); ``s4``'s ``l_max``.
+    A CLS token adds one position for the mixers.
+
+    Args:
+      model_config: ``config.model``.
+      length: the longest ``inputs`` length that will be fed (e.g. ``task.max_length``).
+      field: dotted name of where ``length`` comes from, for the message.
+
+    Raises:
+      ConfigError: naming ``field``, ``length`` and the limiting model field.
+    """
+    cfg = _fields(model_config)
+    if cfg["positions"] == "learned" and cfg["max_length"] is not None and length > cfg["max_length"]:
+        raise ConfigError(f"{field}={length}: sequence longer than the model allows "
+                          f"({_FIELD}.max_length={cfg['max_length']} with learned positions)")
+    seen = length + int(_uses_cls(cfg))
+    for name in dict.fromkeys(layer_mixers(cfg)):
+        kwargs = mixer_kwargs(cfg, name)
+        limits = []
+        if kwargs.get("positions") == "learned" and kwargs.get("max_length") is not None:
+            limits.append(("max_length", kwargs["max_length"]))
+        if kwargs.get("l_max") is not None:
+            limits.append(("l_max", kwargs["l_max"]))
+        for key, limit in limits:
+            if seen > limit:
+                raise ConfigError(f"{field}={length}: sequence longer than the model allows "
+                                  f"(mixer {name!r}: {key}={limit}{', plus the CLS token' if seen > length else ''})")
+
+
+def build(model_config) -> SequenceModel:
+    """Validates ``config.model`` and builds the network.
+
+    Args:
+      model_config: ``config.model``.
+
+    Returns:
+      An unbound :class:`SequenceModel`; call ``model.init(key, inputs)`` and
+      ``model.apply(params, inputs, segment_ids=None, mask=None,
+      deterministic=True, rngs={"dropout": key})``.
+
+    Raises:
+      ConfigError: as :func:`validate`.
+    """
+    validate(model_config)
+    cfg = _fields(model_config)
+    specs = {name: tuple(sorted(mixer_kwargs(cfg, name).items())) for name in dict.fromkeys(layer_mixers(cfg))}
+    return SequenceModel(
+        layers=tuple((name, specs[name]) for name in layer_mixers(cfg)),
+        d_model=cfg["d_model"],
+        channel=cfg["channel"],
+        mlp_ratio=float(cfg["mlp_ratio"]),
+        norm=cfg["norm"],
+        dropout=float(cfg["dropout"]),
+        input=cfg["input"],
+        vocab_size=cfg["vocab_size"],
+        input_dim=cfg["input_dim"],
+        positions=cfg["positions"],
+        max_length=cfg["max_length"],
+        head=cfg["head"],
+        output_dim=cfg["output_dim"],
+        num_classes=cfg["num_classes"],
+        pooling=cfg["pooling"],
+        dtype=DTYPES[cfg["dtype"]],
+    )
+
+
+__all__ = [
+    "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length",
+    "causal_only", "bidirectional_only", "sequence_parallel_mixers",
+]
