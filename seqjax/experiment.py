@@ -73,7 +73,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
 
     # First: JAX must not start its backends before a multi-host runtime is up.
     distributed.initialize(config.get("distributed"))
-    train_config.validate_config(config, num_devices)
+    sizes = train_config.validate_config(config, num_devices)
     model_config = config.get("model")
     if model_config is None:
         raise ConfigError("config.model is missing; it must hold the model fields (see seqjax.models.default_config)")
@@ -83,27 +83,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     task = tasks.build(config.task)
     train_config.check_lengths(config, task)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
-    note = _padding_note(config, num_devices)
-    if note is not None and not getattr(task, "weighted_rows", False):
-        raise ConfigError(f"config.train.batch_size={config.train.batch_size} does not split over the mesh's "
-                          f"data x fsdp devices, and task {task.name!r} cannot weigh rows to pad it; allowed: a "
-                          "batch size the split divides")
-    return Prepared(config, task, note)
-
-
-def _padding_note(config, num_devices: int | None) -> str | None:
-    """One line when the trainer will pad the batch to split it over ``data x fsdp``, else None."""
-    from seqjax import parallel
-    from seqjax.tasks.base import padded_batch_size
-
-    sizes = parallel.mesh_shape(config.mesh, num_devices)
-    ways, batch = sizes["data"] * sizes["fsdp"], config.train.batch_size
-    padded = padded_batch_size(batch, ways)
-    if padded == batch:
-        return None
-    return (f"note: config.train.batch_size={batch} does not split {ways} ways (mesh data x fsdp); "
-            f"each step pads it to {padded} rows, {padded - batch} of loss weight 0, so the loss and "
-            f"gradient are the {batch}-row batch's")
+    return Prepared(config, task, train_config.batch_padding(config, sizes, task))
 
 
 def main(config, workdir: str | None, report: Callable[[dict], str] | None = None) -> int:

@@ -136,6 +136,38 @@ def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
     return sizes
 
 
+def batch_padding(config, sizes: dict[str, int], task) -> str | None:
+    """How the trainer splits a batch that ``data x fsdp`` do not divide; the one place of that rule.
+
+    Such a batch (the LRA papers' 50 on 4 or 8 devices) is padded to the next
+    multiple with rows of loss weight 0, so loss, gradient and metrics are the
+    real batch's; the task must weigh rows (``weighted_rows``).
+
+    Args:
+      config: the full config (``config.train.batch_size``).
+      sizes: the mesh axis sizes from :func:`validate_config`.
+      task: the built task.
+
+    Returns:
+      One ``note:`` line when the batch is padded, else None.
+
+    Raises:
+      ConfigError: the batch needs padding and the task cannot weigh rows.
+    """
+    ways, batch = sizes["data"] * sizes["fsdp"], config.train.batch_size
+    padded = padded_batch_size(batch, ways)
+    if padded == batch:
+        return None
+    if not getattr(task, "weighted_rows", False):
+        raise ConfigError(
+            f"config.train.batch_size={batch} is not divisible by the batch split {ways} "
+            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']}), and task {task.name!r} "
+            "cannot weigh rows to pad it; allowed: a batch size the split divides")
+    return (f"note: config.train.batch_size={batch} does not split {ways} ways (mesh data x fsdp); "
+            f"each step pads it to {padded} rows, {padded - batch} of loss weight 0, so the loss and "
+            f"gradient are the {batch}-row batch's")
+
+
 def check_lengths(config, task) -> None:
     """Raises when the task's sequences are longer than the model's learned positions allow.
 

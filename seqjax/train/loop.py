@@ -64,7 +64,7 @@ from seqjax.parallel import distributed
 from seqjax.tasks.base import PaddedIterator, padded_batch_size
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
-from seqjax.train.config import check_lengths, check_workdir_config, validate_config
+from seqjax.train.config import batch_padding, check_lengths, check_workdir_config, validate_config
 from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
                                 state_shardings)
 from seqjax.train.step import apply_model, make_train_step, model_inputs
@@ -240,12 +240,7 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
         then not created).
     """
     task, model, labels = _build(config, task, model)
-    ways = sizes["data"] * sizes["fsdp"]
-    if config.train.batch_size % ways and not getattr(task, "weighted_rows", False):
-        raise ConfigError(
-            f"config.train.batch_size={config.train.batch_size} is not divisible by the batch split {ways} "
-            f"(config.mesh.data={sizes['data']} x config.mesh.fsdp={sizes['fsdp']}), and task {task.name!r} "
-            "cannot weigh rows to pad it; allowed: a batch size the split divides")
+    batch_padding(config, sizes, task)
     _create_workdir(config, workdir)
 
     steps, batch_size = config.train.steps, config.train.batch_size
@@ -259,7 +254,7 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     # rows of loss weight 0 when data x fsdp do not divide it (the LRA papers'
     # batch 50 on 4 or 8 devices): loss, gradient and metrics are the real batch's.
     iterator = task.train_iterator(config.seed, batch_size)
-    rows = padded_batch_size(batch_size, ways)
+    rows = padded_batch_size(batch_size, sizes["data"] * sizes["fsdp"])
     if rows != batch_size:
         iterator = PaddedIterator(iterator, rows // jax.process_count())
     first_state = iterator.get_state()
