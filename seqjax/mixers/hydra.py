@@ -14,7 +14,6 @@ The SSDs run as one batched :func:`seqjax.ops.ssd` call (the reversed copy
 stacked on the batch axis), as the public Hydra code does.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -23,9 +22,9 @@ import jax.numpy as jnp
 
 from seqjax.errors import ConfigError
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import dense, param, segment_runs, uniform_init
+from seqjax.mixers.common import dense, segment_runs
 from seqjax.mixers.mamba_blocks import (
-    SSDBlock, a_log_init, dt_bias_init, gated_rms_norm, short_conv)
+    SSDBlock, gated_rms_norm, short_conv)
 from seqjax.mixers.registry import register
 from seqjax.ops.ssd import ssd
 from seqjax.types import SegmentIds, Seq
@@ -108,22 +107,9 @@ class Hydra(SSDBlock):
 
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
-        d_in, h, _, g, n = self.dims(d)
-        conv_dim = d_in + 4 * g * n
-        bound = 1.0 / math.sqrt(self.d_conv)
-        parts = {
-            "in_proj": dense(2 * d_in + 4 * g * n + 2 * h, ("embed", "mlp"), dtype=self.dtype, name="in_proj"),
-            "conv_weight": param(self, "conv_weight", uniform_init(bound), (self.d_conv, conv_dim), (None, "mlp")),
-            "conv_bias": param(self, "conv_bias", uniform_init(bound), (conv_dim,), ("mlp",)),
-            "dt_bias": param(self, "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,),
-                             ("heads",)),
-            "A_log": param(self, "A_log", a_log_init(*self.A_init_range), (h,), ("heads",)),
-            "D": param(self, "D", nn.initializers.ones_init(), (h,), ("heads",)),
-            "norm": param(self, "norm", nn.initializers.ones_init(), (d_in,), ("mlp",)),
-            "out_proj": dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj"),
-        }
+        parts = self.ssd_parts(d, directions=2)
         if self.diag_proj:
-            parts["fc_D"] = dense(h, ("mlp", "heads"), dtype=self.dtype, name="fc_D")
+            parts["fc_D"] = dense(self.dims(d)[1], ("mlp", "heads"), dtype=self.dtype, name="fc_D")
         return parts
 
     def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:

@@ -8,7 +8,6 @@ gated RMSNorm precedes the output projection; the recurrence is
 :func:`seqjax.ops.ssd`.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -16,9 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import dense, param, uniform_init
 from seqjax.mixers.mamba_blocks import (
-    SSDBlock, a_log_init, dt_bias_init, gated_rms_norm, init_conv_buffer, short_conv, short_conv_step)
+    SSDBlock, gated_rms_norm, init_conv_buffer, short_conv, short_conv_step)
 from seqjax.mixers.registry import register
 from seqjax.ops.ssd import ssd
 from seqjax.types import SegmentIds, Seq, SeqStep
@@ -72,20 +70,7 @@ class Mamba2(SSDBlock):
 
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
-        d_in, h, _, g, n = self.dims(d)
-        conv_dim = d_in + 2 * g * n
-        bound = 1.0 / math.sqrt(self.d_conv)
-        return {
-            "in_proj": dense(2 * d_in + 2 * g * n + h, ("embed", "mlp"), dtype=self.dtype, name="in_proj"),
-            "conv_weight": param(self, "conv_weight", uniform_init(bound), (self.d_conv, conv_dim), (None, "mlp")),
-            "conv_bias": param(self, "conv_bias", uniform_init(bound), (conv_dim,), ("mlp",)),
-            "dt_bias": param(self, "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (h,),
-                             ("heads",)),
-            "A_log": param(self, "A_log", a_log_init(*self.A_init_range), (h,), ("heads",)),
-            "D": param(self, "D", nn.initializers.ones_init(), (h,), ("heads",)),
-            "norm": param(self, "norm", nn.initializers.ones_init(), (d_in,), ("mlp",)),
-            "out_proj": dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj"),
-        }
+        return self.ssd_parts(d, directions=1)
 
     def _split(self, zxbcdt, d):
         d_in, _, _, g, n = self.dims(d)

@@ -29,13 +29,14 @@ sizes, per-head ``A`` init and gated RMSNorm (Mamba-2 and Hydra).
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from seqjax.errors import ConfigError
 from seqjax.mixers.base import Mixer
-from seqjax.mixers.common import check_int, segment_runs
+from seqjax.mixers.common import check_int, dense, param, segment_runs, uniform_init
 from seqjax.ops.common import accum_dtype
 from seqjax.types import SegmentIds
 
@@ -316,6 +317,28 @@ class SSDBlock(Mixer):
         check_int(name, "ngroups", self.ngroups)
         if self.d_model is not None:
             self.dims(self.d_model)
+
+    def ssd_parts(self, d: int, directions: int) -> dict:
+        """The parameters both blocks have, for ``directions`` SSDs (1: Mamba-2, 2: Hydra).
+
+        Call from the subclass's ``@nn.compact`` ``parts``. The input projection
+        gives ``z``, ``x``, each direction's ``B, C`` and ``dt``; ``A``, ``D`` and
+        ``dt_bias`` are per head, shared by the directions.
+        """
+        d_in, h, _, g, n = self.dims(d)
+        conv_dim = d_in + 2 * directions * g * n
+        bound = 1.0 / math.sqrt(self.d_conv)
+        dt_init = dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor)
+        return {
+            "in_proj": dense(d_in + conv_dim + directions * h, ("embed", "mlp"), dtype=self.dtype, name="in_proj"),
+            "conv_weight": param(self, "conv_weight", uniform_init(bound), (self.d_conv, conv_dim), (None, "mlp")),
+            "conv_bias": param(self, "conv_bias", uniform_init(bound), (conv_dim,), ("mlp",)),
+            "dt_bias": param(self, "dt_bias", dt_init, (h,), ("heads",)),
+            "A_log": param(self, "A_log", a_log_init(*self.A_init_range), (h,), ("heads",)),
+            "D": param(self, "D", nn.initializers.ones_init(), (h,), ("heads",)),
+            "norm": param(self, "norm", nn.initializers.ones_init(), (d_in,), ("mlp",)),
+            "out_proj": dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj"),
+        }
 
     def dims(self, d: int) -> tuple[int, int, int, int, int]:
         """``(d_in, h, p, g, n)`` for width ``d``."""
