@@ -45,6 +45,7 @@ e.g. gate biases), ``ops`` (the ops the ``impl`` field addresses, primary first)
 mixer has a ``causal`` field), ``sequence_parallel``, ``values_index``.
 """
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -373,9 +374,12 @@ class Mixer(nn.Module):
         """
         self._require_causal("state_size")
         d = self.width()
-        one, two = (self.empty_cache(n, d, length) for n in (1, 2))
-        size = lambda tree: sum(leaf.nbytes for leaf in jax.tree.leaves(tree))  # noqa: E731
-        return size(two) - size(one)
+
+        def size(batch):  # shapes only: nothing is allocated, however long the cache
+            leaves = jax.tree.leaves(jax.eval_shape(lambda: self.empty_cache(batch, d, length)))
+            return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves)
+
+        return size(2) - size(1)
 
 
 __all__ = ["Mixer", "Projection", "CAUSALITIES"]
