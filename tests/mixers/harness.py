@@ -10,6 +10,8 @@ input, and asserts one property of the mixer contract (ARCHITECTURE.md):
     matrix is lower triangular.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,7 +92,7 @@ def check_mixing_matrix(module, variables, x, causal, rtol=RTOL):
     if causal:
         # Exactly 0 for a scan; an FFT convolution leaves rounding (~1e-7 of the
         # largest entry) above the diagonal, far below any real look-ahead.
-        mag = np.abs(np.asarray(m, np.float64))
+        mag = np.abs(np.asarray(m)).astype(np.float64)  # abs first: complex matrices (LRU, S5)
         upper = np.triu(mag, k=1)
         assert upper.max(initial=0.0) <= 1e-5 * mag.max(), "causal mixer has weight on future positions"
     return m
@@ -115,29 +117,57 @@ def perturb(variables, rng, scale=0.1):
     return {**variables, "params": jax.tree.map(move, variables["params"])}
 
 
-class Jitted:
-    """A module stand-in for the checks whose ``apply`` is jit-compiled per method.
+@functools.partial(jax.jit, static_argnames=("module", "kind", "method", "statics", "static_kw"))
+def _run_jitted(variables, dynamic, dynamic_kw, *, module, kind, method, statics, static_kw):
+    args = list(dynamic)
+    for i, value in statics:
+        args.insert(i, value)
+    kwargs = dict(static_kw, **dynamic_kw)
+    if kind == "init":
+        return module.init(variables, *args, method=method, **kwargs)
+    return module.apply(variables, *args, method=method, **kwargs)
 
-    Op-by-op dispatch compiles each small op for every new shape; one jit per
-    method is far faster. Calls with a Python ``int``/``None`` argument
-    (``init_cache``, ``state_size``) stay eager.
+
+class Jitted:
+    """A mixer whose ``apply`` (and ``init``) run under ``jax.jit``, for the checks and family tests.
+
+    Eager Flax compiles one small program per primitive and shape; this compiles
+    one per method and shape. The module is a static argument of one shared
+    jitted function, so equal modules in different tests share their compiles.
+    Python scalars (batch sizes, lengths, flags, None) are static, arrays and
+    pytrees of arrays traced. Attribute reads fall through to the module.
+
+    Attributes:
+      module: the wrapped Flax module.
+      eager_init: run ``init`` eagerly (cheaper when it holds one large
+        primitive, such as the Performer's QR).
     """
 
-    def __init__(self, module):
-        self.module = module
-        self._cache = {}
+    def __init__(self, module, eager_init=False):
+        self.module, self.eager_init = module, eager_init
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    @staticmethod
+    def _static(value):
+        return value is None or isinstance(value, (bool, int, float, str))
+
+    def _call(self, kind, variables, args, method, kwargs):
+        statics = tuple((i, a) for i, a in enumerate(args) if self._static(a))
+        static_kw = tuple(sorted((k, v) for k, v in kwargs.items() if self._static(v)))
+        dynamic = [a for a in args if not self._static(a)]
+        dynamic_kw = {k: v for k, v in kwargs.items() if not self._static(v)}
+        return _run_jitted(variables, dynamic, dynamic_kw, module=self.module, kind=kind, method=method,
+                           statics=statics, static_kw=static_kw)
 
     def apply(self, variables, *args, method=None, **kwargs):
-        if any(isinstance(a, int) or a is None for a in args):
-            return self.module.apply(variables, *args, method=method, **kwargs)
-        if method not in self._cache:
-            module, name = self.module, method
+        return self._call("apply", variables, args, method, kwargs)
 
-            def run(variables, *args, **kwargs):
-                return module.apply(variables, *args, method=name, **kwargs)
-
-            self._cache[method] = jax.jit(run)
-        return self._cache[method](variables, *args, **kwargs)
+    def init(self, key, *args, method=None, **kwargs):
+        if self.eager_init:
+            return self.module.init(key, *args, method=method, **kwargs)
+        return self._call("init", key, args, method, kwargs)
 
 
 def default_run(name, rng, batch=2, length=13, width=16):
@@ -155,6 +185,11 @@ def default_run(name, rng, batch=2, length=13, width=16):
     assert y.shape == x.shape and y.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(y)))
     return m, x, v, y
+
+
+def segments(rng, batch, length, p=0.25):
+    """Random contiguous segments whose ids repeat non-adjacently (``cumsum % 3``): only changes matter."""
+    return np.cumsum(rng.random((batch, length)) < p, axis=1) % 3
 
 
 def runs_of(segment_ids, batch, length):

@@ -251,53 +251,7 @@ def aaren_matrix(p, x, *, segment_ids=None, **config):
     return weights_matrix(rows, config["num_heads"], x.shape[1])
 
 
-# --- test helper (not a reference) ------------------------------------------------------
-
-
-class Jitted:
-    """A Flax module whose ``init``/``apply`` run under ``jax.jit``.
-
-    Eager Flax applies compile every primitive separately for each new shape,
-    which costs several times one jitted compile; the mixer tests (and the
-    shared harness, which takes any object with ``apply``) use this wrapper to
-    stay within their CPU budget. Python scalars (batch sizes, lengths, flags)
-    and ``method`` are static; arrays and pytrees of arrays are traced.
-    Attribute reads fall through to the module (``m.causal``, ``m.n``, ...).
-    """
-
-    def __init__(self, module):
-        self.module = module
-        self._fns = {}
-
-    def __getattr__(self, name):
-        return getattr(self.module, name)
-
-    @staticmethod
-    def _is_static(value):
-        return value is None or isinstance(value, (bool, int, float, str))
-
-    def init(self, key, *args, **kwargs):
-        return self.apply(None, key, *args, _init=True, **kwargs)
-
-    def apply(self, variables, *args, method=None, _init=False, **kwargs):
-        import jax
-
-        static = tuple((i, a) for i, a in enumerate(args) if self._is_static(a))
-        static_kw = tuple(sorted((k, v) for k, v in kwargs.items() if self._is_static(v)))
-        dyn = [a for a in args if not self._is_static(a)]
-        dyn_kw = {k: v for k, v in kwargs.items() if not self._is_static(v)}
-        key = (_init, method, len(args), static, static_kw, tuple(sorted(dyn_kw)))
-        if key not in self._fns:
-            def call(variables, dyn, dyn_kw):
-                it = iter(dyn)
-                full = [dict(static)[i] if i in dict(static) else next(it) for i in range(len(args))]
-                kw = dict(static_kw, **dyn_kw)
-                if _init:
-                    return self.module.init(*full, **kw)
-                return self.module.apply(variables, *full, method=method, **kw)
-
-            self._fns[key] = jax.jit(call)
-        return self._fns[key](variables, dyn, dyn_kw)
+# --- test helpers (not references) ------------------------------------------------------
 
 
 def random_variables(module, x, rng):

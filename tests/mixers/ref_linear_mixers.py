@@ -27,13 +27,12 @@ against these oracles (float32 and float64 runs, gradients), written once;
 they take the family file's ``reference(m, v, x, segment_ids, xp, params)``.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tests.mixers import harness
+from tests.mixers.harness import runs_of, segments
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close
 
 
@@ -52,71 +51,8 @@ def params_of(variables, xp=np, collection="params"):
 
 
 def perturb(variables, rng, scale=0.2):
-    """Adds ``scale · N(0, 1)`` to every parameter (not to ``constants``) so tests see all of them.
-
-    At init norm scales are 1 and biases 0, values that would hide a missing
-    scale or bias.
-    """
-    def move(path, leaf):
-        if "constants" in jax.tree_util.keystr(path):
-            return leaf
-        leaf = np.asarray(leaf)
-        return jax.numpy.asarray((leaf + scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype))
-
-    return jax.tree_util.tree_map_with_path(move, variables)
-
-
-@functools.partial(jax.jit, static_argnames=("module", "kind", "method", "statics"))
-def _run_jitted(variables, *args, module, kind, method, statics, **kwargs):
-    args = list(args)
-    for i, value in statics:
-        args.insert(i, value)
-    fn = module.init if kind == "init" else module.apply
-    return fn(variables, *args, method=method, **kwargs)
-
-
-class Jitted:
-    """A Flax module whose ``apply`` (and ``init``) run under ``jax.jit``.
-
-    The harness calls ``module.apply(variables, ...)``; eager Flax compiles one
-    small program per primitive and shape, jit one per method and shape (shared
-    by every test with an equal module), which keeps these test files within
-    their CPU budget. Integer arguments (``batch_size``, ``length``) are static.
-    ``eager_init=True`` keeps ``init`` eager (cheaper where it holds a large
-    primitive, such as the Performer's QR, whose eager compile is shared).
-    """
-
-    def __init__(self, module, eager_init=False):
-        self.module = module
-        self.eager_init = eager_init
-
-    def _call(self, kind, variables, args, method, kwargs):
-        statics = tuple((i, a) for i, a in enumerate(args) if isinstance(a, int))
-        dynamic = [a for a in args if not isinstance(a, int)]
-        return _run_jitted(
-            variables, *dynamic, module=self.module, kind=kind, method=method, statics=statics, **kwargs
-        )
-
-    def apply(self, variables, *args, method=None, **kwargs):
-        return self._call("apply", variables, args, method, kwargs)
-
-    def init(self, key, *args, method=None, **kwargs):
-        if self.eager_init:
-            return self.module.init(key, *args, method=method, **kwargs)
-        return self._call("init", key, args, method, kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.module, name)
-
-
-
-def runs_of(segment_ids, batch, length):
-    """Segment index per position (a new one wherever the id changes), ``(b, l)``."""
-    if segment_ids is None:
-        return np.zeros((batch, length), np.int64)
-    ids = np.asarray(segment_ids)
-    change = np.concatenate([np.zeros((batch, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
-    return np.cumsum(change, axis=1)
+    """Every parameter moved by ``scale · N(0, 1)`` (norm scales 1 and biases 0 would hide a missing term)."""
+    return harness.perturb(variables, rng, scale=scale)
 
 
 def _dense(p, name, x):
@@ -381,11 +317,6 @@ def gla_matrix(p, x, heads, *, temperature=16.0, segment_ids=None):
 
 
 # --- checks shared by test_linear.py and test_retention.py -------------------------------------
-
-
-def segments(rng, batch, length):
-    """Random contiguous segments whose ids repeat non-contiguously (``cumsum % 3``)."""
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
 
 
 def check_float32(m, v, x, reference, rng, what):

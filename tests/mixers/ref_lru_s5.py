@@ -30,20 +30,14 @@ on the projected input (``γ ⊙ B u`` or ``B̄ u``).
 
 import numpy as np
 
+from tests.mixers.harness import runs_of
+
 
 def params_of(variables, dtype=np.float64):
     """The ``params`` collection as a flat dict of float64 NumPy arrays."""
     import flax.linen as nn
 
     return {k: np.asarray(v, dtype) for k, v in nn.meta.unbox(variables)["params"].items()}
-
-
-def _runs(segment_ids, batch, length):
-    """Segment index per position (a new segment wherever the id changes); zeros without ids."""
-    if segment_ids is None:
-        return np.zeros((batch, length), np.int64)
-    ids = np.asarray(segment_ids)
-    return np.concatenate([np.zeros((batch, 1), np.int64), np.cumsum(ids[:, 1:] != ids[:, :-1], axis=1)], axis=1)
 
 
 def decay_matrix(a, batch, length, segment_ids=None, reverse=False):
@@ -62,7 +56,7 @@ def decay_matrix(a, batch, length, segment_ids=None, reverse=False):
     Returns:
       ``(b, n, l, l)`` complex.
     """
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     M = np.zeros((batch, a.shape[0], length, length), np.complex128)
     for t in range(length):
         for s_ in range(length):

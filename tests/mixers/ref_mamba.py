@@ -15,6 +15,8 @@ NumPy constants computed from the (integer) ``segment_ids``.
 
 import numpy as np
 
+from tests.mixers.harness import runs_of, segments  # noqa: F401  (segments: re-exported for the family tests)
+
 RMS_EPS = 1e-5
 
 
@@ -27,12 +29,6 @@ def params_of(variables, xp=np):
         leaf = value["kernel"] if isinstance(value, dict) else value
         out[name] = xp.asarray(np.asarray(leaf, np.float64))
     return out
-
-
-def _runs(segment_ids, batch, length):
-    from tests.mixers.harness import runs_of
-
-    return runs_of(segment_ids, batch, length)
 
 
 def _softplus(v, xp):
@@ -85,7 +81,7 @@ def mamba_matrix(p, x, segment_ids=None):
     post-conv ``u`` (the skip and the gate are part of the op).
     """
     batch, length, _ = x.shape
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     u, z, delta, B, C, A = mamba_branches(p, x, runs)
     M = np.zeros((batch, A.shape[0], length, length))
     for t in range(length):
@@ -118,7 +114,7 @@ def mamba_reference(p, x, segment_ids=None, xp=np):
     """
     batch, length, _ = x.shape
     d_in, n = p["A_log"].shape
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     u, z, delta, B, C, A = mamba_branches(p, x, runs, xp)
     h = xp.zeros((batch, d_in, n))
     ys = []
@@ -178,7 +174,7 @@ def ssd_matrix(dt, A, B, C, runs):
 def mamba2_matrix(p, x, ngroups=1, segment_ids=None):
     """Mamba-2's mixing matrix per head from the closed form: the SSD matrix plus ``D`` on the diagonal."""
     batch, length, _ = x.shape
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     _, _, dt, B, C, A = mamba2_branches(p, x, ngroups, runs)
     return ssd_matrix(dt, A, B, C, runs) + p["D"][None, :, None, None] * np.eye(length)
 
@@ -203,7 +199,7 @@ def mamba2_reference(p, x, ngroups=1, segment_ids=None, xp=np):
     """
     batch, length, _ = x.shape
     d_in, h, hp, n, _ = _dims2(p, ngroups, 2)
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     z, xs, dt, B, C, A = mamba2_branches(p, x, ngroups, runs, xp)
     H = xp.zeros((batch, h, hp, n))
     ys = []
@@ -248,7 +244,7 @@ def hydra_matrix(p, x, ngroups=1, diag_proj=True, segment_ids=None):
     same for the backward SSD on the reversed sequence; zero between segments.
     """
     batch, length, _ = x.shape
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     _, _, diag, (dtf, Bf, Cf), (dtb, Bb, Cb), A = hydra_branches(p, x, ngroups, diag_proj, runs)
     lower = ssd_matrix(dtf, A, Bf, Cf, runs)
     upper = ssd_matrix(dtb[:, ::-1], A, Bb[:, ::-1], Cb[:, ::-1], runs[:, ::-1])[..., ::-1, ::-1]
@@ -286,7 +282,7 @@ def hydra_reference(p, x, ngroups=1, diag_proj=True, segment_ids=None, xp=np):
     """
     batch, length, _ = x.shape
     d_in, h, hp, n, _ = _dims2(p, ngroups, 4)
-    runs = _runs(segment_ids, batch, length)
+    runs = runs_of(segment_ids, batch, length)
     z, xs, diag, (dtf, Bf, Cf), (dtb, Bb, Cb), A = hydra_branches(p, x, ngroups, diag_proj, runs, xp)
     zero = xp.zeros((batch, h, hp))
 
@@ -338,11 +334,6 @@ def perturb(variables, rng, scale=0.2, dt_shift=3.0):
         return jax.numpy.asarray(out.astype(leaf.dtype))
 
     return jax.tree_util.tree_map_with_path(move, variables)
-
-
-def segments(rng, batch, length):
-    """Random contiguous segments whose ids repeat non-contiguously (cumsum % 3)."""
-    return np.cumsum(rng.random((batch, length)) < 0.25, axis=1) % 3
 
 
 def setup(rng, module, batch=2, length=13, width=16):

@@ -15,8 +15,9 @@ from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from seqjax.ops import online_softmax as osm
 from tests.mixers import harness
+from tests.mixers.harness import Jitted
 from tests.mixers.ref_attention_mixers import (
-    Jitted, aaren_matrix, aaren_reference, assert_gradients_match, params_of, random_variables)
+    aaren_matrix, aaren_reference, assert_gradients_match, params_of, random_variables)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close
 
 RTOL = RTOL_SCAN  # a scan: 1e-4

@@ -18,8 +18,9 @@ from seqjax.mixers import get
 from seqjax.mixers.common import positions_in_segment
 from seqjax.mixers.positions import alibi_slopes, rope
 from tests.mixers import harness
+from tests.mixers.harness import Jitted
 from tests.mixers.ref_attention_mixers import (
-    Jitted, alibi_slopes_ref, assert_gradients_match, mha_matrix, mha_reference, params_of, random_variables)
+    alibi_slopes_ref, assert_gradients_match, mha_matrix, mha_reference, params_of, random_variables)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4

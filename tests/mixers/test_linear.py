@@ -18,8 +18,9 @@ from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from seqjax.mixers.linear import elu_feature_map, favor_features, orthogonal_random_features
 from tests.mixers import harness
+from tests.mixers.harness import Jitted
 from tests.mixers.ref_linear_mixers import (
-    Jitted, check_float32, check_float64, check_gradients, linear_attention_matrix, linear_attention_reference,
+    check_float32, check_float64, check_gradients, linear_attention_matrix, linear_attention_reference,
     params_of, perturb, runs_of, segments)
 from tests.ops.utils import assert_rel_close, rel_err
 

@@ -17,8 +17,9 @@ from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from seqjax.mixers.mamba_blocks import init_conv_buffer, short_conv, short_conv_step
 from tests.mixers import harness
+from tests.mixers.harness import runs_of
 from tests.mixers.ref_mamba import (
-    _runs, conv_reference, mamba_matrix, mamba_reference, params_of, perturb, segments, setup)
+    conv_reference, mamba_matrix, mamba_reference, params_of, perturb, segments, setup)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL  # 2e-4, float32 mixers
@@ -36,7 +37,7 @@ def test_short_conv_matches_reference(rng, causal, kernel):
     for ids in (None, seg):
         y = short_conv(jnp.float32(x), jnp.float32(w), jnp.float32(b), causal=causal,
                        segment_ids=None if ids is None else jnp.asarray(ids))
-        y_ref = conv_reference(x, w, b, _runs(ids, 2, 13), causal)
+        y_ref = conv_reference(x, w, b, runs_of(ids, 2, 13), causal)
         assert_rel_close(y, y_ref, 1e-5, f"conv causal={causal} K={kernel} segments={ids is not None}")
     if kernel > 1:
         # The segment mask does something: without it the rows differ.

@@ -17,8 +17,9 @@ import seqjax.mixers.ngram  # noqa: F401  (registers "ngram")
 from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
+from tests.mixers.harness import Jitted
 from tests.mixers.ref_attention_mixers import (
-    Jitted, assert_gradients_match, ngram_matches, ngram_matrix, ngram_reference, params_of, random_variables)
+    assert_gradients_match, ngram_matches, ngram_matrix, ngram_reference, params_of, random_variables)
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL

@@ -36,8 +36,8 @@ def init(name, width=16, heads=4, seed=0):
 
 
 def segments(rng, batch, length):
-    """Random contiguous segments; ids repeat non-adjacently (only changes matter)."""
-    return np.cumsum(rng.random((batch, length)) < 0.2, axis=1) % 3
+    """Random contiguous segments (a change every ~5 positions)."""
+    return harness.segments(rng, batch, length, p=0.2)
 
 
 def perturbed_params(name, rng, width=16, heads=4, noise=0.3):

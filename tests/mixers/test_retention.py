@@ -18,8 +18,9 @@ from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from seqjax.mixers.retention import retnet_decays, retnet_log_decays, rotary
 from tests.mixers import harness
+from tests.mixers.harness import Jitted
 from tests.mixers.ref_linear_mixers import (
-    Jitted, check_float32, check_float64, check_gradients, gla_matrix, gla_reference, params_of, perturb,
+    check_float32, check_float64, check_gradients, gla_matrix, gla_reference, params_of, perturb,
     retnet_matrix, retnet_reference, segments)
 from tests.ops.utils import assert_rel_close, rel_err
 
