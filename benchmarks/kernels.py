@@ -1,0 +1,325 @@
+"""The Pallas kernels side by side with the XLA paths, vendor kernels and the physical floor.
+
+For every op with an ``impl="pallas"`` kernel, in float32 and bfloat16:
+
+* **correctness**: the kernel's output and gradients against the XLA path's
+  (float32, on the same device), as the largest error relative to the largest
+  magnitude of the XLA result;
+* **time**: jitted forward and forward+backward (gradients of a weighted sum of
+  the outputs with respect to every differentiable input), median of repeats,
+  for the kernel, the XLA path and, for attention, cuDNN through
+  ``jax.nn.dot_product_attention(implementation="cudnn")``;
+* **floor**: the least time the op can take on this device: bytes it must move
+  at the copy bandwidth measured here (``x * 2`` over a 1 GiB array: read +
+  write), its matmul flops at the measured bf16/f32 matmul rate, and for the
+  selective scan its ``b*l*d*n`` exponentials at 3.9e12/s (the FA3 paper's
+  H100 figure; H200 has the same SM). Formulas: ``../shared/KERNELS.md`` and
+  the ``floor_*`` functions below.
+
+Shapes are the issue's realistic ones (selective scan b=2, l=4096, d=2048,
+n=16; SSD b=2, l=4096, h=32, p=64, n=128; GLA b=2, l=4096, h=16, d=128;
+attention l=8192, d=128); ``--quick`` shrinks them so the script also runs on a
+CPU (kernels in interpret mode: a check of the script, not of speed).
+
+Usage::
+
+    python -m benchmarks.kernels [--quick] [--only selective_scan,ssd] [--out FILE]
+
+Writes ``benchmarks/results/<host>-kernels[-quick].json`` (or ``--out``).
+Only ``seqjax.ops`` and ``seqjax.kernels`` are imported, so it runs on a
+machine with JAX alone (the lent GPU machine has no grain/TFDS).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks._timing import time_fn
+from benchmarks.ops import RESULTS, machine
+from seqjax import ops
+from seqjax.ops import dispatch
+
+EXP_PER_S = 3.9e12  # exponentials per second, FA3 paper (H100; H200 has the same SM)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op at one shape.
+
+    Attributes:
+      op: the op's public name (also the dispatch key).
+      xla: the XLA implementation the kernel is compared with.
+      shape: the sizes, for the JSON.
+      make: ``(rng, dtype) -> (fn(impl, *args), args, differentiable argnums)``.
+      floor: ``(bytes per element, fwd_and_bwd) -> dict`` of the floors'
+        parts: ``bytes``, ``flops``, ``exps``.
+    """
+
+    op: str
+    xla: str
+    shape: dict
+    make: Callable
+    floor: Callable
+
+
+def _normal(rng, shape, dtype, scale=1.0):
+    return jnp.asarray(rng.standard_normal(shape) * scale, dtype)
+
+
+def _linear_scan_case(b, l, d):
+    def make(rng, dtype):
+        a = jnp.asarray(rng.uniform(0.8, 0.999, (b, l, d)), dtype)
+        x = _normal(rng, (b, l, d), dtype)
+        return (lambda impl, a, x: ops.linear_scan(a, x, impl=impl)[0]), (a, x), (0, 1)
+
+    def floor(s, backward):
+        elements = b * l * d
+        return {"bytes": s * elements * (3 + (5 if backward else 0))}
+
+    return Case("linear_scan", "associative", dict(b=b, l=l, d=d), make, floor)
+
+
+def _selective_case(b, l, d, n):
+    def make(rng, dtype):
+        args = (
+            _normal(rng, (b, l, d), dtype), _normal(rng, (b, l, d), dtype, 0.5),
+            -jnp.asarray(rng.uniform(0.5, 4.0, (d, n)), jnp.float32),
+            _normal(rng, (b, l, n), dtype), _normal(rng, (b, l, n), dtype),
+            jnp.asarray(rng.standard_normal(d), jnp.float32), _normal(rng, (b, l, d), dtype),
+            jnp.asarray(rng.standard_normal(d), jnp.float32),
+        )
+        fn = lambda impl, *a: ops.selective_scan(*a, True, impl=impl)  # noqa: E731
+        return fn, args, tuple(range(8))
+
+    def floor(s, backward):
+        # Forward reads u, delta, z, B, C and writes y; the backward also reads dy
+        # and writes du, ddelta, dz, dB, dC (KERNELS.md).
+        parts = {"bytes": s * (3 * b * l * d + 2 * b * l * n), "exps": b * l * d * n}
+        if backward:
+            parts["bytes"] += s * (5 * b * l * d + 4 * b * l * n)
+            parts["exps"] *= 2  # the backward recomputes exp(delta * A)
+        return parts
+
+    return Case("selective_scan", "chunked", dict(b=b, l=l, d=d, n=n), make, floor)
+
+
+def _ssd_case(b, l, h, p, n, chunk=64):
+    def make(rng, dtype):
+        args = (
+            _normal(rng, (b, l, h, p), dtype),
+            jnp.asarray(rng.uniform(0.01, 0.1, (b, l, h)), dtype),
+            -jnp.asarray(rng.uniform(0.5, 4.0, (h,)), jnp.float32),
+            _normal(rng, (b, l, 1, n), dtype), _normal(rng, (b, l, 1, n), dtype),
+        )
+        fn = lambda impl, *a: ops.ssd(*a, chunk_size=chunk, impl=impl)[0]  # noqa: E731
+        return fn, args, (0, 1, 2, 3, 4)
+
+    def floor(s, backward):
+        elements = 2 * b * l * h * p + 2 * b * l * n + b * l * h
+        # Within chunks: C.B^T (Q^2 n), its product with x (Q^2 p); across: the
+        # chunk states B^T x and C.h (2 Q n p per chunk row) -- 2 flops each.
+        flops = 2 * b * h * l * (chunk * (n + p) + 2 * n * p)
+        parts = {"bytes": s * elements, "flops": flops}
+        if backward:
+            parts["bytes"] += s * (elements + b * l * h * p)
+            parts["flops"] *= 3
+        return parts
+
+    return Case("ssd", "chunked", dict(b=b, l=l, h=h, p=p, n=n, chunk=chunk), make, floor)
+
+
+def _gla_case(b, l, h, dk, dv, chunk=64):
+    def make(rng, dtype):
+        args = (
+            _normal(rng, (b, l, h, dk), dtype, dk**-0.5), _normal(rng, (b, l, h, dk), dtype, dk**-0.5),
+            _normal(rng, (b, l, h, dv), dtype),
+            jnp.asarray(-rng.uniform(0.001, 0.1, (b, l, h, dk)), jnp.float32),
+        )
+
+        def fn(impl, q, k, v, g):
+            return ops.linear_attention(q, k, v, log_decay=g, chunk_size=chunk, impl=impl)[0]
+
+        return fn, args, (0, 1, 2, 3)
+
+    def floor(s, backward):
+        elements = b * l * h * (3 * dk + 2 * dv)  # q, k, g, v read; o written
+        flops = 2 * b * h * l * (chunk * (dk + dv) + 2 * dk * dv)
+        parts = {"bytes": s * elements, "flops": flops}
+        if backward:
+            parts["bytes"] += s * (elements + b * l * h * dv)
+            parts["flops"] *= 3
+        return parts
+
+    return Case("linear_attention", "chunked", dict(b=b, l=l, h=h, dk=dk, dv=dv, chunk=chunk), make, floor)
+
+
+def _attention_case(b, l, h, d):
+    def make(rng, dtype):
+        args = tuple(_normal(rng, (b, l, h, d), dtype) for _ in range(3))
+        fn = lambda impl, q, k, v: ops.attention(q, k, v, causal=True, impl=impl)  # noqa: E731
+        return fn, args, (0, 1, 2)
+
+    def floor(s, backward):
+        flops = 2 * b * h * l * l * d  # q.k^T and p.v, each 2*l*l*d flops, halved by causality
+        return {"bytes": s * 4 * b * l * h * d, "flops": flops * (3.5 if backward else 1)}
+
+    return Case("attention", "blockwise", dict(b=b, l=l, h=h, d=d, causal=True), make, floor)
+
+
+def cases(quick: bool) -> list[Case]:
+    """The realistic shapes, or tiny ones with ``quick``."""
+    if quick:
+        return [
+            _linear_scan_case(1, 64, 16), _selective_case(1, 64, 16, 4), _ssd_case(1, 64, 2, 8, 8, chunk=32),
+            _gla_case(1, 64, 2, 16, 16, chunk=32), _attention_case(1, 128, 2, 32),
+        ]
+    return [
+        _linear_scan_case(2, 4096, 2048), _selective_case(2, 4096, 2048, 16), _ssd_case(2, 4096, 32, 64, 128),
+        _gla_case(2, 4096, 16, 128, 128), _attention_case(1, 8192, 16, 128),
+    ]
+
+
+def device_rates(quick: bool) -> dict:
+    """Copy bandwidth (bytes/s, read + write) and matmul rates (flop/s) measured here."""
+    size = 2**22 if quick else 2**28  # float32 elements: 16 MiB or 1 GiB
+    x = jnp.ones((size,), jnp.float32)
+    seconds = time_fn(jax.jit(lambda x: x * 2), x, repeats=10) / 1e3
+    rates = {"copy_bytes_per_s": 2 * 4 * size / seconds}
+    m = 512 if quick else 8192
+    for dtype in (jnp.bfloat16, jnp.float32):
+        a = jnp.ones((m, m), dtype)
+        seconds = time_fn(jax.jit(lambda a: a @ a), a, repeats=10) / 1e3
+        rates[f"matmul_{jnp.dtype(dtype).name}_flops_per_s"] = 2 * m**3 / seconds
+    return rates
+
+
+def floor_ms(parts: dict, rates: dict, dtype) -> dict:
+    """Each floor's time in ms and their maximum (the op's floor)."""
+    matmul = rates["matmul_bfloat16_flops_per_s" if dtype == jnp.bfloat16 else "matmul_float32_flops_per_s"]
+    times = {"bytes_ms": parts["bytes"] / rates["copy_bytes_per_s"] * 1e3}
+    if "flops" in parts:
+        times["flops_ms"] = parts["flops"] / matmul * 1e3
+    if "exps" in parts:
+        times["exps_ms"] = parts["exps"] / EXP_PER_S * 1e3
+    times["floor_ms"] = max(times.values())
+    return times
+
+
+def _functions(fn: Callable, impl: str, argnums: tuple[int, ...], rng) -> tuple[Callable, Callable]:
+    forward = jax.jit(lambda *a: fn(impl, *a))
+    weights = {}
+
+    def loss(*a):
+        y = fn(impl, *a).astype(jnp.float32)
+        if "w" not in weights:  # fixed random weights: a cotangent that is not all ones
+            weights["w"] = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+        return jnp.sum(y * weights["w"])
+
+    return forward, jax.jit(jax.grad(loss, argnums=argnums))
+
+
+def _relative_error(got, want) -> float:
+    got, want = (np.asarray(jnp.asarray(x, jnp.float32), np.float64) for x in (got, want))
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def _auto_pick(op: str, args) -> str:
+    """The implementation ``auto`` runs for this case (the size keys each op passes)."""
+    sizes = {
+        "selective_scan": lambda: {"state": args[0].size * args[2].shape[1]},
+        "ssd": lambda: {"length": args[0].shape[1], "chunk_size": 64},
+        "attention": lambda: {"scores": args[0].shape[1] * args[1].shape[1]},
+    }.get(op, dict)()
+    return dispatch.resolve(op, "auto", **sizes)
+
+
+def _cudnn(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+def run_case(case: Case, dtype, rates: dict, repeats: int) -> dict:
+    """Correctness and times of one case in one dtype."""
+    rng = np.random.default_rng(0)
+    fn, args, argnums = case.make(rng, dtype)
+    row = {"op": case.op, "dtype": jnp.dtype(dtype).name, **case.shape, "xla_impl": case.xla}
+    s = jnp.dtype(dtype).itemsize
+    row["floor_forward"] = floor_ms(case.floor(s, False), rates, dtype)
+    row["floor_forward_backward"] = floor_ms(case.floor(s, True), rates, dtype)
+    if "pallas" not in dispatch.implementations(case.op):
+        row["pallas"] = "not registered"
+        return row
+    grad_rng = np.random.default_rng(1)
+    xla_fwd, xla_bwd = _functions(fn, case.xla, argnums, grad_rng)
+    pal_fwd, pal_bwd = _functions(fn, "pallas", argnums, np.random.default_rng(1))
+    # The reference in float32 whatever the dtype: bf16 errors are measured
+    # against what the inputs mean, not against another bf16 computation.
+    args32 = tuple(jnp.asarray(a, jnp.float32) for a in args)
+    ref_fwd, ref_bwd = _functions(fn, case.xla, argnums, np.random.default_rng(1))
+    row["error_forward"] = _relative_error(pal_fwd(*args), ref_fwd(*args32))
+    grads, ref_grads = pal_bwd(*args), ref_bwd(*args32)
+    row["error_gradients"] = max(_relative_error(g, r) for g, r in zip(grads, ref_grads))
+    timed = [("pallas", pal_fwd, pal_bwd), ("xla", xla_fwd, xla_bwd)]
+    if jax.default_backend() != "cpu":  # what a user gets: auto's pick on this platform
+        row["auto_impl"] = _auto_pick(case.op, args)
+        timed.append(("auto", *_functions(fn, "auto", argnums, np.random.default_rng(1))))
+    for name, fwd, bwd in timed:
+        row[f"{name}_forward_ms"] = time_fn(fwd, *args, repeats=repeats)
+        row[f"{name}_forward_backward_ms"] = time_fn(bwd, *args, repeats=repeats)
+    if case.op == "attention" and jax.default_backend() == "gpu" and dtype == jnp.bfloat16:
+        cudnn_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(_cudnn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
+        row["cudnn_forward_ms"] = time_fn(jax.jit(_cudnn), *args, repeats=repeats)
+        row["cudnn_forward_backward_ms"] = time_fn(cudnn_bwd, *args, repeats=repeats)
+    for part in ("forward", "forward_backward"):
+        row[f"pallas_over_floor_{part}"] = row[f"pallas_{part}_ms"] / row[f"floor_{part}"]["floor_ms"]
+        row[f"xla_over_pallas_{part}"] = row[f"xla_{part}_ms"] / row[f"pallas_{part}_ms"]
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (a check of the script)")
+    parser.add_argument("--only", default="", help="comma-separated op names")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default="", help="JSON path (default benchmarks/results/<host>-kernels.json)")
+    args = parser.parse_args(argv)
+    only = {name for name in args.only.split(",") if name}
+    started = time.time()
+    rates = device_rates(args.quick)
+    print(f"device {jax.devices()[0].device_kind}: copy {rates['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+          f"bf16 matmul {rates['matmul_bfloat16_flops_per_s'] / 1e12:.0f} TFLOP/s", flush=True)
+    name = f"{machine()['host']}-kernels{'-quick' if args.quick else ''}.json"
+    out = pathlib.Path(args.out) if args.out else RESULTS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def write():  # after every row, so a run cut short by a time limit keeps what it measured
+        out.write_text(json.dumps({"machine": machine(), "rates": rates, "rows": rows,
+                                   "seconds": time.time() - started}, indent=1) + "\n")
+
+    for case in cases(args.quick):
+        if only and case.op not in only:
+            continue
+        for dtype in (jnp.float32, jnp.bfloat16):
+            try:
+                row = run_case(case, dtype, rates, 3 if args.quick else args.repeats)
+            except Exception as error:  # noqa: BLE001 - one failing kernel must not hide the others
+                row = {"op": case.op, "dtype": jnp.dtype(dtype).name, **case.shape,
+                       "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            write()
+    write()
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
