@@ -283,13 +283,46 @@ def run_case(case: Case, dtype, rates: dict, repeats: int) -> dict:
     return row
 
 
+def table(results: dict) -> str:
+    """A Markdown table of a ``kernels.py`` JSON (what ``docs/kernels.md`` shows).
+
+    Args:
+      results: the parsed JSON file.
+
+    Returns:
+      The table: per op and dtype, errors, forward and forward+backward times
+      of the kernel, the XLA path and the floor, and the ratios the issue's
+      goals are stated in.
+    """
+    head = ("| op | dtype | err fwd | err grad | pallas fwd ms | xla fwd ms | floor fwd ms | pallas/floor fwd "
+            "| pallas f+b ms | xla f+b ms | floor f+b ms | pallas/floor f+b | xla/pallas f+b |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for row in results["rows"]:
+        if "pallas_forward_ms" not in row:
+            reason = row.get("error") or row.get("pallas", "")
+            lines.append(f"| {row['op']} | {row['dtype']} | {reason} |" + " |" * 11)
+            continue
+        f, fb = row["floor_forward"]["floor_ms"], row["floor_forward_backward"]["floor_ms"]
+        lines.append(
+            f"| {row['op']} | {row['dtype']} | {row['error_forward']:.1e} | {row['error_gradients']:.1e} "
+            f"| {row['pallas_forward_ms']:.3f} | {row['xla_forward_ms']:.3f} | {f:.3f} "
+            f"| {row['pallas_over_floor_forward']:.2f} | {row['pallas_forward_backward_ms']:.3f} "
+            f"| {row['xla_forward_backward_ms']:.3f} | {fb:.3f} | {row['pallas_over_floor_forward_backward']:.2f} "
+            f"| {row['xla_over_pallas_forward_backward']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a check of the script)")
     parser.add_argument("--only", default="", help="comma-separated op names")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default="", help="JSON path (default benchmarks/results/<host>-kernels.json)")
+    parser.add_argument("--table", default="", help="print the Markdown table of this JSON and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(pathlib.Path(args.table).read_text())))
+        return 0
     only = {name for name in args.only.split(",") if name}
     started = time.time()
     rates = device_rates(args.quick)
