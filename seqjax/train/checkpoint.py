@@ -70,7 +70,9 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        # Opening reads each step's _CHECKPOINT_METADATA; orbax logs a missing or damaged one, which it does not need.
+        with _quiet_orbax():
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""

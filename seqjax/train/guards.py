@@ -62,11 +62,12 @@ class DivergenceGuard:
 
     The reference of the relative rule is the larger of the median of the
     last :data:`MEDIAN_WINDOW` losses and the run's first loss. The median
-    alone would follow a run that runs away from its first steps (each huge
-    loss raising the median of the next), and would be over-sensitive once a
-    loss approaches zero; the first loss (an untrained model's) is a scale
-    no healthy run exceeds ``factor`` times. The rule applies from the second
-    step on.
+    alone would be over-sensitive once a loss approaches zero (a spike from
+    1e-4 to 1); the first loss (an untrained model's) is a scale no healthy
+    run exceeds ``factor`` times. The rule applies from the second step on,
+    without a warm-up: the median of the losses so far lags a runaway loss
+    (one growing 10x per step is caught at its 7th step), and not while the
+    reference is <= 0.
 
     Attributes:
       factor: ``config.train.divergence_factor``; None or 0 turns the relative rule off.
@@ -84,13 +85,14 @@ class DivergenceGuard:
         return max(float(np.median(self._window)), self._first)
 
     def limit(self) -> float:
-        """The largest loss the next step may have (inf when the rule is off or has no history).
+        """The largest loss the next step may have (inf when the rule is off or has no positive reference).
 
         Rounded to float32, the dtype the step compares in, so that the host
         and the device agree on every loss.
         """
         ref = self.reference()
-        if self.factor is None or ref is None:
+        # A reference <= 0 (a loss that can be negative) gives no scale to compare with.
+        if self.factor is None or ref is None or ref <= 0:
             return math.inf
         return float(np.float32(self.factor * ref))
 

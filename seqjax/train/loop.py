@@ -317,15 +317,15 @@ def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
     Call it inside ``parallel.activate(setup.mesh, setup.rules)``: a fresh
     state is created by a jitted init, each device making only its shards.
 
+    A checkpoint that does not restore is reported in one line on stderr,
+    moved to ``checkpoints/corrupt`` and the next older one is tried.
+
     Args:
       setup: the run's set-up; a restore repositions ``setup.iterator``.
       ckpt: the workdir's checkpointer.
 
     Returns:
       The :class:`Start`.
-
-    A checkpoint that does not restore is reported in one line on stderr,
-    moved to ``checkpoints/corrupt`` and the next older one is tried.
 
     Raises:
       ConfigError: ``config.train.steps`` is below the newest checkpoint's step.

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
@@ -23,6 +24,7 @@ from seqjax.errors import ConfigError
 from seqjax.train import default_config
 from seqjax.train.checkpoint import Checkpointer
 from seqjax.train.config import validate_config
+from seqjax.train.guards import DivergenceGuard, StopSignals
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 300, 50
@@ -280,3 +282,56 @@ def test_divergence_factor_is_checked():
     for off_or_on in (0, None, 10.0, 1e3):
         config.train = ConfigDict({**config.train.to_dict(), "divergence_factor": off_or_on})
         validate_config(config, 1)
+
+
+# --- the guard and the signal handlers in-process ----------------------------------------------------
+
+
+def test_the_guard_fires_on_nan_inf_and_a_runaway_loss_only(rng):
+    guard = DivergenceGuard(1e3)
+    assert guard.limit() == float("inf")  # no history: only NaN/Inf can fire
+    assert guard.cause(float("nan"), 1.0, guard.limit()) == "loss is nan"
+    assert guard.cause(1.0, float("inf"), guard.limit()) == "gradient norm is inf"
+    first = 3.0 + rng.random()
+    guard.add(first)
+    losses = first * np.exp(rng.normal(0.0, 1.0, size=300))  # noisy, within e^3 of the first
+    for loss in losses:
+        assert guard.cause(float(loss), 1.0, guard.limit()) is None
+        guard.add(float(loss))
+    ref = max(float(np.median(losses[-100:])), first)
+    assert guard.reference() == pytest.approx(ref)
+    assert guard.cause(1.01e3 * ref, 1.0, guard.limit()).startswith(f"loss {1.01e3 * ref:.3g} is above ")
+    assert guard.cause(0.99e3 * ref, 1.0, guard.limit()) is None
+    # The history round-trips through the checkpoint meta (JSON).
+    again = DivergenceGuard(1e3)
+    again.set_state(json.loads(json.dumps(guard.state())))
+    assert again.limit() == guard.limit()
+    # Off (0 or None), or a reference <= 0: only NaN/Inf.
+    for off in (DivergenceGuard(0), DivergenceGuard(None)):
+        off.add(1.0)
+        assert off.limit() == float("inf") and off.cause(1e30, 1.0, off.limit()) is None
+    negative = DivergenceGuard(1e3)
+    negative.add(-2.0)
+    assert negative.limit() == float("inf")
+
+
+def test_a_run_that_runs_away_from_its_first_step_is_caught():
+    """No warm-up: the median of the losses so far lags a loss growing 10x per step, which is caught at step 6."""
+    guard, loss, caught = DivergenceGuard(1e3), 3.0, None
+    for step in range(20):
+        caught = guard.cause(loss, 1.0, guard.limit())
+        if caught:
+            break
+        guard.add(loss)
+        loss *= 10
+    assert step == 6 and caught.startswith("loss 3e+06 is above config.train.divergence_factor=1000 x its running "
+                                           "median 1.65e+03")
+
+
+def test_stop_signals_defer_the_first_signal_and_put_the_handlers_back():
+    before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # delivered at the next bytecode boundary
+        assert signals.received == signal.SIGTERM
+    assert {s: signal.getsignal(s) for s in before} == before
