@@ -153,16 +153,20 @@ class Checkpointer:
             try:
                 with _quiet_orbax():
                     state, meta = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint cannot be used
+                reason = failure_reason(e)
+            else:
+                try:
                     if check_meta is not None:
                         check_meta(meta)
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint cannot be used
-                where = self.move_aside(step) if move else self.directory / str(step)
-                moved.append(step)
-                if report is not None:
-                    report(f"warning: checkpoint {step} in {self.directory} does not restore ({failure_reason(e)}); "
-                           f"moved to {where}, trying the next older one")
-                continue
-            return step, state, meta
+                    return step, state, meta
+                except Exception as e:  # noqa: BLE001 - as above
+                    reason = f"its meta is unusable: {failure_reason(e)}"
+            where = self.move_aside(step) if move else self.directory / str(step)
+            moved.append(step)
+            if report is not None:
+                report(f"warning: checkpoint {step} in {self.directory} does not restore ({reason}); "
+                       f"moved to {where}, trying the next older one")
         corrupt = self.directory / CORRUPT_DIR
         if moved or (corrupt.is_dir() and any(corrupt.iterdir())):
             what = f"steps {', '.join(map(str, moved))} moved to {corrupt}" if moved else f"damaged ones are in {corrupt}"
@@ -212,7 +216,8 @@ def failure_reason(error: BaseException) -> str:
 
     Returns:
       E.g. ``"array data: a file is missing (NOT_FOUND)"``, ``"missing file
-      meta/metadata"``, ``"a metadata file is not valid JSON"``.
+      meta/metadata"``, ``"a metadata file is not valid JSON"``, ``"its
+      state folder is missing"``.
     """
     chain, e = [], error
     while e is not None and len(chain) < 8:
@@ -231,8 +236,11 @@ def failure_reason(error: BaseException) -> str:
         return f"array data: {_STATUS[status.group(1)]} ({status.group(1)})"
     if "reading array" in text:
         return "array data: a file is damaged"
+    item = re.search(r'Item "(\w+)" was not found', text)
+    if item:
+        return f"its {item.group(1)} folder is missing"
     if isinstance(error, KeyError):
-        return f"its meta has no {error}"
+        return f"no key {error}"
     first = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first[:120]}"
 

@@ -109,16 +109,18 @@ def _array_data(step_dir: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
+# kind of damage -> (what is done to checkpoints/<step>, the reason printed)
 DAMAGE = {
-    "garbage array data": lambda d: [_garbage(p) for p in _array_data(d)],
-    "truncated array data": lambda d: [_truncate(p) for p in _array_data(d)],
-    "deleted array data": lambda d: [p.unlink() for p in _array_data(d)],
-    "truncated array index": lambda d: _truncate(d / "state" / "manifest.ocdbt"),
-    "garbage state metadata": lambda d: _garbage(d / "state" / "_METADATA"),
-    "truncated array metadata": lambda d: _truncate(d / "state" / "array_metadatas" / "process_0"),
-    "deleted meta": lambda d: (d / "meta" / "metadata").unlink(),
-    "garbage meta": lambda d: _garbage(d / "meta" / "metadata"),
-    "deleted state folder": lambda d: shutil.rmtree(d / "state"),
+    "garbage array data": (lambda d: [_garbage(p) for p in _array_data(d)], "array data: a file is "),
+    "truncated array data": (lambda d: [_truncate(p) for p in _array_data(d)], "array data: a file is "),
+    "deleted array data": (lambda d: [p.unlink() for p in _array_data(d)], "array data: a file is missing (NOT_FOUND)"),
+    "truncated array index": (lambda d: _truncate(d / "state" / "manifest.ocdbt"), "array data: a file is "),
+    "garbage state metadata": (lambda d: _garbage(d / "state" / "_METADATA"), "a metadata file is not valid JSON"),
+    "truncated array metadata": (lambda d: _truncate(d / "state" / "array_metadatas" / "process_0"),
+                                 "a metadata file is not valid JSON"),
+    "deleted meta": (lambda d: (d / "meta" / "metadata").unlink(), "missing file meta/metadata"),
+    "garbage meta": (lambda d: _garbage(d / "meta" / "metadata"), "a metadata file is not valid JSON"),
+    "deleted state folder": (lambda d: shutil.rmtree(d / "state"), "its state folder is missing"),
 }
 FAST_DAMAGE = "garbage array data"
 
@@ -128,12 +130,13 @@ FAST_DAMAGE = "garbage array data"
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tmp_path, kind):
     workdir = _copy_unfinished(reference, tmp_path)
     ckpts = workdir / "checkpoints"
-    DAMAGE[kind](ckpts / str(STEPS))
+    damage, reason = DAMAGE[kind]
+    damage(ckpts / str(STEPS))
     r = _cli(workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = _stderr_lines(r)
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"warning: checkpoint {STEPS} in {ckpts} does not restore (")
+    assert lines[0].startswith(f"warning: checkpoint {STEPS} in {ckpts} does not restore ({reason}")
     assert lines[0].endswith(f"); moved to {ckpts / 'corrupt' / str(STEPS)}, trying the next older one")
     assert f"resuming from step {STEPS - EVERY}" in r.stdout
     assert (ckpts / "corrupt" / str(STEPS)).is_dir() and _steps(workdir) == [STEPS - EVERY, STEPS]
@@ -156,7 +159,7 @@ def test_no_restorable_checkpoint_stops_with_exit_2(reference, tmp_path):
     workdir = _copy_unfinished(reference, tmp_path)
     ckpts = workdir / "checkpoints"
     for step in (STEPS - EVERY, STEPS):
-        DAMAGE[FAST_DAMAGE](ckpts / str(step))
+        DAMAGE[FAST_DAMAGE][0](ckpts / str(step))
     r = _cli(workdir)
     assert r.returncode == 2
     *warnings, last = _stderr_lines(r)
@@ -189,13 +192,16 @@ def test_unfinalised_checkpoints_are_never_the_latest(reference, tmp_path):
 # --- kill -9 and signals --------------------------------------------------------------------------
 
 
-def _start_and_stop_at(workdir, step: int, signum: int) -> subprocess.CompletedProcess:
-    """Starts the run, sends ``signum`` once ``metrics.jsonl`` has reached ``step``; the finished process."""
+def _start_and_stop_at(workdir, step: int, signum: int, after_checkpoint: int | None = None):
+    """Starts the run, sends ``signum`` once ``metrics.jsonl`` has reached ``step`` (and checkpoint
+    ``after_checkpoint``, saved in the background, is on disk); the finished process."""
     proc = subprocess.Popen(_command(workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     metrics, deadline = workdir / "metrics.jsonl", time.time() + 240
+    saved = workdir / "checkpoints" / str(after_checkpoint)
     try:
-        while not (metrics.exists() and metrics.read_text().count("\n") >= step):
+        while not (metrics.exists() and metrics.read_text().count("\n") >= step
+                   and (after_checkpoint is None or saved.is_dir())):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.time() < deadline, "the run did not reach the step"
             time.sleep(0.002)
@@ -211,12 +217,12 @@ def _start_and_stop_at(workdir, step: int, signum: int) -> subprocess.CompletedP
 @pytest.mark.slow
 def test_kill_9_at_a_random_step_then_rerun_equals_uninterrupted(reference, tmp_path, rng):
     workdir = tmp_path / "run"
-    at = int(rng.integers(EVERY + 5, 2 * EVERY + 40))  # after the first checkpoint
-    r = _start_and_stop_at(workdir, at, signal.SIGKILL)
+    at = int(rng.integers(EVERY + 5, 2 * EVERY + 40))
+    r = _start_and_stop_at(workdir, at, signal.SIGKILL, after_checkpoint=EVERY)
     assert r.returncode == -signal.SIGKILL and not (workdir / "results.json").exists()
     done = _cli(workdir)
     assert done.returncode == 0 and _stderr_lines(done) == [], done.stderr[-3000:]
-    assert "resuming from step" in done.stdout
+    assert "resuming from step" in done.stdout and "resuming from step 0" not in done.stdout
     _assert_same_as(workdir, reference)
 
 
