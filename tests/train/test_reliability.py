@@ -125,8 +125,8 @@ DAMAGE = {
 FAST_DAMAGE = "garbage array data"
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=() if k == FAST_DAMAGE else pytest.mark.slow)
-                                  for k in DAMAGE])
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=() if k == FAST_DAMAGE else pytest.mark.slow,
+                                               id=k.replace(" ", "_")) for k in DAMAGE])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tmp_path, kind):
     workdir = _copy_unfinished(reference, tmp_path)
     ckpts = workdir / "checkpoints"
