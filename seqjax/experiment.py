@@ -95,7 +95,11 @@ def main(config, workdir: str | None, report: Callable[[dict], str] | None = Non
       report: results → text to print (e.g. the ICL error table).
 
     Returns:
-      The process exit status: 0 on success, 2 on a bad config (nothing written).
+      The process exit status (one line on stderr for each but 0): 0 when the
+      run finished (now or before); 2 on a bad config (nothing written) or
+      when no checkpoint of the folder restores; 3 when training diverged;
+      130 / 143 when SIGINT / SIGTERM stopped it (checkpointed: the same
+      command resumes).
     """
     try:
         prepared = prepare(config)
@@ -108,9 +112,17 @@ def main(config, workdir: str | None, report: Callable[[dict], str] | None = Non
         print(prepared.note, flush=True)
     try:
         results = train.run(prepared.config, str(workdir), task=prepared.task)
-    except ConfigError as e:
+    except (ConfigError, train.CheckpointError) as e:
         return fail(e)
-    print(f"workdir: {workdir}")
+    except train.TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except train.TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this step
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     if report is not None:
         print(report(results))
     return 0

@@ -9,16 +9,45 @@ Each checkpoint step directory holds two items:
   — what, together with the state, makes a resumed run identical to an
   uninterrupted one.
 
-Orbax writes each step into a temporary directory and renames it when complete,
-so a run killed mid-save leaves no half checkpoint that a restore could pick.
+Orbax writes each step into ``<step>.orbax-checkpoint-tmp-<time>`` and renames
+it to ``<step>`` only when every item is on disk (on a local or network file
+system; on GCS it writes ``commit_success.txt`` last instead), and lists only
+such finalised steps: a run killed mid-save leaves no half checkpoint that a
+restore could pick, and the temporary folder is deleted when the next run opens
+the folder.
+
+A finalised checkpoint can still be damaged afterwards (a full disk, a copy
+cut short, a hand edit). :meth:`Checkpointer.restore_latest` then reports it
+in one line, moves it to ``checkpoints/corrupt/<step>`` (where orbax does not
+look) and tries the next older one; :class:`CheckpointError` when none
+restores.
 """
 
+import contextlib
+import json
+import logging
 import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+# Where damaged checkpoints are moved, inside ``checkpoints/``: not a step
+# number, so orbax neither lists nor deletes it.
+CORRUPT_DIR = "corrupt"
+
+# tensorstore's status codes in a failed read, in words.
+_STATUS = {"NOT_FOUND": "a file is missing", "DATA_LOSS": "a file is damaged", "OUT_OF_RANGE": "a file is truncated",
+           "INVALID_ARGUMENT": "a file is damaged", "FAILED_PRECONDITION": "a file is damaged"}
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none restores (the damaged ones were moved to ``checkpoints/corrupt``)."""
 
 
 class Checkpointer:
@@ -41,7 +70,9 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        # Opening reads each step's _CHECKPOINT_METADATA; orbax logs a missing or damaged one, which it does not need.
+        with _quiet_orbax():
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -91,13 +122,73 @@ class Checkpointer:
         )
         return restored["state"], restored["meta"]
 
-    def restore_latest(self, abstract_state: Any | None = None) -> tuple[int, Any, dict] | None:
-        """``(step, state, meta)`` of the newest checkpoint, or None when there is none."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        state, meta = self.restore(step, abstract_state)
-        return step, state, meta
+    def restore_latest(self, abstract_state: Any | None = None, *, check_meta: Callable[[dict], None] | None = None,
+                       report: Callable[[str], None] | None = None,
+                       move: bool = True) -> tuple[int, Any, dict] | None:
+        """``(step, state, meta)`` of the newest checkpoint that restores, or None when there is none.
+
+        A checkpoint that fails to restore (or whose meta ``check_meta``
+        rejects) is reported in one line, moved to ``checkpoints/corrupt/``
+        and the next older one is tried. orbax's log lines and the stray
+        errors of its cancelled reads are kept off the terminal meanwhile.
+
+        Args:
+          abstract_state: see :meth:`restore`.
+          check_meta: raises (any exception) when a restored meta lacks what
+            the caller needs.
+          report: receives the one-line report of each damaged checkpoint.
+          move: whether this process moves damaged checkpoints aside (on
+            several processes sharing the folder: process 0 only).
+
+        Returns:
+          The newest restorable checkpoint, or None when the folder holds none
+          (no step, and nothing in ``checkpoints/corrupt``).
+
+        Raises:
+          CheckpointError: checkpoints exist (or were moved aside earlier) but
+            none restores.
+        """
+        moved = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                with _quiet_orbax():
+                    state, meta = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint cannot be used
+                reason = failure_reason(e)
+            else:
+                try:
+                    if check_meta is not None:
+                        check_meta(meta)
+                    return step, state, meta
+                except Exception as e:  # noqa: BLE001 - as above
+                    reason = f"its meta is unusable: {failure_reason(e)}"
+            where = self.move_aside(step) if move else self.directory / str(step)
+            moved.append(step)
+            if report is not None:
+                report(f"warning: checkpoint {step} in {self.directory} does not restore ({reason}); "
+                       f"moved to {where}, trying the next older one")
+        corrupt = self.directory / CORRUPT_DIR
+        if moved or (corrupt.is_dir() and any(corrupt.iterdir())):
+            what = f"steps {', '.join(map(str, moved))} moved to {corrupt}" if moved else f"damaged ones are in {corrupt}"
+            raise CheckpointError(f"no checkpoint in {self.directory} restores ({what}); delete {corrupt} to start the "
+                                  "run over, or pass another --workdir")
+        return None
+
+    def move_aside(self, step: int) -> Path:
+        """Moves checkpoint ``step`` to ``checkpoints/corrupt/<step>`` (``<step>-1``, ... if taken).
+
+        Returns:
+          Its new path.
+        """
+        target = self.directory / CORRUPT_DIR / str(step)
+        n = 0
+        while target.exists():
+            n += 1
+            target = target.with_name(f"{step}-{n}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(target))
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
@@ -117,6 +208,78 @@ class Checkpointer:
         self.close()
 
 
+def failure_reason(error: BaseException) -> str:
+    """A short phrase for why a checkpoint did not restore (not orbax's traceback).
+
+    Args:
+      error: what the restore raised.
+
+    Returns:
+      E.g. ``"array data: a file is missing (NOT_FOUND)"``, ``"missing file
+      meta/metadata"``, ``"a metadata file is not valid JSON"``, ``"its
+      state folder is missing"``.
+    """
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) for e in chain):
+        return "a metadata file is not valid JSON"
+    missing = re.search(r"File (\S+) not found", text)
+    if missing or any(isinstance(e, FileNotFoundError) for e in chain):
+        name = missing.group(1) if missing else next(e.filename for e in chain if isinstance(e, FileNotFoundError))
+        parts = Path(str(name)).parts
+        return f"missing file {'/'.join(parts[-2:])}"
+    status = re.search(r"\b(" + "|".join(_STATUS) + r")\b", text)
+    if status:
+        return f"array data: {_STATUS[status.group(1)]} ({status.group(1)})"
+    if "reading array" in text:
+        return "array data: a file is damaged"
+    item = re.search(r'Item "(\w+)" was not found', text)
+    if item:
+        return f"its {item.group(1)} folder is missing"
+    if isinstance(error, KeyError):
+        return f"no key {error}"
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:120]}"
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Keeps orbax's (absl) log lines about a damaged checkpoint off the terminal, and its stray errors after."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)
+    _drop_closed_loop_errors()
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _drop_closed_loop_errors() -> None:
+    """Installs (once) an unraisable-error hook that drops ``RuntimeError('Event loop is closed')``.
+
+    When one array of a restore fails, orbax stops waiting and closes its
+    event loop; the other arrays' reads then complete in tensorstore's threads
+    and try to wake that loop, each printing a traceback (through
+    ``sys.unraisablehook``) whenever it happens, even after the run ended.
+    The hook drops only those; any other error goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_seqjax_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._seqjax_drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
 def abstract_like(tree: Any, shardings: Any) -> Any:
     """``ShapeDtypeStruct`` leaves with the given shardings (restore target).
 
@@ -130,4 +293,4 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-__all__ = ["Checkpointer", "abstract_like"]
+__all__ = ["Checkpointer", "CheckpointError", "CORRUPT_DIR", "abstract_like", "failure_reason"]

@@ -52,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
             "eval_every": 0,  # 0: evaluate only at the end
             "checkpoint_every": 1000,  # 0: checkpoint only at the end
             "keep_checkpoints": 2,
+            # Stop when a loss exceeds this many times its running median (seqjax.train.guards); 0/None: off.
+            "divergence_factor": 1e3,
             "progress": True,
         },
         # -1: the devices the other axes leave; presets in seqjax/parallel/rules.py.
@@ -105,6 +107,11 @@ def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
     _check_int("config.train.eval_every", train.get("eval_every"), 0)
     _check_int("config.train.checkpoint_every", train.get("checkpoint_every"), 0)
     _check_int("config.train.keep_checkpoints", train.get("keep_checkpoints"), 1)
+    factor = train.get("divergence_factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or not (factor == 0 or 1 < factor < float("inf"))):
+        raise ConfigError(f"config.train.divergence_factor={factor!r} must be a number > 1, or 0 or None to turn the "
+                          "divergence rule off")
     if not isinstance(train.get("progress"), bool):
         raise ConfigError(f"config.train.progress={train.get('progress')!r} must be True or False")
     optim_lib.validate(_section(config, "optim"), train.steps)
@@ -196,7 +203,7 @@ def check_lengths(config, task) -> None:
 # as 1 does and checkpoints restore into any sharding).
 RESUMABLE_FIELDS = (
     "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
+    "train.keep_checkpoints", "train.divergence_factor", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
     "model.sequence_axis", *(f"distributed.{k}" for k in distributed.FIELDS),
 )
 

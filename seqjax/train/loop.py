@@ -26,12 +26,25 @@ One call of :func:`run`:
    ``checkpoint_every`` steps;
 5. :func:`finish`: evaluates at the end and writes ``results.json`` atomically.
 
-The checkpointer, the mesh/rules context, the metric writer and the progress
-bar are context managers, closed (pending checkpoint saves finished) however
-:func:`run` ends.
+The checkpointer, the mesh/rules context, the metric writer, the progress
+bar and the signal handlers are context managers, closed (pending checkpoint
+saves finished, previous handlers back) however :func:`run` ends.
 
-A non-finite loss (or gradient norm) leaves the state untouched inside the
-step, saves it as a checkpoint and raises :class:`TrainingDiverged`.
+How a run stops early (:mod:`seqjax.train.guards`):
+
+- a checkpoint that does not restore is reported, moved to
+  ``checkpoints/corrupt`` and the next older one is tried
+  (:class:`~seqjax.train.checkpoint.CheckpointError` when none restores);
+- divergence (a NaN/Inf loss or gradient norm, or a loss above
+  ``train.divergence_factor`` x its running median) leaves the state
+  untouched inside the step, saves it as a checkpoint, writes
+  ``results.json`` with ``"status": "diverged"`` and raises
+  :class:`TrainingDiverged`;
+- SIGINT/SIGTERM finish the current step, save a checkpoint and raise
+  :class:`TrainingInterrupted`.
+
+Process 0 prints a few lines to stdout: the run folder, ``compiling...``
+before the first step, ``already finished: <folder>`` for a finished run.
 
 Multi-host: :func:`run` first calls :func:`seqjax.parallel.distributed.initialize`
 with ``config.distributed``; each process's task iterator yields its rows of
@@ -42,9 +55,6 @@ only process 0 writes ``results.json`` and the metric files.
 
 import dataclasses
 import json
-import math
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -56,7 +66,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-import seqjax
 from seqjax import parallel
 from seqjax.errors import ConfigError
 from seqjax.models import param_groups
@@ -64,17 +73,15 @@ from seqjax.parallel import distributed
 from seqjax.tasks.base import PaddedIterator, padded_batch_size
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
+from seqjax.train.guards import DivergenceGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from seqjax.train.config import batch_padding, check_lengths, check_workdir_config, validate_config
+from seqjax.train.results import finished_results, git_hash, run_record, write_json_atomic
 from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
                                 state_shardings)
 from seqjax.train.step import apply_model, make_train_step, model_inputs
 from seqjax.train.writers import MetricWriter, NullWriter, jsonable, open_writer
 
 Writer = MetricWriter | NullWriter
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or gradient norm) became NaN/Inf; the last good state was checkpointed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +143,7 @@ class Start:
       dropout_key: the run's dropout key (restored with the checkpoint).
       elapsed_s: wall time of earlier processes of this run, up to their last checkpoint.
       loss: the loss of the step before ``step`` (None for a fresh run).
+      guard: the divergence guard's history (None for a fresh run).
     """
 
     step: int
@@ -143,6 +151,7 @@ class Start:
     dropout_key: jax.Array
     elapsed_s: float
     loss: float | None
+    guard: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +186,11 @@ def run(config, workdir, *, task=None, model=None) -> dict:
 
     Raises:
       ConfigError: a bad config field (before anything is built or written).
-      TrainingDiverged: the loss became NaN/Inf (after checkpointing the last good state).
+      CheckpointError: checkpoints exist but none restores.
+      TrainingDiverged: a NaN/Inf loss or gradient norm, or a loss above
+        ``train.divergence_factor`` x its running median (after checkpointing
+        the last good state and writing ``results.json`` with ``"status": "diverged"``).
+      TrainingInterrupted: SIGINT or SIGTERM (after the current step and its checkpoint).
     """
     t_start = time.time()
     distributed.initialize(config.get("distributed"))
@@ -186,38 +199,29 @@ def run(config, workdir, *, task=None, model=None) -> dict:
     check_workdir_config(config, workdir)
     previous = finished_results(workdir, config.train.steps)
     if previous is not None:
+        _say(f"already finished: {workdir}")
         return previous
-    setup = set_up(config, workdir, sizes, t_start, task=task, model=model)
-    # Entered in this order, left in the reverse: the mesh/rules context first,
-    # then the checkpointer (which finishes pending saves), as before the split.
-    with Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt, parallel.activate(setup.mesh, setup.rules):
-        # Model code is traced inside the mesh/rules context: the backbone's sharding
-        # constraints and the sequence-parallel mixers read them from there.
-        start = restore_or_init(setup, ckpt)
-        with open_writer(workdir, resume_step=start.step, primary=setup.primary) as writer:
-            writer.message(start_message(setup, start))
-            evaluate = make_evaluate(setup, writer)
-            trained = train_loop(setup, start, ckpt, writer, evaluate)
-            return finish(setup, start, trained, ckpt, writer, evaluate)
-
-
-def finished_results(workdir: Path, steps: int) -> dict | None:
-    """The contents of ``workdir/results.json`` if it holds a finished run of ``steps`` steps.
-
-    Args:
-      workdir: the run's directory (need not exist).
-      steps: ``config.train.steps``.
-
-    Returns:
-      The results, or None (no file, unfinished, or another number of steps).
-    """
-    path = workdir / "results.json"
-    if not path.exists():
-        return None
-    previous = json.loads(path.read_text())
-    if previous.get("finished") and previous.get("train", {}).get("steps") == steps:
-        return previous
-    return None
+    # Signals are caught from here: one during set-up or compilation stops the run after its first step.
+    with StopSignals() as signals:
+        setup = set_up(config, workdir, sizes, t_start, task=task, model=model)
+        if setup.primary:
+            _say(f"workdir: {workdir}")
+        # Entered in this order, left in the reverse: the mesh/rules context first,
+        # then the checkpointer (which finishes pending saves), as before the split.
+        with (Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt,
+              parallel.activate(setup.mesh, setup.rules)):
+            # Model code is traced inside the mesh/rules context: the backbone's sharding
+            # constraints and the sequence-parallel mixers read them from there.
+            start = restore_or_init(setup, ckpt)
+            with open_writer(workdir, resume_step=start.step, primary=setup.primary) as writer:
+                writer.message(start_message(setup, start))
+                evaluate = make_evaluate(setup, writer)
+                try:
+                    trained = train_loop(setup, start, ckpt, writer, evaluate, signals)
+                except TrainingDiverged as e:
+                    write_diverged(setup, start, e)
+                    raise
+                return finish(setup, start, trained, ckpt, writer, evaluate)
 
 
 def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task=None, model=None) -> Setup:
@@ -304,7 +308,7 @@ def _create_workdir(config, workdir: Path) -> None:
     """Creates ``workdir`` and (process 0, first run) writes ``config.json`` in it."""
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_primary() and not (workdir / "config.json").exists():
-        _write_json_atomic(workdir / "config.json", jsonable(config.to_dict()))
+        write_json_atomic(workdir / "config.json", jsonable(config.to_dict()))
 
 
 def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
@@ -312,6 +316,9 @@ def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
 
     Call it inside ``parallel.activate(setup.mesh, setup.rules)``: a fresh
     state is created by a jitted init, each device making only its shards.
+
+    A checkpoint that does not restore is reported in one line on stderr,
+    moved to ``checkpoints/corrupt`` and the next older one is tried.
 
     Args:
       setup: the run's set-up; a restore repositions ``setup.iterator``.
@@ -322,18 +329,26 @@ def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
 
     Raises:
       ConfigError: ``config.train.steps`` is below the newest checkpoint's step.
+      CheckpointError: checkpoints exist but none restores.
     """
     steps = setup.config.train.steps
-    restored = ckpt.restore_latest(abstract_like(setup.abstract_state, setup.state_shardings))
+    newest = ckpt.latest_step()
+    if newest is not None and newest > steps:
+        raise ConfigError(
+            f"config.train.steps={steps} is below the newest checkpoint in {setup.workdir} (step {newest})")
+
+    def check_meta(meta: dict) -> None:
+        jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
+        setup.iterator.set_state(meta["data_iterator"])
+
+    restored = ckpt.restore_latest(abstract_like(setup.abstract_state, setup.state_shardings), check_meta=check_meta,
+                                   report=lambda line: _say(line, err=True) if setup.primary else None,
+                                   move=setup.primary)
     if restored is not None:
         step, state, meta = restored
-        if step > steps:
-            raise ConfigError(
-                f"config.train.steps={steps} is below the newest checkpoint in {setup.workdir} (step {step})")
-        setup.iterator.set_state(meta["data_iterator"])
         return Start(
             step=step, state=state, dropout_key=jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32)),
-            elapsed_s=float(meta.get("elapsed_s", 0.0)), loss=meta.get("loss"))
+            elapsed_s=float(meta.get("elapsed_s", 0.0)), loss=meta.get("loss"), guard=meta.get("divergence"))
     init = jax.jit(make_init_fn(setup.model, setup.tx), out_shardings=setup.state_shardings)
     state = init(setup.init_key, setup.sample_in["inputs"], setup.sample_in.get("segment_ids"))
     return Start(step=0, state=state, dropout_key=setup.dropout_key, elapsed_s=0.0, loss=None)
@@ -433,8 +448,11 @@ class LogWindow:
 
 
 def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
-               evaluate: Callable[[int, Any], dict]) -> Trained:
+               evaluate: Callable[[int, Any], dict], signals: StopSignals | None = None) -> Trained:
     """Runs the steps ``start.step .. config.train.steps - 1``: log, checkpoint and evaluate on schedule.
+
+    The loss and gradient norm are read after every step (one host sync; the
+    next batch is fetched before it, so data loading overlaps the device step).
 
     Args:
       setup: the run's set-up.
@@ -442,27 +460,31 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
       ckpt: the checkpointer.
       writer: the metric writer.
       evaluate: :func:`make_evaluate`'s function (the evaluations of ``eval_every``).
+      signals: the run's :class:`~seqjax.train.guards.StopSignals`, checked after each step.
 
     Returns:
       The :class:`Trained` state, last loss and throughput.
 
     Raises:
-      TrainingDiverged: a non-finite loss or gradient norm (the last good
-        state is checkpointed first, at the step it had reached).
+      TrainingDiverged: see :class:`~seqjax.train.guards.DivergenceGuard` (the
+        last good state is checkpointed first, at the step it had reached).
+      TrainingInterrupted: a signal arrived (the state after the current step is checkpointed first).
     """
     cfg = setup.config.train
     steps, rep = cfg.steps, replicated(setup.mesh)
     step_fn = jax.jit(
         make_train_step(setup.model, setup.task, setup.tx, setup.schedules["lr"]),
-        in_shardings=(setup.state_shardings, setup.batch_shardings, rep),
+        in_shardings=(setup.state_shardings, setup.batch_shardings, rep, rep),
         out_shardings=(setup.state_shardings, rep),
         donate_argnums=(0,),
     )
     rng_data = np.asarray(jax.random.key_data(start.dropout_key)).tolist()
+    guard = DivergenceGuard(cfg.get("divergence_factor"))
+    guard.set_state(start.guard)
 
     def meta(step: int, data_state, loss) -> dict:
         return {"step": step, "data_iterator": data_state, "rng": rng_data, "loss": loss,
-                "elapsed_s": start.elapsed_s + time.time() - setup.t_start}
+                "elapsed_s": start.elapsed_s + time.time() - setup.t_start, "divergence": guard.state()}
 
     window = LogWindow(first_step=start.step, steps=steps, log_every=cfg.log_every, batch_size=cfg.batch_size,
                        tokens_per_example=setup.tokens_per_example)
@@ -471,23 +493,27 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
     batch = distributed.global_batch(next(iterator), setup.batch_shardings) if start.step < steps else None
     # Redirected output (logs, CI) gets a redraw every 10 s instead of ~20 per second.
     interactive = sys.stderr.isatty()
+    if start.step < steps and setup.primary:
+        _say(("resuming from step %d" % start.step if start.step else "starting") + "; compiling the train step...")
     with tqdm(total=steps, initial=start.step, disable=not (cfg.progress and setup.primary), desc="train",
               dynamic_ncols=True, mininterval=0.1 if interactive else 10.0) as bar:
         for s in range(start.step, steps):
             t_step = time.perf_counter()
-            state, metrics = step_fn(state, batch, start.dropout_key)
+            limit = guard.limit()
+            state, metrics = step_fn(state, batch, start.dropout_key, limit)
             data_before, data_state = data_state, iterator.get_state()
             if s + 1 < steps:  # fetch the next batch while the device computes this step
                 batch = distributed.global_batch(next(iterator), setup.batch_shardings)
             loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            cause = guard.cause(loss, grad_norm, limit)
+            if cause is not None:
                 # The step returned its input state: save it with the iterator before the bad batch.
-                msg = (f"training diverged at step {s}: loss={loss}, grad_norm={grad_norm}; "
-                       f"the last good state is checkpoint {s} in {ckpt.directory}")
+                msg = f"training diverged at step {s}: {cause}; kept checkpoint {s} in {ckpt.directory}"
                 ckpt.save(s, state, meta(s, data_before, last_loss))
                 ckpt.wait()
-                writer.message("ERROR " + msg)
-                raise TrainingDiverged(msg)
+                writer.message(msg)
+                raise TrainingDiverged(msg, step=s, cause=cause)
+            guard.add(loss)
             last_loss = loss
             done = s + 1
             values = window.add(s, metrics, time.perf_counter() - t_step)
@@ -500,6 +526,12 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
             if cfg.eval_every and done % cfg.eval_every == 0 and done != steps:
                 evaluate(done, state.params)
             bar.update(1)
+            if signals is not None and signals.received is not None:
+                ckpt.save(done, state, meta(done, data_state, loss))
+                ckpt.wait()
+                interrupted = TrainingInterrupted(done, signals.received)
+                writer.message(str(interrupted))
+                raise interrupted
     return Trained(state=state, loss=last_loss, examples_per_s=window.examples_per_s())
 
 
@@ -530,41 +562,48 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
             "examples_per_s": examples_per_s,
             "tokens_per_s": None if examples_per_s is None else examples_per_s * setup.tokens_per_example,
         },
-        "config": jsonable(setup.config.to_dict()),
-        "seqjax_version": seqjax.__version__,
-        "git_hash": git_hash(),
-        "wall_time_s": start.elapsed_s + time.time() - setup.t_start,
-        "device_kind": jax.devices()[0].device_kind,
-        "num_devices": math.prod(setup.sizes.values()),
-        "mesh": {**setup.sizes, "preset": setup.preset},
-        "num_processes": jax.process_count(),
+        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start),
+        "status": "finished",
         "finished": True,
     }
     if setup.primary:
-        _write_json_atomic(setup.workdir / "results.json", results)
+        write_json_atomic(setup.workdir / "results.json", results)
     writer.message(f"finished {steps} steps: loss {trained.loss}, metrics {json.dumps(results['metrics'])}")
     return results
+
+
+def write_diverged(setup: Setup, start: Start, diverged: TrainingDiverged) -> None:
+    """Writes ``results.json`` of a diverged run: ``"status": "diverged"``, ``"finished": false``, no metrics.
+
+    Reports skip it (they read finished runs); rerunning the same command
+    restores the kept checkpoint and diverges again, unless
+    ``train.divergence_factor`` (a field that may change between runs) is raised.
+
+    Args:
+      setup: the run's set-up.
+      start: where this process started (its earlier wall time counts).
+      diverged: the error raised by :func:`train_loop`.
+    """
+    if not setup.primary:
+        return
+    results = {
+        "metrics": {},
+        "train": {"loss": None, "steps": setup.config.train.steps, "completed_steps": diverged.step},
+        "diverged": {"step": diverged.step, "cause": diverged.cause, "message": str(diverged)},
+        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start),
+        "status": "diverged",
+        "finished": False,
+    }
+    write_json_atomic(setup.workdir / "results.json", results)
 
 
 # --- helpers -----------------------------------------------------------------------
 
 
-def git_hash() -> str | None:
-    """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(seqjax.__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+def _say(text: str, *, err: bool = False) -> None:
+    """Prints one line for the person at the terminal (stdout, or stderr for warnings)."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-__all__ = ["run", "TrainingDiverged", "Setup", "Start", "Trained", "set_up", "restore_or_init", "train_loop",
+__all__ = ["run", "TrainingDiverged", "TrainingInterrupted", "write_diverged", "Setup", "Start", "Trained", "set_up", "restore_or_init", "train_loop",
            "finish", "finished_results", "make_evaluate", "start_message", "LogWindow", "git_hash"]

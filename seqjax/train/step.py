@@ -53,10 +53,12 @@ def apply_model(model, params, batch: dict, **kwargs):
 
 
 def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: Callable) -> Callable:
-    """The (unjitted) train step ``(state, batch, key) -> (state, metrics)``.
+    """The (unjitted) train step ``(state, batch, key, limit=None) -> (state, metrics)``.
 
-    A non-finite loss or gradient norm returns the input state unchanged, so
-    that the host can checkpoint the last good state after seeing the loss.
+    A non-finite loss or gradient norm, or a loss above ``limit`` (the
+    divergence guard's, :class:`~seqjax.train.guards.DivergenceGuard`),
+    returns the input state unchanged, so that the host can checkpoint the
+    last good state after seeing the loss.
     The dropout key of a step is ``fold_in(key, state.step)``, so a resumed
     run draws the same masks as an uninterrupted one.
 
@@ -71,7 +73,7 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
       ``grad_norm`` and ``lr``.
     """
 
-    def train_step(state: TrainState, batch: Any, key: jax.Array):
+    def train_step(state: TrainState, batch: Any, key: jax.Array, limit: jax.Array | float | None = None):
         step_key = jax.random.fold_in(key, state.step)
 
         def loss_fn(params):
@@ -83,6 +85,8 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
         new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if limit is not None:
+            ok = ok & (loss <= limit)
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
         return new, metrics

@@ -20,7 +20,7 @@ from seqjax.train import TrainingDiverged, run
 from tests.train.toy import ToyModel, ToyTask, final_params, losses, make_config
 
 RESULT_KEYS = {"metrics", "train", "config", "seqjax_version", "git_hash", "wall_time_s", "device_kind",
-               "num_devices", "mesh", "num_processes", "finished"}
+               "num_devices", "mesh", "num_processes", "status", "finished"}
 
 
 def _assert_contexts_left():
@@ -48,7 +48,7 @@ def test_loss_goes_down_and_outputs(tmp_path):
     # results.json: all keys, written to disk, the final eval equals the returned one.
     on_disk = json.loads((workdir / "results.json").read_text())
     assert set(on_disk) == RESULT_KEYS and on_disk == results
-    assert results["finished"] is True and results["train"]["steps"] == 60
+    assert results["finished"] is True and results["status"] == "finished" and results["train"]["steps"] == 60
     assert results["train"]["loss"] == pytest.approx(curve[60])
     assert results["train"]["examples_per_s"] > 0 and results["num_devices"] == 1
     assert results["config"]["train"]["steps"] == 60 and results["metrics"]["num_batches"] == 2
@@ -152,7 +152,9 @@ def test_nan_loss_raises_and_checkpoints_last_good_state(tmp_path):
     assert meta["step"] == meta["state_step"] == 7 and meta["data_iterator"] == {"step": 7}
     assert all(np.isfinite(v).all() for v in params.values())
     assert "diverged at step 7" in (tmp_path / "train.log").read_text()
-    assert not (tmp_path / "results.json").exists()
+    diverged = json.loads((tmp_path / "results.json").read_text())
+    assert diverged["status"] == "diverged" and diverged["finished"] is False and diverged["diverged"]["step"] == 7
+    assert info.value.step == 7 and info.value.cause == "loss is nan"
     assert max(losses(tmp_path)) == 7  # steps 1..7 were logged, nothing after
     _assert_contexts_left()
 

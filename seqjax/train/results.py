@@ -1,0 +1,87 @@
+"""``results.json``: the record a run leaves, and whether a folder holds a finished run.
+
+:func:`seqjax.train.loop.finish` writes ``"status": "finished"`` (and
+``"finished": true``) with the final metrics;
+:func:`seqjax.train.loop.write_diverged` writes ``"status": "diverged"``
+(``"finished": false``, no metrics). Both share :func:`run_record`.
+"""
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jax
+
+import seqjax
+from seqjax.train.writers import jsonable
+
+
+def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float) -> dict:
+    """The fields every ``results.json`` holds besides the outcome.
+
+    Args:
+      config: the full config.
+      sizes: the mesh axis sizes.
+      preset: ``config.mesh.preset``.
+      wall_time_s: the run's wall time, earlier processes included.
+
+    Returns:
+      ``config``, ``seqjax_version``, ``git_hash``, ``wall_time_s``,
+      ``device_kind``, ``num_devices``, ``mesh`` and ``num_processes``.
+    """
+    return {
+        "config": jsonable(config.to_dict()),
+        "seqjax_version": seqjax.__version__,
+        "git_hash": git_hash(),
+        "wall_time_s": wall_time_s,
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": math.prod(sizes.values()),
+        "mesh": {**sizes, "preset": preset},
+        "num_processes": jax.process_count(),
+    }
+
+
+def finished_results(workdir: Path, steps: int) -> dict | None:
+    """The contents of ``workdir/results.json`` if it holds a finished run of ``steps`` steps.
+
+    Args:
+      workdir: the run's directory (need not exist).
+      steps: ``config.train.steps``.
+
+    Returns:
+      The results, or None (no file, unfinished, or another number of steps).
+    """
+    path = workdir / "results.json"
+    if not path.exists():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable: the run is not known to be finished, so it resumes
+        return None
+    if previous.get("finished") and previous.get("train", {}).get("steps") == steps:
+        return previous
+    return None
+
+
+def git_hash() -> str | None:
+    """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(seqjax.__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename (never half a file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+__all__ = ["run_record", "finished_results", "git_hash", "write_json_atomic"]
