@@ -176,11 +176,13 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
       repo: the folder holding ``configs/`` (cells name their config files relative to it).
 
     Returns:
-      Exit status: 0; 1 if a cell diverged (the others still run); 2 on a bad
-      cell config (every selected cell is checked before the first one trains).
+      Exit status: 0; 1 if a cell diverged (the others still run, and the
+      report shows that cell as "diverged"); 2 on a bad cell config (every
+      selected cell is checked before the first one trains).
     """
     from seqjax import train as trainer
     from seqjax.report import build_report
+    from seqjax.report import diverged as report_diverged
 
     repo = pathlib.Path(repo)
     try:
@@ -208,19 +210,23 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         if run.note:
             print(run.note, flush=True)
         try:
-            trainer.run(run.config, str(base / cell.name), task=run.task)
+            results = trainer.run(run.config, str(base / cell.name), task=run.task)
         except ConfigError as e:
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
             return 2
         except trainer.TrainingDiverged as e:
-            # One diverged cell should not cost the others; the report leaves it empty.
+            # One diverged cell should not cost the others.
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
+            diverged.append(cell.name)
+            continue
+        if report_diverged(results):  # a run that stopped itself (results.json: "status": "diverged")
+            print(f"error: cell {cell.name}: training diverged (see {base / cell.name})", file=sys.stderr)
             diverged.append(cell.name)
     paths = build_report(tab, base)
     for path in paths:
         print(f"wrote {path}")
     if diverged:
-        print(f"cells that diverged (not in the report): {', '.join(diverged)}", file=sys.stderr)
+        print(f"cells that diverged (\"diverged\" in the report): {', '.join(diverged)}", file=sys.stderr)
         return 1
     return 0
 
