@@ -226,7 +226,7 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
     for path in paths:
         print(f"wrote {path}")
     if diverged:
-        print(f"cells that diverged (\"diverged\" in the report): {', '.join(diverged)}", file=sys.stderr)
+        print(f"cells that diverged: {', '.join(diverged)}", file=sys.stderr)
         return 1
     return 0
 

@@ -66,7 +66,7 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             return super().download_and_prepare(*args, **kwargs)
 
 
-def remove_interrupted(folder: epath.Path, version: str, name: str) -> list[str]:
+def remove_interrupted(folder: epath.PathLike, version: str, name: str) -> list[str]:
     """Removes tfds' ``incomplete.*_<version>`` folders in ``folder`` (call it under the lock).
 
     Args:
@@ -77,6 +77,7 @@ def remove_interrupted(folder: epath.Path, version: str, name: str) -> list[str]
     Returns:
       The names of the removed folders (a notice is printed when there are any).
     """
+    folder = epath.Path(folder)
     stale = sorted(p for p in folder.glob(f"{constants.INCOMPLETE_PREFIX}*_{version}") if p.is_dir())
     for path in stale:
         path.rmtree()
