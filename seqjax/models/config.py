@@ -35,6 +35,7 @@ so it needs at least one layer that sees the future; otherwise it is an error.
 """
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -340,15 +341,20 @@ def check_length(model_config, length: int, field: str) -> None:
                                   f"(mixer {name!r}: {key}={limit}{', plus the CLS token' if seen > length else ''})")
 
 
+# (model fields as JSON, length) of every model that check_build has traced without error.
+_BUILT: set[tuple[str, int]] = set()
+
+
 def check_build(model_config, length: int) -> None:
     """Raises ConfigError when the model cannot be built for inputs of ``length``.
 
     :func:`validate` constructs every mixer, but some checks need the width, which a
     mixer only sees when it creates its parameters (``num_heads`` must divide
     ``d_model``, ``mamba2``'s ``headdim`` must divide ``expand * d_model``...).
-    This traces the model's ``init`` abstractly (``jax.eval_shape``: nothing is
-    computed or allocated) on one example of ``length``, so those errors surface
-    before a run writes anything.
+    This traces the ``init`` of the model with one layer per distinct mixer
+    abstractly (``jax.eval_shape``: nothing is computed or allocated) on one
+    example of ``length``, so those errors surface before a run writes anything.
+    A model that passed is remembered (tables check many cells of one model).
 
     Args:
       model_config: ``config.model`` (already passed by :func:`validate`).
@@ -358,7 +364,14 @@ def check_build(model_config, length: int) -> None:
       ConfigError: one line; a mixer's own check is named
         ``config.model.mixer_kwargs.<mixer>.<field>``.
     """
-    cfg = _fields(model_config)
+    full = _fields(model_config)
+    # One layer per distinct mixer: a width error does not depend on the depth, and
+    # tracing a 12-layer paper model would cost 12 times as much.
+    names = list(dict.fromkeys(layer_mixers(full)))
+    cfg = {**full, "mixers": ",".join(names), "num_layers": len(names)}
+    key = (json.dumps(cfg, sort_keys=True, default=repr), length)
+    if key in _BUILT:  # tables check the same model once per cell and device count
+        return
     model = build(cfg)
     shape = (1, 2, length) if cfg["head"] == "retrieval" else (1, length)
     if cfg["input"] == "tokens":
@@ -369,7 +382,6 @@ def check_build(model_config, length: int) -> None:
     def init(key, x):
         return model.init({"params": key, "dropout": key}, x, deterministic=True)
 
-    names = set(layer_mixers(cfg))
     try:
         jax.eval_shape(init, jax.random.key(0), inputs)
     except ConfigError as e:
@@ -382,6 +394,7 @@ def check_build(model_config, length: int) -> None:
     except (TypeError, ValueError) as e:  # a structural error the field checks above do not know
         message = str(e).strip().splitlines()
         raise ConfigError(f"{_FIELD} does not build: {type(e).__name__}: {message[0] if message else ''}") from None
+    _BUILT.add(key)
 
 
 def build(model_config) -> SequenceModel:
