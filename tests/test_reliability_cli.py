@@ -111,6 +111,11 @@ MODEL_ERRORS = [
      "config.model.mixer_kwargs.retnet.num_heads=3 must divide d_model=64 (config.model.d_model=64)"),
     ("model=mlstm", ["model.mixer_kwargs.mlstm.num_heads=3"],
      "config.model.mixer_kwargs.mlstm.num_heads=3 must divide d_model=64 (config.model.d_model=64)"),
+    ("model=transformer", ["model.d_model=12"],
+     "config.model.mixer_kwargs.mha.positions='rope' needs an even head dimension, got d_model // num_heads = 3; "
+     "set head_dim (config.model.d_model=12)"),
+    ("model=mamba2", ["model.mixer_kwargs.mamba2.ngroups=3"],
+     "config.model.mixer_kwargs.mamba2.ngroups=3 must divide the 2 heads (d_inner / headdim)"),
     ("model=transformer", ["model.mixers=foo"],
      "config.model.mixers='foo': unknown mixer 'foo'; allowed: "),
     ("model=transformer", ["model.mixer_kwargs.mha.heads=2"],
