@@ -26,7 +26,7 @@ def build_report(table: dict, base) -> list:
     import pathlib
 
     base = pathlib.Path(base)
-    results = load_results(base) if base.exists() else []
+    results = load_results(base, with_diverged=True) if base.exists() else []
     if not results:
         return []
     return importlib.import_module(f"seqjax.report.{table['kind']}").build(table, base, results)

@@ -94,4 +94,5 @@ def test_icll_report_shows_a_diverged_cell(tmp_path):
     paths = build_report({"kind": "icll", "title": "T", "cells": [], "paper": None}, tmp_path)
     md = paths[0].read_text()
     assert "| mha | 0.900 / 0.100 |" in md and "| lstm | diverged |" in md
-    assert len(load_results(tmp_path)) == 2  # the diverged run is loaded beside the finished one
+    assert len(load_results(tmp_path, with_diverged=True)) == 2  # the diverged run beside the finished one
+    assert len(load_results(tmp_path)) == 1  # what the notebooks read: finished runs only
