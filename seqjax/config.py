@@ -27,6 +27,7 @@ import fnmatch
 import importlib.util
 import pathlib
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
@@ -37,6 +38,23 @@ from seqjax.errors import ConfigError
 
 # --------------------------------------------------------------------------------------
 # Loading config files.
+
+
+def _where(error: BaseException, path: pathlib.Path) -> str:
+    """`` (line N)``: the deepest line of ``path`` in ``error``'s traceback, or ""."""
+    if isinstance(error, SyntaxError) and error.lineno and error.filename == str(path):
+        return f" (line {error.lineno})"
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == str(path):
+            line = frame.lineno
+    return f" (line {line})" if line else ""
+
+
+def _summary(error: BaseException) -> str:
+    """``"KeyError: 'x'"``: the error's type and the first line of its message."""
+    text = str(error.msg if isinstance(error, SyntaxError) else error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def load_module(path: str | pathlib.Path) -> ModuleType:
@@ -50,11 +68,15 @@ def load_module(path: str | pathlib.Path) -> ModuleType:
       resolved path, so dataclasses and pickling inside it work).
 
     Raises:
-      ConfigError: ``path`` is not a file.
+      ConfigError: ``path`` is empty or not a file, or executing it raised
+        (one line: the file, the line and the error).
     """
+    if not str(path).strip():
+        raise ConfigError("--config is empty; give a config file: --config=path/to/config.py[:arg]")
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist (relative paths start at {pathlib.Path.cwd()})")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {what} (relative paths start at {pathlib.Path.cwd()})")
     resolved = path.resolve()
     # A module name per file: two config files with the same stem never collide.
     name = "_seqjax_config_" + "".join(c if c.isalnum() else "_" for c in str(resolved))
@@ -63,6 +85,12 @@ def load_module(path: str | pathlib.Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except ConfigError:
+        del sys.modules[name]
+        raise
+    except Exception as e:  # a broken file is a bad input: one line, not the traceback of our loader
+        del sys.modules[name]
+        raise ConfigError(f"config file {str(path)!r} failed to load{_where(e, resolved)}: {_summary(e)}") from e
     except BaseException:
         del sys.modules[name]
         raise
@@ -77,15 +105,29 @@ def load_config(path: str | pathlib.Path, arg: str | None = None) -> ConfigDict:
       arg: the config argument (None or "" for the file's defaults).
 
     Returns:
-      The config.
+      The config (a mapping that ``get_config`` returns becomes a ConfigDict).
 
     Raises:
-      ConfigError: no such file, no ``get_config``, or a bad argument.
+      ConfigError: no such file, a file that fails to load, no ``get_config``,
+        a bad argument, a ``get_config`` that raises, or one that returns
+        something other than a config (each one line naming the file).
     """
     module = load_module(path)
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file {str(path)!r} defines no get_config(arg)")
-    return module.get_config(arg or None)
+    try:
+        config = module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except Exception as e:
+        where = _where(e, pathlib.Path(module.__file__))
+        raise ConfigError(f"config file {str(path)!r}: get_config({arg or None!r}) failed{where}: {_summary(e)}") from e
+    if isinstance(config, Mapping) and not isinstance(config, ConfigDict):
+        config = ConfigDict(dict(config))
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"config file {str(path)!r}: get_config returned {type(config).__name__}, "
+                          "not a ConfigDict")
+    return config
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -49,8 +49,9 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
 
     Checks, in order: the multi-host runtime (``config.distributed``), the
     trainer's sections and the mesh (``seqjax.train.config.validate_config``), the
-    model (``seqjax.models.validate``), the task (its constructor) and the
-    lengths the model allows.
+    model (``seqjax.models.validate``), the task (its constructor), the
+    lengths the model allows, and the model's build (``seqjax.models.check_build``,
+    an abstract ``init`` at the task's length).
 
     A global batch that the batch-splitting mesh axes (``data x fsdp``) do not
     divide, say the LRA papers' batch 50 on 4 or 8 devices, is padded by the
@@ -83,6 +84,8 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     task = tasks.build(config.task)
     train_config.check_lengths(config, task)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
+    # Errors that only the width reveals (heads that do not divide d_model): an abstract init.
+    models.check_build(model_config, task.max_length)
     return Prepared(config, task, train_config.batch_padding(config, sizes, task))
 
 
@@ -128,6 +131,24 @@ def main(config, workdir: str | None, report: Callable[[dict], str] | None = Non
     return 0
 
 
+def check_workdir(workdir: str | None) -> None:
+    """Raises ConfigError for a ``--workdir`` that cannot be a run folder (before anything runs).
+
+    Args:
+      workdir: the flag's value; None (the flag left out) is fine.
+
+    Raises:
+      ConfigError: an empty value, or a path that exists and is not a folder.
+    """
+    if workdir is None:
+        return
+    if not workdir.strip():
+        raise ConfigError("--workdir is empty; give a folder, or leave the flag out for runs/<config.name>")
+    path = pathlib.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--workdir={workdir} is a file, not a folder; give a folder")
+
+
 def command(config_spec: str, overrides: Sequence[Override | str], workdir: str | None,
             report: Callable[[dict], str] | None = None, *, print_config: bool = False) -> int:
     """An entrypoint's work after flag parsing: load, override, validate, run.
@@ -135,7 +156,7 @@ def command(config_spec: str, overrides: Sequence[Override | str], workdir: str 
     Args:
       config_spec: ``path/to/config.py[:arg]`` (``--config``).
       overrides: the ``--config.<field>=<value>`` arguments, in order.
-      workdir: ``--workdir`` (None: :func:`default_workdir`).
+      workdir: ``--workdir`` (None: :func:`default_workdir`; "" is an error).
       report: results → text to print.
       print_config: print the final config and exit without running.
 
@@ -143,6 +164,7 @@ def command(config_spec: str, overrides: Sequence[Override | str], workdir: str 
       The exit status: 0, or 2 for a bad config (one ``error:`` line on stderr).
     """
     try:
+        check_workdir(workdir)
         config = load_config(*split_spec(config_spec))
         apply_overrides(config, overrides)
     except ConfigError as e:
@@ -166,11 +188,13 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
       repo: the folder holding ``configs/`` (cells name their config files relative to it).
 
     Returns:
-      Exit status: 0; 1 if a cell diverged (the others still run); 2 on a bad
-      cell config (every selected cell is checked before the first one trains).
+      Exit status: 0; 1 if a cell diverged (the others still run, and the
+      report shows that cell as "diverged"); 2 on a bad cell config (every
+      selected cell is checked before the first one trains).
     """
     from seqjax import train as trainer
     from seqjax.report import build_report
+    from seqjax.report import diverged as report_diverged
 
     repo = pathlib.Path(repo)
     try:
@@ -198,21 +222,26 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         if run.note:
             print(run.note, flush=True)
         try:
-            trainer.run(run.config, str(base / cell.name), task=run.task)
+            results = trainer.run(run.config, str(base / cell.name), task=run.task)
         except ConfigError as e:
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
             return 2
         except trainer.TrainingDiverged as e:
-            # One diverged cell should not cost the others; the report leaves it empty.
+            # One diverged cell should not cost the others.
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
+            diverged.append(cell.name)
+            continue
+        if report_diverged(results):  # a run that stopped itself (results.json: "status": "diverged")
+            print(f"error: cell {cell.name}: training diverged (see {base / cell.name})", file=sys.stderr)
             diverged.append(cell.name)
     paths = build_report(tab, base)
     for path in paths:
         print(f"wrote {path}")
     if diverged:
-        print(f"cells that diverged (not in the report): {', '.join(diverged)}", file=sys.stderr)
+        print(f"cells that diverged: {', '.join(diverged)}", file=sys.stderr)
         return 1
     return 0
 
 
-__all__ = ["default_workdir", "fail", "Prepared", "prepare", "main", "command", "reproduce", "load_config"]
+__all__ = ["default_workdir", "fail", "Prepared", "prepare", "main", "check_workdir", "command", "reproduce",
+           "load_config"]

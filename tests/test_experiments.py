@@ -119,7 +119,7 @@ def test_reproduce_runs_cells_skips_finished_and_survives_divergence(tmp_path, m
     only = ["linear-transformer", "linear-mamba"]
     assert reproduce("icl", "cpu", str(tmp_path), only=only, repo=ROOT) == 1
     err = capsys.readouterr().err
-    assert "error: cell linear-mamba: loss=nan" in err and "diverged (not in the report): linear-mamba" in err
+    assert "error: cell linear-mamba: loss=nan" in err and "cells that diverged: linear-mamba" in err
     assert calls == only
     assert "transformer" in (tmp_path / "icl-cpu" / "report.md").read_text()
     # Again: the finished cell returns its results.json without training; the diverged one is retried.

@@ -8,13 +8,13 @@ backbone of mixer blocks, heads); optimiser groups of its parameters in
 
 from seqjax.models.backbone import Backbone, Block, channel_hidden
 from seqjax.models.config import (
-    bidirectional_only, build, causal_only, check_length, default_config, layer_mixers, mixer_kwargs,
+    bidirectional_only, build, causal_only, check_build, check_length, default_config, layer_mixers, mixer_kwargs,
     sequence_parallel_mixers, validate)
 from seqjax.models.heads import pool
 from seqjax.models.model import SequenceModel
 
 __all__ = [
-    "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length",
+    "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length", "check_build",
     "causal_only", "bidirectional_only", "sequence_parallel_mixers", "SequenceModel", "Backbone", "Block",
     "channel_hidden", "pool",
 ]

@@ -8,6 +8,7 @@ Public functions (re-exported by :mod:`seqjax.models`):
 * :func:`layer_mixers` — the mixer name of every layer (a pattern repeats);
 * :func:`mixer_kwargs` — the resolved constructor kwargs of one mixer;
 * :func:`check_length` — "sequence longer than the model allows";
+* :func:`check_build` — the errors that only the width reveals (an abstract ``init``);
 * :func:`build` — validates and returns a :class:`SequenceModel`.
 
 Mixer construction. Layer ``i`` runs ``mixers.get(name)(**kwargs)`` with
@@ -34,8 +35,10 @@ so it needs at least one layer that sees the future; otherwise it is an error.
 """
 
 import dataclasses
+import json
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -338,6 +341,62 @@ def check_length(model_config, length: int, field: str) -> None:
                                   f"(mixer {name!r}: {key}={limit}{', plus the CLS token' if seen > length else ''})")
 
 
+# (model fields as JSON, length) of every model that check_build has traced without error.
+_BUILT: set[tuple[str, int]] = set()
+
+
+def check_build(model_config, length: int) -> None:
+    """Raises ConfigError when the model cannot be built for inputs of ``length``.
+
+    :func:`validate` constructs every mixer, but some checks need the width, which a
+    mixer only sees when it creates its parameters (``num_heads`` must divide
+    ``d_model``, ``mamba2``'s ``headdim`` must divide ``expand * d_model``...).
+    This traces the ``init`` of the model with one layer per distinct mixer
+    abstractly (``jax.eval_shape``: nothing is computed or allocated) on one
+    example of ``length``, so those errors surface before a run writes anything.
+    A model that passed is remembered (tables check many cells of one model).
+
+    Args:
+      model_config: ``config.model`` (already passed by :func:`validate`).
+      length: the input length (e.g. the task's ``max_length``).
+
+    Raises:
+      ConfigError: one line; a mixer's own check is named
+        ``config.model.mixer_kwargs.<mixer>.<field>``.
+    """
+    full = _fields(model_config)
+    # One layer per distinct mixer: a width error does not depend on the depth, and
+    # tracing a 12-layer paper model would cost 12 times as much.
+    names = list(dict.fromkeys(layer_mixers(full)))
+    cfg = {**full, "mixers": ",".join(names), "num_layers": len(names)}
+    key = (json.dumps(cfg, sort_keys=True, default=repr), length)
+    if key in _BUILT:  # tables check the same model once per cell and device count
+        return
+    model = build(cfg)
+    shape = (1, 2, length) if cfg["head"] == "retrieval" else (1, length)
+    if cfg["input"] == "tokens":
+        inputs = jax.ShapeDtypeStruct(shape, jnp.int32)
+    else:
+        inputs = jax.ShapeDtypeStruct(shape + (cfg["input_dim"],), jnp.float32)
+
+    def init(key, x):
+        return model.init({"params": key, "dropout": key}, x, deterministic=True)
+
+    try:
+        jax.eval_shape(init, jax.random.key(0), inputs)
+    except ConfigError as e:
+        message = str(e).splitlines()[0]
+        if message.split(".", 1)[0] in names:
+            # The width is config.model.d_model, which the mixer only knows as "d_model".
+            width = f" ({_FIELD}.d_model={cfg['d_model']})" if "d_model" in message else ""
+            raise ConfigError(f"{_FIELD}.mixer_kwargs.{message}{width}") from None
+        raise ConfigError(f"{_FIELD}: {message}") from None
+    except (TypeError, ValueError) as e:  # a structural error the field checks above do not know
+        message = str(e).strip().splitlines()
+        raise ConfigError(f"{_FIELD} does not build: {type(e).__name__}: {message[0] if message else ''}") from None
+    _BUILT.add(key)
+
+
 def build(model_config) -> SequenceModel:
     """Validates ``config.model`` and builds the network.
 
@@ -376,6 +435,6 @@ def build(model_config) -> SequenceModel:
 
 
 __all__ = [
-    "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length",
+    "build", "check_build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length",
     "causal_only", "bidirectional_only", "sequence_parallel_mixers",
 ]

@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 
+from seqjax.report.io import DIVERGED, diverged
 from seqjax.report.tables import markdown_table
 
 SUMMARY_BASELINES = ("least_squares", "knn3", "averaging")
@@ -112,7 +113,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     Args:
       table: the table spec from ``configs/tables/icl.py``.
       base: the table's run folder.
-      results: finished cells' results.
+      results: finished and diverged cells' results (a diverged one is a row of "diverged").
 
     Returns:
       Paths written (markdown, PNGs).
@@ -123,21 +124,28 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     parts = [f"# {table['title']}", "", "Built from results.json files under this folder; error/d, lower is better.", ""]
     written = []
     for fc, runs in sorted(by_fc.items()):
-        d = runs[0]["metrics"]["dim"]
+        done = [r for r in runs if not diverged(r)]
+        d = done[0]["metrics"]["dim"] if done else runs[0]["config"]["task"]["dim"]
         ks = sorted({max(d // 2, 1), d, 2 * d})
         rows = []
         for r in runs:
+            if diverged(r):
+                rows.append([r["config"]["name"]] + [DIVERGED] * len(ks))
+                continue
             ex = list(examples_axis(r["metrics"]))
             rows.append([r["config"]["name"]] + [r["metrics"]["error_per_n"]["model"][ex.index(k)] if k in ex else None for k in ks])
-        m0 = runs[0]["metrics"]
-        ex0 = list(examples_axis(m0))
-        for b in SUMMARY_BASELINES:
-            if b in m0["error_per_n"]:
-                rows.append([f"baseline: {LABELS[b]}"] + [m0["error_per_n"][b][ex0.index(k)] if k in ex0 else None for k in ks])
-        parts += [f"## {fc} (d = {d})", "", markdown_table(["run"] + [f"{k} examples" for k in ks], rows), ""]
-        png = base / f"icl-{fc}.png"
-        written.append(plot_errors(runs, png, f"{fc}, d = {d}"))
-        parts += [f"![{fc}]({png.name})", ""]
+        parts += [f"## {fc} (d = {d})", ""]
+        if done:
+            m0 = done[0]["metrics"]
+            ex0 = list(examples_axis(m0))
+            for b in SUMMARY_BASELINES:
+                if b in m0["error_per_n"]:
+                    rows.append([f"baseline: {LABELS[b]}"] + [m0["error_per_n"][b][ex0.index(k)] if k in ex0 else None for k in ks])
+        parts += [markdown_table(["run"] + [f"{k} examples" for k in ks], rows), ""]
+        if done:
+            png = base / f"icl-{fc}.png"
+            written.append(plot_errors(done, png, f"{fc}, d = {d}"))
+            parts += [f"![{fc}]({png.name})", ""]
     md = base / "report.md"
     md.write_text("\n".join(parts))
     return [md] + written

@@ -7,6 +7,7 @@ Reads the ``metrics`` that ``seqjax.tasks.icll.ICLLTask.evaluate`` wrote into
 
 import pathlib
 
+from seqjax.report.io import DIVERGED, diverged
 from seqjax.report.tables import markdown_table
 
 
@@ -31,33 +32,38 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     Args:
       table: the table spec from ``configs/tables/icll.py``.
       base: the table's run folder.
-      results: finished cells' results.
+      results: finished and diverged cells' results (a diverged one reads "diverged").
 
     Returns:
       Paths written.
     """
     sizes = sorted({r["config"]["task"]["num_train_dfas"] for r in results})
     models = sorted({_model(r) for r in results})
-    cell = {(_model(r), r["config"]["task"]["num_train_dfas"]): r["metrics"] for r in results}
+    cell = {(_model(r), r["config"]["task"]["num_train_dfas"]): DIVERGED if diverged(r) else r["metrics"]
+            for r in results}
     header = ["model"] + [f"{n} DFAs: acc / TVD" for n in sizes]
 
     def fmt(m):
-        return None if m is None else f"{m['accuracy']:.3f} / {m['tvd']:.3f}"
+        if m is None or m == DIVERGED:
+            return m
+        return f"{m['accuracy']:.3f} / {m['tvd']:.3f}"
 
     rows = [[model] + [fmt(cell.get((model, n))) for n in sizes] for model in models]
     # The in-context n-gram baselines depend only on the test prompts; take them from any run.
-    ngram = next((r["metrics"]["ngram"] for r in results if "ngram" in r["metrics"]), {})
+    ngram = next((r["metrics"]["ngram"] for r in results if not diverged(r) and "ngram" in r["metrics"]), {})
     rows += [[f"baseline: in-context {n}-gram"] + [fmt(b)] * len(sizes) for n, b in sorted(ngram.items())]
     parts = [f"# {table['title']}", "", "Built from results.json files under this folder; accuracy ↑, TVD ↓.", "",
              markdown_table(header, rows), ""]
     if table.get("paper"):
         parts += [table["paper"], ""]
     written = []
-    if len(sizes) > 1:
-        written.append(_plot(models, sizes, cell, base / "icll-accuracy.png"))
+    done = {key: m for key, m in cell.items() if m != DIVERGED}  # the plots show trained cells only
+    plotted = sorted({model for model, _ in done})
+    if done and len(sizes) > 1:
+        written.append(_plot(plotted, sizes, done, base / "icll-accuracy.png"))
         parts += ["![accuracy](icll-accuracy.png)", ""]
-    else:
-        written.append(_bars(models, sizes[0], cell, ngram, base / "icll-accuracy.png"))
+    elif done:
+        written.append(_bars(plotted, sizes[0], done, ngram, base / "icll-accuracy.png"))
         parts += ["![accuracy](icll-accuracy.png)", ""]
     md = base / "report.md"
     md.write_text("\n".join(parts))

@@ -1,4 +1,10 @@
-"""Finding and loading the ``results.json`` files that runs write."""
+"""Finding and loading the ``results.json`` files that runs write.
+
+A run that diverged writes a ``results.json`` with ``"status": "diverged"``
+(and no usable metrics); ``load_results(..., with_diverged=True)`` keeps those
+beside the finished runs and :func:`diverged` tells them apart, so the tables show such a cell as
+"diverged" instead of leaving it out or printing a number.
+"""
 
 import json
 import pathlib
@@ -19,12 +25,23 @@ def find_results(root) -> list[pathlib.Path]:
     return sorted(root.rglob("results.json"))
 
 
-def load_results(root, *, finished_only: bool = True) -> list[dict]:
+DIVERGED = "diverged"
+"""The table entry of a cell whose run diverged."""
+
+
+def diverged(result: dict) -> bool:
+    """Whether ``result`` is that of a run that diverged (``"status": "diverged"``)."""
+    return result.get("status") == DIVERGED
+
+
+def load_results(root, *, finished_only: bool = True, with_diverged: bool = False) -> list[dict]:
     """Loads every ``results.json`` under ``root``.
 
     Args:
       root: a run folder or a folder of run folders.
       finished_only: skip runs whose results do not say ``"finished": true``.
+      with_diverged: keep the runs that diverged too (``"status": "diverged"``,
+        no usable metrics; the report builders show them as such).
 
     Returns:
       The parsed dicts, each with ``"workdir"`` (its folder) added.
@@ -32,7 +49,7 @@ def load_results(root, *, finished_only: bool = True) -> list[dict]:
     out = []
     for path in find_results(root):
         result = json.loads(path.read_text())
-        if finished_only and not result.get("finished", False):
+        if finished_only and not (result.get("finished", False) or (with_diverged and diverged(result))):
             continue
         result["workdir"] = str(path.parent)
         out.append(result)

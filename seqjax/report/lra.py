@@ -9,6 +9,7 @@ from each run's ``metrics.jsonl``.
 import json
 import pathlib
 
+from seqjax.report.io import DIVERGED, diverged
 from seqjax.report.tables import markdown_table
 
 
@@ -49,7 +50,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     Args:
       table: the spec from ``configs/tables/lra.py`` (``columns``, ``paper`` rows).
       base: the table's run folder.
-      results: finished cells' results.
+      results: finished and diverged cells' results (a diverged one reads "diverged").
 
     Returns:
       Paths written.
@@ -62,10 +63,16 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
         return None if v is None else f"{100 * v:.2f}"
 
     header = ["model"] + columns
-    rows = [[f"{model} (ours)"] + [pct(cell[(t, model)]["metrics"]["accuracy"]) if (t, model) in cell else None
-                                   for t in columns] for model in models]
+    def entry(key):
+        if key not in cell:
+            return None
+        return DIVERGED if diverged(cell[key]) else pct(cell[key]["metrics"]["accuracy"])
+
+    rows = [[f"{model} (ours)"] + [entry((t, model)) for t in columns] for model in models]
     majority = {}
     for (t, _), r in cell.items():
+        if diverged(r):
+            continue
         # The split that ``accuracy`` reports: the config's last eval split (results.json sorts keys).
         split = (r["config"]["task"].get("eval_splits") or ["test"])[-1]
         if isinstance(r["metrics"].get(split), dict):
@@ -79,7 +86,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
              "At CPU scale the tasks are smaller variants (configs/lra/_base.py): not comparable with the paper rows.",
              "", markdown_table(header, rows), ""]
     written = []
-    curves = {key: _curve(r["workdir"]) for key, r in cell.items() if r.get("workdir")}
+    curves = {key: _curve(r["workdir"]) for key, r in cell.items() if r.get("workdir") and not diverged(r)}
     if any(curves.values()):
         png = base / "lra-train-accuracy.png"
         written.append(_plot_curves(curves, majority, png))

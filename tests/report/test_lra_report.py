@@ -26,3 +26,16 @@ def test_report_from_kept_listops_runs(tmp_path):
     assert "| S5 (S5 paper) | 62.15 |" in md and "fail" in md
     summary = run_summary(json.loads((tmp_path / "listops-s4d" / "results.json").read_text()))
     assert "majority class" in summary and "validation" in summary and "test" in summary
+
+
+def test_a_diverged_cell_reads_diverged(tmp_path):
+    """A cell whose results.json says ``"status": "diverged"`` is a "diverged" entry, not a number or a gap."""
+    shutil.copytree(RESULTS / "lra-listops-s4d-cpu", tmp_path / "listops-s4d")
+    config = json.loads((tmp_path / "listops-s4d" / "results.json").read_text())["config"]
+    (tmp_path / "listops-gla").mkdir()
+    diverged = {"status": "diverged", "finished": False, "config": {**config, "name": "lra-listops-gla-cpu"}}
+    (tmp_path / "listops-gla" / "results.json").write_text(json.dumps(diverged))
+    build_report(get_table("cpu"), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert next(line for line in md.splitlines() if line.startswith("| gla (ours)")).startswith("| gla (ours) | diverged |")
+    assert next(line for line in md.splitlines() if line.startswith("| s4d (ours)")).split(" | ")[1][0].isdigit()

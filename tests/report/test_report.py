@@ -82,3 +82,17 @@ def test_build_icll_report(tmp_path):
     assert "| mha | 0.900 / 0.100 |" in md and "| lstm | 0.500 / 0.500 |" in md
     assert "baseline: in-context 2-gram | 0.700 / 0.400" in md and "ordering" in md
     assert "accuracy 0.9000" in icll.run_summary(r | {"metrics": {"accuracy": 0.9, "tvd": 0.1}})
+
+
+def test_icll_report_shows_a_diverged_cell(tmp_path):
+    for model, status in [("mha", None), ("lstm", "diverged")]:
+        d = tmp_path / model
+        d.mkdir()
+        r = {"config": {"name": f"icll-{model}-100-cpu", "task": {"name": "icll", "num_train_dfas": 100}}}
+        r |= {"status": status} if status else {"finished": True, "metrics": {"accuracy": 0.9, "tvd": 0.1}}
+        (d / "results.json").write_text(json.dumps(r))
+    paths = build_report({"kind": "icll", "title": "T", "cells": [], "paper": None}, tmp_path)
+    md = paths[0].read_text()
+    assert "| mha | 0.900 / 0.100 |" in md and "| lstm | diverged |" in md
+    assert len(load_results(tmp_path, with_diverged=True)) == 2  # the diverged run beside the finished one
+    assert len(load_results(tmp_path)) == 1  # what the notebooks read: finished runs only

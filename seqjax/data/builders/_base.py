@@ -4,7 +4,12 @@
   itself) whose ``file_format`` defaults to ``"array_record"`` (the format
   that loads without TensorFlow, through ``as_data_source``) and whose
   ``code_path`` is the subclass's module file (tfds' own lookup imports the
-  ``importlib_resources`` backport, which is not installed).
+  ``importlib_resources`` backport, which is not installed). Its
+  ``download_and_prepare`` first removes the ``incomplete.*`` folders that an
+  interrupted preparation (a killed process) left beside the dataset, with a
+  one-line notice, under a file lock so that a preparation running in another
+  process is never touched; generation then starts from the beginning (tfds
+  writes a dataset in one pass and cannot resume one).
 * :func:`byte_length_configs` — the one-parameter config family of the
   byte-level builders (``lra_text``, ``lra_retrieval``): a registered default
   config and a ``make_config(max_length)``.
@@ -12,11 +17,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
 from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core import constants
 
 from seqjax.data.builders import _manual
 
@@ -32,6 +40,52 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def __init__(self, *args, file_format=None, **kwargs):
         super().__init__(*args, file_format=file_format or "array_record", **kwargs)
+
+    def download_and_prepare(self, *args, **kwargs):
+        """tfds' ``download_and_prepare``, after removing what an interrupted one left behind.
+
+        tfds writes into ``incomplete.<random>_<version>/`` beside the version
+        folder and renames it when done; a killed process leaves that folder
+        (and the next run starts a new one). Under an exclusive lock on
+        ``.prepare.lock`` in the same folder (held for the whole preparation,
+        so a live one in another process keeps its folder), the leftovers are
+        removed with a one-line notice on stderr. Only local folders are
+        locked and cleaned (``flock`` needs a local file system).
+
+        Args:
+          *args: passed to tfds.
+          **kwargs: passed to tfds.
+        """
+        folder = epath.Path(self.data_dir).parent
+        if "://" in os.fspath(folder):
+            return super().download_and_prepare(*args, **kwargs)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".prepare.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            remove_interrupted(folder, str(self.version), self.name)
+            return super().download_and_prepare(*args, **kwargs)
+
+
+def remove_interrupted(folder: epath.PathLike, version: str, name: str) -> list[str]:
+    """Removes tfds' ``incomplete.*_<version>`` folders in ``folder`` (call it under the lock).
+
+    Args:
+      folder: the folder that holds the version folder (``<data_dir>/<name>/<config>``).
+      version: the dataset version, e.g. ``"1.0.0"``.
+      name: the builder name, for the notice.
+
+    Returns:
+      The names of the removed folders (a notice is printed when there are any).
+    """
+    folder = epath.Path(folder)
+    stale = sorted(p for p in folder.glob(f"{constants.INCOMPLETE_PREFIX}*_{version}") if p.is_dir())
+    for path in stale:
+        path.rmtree()
+    if stale:
+        names = ", ".join(p.name for p in stale)
+        print(f"{name}: removed {names} in {folder}, left by an interrupted preparation; preparing again "
+              "from the start", file=sys.stderr, flush=True)
+    return [p.name for p in stale]
 
 
 class ByteLengthConfig(tfds.core.BuilderConfig):
@@ -82,4 +136,4 @@ def byte_length_configs(
     return default, make_config
 
 
-__all__ = ["OfflineBuilder", "ByteLengthConfig", "byte_length_configs"]
+__all__ = ["OfflineBuilder", "remove_interrupted", "ByteLengthConfig", "byte_length_configs"]

@@ -7,19 +7,28 @@ downloaded. This module holds what the three share:
 
 - :class:`ManualFile`: one accepted file (name, download address, confirmed size).
 - :func:`find_manual_file`: the first accepted file present in the manual
-  folder, or a :class:`MissingArchiveError` whose message names the file, its
-  size (only where confirmed), where to download it and which folder to put
-  it in.
+  folder, or a :class:`MissingArchiveError` whose one-line message names the
+  file, its size (only where confirmed), where to download it and which folder
+  to put it in.
 - :func:`iter_tar`: streams selected members of a (gzipped) tar archive
   without extracting it to disk.
+- :func:`reading`: turns the errors of a garbage or truncated archive into a
+  :class:`DamagedArchiveError` naming the file, its size on disk, the size of
+  the real one and the manual folder.
+
+Both errors are also :class:`~seqjax.errors.ConfigError` (a bad input), so an
+entrypoint prints their one line and exits with status 2.
 - :func:`encode_bytes`: the LRA byte-level encoding (id = byte + 1, pad 0).
 - :func:`check_length`: validates a length parameter of a builder config.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gzip
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
@@ -51,11 +60,11 @@ class ManualFile:
     note: str = ""
 
 
-class MissingArchiveError(FileNotFoundError):
+class MissingArchiveError(FileNotFoundError, ConfigError):
     """A required archive is not in the manual folder.
 
-    The message names the file, its size (where confirmed), where to download
-    it and the manual folder to put it in.
+    The message (one line) names the file, its size (where confirmed), where
+    to download it and the manual folder to put it in.
 
     Attributes:
       folder: the manual folder that was searched.
@@ -89,9 +98,25 @@ def manual_folder(dl_manager) -> epath.Path | None:
         return None if path is None else epath.Path(path)
 
 
+class DamagedArchiveError(ConfigError):
+    """An archive in the manual folder is not a readable (gzipped) tar: garbage or truncated.
+
+    Attributes:
+      path: the archive.
+    """
+
+    def __init__(self, message: str, path: epath.Path):
+        super().__init__(message)
+        self.path = path
+
+
+def _folder_text(folder: epath.Path | None) -> str:
+    return str(folder) if folder is not None else "<data_dir>/downloads/manual"
+
+
 def missing_message(dataset: str, candidates: Sequence[ManualFile], folder: epath.Path | None,
                     alternative: str = "") -> str:
-    """The text of a :class:`MissingArchiveError`.
+    """The one-line text of a :class:`MissingArchiveError`.
 
     Args:
       dataset: the tfds builder name, e.g. ``"lra_text"``.
@@ -100,20 +125,51 @@ def missing_message(dataset: str, candidates: Sequence[ManualFile], folder: epat
       alternative: optional extra sentence (another accepted layout).
 
     Returns:
-      A multi-line message: what is missing, where to get it, where to put it.
+      What is missing, where to get it, where to put it, on one line.
     """
-    where = str(folder) if folder is not None else "<data_dir>/downloads/manual"
-    lines = [f"{dataset}: no archive found in the manual folder {where}.",
-             "Download one of these files and put it, unchanged and not extracted, into that folder:"]
+    files = []
     for c in candidates:
         size = f" ({c.size})" if c.size else ""
-        lines.append(f"  - {c.name}{size} from {c.url}" + (f" -- {c.note}" if c.note else ""))
-    if alternative:
-        lines.append(alternative)
-    lines.append("Another folder can be given with "
-                 "download_config=tfds.download.DownloadConfig(manual_dir=...). "
-                 "See docs/lra_archives.md.")
-    return "\n".join(lines)
+        files.append(f"{c.name}{size} from {c.url}" + (f" ({c.note})" if c.note else ""))
+    which = files[0] if len(files) == 1 else "one of: " + "; ".join(files)
+    extra = f" {alternative.rstrip('.')}." if alternative else ""
+    return (f"{dataset}: no archive in the manual folder {_folder_text(folder)}; download {which}, and put it "
+            f"there unchanged and not extracted.{extra} Another folder: config.task.manual_dir, or "
+            "tfds.download.DownloadConfig(manual_dir=...); see docs/lra_archives.md")
+
+
+# What a garbage or truncated (gzipped) tar raises while it is streamed.
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+@contextlib.contextmanager
+def reading(path: epath.PathLike, dataset: str, candidates: Sequence[ManualFile]) -> Iterator[None]:
+    """Reads of the archive ``path`` inside this block raise :class:`DamagedArchiveError` when it is damaged.
+
+    Args:
+      path: the archive (from :func:`find_manual_file`).
+      dataset: the tfds builder name, for the message.
+      candidates: the accepted files; the one named like ``path`` gives the
+        expected size and the download address.
+
+    Raises:
+      DamagedArchiveError: one line naming the file, its size on disk, the
+        real archive's size (or that it is not recorded here) and the manual
+        folder.
+    """
+    try:
+        yield
+    except _DAMAGED as e:
+        path = epath.Path(path)
+        known = next((c for c in candidates if c.name == path.name), None)
+        expected = known.size if known is not None and known.size else "not recorded here"
+        url = f" from {known.url}" if known is not None else ""
+        reason = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {reason[0]}" if reason else type(e).__name__
+        raise DamagedArchiveError(
+            f"{dataset}: the archive {path} is damaged or incomplete ({reason}); it has "
+            f"{path.stat().length:,} bytes, the real one: {expected}. Download it again{url} into the manual "
+            f"folder {path.parent}, unchanged and not extracted", path) from None
 
 
 def find_manual_file(dl_manager, dataset: str, candidates: Sequence[ManualFile], *,

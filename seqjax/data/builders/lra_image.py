@@ -199,18 +199,20 @@ def read_archive(path: epath.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     Raises:
       ValueError: when a batch is missing or malformed.
+      DamagedArchiveError: the archive is garbage or truncated.
     """
     binary = path.name.startswith("cifar-10-binary")
     suffix = ".bin" if binary else ""
     names = {name + suffix: name for name in (*TRAIN_BATCHES, TEST_BATCH)}
     loader = load_binary_batch if binary else load_python_batch
     batches = {}
-    for member, f in _manual.iter_tar(path, lambda m: m.rsplit("/", 1)[-1] in names):
-        data, labels = loader(f.read())
-        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise ValueError(f"lra_image: {member} has labels outside 0..{NUM_CLASSES - 1}")
-        # uint8 in memory (the 50,000 training images: 51 MB instead of 205 MB as int32).
-        batches[names[member.rsplit("/", 1)[-1]]] = (grayscale(data).astype(np.uint8), labels)
+    with _manual.reading(path, "lra_image", ARCHIVES):
+        for member, f in _manual.iter_tar(path, lambda m: m.rsplit("/", 1)[-1] in names):
+            data, labels = loader(f.read())
+            if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+                raise ValueError(f"lra_image: {member} has labels outside 0..{NUM_CLASSES - 1}")
+            # uint8 in memory (the 50,000 training images: 51 MB instead of 205 MB as int32).
+            batches[names[member.rsplit("/", 1)[-1]]] = (grayscale(data).astype(np.uint8), labels)
     missing = [n for n in names.values() if n not in batches]
     if missing:
         raise ValueError(f"lra_image: {path} lacks {', '.join(missing)}; is it the official {path.name}?")

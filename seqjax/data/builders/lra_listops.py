@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data import listops as lo
+from seqjax.data.builders import _manual
 from seqjax.data.builders._base import OfflineBuilder
 from seqjax.errors import ConfigError
 
@@ -215,13 +216,16 @@ class LraListops(OfflineBuilder):
 
     def _official_splits(self, dl_manager):
         files = list(lo.OFFICIAL_FILES.values())
+        # A MissingArchiveError is also a ConfigError: the command line prints its first line, exit 2.
         try:
             manual_dir = epath.Path(dl_manager.manual_dir)
         except AssertionError as e:  # tfds: manual dir missing or empty
-            raise FileNotFoundError(_missing_message(files, str(e).splitlines()[0])) from e
+            raise _manual.MissingArchiveError(_missing_message(files, str(e).splitlines()[0]),
+                                              _manual.manual_folder(dl_manager), ()) from e
         missing = lo.missing_official_files(manual_dir)
         if missing:
-            raise FileNotFoundError(_missing_message(missing, f"Manual directory {manual_dir}"))
+            raise _manual.MissingArchiveError(_missing_message(missing, f"Manual directory {manual_dir}"),
+                                              manual_dir, ())
         return {split: self._generate_examples(zip(*lo.read_official_tsv(manual_dir / name)))
                 for split, name in lo.OFFICIAL_FILES.items()}
 

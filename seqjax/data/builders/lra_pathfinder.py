@@ -49,6 +49,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from seqjax.data import pathfinder as pf
+from seqjax.data.builders import _manual
 from seqjax.data.builders._base import OfflineBuilder
 from seqjax.errors import ConfigError, check_positive
 
@@ -220,17 +221,18 @@ def release_folder(manual_dir, size: int, difficulty: str) -> epath.Path:
       The folder holding ``imgs/`` and ``metadata/``.
 
     Raises:
-      FileNotFoundError: naming the expected folder when neither exists.
+      MissingArchiveError: (a FileNotFoundError) naming the expected folder when neither exists.
     """
     rel = epath.Path(f"pathfinder{size}") / RELEASE_FOLDERS[difficulty]
     root = epath.Path(manual_dir)
     for cand in (root / "lra_release" / rel, root / rel):
         if (cand / "metadata").is_dir():
             return cand
-    raise FileNotFoundError(
+    # A MissingArchiveError is a FileNotFoundError and a ConfigError (the command line: one line, exit 2).
+    raise _manual.MissingArchiveError(
         f"lra_pathfinder: expected the folder {root / 'lra_release' / rel} with metadata/<k>.npy and "
         f"imgs/<k>/sample_<n>.png; it comes from the LRA release archive lra_release.gz "
-        f"(extract it into the tfds manual_dir {root})")
+        f"(extract it into the tfds manual_dir {root})", root, ())
 
 
 def _read_png(path) -> np.ndarray:
@@ -300,7 +302,8 @@ class LraPathfinder(OfflineBuilder):
         for meta in files:
             rows.extend(read_metadata(meta))
         if not rows:
-            raise FileNotFoundError(f"lra_pathfinder: no metadata rows in {folder / 'metadata'} (from lra_release.gz)")
+            raise _manual.MissingArchiveError(
+                f"lra_pathfinder: no metadata rows in {folder / 'metadata'} (from lra_release.gz)", folder, ())
         # Contiguous 80/10/10 over the metadata order, as LRA's
         # split="hard[:80%]" / "[80%:90%]" / "[90%:]".
         sizes = split_sizes(len(rows))

@@ -145,6 +145,7 @@ def copy_tsvs_from_archive(archive: epath.Path, dest: epath.Path) -> dict[str, e
 
     Raises:
       ValueError: when the archive lacks one of the TSVs.
+      DamagedArchiveError: the archive is garbage or truncated.
     """
     dest = epath.Path(dest)
     paths = {split: dest / name for split, name in TSV_NAMES.items()}
@@ -161,16 +162,17 @@ def copy_tsvs_from_archive(archive: epath.Path, dest: epath.Path) -> dict[str, e
 
     stream = _manual.iter_tar(archive, wanted)
     try:
-        for member, f in stream:
-            base = member.rsplit("/", 1)[-1]
-            target = paths[by_name[base]]
-            tmp = epath.Path(f"{target}.tmp")
-            with tmp.open("wb") as out:
-                shutil.copyfileobj(f, out, length=1 << 20)
-            os.replace(tmp, target)
-            missing.discard(base)
-            if not missing:
-                break  # the rest of a multi-GB archive is not needed
+        with _manual.reading(archive, "lra_retrieval", ARCHIVES):
+            for member, f in stream:
+                base = member.rsplit("/", 1)[-1]
+                target = paths[by_name[base]]
+                tmp = epath.Path(f"{target}.tmp")
+                with tmp.open("wb") as out:
+                    shutil.copyfileobj(f, out, length=1 << 20)
+                os.replace(tmp, target)
+                missing.discard(base)
+                if not missing:
+                    break  # the rest of a multi-GB archive is not needed
     finally:
         stream.close()
     if missing:

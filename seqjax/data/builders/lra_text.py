@@ -136,11 +136,12 @@ class LraText(OfflineBuilder):
             return found is not None and found[0] == split
 
         count = 0
-        for name, f in _manual.iter_tar(archive, wanted):
-            _, label = member_split_label(name)
-            text = f.read().strip()  # as tfds' imdb_reviews, which LRA read
-            yield name, {"inputs": _manual.encode_bytes(text, max_length), "label": np.int32(label)}
-            count += 1
+        with _manual.reading(archive, "lra_text", [ARCHIVE]):
+            for name, f in _manual.iter_tar(archive, wanted):
+                _, label = member_split_label(name)
+                text = f.read().strip()  # as tfds' imdb_reviews, which LRA read
+                yield name, {"inputs": _manual.encode_bytes(text, max_length), "label": np.int32(label)}
+                count += 1
         if count == 0:
             raise ValueError(f"lra_text: {archive} has no aclImdb/{split}/{{pos,neg}}/<id>_<rating>.txt members; "
                              f"is it the official {ARCHIVE.name}?")
