@@ -28,11 +28,12 @@ Mamba), which is what the implementations differ on:
     position over a ``(b, n, d)`` state: no ``(b, chunk, d, n)`` tensor is
     written in the forward, and the backward's per-chunk reverse scan reduces
     every gradient in the step that produces the adjoint, so only the
-    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path: 2-5x
-    faster than both others at every size measured, its forward+backward
-    ~2-3x its forward (``"chunked"``: ~10x). On accelerators one step per
-    position is a long chain of small kernels, which is what ``"chunked"``
-    avoids.
+    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path:
+    faster than both others at every size measured (forward 3-6x, forward+
+    backward 2.5-12x), its forward+backward 3.8-7x its own (fast) forward and
+    below ``"chunked"``'s forward+backward by 3-12x (``"chunked"``'s ratio:
+    3-20x). On accelerators one step per position is a long chain of small
+    kernels, which is what ``"chunked"`` avoids.
   * ``"auto"``: ``"sequential"`` on CPU; elsewhere ``"reference"`` while
     ``b·l·d·n <= 2**19``, else ``"chunked"`` (the rows of
     :data:`seqjax.ops.dispatch.AUTO_TABLE`; see :func:`auto_impl` for the
