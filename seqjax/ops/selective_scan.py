@@ -172,28 +172,29 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
 
     Measured on the shared 2-core development CPU (jit, forward /
     forward+backward in ms with gradients for all eight inputs and
-    ``delta_softplus``; the minimum of 5 interleaved medians of 5 calls;
-    ``chunk_size=64``, n = 16)::
+    ``delta_softplus``; the minimum of 4 interleaved medians of 5 calls;
+    ``chunk_size=64``, n = 16; the last two rows from
+    ``benchmarks/cpu_paths.py``, 3 rounds of 3)::
 
-        b, l, d      b*l*d*n   reference       chunked        sequential
-        2, 64, 32     2**16    0.31 / 0.78     -              0.08 / 0.26
-        2, 128, 32    2**17    0.56 / 1.25     -              0.12 / 0.46
-        2, 128, 64    2**18    0.94 / 2.66     -              0.21 / 1.11
-        2, 256, 64    2**19    1.65 / 5.11     -              0.43 / 2.19
-        2, 512, 64    2**20    3.47 / 24.6     -              0.94 / 4.23
-        16, 1024, 128 2**25    (benchmarks/cpu_paths.py, below)
+        b, l, d        b*l*d*n   reference      chunked        sequential
+        2, 64, 32       2**16    0.27 / 0.70    0.24 / 0.63    0.08 / 0.27
+        2, 128, 32      2**17    0.61 / 1.41    0.49 / 1.58    0.15 / 0.47
+        2, 128, 64      2**18    0.93 / 2.64    0.66 / 2.73    0.21 / 1.07
+        2, 256, 64      2**19    1.60 / 5.81    1.38 / 6.49    0.47 / 2.30
+        2, 512, 64      2**20    4.10 / 21.3    3.17 / 13.1    0.98 / 4.57
+        2, 1024, 256    2**23    218 / 684      39.8 / 120     9.6 / 36.0
+        16, 1024, 128   2**25    1036 / 2863    167 / 3274     36.9 / 270
 
     ``"sequential"`` wins everywhere on CPU. The one-step-per-position scan
     keeps the ``(b, n, d)`` state in cache; ``"chunked"`` writes
     ``(b, chunk, d, n)`` tensors of decays, inputs and states (several times
     over in its backward), and ``"reference"`` writes a dozen ``(b, l, d, n)``
-    tensors, which fall out of cache past ~2**19 elements. Earlier figures
-    (``"chunked"`` before ``"sequential"`` existed, same table): 0.34 / 2.11
-    at 2**16, 2.27 / 13.6 at 2**19, 6.05 / 20.3 at 2**20, 37 / 432 at b=2,
-    l=1024, d=256. On GPU and TPU the rows keep ``"reference"`` /
-    ``"chunked"`` (associative scans inside chunks) until a kernel is
-    qualified there. The timings were taken on a shared, loaded machine
-    (noise of +-50%); the ratios are what counts.
+    tensors, which fall out of cache past ~2**19 elements. The last row is
+    Mamba's at LRA scale (width 64, expand 2, batch 16). On GPU and TPU the
+    rows keep ``"reference"`` up to 2**19 and ``"chunked"`` above
+    (associative scans inside chunks) until a kernel is qualified there. The
+    timings were taken on a shared, loaded machine (noise of +-50%); the
+    ratios are what counts.
 
     Args:
       impl: the requested implementation.
