@@ -29,6 +29,7 @@ figures that carry over to other machines.
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -52,8 +53,8 @@ BEFORE = {
     "train step tokens/s (benchmarks/results/vm-cpu-lra.json)": {"mamba": 2924, "s4d": 19228, "ratio": 0.15},
     "linear_attention chunked max rel err, strong decay": {"scalar": 1.03e-5, "channel": 7.30e-6},
 }
-LOAD_NOTE = ("Taken on a shared 2-core VM while other jobs ran (load average 2-5): absolute times vary "
-             "by up to 3x between runs, the round-robin ratios far less; compare ratios.")
+LOAD_NOTE = ("Taken on a shared 2-core VM while other jobs ran (load averages at start and end in 'load'): "
+             "absolute times vary by up to 3x between runs, the round-robin ratios far less; compare ratios.")
 
 
 def _interleaved(fns: dict, args: dict, rounds: int, repeats: int) -> dict:
@@ -145,12 +146,15 @@ def main(argv=None) -> int:
     else:
         cases, rounds, repeats, batch = [(2, 512, 64, 16), (2, 1024, 256, 16), (16, 1024, 128, 16)], 3, 3, 16
     info = machine()
+    load = {"start": os.getloadavg()}
     rows = bench_selective(cases, rounds, repeats)
     rows += bench_train(batch, 1024, 64, rounds, repeats)
     rows += bench_precision(256)
     kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-paths{'-quick' if quick else ''}.json"
-    out.write_text(json.dumps({"machine": info, "note": LOAD_NOTE, "before": BEFORE, "rows": rows}, indent=1))
+    load["end"] = os.getloadavg()
+    out.write_text(json.dumps({"machine": info, "note": LOAD_NOTE, "load": load, "before": BEFORE, "rows": rows},
+                              indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -28,12 +28,12 @@ Mamba), which is what the implementations differ on:
     position over a ``(b, n, d)`` state: no ``(b, chunk, d, n)`` tensor is
     written in the forward, and the backward's per-chunk reverse scan reduces
     every gradient in the step that produces the adjoint, so only the
-    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path:
-    faster than both others at every size measured (forward 3-6x, forward+
-    backward 2.5-12x), its forward+backward 3.8-7x its own (fast) forward and
-    below ``"chunked"``'s forward+backward by 3-12x (``"chunked"``'s ratio:
-    3-20x). On accelerators one step per position is a long chain of small
-    kernels, which is what ``"chunked"`` avoids.
+    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path: at
+    every size measured (see :func:`auto_impl`) its forward is ~3x faster than
+    both others' and its forward+backward 2-4x faster than ``"chunked"``'s and
+    2.5-5x faster than ``"reference"``'s; its forward+backward is 3-6x its own
+    forward (``"chunked"``: 3.7-8x). On accelerators one step per position is
+    a long chain of small kernels, which is what ``"chunked"`` avoids.
   * ``"auto"``: ``"sequential"`` on CPU; elsewhere ``"reference"`` while
     ``b·l·d·n <= 2**19``, else ``"chunked"`` (the rows of
     :data:`seqjax.ops.dispatch.AUTO_TABLE`; see :func:`auto_impl` for the
@@ -174,7 +174,7 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
     forward+backward in ms with gradients for all eight inputs and
     ``delta_softplus``; the minimum of 4 interleaved medians of 5 calls;
     ``chunk_size=64``, n = 16; the last two rows from
-    ``benchmarks/cpu_paths.py``, 3 rounds of 3)::
+    ``benchmarks/cpu_paths.py``, 3 rounds of 3, on a nearly idle machine)::
 
         b, l, d        b*l*d*n   reference      chunked        sequential
         2, 64, 32       2**16    0.27 / 0.70    0.24 / 0.63    0.08 / 0.27
@@ -182,8 +182,8 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
         2, 128, 64      2**18    0.93 / 2.64    0.66 / 2.73    0.21 / 1.07
         2, 256, 64      2**19    1.60 / 5.81    1.38 / 6.49    0.47 / 2.30
         2, 512, 64      2**20    4.10 / 21.3    3.17 / 13.1    0.98 / 4.57
-        2, 1024, 256    2**23    218 / 684      39.8 / 120     9.6 / 36.0
-        16, 1024, 128   2**25    1036 / 2863    167 / 3274     36.9 / 270
+        2, 1024, 256    2**23    55.0 / 165     19.3 / 70.6    6.66 / 33.1
+        16, 1024, 128   2**25    227 / 660      81.6 / 635     29.5 / 168
 
     ``"sequential"`` wins everywhere on CPU. The one-step-per-position scan
     keeps the ``(b, n, d)`` state in cache; ``"chunked"`` writes
