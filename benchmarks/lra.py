@@ -75,8 +75,19 @@ def bench_pipeline(size: int, num_examples: int, batch_size: int, batches: int, 
     return rows
 
 
-def bench_train_step(model_name: str, length: int, width: int, batch: int, repeats: int) -> dict:
-    """Tokens/s of one jitted train step of a ``model_name`` classifier at ``length``."""
+def train_step(model_name: str, length: int, width: int, batch: int, mixer_kwargs: dict | None = None):
+    """A jitted train step (forward, backward, AdamW) of a 2-layer ``model_name`` classifier and its arguments.
+
+    Args:
+      model_name: a model preset (``"s4d"``, ``"mamba"``, ...).
+      length: tokens per example.
+      width: ``d_model``.
+      batch: examples per step.
+      mixer_kwargs: fields set on the ``model_name`` mixer (``{"impl": "chunked"}``).
+
+    Returns:
+      ``(step, args)``; ``step(*args)`` returns the new ``(params, opt_state)``.
+    """
     from configs.common import apply_model_preset, base_config
     from seqjax import models
 
@@ -85,6 +96,8 @@ def bench_train_step(model_name: str, length: int, width: int, batch: int, repea
     m.num_layers, m.d_model, m.causal, m.input, m.vocab_size = 2, width, False, "tokens", 256
     m.head, m.num_classes, m.pooling, m.max_length = "classification", 2, "mean", length
     apply_model_preset(config, model_name, num_heads=4)
+    if mixer_kwargs:
+        m.mixer_kwargs[model_name] = {**m.mixer_kwargs.get(model_name, {}), **mixer_kwargs}
     model = models.build(m)
     tokens = jax.random.randint(jax.random.key(0), (batch, length), 1, 256)
     labels = jax.random.randint(jax.random.key(1), (batch,), 0, 2)
@@ -102,8 +115,14 @@ def bench_train_step(model_name: str, length: int, width: int, batch: int, repea
         updates, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, updates), opt
 
+    return step, (params, opt, tokens, labels)
+
+
+def bench_train_step(model_name: str, length: int, width: int, batch: int, repeats: int) -> dict:
+    """Tokens/s of one jitted train step of a ``model_name`` classifier at ``length``."""
     try:
-        ms = time_fn(step, params, opt, tokens, labels, repeats=repeats)
+        step, args = train_step(model_name, length, width, batch)
+        ms = time_fn(step, *args, repeats=repeats)
     except Exception as e:  # noqa: BLE001 - a model that cannot run at this length is a result too
         return {"what": "train step", "model": model_name, "length": length, "error": f"{type(e).__name__}: {e}"[:200]}
     return {"what": "train step", "model": model_name, "length": length, "width": width, "batch": batch,

@@ -161,6 +161,9 @@ AUTO_TABLE: tuple[Rule, ...] = (
     Rule("linear_scan", "cpu", "sequential",
          why="lax.scan beats associative_scan ~3x on CPU (benchmarks/results)"),
     Rule("linear_scan", "*", "associative", why="log-depth scan on accelerators"),
+    Rule("selective_scan", "cpu", "sequential",
+         why="one scan step per position over a cached (b, n, d) state: at every size ~3x faster forward and "
+             "2-5x faster forward+backward than both others (CPU, benchmarks/results/vm-cpu-paths.json)"),
     Rule("selective_scan", "*", "reference", lambda s: s["state"] <= 2**19,
          why="up to 2**19 state elements the materialised scan's backward is faster (CPU)"),
     Rule("selective_scan", "*", "chunked", why="beyond, the lean chunked scan: 2.5-6x faster, 10x less memory"),

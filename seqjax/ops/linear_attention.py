@@ -20,9 +20,7 @@ cumulative sum of ``log_decay`` up to and including t:
 Implementations (``impl``):
   * ``"reference"``: that masked quadratic form over the whole sequence; it
     materialises ``(b, h, l, l)`` scores (``(b, h, l, l, dk)`` decays for a
-    per-channel decay). Cumulative sums over the whole sequence lose float32
-    precision in ``c_t - c_s`` once ``|c|`` is large (long, strongly decaying
-    sequences); the chunked form keeps its sums chunk-local.
+    per-channel decay).
   * ``"sequential"``: the recurrence, a ``lax.scan`` over time carrying S.
   * ``"chunked"``: the chunkwise-parallel form of RetNet/GLA: the quadratic form
     inside chunks of ``chunk_size``, one state summary per chunk, and a
@@ -31,7 +29,7 @@ Implementations (``impl``):
     on diagonal sub-blocks of up to ``SUB_CHUNK`` = 8 positions, and for
     earlier sub-blocks the factorisation exp(c_t - c_s) = exp(c_t - r) exp(r - c_s) through the
     cumulative decay r at the end of the preceding sub-block, where both factors
-    are <= 1.
+    are <= 1 (each exponent again a sum of the log decays it spans).
   * ``"auto"``: ``"chunked"`` on every platform and length. Measured with
     ``benchmarks/bench_linear_attention.py`` (b=1, h=4, dk=dv=64, 2 dedicated
     CPU cores; ms at l = 512 / 2048 / 8192): gradients, sequential 33 / 112 / 532 vs
@@ -43,10 +41,17 @@ Implementations (``impl``):
     is the quadratic form over one chunk, i.e. ``"reference"`` with cheaper
     per-channel decays, so short sequences need no separate rule.
 
-Numerical safety: every exponent is a difference c_t - c_s with s <= t (or a
-chunk-local cumulative sum), which is <= 0 when ``log_decay <= 0``; pairs with
-s > t are masked with ``jnp.where`` *before* ``exp`` so neither the values nor
-the gradients ever see ``exp`` of a positive number (no inf * 0 = nan).
+Numerical safety: every exponent c_t - c_s (s <= t) is computed as the sum
+of the log decays between s and t (a masked segment sum, as ``ssd`` does, or a
+prefix or suffix sum inside a chunk), never as the difference of two
+cumulative sums, which keeps only ~ulp(|c|) of absolute precision once |c| is
+large: under strong decay (log decays of -5 to -20 on half the steps, float32,
+chunk 64) the difference form was off by 1.4e-5 (per head) and 7.7e-6 (per
+channel) relative to the float64 recurrence, the sums by 1.0e-7 and 1.5e-7
+(``tests/ops/test_linear_attention.py``, ``benchmarks/cpu_paths.py``). All
+exponents are <= 0 when ``log_decay <= 0``; pairs with s > t are masked with
+``jnp.where`` *before* ``exp`` so neither the values nor the gradients ever
+see ``exp`` of a positive number (no inf * 0 = nan).
 
 Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
 split over that mesh axis) runs :func:`seqjax.ops.linear_attention_sp.linear_attention_sp`
@@ -328,8 +333,11 @@ def _chunked(q, k, v, g, s0, run, chunk, sub):
     n = padded // chunk
     split = lambda x: x.reshape((batch, n, chunk) + x.shape[2:])  # noqa: E731
     qc, kc, vc = split(q), split(k), split(v)
-    # Chunk-local inclusive cumulative log decay: c <= 0 and non-increasing.
-    c = None if g is None else jnp.cumsum(split(pad_axis(g, chunk, axis=1)), axis=2)
+    # Chunk-local log decays; c is their inclusive cumulative sum (<= 0,
+    # non-increasing). Every exponent below is a sum of the log decays it spans,
+    # never a difference of two cumulative sums (see _segsum).
+    gc = None if g is None else split(pad_axis(g, chunk, axis=1))
+    c = None if g is None else jnp.cumsum(gc, axis=2)
 
     runc = run_in = None
     if run is not None:
@@ -339,10 +347,10 @@ def _chunked(q, k, v, g, s0, run, chunk, sub):
         run_in = jnp.concatenate([jnp.zeros_like(runc[:, :1, 0]), runc[:, :-1, -1]], axis=1)
 
     # Intra-chunk: the masked quadratic form.
-    o = _intra_chunk(qc, kc, vc, c, runc, sub)
+    o = _intra_chunk(qc, kc, vc, gc, runc, sub)
 
     # Each chunk's summary: S_end = decay * S_start + u.
-    k_end = kc if c is None else kc * jnp.exp(c[:, :, -1:] - c)
+    k_end = kc if c is None else kc * jnp.exp(_suffix_sum(gc, axis=2))
     decay = None if c is None else jnp.exp(c[:, :, -1])[..., None]  # (b, n, h, e, 1)
     q_in = qc if c is None else qc * jnp.exp(c)
     if runc is not None:
@@ -377,30 +385,55 @@ def _across_chunks(decay, u, s0):
     return jnp.moveaxis(states_in, 0, 1), final
 
 
-def _intra_chunk(qc, kc, vc, c, runc, sub):
+def _segsum(a, axis):
+    """``out[..., t, s, ...] = Σ_{s<r≤t} a[..., r, ...]`` (0 for t ≤ s), the pair at ``axis, axis+1``.
+
+    The decay from s to t as the sum of the log decays in between, not as the
+    difference ``c_t - c_s`` of two cumulative sums: once the sums are large
+    (strong decay earlier in the chunk), their difference keeps only
+    ~ulp(|c|) of absolute precision, i.e. a relative error of ~1e-5 in a
+    float32 weight exp(c_t - c_s) that may be of order one (measured: 1e-5
+    relative in the output with log decays of -5 to -20 on half the steps;
+    ~1e-7 this way). ``axis`` must be non-negative.
+    """
+    idx = jnp.arange(a.shape[axis])
+    strict = (idx[:, None] > idx[None, :]).reshape((a.shape[axis],) * 2 + (1,) * (a.ndim - axis - 1))
+    return jnp.cumsum(jnp.where(strict, jnp.expand_dims(a, axis + 1), 0), axis=axis)
+
+
+def _suffix_sum(a, axis):
+    """``out[..., t, ...] = Σ_{r>t} a[..., r, ...]`` along ``axis`` (non-negative): the decay from t to the end."""
+    after = jax.lax.slice_in_dim(a, 1, a.shape[axis], axis=axis)
+    after = jnp.concatenate([after, jnp.zeros_like(jax.lax.slice_in_dim(a, 0, 1, axis=axis))], axis=axis)
+    return jax.lax.cumsum(after, axis=axis, reverse=True)
+
+
+def _intra_chunk(qc, kc, vc, gc, runc, sub):
     """Outputs ``(b, n, C, h, dv)`` of the masked, decayed quadratic form within chunks."""
     chunk = qc.shape[2]
     mask = jnp.tril(jnp.ones((chunk, chunk), bool))[None, None, None]
     if runc is not None:
         mask = mask & (runc[:, :, None, :, None] == runc[:, :, None, None, :])
-    if c is None:
+    if gc is None:
         scores = jnp.where(mask, jnp.einsum("bnthk,bnshk->bnhts", qc, kc), 0)
-    elif c.shape[-1] == 1:
-        ch = jnp.moveaxis(c[..., 0], 3, 2)  # (b, n, h, C)
-        diff = jnp.where(mask, ch[..., :, None] - ch[..., None, :], -jnp.inf)
+    elif gc.shape[-1] == 1:
+        gh = jnp.moveaxis(gc[..., 0], 3, 2)  # (b, n, h, C)
+        diff = jnp.where(mask, _segsum(gh, axis=3), -jnp.inf)
         scores = jnp.einsum("bnthk,bnshk->bnhts", qc, kc) * jnp.exp(diff)
     else:
-        return _channel_intra_chunk(qc, kc, vc, c, runc, sub)
+        return _channel_intra_chunk(qc, kc, vc, gc, runc, sub)
     return jnp.einsum("bnhts,bnshv->bnthv", scores, vc)
 
 
-def _channel_intra_chunk(qc, kc, vc, c, runc, sub):
+def _channel_intra_chunk(qc, kc, vc, gc, runc, sub):
     """Intra-chunk outputs with per-channel decay, sum_j q_t[j] k_s[j] exp(c_t[j] - c_s[j]).
 
-    Diagonal ``sub x sub`` blocks use exact pairwise decays; a query block i
-    reads all earlier keys of the chunk through the factorisation via ``r_i``,
-    the cumulative decay at the last position of block i - 1:
-    exp(c_t - r_i) * exp(r_i - c_s), both exponents <= 0. The diagonal blocks
+    Diagonal ``sub x sub`` blocks use exact pairwise decays (:func:`_segsum`);
+    a query block i reads all earlier keys of the chunk through the
+    factorisation at ``r_i``, the end of block i - 1: exp(c_t - r_i) *
+    exp(r_i - c_s), both exponents <= 0 and each a sum of the log decays it
+    spans (the first a prefix sum inside block i, the second a suffix sum
+    inside the key's block plus the totals of the blocks in between). The diagonal blocks
     multiply V block by block rather than being placed into a (C, C) matrix:
     fewer flops, and the placed form's gradient hit an XLA:CPU miscompilation
     (segfault) at some shapes, e.g. b=4, C=16, h=4, dk=64, sub=8.
@@ -408,9 +441,9 @@ def _channel_intra_chunk(qc, kc, vc, c, runc, sub):
     batch, n, chunk, heads, dk = qc.shape
     m = chunk // sub
     blocks = lambda x: x.reshape((batch, n, m, sub) + x.shape[3:])  # noqa: E731
-    qb, kb, cb = blocks(qc), blocks(kc), blocks(c)
+    qb, kb, gb = blocks(qc), blocks(kc), blocks(gc)
     tri = jnp.tril(jnp.ones((sub, sub), bool))[:, :, None, None]
-    diff = jnp.where(tri, cb[:, :, :, :, None] - cb[:, :, :, None, :], -jnp.inf)
+    diff = jnp.where(tri, _segsum(gb, axis=3), -jnp.inf)
     # Decay the keys first, then contract dk against q: a 3-operand einsum here
     # lowers to an outer product plus a badly batched dot, ~10x slower on CPU.
     diag = jnp.einsum("bnmthk,bnmtshk->bnhmts", qb, kb[:, :, :, None] * jnp.exp(diff))
@@ -420,10 +453,14 @@ def _channel_intra_chunk(qc, kc, vc, c, runc, sub):
     o = jnp.einsum("bnhmts,bnmshv->bnmthv", diag, blocks(vc)).reshape(vc.shape)
     if m == 1:
         return o
-    r = jnp.concatenate([jnp.zeros_like(cb[:, :, :1, -1]), cb[:, :, :-1, -1]], axis=2)
-    q_off = qb * jnp.exp(cb - r[:, :, :, None])  # (b, n, m, sub, h, dk)
-    before = jnp.arange(chunk)[None, :] < (jnp.arange(m) * sub)[:, None]  # (m, C)
-    k_exp = jnp.where(before[:, :, None, None], r[:, :, :, None] - c[:, :, None], -jnp.inf)
+    q_off = qb * jnp.exp(jnp.cumsum(gb, axis=3))  # (b, n, m, sub, h, dk)
+    # Decay from key s (in block j) to r_i: the rest of block j, then the
+    # blocks strictly between j and i (segsum of the block totals at i - 1).
+    between = _segsum(jnp.sum(gb, axis=3), axis=2)  # (b, n, m, m, h, dk)
+    between = jnp.concatenate([jnp.zeros_like(between[:, :, :1]), between[:, :, :-1]], axis=2)
+    k_exp = between[:, :, :, :, None] + _suffix_sum(gb, axis=3)[:, :, None]  # (b, n, m_i, m_j, sub, h, dk)
+    earlier = (jnp.arange(m)[None, :] < jnp.arange(m)[:, None])[:, :, None, None, None]  # j < i
+    k_exp = jnp.where(earlier, k_exp, -jnp.inf).reshape(batch, n, m, chunk, heads, dk)
     k_off = kc[:, :, None] * jnp.exp(k_exp)  # (b, n, m, C, h, dk)
     off = jnp.einsum("bnithk,bnishk->bnhits", q_off, k_off).reshape(batch, n, heads, chunk, chunk)
     if runc is not None:

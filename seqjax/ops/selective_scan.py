@@ -14,8 +14,7 @@ Mamba), which is what the implementations differ on:
 
   * ``"reference"``: materialises ``Ā``, ``B̄u`` and ``h`` as full
     ``(b, l, d, n)`` tensors and runs them through :func:`linear_scan`; plain
-    autodiff. Simple, and the fastest for small problems, but its forward and
-    backward memory is O(b·l·d·n).
+    autodiff. Simple, but its forward and backward memory is O(b·l·d·n).
   * ``"chunked"``: a ``lax.scan`` over chunks of ``chunk_size`` positions that
     only ever holds one chunk's ``(b, chunk, d, n)`` states, with a
     ``jax.custom_vjp`` whose forward saves only the chunk-boundary states
@@ -24,9 +23,21 @@ Mamba), which is what the implementations differ on:
     O(b·chunk·d·n + b·(l/chunk)·d·n) plus the O(b·l·d) inputs and outputs.
     Inside a chunk the recurrences are :func:`linear_scan` calls, so they are
     sequential on CPU and associative (parallel) on accelerators.
-  * ``"auto"``: ``"reference"`` while ``b·l·d·n <= 2**19``, else ``"chunked"``
-    (the rows of :data:`seqjax.ops.dispatch.AUTO_TABLE`; measured on CPU, see
-    :func:`auto_impl` for the numbers).
+  * ``"sequential"``: the same memory plan (chunk-boundary states saved, the
+    backward recomputes one chunk at a time) with one ``lax.scan`` step per
+    position over a ``(b, n, d)`` state: no ``(b, chunk, d, n)`` tensor is
+    written in the forward, and the backward's per-chunk reverse scan reduces
+    every gradient in the step that produces the adjoint, so only the
+    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path: at
+    every size measured (see :func:`auto_impl`) its forward is ~3x faster than
+    both others' and its forward+backward 2-4x faster than ``"chunked"``'s and
+    2.5-5x faster than ``"reference"``'s; its forward+backward is 3-6x its own
+    forward (``"chunked"``: 3.7-8x). On accelerators one step per position is
+    a long chain of small kernels, which is what ``"chunked"`` avoids.
+  * ``"auto"``: ``"sequential"`` on CPU; elsewhere ``"reference"`` while
+    ``b·l·d·n <= 2**19``, else ``"chunked"`` (the rows of
+    :data:`seqjax.ops.dispatch.AUTO_TABLE`; see :func:`auto_impl` for the
+    numbers).
 
 Groups: ``B`` and ``C`` may be ``(b, l, n)`` (shared by all channels) or
 ``(b, l, g, n)``: the ``d`` channels are split into ``g`` contiguous groups and
@@ -97,11 +108,12 @@ def selective_scan(
       segment_ids: ``(b, l)`` integers; where the id changes from one position
         to the next, the state restarts from zero.
       return_last_state: also return the state after the last position.
-      impl: one of ``"auto"``, ``"reference"``, ``"chunked"``; ``"auto"`` runs
-        ``"reference"`` while ``b*l*d*n <= 2**19`` and ``"chunked"`` above,
-        where it is faster and needs far less memory (see :func:`auto_impl`).
-      chunk_size: positions per chunk for ``"chunked"`` (and for ``"auto"``
-        when it picks ``"chunked"``).
+      impl: one of ``"auto"``, ``"reference"``, ``"chunked"``,
+        ``"sequential"``; ``"auto"`` runs ``"sequential"`` on CPU, elsewhere
+        ``"reference"`` while ``b*l*d*n <= 2**19`` and ``"chunked"`` above
+        (see :func:`auto_impl`).
+      chunk_size: positions per chunk for ``"chunked"`` and ``"sequential"``
+        (the states saved for the backward pass are those entering each chunk).
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``u, delta, B, C, z`` (and
         ``segment_ids``) split contiguously over the mesh axis of this name
@@ -153,30 +165,36 @@ def selective_scan(
 def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
     """The implementation a call runs: ``impl``, or the ``auto`` table's pick for its size.
 
-    The table (:data:`seqjax.ops.dispatch.AUTO_TABLE`) reads the state size
-    ``b*l*d*n``: ``"reference"`` up to 2**19 state elements (2 MiB per float32
-    state tensor), else ``"chunked"``.
+    The table (:data:`seqjax.ops.dispatch.AUTO_TABLE`): ``"sequential"`` on
+    CPU; on other platforms it reads the state size ``b*l*d*n``:
+    ``"reference"`` up to 2**19 state elements (2 MiB per float32 state
+    tensor), else ``"chunked"``.
 
-    Measured on the 2-core development CPU (jit, forward / forward+backward in
-    ms with gradients for all eight inputs and ``delta_softplus``; the minimum
-    of 5 interleaved medians of 7 calls; ``chunk_size=64``, n = 16)::
+    Measured on the shared 2-core development CPU (jit, forward /
+    forward+backward in ms with gradients for all eight inputs and
+    ``delta_softplus``; the minimum of 4 interleaved medians of 5 calls;
+    ``chunk_size=64``, n = 16; the last two rows from
+    ``benchmarks/cpu_paths.py``, 3 rounds of 3, on a nearly idle machine)::
 
-        b, l, d      b*l*d*n   reference       chunked
-        2, 64, 32     2**16    0.60 / 2.76     0.34 / 2.11
-        2, 128, 32    2**17    0.93 / 1.94     0.46 / 3.75
-        2, 128, 64    2**18    1.42 / 3.32     1.41 / 7.00
-        2, 256, 64    2**19    3.34 / 8.24     2.27 / 13.6
-        2, 512, 64    2**20    5.10 / 116      6.05 / 20.3
-        2, 1024, 256  2**23    364 / 1131      37 / 432    (benchmark run)
+        b, l, d        b*l*d*n   reference      chunked        sequential
+        2, 64, 32       2**16    0.27 / 0.70    0.24 / 0.63    0.08 / 0.27
+        2, 128, 32      2**17    0.61 / 1.41    0.49 / 1.58    0.15 / 0.47
+        2, 128, 64      2**18    0.93 / 2.64    0.66 / 2.73    0.21 / 1.07
+        2, 256, 64      2**19    1.60 / 5.81    1.38 / 6.49    0.47 / 2.30
+        2, 512, 64      2**20    4.10 / 21.3    3.17 / 13.1    0.98 / 4.57
+        2, 1024, 256    2**23    55.0 / 165     19.3 / 70.6    6.66 / 33.1
+        16, 1024, 128   2**25    227 / 660      81.6 / 635     29.5 / 168
 
-    The forward passes are close, but up to 2**19 elements the reference's
-    backward (one reverse scan over stored tensors) beats the chunked one
-    (which recomputes every chunk's states). Past 2**19 the reference's dozen
-    full-size tensors (~24 MB) fall out of cache and it becomes 2.5-6x slower,
-    while its memory keeps growing with b*l*d*n (at the last row, planned peak
-    of forward+backward: 422 MB vs 40 MB; at l = 4096: 1.69 GB vs 113 MB).
-    The timings were taken on a shared, loaded machine (noise of +-50%); the
-    crossover is a cache effect, so it is the order of magnitude that counts.
+    ``"sequential"`` wins everywhere on CPU. The one-step-per-position scan
+    keeps the ``(b, n, d)`` state in cache; ``"chunked"`` writes
+    ``(b, chunk, d, n)`` tensors of decays, inputs and states (several times
+    over in its backward), and ``"reference"`` writes a dozen ``(b, l, d, n)``
+    tensors, which fall out of cache past ~2**19 elements. The last row is
+    Mamba's at LRA scale (width 64, expand 2, batch 16). On GPU and TPU the
+    rows keep ``"reference"`` up to 2**19 and ``"chunked"`` above
+    (associative scans inside chunks) until a kernel is qualified there. The
+    timings were taken on a shared, loaded machine (noise of +-50%); the
+    ratios are what counts.
 
     Args:
       impl: the requested implementation.
@@ -251,6 +269,13 @@ def _reference(u, dt, A, B, C, segment_ids, chunk_size):
     return y, last
 
 
+def _keep(segment_ids, batch, length, dtype):
+    """``(b, l)``: 0 at a segment start, which cuts the chain (Ā_t := 0 there), else 1."""
+    if segment_ids is None:
+        return jnp.ones((batch, length), dtype)
+    return 1 - segment_starts(segment_ids).astype(dtype)
+
+
 # --- "chunked": chunk-by-chunk scan with a recomputing custom_vjp -------------
 
 
@@ -259,11 +284,7 @@ def _chunked(u, dt, A, B, C, segment_ids, chunk_size):
     batch, length, d = u.shape
     groups, n = B.shape[2], B.shape[3]
     chunk = min(chunk_size, length)
-    # keep = 0 at a segment start cuts the chain (Ā_t := 0 there).
-    if segment_ids is None:
-        keep = jnp.ones((batch, length), u.dtype)
-    else:
-        keep = 1 - segment_starts(segment_ids).astype(u.dtype)
+    keep = _keep(segment_ids, batch, length, u.dtype)
     # Channels as (g, d/g) so that B and C broadcast over a group for free.
     shape = (batch, length, groups, d // groups)
     u4, dt4, A3 = u.reshape(shape), dt.reshape(shape), A.reshape(groups, d // groups, n)
@@ -354,3 +375,148 @@ def _chunked_core_bwd(chunk, res, cts):
 
 
 _chunked_core.defvjp(_chunked_core_fwd, _chunked_core_bwd)
+
+
+# --- "sequential": one lax.scan step per position, chunk states checkpointed ---
+
+
+@dispatch.register("selective_scan", "sequential")
+def _sequential(u, dt, A, B, C, segment_ids, chunk_size):
+    batch, length, d = u.shape
+    groups = B.shape[2]
+    chunk = min(chunk_size, length)
+    keep = _keep(segment_ids, batch, length, u.dtype)
+    # The state is laid out (b, n, d), channels last, so that the elementwise
+    # work and the sums over n run along the wide axis; B and C become
+    # (b, l, n, g), or (b, l, n) for one group: a size-1 axis in the per-step
+    # arrays made XLA:CPU's loop body ~10x slower (measured, b=16, d=128).
+    Bn, Cn = (jnp.swapaxes(x, 2, 3) for x in (B, C))
+    if groups == 1:
+        Bn, Cn = Bn[..., 0], Cn[..., 0]
+    # Padding with Δ = 0 (Ā = 1, B̄u = 0) and keep = 1 leaves the state unchanged,
+    # so the last state is still the state at position length-1.
+    u, dt, Bn, Cn = (pad_axis(x, chunk, axis=1) for x in (u, dt, Bn, Cn))
+    keep = pad_axis(keep, chunk, axis=1, value=1)
+    y, last = _seq_core(u, dt, A.T, Bn, Cn, keep, chunk)
+    return y[:, :length], jnp.swapaxes(last, 1, 2)
+
+
+def _to_time_major(x, chunk):
+    # (b, L, ...) -> (L/chunk, chunk, b, ...): chunks, then time, leading for the
+    # two nested lax.scans; each step then reads one contiguous (b, ...) slice.
+    x = x.reshape((x.shape[0], x.shape[1] // chunk, chunk) + x.shape[2:])
+    return jnp.moveaxis(x, 0, 2)
+
+
+def _from_time_major(x):
+    x = jnp.moveaxis(x, 2, 0)
+    return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
+
+
+def _per_channel(x, d):
+    """A position's ``B`` or ``C``, (b, n) or (b, n, g), broadcastable to (b, n, d)."""
+    if x.ndim == 2:
+        return x[:, :, None]
+    return jnp.repeat(x, d // x.shape[-1], axis=-1)
+
+
+def _group_sum(x, groups):
+    """Sums (b, n, d) over the channels of each group: (b, n), or (b, n, g)."""
+    if groups == 1:
+        return jnp.sum(x, axis=-1)
+    return jnp.sum(x.reshape(x.shape[:2] + (groups, -1)), axis=-1)
+
+
+def _groups(B):
+    return 1 if B.ndim == 3 else B.shape[-1]
+
+
+def _step_decay(dt_t, A, keep_t):
+    """Ā_t = keep_t * exp(Δ_t A) at one position: (b, n, d)."""
+    return jnp.exp(dt_t[:, None] * A) * keep_t[:, None, None]
+
+
+def _seq_forward(u, dt, A, B, C, keep, chunk):
+    # One step per position: the state (b, n, d) stays in cache and no
+    # (b, chunk, d, n) tensor is ever written (on CPU the materialised per-chunk
+    # Ā, B̄u and h tensors cost more memory traffic than the exps themselves).
+    batch, _, d = u.shape
+    # Inside shard_map the carry must vary over the mesh axes the inputs do.
+    h0 = match_vma(jnp.zeros((batch,) + A.shape, u.dtype), u, dt, A, B, C, keep)
+
+    def step(h, xs):
+        u_t, dt_t, B_t, C_t, keep_t = xs
+        h = _step_decay(dt_t, A, keep_t) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
+        return h, jnp.sum(h * _per_channel(C_t, d), axis=1)
+
+    def chunk_body(h_in, xs):
+        h_out, y = lax.scan(step, h_in, xs)
+        return h_out, (y, h_in)
+
+    xs = tuple(_to_time_major(x, chunk) for x in (u, dt, B, C, keep))
+    last, (y, h_starts) = lax.scan(chunk_body, h0, xs)
+    return _from_time_major(y), last, h_starts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _seq_core(u, dt, A, B, C, keep, chunk):
+    """``(y (b, L, d), last (b, n, d))`` from ``u, dt (b, L, d)``, ``A (n, d)``,
+    ``B, C (b, L, n[, g])``, ``keep (b, L)``; ``L`` a multiple of ``chunk``."""
+    y, last, _ = _seq_forward(u, dt, A, B, C, keep, chunk)
+    return y, last
+
+
+def _seq_core_fwd(u, dt, A, B, C, keep, chunk):
+    y, last, h_starts = _seq_forward(u, dt, A, B, C, keep, chunk)
+    # Only the state entering each chunk, (L/chunk, b, n, d), is saved.
+    return (y, last), (u, dt, A, B, C, keep, h_starts)
+
+
+def _seq_core_bwd(chunk, res, cts):
+    # One reverse scan over chunks carrying the state adjoint mu (dL/dh at the
+    # chunk's last position from everything after it) and dL/dA per batch row.
+    # Per chunk, one forward pass from the saved entering state recomputes the
+    # states h_{t-1} (the only (chunk, b, n, d) tensor) and the gradient of C;
+    # one reverse pass runs the adjoint recurrence and reduces the other
+    # gradients in the same step, so no other (chunk, b, n, d) tensor exists.
+    u, dt, A, B, C, keep, h_starts = res
+    gy, g_last = cts
+    d, groups = u.shape[-1], _groups(B)
+
+    def recompute(h, xs):
+        u_t, dt_t, B_t, keep_t, gy_t = xs
+        h_next = _step_decay(dt_t, A, keep_t) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
+        return h_next, (h, _group_sum(h_next * gy_t[:, None], groups))
+
+    def adjoint(carry, xs):
+        # lam_t = C_t gy_t + Ā_{t+1} lam_{t+1}; mu carries Ā_{t+1} lam_{t+1}.
+        mu, gA = carry
+        u_t, dt_t, B_t, C_t, keep_t, gy_t, h_prev = xs
+        dA = _step_decay(dt_t, A, keep_t)
+        lam = mu + gy_t[:, None] * _per_channel(C_t, d)
+        mu = dA * lam
+        # dL/d(Δ A) through Ā = keep * exp(Δ A): lam * Ā * h_{t-1}.
+        g_dtA = mu * h_prev
+        # Both sums over n in one reduction (one loop, one stacked output):
+        # Σ_n lam B (for dL/du and dL/dΔ through B̄u) and Σ_n g_dtA A.
+        sums = jnp.sum(jnp.stack([lam * _per_channel(B_t, d), g_dtA * A]), axis=2)
+        g_B = _group_sum(lam * (dt_t * u_t)[:, None], groups)
+        return (mu, gA + g_dtA * dt_t[:, None]), (sums, g_B)
+
+    def chunk_body(carry, xs):
+        (u_c, dt_c, B_c, C_c, keep_c, gy_c), h_in = xs
+        _, (h_prev, g_C) = lax.scan(recompute, h_in, (u_c, dt_c, B_c, keep_c, gy_c))
+        carry, (sums, g_B) = lax.scan(
+            adjoint, carry, (u_c, dt_c, B_c, C_c, keep_c, gy_c, h_prev), reverse=True)
+        return carry, (sums, g_B, g_C)
+
+    xs = tuple(_to_time_major(x, chunk) for x in (u, dt, B, C, keep, gy))
+    gA0 = match_vma(jnp.zeros_like(h_starts[0]), u, dt, A, B, C, keep, gy, g_last)
+    (_, gA), grads = lax.scan(chunk_body, (g_last, gA0), (xs, h_starts), reverse=True)
+    sums, g_B, g_C = grads
+    lam_B, dtA_A = (_from_time_major(sums[:, :, i]) for i in range(2))
+    g_u, g_dt = lam_B * dt, lam_B * u + dtA_A
+    return g_u, g_dt, jnp.sum(gA, axis=0), _from_time_major(g_B), _from_time_major(g_C), jnp.zeros_like(keep)
+
+
+_seq_core.defvjp(_seq_core_fwd, _seq_core_bwd)

@@ -98,7 +98,7 @@ def test_paper_init(rng):
 
 
 @pytest.mark.parametrize(
-    "impl, length", [("reference", 1), ("chunked", 1), ("reference", 37), ("chunked", 37)]
+    "impl, length", [("reference", 1), ("chunked", 1), ("reference", 37), ("chunked", 37), ("sequential", 37)]
 )
 def test_matches_reference_float32(rng, impl, length):
     m = get("mamba")(d_state=8, impl=impl, chunk_size=8)
@@ -193,7 +193,7 @@ def test_matrix_is_the_closed_form(rng):
 
 def test_config_errors(rng):
     x = harness.random_input(rng, 1, 4, 16)
-    with pytest.raises(ConfigError, match=r"^mamba\.impl='fast'.*allowed: auto, reference, chunked"):
+    with pytest.raises(ConfigError, match=r"^mamba\.impl='fast'.*allowed: auto, reference, sequential, chunked"):
         get("mamba")(impl="fast")
     with pytest.raises(ConfigError, match=r"^mamba\.dt_min=0.5 must be <= mamba\.dt_max=0.1"):
         get("mamba")(dt_min=0.5, dt_max=0.1)

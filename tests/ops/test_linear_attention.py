@@ -204,6 +204,24 @@ def test_strong_decay_long_sequence_is_finite_and_accurate(rng, impl):
     assert_rel_close(s, s_ref, RTOL_SCAN, "final_state")
 
 
+@pytest.mark.parametrize("kind", ["scalar", "channel"])
+def test_chunked_float32_precision_under_strong_decay(rng, kind):
+    # Half the steps decay by exp(-5)..exp(-20), the others barely: late in a
+    # chunk the cumulative log decay is ~ -300 while the weights between
+    # neighbouring weak steps are ~1. Differences of cumulative sums kept only
+    # ~ulp(300) of the exponent (measured here: 1.4e-5 / 7.7e-6 relative error
+    # in o for scalar / channel); sums of the spanned log decays give 1.0e-7 /
+    # 1.5e-7.
+    b, l, h, dk, dv = 1, 256, 2, 8, 8
+    shape = (b, l, h) if kind == "scalar" else (b, l, h, dk)
+    ld = np.where(rng.random(shape) < 0.5, -rng.uniform(5.0, 20.0, shape), -rng.uniform(0.0, 0.1, shape))
+    q, k, v = (rng.standard_normal((b, l, h, n)) for n in (dk, dk, dv))
+    o, s = _fast("chunked", *map(_f32, (q, k, v, ld)), chunk_size=64)
+    o_ref, s_ref = linear_attention_ref(np, q, k, v, ld)
+    assert rel_err(o, o_ref) <= 1e-6, f"o: {rel_err(o, o_ref):.2e}"
+    assert rel_err(s, s_ref) <= 1e-6, f"final_state: {rel_err(s, s_ref):.2e}"
+
+
 def test_reference_gradients_finite_under_strong_decay(rng):
     # The quadratic form masks c_t - c_s (s > t) before exp: no inf * 0 in the backward.
     q, k, v, ld, _ = map(_f32, _inputs(rng, "channel", 130, b=1))

@@ -13,8 +13,8 @@ from seqjax.ops.selective_scan import auto_impl
 from tests.ops.ref_selective import selective_scan_ref
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close, rel_err
 
-IMPLS = ["reference", "chunked", "auto"]
-FAST = ["reference", "chunked"]
+IMPLS = ["reference", "chunked", "sequential", "auto"]
+FAST = ["reference", "chunked", "sequential"]
 CHUNK = 16  # small, so that lengths 37 and 130 span several chunks and a remainder
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -90,10 +90,10 @@ def test_float64_exact(rng, impl, case):
     assert_rel_close(last, last_ref, RTOL_F64, "last_state")
 
 
-def test_auto_large_takes_chunked_and_matches(rng):
-    # Large enough that "auto" picks "chunked" (b*l*d*n = 2*600*32*16 > 2**19).
+def test_auto_large_takes_sequential_on_cpu_and_matches(rng):
+    # Past the 2**19 row of other platforms (b*l*d*n = 2*600*32*16): on CPU "auto" is "sequential" at any size.
     b, l, d, n = 2, 600, 32, 16
-    assert auto_impl("auto", (b, l, d), n) == "chunked" and auto_impl("auto", (2, 7, 4), 3) == "reference"
+    assert auto_impl("auto", (b, l, d), n) == "sequential" and auto_impl("auto", (2, 7, 4), 3) == "sequential"
     args = dict(
         u=rng.standard_normal((b, l, d)), delta=rng.standard_normal((b, l, d)),
         A=-rng.uniform(0.2, 3.0, (d, n)), B=rng.standard_normal((b, l, 2, n)),
@@ -222,7 +222,7 @@ def _bad(rng, **over):
     (dict(delta_bias=np.ones((6, 1))), r"delta_bias must be \(d,\)"),
     (dict(z=np.ones((2, 5, 5))), r"z \(2, 5, 5\) must have u's shape"),
     (dict(segment_ids=np.zeros((2, 4), np.int32)), r"segment_ids \(2, 4\) must be"),
-    (dict(impl="fast"), r"impl='fast' is not one of 'auto', 'reference', 'chunked'"),
+    (dict(impl="fast"), r"impl='fast' is not one of 'auto', 'reference', 'sequential', 'chunked'"),
     (dict(chunk_size=0), r"chunk_size must be >= 1"),
 ])
 def test_bad_arguments(rng, over, match):

@@ -93,6 +93,7 @@ CASES = {
     "p8_reference_shared_bc_unchecked": ((8,), ("sequence",), 2, 32, 4, 4, None, "reference", 64,
                                          False, False),
     "p4_chunked_groups_segments": ((4,), ("sequence",), 2, 32, 8, 4, 2, "chunked", 4, True, True),
+    "p4_sequential_groups_segments": ((4,), ("sequence",), 2, 32, 8, 4, 2, "sequential", 4, True, True),
     # chunk 3 does not divide the local length 8: the padded chunk loops run.
     "data2_seq4_chunked": ((2, 4), ("data", "sequence"), 2, 32, 4, 4, 2, "chunked", 3, False, True),
 }
