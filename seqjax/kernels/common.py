@@ -1,6 +1,7 @@
 """What the Pallas kernels share: choosing the kernel body for the platform a call is lowered for."""
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jax import lax
@@ -8,6 +9,31 @@ from jax.experimental.pallas import tpu as pltpu
 
 # The kernel semantics a test may ask for on CPU (interpret mode).
 SEMANTICS = ("gpu", "tpu")
+
+# Set by interpret_as(): the semantics on_platform interprets when its caller
+# passes interpret=None (so a test can reach a kernel through an op's front
+# door, gradients included, with TPU semantics).
+_forced: str | None = None
+
+
+@contextlib.contextmanager
+def interpret_as(kind: str) -> Iterator[None]:
+    """Within this block, kernels traced with ``interpret=None`` run ``kind``'s kernel interpreted.
+
+    The choice is read when a call is traced: jit a function inside the block
+    (a function jitted and traced before keeps what it traced).
+
+    Args:
+      kind: ``"gpu"`` or ``"tpu"``.
+    """
+    global _forced
+    if kind not in SEMANTICS:
+        raise ValueError(f"interpret_as: kind={kind!r} is not one of {SEMANTICS}")
+    before, _forced = _forced, kind
+    try:
+        yield
+    finally:
+        _forced = before
 
 
 def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | None = None):
@@ -26,12 +52,15 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
       build: ``(kind, interpret) -> fn``.
       *args: the arrays passed to ``fn``.
       interpret: None on the normal path (CPU runs the GPU kernel
-        interpreted); ``"gpu"`` or ``"tpu"`` forces that kernel in interpret
-        mode on any platform (the tests' way to check TPU semantics on CPU).
+        interpreted, unless inside :func:`interpret_as`); ``"gpu"`` or
+        ``"tpu"`` forces that kernel in interpret mode on any platform (the
+        tests' way to check TPU semantics on CPU).
 
     Returns:
       What ``fn(*args)`` returns.
     """
+    if interpret is None:
+        interpret = _forced
     if interpret is not None:
         if interpret not in SEMANTICS:
             raise ValueError(f"interpret={interpret!r} is not one of {SEMANTICS} or None")
@@ -42,3 +71,8 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
         cuda=build("gpu", False),
         tpu=build("tpu", False),
     )
+
+
+def round_up(size: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is ``>= size``."""
+    return -(-size // multiple) * multiple
