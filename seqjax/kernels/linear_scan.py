@@ -12,13 +12,13 @@ Layout (the same on both platforms, a different backend and chunk):
   state to the next chunk through a ``(1, 128)`` scratch (initialised from
   ``h0`` at chunk 0), so ``a`` and ``b`` are read once and ``h`` written once:
   the kernel moves the op's bytes floor, 3 x 4 bytes per element.
-* GPU (Mosaic GPU, Hopper): 128 channels = one warpgroup, one channel per
-  thread. The sequential chunk axis is Mosaic GPU's in-kernel pipeline
-  (``dimension_semantics=(parallel, parallel, sequential)``, two stages in
-  flight), so the chunk loop runs inside one CTA while TMA copies the next
-  chunk into shared memory. Chunk 32 positions (16 for complex inputs, which
-  carry twice the arrays): 3 arrays x 2 stages x 32 x 128 x 4 B = 96 KiB of
-  the 227 KiB of shared memory.
+* GPU (Mosaic GPU, Hopper; :func:`seqjax.kernels.common.grid_call`): 128
+  channels = one warpgroup, one channel per thread. ``plgpu.kernel`` puts
+  (batch, tiles) on the CUDA grid and ``plgpu.emit_pipeline`` walks the
+  chunks inside each CTA with two stages in flight, TMA copying the next
+  chunk into shared memory while the current one is scanned. Chunk 32
+  positions (16 for complex inputs, which carry twice the arrays): 3 arrays
+  x 2 stages x 32 x 128 x 4 B = 96 KiB of the 227 KiB of shared memory.
 * TPU (Mosaic TPU): chunk 256 positions (``dimension_semantics=(parallel,
   parallel, arbitrary)``), blocks ``(256, 128)`` satisfy the (8, 128) rule and
   use 1.5 MiB of VMEM for complex inputs, double-buffered.
@@ -40,10 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import mosaic_gpu as plgpu
-from jax.experimental.pallas import tpu as pltpu
 
-from seqjax.kernels.common import on_platform
+from seqjax.kernels.common import grid_call, on_platform
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis
 
@@ -51,17 +49,17 @@ TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes 
 CHUNK = {"gpu": 32, "tpu": 256}  # positions per grid step (real inputs)
 
 
-def _kernel(*refs, parts: int, chunk: int):
-    """One (batch, channel tile, chunk) step; ``parts`` = 1 (real) or 2 (real, imaginary)."""
+def _kernel(step, *refs, parts: int, chunk: int):
+    """Chunk ``step`` of one (batch, channel tile); ``parts`` = 1 (real) or 2 (real, imaginary)."""
     coeffs, h0s = refs[:2 * parts], refs[2 * parts:3 * parts]
     outs, carry = refs[3 * parts:4 * parts], refs[4 * parts:]
 
-    @pl.when(pl.program_id(2) == 0)
+    @pl.when(step == 0)
     def _init():
         for c, h0 in zip(carry, h0s):
             c[...] = h0[...]
 
-    def step(t, h):
+    def position(t, h):
         row = pl.ds(t, 1)
         if parts == 1:
             a, b = coeffs[0][row, :], coeffs[1][row, :]
@@ -73,7 +71,7 @@ def _kernel(*refs, parts: int, chunk: int):
             out[row, :] = value
         return h
 
-    h = lax.fori_loop(0, chunk, step, tuple(c[...] for c in carry))
+    h = lax.fori_loop(0, chunk, position, tuple(c[...] for c in carry))
     for c, value in zip(carry, h):
         c[...] = value
 
@@ -91,22 +89,14 @@ def _call(kind, interpret, parts, *arrays):
     block = pl.BlockSpec((None, chunk, TILE), lambda i, j, k: (i, k, j))
     state = pl.BlockSpec((None, 1, TILE), lambda i, j, k: (i, 0, j))
     dtype = coeffs[0].dtype
-    if kind == "gpu":
-        scratch = [plgpu.SMEM((1, TILE), dtype) for _ in range(parts)]
-        params = plgpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "sequential"), max_concurrent_steps=2)
-    else:
-        scratch = [pltpu.VMEM((1, TILE), dtype) for _ in range(parts)]
-        params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
-    outs = pl.pallas_call(
-        functools.partial(_kernel, parts=parts, chunk=chunk),
+    outs = grid_call(
+        kind, interpret, functools.partial(_kernel, parts=parts, chunk=chunk),
         grid=grid,
         in_specs=[block] * (2 * parts) + [state] * parts,
         out_specs=[block] * parts,
         out_shape=[jax.ShapeDtypeStruct((batch, padded, wide), dtype)] * parts,
-        scratch_shapes=scratch,
-        compiler_params=params,
-        interpret=interpret,
+        scratch_shapes=[((1, TILE), dtype)] * parts,
+        gpu_stages=2,
     )(*coeffs, *h0s)
     return tuple(h[:, :length, :width] for h in outs)
 

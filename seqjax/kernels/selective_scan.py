@@ -17,7 +17,9 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
   states stay 0), the length to a multiple of the chunk (``Δ = 0, keep = 1``:
   the state passes unchanged, so the last state is the state at ``l - 1``).
 * Grid ``(batch, channel tiles, chunks)``, the chunk axis sequential and last
-  (GPU: Mosaic GPU's in-kernel pipeline, ``sequential``; TPU: ``arbitrary``).
+  (:func:`seqjax.kernels.common.grid_call`; GPU: ``plgpu.kernel`` over
+  (batch, tiles) and ``plgpu.emit_pipeline`` over the chunks inside each
+  CTA, TMA prefetching the next blocks; TPU: ``arbitrary``).
   Blocks: ``u, Δ, y`` ``(chunk, 128)``; ``A`` transposed ``(n, 128)``; ``B, C``
   of the tile's group ``(chunk, n)`` and the segment flags ``(chunk,)``, read
   as scalars (shared memory on GPU, SMEM on TPU). 128 channels = one
@@ -53,10 +55,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
-from seqjax.kernels.common import on_platform, round_up
+from seqjax.kernels.common import grid_call, on_platform, round_up
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis, segment_starts
 
@@ -86,12 +87,12 @@ def _rows(ref, n):
     return [ref[pl.ds(s, 1), :] for s in range(n)]
 
 
-def _forward_kernel(u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, n, chunk, save, acc):
+def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, n, chunk, save, acc):
     y_ref, last_ref = refs[:2]
     starts_ref = refs[2] if save else None
     carry_ref = refs[-1]
 
-    @pl.when(pl.program_id(2) == 0)
+    @pl.when(step == 0)
     def _init():
         carry_ref[...] = jnp.zeros(carry_ref.shape, acc)
 
@@ -99,7 +100,7 @@ def _forward_kernel(u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, n, chu
         starts_ref[...] = carry_ref[...]
     a_rows = [x.astype(acc) for x in _rows(at_ref, n)]
 
-    def step(t, h):
+    def position(t, h):
         row = pl.ds(t, 1)
         dt = dt_ref[row, :].astype(acc)
         dtu = dt * u_ref[row, :].astype(acc)
@@ -112,16 +113,16 @@ def _forward_kernel(u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, n, chu
         y_ref[row, :] = y.astype(y_ref.dtype)
         return tuple(new)
 
-    h = lax.fori_loop(0, chunk, step, tuple(_rows(carry_ref, n)))
+    h = lax.fori_loop(0, chunk, position, tuple(_rows(carry_ref, n)))
     for s in range(n):
         carry_ref[pl.ds(s, 1), :] = h[s]
         # Written every chunk: the last chunk's write is the final state.
         last_ref[pl.ds(s, 1), :] = h[s]
 
 
-def _backward_kernel(u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref, start_ref, glast_ref,
+def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref, start_ref, glast_ref,
                      du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *, n, chunk, acc):
-    @pl.when(pl.program_id(2) == 0)
+    @pl.when(step == 0)
     def _init():
         mu_ref[...] = glast_ref[...].astype(acc)
         dacc_ref[...] = jnp.zeros(dacc_ref.shape, acc)
@@ -206,17 +207,6 @@ def _specs(kind, shape, n, chunk, per_group, reverse=False):
     }
 
 
-def _params(kind, stages):
-    if kind == "gpu":
-        return plgpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "sequential"), max_concurrent_steps=stages)
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
-
-
-def _scratch(kind, shape, dtype):
-    return plgpu.SMEM(shape, dtype) if kind == "gpu" else pltpu.VMEM(shape, dtype)
-
-
 def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep):
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
@@ -225,15 +215,14 @@ def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct,
     out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct((batch, n, width), acc)]
     if save:
         out_shape.append(jax.ShapeDtypeStruct((batch, length // chunk, n, width), acc))
-    return pl.pallas_call(
-        functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc),
+    return grid_call(
+        kind, interpret, functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc),
         grid=sp["grid"],
         in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"]],
         out_specs=out_specs,
         out_shape=out_shape,
-        scratch_shapes=[_scratch(kind, (n, TILE), acc)],
-        compiler_params=_params(kind, stages=2),
-        interpret=interpret,
+        scratch_shapes=[((n, TILE), acc)],
+        gpu_stages=2,
     )(u, dt, at, bt, ct, keep)
 
 
@@ -243,19 +232,17 @@ def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     sp = _specs(kind, u.shape, n, chunk, per_group, reverse=True)
     tiles = width // TILE
     part = jax.ShapeDtypeStruct((batch, tiles, length, n), acc)
-    return pl.pallas_call(
-        functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
+    return grid_call(
+        kind, interpret, functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
         grid=sp["grid"],
         in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"], sp["seq"], sp["start"],
                   sp["state"]],
         out_specs=[sp["seq"], sp["seq"], sp["part"], sp["part"], sp["state"]],
         out_shape=[jax.ShapeDtypeStruct(u.shape, acc)] * 2 + [part, part,
                    jax.ShapeDtypeStruct((batch, n, width), acc)],
-        scratch_shapes=[_scratch(kind, (n, TILE), acc), _scratch(kind, (n, TILE), acc),
-                        _scratch(kind, (chunk, n, TILE), acc)],
+        scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((chunk, n, TILE), acc)],
         # One stage: the state scratch leaves no room to double-buffer (docstring).
-        compiler_params=_params(kind, stages=1),
-        interpret=interpret,
+        gpu_stages=1,
     )(u, dt, at, bt, ct, keep, gy, starts, g_last)
 
 
