@@ -92,11 +92,12 @@ def test_complex64(rng, small_blocks, kind):
            dtype=jnp.complex64, rtol=RTOL_SCAN, rtol_grad=RTOL_GRAD)
 
 
-def test_front_door_default_blocks(rng):
+@pytest.mark.parametrize("length", [1, 45])
+def test_front_door_default_blocks(rng, length):
     # The real blocks (128 channels, 32-position chunks) through the op with
     # no override: on CPU the GPU kernel runs interpreted. Length 45: two
     # chunks, the second padded.
-    a, b, h0 = _inputs(rng, (2, 45, 3))
+    a, b, h0 = _inputs(rng, (2, length, 3))
     h, last = jax.jit(lambda *x: linear_scan(*x, impl="pallas"))(*(jnp.float32(x) for x in (a, b, h0)))
     h_ref, last_ref = linear_scan_ref(np, a, b, h0)
     assert_rel_close(h, h_ref, RTOL_SCAN, "h")
@@ -138,3 +139,30 @@ def test_lowers_at_realistic_shapes(platform, dtype):
 
     assert kernel_calls(lower_for(lambda *x: linear_scan(*x, impl="pallas"), args, platform), platform) == 1
     assert kernel_calls(lower_for(jax.grad(loss, argnums=(0, 1, 2)), args, platform), platform) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_blocks_several_tiles_and_chunks(rng, kind):
+    # The real blocks with gradients: 300 channels (3 tiles, the last padded)
+    # and 530 positions (17 GPU chunks / 3 TPU chunks, the last padded). The
+    # reference is the op's float64 "sequential" path, which
+    # tests/ops/test_linear_scan.py holds to the loop reference at 1e-10 (the
+    # loop itself is too slow to differentiate at this length).
+    a, b, h0 = _inputs(rng, (2, 530, 300))
+    seg = np.cumsum(rng.random((2, 530)) < 0.02, axis=1) % 3
+    w = rng.standard_normal(b.shape)
+
+    def grads(impl, x):
+        def loss(*x):
+            h, last = linear_scan(*x, segment_ids=seg, impl=impl)
+            return jnp.sum(w * h) + jnp.sum(last), h
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(*x)
+
+    with interpret_as(kind):
+        g, h = grads("pallas", [jnp.float32(x) for x in (a, b, h0)])
+    with jax.enable_x64(True):
+        g_ref, h_ref = grads("sequential", [jnp.float64(x) for x in (a, b, h0)])
+    assert_rel_close(h, h_ref, RTOL_SCAN, "h")
+    for name, gi, gr in zip(("a", "b", "h0"), g, g_ref):
+        assert_rel_close(gi, gr, RTOL_GRAD, f"grad {name}")

@@ -142,3 +142,12 @@ def test_lowers_at_realistic_shapes(platform):
     assert kernel_calls(lower_for(op, args(jnp.float32, 1), platform), platform) == 1
     assert kernel_calls(lower_for(grad(op), args(jnp.float32, 1), platform), platform) == 2
     assert kernel_calls(lower_for(grad(kernel.selective_scan_pallas), args(jnp.bfloat16, 4), platform), platform) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_default_blocks_several_tiles_and_chunks(rng, kind):
+    # The real blocks (128 channels, 16 positions at n = 16) with gradients:
+    # 2 groups of 130 channels (2 tiles each, the second padded), 37 positions
+    # (3 chunks, the last padded), every option.
+    _check(rng, kind, jnp.float32, RTOL_SCAN, RTOL_GRAD, length=37, d=260, n=16, groups=2, optional=ARG_NAMES)
