@@ -155,7 +155,7 @@ class Rule:
 
 
 # Tried in order, first match wins. The size keys each op passes to resolve():
-#   linear_scan: (none); selective_scan: state = b*l*d*n; ssd: length,
+#   linear_scan: (none); selective_scan: state = b*l*d*n, n; ssd: length,
 #   chunk_size; attention: scores = lq*lk; linear_attention, fft_conv: (none).
 AUTO_TABLE: tuple[Rule, ...] = (
     Rule("linear_scan", "cpu", "sequential",

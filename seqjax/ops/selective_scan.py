@@ -205,7 +205,7 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
       A registered implementation name.
     """
     batch, length, d = shape
-    return dispatch.resolve("selective_scan", impl, state=batch * length * d * n)
+    return dispatch.resolve("selective_scan", impl, state=batch * length * d * n, n=n)
 
 
 def check_shapes(u, delta, A, B, C, D, z, delta_bias, segment_ids, chunk_size) -> None:

@@ -1,0 +1,359 @@
+"""Pallas kernels for Mamba-1's selective scan, forward and backward (``selective_scan(impl="pallas")``).
+
+What the kernels compute, per batch row, channel ``c`` and state ``s``
+(dt after bias and softplus, as the op hands it over)::
+
+    h_t[s, c] = keep_t exp(dt_t[c] A[c, s]) h_{t-1}[s, c] + dt_t[c] u_t[c] B_t[s]
+    y_t[c]    = sum_s C_t[s] h_t[s, c]
+
+with ``keep_t = 0`` where a segment starts (the state restarts). ``exp(Δ·A)``
+is computed in the kernel; the ``(b, l, d, n)`` decays and states never reach
+HBM.
+
+Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu``):
+
+* Channels are split into their ``g`` groups and each group padded to a
+  multiple of ``TILE = 128`` channels (``u = Δ = A = 0`` there: the padded
+  states stay 0), the length to a multiple of the chunk (``Δ = 0, keep = 1``:
+  the state passes unchanged, so the last state is the state at ``l - 1``).
+* Grid ``(batch, channel tiles, chunks)``, the chunk axis sequential and last
+  (:func:`seqjax.kernels.common.grid_call`; GPU: ``plgpu.kernel`` over
+  (batch, tiles) and ``plgpu.emit_pipeline`` over the chunks inside each
+  CTA, TMA prefetching the next blocks; TPU: ``arbitrary``).
+  Blocks: ``u, Δ, y`` ``(chunk, 128)``; ``A`` transposed ``(n, 128)``; ``B, C``
+  of the tile's group ``(chunk, n)`` and the segment flags ``(chunk,)``, read
+  as scalars (shared memory on GPU, SMEM on TPU). 128 channels = one
+  warpgroup with one channel per thread (GPU) or one vreg row (TPU); each
+  channel's ``n`` states are ``n`` register rows walked one position at a
+  time, handed to the next chunk through an ``(n, 128)`` scratch.
+* Forward: reads ``u, Δ, B, C`` once and writes ``y`` once; under
+  differentiation it also writes the state entering each chunk,
+  ``(b, l / chunk, n, d)`` float32 (1/chunk of the full state).
+* Backward: chunks in reverse. Per chunk it recomputes the chunk's states
+  from the saved boundary state into a ``(chunk, n, 128)`` scratch (the state
+  before each position), then walks back carrying the state adjoint ``λ``
+  (the reverse recurrence ``λ_{t-1} ← keep_t exp(Δ_t A) λ_t + C_{t-1}
+  gy_{t-1}``), writing ``du, dΔ`` per position, per-tile partial sums of
+  ``dB, dC`` (summed over a group's tiles outside) and accumulating ``dA`` in
+  registers.
+* Chunk = ``max(8, 256 // n)`` positions (16 for Mamba's ``n = 16``): the
+  backward's state scratch, ``chunk · n · 128 · 4`` B = 128 KiB at
+  ``n = 16``, plus one pipeline stage of blocks and the carries (~95 KiB)
+  takes 223 of the 227 KiB of a Hopper SM's shared memory (measured by the
+  lowering); so the GPU backward is limited to ``n <= 16`` (n = 32 needs 251
+  KiB) and ``auto`` picks the kernel on GPU only there. TPU (VMEM, 16+ MiB)
+  lowers up to n = 64 and beyond, with the same chunk: the forward and the
+  backward share the layout, and TPU blocks need a multiple of 8 positions.
+
+Inputs may be bfloat16: blocks are loaded in their dtype and cast to float32
+in the kernel (float64 inputs compute in float64, interpret mode only). The
+op (:func:`seqjax.ops.selective_scan`) applies ``delta_bias`` and the
+softplus before dispatch and so hands the kernel float32 arrays today.
+
+Not yet timed on a device. Where the time should go: the forward is one
+``exp`` and a few FMAs per (position, channel, state) with no cross-thread
+work; the backward adds two reductions over the tile's 128 channels per
+(position, state) for ``dB`` and ``dC`` (cross-warp on GPU, cross-lane on
+TPU), the likely bottleneck. On TPU each row op fills one of a vreg's 8
+sublanes.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from seqjax.kernels.common import grid_call, on_platform, round_up
+from seqjax.ops import dispatch
+from seqjax.ops.common import pad_axis, segment_starts
+
+TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes (TPU)
+STATE_ROWS = 256  # chunk * n: bounds the backward's state scratch (module docstring)
+MIN_CHUNK = 8  # TPU blocks' second-minor dim must be a multiple of 8
+# The segment flags are stored (b, l, KEEP_LANES): Mosaic GPU copies whole
+# multiples of 128 bytes (one per thread of the warpgroup), so a (chunk,)
+# float32 row (64 bytes at chunk 16) cannot be a block; (chunk, 8) can.
+KEEP_LANES = 8
+# The largest state size n whose GPU backward fits in shared memory (module
+# docstring: 223 of 227 KiB at n = 16, 251 KiB at n = 32); ``auto`` picks
+# the kernel on GPU only up to it.
+GPU_MAX_STATE = 16
+
+
+def chunk_for(n: int) -> int:
+    """Positions per grid step for ``n`` states (module docstring)."""
+    return max(MIN_CHUNK, STATE_ROWS // n)
+
+
+# --- kernel bodies -----------------------------------------------------------
+
+
+def _rows(ref, n):
+    """The ``n`` rows of an ``(n, TILE)`` ref as ``(1, TILE)`` arrays."""
+    return [ref[pl.ds(s, 1), :] for s in range(n)]
+
+
+def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, n, chunk, save, acc):
+    y_ref, last_ref = refs[:2]
+    starts_ref = refs[2] if save else None
+    carry_ref = refs[-1]
+
+    @pl.when(step == 0)
+    def _init():
+        carry_ref[...] = jnp.zeros(carry_ref.shape, acc)
+
+    if save:
+        starts_ref[...] = carry_ref[...]
+    a_rows = [x.astype(acc) for x in _rows(at_ref, n)]
+
+    def position(t, h):
+        row = pl.ds(t, 1)
+        dt = dt_ref[row, :].astype(acc)
+        dtu = dt * u_ref[row, :].astype(acc)
+        keep = keep_ref[t, 0].astype(acc)
+        new, y = [], 0.0
+        for s in range(n):
+            hs = keep * jnp.exp(dt * a_rows[s]) * h[s] + dtu * b_ref[t, s].astype(acc)
+            y = y + c_ref[t, s].astype(acc) * hs
+            new.append(hs)
+        y_ref[row, :] = y.astype(y_ref.dtype)
+        return tuple(new)
+
+    h = lax.fori_loop(0, chunk, position, tuple(_rows(carry_ref, n)))
+    for s in range(n):
+        carry_ref[pl.ds(s, 1), :] = h[s]
+        # Written every chunk: the last chunk's write is the final state.
+        last_ref[pl.ds(s, 1), :] = h[s]
+
+
+def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref, start_ref, glast_ref,
+                     du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *, n, chunk, acc):
+    @pl.when(step == 0)
+    def _init():
+        mu_ref[...] = glast_ref[...].astype(acc)
+        dacc_ref[...] = jnp.zeros(dacc_ref.shape, acc)
+
+    a_rows = [x.astype(acc) for x in _rows(at_ref, n)]
+
+    def load(t):
+        row = pl.ds(t, 1)
+        dt = dt_ref[row, :].astype(acc)
+        return row, dt, u_ref[row, :].astype(acc), keep_ref[t, 0].astype(acc)
+
+    # Recompute this chunk's states from the saved boundary state:
+    # states[t] = h_{t-1}, the state before position t (h_t itself is
+    # recomputed from it in the reverse walk: one entry less of scratch).
+    def forward(t, h):
+        _, dt, u, keep = load(t)
+        new = []
+        for s in range(n):
+            states_ref[t, pl.ds(s, 1), :] = h[s]
+            new.append(keep * jnp.exp(dt * a_rows[s]) * h[s] + dt * u * b_ref[t, s].astype(acc))
+        return tuple(new)
+
+    lax.fori_loop(0, chunk, forward, tuple(x.astype(acc) for x in _rows(start_ref, n)))
+
+    def backward(i, carry):
+        # mu: dL/dh_t from the positions after t (and the final-state cotangent).
+        mu, da = carry
+        t = chunk - 1 - i
+        row, dt, u, keep = load(t)
+        gy = gy_ref[row, :].astype(acc)
+        dtu = dt * u
+        lam_b, ddt_a, new_mu, new_da = 0.0, 0.0, [], []
+        for s in range(n):
+            lam = mu[s] + c_ref[t, s].astype(acc) * gy
+            decay = keep * jnp.exp(dt * a_rows[s])
+            b_s = b_ref[t, s].astype(acc)
+            h_prev = states_ref[t, pl.ds(s, 1), :]
+            # dL/d(dt A) through the decay: lam * h_{t-1} * decay.
+            g = lam * h_prev * decay
+            lam_b = lam_b + lam * b_s
+            ddt_a = ddt_a + g * a_rows[s]
+            db_ref[t, s] = jnp.sum(lam * dtu).astype(db_ref.dtype)
+            dc_ref[t, s] = jnp.sum((decay * h_prev + dtu * b_s) * gy).astype(dc_ref.dtype)
+            new_mu.append(decay * lam)
+            new_da.append(da[s] + g * dt)
+        du_ref[row, :] = (lam_b * dt).astype(du_ref.dtype)
+        ddt_ref[row, :] = (lam_b * u + ddt_a).astype(ddt_ref.dtype)
+        return tuple(new_mu), tuple(new_da)
+
+    mu, da = lax.fori_loop(0, chunk, backward, (tuple(_rows(mu_ref, n)), tuple(_rows(dacc_ref, n))))
+    for s in range(n):
+        mu_ref[pl.ds(s, 1), :] = mu[s]
+        dacc_ref[pl.ds(s, 1), :] = da[s]
+        da_ref[pl.ds(s, 1), :] = da[s]
+
+
+# --- pallas_calls on the kernel layout ------------------------------------------
+# u, dt, gy: (b, L, D); at: (n, D); bt, ct: (b, g, L, n); keep: (b, L, KEEP_LANES);
+# states: (b, L / chunk, n, D); last, g_last, dA: (b, n, D). L, D padded.
+
+
+def _specs(kind, shape, n, chunk, per_group, reverse=False):
+    """BlockSpecs of the kernel layout for grid (batch, tile, chunk)."""
+    batch, length, width = shape
+    chunks = length // chunk
+
+    def c(k):
+        return chunks - 1 - k if reverse else k
+
+    scalars = {} if kind == "gpu" else {"memory_space": pltpu.SMEM}
+    return {
+        "seq": pl.BlockSpec((None, chunk, TILE), lambda i, j, k: (i, c(k), j)),
+        "a": pl.BlockSpec((n, TILE), lambda i, j, k: (0, j)),
+        # lax.div, not //: floor division lowers through sign(), which Mosaic TPU
+        # only lowers with a TPU attached; tile indices are >= 0 anyway.
+        "bc": pl.BlockSpec((None, None, chunk, n), lambda i, j, k: (i, lax.div(j, jnp.asarray(per_group, j.dtype)), c(k), 0), **scalars),
+        "keep": pl.BlockSpec((None, chunk, KEEP_LANES), lambda i, j, k: (i, c(k), 0), **scalars),
+        "state": pl.BlockSpec((None, n, TILE), lambda i, j, k: (i, 0, j)),
+        "start": pl.BlockSpec((None, None, n, TILE), lambda i, j, k: (i, c(k), 0, j)),
+        "part": pl.BlockSpec((None, None, chunk, n), lambda i, j, k: (i, j, c(k), 0), **scalars),
+        "grid": (batch, width // TILE, chunks),
+    }
+
+
+def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep):
+    batch, length, width = u.shape
+    acc = jnp.result_type(jnp.float32, u.dtype)
+    sp = _specs(kind, u.shape, n, chunk, per_group)
+    out_specs = [sp["seq"], sp["state"]] + ([sp["start"]] if save else [])
+    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct((batch, n, width), acc)]
+    if save:
+        out_shape.append(jax.ShapeDtypeStruct((batch, length // chunk, n, width), acc))
+    return grid_call(
+        kind, interpret, functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc),
+        grid=sp["grid"],
+        in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"]],
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=[((n, TILE), acc)],
+        gpu_stages=2,
+    )(u, dt, at, bt, ct, keep)
+
+
+def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
+    batch, length, width = u.shape
+    acc = jnp.result_type(jnp.float32, u.dtype)
+    sp = _specs(kind, u.shape, n, chunk, per_group, reverse=True)
+    tiles = width // TILE
+    part = jax.ShapeDtypeStruct((batch, tiles, length, n), acc)
+    return grid_call(
+        kind, interpret, functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
+        grid=sp["grid"],
+        in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"], sp["seq"], sp["start"],
+                  sp["state"]],
+        out_specs=[sp["seq"], sp["seq"], sp["part"], sp["part"], sp["state"]],
+        out_shape=[jax.ShapeDtypeStruct(u.shape, acc)] * 2 + [part, part,
+                   jax.ShapeDtypeStruct((batch, n, width), acc)],
+        scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((chunk, n, TILE), acc)],
+        # One stage: the state scratch leaves no room to double-buffer (docstring).
+        gpu_stages=1,
+    )(u, dt, at, bt, ct, keep, gy, starts, g_last)
+
+
+# --- custom_vjp on the kernel layout --------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _core(u, dt, at, bt, ct, keep, static, interpret):
+    n, chunk, per_group = static
+
+    def build(kind, interp):
+        return functools.partial(_forward_call, kind, interp, n, chunk, per_group, False)
+
+    return on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret)
+
+
+def _core_fwd(u, dt, at, bt, ct, keep, static, interpret):
+    n, chunk, per_group = static
+
+    def build(kind, interp):
+        return functools.partial(_forward_call, kind, interp, n, chunk, per_group, True)
+
+    y, last, starts = on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret)
+    return (y, last), (u, dt, at, bt, ct, keep, starts)
+
+
+def _core_bwd(static, interpret, res, cts):
+    n, chunk, per_group = static
+    u, dt, at, bt, ct, keep, starts = res
+    gy, g_last = cts
+
+    def build(kind, interp):
+        return functools.partial(_backward_call, kind, interp, n, chunk, per_group)
+
+    du, ddt, db, dc, da = on_platform(build, u, dt, at, bt, ct, keep, gy, starts, g_last, interpret=interpret)
+    batch, tiles, length, _ = db.shape
+    groups = bt.shape[1]
+    # Per-tile partial sums of dB, dC -> per group; dA summed over the batch.
+    db, dc = (x.reshape(batch, groups, tiles // groups, length, n).sum(2).astype(bt.dtype) for x in (db, dc))
+    return (du.astype(u.dtype), ddt.astype(dt.dtype), da.sum(0).astype(at.dtype), db, dc.astype(ct.dtype),
+            jnp.zeros_like(keep))
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+# --- public function: the op's layout <-> the kernel layout ------------------------
+
+
+def selective_scan_pallas(u, dt, A, B, C, segment_ids=None, *, interpret: str | None = None):
+    """Mamba-1's selective scan core as Pallas kernels (differentiable in all array arguments).
+
+    Args:
+      u: inputs ``(b, l, d)``.
+      dt: step sizes ``(b, l, d)``, after bias and softplus.
+      A: ``(d, n)``.
+      B, C: ``(b, l, g, n)``; channel ``i`` uses group ``i // (d // g)``.
+      segment_ids: ``(b, l)`` integers or None; the state restarts where the id changes.
+      interpret: None (the platform's kernel; interpreted GPU kernel on CPU),
+        or ``"gpu"`` / ``"tpu"`` to interpret that kernel (tests).
+
+    Returns:
+      ``(y, last_state)``: ``y`` ``(b, l, d)`` in ``u``'s dtype, ``last_state``
+      ``(b, d, n)`` in float32 (float64 for float64 inputs).
+    """
+    batch, length, d = u.shape
+    groups, n = B.shape[2], B.shape[3]
+    per = d // groups
+    padded_per = round_up(per, TILE)
+    chunk = chunk_for(n)
+    acc = jnp.result_type(jnp.float32, u.dtype)
+
+    def channels(x):  # (b, l, d) -> (b, L, g * per_padded)
+        x = pad_axis(x.reshape(batch, length, groups, per), TILE, axis=3)
+        return pad_axis(x, chunk, axis=1).reshape(batch, -1, groups * padded_per)
+
+    at = pad_axis(A.reshape(groups, per, n), TILE, axis=1).reshape(groups * padded_per, n).T
+    bt, ct = (pad_axis(jnp.transpose(x, (0, 2, 1, 3)), chunk, axis=2) for x in (B, C))
+    if segment_ids is None:
+        keep = jnp.ones((batch, length), acc)
+    else:
+        keep = 1 - segment_starts(jnp.asarray(segment_ids)).astype(acc)
+    keep = pad_axis(keep, chunk, axis=1, value=1)
+    keep = jnp.broadcast_to(keep[..., None], keep.shape + (KEEP_LANES,))
+    static = (n, chunk, padded_per // TILE)
+    y, last = _core(channels(u), channels(dt), at, bt, ct, keep, static, interpret)
+    y = y.reshape(batch, -1, groups, padded_per)[:, :length, :, :per].reshape(batch, length, d)
+    last = last.reshape(batch, n, groups, padded_per)[..., :per]
+    return y, jnp.transpose(last, (0, 2, 3, 1)).reshape(batch, d, n)
+
+
+@dispatch.register("selective_scan", "pallas")
+def _pallas(u, dt, A, B, C, segment_ids, chunk_size):
+    del chunk_size  # the kernel's chunk follows from n (module docstring)
+    return selective_scan_pallas(u, dt, A, B, C, segment_ids)
+
+
+# Not yet timed on a device: chosen because the kernel never writes the
+# (b, l, d, n) states the XLA paths materialise (~10x the bytes floor).
+_WHY = "states stay on chip: ~the bytes floor vs ~10x for the XLA paths' (b, l, d, n) states; not yet timed"
+dispatch.add_rules(
+    dispatch.Rule("selective_scan", "gpu", "pallas", lambda s: s["n"] <= GPU_MAX_STATE,
+                  why=_WHY + f"; n <= {GPU_MAX_STATE} (the backward's shared memory)"),
+    dispatch.Rule("selective_scan", "tpu", "pallas", why=_WHY),
+)

@@ -1,0 +1,153 @@
+"""selective_scan's Pallas kernels: interpret mode (GPU and TPU semantics) against the float64 loop reference, and lowering."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax.kernels import selective_scan as kernel
+from seqjax.kernels.common import interpret_as
+from seqjax.ops import dispatch, selective_scan
+from seqjax.ops.selective_scan import auto_impl
+from tests.kernels.lowering import kernel_calls, lower_for, specs
+from tests.ops.ref_selective import selective_scan_ref
+from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close
+
+ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks small enough that tiny inputs span several channel tiles, chunks and a padded remainder."""
+    monkeypatch.setattr(kernel, "TILE", 8)
+    monkeypatch.setattr(kernel, "STATE_ROWS", 8)  # chunk = MIN_CHUNK = 8 positions
+
+
+def _inputs(rng, length, d, n, groups, optional):
+    bc = (2, length, n) if groups == 0 else (2, length, groups, n)
+    args = dict(
+        u=rng.standard_normal((2, length, d)), delta=rng.standard_normal((2, length, d)),
+        A=-rng.uniform(0.2, 3.0, (d, n)), B=rng.standard_normal(bc), C=rng.standard_normal(bc),
+        D=rng.standard_normal(d), z=rng.standard_normal((2, length, d)), delta_bias=rng.uniform(-0.5, 0.5, d),
+    )
+    seg = np.cumsum(rng.random((2, length)) < 0.15, axis=1) % 3
+    return {k: v for k, v in args.items() if k in optional or k in ARG_NAMES[:5]}, seg
+
+
+def _check(rng, kind, dtype, rtol, rtol_grad, length, d, n, groups, optional):
+    args, seg = _inputs(rng, length, d, n, groups, optional)
+    names = list(args)
+    w, w_last = rng.standard_normal((2, length, d)), rng.standard_normal((2, d, n))
+
+    def loss(fn):
+        def f(*vals):
+            y, last = fn(**dict(zip(names, vals)), delta_softplus=True, segment_ids=seg)
+            return jnp.sum(y * w) + jnp.sum(last * w_last), (y, last)
+        return jax.jit(jax.value_and_grad(f, argnums=tuple(range(len(names))), has_aux=True))
+
+    def ref(**kw):
+        return selective_scan_ref(jnp, **kw)
+
+    def fast(**kw):
+        return selective_scan(**kw, impl="pallas", return_last_state=True)
+
+    with jax.enable_x64(True):
+        (_, (y_ref, last_ref)), g_ref = loss(ref)(*(jnp.float64(args[k]) for k in names))
+        with interpret_as(kind):
+            (_, (y, last)), g = loss(fast)(*(jnp.asarray(args[k], dtype) for k in names))
+    assert y.dtype == dtype and last.shape == (2, d, n)
+    assert_rel_close(y, y_ref, rtol, "y")
+    assert_rel_close(last, last_ref, rtol, "last_state")
+    for name, gi, gr in zip(names, g, g_ref):
+        assert gi.dtype == dtype and gi.shape == np.shape(args[name])
+        assert_rel_close(gi, gr, rtol_grad, f"d{name}")
+
+
+def test_float64_exact_groups_segments_all_options(rng, small_blocks):
+    # d = 12 in 2 groups of 6 channels: each group padded to one tile of 8;
+    # 13 positions = 2 chunks of 8, the second padded. GPU semantics only:
+    # TPUs have no float64.
+    _check(rng, "gpu", jnp.float64, RTOL_F64, RTOL_F64, length=13, d=12, n=3, groups=2, optional=ARG_NAMES)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_float32_shared_bc_segments(rng, small_blocks, kind):
+    # B, C (b, l, n) shared by all 10 channels (2 tiles of 8, the second padded).
+    _check(rng, kind, jnp.float32, RTOL_SCAN, RTOL_GRAD, length=11, d=10, n=2, groups=0, optional=("D",))
+
+
+def test_front_door_default_blocks(rng):
+    # The real blocks (128 channels, 16 positions at n = 16) with no override:
+    # on CPU the GPU kernel runs interpreted. Length 21: two chunks, the
+    # second padded; 2 groups of 2 channels, each padded to a tile.
+    args, seg = _inputs(rng, 21, 4, 16, 2, ("z",))
+    y, last = jax.jit(lambda a, s: selective_scan(**a, segment_ids=s, delta_softplus=True, return_last_state=True,
+                                                  impl="pallas"))({k: jnp.float32(v) for k, v in args.items()}, seg)
+    y_ref, last_ref = selective_scan_ref(np, **args, delta_softplus=True, segment_ids=seg)
+    assert_rel_close(y, y_ref, RTOL_SCAN, "y")
+    assert_rel_close(last, last_ref, RTOL_SCAN, "last_state")
+
+
+@pytest.mark.parametrize("kind", ["gpu", pytest.param("tpu", marks=pytest.mark.slow)])
+def test_bfloat16_inputs_reach_the_kernel(rng, small_blocks, kind):
+    # The kernel reads bf16 blocks and accumulates in float32: against the
+    # reference on the bf16-rounded inputs, y is off by its own bf16 rounding
+    # (tolerance 1e-2) and the float32 last state by float32 rounding (1e-5).
+    args, seg = _inputs(rng, 13, 8, 2, 2, ())
+    args["delta"] = rng.uniform(0.05, 1.0, args["u"].shape)
+    bf = {k: jnp.asarray(v, jnp.float32 if k == "A" else jnp.bfloat16) for k, v in args.items()}
+    y, last = jax.jit(lambda u, delta, A, B, C: kernel.selective_scan_pallas(u, delta, A, B, C, seg, interpret=kind))(
+        **bf)
+    assert y.dtype == jnp.bfloat16 and last.dtype == jnp.float32
+    rounded = {k: np.asarray(v, np.float64) for k, v in bf.items()}
+    y_ref, last_ref = selective_scan_ref(np, **rounded, segment_ids=seg)
+    assert_rel_close(y, y_ref, 1e-2, "y bf16")
+    assert_rel_close(last, last_ref, 1e-5, "last_state from bf16 inputs")
+
+
+def test_auto_picks_the_kernel_on_accelerators_only(monkeypatch):
+    big, small = (2, 4096, 2048), (2, 7, 4)
+    for platform in ("gpu", "tpu"):
+        monkeypatch.setattr(dispatch, "platform", lambda: platform)
+        assert auto_impl("auto", big, 16) == "pallas" and auto_impl("auto", small, 3) == "pallas"
+    monkeypatch.setattr(dispatch, "platform", lambda: "tpu")
+    assert auto_impl("auto", big, 64) == "pallas"
+    # The GPU backward holds n <= 16 states in shared memory: beyond, the XLA path.
+    monkeypatch.setattr(dispatch, "platform", lambda: "gpu")
+    assert auto_impl("auto", big, 32) == "chunked"
+    monkeypatch.setattr(dispatch, "platform", lambda: "cpu")
+    assert auto_impl("auto", big, 16) == "chunked" and auto_impl("auto", small, 3) == "reference"
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_lowers_at_realistic_shapes(platform):
+    # b=2, l=4096, d=2048, n=16: the forward (one kernel) and the gradient
+    # (forward with boundary states + backward) through the op in float32,
+    # and the kernel on bfloat16 inputs with 4 groups.
+    b, l, d, n = 2, 4096, 2048, 16
+
+    def args(dtype, groups):
+        return specs(((b, l, d), dtype), ((b, l, d), dtype), ((d, n), jnp.float32), ((b, l, groups, n), dtype),
+                     ((b, l, groups, n), dtype))
+
+    def op(*x):
+        return selective_scan(*x, delta_softplus=True, impl="pallas", return_last_state=True)
+
+    def grad(fn):
+        def loss(*x):
+            y, last = fn(*x)
+            return jnp.sum(y.astype(jnp.float32)) + jnp.sum(last)
+        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+
+    assert kernel_calls(lower_for(op, args(jnp.float32, 1), platform), platform) == 1
+    assert kernel_calls(lower_for(grad(op), args(jnp.float32, 1), platform), platform) == 2
+    assert kernel_calls(lower_for(grad(kernel.selective_scan_pallas), args(jnp.bfloat16, 4), platform), platform) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gpu", "tpu"])
+def test_default_blocks_several_tiles_and_chunks(rng, kind):
+    # The real blocks (128 channels, 16 positions at n = 16) with gradients:
+    # 2 groups of 130 channels (2 tiles each, the second padded), 37 positions
+    # (3 chunks, the last padded), every option.
+    _check(rng, kind, jnp.float32, RTOL_SCAN, RTOL_GRAD, length=37, d=260, n=16, groups=2, optional=ARG_NAMES)
