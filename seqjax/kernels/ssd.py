@@ -4,7 +4,7 @@ SSD is causal linear attention with a scalar decay per head and step
 (:mod:`seqjax.ops.ssd`): with ``q = C_t``, ``k = B_t``, ``v = dt_t x_t`` and
 log decay ``dt_t A`` the state ``Sᵀ = H`` (``p x n``) follows
 ``H_t = exp(dt_t A) H_{t-1} + (dt_t x_t) B_tᵀ`` and ``y_t = H_t C_t``. So this
-module runs :func:`seqjax.kernels.linear_attention.chunk_kernel`, whose
+module runs :func:`seqjax.kernels.linear_attention.attend`, whose
 transposed ``(dv, dk) = (p, n)`` state is exactly SSD's ``H``, in its two
 passes:
 
@@ -32,64 +32,35 @@ TPU): both passes on the grid ``(b, h, chunks)``, the states pass
 ``"arbitrary"`` along the chunks with the ``(p, n)`` state in VMEM; at
 ``p = 64, n = 128`` every block is whole in its last two dims or (8, 128)-tiled.
 
-Gradients: ``custom_vjp``; the backward recomputes from the saved inputs
-with the XLA ``"chunked"`` SSD (its autodiff). A backward kernel is not
-written yet. Float32 inputs run the matmuls at ``precision=HIGHEST``, as the
+Gradients: the backward kernels of :mod:`seqjax.kernels.linear_attention`
+(scalar decay: reverse states pass and a chunk pass for ``dC``, ``dB``,
+``d(dt x)``; the decay's gradient from ``q·dq - k·dk`` summed within
+segments), chained to ``x``, ``dt``, ``A`` by autodiff of the few
+elementwise lines around them. Float32 inputs run the matmuls at ``precision=HIGHEST``, as the
 XLA path does; the kernel computes in float32 whatever the inputs.
 """
 
-import functools
-
-import jax
 import jax.numpy as jnp
 
-from seqjax.kernels.linear_attention import CHUNK, chunk_kernel, fold_segments
+from seqjax.kernels.linear_attention import CHUNK, attend
 from seqjax.ops import dispatch
-from seqjax.ops.common import pad_axis, segment_runs
+from seqjax.ops.common import segment_runs
 
 
-def _forward(x, dt, A, B, C, h0, r, chunk, interpret):
+def _scan(x, dt, A, B, C, h0, r, chunk, interpret):
     """Grouped layout: x ``(b, l, g, e, p)``, dt ``(b, l, g, e)``, A ``(g, e)``, B/C ``(b, l, g, n)``."""
     batch, length, groups, e, p = x.shape
     heads, n = groups * e, B.shape[-1]
     v = (x * dt[..., None]).astype(x.dtype).reshape(batch, length, heads, p)
-    g = fold_segments((dt * A).astype(jnp.float32).reshape(batch, length, heads, 1), r,
-                      (batch, length, heads))
-    to_kernel = lambda t: jnp.swapaxes(pad_axis(t, chunk, axis=1), 1, 2)  # noqa: E731
-    s0 = jnp.zeros((batch, heads, p, n), jnp.float32) if h0 is None else h0.astype(jnp.float32)
-    o, final = chunk_kernel(to_kernel(C), to_kernel(B), to_kernel(v), to_kernel(g), s0,
-                            chunk=chunk, heads_per_group=e, interpret=interpret)
-    y = jnp.swapaxes(o, 1, 2)[:, :length].reshape(batch, length, groups, e, p)
-    return y, final
-
-
-def _xla(x, dt, A, B, C, h0, r):
-    y, final = dispatch.implementation("ssd", "chunked")(x, dt, A, B, C, h0, r, None, CHUNK)
-    # The kernel's outputs are float32 whatever the inputs; so are the cotangents.
-    return y.astype(jnp.float32), final.astype(jnp.float32)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _scan(x, dt, A, B, C, h0, r, chunk, interpret):
-    return _forward(x, dt, A, B, C, h0, r, chunk, interpret)
-
-
-def _scan_fwd(x, dt, A, B, C, h0, r, chunk, interpret):
-    return _forward(x, dt, A, B, C, h0, r, chunk, interpret), (x, dt, A, B, C, h0, r)
-
-
-def _scan_bwd(chunk, interpret, saved, cotangents):
-    del chunk, interpret
-    *diff, r = saved
-    _, pullback = jax.vjp(lambda *a: _xla(*a, r), *diff)
-    return (*pullback(cotangents), None)
-
-
-_scan.defvjp(_scan_fwd, _scan_bwd)
+    g = (dt * A).astype(jnp.float32).reshape(batch, length, heads, 1)
+    # SSD's H (p x n) is the kernel's transposed state; attend takes (n, p).
+    s0 = jnp.zeros((batch, heads, n, p), jnp.float32) if h0 is None else jnp.swapaxes(h0, 2, 3)
+    o, final = attend(C, B, v, g, s0, r, chunk=chunk, heads_per_group=e, interpret=interpret)
+    return o.reshape(batch, length, groups, e, p), jnp.swapaxes(final, 2, 3)
 
 
 def ssd_pallas(x, dt, A, B, C, initial_state=None, segment_ids=None, *, chunk=CHUNK, interpret=None):
-    """SSD without the ``D`` skip by the Pallas kernel (:func:`seqjax.ops.ssd.ssd`'s layout).
+    """SSD without the ``D`` skip by the Pallas kernels (:func:`seqjax.ops.ssd.ssd`'s layout).
 
     Args:
       x: ``(b, l, h, p)``; any float dtype (bf16 runs bf16 matmuls).
@@ -106,13 +77,10 @@ def ssd_pallas(x, dt, A, B, C, initial_state=None, segment_ids=None, *, chunk=CH
     Returns:
       ``(y, final_state)``: ``(b, l, h, p)`` in ``x``'s dtype and ``(b, h, p, n)`` float32.
     """
-    if chunk < 16 or chunk & (chunk - 1):
-        raise ValueError(f"ssd_pallas: chunk must be a power of two >= 16, got {chunk}")
     batch, length, heads, p = x.shape
     groups = B.shape[2]
     e = heads // groups
-    r = (jnp.zeros((batch, length), jnp.int32) if segment_ids is None
-         else segment_runs(jnp.asarray(segment_ids)))
+    r = None if segment_ids is None else segment_runs(jnp.asarray(segment_ids))
     y, final = _scan(x.reshape(batch, length, groups, e, p), dt.reshape(batch, length, groups, e),
                      A.reshape(groups, e), B, C, initial_state, r, chunk, interpret)
     return y.reshape(batch, length, heads, p).astype(x.dtype), final
@@ -120,14 +88,14 @@ def ssd_pallas(x, dt, A, B, C, initial_state=None, segment_ids=None, *, chunk=CH
 
 @dispatch.register("ssd", "pallas")
 def _pallas(x, dt, A, B, C, h0, r, segment_ids, chunk_size):
-    del segment_ids, chunk_size  # r carries the segments; the kernel's block is CHUNK
-    y, final = _scan(x, dt, A, B, C, h0, r, CHUNK, None)
+    del chunk_size  # the kernel's block is CHUNK
+    y, final = _scan(x, dt, A, B, C, h0, None if segment_ids is None else r, CHUNK, None)
     return y.astype(x.dtype), final.astype(x.dtype)
 
 
 dispatch.add_rules(
     dispatch.Rule("ssd", "gpu", "pallas",
-                  why="the chunked kernel (Triton) keeps C·Bᵀ, decays and outputs on-chip"),
+                  why="the chunked kernels (Triton) keep C·Bᵀ, decays and outputs on-chip"),
     dispatch.Rule("ssd", "tpu", "pallas",
-                  why="the chunked kernel (Mosaic TPU) passes the chunk states in VMEM"),
+                  why="the chunked kernels (Mosaic TPU) pass the chunk states in VMEM"),
 )
