@@ -140,31 +140,51 @@ def _chunk_output(q, k, v, g, state):
 
 
 def _chunk_grads(q, k, v, do, g, state, dstate):
-    """``(dq, dk, dv)`` of one chunk (no decay or a scalar one).
+    """``(dq, dk, dv)`` of one chunk (no decay or a scalar one), and the decay's gradient parts.
 
     ``state`` enters the chunk, ``dstate`` is the gradient of the state
     leaving it, both ``(dv, dk)``. With ``M`` the decay mask:
     ``dq = (do vᵀ ⊙ M) k + exp(from_start) do S``,
     ``dk = (do vᵀ ⊙ M)ᵀ q + exp(to_end) v dS``,
     ``dv = (q kᵀ ⊙ M)ᵀ do + exp(to_end) k dSᵀ``.
+
+    With a decay, ``∂L/∂g_r`` (r in this chunk) is a sum of genuine terms,
+    returned as three ``(C, 1)`` columns: ``pairs[r] = Σ_{t≥r>s} P[t, s]``
+    (``P = (q kᵀ ⊙ M) ⊙ (do vᵀ)``, the pairs whose decay spans r) plus
+    ``Σ dS ⊙ exp(total) S`` (the carried state's decay through the chunk);
+    ``u_t = q_t·dq_state_t`` (the caller sums it over t >= r); ``z_s =
+    k_s·dk_state_s`` (summed over s < r). No difference of large sums: the
+    ``q·dq - k·dk`` identity cancels to ~1e-3 of dA under strong decay.
     """
     chunk, dk = q.shape
     causal = _iota((chunk, chunk), 0) >= _iota((chunk, chunk), 1)
     mask = causal.astype(jnp.float32) if g is None else _scalar_mask(g, causal)
     do = do.astype(v.dtype)
-    d_scores = (_dot(do, v, _NT) * mask).astype(q.dtype)
-    scores = (_dot(q, k, _NT) * mask).astype(v.dtype)
+    do_v = _dot(do, v, _NT)
+    q_k = _dot(q, k, _NT) * mask
+    d_scores = (do_v * mask).astype(q.dtype)
     dq_state = _dot(do, state.astype(v.dtype), _NN)
     dk_state = _dot(v, dstate.astype(v.dtype), _NN)
     dv_state = _dot(k, dstate.astype(k.dtype), _NT)
     if g is not None:
-        from_start, to_end, _ = _decay_sums(g, dk)
+        from_start, to_end, total = _decay_sums(g, dk)
         dq_state = dq_state * jnp.exp(from_start)
         dk_state = dk_state * jnp.exp(to_end)
         # A scalar decay: every column of to_end is the same.
         dv_state = dv_state * jnp.exp(jnp.max(to_end, axis=1, keepdims=True))
-    return (_dot(d_scores, k, _NN) + dq_state, _dot(d_scores, q, _TN) + dk_state,
-            _dot(scores, do, _TN) + dv_state)
+    grads = (_dot(d_scores, k, _NN) + dq_state, _dot(d_scores, q, _TN) + dk_state,
+             _dot(q_k.astype(v.dtype), do, _TN) + dv_state)
+    if g is None:
+        return grads
+    rows, cols = _iota((chunk, chunk), 0), _iota((chunk, chunk), 1)
+    # below[r, s] = Σ_{t≥r} P[t, s]; the pairs spanning r are its entries with s < r.
+    below = _dot((cols >= rows).astype(jnp.float32), q_k * do_v, _NN)
+    pairs = jnp.sum(jnp.where(cols < rows, below, 0.0), axis=1, keepdims=True)
+    carried = jnp.sum(dstate * state * jnp.exp(total), axis=1, keepdims=True)
+    pairs = pairs + jnp.sum(carried, axis=0, keepdims=True)
+    u = jnp.sum(q.astype(jnp.float32) * dq_state, axis=1, keepdims=True)
+    z = jnp.sum(k.astype(jnp.float32) * dk_state, axis=1, keepdims=True)
+    return grads + (pairs, u, z)
 
 
 # --- pallas_calls ---------------------------------------------------------------
@@ -329,9 +349,9 @@ def _backward(kind, q, k, v, g, s0, do, dfinal, *, chunk, grp, interpret):
     # The backward recomputes the forward's chunk states rather than storing them.
     states, final = _states_pass(kind, k, v, g, s0, reverse=False, **kw)
     dstates, ds0 = _states_pass(kind, q, do, g, dfinal, reverse=True, **kw)
-    dq, dk_, dv_ = _chunk_pass(kind, _chunk_grads, [q, k], [v, do, g], [states, dstates],
-                               [q.shape[-1], q.shape[-1], v.shape[-1]], **kw)
-    return dq[..., :dk], dk_[..., :dk], dv_[..., :dv], ds0[:, :, :dv, :dk], final[:, :, :dv, :dk]
+    dims = [q.shape[-1], q.shape[-1], v.shape[-1]] + ([1, 1, 1] if g is not None else [])
+    dq, dk_, dv_, *dg_parts = _chunk_pass(kind, _chunk_grads, [q, k], [v, do, g], [states, dstates], dims, **kw)
+    return (dq[..., :dk], dk_[..., :dk], dv_[..., :dv], ds0[:, :, :dv, :dk], *dg_parts)
 
 
 def _run(fn, args, interpret, **static):
@@ -373,9 +393,9 @@ def backward(q, k, v, g, s0, do, dfinal, *, chunk, heads_per_group=1, interpret=
     ``(b, H, dv, dk)``, the cotangents of its outputs.
 
     Returns:
-      ``(dq, dk, dv, ds0, final)``: ``dq``, ``dk`` per head ``(b, H, L, dk)``
-      (the caller sums a group's heads), ``dv`` ``(b, H, L, dv)``, ``ds0``
-      ``(b, H, dv, dk)``, and the recomputed final state (for ``g``'s
-      gradient), all float32.
+      ``(dq, dk, dv, ds0)`` and, with a decay, ``(pairs, u, z)``: ``dq``,
+      ``dk`` per head ``(b, H, L, dk)`` (the caller sums a group's heads),
+      ``dv`` ``(b, H, L, dv)``, ``ds0`` ``(b, H, dv, dk)``, and the parts of
+      ``g``'s gradient ``(b, H, L, 1)`` (:func:`_chunk_grads`), all float32.
     """
     return _run(_backward, (q, k, v, g, s0, do, dfinal), interpret, chunk=chunk, grp=heads_per_group)
