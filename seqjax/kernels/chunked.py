@@ -156,6 +156,8 @@ def _chunk_grads(q, k, v, do, g, state, dstate):
     k_s·dk_state_s`` (summed over s < r). No difference of large sums: the
     ``q·dq - k·dk`` identity cancels to ~1e-3 of dA under strong decay.
     """
+    if g is not None and g.shape[1] != 1:
+        return _channel_grads(q, k, v, do, g, state, dstate)
     chunk, dk = q.shape
     causal = _iota((chunk, chunk), 0) >= _iota((chunk, chunk), 1)
     mask = causal.astype(jnp.float32) if g is None else _scalar_mask(g, causal)
@@ -185,6 +187,51 @@ def _chunk_grads(q, k, v, do, g, state, dstate):
     u = jnp.sum(q.astype(jnp.float32) * dq_state, axis=1, keepdims=True)
     z = jnp.sum(k.astype(jnp.float32) * dk_state, axis=1, keepdims=True)
     return grads + (pairs, u, z)
+
+
+def _channel_grads(q, k, v, do, g, state, dstate):
+    """:func:`_chunk_grads` for a per-channel (GLA) decay ``g (C, dk)``; the decay parts are ``(C, dk)``.
+
+    One query row ``t`` per step, as :func:`_channel_scores_t`: with
+    ``W[s] = exp(Σ_{s<r≤t} g_r)`` (0 for s > t) and ``dA[t, s] = do_t·v_s``,
+    row t gives ``dq_t = Σ_s dA[t, s] k_s ⊙ W[s]``, adds
+    ``dA[t, s] q_t ⊙ W[s]`` to every ``dk_s``, and adds the pair terms
+    ``T[s] = dA[t, s] q_t ⊙ k_s ⊙ W[s]`` to the decay gradient of every
+    ``r`` with ``s < r ≤ t`` (a strictly-lower 0/1 matrix times ``T``).
+    """
+    chunk, dk = q.shape
+    rows = _iota((chunk, dk), 0)
+    lanes = _iota((chunk, chunk), 1)
+    strictly_lower = (_iota((chunk, chunk), 1) < _iota((chunk, chunk), 0)).astype(jnp.float32)
+    g, qf, kf = g.astype(jnp.float32), q.astype(jnp.float32), k.astype(jnp.float32)
+    do = do.astype(v.dtype)
+    d_scores_t = _dot(v, do, _NT)  # dA[t, s] at [s, t]
+
+    def row(t, carry):
+        running, scores_t, dq, dk_, pairs = carry
+        pick = rows == t
+        g_t = jnp.sum(jnp.where(pick, g, 0.0), axis=0, keepdims=True)
+        q_t = jnp.sum(jnp.where(pick, qf, 0.0), axis=0, keepdims=True)
+        running = running + jnp.where(rows < t, g_t, 0.0)
+        w = jnp.exp(jnp.where(rows <= t, running, -jnp.inf))
+        k_w, w_q = kf * w, w * q_t
+        scores_t = jnp.where(lanes == t, jnp.sum(k_w * q_t, axis=1, keepdims=True), scores_t)
+        da = jnp.sum(jnp.where(lanes == t, d_scores_t, 0.0), axis=1, keepdims=True)  # (C, 1) over s
+        dq = jnp.where(pick, jnp.sum(da * k_w, axis=0, keepdims=True), dq)
+        dk_ = dk_ + da * w_q
+        spans = _dot(strictly_lower, da * w_q * kf, _NN)
+        pairs = pairs + jnp.where(rows <= t, spans, 0.0)
+        return running, scores_t, dq, dk_, pairs
+
+    zeros = jnp.zeros((chunk, dk), jnp.float32)
+    init = (zeros, jnp.zeros((chunk, chunk), jnp.float32), zeros, zeros, zeros)
+    _, scores_t, dq, dk_, pairs = lax.fori_loop(0, chunk, row, init)
+    from_start, to_end, total = _decay_sums(g, dk)
+    dq_state = _dot(do, state.astype(v.dtype), _NN) * jnp.exp(from_start)
+    dk_state = _dot(v, dstate.astype(v.dtype), _NN) * jnp.exp(to_end)
+    dv = _dot(scores_t.astype(v.dtype), do, _NN) + _dot(_scaled(k, to_end), dstate.astype(k.dtype), _NT)
+    carried = jnp.sum(dstate * state * jnp.exp(total), axis=0, keepdims=True)
+    return dq + dq_state, dk_ + dk_state, dv, pairs + carried, qf * dq_state, kf * dk_state
 
 
 # --- pallas_calls ---------------------------------------------------------------
@@ -345,13 +392,14 @@ def _backward(kind, q, k, v, g, s0, do, dfinal, *, chunk, grp, interpret):
         q, k = (_pad_last(x, pk) for x in (q, k))
         v, do = (_pad_last(x, pv) for x in (v, do))
         s0, dfinal = (jnp.pad(x, ((0, 0), (0, 0), (0, pv - dv), (0, pk - dk))) for x in (s0, dfinal))
+        g = _pad_last(g, pk)
     kw = dict(chunk=chunk, grp=grp, interpret=interpret)
     # The backward recomputes the forward's chunk states rather than storing them.
     states, final = _states_pass(kind, k, v, g, s0, reverse=False, **kw)
     dstates, ds0 = _states_pass(kind, q, do, g, dfinal, reverse=True, **kw)
-    dims = [q.shape[-1], q.shape[-1], v.shape[-1]] + ([1, 1, 1] if g is not None else [])
+    dims = [q.shape[-1], q.shape[-1], v.shape[-1]] + ([g.shape[-1]] * 3 if g is not None else [])
     dq, dk_, dv_, *dg_parts = _chunk_pass(kind, _chunk_grads, [q, k], [v, do, g], [states, dstates], dims, **kw)
-    return (dq[..., :dk], dk_[..., :dk], dv_[..., :dv], ds0[:, :, :dv, :dk], *dg_parts)
+    return (dq[..., :dk], dk_[..., :dk], dv_[..., :dv], ds0[:, :, :dv, :dk], *(x[..., :dk] for x in dg_parts))
 
 
 def _run(fn, args, interpret, **static):

@@ -43,17 +43,15 @@ op's front door casts inputs to the accumulation dtype before any
 implementation, so through ``linear_attention(impl="pallas")`` the kernel sees
 float32 even for bf16 inputs; :func:`linear_attention_pallas` keeps bf16.
 
-Gradients (``custom_vjp``, the backward recomputes the chunk states):
-  * no decay or a scalar decay per head and step: kernels. A reverse states
-    pass gives the state gradients entering each chunk from the right, a
-    chunk pass ``dq``, ``dk``, ``dv`` and the log-decay gradient as sums of
-    genuine terms inside each chunk (the pairs whose decay spans the
-    position, the carried state's terms); not FLA's ``q·dq - k·dk`` suffix
-    sum, which cancels to ~5e-3 relative error in SSD's ``dA`` at
-    ``Σ dt·A ≈ -1e3``. 0 at segment starts, whose decay meets a cleared state;
-  * a per-channel (GLA) decay: the XLA ``"chunked"`` implementation's
-    autodiff, recomputed from the saved inputs (a GLA backward kernel is not
-    written yet).
+Gradients (``custom_vjp``, the backward recomputes the chunk states): a
+reverse states pass gives the gradient of the state leaving each chunk, a
+chunk pass ``dq``, ``dk``, ``dv`` and the log-decay gradient. The latter is a
+sum of genuine terms inside each chunk (the pairs whose decay spans the
+position, the carried state's terms), not FLA's ``q·dq - k·dk`` suffix sum,
+which cancels to ~5e-3 relative error in SSD's ``dA`` at ``Σ dt·A ≈ -1e3``;
+0 at segment starts, whose decay meets a cleared state. For a per-channel
+decay the chunk pass walks the query rows as the forward does (``C`` steps,
+each with a ``C x C`` by ``C x dk`` product for the spanning pairs).
 
 Reached as ``linear_attention(..., impl="pallas")`` for causal calls; the
 bidirectional form (``causal=False``) is the op's own: einsums without
@@ -109,32 +107,26 @@ def _forward(q, k, v, g, s0, run, chunk, grp, interpret):
     return _from_kernel(o, length), jnp.swapaxes(final, 2, 3)
 
 
-def _xla(q, k, v, g, s0, run):
-    o, final = dispatch.implementation("linear_attention", "chunked")(q, k, v, g, s0, run, CHUNK)
-    # The kernel's outputs are float32 whatever the inputs; so are the cotangents.
-    return o.astype(jnp.float32), final.astype(jnp.float32)
-
-
 def _decay_grad(pairs, u, z, chunk, length, run):
-    """``∂L/∂g`` ``(b, l, h, 1)`` from the chunk pass's parts ``(b, h, L, 1)``.
+    """``∂L/∂g`` ``(b, l, h, e)`` from the chunk pass's parts ``(b, h, L, e)``.
 
     ``pairs[r] + Σ_{t≥r} u_t + Σ_{s<r} z_s`` with both sums inside r's chunk:
     prefix sums of genuine terms, no differences. 0 at segment starts, whose
     decay meets a cleared state.
     """
-    batch, heads, padded, _ = pairs.shape
-    split = lambda x: x.reshape(batch, heads, padded // chunk, chunk)  # noqa: E731
+    batch, heads, padded, e = pairs.shape
+    split = lambda x: x.reshape(batch, heads, padded // chunk, chunk, e)  # noqa: E731
     u, z = split(u), split(z)
-    from_r = jnp.flip(jnp.cumsum(jnp.flip(u, -1), axis=-1), -1)
-    before_r = jnp.concatenate([jnp.zeros_like(z[..., :1]), jnp.cumsum(z[..., :-1], axis=-1)], axis=-1)
-    dg = _from_kernel((split(pairs[..., 0]) + from_r + before_r).reshape(batch, heads, padded), length)
+    from_r = jnp.flip(jnp.cumsum(jnp.flip(u, 3), axis=3), 3)
+    before_r = jnp.concatenate([jnp.zeros_like(z[:, :, :, :1]), jnp.cumsum(z[:, :, :, :-1], axis=3)], axis=3)
+    dg = _from_kernel((split(pairs) + from_r + before_r).reshape(batch, heads, padded, e), length)
     if run is not None:
-        dg = jnp.where(_starts(run)[:, :, None], 0.0, dg)
-    return dg[..., None]
+        dg = jnp.where(_starts(run)[:, :, None, None], 0.0, dg)
+    return dg
 
 
 def _kernel_grads(q, k, v, g, s0, run, do, dfinal, chunk, grp, interpret):
-    """Gradients by the backward kernels (no decay or a scalar one)."""
+    """Gradients by the backward kernels."""
     batch, length, heads, dk = v.shape[:3] + (q.shape[-1],)
     groups = q.shape[2]
     gk = fold_segments(g, run, (batch, length, heads))
@@ -160,10 +152,7 @@ def _attend_fwd(q, k, v, g, s0, run, chunk, grp, interpret):
 
 def _attend_bwd(chunk, grp, interpret, saved, cotangents):
     q, k, v, g, s0, run = saved
-    if g is None or g.shape[-1] == 1:
-        return (*_kernel_grads(q, k, v, g, s0, run, *cotangents, chunk, grp, interpret), None)
-    _, pullback = jax.vjp(lambda *a: _xla(*a, run), q, k, v, g, s0)
-    return (*pullback(cotangents), None)
+    return (*_kernel_grads(q, k, v, g, s0, run, *cotangents, chunk, grp, interpret), None)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
