@@ -178,12 +178,17 @@ def test_bad_chunk_raises():
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("kind", [None, "scalar", "channel"])
-def test_lowers_at_realistic_shape(platform, kind):
-    # GLA at b=2, l=4096, h=16, d=128 in bf16 with segments; forward and gradient.
-    b, length, h, d = 2, 4096, 16, 128
+@pytest.mark.parametrize("shape", [(2, 4096, 16, 128, 128), (1, 1000, 3, 48, 80)], ids=["gla", "odd"])
+def test_lowers_at_realistic_shape(platform, kind, shape):
+    # GLA at b=2, l=4096, h=16, d=128 in bf16 with segments, and sizes that are
+    # neither powers of two nor a multiple of the chunk; forward and gradient:
+    # 2 forward kernels (states, outputs) and 3 backward ones (states
+    # recomputed, reverse states, chunk gradients).
+    b, length, h, dk, dv = shape
     spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
-    args = [spec(b, length, h, d)] * 3 + [spec(b, length, dtype=jnp.int32), spec(b, h, d, d, dtype=jnp.float32)]
-    e = {None: None, "scalar": 1, "channel": d}[kind]
+    args = [spec(b, length, h, dk), spec(b, length, h, dk), spec(b, length, h, dv),
+            spec(b, length, dtype=jnp.int32), spec(b, h, dk, dv, dtype=jnp.float32)]
+    e = {None: None, "scalar": 1, "channel": dk}[kind]
     if e is not None:
         args.append(spec(b, length, h, e, dtype=jnp.float32))
 
@@ -193,4 +198,4 @@ def test_lowers_at_realistic_shape(platform, kind):
 
     diff = (0, 1, 2, 4) + ((5,) if e is not None else ())
     text = lower(jax.value_and_grad(loss, diff), args, platform).as_text()
-    assert ("__gpu$xla.gpu.triton" if platform == "cuda" else "tpu_custom_call") in text
+    assert text.count("__gpu$xla.gpu.triton" if platform == "cuda" else "tpu_custom_call") == 5
