@@ -90,8 +90,15 @@ def _starts(run):
 
 
 def _to_kernel(x, chunk):
-    """``(b, l, h, d)`` -> ``(b, h, L, d)``, ``L`` padded to a multiple of ``chunk`` with zeros."""
-    return None if x is None else jnp.swapaxes(pad_axis(x, chunk, axis=1), 1, 2)
+    """``(b, l, h, d)`` -> ``(b, h, L, d)``, ``L`` padded to a multiple of ``chunk`` with zeros.
+
+    Float64 becomes float32: the accelerators' kernels have no float64.
+    """
+    if x is None:
+        return None
+    if x.dtype == jnp.float64:
+        x = x.astype(jnp.float32)
+    return jnp.swapaxes(pad_axis(x, chunk, axis=1), 1, 2)
 
 
 def _from_kernel(x, length):

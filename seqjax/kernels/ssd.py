@@ -24,20 +24,23 @@ op adds ``D x``), as for every registered SSD implementation.
 
 Blocks (see :mod:`seqjax.kernels.linear_attention`): chunk ``C = 64``
 (mamba's Triton SSD uses 256; 64 keeps the ``C x C`` scores and the
-``64^3`` segment-sum product small, and the chunk states are re-read once).
+``64^3`` segment-sum product small; the price is 4x more chunk states,
+``(p, n)`` float32 each, written once and read once by the chunk pass).
 GPU (Triton): states pass grid ``(b, h, p / 64)`` with a ``fori_loop`` over
-chunks and a ``64 x n`` float32 state in registers; outputs pass grid
+chunks and a ``64 x n`` float32 state in registers; the chunk pass grid
 ``(b, h, chunks)``, blocks ``(C, n)``, ``(C, p)``, ``(p, n)``. TPU (Mosaic
 TPU): both passes on the grid ``(b, h, chunks)``, the states pass
 ``"arbitrary"`` along the chunks with the ``(p, n)`` state in VMEM; at
 ``p = 64, n = 128`` every block is whole in its last two dims or (8, 128)-tiled.
 
-Gradients: the backward kernels of :mod:`seqjax.kernels.linear_attention`
-(scalar decay: reverse states pass and a chunk pass for ``dC``, ``dB``,
-``d(dt x)``; the decay's gradient from ``q·dq - k·dk`` summed within
-segments), chained to ``x``, ``dt``, ``A`` by autodiff of the few
-elementwise lines around them. Float32 inputs run the matmuls at ``precision=HIGHEST``, as the
-XLA path does; the kernel computes in float32 whatever the inputs.
+Gradients: the backward kernels of :mod:`seqjax.kernels.chunked` (the
+states pass recomputed, a reverse pass for the state gradients, a chunk pass
+for ``dC``, ``dB`` (per head, summed over the group), ``d(dt x)`` and the
+decay's gradient as sums of genuine terms: ``dA`` stays at 2e-7 relative at
+``Σ dt·A ≈ -1e3``), chained to ``x``, ``dt``, ``A`` by autodiff of the few
+elementwise lines around the kernels. Float32 inputs run the matmuls at
+``precision=HIGHEST``, as the XLA path does; the kernels compute in float32
+whatever the inputs (through the op's front door they always see float32).
 """
 
 import jax.numpy as jnp

@@ -1,10 +1,11 @@
-"""The chunked linear-attention Pallas kernel against the float64 loop reference.
+"""The chunked linear-attention Pallas kernels against the float64 loop reference.
 
 Interpret mode on CPU with GPU semantics and TPU semantics (``interpret=``),
-small odd shapes (dk = 6, dv = 5: the GPU kernel pads them to 16), lengths
-that are not a multiple of the chunk, segments and an initial state; the op's
-front door with ``impl="pallas"`` (outputs and gradients); the ``auto`` rows;
-and lowering for ``cuda`` and ``tpu`` at a realistic shape.
+forward and backward kernels (gradients of every input against the
+reference's autodiff), small odd shapes (dk = 6, dv = 5: the GPU kernels pad
+them to 16), lengths that are not a multiple of the chunk, segments and an
+initial state; the op's front door with ``impl="pallas"``; the ``auto`` rows;
+and lowering for ``cuda`` and ``tpu`` at a realistic shape and odd sizes.
 """
 
 import functools
@@ -93,7 +94,8 @@ KIND_NAMES = [None, "head", "scalar", "channel"]
 
 
 @pytest.mark.parametrize("kind, interpret", [
-    (None, "gpu"), pytest.param(None, "tpu", marks=SLOW), ("scalar", "gpu"), pytest.param("scalar", "tpu", marks=SLOW),
+    (None, "gpu"), pytest.param(None, "tpu", marks=SLOW),
+    ("scalar", "gpu"), pytest.param("scalar", "tpu", marks=SLOW),
     ("channel", "gpu"), ("channel", "tpu")])
 def test_backward_kernels_match_reference(kind, interpret):
     # The backward kernels (reverse states pass + chunk pass) against the
