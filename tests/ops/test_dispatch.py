@@ -42,6 +42,7 @@ def test_a_new_implementation_joins_without_touching_the_op(monkeypatch):
     """What seqjax.kernels will do: register impl="pallas" and put auto rows on top."""
     monkeypatch.setattr(dispatch, "_IMPLS", {k: dict(v) for k, v in dispatch._IMPLS.items()})
     monkeypatch.setattr(dispatch, "AUTO_TABLE", dispatch.AUTO_TABLE)
+    dispatch._IMPLS["ssd"].pop("pallas", None)  # seqjax.kernels registers one: start without it
     here = dispatch.platform()
     dispatch.add_rules(dispatch.Rule("ssd", here, "pallas", lambda s: s["length"] >= 128, why="test row"))
     # Not registered yet: the row is skipped.
