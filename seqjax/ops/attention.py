@@ -131,7 +131,6 @@ def attention(
         q = q * jnp.asarray(scale).astype(q.dtype)
         scale = 1.0
     scale = float(scale)
-    impl = dispatch.resolve("attention", impl, scores=lq * lk)
 
     g = h // hk
     # Internal layout: heads before length, query heads split as (hk, g), so
@@ -139,9 +138,37 @@ def attention(
     q5 = q.reshape(b, lq, hk, g, dk).transpose(0, 2, 3, 1, 4)
     k4 = k.transpose(0, 2, 1, 3)
     v4 = v.transpose(0, 2, 1, 3)
+    impl = dispatch.resolve("attention", impl, **call_sizes(q5, k4, v4, bias5, seg_q, seg_k, left, right))
     out = dispatch.implementation("attention", impl)(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right,
                                                      block_q, block_k)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, dv).astype(q.dtype)
+
+
+def call_sizes(q5, k4, v4, bias5, seg_q, seg_k, left, right) -> dict[str, int]:
+    """The keys the ``auto`` rules read (:func:`seqjax.ops.dispatch.resolve`), from the internal layout.
+
+    ``lq``, ``lk``, ``scores`` (lq·lk); ``bias``, ``segments`` (0/1); ``bits`` (the widest
+    input's bits); ``half`` (1 when q, k, v share one 16-bit float dtype);
+    ``head_dim``, ``v_head_dim``; ``same_length`` (lq == lk); ``causal``
+    (``right == 0``); ``left_window`` (``left`` bounded); ``right_window``
+    (``right`` bounded and > 0); ``shared_segments`` (one id array for queries
+    and keys: ``segment_ids`` given as a single array).
+
+    Args:
+      q5, k4, v4, bias5, seg_q, seg_k, left, right: as the implementations take them.
+
+    Returns:
+      A dict of ints.
+    """
+    dtypes = {jnp.dtype(x.dtype) for x in (q5, k4, v4)}
+    lq, lk = q5.shape[3], k4.shape[2]
+    return dict(
+        lq=lq, lk=lk, scores=lq * lk, bias=int(bias5 is not None), segments=int(seg_q is not None),
+        bits=8 * max(d.itemsize for d in dtypes),
+        half=int(len(dtypes) == 1 and dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)}),
+        head_dim=q5.shape[4], v_head_dim=v4.shape[3], same_length=int(lq == lk), causal=int(right == 0),
+        left_window=int(left is not None), right_window=int(right not in (None, 0)),
+        shared_segments=int(seg_q is not None and seg_q is seg_k))
 
 
 def _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl, block_q, block_k,

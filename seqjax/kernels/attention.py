@@ -1,0 +1,386 @@
+"""Flash attention in Pallas (``impl="pallas"``) and cuDNN's (``impl="cudnn"``) for the attention op.
+
+**Our kernel** is FlashAttention-2 on the op's internal layout ``q (b, hk, g,
+lq, dk)``, ``k, v (b, hk, lk, d)``: the forward pass keeps the online-softmax
+statistics (running max and sum, float32) on chip and writes the output and
+the per-row logsumexp; the backward pass (a ``custom_vjp``) recomputes the
+scores block by block from the logsumexp and ``delta = rowsum(dO * O)``, in
+two kernels: dq (per query block, looping over key blocks) and dk/dv (per key
+block, looping over the ``g`` query heads of its key head and their query
+blocks, so grouped-query attention reads K/V once per key head and sums the
+``g`` heads' gradients on chip: K/V are never repeated in HBM). It covers what
+the vendor kernels cannot: segment ids (packed documents) together with local
+windows ``(left, right)``, GQA, causal with the ends aligned (query ``i`` at key
+position ``lk - lq + i``), any lengths (padded to the block, padding masked),
+bf16 inputs with float32 statistics and accumulation. Key blocks that causality
+or the window hide from a whole query block are skipped (the loop bounds, or
+on TPU the grid step, come from the block index), so the work scales with what
+is visible. A query that sees no key outputs 0 and gets zero gradients.
+``bias`` is not taken (a call with one raises; ``auto`` sends bias calls to the
+XLA paths): a bias block per score block would double the kernel's HBM
+traffic, and the models here pass none.
+
+Where it runs (:func:`seqjax.kernels.common.on_platform`, chosen when lowered):
+
+* **GPU** (``cuda``): Pallas' **Triton** backend. Mosaic GPU, the default
+  Pallas GPU backend, lowers a kernel written over register arrays ("lane"
+  semantics) without matmuls or transposes (checked with JAX 0.10.2:
+  ``Unimplemented primitive ... transpose``); a Mosaic GPU attention must be
+  written in warpgroup semantics with ``wgmma`` from shared-memory refs and a
+  hand-made TMA pipeline, which interpret mode on CPU cannot check. Grid
+  ``(b·hk·g, query blocks)`` for the forward and dq kernels (each program
+  loops over its visible key blocks with ``fori_loop``, K/V of its key head
+  read in place), ``(b·hk, key blocks)`` for dk/dv. Blocks: the op's
+  ``block_q × block_k`` (default 128 × 128, FlashAttention-2's forward tile on
+  A100/H100) in the forward, 64 × 64 in the backward (which holds K, V, dK, dV
+  of a block at once: 128-row blocks would spill registers at d = 128); 8
+  warps from d = 128 on, else 4; 2 pipeline stages. Triton needs power-of-two
+  tiles, so blocks are powers of two and head dims are zero-padded to one (at
+  least 16, the smallest tensor-core tile).
+* **TPU**: Mosaic TPU (:mod:`seqjax.kernels.attention_tpu`): grid ``(b, hk,
+  g, query blocks, key blocks)`` with the key axis last and ``"arbitrary"``,
+  the statistics and accumulator in VMEM scratch, hidden key blocks skipped
+  with ``pl.when`` and their DMA avoided (the index map repeats the last
+  visible block); the backward as two such kernels (dq; dk/dv with the grid
+  ``(b, hk, key blocks, g, query blocks)``). Blocks: ``block_q`` rounded to 8
+  and ``block_k`` to 128 (the TPU tile), or the whole (padded) length when
+  shorter.
+* **CPU**: the GPU kernel in Pallas interpret mode (slow; for tests).
+
+**cuDNN** (``impl="cudnn"``, GPU only) maps the call to
+``jax.nn.dot_product_attention(..., implementation="cudnn")`` (cuDNN's flash
+attention) where that serves it: 16-bit inputs, no segments, no bias, equal
+head dims ``<= 128`` and a multiple of 8, and a mask cuDNN has: none, or
+causal (``right == 0``, with an optional left window) with ``lq == lk``
+(cuDNN's causal mask aligns the starts, ours the ends). :func:`cudnn_serves`
+is that condition; ``auto`` on GPU tries cuDNN, then our kernel, then the XLA
+rows. On TPU ``auto`` picks our kernel (no bias); the ``splash_attention``
+kernels under ``jax.experimental.pallas.ops.tpu`` are not wired in yet.
+"""
+
+import functools
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from seqjax.kernels import attention_tpu, attention_vendor
+from seqjax.kernels.attention_masks import AttnConfig, key_block_range, query_block_range, visible
+from seqjax.kernels.common import on_platform
+from seqjax.ops import dispatch
+from seqjax.ops.common import pad_axis
+
+# The GPU backward's blocks (see the module docstring).
+GPU_BWD_BLOCK = 64
+
+
+def _pow2_at_most(n):
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def _pow2_at_least(n, floor=16):
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _nt(a, b):
+    """a @ b.T with float32 accumulation."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _tn(a, b):
+    """a.T @ b with float32 accumulation."""
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+# --- GPU kernels (Triton backend; interpret mode on CPU) ------------------------
+
+
+def _gpu_fwd_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, *refs):
+    if cfg.segments:
+        sq_ref, sk_ref, o_ref, lse_ref = refs
+    else:
+        o_ref, lse_ref = refs
+    q0 = pl.program_id(1) * bq
+    q = q_ref[...]
+    qpos = (q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None]
+    seg_q = sq_ref[...][:, None] if cfg.segments else None
+
+    def key_block(j, carry):
+        m, l, acc = carry
+        k0 = pl.multiple_of(j * bk, bk)
+        kb, vb = k_ref[pl.ds(k0, bk), :], v_ref[pl.ds(k0, bk), :]
+        s = _nt(q, kb) * cfg.scale
+        seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
+        vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
+        s = jnp.where(vis, s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1))
+        # A row with no visible key yet keeps m = -inf; shift it by 0 instead.
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+        p = jnp.exp(s - m_safe[:, None])
+        alpha = jnp.exp(m - m_safe)
+        l = l * alpha + jnp.sum(p, axis=1)
+        acc = acc * alpha[:, None] + jnp.dot(p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+        return m_new, l, acc
+
+    lo, hi = key_block_range(q0, cfg, bq, bk)
+    init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32),
+            jnp.zeros((bq, o_ref.shape[-1]), jnp.float32))
+    m, l, acc = lax.fori_loop(lo, hi, key_block, init)
+    seen = l > 0
+    o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
+
+
+def _gpu_dq_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
+    if cfg.segments:
+        sq_ref, sk_ref, dq_ref = refs
+    else:
+        (dq_ref,) = refs
+    q0 = pl.program_id(1) * bq
+    q, do = q_ref[...], do_ref[...]
+    lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
+    qpos = (q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None]
+    seg_q = sq_ref[...][:, None] if cfg.segments else None
+
+    def key_block(j, dq):
+        k0 = pl.multiple_of(j * bk, bk)
+        kb, vb = k_ref[pl.ds(k0, bk), :], v_ref[pl.ds(k0, bk), :]
+        seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
+        vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
+        p = jnp.exp(jnp.where(vis, _nt(q, kb) * cfg.scale - lse, -jnp.inf))
+        ds = p * (_nt(do, vb) - delta)
+        return dq + jnp.dot(ds.astype(kb.dtype), kb, preferred_element_type=jnp.float32)
+
+    lo, hi = key_block_range(q0, cfg, bq, bk)
+    dq = lax.fori_loop(lo, hi, key_block, jnp.zeros(dq_ref.shape, jnp.float32))
+    dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
+
+
+def _gpu_dkdv_kernel(cfg, bq, bk, lk_padded, g, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
+    if cfg.segments:
+        sq_ref, sk_ref, dk_ref, dv_ref = refs
+    else:
+        dk_ref, dv_ref = refs
+    k0 = pl.program_id(1) * bk
+    kb, vb = k_ref[...], v_ref[...]
+    kpos = (k0 + jnp.arange(bk))[None, :]
+    seg_k = sk_ref[...][None, :] if cfg.segments else None
+    lo, hi = query_block_range(k0, cfg, bq, bk)
+
+    def query_block(i, carry, gg):
+        dk, dv = carry
+        q0 = pl.multiple_of(i * bq, bq)
+        rows = pl.ds(q0, bq)
+        qb, dob = q_ref[gg, rows, :], do_ref[gg, rows, :]
+        lse, delta = lse_ref[gg, rows][:, None], delta_ref[gg, rows][:, None]
+        seg_q = sq_ref[rows][:, None] if cfg.segments else None
+        vis = visible((q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None], kpos, cfg, lk_padded, seg_q, seg_k)
+        p = jnp.exp(jnp.where(vis, _nt(qb, kb) * cfg.scale - lse, -jnp.inf))
+        dv = dv + _tn(p.astype(dob.dtype), dob)
+        ds = p * (_nt(dob, vb) - delta)
+        dk = dk + _tn(ds.astype(qb.dtype), qb)
+        return dk, dv
+
+    def head(gg, carry):
+        return lax.fori_loop(lo, hi, functools.partial(query_block, gg=gg), carry)
+
+    init = (jnp.zeros(dk_ref.shape, jnp.float32), jnp.zeros(dv_ref.shape, jnp.float32))
+    dk, dv = lax.fori_loop(0, g, head, init)
+    dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _gpu_params(d):
+    return plgpu.CompilerParams(num_warps=8 if d >= 128 else 4, num_stages=2)
+
+
+def _gpu_pad(cfg, bq, bk, q, k, v, segs, *rows):
+    """Pads lengths to the blocks and head dims to a power of two; ``rows`` are (b, hk, g, lq, d?) arrays."""
+    dk, dv = _pow2_at_least(q.shape[-1]), _pow2_at_least(v.shape[-1])
+    q, k = pad_axis(pad_axis(q, bq, 3), dk, 4), pad_axis(pad_axis(k, bk, 2), dk, 3)
+    v = pad_axis(pad_axis(v, bk, 2), dv, 3)
+    rows = [pad_axis(pad_axis(r, bq, 3), dv, 4) if r.ndim == 5 else pad_axis(r, bq, 3) for r in rows]
+    if cfg.segments:
+        segs = (pad_axis(segs[0], bq, 1), pad_axis(segs[1], bk, 1))
+    return q, k, v, segs, rows
+
+
+def _gpu_blocks(cfg, backward):
+    bq, bk = _pow2_at_most(cfg.block_q), _pow2_at_most(cfg.block_k)
+    if backward:
+        bq, bk = min(bq, GPU_BWD_BLOCK), min(bk, GPU_BWD_BLOCK)
+    return min(bq, _pow2_at_least(cfg.lq)), min(bk, _pow2_at_least(cfg.lk))
+
+
+def _gpu_forward(cfg, interpret):
+    def fwd(q, k, v, *segs):
+        b, hk, g, dv_true = *q.shape[:3], v.shape[-1]
+        bq, bk = _gpu_blocks(cfg, backward=False)
+        q, k, v, segs, _ = _gpu_pad(cfg, bq, bk, q, k, v, segs)
+        lqp, dk, lkp, dv = q.shape[3], q.shape[4], k.shape[2], v.shape[3]
+        qrow = lambda n, i: (n // (hk * g), n // g % hk, n % g, i, 0)  # noqa: E731
+        kv = lambda n, i: (n // (hk * g), n // g % hk, 0, 0)  # noqa: E731
+        in_specs = [pl.BlockSpec((None, None, None, bq, dk), qrow), pl.BlockSpec((None, None, lkp, dk), kv),
+                    pl.BlockSpec((None, None, lkp, dv), kv)]
+        if cfg.segments:
+            in_specs += [pl.BlockSpec((None, bq), lambda n, i: (n // (hk * g), i)),
+                         pl.BlockSpec((None, lkp), lambda n, i: (n // (hk * g), 0))]
+        out, lse = pl.pallas_call(
+            functools.partial(_gpu_fwd_kernel, cfg, bq, bk, lkp != cfg.lk),
+            grid=(b * hk * g, lqp // bq),
+            in_specs=in_specs,
+            out_specs=[pl.BlockSpec((None, None, None, bq, dv), qrow),
+                       pl.BlockSpec((None, None, None, bq), lambda n, i: qrow(n, i)[:4])],
+            out_shape=[jax.ShapeDtypeStruct((b, hk, g, lqp, dv), q.dtype),
+                       jax.ShapeDtypeStruct((b, hk, g, lqp), jnp.float32)],
+            compiler_params=_gpu_params(max(dk, dv)),
+            interpret=interpret,
+            name="seqjax_attention_fwd",
+        )(q, k, v, *(segs or ()))
+        return out[:, :, :, :cfg.lq, :dv_true], lse[:, :, :, :cfg.lq]
+
+    return fwd
+
+
+def _gpu_backward(cfg, interpret):
+    def bwd(q, k, v, d_out, lse, delta, *segs):
+        b, hk, g, lq, dk_true = q.shape
+        dv_true = v.shape[-1]
+        bq, bk = _gpu_blocks(cfg, backward=True)
+        q, k, v, segs, (d_out, lse, delta) = _gpu_pad(cfg, bq, bk, q, k, v, segs, d_out, lse, delta)
+        lqp, dk, lkp, dv = q.shape[3], q.shape[4], k.shape[2], v.shape[3]
+        lk_padded = lkp != cfg.lk
+        seg_args = tuple(segs or ())
+        params = _gpu_params(max(dk, dv))
+
+        qrow = lambda n, i: (n // (hk * g), n // g % hk, n % g, i, 0)  # noqa: E731
+        kv = lambda n, i: (n // (hk * g), n // g % hk, 0, 0)  # noqa: E731
+        specs = [pl.BlockSpec((None, None, None, bq, dk), qrow), pl.BlockSpec((None, None, lkp, dk), kv),
+                 pl.BlockSpec((None, None, lkp, dv), kv), pl.BlockSpec((None, None, None, bq, dv), qrow),
+                 pl.BlockSpec((None, None, None, bq), lambda n, i: qrow(n, i)[:4]),
+                 pl.BlockSpec((None, None, None, bq), lambda n, i: qrow(n, i)[:4])]
+        if cfg.segments:
+            specs += [pl.BlockSpec((None, bq), lambda n, i: (n // (hk * g), i)),
+                      pl.BlockSpec((None, lkp), lambda n, i: (n // (hk * g), 0))]
+        dq = pl.pallas_call(
+            functools.partial(_gpu_dq_kernel, cfg, bq, bk, lk_padded),
+            grid=(b * hk * g, lqp // bq), in_specs=specs,
+            out_specs=pl.BlockSpec((None, None, None, bq, dk), qrow),
+            out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+            compiler_params=params, interpret=interpret, name="seqjax_attention_dq",
+        )(q, k, v, d_out, lse, delta, *seg_args)
+
+        heads = lambda n, j: (n // hk, n % hk, 0, 0, 0)  # noqa: E731
+        krow = lambda n, j: (n // hk, n % hk, j, 0)  # noqa: E731
+        specs = [pl.BlockSpec((None, None, g, lqp, dk), heads), pl.BlockSpec((None, None, bk, dk), krow),
+                 pl.BlockSpec((None, None, bk, dv), krow), pl.BlockSpec((None, None, g, lqp, dv), heads),
+                 pl.BlockSpec((None, None, g, lqp), lambda n, j: heads(n, j)[:4]),
+                 pl.BlockSpec((None, None, g, lqp), lambda n, j: heads(n, j)[:4])]
+        if cfg.segments:
+            specs += [pl.BlockSpec((None, lqp), lambda n, j: (n // hk, 0)),
+                      pl.BlockSpec((None, bk), lambda n, j: (n // hk, j))]
+        dk_, dv_ = pl.pallas_call(
+            functools.partial(_gpu_dkdv_kernel, cfg, bq, bk, lk_padded, g),
+            grid=(b * hk, lkp // bk), in_specs=specs,
+            out_specs=[pl.BlockSpec((None, None, bk, dk), krow), pl.BlockSpec((None, None, bk, dv), krow)],
+            out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+            compiler_params=params, interpret=interpret, name="seqjax_attention_dkdv",
+        )(q, k, v, d_out, lse, delta, *seg_args)
+        return dq[:, :, :, :lq, :dk_true], dk_[:, :, :cfg.lk, :dk_true], dv_[:, :, :cfg.lk, :dv_true]
+
+    return bwd
+
+
+# --- custom_vjp over both platforms ----------------------------------------------
+
+
+def _forward(cfg, q, k, v, segs):
+    def build(kind, interpret):
+        return (_gpu_forward if kind == "gpu" else attention_tpu.forward)(cfg, interpret)
+
+    return on_platform(build, q, k, v, *(segs or ()), interpret=cfg.interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def flash_attention(cfg: AttnConfig, q, k, v, segs):
+    """Flash attention (the Pallas kernels) on the op's internal layout.
+
+    Args:
+      cfg: the static :class:`AttnConfig`.
+      q: ``(b, hk, g, lq, dk)``.
+      k: ``(b, hk, lk, dk)``.
+      v: ``(b, hk, lk, dv)``.
+      segs: ``(q_ids (b, lq), kv_ids (b, lk))`` int32, or None.
+
+    Returns:
+      ``(b, hk, g, lq, dv)`` in ``q``'s dtype.
+    """
+    return _forward(cfg, q, k, v, segs)[0]
+
+
+def _flash_fwd(cfg, q, k, v, segs):
+    out, lse = _forward(cfg, q, k, v, segs)
+    return out, (q, k, v, segs, out, lse)
+
+
+def _flash_bwd(cfg, res, d_out):
+    q, k, v, segs, out, lse = res
+    # FlashAttention-2's delta_i = rowsum(dO_i * O_i) = Σ_j P_ij dP_ij.
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+    d_out = d_out.astype(q.dtype)
+
+    def build(kind, interpret):
+        return (_gpu_backward if kind == "gpu" else attention_tpu.backward)(cfg, interpret)
+
+    dq, dk, dv = on_platform(build, q, k, v, d_out, lse, delta, *(segs or ()), interpret=cfg.interpret)
+    return dq, dk, dv, None
+
+
+flash_attention.defvjp(_flash_fwd, _flash_bwd)
+
+
+def pallas_attention(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right, block_q, block_k,
+                     interpret=None):
+    """The registered ``impl="pallas"``: the op's arguments to :func:`flash_attention`.
+
+    Args:
+      q5, k4, v4, bias5, seg_q, seg_k, scale, left, right, block_q, block_k:
+        as :mod:`seqjax.ops.attention` passes them (``bias5`` must be None).
+      interpret: None, or ``"gpu"``/``"tpu"`` (tests: that kernel interpreted).
+
+    Returns:
+      ``(b, hk, g, lq, dv)``.
+    """
+    if bias5 is not None:
+        raise ValueError("attention: impl='pallas' takes no bias=; use impl='blockwise' (or 'auto')")
+    dtype = jnp.result_type(q5.dtype, k4.dtype, v4.dtype)
+    if jnp.dtype(dtype).itemsize > 4:
+        raise ValueError(f"attention: impl='pallas' computes in float32 at most; got {dtype} inputs")
+    q5, k4, v4 = q5.astype(dtype), k4.astype(dtype), v4.astype(dtype)
+    segs = None if seg_q is None else (seg_q.astype(jnp.int32), seg_k.astype(jnp.int32))
+    cfg = AttnConfig(float(scale), left, right, q5.shape[3], k4.shape[2], block_q, block_k, segs is not None,
+                     interpret)
+    return flash_attention(cfg, q5, k4, v4, segs)
+
+
+dispatch.register("attention", "pallas")(pallas_attention)
+
+
+# --- the auto rows ---------------------------------------------------------------
+
+
+def _ours(sizes):
+    return not sizes["bias"] and sizes["bits"] <= 32
+
+
+dispatch.add_rules(
+    dispatch.Rule("attention", "gpu", "cudnn", attention_vendor.cudnn_serves,
+                  why="cuDNN's fused flash attention, the maintained kernel, where it serves the call"),
+    dispatch.Rule("attention", "gpu", "pallas", _ours,
+                  why="our Triton flash kernel: segments, windows, GQA, lq != lk (no bias); not yet timed"),
+    dispatch.Rule("attention", "tpu", "splash", attention_vendor.splash_serves,
+                  why="splash attention, the maintained TPU kernel, where it serves the call"),
+    dispatch.Rule("attention", "tpu", "pallas", _ours,
+                  why="our Mosaic TPU flash kernel where splash cannot (no bias); not yet timed on a TPU"),
+)

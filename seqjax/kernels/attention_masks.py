@@ -1,0 +1,88 @@
+"""What the GPU and TPU attention kernels share: the static config, the mask, the visible block ranges.
+
+The mask follows :mod:`seqjax.ops.attention`: query ``i`` sits at key position
+``lk - lq + i`` (ends aligned); key ``j`` is visible from query position ``p``
+iff ``p - left <= j <= p + right`` (None: unbounded) and, with segments, the
+ids match. The block ranges bound the loops (GPU) or guard the grid steps
+(TPU) so that blocks hidden by causality or the window cost nothing. They
+divide with ``lax.div`` on non-negative ints: ``//`` on signed ints lowers
+through ``sign``, which Mosaic TPU lowers only for a known chip.
+"""
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+
+class AttnConfig(NamedTuple):
+    """Static settings of one kernel call (a ``custom_vjp`` static argument).
+
+    Attributes:
+      scale: score scale.
+      left: visible distance to the past (None: unbounded).
+      right: visible distance to the future (None: unbounded; 0 when causal).
+      lq: query length.
+      lk: key length.
+      block_q: query block (the requested one; each platform's kernel rounds it).
+      block_k: key block (likewise).
+      segments: whether segment ids are passed.
+      interpret: None (the platform's kernel), or ``"gpu"``/``"tpu"`` to force
+        that kernel in interpret mode.
+    """
+
+    scale: float
+    left: int | None
+    right: int | None
+    lq: int
+    lk: int
+    block_q: int
+    block_k: int
+    segments: bool
+    interpret: str | None
+
+
+def visible(qpos, kpos, cfg: AttnConfig, lk_padded: bool, seg_q=None, seg_k=None):
+    """Mask of the keys at ``kpos`` visible from the queries at ``qpos`` (broadcastable arrays).
+
+    ``qpos`` are key positions of the queries (index + lk - lq): a padded query
+    sits at ``>= lk`` and sees nothing; when ``lk_padded``, a key at ``>= lk``
+    is padding and is seen by nothing.
+    """
+    vis = qpos < cfg.lk
+    if lk_padded:
+        vis = vis & (kpos < cfg.lk)
+    if cfg.left is not None:
+        vis = vis & (qpos - kpos <= cfg.left)
+    if cfg.right is not None:
+        vis = vis & (kpos - qpos <= cfg.right)
+    if seg_q is not None:
+        vis = vis & (seg_q == seg_k)
+    return vis
+
+
+def _bounds(cfg):
+    # None (unbounded) becomes a distance no pair of positions reaches.
+    big = cfg.lq + cfg.lk
+    return big if cfg.left is None else cfg.left, big if cfg.right is None else cfg.right
+
+
+def key_block_range(q0, cfg: AttnConfig, bq: int, bk: int):
+    """``[lo, hi)`` of the key blocks (of ``bk``) that the query block of ``bq`` starting at ``q0`` can see."""
+    left, right = _bounds(cfg)
+    p0 = q0 + cfg.lk - cfg.lq  # the block's first query position
+    k_lo = jnp.clip(p0 - left, 0, cfg.lk)
+    k_hi = jnp.clip(p0 + bq - 1 + right + 1, 0, cfg.lk)  # exclusive
+    lo, hi = lax.div(k_lo, bk), lax.div(k_hi + bk - 1, bk)
+    return lo, jnp.maximum(lo, hi)
+
+
+def query_block_range(k0, cfg: AttnConfig, bq: int, bk: int):
+    """``[lo, hi)`` of the query blocks (of ``bq``) that can see the key block of ``bk`` starting at ``k0``."""
+    left, right = _bounds(cfg)
+    off = cfg.lk - cfg.lq
+    # Query position p sees key j iff j - right <= p <= j + left.
+    i_lo = jnp.clip(k0 - right - off, 0, cfg.lq)
+    i_hi = jnp.clip(k0 + bk - 1 + left - off + 1, 0, cfg.lq)  # exclusive
+    lo, hi = lax.div(i_lo, bq), lax.div(i_hi + bq - 1, bq)
+    return lo, jnp.maximum(lo, hi)
