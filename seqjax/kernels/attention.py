@@ -1,6 +1,6 @@
-"""Flash attention in Pallas (``impl="pallas"``) and cuDNN's (``impl="cudnn"``) for the attention op.
+"""Our flash attention in Pallas (``impl="pallas"``), and the ``auto`` rows of the attention op.
 
-**Our kernel** is FlashAttention-2 on the op's internal layout ``q (b, hk, g,
+**The kernel** is FlashAttention-2 on the op's internal layout ``q (b, hk, g,
 lq, dk)``, ``k, v (b, hk, lk, d)``: the forward pass keeps the online-softmax
 statistics (running max and sum, float32) on chip and writes the output and
 the per-row logsumexp; the backward pass (a ``custom_vjp``) recomputes the
@@ -12,53 +12,53 @@ blocks, so grouped-query attention reads K/V once per key head and sums the
 the vendor kernels cannot: segment ids (packed documents) together with local
 windows ``(left, right)``, GQA, causal with the ends aligned (query ``i`` at key
 position ``lk - lq + i``), any lengths (padded to the block, padding masked),
-bf16 inputs with float32 statistics and accumulation. Key blocks that causality
-or the window hide from a whole query block are skipped (the loop bounds, or
-on TPU the grid step, come from the block index), so the work scales with what
-is visible. A query that sees no key outputs 0 and gets zero gradients.
-``bias`` is not taken (a call with one raises; ``auto`` sends bias calls to the
-XLA paths): a bias block per score block would double the kernel's HBM
-traffic, and the models here pass none.
+bf16 inputs with float32 statistics and accumulation (float64 inputs are
+refused: the statistics would drop to float32). Key blocks that causality or
+the window hide from a whole query block are skipped (the loop bounds, or on
+TPU the grid step, come from the block index), so the work scales with what is
+visible; blocks hidden only by segments are computed and masked. A query that
+sees no key outputs 0 and gets zero gradients. ``bias`` is not taken (a call
+with one raises in one line; ``auto`` sends bias calls to the XLA paths,
+which differentiate the bias): a bias block per score block would add a
+``(lq, lk)`` read to a kernel that otherwise reads O(l·d).
 
 Where it runs (:func:`seqjax.kernels.common.on_platform`, chosen when lowered):
 
-* **GPU** (``cuda``): Pallas' **Triton** backend. Mosaic GPU, the default
-  Pallas GPU backend, lowers a kernel written over register arrays ("lane"
-  semantics) without matmuls or transposes (checked with JAX 0.10.2:
-  ``Unimplemented primitive ... transpose``); a Mosaic GPU attention must be
-  written in warpgroup semantics with ``wgmma`` from shared-memory refs and a
-  hand-made TMA pipeline, which interpret mode on CPU cannot check. Grid
-  ``(b·hk·g, query blocks)`` for the forward and dq kernels (each program
-  loops over its visible key blocks with ``fori_loop``, K/V of its key head
-  read in place), ``(b·hk, key blocks)`` for dk/dv. Blocks: the op's
-  ``block_q × block_k`` (default 128 × 128, FlashAttention-2's forward tile on
-  A100/H100) in the forward, 64 × 64 in the backward (which holds K, V, dK, dV
-  of a block at once: 128-row blocks would spill registers at d = 128); 8
+* **GPU** (``cuda``): Pallas' **Triton** backend, deprecated from JAX 0.11 but
+  the one that can express this kernel: Mosaic GPU, the default Pallas GPU
+  backend, lowers a kernel written over register arrays ("lane" semantics)
+  without matmuls or transposes (JAX 0.10.2: ``Unimplemented primitive in
+  Pallas Mosaic GPU lowering: transpose``); a Mosaic GPU attention has to be
+  written in warpgroup semantics (``wgmma`` from shared-memory refs, a
+  hand-made TMA pipeline, as ``jax.experimental.pallas.ops.gpu.attention_mgpu``
+  does), which interpret mode on a CPU cannot check. Grid ``(b·hk·g, query
+  blocks)`` for the forward and dq kernels (each program loops over its
+  visible key blocks with ``fori_loop``; the K/V of its key head are read in
+  place, block by block), ``(b·hk, key blocks)`` for dk/dv. Blocks: the op's
+  ``block_q × block_k`` (default 128 × 128, FlashAttention-2's forward tile)
+  in the forward, at most 64 × 64 in the backward (which holds K, V, dK, dV of
+  a block in registers at once: 128-row blocks would spill at d = 128); 8
   warps from d = 128 on, else 4; 2 pipeline stages. Triton needs power-of-two
-  tiles, so blocks are powers of two and head dims are zero-padded to one (at
-  least 16, the smallest tensor-core tile).
-* **TPU**: Mosaic TPU (:mod:`seqjax.kernels.attention_tpu`): grid ``(b, hk,
-  g, query blocks, key blocks)`` with the key axis last and ``"arbitrary"``,
-  the statistics and accumulator in VMEM scratch, hidden key blocks skipped
-  with ``pl.when`` and their DMA avoided (the index map repeats the last
-  visible block); the backward as two such kernels (dq; dk/dv with the grid
-  ``(b, hk, key blocks, g, query blocks)``). Blocks: ``block_q`` rounded to 8
-  and ``block_k`` to 128 (the TPU tile), or the whole (padded) length when
-  shorter.
+  tiles, so blocks are powers of two (and at most the padded length) and head
+  dims are zero-padded to one (at least 16, the smallest tensor-core tile).
+  Float32 inputs get Triton's default matmul precision (TF32 on Ampere and
+  later), as XLA's float32 matmuls on GPU do.
+* **TPU**: Mosaic TPU (:mod:`seqjax.kernels.attention_tpu`, which has its
+  grids and blocks).
 * **CPU**: the GPU kernel in Pallas interpret mode (slow; for tests).
 
-**cuDNN** (``impl="cudnn"``, GPU only) maps the call to
-``jax.nn.dot_product_attention(..., implementation="cudnn")`` (cuDNN's flash
-attention) where that serves it: 16-bit inputs, no segments, no bias, equal
-head dims ``<= 128`` and a multiple of 8, and a mask cuDNN has: none, or
-causal (``right == 0``, with an optional left window) with ``lq == lk``
-(cuDNN's causal mask aligns the starts, ours the ends). :func:`cudnn_serves`
-is that condition; ``auto`` on GPU tries cuDNN, then our kernel, then the XLA
-rows. On TPU ``auto`` picks our kernel (no bias); the ``splash_attention``
-kernels under ``jax.experimental.pallas.ops.tpu`` are not wired in yet.
+**auto** (rows added here, tried before the op's XLA rows): on GPU cuDNN
+(``impl="cudnn"``) where :func:`seqjax.kernels.attention_vendor.cudnn_serves`,
+else this kernel; on TPU splash attention (``impl="splash"``) where
+:func:`seqjax.kernels.attention_vendor.splash_serves`, else this kernel; in
+both cases not with a bias or float64 inputs (the XLA rows then). CPU keeps the
+op's own rows. None of the GPU/TPU rows is timed yet (no accelerator was lent
+when they were written): they follow the issue's rule that a maintained kernel
+serves where it can.
 """
 
 import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -66,7 +66,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from seqjax.kernels import attention_tpu, attention_vendor
-from seqjax.kernels.attention_masks import AttnConfig, key_block_range, query_block_range, visible
+from seqjax.kernels.attention_common import (
+    AttnConfig, dot_nt, dot_tn, key_block_range, query_block_range, visible)
 from seqjax.kernels.common import on_platform
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis
@@ -83,14 +84,6 @@ def _pow2_at_least(n, floor=16):
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
-def _nt(a, b):
-    """a @ b.T with float32 accumulation."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _tn(a, b):
-    """a.T @ b with float32 accumulation."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 # --- GPU kernels (Triton backend; interpret mode on CPU) ------------------------
@@ -110,7 +103,7 @@ def _gpu_fwd_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, *refs):
         m, l, acc = carry
         k0 = pl.multiple_of(j * bk, bk)
         kb, vb = k_ref[pl.ds(k0, bk), :], v_ref[pl.ds(k0, bk), :]
-        s = _nt(q, kb) * cfg.scale
+        s = dot_nt(q, kb) * cfg.scale
         seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
         vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
         s = jnp.where(vis, s, -jnp.inf)
@@ -148,8 +141,8 @@ def _gpu_dq_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, do_ref, lse_ref,
         kb, vb = k_ref[pl.ds(k0, bk), :], v_ref[pl.ds(k0, bk), :]
         seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
         vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
-        p = jnp.exp(jnp.where(vis, _nt(q, kb) * cfg.scale - lse, -jnp.inf))
-        ds = p * (_nt(do, vb) - delta)
+        p = jnp.exp(jnp.where(vis, dot_nt(q, kb) * cfg.scale - lse, -jnp.inf))
+        ds = p * (dot_nt(do, vb) - delta)
         return dq + jnp.dot(ds.astype(kb.dtype), kb, preferred_element_type=jnp.float32)
 
     lo, hi = key_block_range(q0, cfg, bq, bk)
@@ -176,10 +169,10 @@ def _gpu_dkdv_kernel(cfg, bq, bk, lk_padded, g, q_ref, k_ref, v_ref, do_ref, lse
         lse, delta = lse_ref[gg, rows][:, None], delta_ref[gg, rows][:, None]
         seg_q = sq_ref[rows][:, None] if cfg.segments else None
         vis = visible((q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None], kpos, cfg, lk_padded, seg_q, seg_k)
-        p = jnp.exp(jnp.where(vis, _nt(qb, kb) * cfg.scale - lse, -jnp.inf))
-        dv = dv + _tn(p.astype(dob.dtype), dob)
-        ds = p * (_nt(dob, vb) - delta)
-        dk = dk + _tn(ds.astype(qb.dtype), qb)
+        p = jnp.exp(jnp.where(vis, dot_nt(qb, kb) * cfg.scale - lse, -jnp.inf))
+        dv = dv + dot_tn(p.astype(dob.dtype), dob)
+        ds = p * (dot_nt(dob, vb) - delta)
+        dk = dk + dot_tn(ds.astype(qb.dtype), qb)
         return dk, dv
 
     def head(gg, carry):

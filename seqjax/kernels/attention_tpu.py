@@ -11,15 +11,18 @@ repeats K/V). A grid step whose block pair causality or the window hides does
 no work (``pl.when``), and its index map repeats the nearest visible block so
 the pipeline issues no DMA for it.
 
-Blocks (the module docstring of :mod:`seqjax.kernels.attention` has the why):
-``block_q`` rounded up to 16 rows (bf16 packs 16 rows per (8, 128) tile) and
-``block_k`` to 128 lanes (the key axis is the scores' lane axis); a block
-longer than the (padded) sequence becomes the whole sequence. In interpret
-mode (tests) ``block_k`` may be any multiple of 16, so small tests still cross
-key blocks. Segment ids are passed as ``(b, lq, 1)`` and ``(b, 1, lk)`` so
-their blocks are a column and a row of the score block. The logsumexp and
-delta are ``(b, hk, g, lq, 1)``: a (rows, 1) block matches the statistics'
-column layout.
+Blocks: the op's ``block_q`` rounded up to 16 rows (bf16 packs 16 rows per
+(8, 128) tile) and ``block_k`` to 128 lanes (the key axis is the score block's
+lane axis, and 128 matches the MXU's width on v5e and half of it on v6e); a
+block longer than the (padded) sequence becomes the whole sequence. With the
+op's default 128 × 128 at d = 128 a grid step holds ~0.3 MiB of VMEM (double-
+buffered bf16 q, k, v, out blocks, float32 scratch), far under the 16-32 MiB
+scoped VMEM: ``block_q``/``block_k`` of 512 fit too and cut the per-step
+overhead, to be chosen when timed on a TPU. In interpret mode (tests)
+``block_k`` may be any multiple of 16, so small tests still cross key blocks.
+Segment ids are passed as ``(b, lq, 1)`` and ``(b, 1, lk)`` so their blocks are
+a column and a row of the score block; the logsumexp and delta are ``(b, hk,
+g, lq, 1)``, a (rows, 1) block matching the statistics' column layout.
 """
 
 import functools
@@ -30,8 +33,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from seqjax.kernels.attention_common import dot_nt, dot_tn, key_block_range, query_block_range, visible
 from seqjax.ops.common import pad_axis
-from seqjax.kernels.attention_masks import key_block_range, query_block_range, visible
 
 _ROWS = 16
 _LANES = 128
@@ -48,12 +51,6 @@ def blocks(cfg, interpret):
     return bq, bk
 
 
-def _nt(a, b):
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _tn(a, b):
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref):
@@ -86,7 +83,7 @@ def _fwd_kernel(cfg, bq, bk, lk_padded, nk, q_ref, k_ref, v_ref, *refs):
     @pl.when((j >= lo) & (j < hi))
     def _step():
         v = v_ref[...]
-        s = _nt(q_ref[...], k_ref[...]) * cfg.scale
+        s = dot_nt(q_ref[...], k_ref[...]) * cfg.scale
         s = jnp.where(_mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref), s, -jnp.inf)
         m = m_sc[...]
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
@@ -122,8 +119,8 @@ def _dq_kernel(cfg, bq, bk, lk_padded, nk, q_ref, k_ref, v_ref, do_ref, lse_ref,
     def _step():
         k = k_ref[...]
         vis = _mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref)
-        p = jnp.exp(jnp.where(vis, _nt(q_ref[...], k) * cfg.scale - lse_ref[...], -jnp.inf))
-        ds = p * (_nt(do_ref[...], v_ref[...]) - delta_ref[...])
+        p = jnp.exp(jnp.where(vis, dot_nt(q_ref[...], k) * cfg.scale - lse_ref[...], -jnp.inf))
+        ds = p * (dot_nt(do_ref[...], v_ref[...]) - delta_ref[...])
         dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
     @pl.when(j == nk - 1)
@@ -149,10 +146,10 @@ def _dkdv_kernel(cfg, bq, bk, lk_padded, g, nq, q_ref, k_ref, v_ref, do_ref, lse
     def _step():
         q, do = q_ref[...], do_ref[...]
         vis = _mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref)
-        p = jnp.exp(jnp.where(vis, _nt(q, k_ref[...]) * cfg.scale - lse_ref[...], -jnp.inf))
-        dv_sc[...] += _tn(p.astype(do.dtype), do)
-        ds = p * (_nt(do, v_ref[...]) - delta_ref[...])
-        dk_sc[...] += _tn(ds.astype(q.dtype), q)
+        p = jnp.exp(jnp.where(vis, dot_nt(q, k_ref[...]) * cfg.scale - lse_ref[...], -jnp.inf))
+        dv_sc[...] += dot_tn(p.astype(do.dtype), do)
+        ds = p * (dot_nt(do, v_ref[...]) - delta_ref[...])
+        dk_sc[...] += dot_tn(ds.astype(q.dtype), q)
 
     @pl.when((gg == g - 1) & (i == nq - 1))
     def _end():

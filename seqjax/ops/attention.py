@@ -17,7 +17,16 @@ Implementations (``impl``):
     a ``custom_vjp`` that saves the output and the logsumexp and recomputes
     the scores block by block in the backward pass). Memory O(l · block)
     besides the inputs; any lengths (padded here, padding masked).
-  * ``"auto"``: ``"blockwise"`` when ``lq * lk >= 256²``,
+  * ``"pallas"``, ``"cudnn"``, ``"splash"``: registered by
+    :mod:`seqjax.kernels` (``import seqjax`` imports it): our Pallas flash
+    kernel (Triton on GPU, Mosaic TPU on TPU, interpreted on CPU; segments,
+    windows, GQA, any lengths; no bias), cuDNN's fused attention (GPU; 16-bit,
+    no segments) and splash attention (TPU; lq == lk, a multiple of 128). See
+    :mod:`seqjax.kernels.attention` and :mod:`seqjax.kernels.attention_vendor`.
+  * ``"auto"``: on GPU ``"cudnn"`` where it serves the call, else
+    ``"pallas"``; on TPU ``"splash"`` where it serves the call, else
+    ``"pallas"`` (neither with a bias or float64 inputs: those take the CPU
+    rule). On CPU (and for those calls): ``"blockwise"`` when ``lq * lk >= 256²``,
     else ``"reference"``. Measured on this project's CPU machine (one thread,
     min of repeats; ``benchmarks/bench_attention.py`` has the large sizes): with
     b=8, h=4, d=32 the two are within noise up to L=128 (forward 1.1-1.5 ms
@@ -25,9 +34,8 @@ Implementations (``impl``):
     L=256 the forward is still a tie (6.5 vs 9.1 ms causal) but forward+backward
     is 100 ms vs 49-72 ms, and at L=512 the reference loses 414 vs 164 ms; with
     b=1, h=4, d=64 at L=1024 forward+backward is 266 vs 74 ms. Below 256² the
-    reference's L² memory is small and its plain autodiff is simplest.
-  * ``"pallas"`` (later, in ``seqjax/kernels``) registers with the front door
-    (:mod:`seqjax.ops.dispatch`) and takes the same arguments.
+    reference's L² memory is small and its plain autodiff is simplest. The
+    keys the rules read are those of :func:`call_sizes`.
 
 Sequence parallelism: with ``sequence_axis=`` (inside ``jax.shard_map``, the
 length split over that mesh axis) the call goes to ring attention
@@ -94,9 +102,11 @@ def attention(
         differentiable.
       scale: score scale, ``dk ** -0.5`` by default; a traced value is folded
         into ``q`` (and is then differentiable).
-      impl: ``"auto"``, ``"reference"`` or ``"blockwise"``.
-      block_q: query block size of ``"blockwise"``.
-      block_k: key block size of ``"blockwise"``.
+      impl: ``"auto"``, ``"reference"``, ``"blockwise"``, ``"pallas"``,
+        ``"cudnn"`` (GPU) or ``"splash"`` (TPU); see the module docstring.
+      block_q: query block size of ``"blockwise"`` and ``"pallas"`` (each
+        platform's kernel rounds it to its tiling).
+      block_k: key block size of ``"blockwise"`` and ``"pallas"``.
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``q, k, v`` (and of
         ``segment_ids``) split over the mesh axis of this name; the arrays are

@@ -1,4 +1,4 @@
-"""What the GPU and TPU attention kernels share: the static config, the mask, the visible block ranges.
+"""What the GPU and TPU attention kernels share: the static config, the mask, the visible block ranges, the matmuls.
 
 The mask follows :mod:`seqjax.ops.attention`: query ``i`` sits at key position
 ``lk - lq + i`` (ends aligned); key ``j`` is visible from query position ``p``
@@ -86,3 +86,13 @@ def query_block_range(k0, cfg: AttnConfig, bq: int, bk: int):
     i_hi = jnp.clip(k0 + bk - 1 + left - off + 1, 0, cfg.lq)  # exclusive
     lo, hi = lax.div(i_lo, bq), lax.div(i_hi + bq - 1, bq)
     return lo, jnp.maximum(lo, hi)
+
+
+def dot_nt(a, b):
+    """``a @ b.T`` with float32 accumulation (scores ``q kᵀ``, ``dO vᵀ``)."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def dot_tn(a, b):
+    """``a.T @ b`` with float32 accumulation (``Pᵀ dO``, ``dSᵀ q``)."""
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
