@@ -367,13 +367,30 @@ def _ours(sizes):
     return not sizes["bias"] and sizes["bits"] <= 32
 
 
+# The keys of seqjax.ops.attention.call_sizes that the rows below read.
+_KEYS = ("lq", "bias", "segments", "shared_segments", "bits", "half", "head_dim", "v_head_dim", "same_length",
+         "causal", "left_window", "right_window")
+
+
+def _given_all(serves):
+    """A row condition that does not match when a caller passed only some keys (e.g. only ``scores``).
+
+    Such a caller (a benchmark asking what auto would pick, say) then gets the
+    op's XLA rows, as before these rows existed, instead of a KeyError.
+    """
+    def when(sizes):
+        return all(key in sizes for key in _KEYS) and serves(sizes)
+
+    return when
+
+
 dispatch.add_rules(
-    dispatch.Rule("attention", "gpu", "cudnn", attention_vendor.cudnn_serves,
+    dispatch.Rule("attention", "gpu", "cudnn", _given_all(attention_vendor.cudnn_serves),
                   why="cuDNN's fused flash attention, the maintained kernel, where it serves the call"),
-    dispatch.Rule("attention", "gpu", "pallas", _ours,
+    dispatch.Rule("attention", "gpu", "pallas", _given_all(_ours),
                   why="our Triton flash kernel: segments, windows, GQA, lq != lk (no bias); not yet timed"),
-    dispatch.Rule("attention", "tpu", "splash", attention_vendor.splash_serves,
+    dispatch.Rule("attention", "tpu", "splash", _given_all(attention_vendor.splash_serves),
                   why="splash attention, the maintained TPU kernel, where it serves the call"),
-    dispatch.Rule("attention", "tpu", "pallas", _ours,
+    dispatch.Rule("attention", "tpu", "pallas", _given_all(_ours),
                   why="our Mosaic TPU flash kernel where splash cannot (no bias); not yet timed on a TPU"),
 )

@@ -64,6 +64,11 @@ def test_auto_picks_per_platform(monkeypatch, name):
         assert dispatch.resolve("attention", "auto", **sizes) == expected, (name, platform, sizes)
 
 
+def test_a_caller_passing_only_scores_gets_the_xla_rows(monkeypatch):
+    monkeypatch.setattr(dispatch, "platform", lambda: "gpu")
+    assert dispatch.resolve("attention", "auto", scores=8192 * 8192) == "blockwise"
+
+
 def _qkv(rng, b, lq, lk, h, hk, d):
     return rng.standard_normal((b, lq, h, d)), rng.standard_normal((b, lk, hk, d)), rng.standard_normal((b, lk, hk, d))
 
