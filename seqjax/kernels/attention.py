@@ -37,7 +37,10 @@ Where it runs (:func:`seqjax.kernels.common.on_platform`, chosen when lowered):
   place, block by block), ``(b·hk, key blocks)`` for dk/dv. Blocks: the op's
   ``block_q × block_k`` (default 128 × 128, FlashAttention-2's forward tile)
   in the forward, at most 64 × 64 in the backward (which holds K, V, dK, dV of
-  a block in registers at once: 128-row blocks would spill at d = 128); 8
+  a block in registers at once: 128-row blocks would spill at d = 128), and
+  streamed tiles (K/V blocks; Q/dO blocks in the dk/dv kernel) of at most
+  :data:`GPU_TILE_BYTES` (so 64 rows for float32 at d = 128 or bf16 at
+  d = 256), which keeps two pipeline stages within shared memory; 8
   warps from d = 128 on, else 4; 2 pipeline stages. Triton needs power-of-two
   tiles, so blocks are powers of two (and at most the padded length) and head
   dims are zero-padded to one (at least 16, the smallest tensor-core tile).
@@ -74,6 +77,11 @@ from seqjax.ops.common import pad_axis
 
 # The GPU backward's blocks (see the module docstring).
 GPU_BWD_BLOCK = 64
+# Largest tile (rows x padded head dim x bytes) the GPU kernels stream: two
+# pipeline stages of a K and a V tile then take 128 KiB of the H100/H200's
+# 227 KiB of shared memory (an estimate: Triton allocates at compile time, on
+# the device, so lowering cannot check it).
+GPU_TILE_BYTES = 32 * 1024
 
 
 def _pow2_at_most(n):
@@ -199,17 +207,20 @@ def _gpu_pad(cfg, bq, bk, q, k, v, segs, *rows):
     return q, k, v, segs, rows
 
 
-def _gpu_blocks(cfg, backward):
-    bq, bk = _pow2_at_most(cfg.block_q), _pow2_at_most(cfg.block_k)
+def _gpu_blocks(cfg, backward, d, itemsize):
+    """Power-of-two blocks: the op's (the backward's at most 64), at most GPU_TILE_BYTES per tile."""
+    rows = max(16, _pow2_at_most(GPU_TILE_BYTES // (d * itemsize)))
+    # The query tile stays resident (one copy, not pipelined): twice the rows.
+    bq, bk = min(_pow2_at_most(cfg.block_q), 2 * rows), min(_pow2_at_most(cfg.block_k), rows)
     if backward:
-        bq, bk = min(bq, GPU_BWD_BLOCK), min(bk, GPU_BWD_BLOCK)
+        bq, bk = min(bq, GPU_BWD_BLOCK, rows), min(bk, GPU_BWD_BLOCK)
     return min(bq, _pow2_at_least(cfg.lq)), min(bk, _pow2_at_least(cfg.lk))
 
 
 def _gpu_forward(cfg, interpret):
     def fwd(q, k, v, *segs):
         b, hk, g, dv_true = *q.shape[:3], v.shape[-1]
-        bq, bk = _gpu_blocks(cfg, backward=False)
+        bq, bk = _gpu_blocks(cfg, False, _pow2_at_least(max(q.shape[-1], v.shape[-1])), q.dtype.itemsize)
         q, k, v, segs, _ = _gpu_pad(cfg, bq, bk, q, k, v, segs)
         lqp, dk, lkp, dv = q.shape[3], q.shape[4], k.shape[2], v.shape[3]
         qrow = lambda n, i: (n // (hk * g), n // g % hk, n % g, i, 0)  # noqa: E731
@@ -240,7 +251,7 @@ def _gpu_backward(cfg, interpret):
     def bwd(q, k, v, d_out, lse, delta, *segs):
         b, hk, g, lq, dk_true = q.shape
         dv_true = v.shape[-1]
-        bq, bk = _gpu_blocks(cfg, backward=True)
+        bq, bk = _gpu_blocks(cfg, True, _pow2_at_least(max(dk_true, dv_true)), q.dtype.itemsize)
         q, k, v, segs, (d_out, lse, delta) = _gpu_pad(cfg, bq, bk, q, k, v, segs, d_out, lse, delta)
         lqp, dk, lkp, dv = q.shape[3], q.shape[4], k.shape[2], v.shape[3]
         lk_padded = lkp != cfg.lk

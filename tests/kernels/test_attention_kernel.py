@@ -25,9 +25,9 @@ from tests.ops.utils import RTOL_ATTN, RTOL_GRAD, assert_rel_close
 BLOCKS = dict(block_q=16, block_k=16)
 # bf16 inputs: the reference runs on the bf16-rounded inputs; what is left is
 # the kernel's own rounding (P cast to bf16 for P·V, dS for dS·K, the bf16
-# output): ~2^-8 relative per rounding.
-RTOL_BF16 = 2e-2
-RTOL_BF16_GRAD = 4e-2
+# output): ~2^-8 relative per rounding. Measured: 2.1e-3 (output), 5.9e-3 (gradients).
+RTOL_BF16 = 1e-2
+RTOL_BF16_GRAD = 2e-2
 
 
 def _segments(rng, b, length, p=0.15):
