@@ -16,7 +16,10 @@ bf16 inputs with float32 statistics and accumulation (float64 inputs are
 refused: the statistics would drop to float32). Key blocks that causality or
 the window hide from a whole query block are skipped (the loop bounds, or on
 TPU the grid step, come from the block index), so the work scales with what is
-visible; blocks hidden only by segments are computed and masked. A query that
+visible; blocks hidden only by segments are computed and masked. Block pairs
+that the mask leaves whole (no segments, no padding, inside causality and the
+window: most of them in causal attention) run without building the mask
+(``attention_common.split_loop`` on GPU, a second ``pl.when`` branch on TPU). A query that
 sees no key outputs 0 and gets zero gradients. ``bias`` is not taken (a call
 with one raises in one line; ``auto`` sends bias calls to the XLA paths,
 which differentiate the bias): a bias block per score block would add a
@@ -70,7 +73,8 @@ from jax.experimental.pallas import triton as plgpu
 
 from seqjax.kernels import attention_tpu, attention_vendor
 from seqjax.kernels.attention_common import (
-    AttnConfig, dot_nt, dot_tn, key_block_range, query_block_range, visible)
+    AttnConfig, dot_nt, dot_tn, key_block_range, query_block_range, split_loop, visible, whole_key_blocks,
+    whole_query_blocks)
 from seqjax.kernels.common import on_platform
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis
@@ -107,17 +111,19 @@ def _gpu_fwd_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, *refs):
     qpos = (q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None]
     seg_q = sq_ref[...][:, None] if cfg.segments else None
 
-    def key_block(j, carry):
+    def key_block(j, carry, masked):
         m, l, acc = carry
         k0 = pl.multiple_of(j * bk, bk)
         kb, vb = k_ref[pl.ds(k0, bk), :], v_ref[pl.ds(k0, bk), :]
         s = dot_nt(q, kb) * cfg.scale
-        seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
-        vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
-        s = jnp.where(vis, s, -jnp.inf)
+        if masked:
+            seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
+            vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
+            s = jnp.where(vis, s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
-        # A row with no visible key yet keeps m = -inf; shift it by 0 instead.
-        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+        # A row with no visible key yet keeps m = -inf; shift it by 0 instead
+        # (a whole block gives every row a finite max).
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
         p = jnp.exp(s - m_safe[:, None])
         alpha = jnp.exp(m - m_safe)
         l = l * alpha + jnp.sum(p, axis=1)
@@ -127,7 +133,7 @@ def _gpu_fwd_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, *refs):
     lo, hi = key_block_range(q0, cfg, bq, bk)
     init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32),
             jnp.zeros((bq, o_ref.shape[-1]), jnp.float32))
-    m, l, acc = lax.fori_loop(lo, hi, key_block, init)
+    m, l, acc = split_loop(lo, hi, whole_key_blocks(q0, cfg, bq, bk), key_block, init)
     seen = l > 0
     o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
@@ -144,17 +150,20 @@ def _gpu_dq_kernel(cfg, bq, bk, lk_padded, q_ref, k_ref, v_ref, do_ref, lse_ref,
     qpos = (q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None]
     seg_q = sq_ref[...][:, None] if cfg.segments else None
 
-    def key_block(j, dq):
+    def key_block(j, dq, masked):
         k0 = pl.multiple_of(j * bk, bk)
         kb, vb = k_ref[pl.ds(k0, bk), :], v_ref[pl.ds(k0, bk), :]
-        seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
-        vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
-        p = jnp.exp(jnp.where(vis, dot_nt(q, kb) * cfg.scale - lse, -jnp.inf))
+        s = dot_nt(q, kb) * cfg.scale - lse
+        if masked:
+            seg_k = sk_ref[pl.ds(k0, bk)][None, :] if cfg.segments else None
+            vis = visible(qpos, (k0 + jnp.arange(bk))[None, :], cfg, lk_padded, seg_q, seg_k)
+            s = jnp.where(vis, s, -jnp.inf)
+        p = jnp.exp(s)
         ds = p * (dot_nt(do, vb) - delta)
         return dq + jnp.dot(ds.astype(kb.dtype), kb, preferred_element_type=jnp.float32)
 
     lo, hi = key_block_range(q0, cfg, bq, bk)
-    dq = lax.fori_loop(lo, hi, key_block, jnp.zeros(dq_ref.shape, jnp.float32))
+    dq = split_loop(lo, hi, whole_key_blocks(q0, cfg, bq, bk), key_block, jnp.zeros(dq_ref.shape, jnp.float32))
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
 
@@ -168,23 +177,27 @@ def _gpu_dkdv_kernel(cfg, bq, bk, lk_padded, g, q_ref, k_ref, v_ref, do_ref, lse
     kpos = (k0 + jnp.arange(bk))[None, :]
     seg_k = sk_ref[...][None, :] if cfg.segments else None
     lo, hi = query_block_range(k0, cfg, bq, bk)
+    whole = whole_query_blocks(k0, cfg, bq, bk)
 
-    def query_block(i, carry, gg):
+    def query_block(i, carry, gg, masked):
         dk, dv = carry
         q0 = pl.multiple_of(i * bq, bq)
         rows = pl.ds(q0, bq)
         qb, dob = q_ref[gg, rows, :], do_ref[gg, rows, :]
         lse, delta = lse_ref[gg, rows][:, None], delta_ref[gg, rows][:, None]
-        seg_q = sq_ref[rows][:, None] if cfg.segments else None
-        vis = visible((q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None], kpos, cfg, lk_padded, seg_q, seg_k)
-        p = jnp.exp(jnp.where(vis, dot_nt(qb, kb) * cfg.scale - lse, -jnp.inf))
+        s = dot_nt(qb, kb) * cfg.scale - lse
+        if masked:
+            seg_q = sq_ref[rows][:, None] if cfg.segments else None
+            vis = visible((q0 + cfg.lk - cfg.lq + jnp.arange(bq))[:, None], kpos, cfg, lk_padded, seg_q, seg_k)
+            s = jnp.where(vis, s, -jnp.inf)
+        p = jnp.exp(s)
         dv = dv + dot_tn(p.astype(dob.dtype), dob)
         ds = p * (dot_nt(dob, vb) - delta)
         dk = dk + dot_tn(ds.astype(qb.dtype), qb)
         return dk, dv
 
     def head(gg, carry):
-        return lax.fori_loop(lo, hi, functools.partial(query_block, gg=gg), carry)
+        return split_loop(lo, hi, whole, functools.partial(query_block, gg=gg), carry)
 
     init = (jnp.zeros(dk_ref.shape, jnp.float32), jnp.zeros(dv_ref.shape, jnp.float32))
     dk, dv = lax.fori_loop(0, g, head, init)

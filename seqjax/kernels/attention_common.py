@@ -9,6 +9,7 @@ divide with ``lax.div`` on non-negative ints: ``//`` on signed ints lowers
 through ``sign``, which Mosaic TPU lowers only for a known chip.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -96,3 +97,54 @@ def dot_nt(a, b):
 def dot_tn(a, b):
     """``a.T @ b`` with float32 accumulation (``Pᵀ dO``, ``dSᵀ q``)."""
     return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _ceil_div(x, n):
+    return lax.div(jnp.maximum(x, 0) + n - 1, n)
+
+
+def _floor_div(x, n):
+    return lax.div(jnp.maximum(x, 0), n)
+
+
+def whole_key_blocks(q0, cfg: AttnConfig, bq: int, bk: int):
+    """``[lo, hi)`` of the key blocks that every query of the block at ``q0`` sees entirely.
+
+    Such a block pair needs no mask (the kernels skip building it). Empty with
+    segments (ids are data), for a query block holding padding, and past the
+    last key block free of padding.
+    """
+    if cfg.segments:
+        return 0, 0
+    p0 = q0 + cfg.lk - cfg.lq
+    p1 = p0 + bq - 1
+    unpadded = cfg.lk // bk
+    lo = 0 if cfg.left is None else _ceil_div(p1 - cfg.left, bk)
+    hi = unpadded if cfg.right is None else jnp.minimum(_floor_div(p0 + cfg.right + 1, bk), unpadded)
+    hi = jnp.where(p1 < cfg.lk, hi, lo)
+    return lo, jnp.maximum(lo, hi)
+
+
+def whole_query_blocks(k0, cfg: AttnConfig, bq: int, bk: int):
+    """``[lo, hi)`` of the query blocks that see the key block at ``k0`` entirely (see :func:`whole_key_blocks`)."""
+    if cfg.segments:
+        return 0, 0
+    off = cfg.lk - cfg.lq
+    unpadded = cfg.lq // bq
+    lo = 0 if cfg.right is None else _ceil_div(k0 + bk - 1 - cfg.right - off, bq)
+    hi = unpadded if cfg.left is None else jnp.minimum(_floor_div(k0 + cfg.left - off + 1, bq), unpadded)
+    hi = jnp.where(k0 + bk <= cfg.lk, hi, lo)
+    return lo, jnp.maximum(lo, hi)
+
+
+def split_loop(lo, hi, whole, body, carry):
+    """``fori_loop`` over ``[lo, hi)`` as three loops: masked blocks, whole blocks (``whole``), masked blocks.
+
+    ``body(i, carry, masked)``; ``masked`` is a Python bool, so the whole
+    blocks' loop carries no mask arithmetic.
+    """
+    whole_lo = jnp.clip(whole[0], lo, hi)
+    whole_hi = jnp.clip(whole[1], whole_lo, hi)
+    carry = lax.fori_loop(lo, whole_lo, functools.partial(body, masked=True), carry)
+    carry = lax.fori_loop(whole_lo, whole_hi, functools.partial(body, masked=False), carry)
+    return lax.fori_loop(whole_hi, hi, functools.partial(body, masked=True), carry)

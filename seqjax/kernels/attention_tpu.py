@@ -9,7 +9,9 @@ blocks)`` whose last two axes are sequential, so the ``g`` query heads of one
 key head add their dK/dV in the same scratch (grouped-query attention never
 repeats K/V). A grid step whose block pair causality or the window hides does
 no work (``pl.when``), and its index map repeats the nearest visible block so
-the pipeline issues no DMA for it.
+the pipeline issues no DMA for it; a pair that the mask leaves whole (no
+segments, no padding, inside causality and the window) skips building the
+mask.
 
 Blocks: the op's ``block_q`` rounded up to 16 rows (bf16 packs 16 rows per
 (8, 128) tile) and ``block_k`` to 128 lanes (the key axis is the score block's
@@ -33,7 +35,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from seqjax.kernels.attention_common import dot_nt, dot_tn, key_block_range, query_block_range, visible
+from seqjax.kernels.attention_common import (
+    dot_nt, dot_tn, key_block_range, query_block_range, visible, whole_key_blocks, whole_query_blocks)
 from seqjax.ops.common import pad_axis
 
 _ROWS = 16
@@ -51,13 +54,19 @@ def blocks(cfg, interpret):
     return bq, bk
 
 
-
-
 def _mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref):
     qpos = i * bq + (cfg.lk - cfg.lq) + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
     kpos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
     segs = (sq_ref[...], sk_ref[...]) if cfg.segments else (None, None)
     return visible(qpos, kpos, cfg, lk_padded, *segs)
+
+
+def _split(step, idx, visible_range, whole_range):
+    """Runs ``step(masked)`` when ``idx`` is visible: unmasked inside ``whole_range``, masked elsewhere."""
+    (lo, hi), (whole_lo, whole_hi) = visible_range, whole_range
+    whole = (idx >= whole_lo) & (idx < whole_hi)
+    pl.when((idx >= lo) & (idx < hi) & ~whole)(functools.partial(step, True))
+    pl.when(whole)(functools.partial(step, False))
 
 
 def _clamp(idx, lo, hi, n):
@@ -78,21 +87,22 @@ def _fwd_kernel(cfg, bq, bk, lk_padded, nk, q_ref, k_ref, v_ref, *refs):
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
-    lo, hi = key_block_range(i * bq, cfg, bq, bk)
-
-    @pl.when((j >= lo) & (j < hi))
-    def _step():
+    def step(masked):
         v = v_ref[...]
         s = dot_nt(q_ref[...], k_ref[...]) * cfg.scale
-        s = jnp.where(_mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref), s, -jnp.inf)
+        if masked:
+            s = jnp.where(_mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref), s, -jnp.inf)
         m = m_sc[...]
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # no visible key yet
+        # No visible key yet: shift by 0 (a whole block gives every row a finite max).
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
         p = jnp.exp(s - m_safe)
         alpha = jnp.exp(m - m_safe)
         l_sc[...] = l_sc[...] * alpha + jnp.sum(p, axis=1, keepdims=True)
         acc_sc[...] = acc_sc[...] * alpha + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         m_sc[...] = m_new
+
+    _split(step, j, key_block_range(i * bq, cfg, bq, bk), whole_key_blocks(i * bq, cfg, bq, bk))
 
     @pl.when(j == nk - 1)
     def _end():
@@ -113,15 +123,16 @@ def _dq_kernel(cfg, bq, bk, lk_padded, nk, q_ref, k_ref, v_ref, do_ref, lse_ref,
     def _init():
         dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
 
-    lo, hi = key_block_range(i * bq, cfg, bq, bk)
-
-    @pl.when((j >= lo) & (j < hi))
-    def _step():
+    def step(masked):
         k = k_ref[...]
-        vis = _mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref)
-        p = jnp.exp(jnp.where(vis, dot_nt(q_ref[...], k) * cfg.scale - lse_ref[...], -jnp.inf))
+        s = dot_nt(q_ref[...], k) * cfg.scale - lse_ref[...]
+        if masked:
+            s = jnp.where(_mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref), s, -jnp.inf)
+        p = jnp.exp(s)
         ds = p * (dot_nt(do_ref[...], v_ref[...]) - delta_ref[...])
         dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+    _split(step, j, key_block_range(i * bq, cfg, bq, bk), whole_key_blocks(i * bq, cfg, bq, bk))
 
     @pl.when(j == nk - 1)
     def _end():
@@ -140,16 +151,17 @@ def _dkdv_kernel(cfg, bq, bk, lk_padded, g, nq, q_ref, k_ref, v_ref, do_ref, lse
         dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
         dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
 
-    lo, hi = query_block_range(j * bk, cfg, bq, bk)
-
-    @pl.when((i >= lo) & (i < hi))
-    def _step():
+    def step(masked):
         q, do = q_ref[...], do_ref[...]
-        vis = _mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref)
-        p = jnp.exp(jnp.where(vis, dot_nt(q, k_ref[...]) * cfg.scale - lse_ref[...], -jnp.inf))
+        s = dot_nt(q, k_ref[...]) * cfg.scale - lse_ref[...]
+        if masked:
+            s = jnp.where(_mask(cfg, lk_padded, i, j, bq, bk, sq_ref, sk_ref), s, -jnp.inf)
+        p = jnp.exp(s)
         dv_sc[...] += dot_tn(p.astype(do.dtype), do)
         ds = p * (dot_nt(do, v_ref[...]) - delta_ref[...])
         dk_sc[...] += dot_tn(ds.astype(q.dtype), q)
+
+    _split(step, i, query_block_range(j * bk, cfg, bq, bk), whole_query_blocks(j * bk, cfg, bq, bk))
 
     @pl.when((gg == g - 1) & (i == nq - 1))
     def _end():
