@@ -188,9 +188,9 @@ def _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl, 
             raise NotImplementedError(
                 f"attention: {name}= is not implemented with sequence_axis (ring attention); "
                 f"call it without sequence_axis on gathered sequences instead")
-    if impl == "reference":
+    if impl not in ("auto", "blockwise"):
         raise NotImplementedError(
-            "attention: impl='reference' is not available with sequence_axis; ring attention "
+            f"attention: impl={impl!r} is not available with sequence_axis; ring attention "
             "computes every K/V block with the blockwise kernel (use 'auto' or 'blockwise')")
     return dispatch.sequence_parallel("attention")(
         q, k, v, axis_name=axis_name, causal=causal, segment_ids=segment_ids, scale=scale, layout=layout,

@@ -133,6 +133,13 @@ def test_vendor_impls_refuse_calls_they_do_not_serve():
         attention(x, x, x, causal=True, impl="splash")
 
 
+def test_sequence_parallel_calls_refuse_the_kernels():
+    x = jnp.ones((1, 8, 2, 8))
+    for impl in ("pallas", "cudnn", "splash"):
+        with pytest.raises(NotImplementedError, match=f"impl='{impl}' is not available with sequence_axis"):
+            attention(x, x, x, impl=impl, sequence_axis="seq")
+
+
 def test_splash_lowers_for_tpu_at_l8192():
     b, length, h, hk, d = 1, 8192, 16, 4, 128
     q, kv = SPEC((b, length, h, d), jnp.bfloat16), SPEC((b, length, hk, d), jnp.bfloat16)

@@ -209,13 +209,17 @@ def _target(platform):
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
-def test_lowers_for_accelerators_at_l8192(platform, grad):
+@pytest.mark.parametrize("segments", [True, False], ids=["segments_window", "causal"])
+def test_lowers_for_accelerators_at_l8192(platform, grad, segments):
+    """Causal with segments and a window (the masked paths), and plain causal (whole blocks unmasked)."""
     b, length, h, hk, d = 1, 8192, 16, 4, 128
     spec = jax.ShapeDtypeStruct
     q, kv = spec((b, length, h, d), jnp.bfloat16), spec((b, length, hk, d), jnp.bfloat16)
     seg = spec((b, length), jnp.int32)
 
     def forward(q, k, v, seg):
+        if not segments:
+            return attention(q, k, v, causal=True, impl="pallas")
         return attention(q, k, v, causal=True, window=1024, segment_ids=seg, impl="pallas")
 
     fn = forward
