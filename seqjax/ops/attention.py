@@ -17,7 +17,16 @@ Implementations (``impl``):
     a ``custom_vjp`` that saves the output and the logsumexp and recomputes
     the scores block by block in the backward pass). Memory O(l · block)
     besides the inputs; any lengths (padded here, padding masked).
-  * ``"auto"``: ``"blockwise"`` when ``lq * lk >= 256²``,
+  * ``"pallas"``, ``"cudnn"``, ``"splash"``: registered by
+    :mod:`seqjax.kernels` (``import seqjax`` imports it): our Pallas flash
+    kernel (Triton on GPU, Mosaic TPU on TPU, interpreted on CPU; segments,
+    windows, GQA, any lengths; no bias), cuDNN's fused attention (GPU; 16-bit,
+    no segments) and splash attention (TPU; lq == lk, a multiple of 128). See
+    :mod:`seqjax.kernels.attention` and :mod:`seqjax.kernels.attention_vendor`.
+  * ``"auto"``: on GPU ``"cudnn"`` where it serves the call, else
+    ``"pallas"``; on TPU ``"splash"`` where it serves the call, else
+    ``"pallas"`` (neither with a bias or float64 inputs: those take the CPU
+    rule). On CPU (and for those calls): ``"blockwise"`` when ``lq * lk >= 256²``,
     else ``"reference"``. Measured on this project's CPU machine (one thread,
     min of repeats; ``benchmarks/bench_attention.py`` has the large sizes): with
     b=8, h=4, d=32 the two are within noise up to L=128 (forward 1.1-1.5 ms
@@ -25,9 +34,8 @@ Implementations (``impl``):
     L=256 the forward is still a tie (6.5 vs 9.1 ms causal) but forward+backward
     is 100 ms vs 49-72 ms, and at L=512 the reference loses 414 vs 164 ms; with
     b=1, h=4, d=64 at L=1024 forward+backward is 266 vs 74 ms. Below 256² the
-    reference's L² memory is small and its plain autodiff is simplest.
-  * ``"pallas"`` (later, in ``seqjax/kernels``) registers with the front door
-    (:mod:`seqjax.ops.dispatch`) and takes the same arguments.
+    reference's L² memory is small and its plain autodiff is simplest. The
+    keys the rules read are those of :func:`call_sizes`.
 
 Sequence parallelism: with ``sequence_axis=`` (inside ``jax.shard_map``, the
 length split over that mesh axis) the call goes to ring attention
@@ -94,9 +102,11 @@ def attention(
         differentiable.
       scale: score scale, ``dk ** -0.5`` by default; a traced value is folded
         into ``q`` (and is then differentiable).
-      impl: ``"auto"``, ``"reference"`` or ``"blockwise"``.
-      block_q: query block size of ``"blockwise"``.
-      block_k: key block size of ``"blockwise"``.
+      impl: ``"auto"``, ``"reference"``, ``"blockwise"``, ``"pallas"``,
+        ``"cudnn"`` (GPU) or ``"splash"`` (TPU); see the module docstring.
+      block_q: query block size of ``"blockwise"`` and ``"pallas"`` (each
+        platform's kernel rounds it to its tiling).
+      block_k: key block size of ``"blockwise"`` and ``"pallas"``.
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``q, k, v`` (and of
         ``segment_ids``) split over the mesh axis of this name; the arrays are
@@ -131,7 +141,6 @@ def attention(
         q = q * jnp.asarray(scale).astype(q.dtype)
         scale = 1.0
     scale = float(scale)
-    impl = dispatch.resolve("attention", impl, scores=lq * lk)
 
     g = h // hk
     # Internal layout: heads before length, query heads split as (hk, g), so
@@ -139,9 +148,37 @@ def attention(
     q5 = q.reshape(b, lq, hk, g, dk).transpose(0, 2, 3, 1, 4)
     k4 = k.transpose(0, 2, 1, 3)
     v4 = v.transpose(0, 2, 1, 3)
+    impl = dispatch.resolve("attention", impl, **call_sizes(q5, k4, v4, bias5, seg_q, seg_k, left, right))
     out = dispatch.implementation("attention", impl)(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right,
                                                      block_q, block_k)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, lq, h, dv).astype(q.dtype)
+
+
+def call_sizes(q5, k4, v4, bias5, seg_q, seg_k, left, right) -> dict[str, int]:
+    """The keys the ``auto`` rules read (:func:`seqjax.ops.dispatch.resolve`), from the internal layout.
+
+    ``lq``, ``lk``, ``scores`` (lq·lk); ``bias``, ``segments`` (0/1); ``bits`` (the widest
+    input's bits); ``half`` (1 when q, k, v share one 16-bit float dtype);
+    ``head_dim``, ``v_head_dim``; ``same_length`` (lq == lk); ``causal``
+    (``right == 0``); ``left_window`` (``left`` bounded); ``right_window``
+    (``right`` bounded and > 0); ``shared_segments`` (one id array for queries
+    and keys: ``segment_ids`` given as a single array).
+
+    Args:
+      q5, k4, v4, bias5, seg_q, seg_k, left, right: as the implementations take them.
+
+    Returns:
+      A dict of ints.
+    """
+    dtypes = {jnp.dtype(x.dtype) for x in (q5, k4, v4)}
+    lq, lk = q5.shape[3], k4.shape[2]
+    return dict(
+        lq=lq, lk=lk, scores=lq * lk, bias=int(bias5 is not None), segments=int(seg_q is not None),
+        bits=8 * max(d.itemsize for d in dtypes),
+        half=int(len(dtypes) == 1 and dtypes <= {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)}),
+        head_dim=q5.shape[4], v_head_dim=v4.shape[3], same_length=int(lq == lk), causal=int(right == 0),
+        left_window=int(left is not None), right_window=int(right not in (None, 0)),
+        shared_segments=int(seg_q is not None and seg_q is seg_k))
 
 
 def _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl, block_q, block_k,
@@ -151,9 +188,9 @@ def _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl, 
             raise NotImplementedError(
                 f"attention: {name}= is not implemented with sequence_axis (ring attention); "
                 f"call it without sequence_axis on gathered sequences instead")
-    if impl == "reference":
+    if impl not in ("auto", "blockwise"):
         raise NotImplementedError(
-            "attention: impl='reference' is not available with sequence_axis; ring attention "
+            f"attention: impl={impl!r} is not available with sequence_axis; ring attention "
             "computes every K/V block with the blockwise kernel (use 'auto' or 'blockwise')")
     return dispatch.sequence_parallel("attention")(
         q, k, v, axis_name=axis_name, causal=causal, segment_ids=segment_ids, scale=scale, layout=layout,

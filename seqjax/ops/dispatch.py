@@ -43,6 +43,8 @@ VOCABULARY = (
     "fft",  # zero-padded real FFTs
     "direct",  # a direct (depthwise) convolution
     "pallas",  # a Pallas kernel of seqjax.kernels
+    "cudnn",  # cuDNN's fused attention, through jax.nn.dot_product_attention (GPU only)
+    "splash",  # jax.experimental.pallas.ops.tpu.splash_attention (TPU only)
 )
 
 _IMPLS: dict[str, dict[str, Callable]] = {}
