@@ -198,3 +198,41 @@ def runs_of(segment_ids, batch, length):
         return np.zeros((batch, length), np.int64)
     ids = np.asarray(segment_ids)
     return np.concatenate([np.zeros((batch, 1), np.int64), np.cumsum(ids[:, 1:] != ids[:, :-1], axis=1)], axis=1)
+
+
+def compiled_temp_bytes(module, variables, x, *, grad=True):
+    """XLA's temporary bytes for one compiled call of ``module`` on ``x`` (forward+backward when ``grad``).
+
+    What the complexity tests compare across lengths: the scratch memory the
+    compiler allocates (``memory_analysis().temp_size_in_bytes``), not the
+    inputs or parameters.
+    """
+    if grad:
+        fn = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=1))
+    else:
+        fn = jax.jit(module.apply)
+    return fn.lower(variables, x).compile().memory_analysis().temp_size_in_bytes
+
+
+def check_memory_growth(module, rng, *, length, width=16, batch=1, exponent=1.0, slack=1.5, grad=True):
+    """The compiled temporary memory from ``length`` to ``4 * length`` grows at most as ``length ** exponent``.
+
+    ``exponent`` is the paper's claim (1 for linear, 2 for quadratic, 1.5 for
+    O(L^1.5), ...); the ratio may exceed ``4 ** exponent`` by ``slack``
+    (constants and padding), and it must stay below quadratic's ``16`` when
+    ``exponent < 2`` so a test of a sub-quadratic claim can fail.
+
+    Returns:
+      The measured ratio (for the test's message).
+    """
+    x1 = random_input(rng, batch, length, width)
+    x4 = random_input(rng, batch, 4 * length, width)
+    variables = init(module, x1)
+    small = compiled_temp_bytes(module, variables, x1, grad=grad)
+    large = compiled_temp_bytes(module, variables, x4, grad=grad)
+    ratio = large / max(small, 1)
+    bound = 4**exponent * slack
+    if exponent < 2:
+        bound = min(bound, 0.9 * 16)
+    assert ratio <= bound, f"temp memory grew {ratio:.2f}x from L={length} to {4 * length}; allowed {bound:.2f}x"
+    return ratio
