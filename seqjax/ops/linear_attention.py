@@ -30,7 +30,10 @@ Implementations (``impl``):
     earlier sub-blocks the factorisation exp(c_t - c_s) = exp(c_t - r) exp(r - c_s) through the
     cumulative decay r at the end of the preceding sub-block, where both factors
     are <= 1 (each exponent again a sum of the log decays it spans).
-  * ``"auto"``: ``"chunked"`` on every platform and length. Measured with
+  * ``"pallas"``: the chunked kernels of :mod:`seqjax.kernels.linear_attention`
+    (causal calls; GPU/TPU, interpreted, slowly, on CPU).
+  * ``"auto"``: ``"pallas"`` on GPU and TPU (``docs/kernels.md``); ``"chunked"``
+    on CPU at every length. Measured with
     ``benchmarks/bench_linear_attention.py`` (b=1, h=4, dk=dv=64, 2 dedicated
     CPU cores; ms at l = 512 / 2048 / 8192): gradients, sequential 33 / 112 / 532 vs
     chunked 3 / 17 / 129 without decay, and 33 / 161 / 619 vs 10 / 91 / 342 with
@@ -122,7 +125,7 @@ def linear_attention(
       chunk_size: chunk length of ``"chunked"``; any length works (the sequence
         is padded at the end with zero keys/values and zero log decay, which
         leaves the final state unchanged).
-      impl: ``"auto"``, ``"reference"``, ``"sequential"`` or ``"chunked"``.
+      impl: ``"auto"``, ``"reference"``, ``"sequential"``, ``"chunked"`` or ``"pallas"`` (causal only).
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``q, k, v`` (and of a
         ``(b, l, h)`` or ``(b, l, h, dk)`` ``log_decay`` and of ``segment_ids``)

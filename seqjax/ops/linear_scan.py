@@ -11,8 +11,11 @@ Implementations (``impl``):
     ``(a1, b1) ∘ (a2, b2) = (a1 a2, a2 b1 + b2)``; O(log L) depth, ~2x the flops.
   * ``"chunked"``: associative scan inside chunks of ``chunk_size`` positions
     (vectorised over chunks), then a sequential scan over the chunk carries.
+  * ``"pallas"``: the kernel of :mod:`seqjax.kernels.linear_scan` (GPU/TPU;
+    interpreted, slowly, on CPU).
   * ``"auto"``: ``"sequential"`` on CPU, where it beats ``"associative"`` by ~3x
-    (see ``benchmarks/results``); ``"associative"`` on accelerators.
+    (see ``benchmarks/results``); on GPU and TPU the Pallas kernel (``"pallas"``, registered by :mod:`seqjax.kernels`; ``docs/kernels.md``), else
+    ``"associative"``.
 
 Sequence parallelism: ``sequence_axis=`` (inside ``jax.shard_map``, the length
 split over that mesh axis) runs :func:`seqjax.ops.linear_scan_sp.linear_scan_sp`
@@ -66,7 +69,7 @@ def linear_scan(
       segment_ids: ``(batch, length)`` integers; where the id changes (in scan
         order) the state restarts from zero, so packed sequences behave as
         separate ones. ``h0`` applies to the first segment only.
-      impl: one of ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"``.
+      impl: one of ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"``, ``"pallas"``.
       chunk_size: chunk length for ``"chunked"``.
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``a``, ``b`` (and

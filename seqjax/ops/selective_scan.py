@@ -34,7 +34,10 @@ Mamba), which is what the implementations differ on:
     2.5-5x faster than ``"reference"``'s; its forward+backward is 3-6x its own
     forward (``"chunked"``: 3.7-8x). On accelerators one step per position is
     a long chain of small kernels, which is what ``"chunked"`` avoids.
-  * ``"auto"``: ``"sequential"`` on CPU; elsewhere ``"reference"`` while
+  * ``"pallas"``: the kernels of :mod:`seqjax.kernels.selective_scan` (GPU for
+    ``n <= 16``, TPU; interpreted, slowly, on CPU).
+  * ``"auto"``: ``"sequential"`` on CPU; ``"pallas"`` on TPU and on GPU for
+    ``n <= 16`` (``docs/kernels.md``); elsewhere ``"reference"`` while
     ``b·l·d·n <= 2**19``, else ``"chunked"`` (the rows of
     :data:`seqjax.ops.dispatch.AUTO_TABLE`; see :func:`auto_impl` for the
     numbers).
@@ -109,7 +112,8 @@ def selective_scan(
         to the next, the state restarts from zero.
       return_last_state: also return the state after the last position.
       impl: one of ``"auto"``, ``"reference"``, ``"chunked"``,
-        ``"sequential"``; ``"auto"`` runs ``"sequential"`` on CPU, elsewhere
+        ``"sequential"``, ``"pallas"``; ``"auto"`` runs ``"sequential"`` on
+        CPU, ``"pallas"`` on TPU and on GPU for ``n <= 16``, elsewhere
         ``"reference"`` while ``b*l*d*n <= 2**19`` and ``"chunked"`` above
         (see :func:`auto_impl`).
       chunk_size: positions per chunk for ``"chunked"`` and ``"sequential"``
@@ -166,9 +170,10 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
     """The implementation a call runs: ``impl``, or the ``auto`` table's pick for its size.
 
     The table (:data:`seqjax.ops.dispatch.AUTO_TABLE`): ``"sequential"`` on
-    CPU; on other platforms it reads the state size ``b*l*d*n``:
-    ``"reference"`` up to 2**19 state elements (2 MiB per float32 state
-    tensor), else ``"chunked"``.
+    CPU; ``"pallas"`` on TPU and on GPU for ``n <= 16`` (rows added by
+    :mod:`seqjax.kernels.selective_scan`); otherwise it reads the state size
+    ``b*l*d*n``: ``"reference"`` up to 2**19 state elements (2 MiB per float32
+    state tensor), else ``"chunked"``.
 
     Measured on the shared 2-core development CPU (jit, forward /
     forward+backward in ms with gradients for all eight inputs and
@@ -190,9 +195,9 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
     ``(b, chunk, d, n)`` tensors of decays, inputs and states (several times
     over in its backward), and ``"reference"`` writes a dozen ``(b, l, d, n)``
     tensors, which fall out of cache past ~2**19 elements. The last row is
-    Mamba's at LRA scale (width 64, expand 2, batch 16). On GPU and TPU the
-    rows keep ``"reference"`` up to 2**19 and ``"chunked"`` above
-    (associative scans inside chunks) until a kernel is qualified there. The
+    Mamba's at LRA scale (width 64, expand 2, batch 16). Where the Pallas
+    kernel does not apply (GPU with ``n > 16``) the rows keep ``"reference"``
+    up to 2**19 and ``"chunked"`` above (associative scans inside chunks). The
     timings were taken on a shared, loaded machine (noise of +-50%); the
     ratios are what counts.
 

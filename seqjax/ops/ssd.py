@@ -16,7 +16,10 @@ only in how they evaluate it:
   * ``"chunked"``: the SSD algorithm: the quadratic form inside chunks of
     ``chunk_size``, each chunk's end state, a ``linear_scan`` over chunk states
     (the only sequential part) and the state-to-output term.
-  * ``"auto"``: ``"reference"`` when the sequence fits in one chunk
+  * ``"pallas"``: the chunked kernels of :mod:`seqjax.kernels.ssd` (GPU/TPU;
+    interpreted, slowly, on CPU).
+  * ``"auto"``: on GPU and TPU ``"pallas"`` (``docs/kernels.md``); otherwise
+    ``"reference"`` when the sequence fits in one chunk
     (``l <= chunk_size``), where the chunked form computes the same quadratic
     form plus a chunk state and a scan that nothing needs (CPU, h=8, p=n=64:
     l=64 forward 0.44 vs 0.76 ms, forward+backward 4.0 vs 7.8 ms); otherwise
@@ -100,7 +103,7 @@ def ssd(
         for zeros; it applies to the first segment only.
       segment_ids: ``(b, l)`` integers; where the id changes the state restarts
         from zero, so packed sequences behave as separate ones.
-      impl: one of ``"auto"``, ``"reference"``, ``"sequential"``, ``"chunked"``.
+      impl: one of ``"auto"``, ``"reference"``, ``"sequential"``, ``"chunked"``, ``"pallas"``.
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length axis of ``x, dt, B, C`` (and
         ``segment_ids``) split contiguously over the mesh axis of this name

@@ -17,6 +17,7 @@ from seqjax.kernels.attention_vendor import fused_attention, splash_call
 from seqjax.ops import dispatch
 from seqjax.ops.attention import attention, call_sizes
 from seqjax.ops.flash import resolve_window
+from tests.kernels.lowering import lower_for
 from tests.ops.ref_attention import attention_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_GRAD, assert_rel_close
 
@@ -150,5 +151,5 @@ def test_splash_lowers_for_tpu_at_l8192():
         return jnp.sum(out.astype(jnp.float32))
 
     grad = jax.grad(loss, argnums=(0, 1, 2))
-    text = jax.jit(grad).trace(q, kv, kv, seg).lower(lowering_platforms=("tpu",)).as_text()
+    text = lower_for(grad, (q, kv, kv, seg), "tpu")
     assert "tpu_custom_call" in text

@@ -20,6 +20,7 @@ from seqjax.kernels.attention import pallas_attention
 from seqjax.kernels.attention_common import AttnConfig, visible, whole_key_blocks, whole_query_blocks
 from seqjax.ops import dispatch
 from seqjax.ops.attention import attention
+from tests.kernels.lowering import lower_for
 from tests.ops.ref_attention import attention_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_GRAD, assert_rel_close
 
@@ -197,16 +198,6 @@ def test_bias_is_refused_in_one_line():
 # --- lowering for the accelerators, at a realistic size ----------------------------
 
 
-def _target(platform):
-    """JAX >= 0.11 needs the GPU named to lower a Triton kernel without one (an abstract device)."""
-    if platform != "cuda" or not hasattr(jax.sharding, "AbstractDevice"):
-        return contextlib.nullcontext()
-    from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
-
-    device = AbstractDevice(device_kind="NVIDIA H200", num_cores=None, platform="gpu")
-    return use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=device))
-
-
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
 @pytest.mark.parametrize("segments", [True, False], ids=["segments_window", "causal"])
@@ -225,8 +216,7 @@ def test_lowers_for_accelerators_at_l8192(platform, grad, segments):
     fn = forward
     if grad:
         fn = jax.grad(lambda q, k, v, seg: jnp.sum(forward(q, k, v, seg).astype(jnp.float32)), argnums=(0, 1, 2))
-    with _target(platform):
-        text = jax.jit(fn).trace(q, kv, kv, seg).lower(lowering_platforms=(platform,)).as_text()
+    text = lower_for(fn, (q, kv, kv, seg), platform)
     kernels = ("seqjax_attention_dq", "seqjax_attention_dkdv") if grad else ("seqjax_attention_fwd",)
     for name in kernels:
         assert name in text, f"{name} missing from the {platform} lowering"

@@ -19,7 +19,7 @@ from seqjax.kernels.linear_attention import linear_attention_pallas
 from seqjax.ops import dispatch
 from seqjax.ops.common import segment_runs
 from seqjax.ops.linear_attention import linear_attention, per_step_log_decay
-from tests.kernels.lowering_chunk import lower
+from tests.kernels.lowering import lower
 from tests.ops.ref_linear_attention import linear_attention_ref
 from tests.ops.utils import RTOL_GRAD, RTOL_SCAN, assert_rel_close
 

@@ -18,7 +18,7 @@ import pytest
 from seqjax.kernels.ssd import ssd_pallas
 from seqjax.ops import dispatch
 from seqjax.ops.ssd import ssd
-from tests.kernels.lowering_chunk import lower
+from tests.kernels.lowering import lower
 from tests.ops.ref_ssd import ssd_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_GRAD, assert_rel_close
 
