@@ -8,16 +8,18 @@ One call of :func:`run`:
    naming the fields; see :data:`~seqjax.train.config.RESUMABLE_FIELDS`), and
    returns ``workdir/results.json`` unchanged if it exists for the same
    ``train.steps``;
-2. :func:`set_up`: builds the task and the model (their own checks), and only
-   then creates the workdir (a config that fails leaves no folder behind);
-   then the mesh (``config.mesh``: axes ``data``, ``fsdp``, ``sequence``,
-   ``tensor`` and a rule preset, see :mod:`seqjax.parallel`), the optimiser
-   (parameter groups from :mod:`seqjax.models.param_groups`) and the
-   shardings of the state and the batch;
+2. :func:`set_up`: builds the task and the model (their own checks), the
+   mesh (``config.mesh``: axes ``data``, ``fsdp``, ``sequence``, ``tensor``
+   and a rule preset, see :mod:`seqjax.parallel`), the optimiser (parameter
+   groups from :mod:`seqjax.models.param_groups`) and the shardings of the
+   state and the batch, checks ``train.init_from`` against the parameters'
+   shapes, and only then creates the workdir (a config that fails leaves no
+   folder behind);
 3. :func:`restore_or_init`: restores the newest checkpoint in
    ``workdir/checkpoints`` (state, data iterator, rng) or initialises a fresh
    state directly in its shardings (parameters split by their logical names;
-   no full copy on one device);
+   no full copy on one device), whose parameters ``train.init_from`` may
+   then replace by path (:mod:`seqjax.train.init_from`);
 4. :func:`train_loop`: trains with a step jitted with in/out shardings (batch
    split over the batch axes and, under ``fsdp+sequence``, its length over
    ``sequence``; state donated; dropout key ``fold_in(key, step)`` so a
