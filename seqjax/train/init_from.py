@@ -13,7 +13,11 @@ initialised parameters by path (``backbone/block_0/mixer/A_log``):
 
 - *matched*: in both, with equal shapes: the source's values;
 - *new*: only in this model: they keep their initialisation;
-- *dropped*: only in the source: not used.
+- *dropped*: only in the source: not used;
+- *skipped*: in both, but under a prefix of ``config.train.init_from_skip``
+  (comma-separated path prefixes, e.g. ``"head"``): they keep their
+  initialisation and their shapes are not compared (a pretrained LM head's
+  ``head/logits`` has the vocabulary's width, a classifier's the classes').
 
 A matched path whose shapes differ is a :class:`~seqjax.errors.ConfigError`
 naming the path and both shapes, raised from the checkpoints' metadata before
@@ -49,6 +53,7 @@ class Plan:
       matched: paths in both trees with equal shapes, sorted.
       new: paths only in the new model, sorted.
       dropped: paths only in the source, sorted.
+      skipped: paths in both under an ``init_from_skip`` prefix (kept at their init), sorted.
       saved: the source's whole saved state tree (``ArrayMetadata`` leaves), the restore target's structure.
     """
 
@@ -58,6 +63,7 @@ class Plan:
     matched: tuple[str, ...]
     new: tuple[str, ...]
     dropped: tuple[str, ...]
+    skipped: tuple[str, ...]
     saved: Any
 
 
@@ -148,13 +154,22 @@ def plan(config, workdir: Path, abstract_params: Any) -> Plan | None:
         why = "; ".join(reasons) if reasons else "no params in the saved state"
         raise ConfigError(f"{FIELD}={source!r}: no checkpoint in {where} is readable ({why})")
     old, new = flat_params(saved["params"]), flat_params(abstract_params)
-    matched = sorted(set(old) & set(new))
+    prefixes = skip_prefixes(config.train.get("init_from_skip"))
+    both = sorted(set(old) & set(new))
+    skipped = [p for p in both if any(p == q or p.startswith(q + "/") for q in prefixes)]
+    matched = [p for p in both if p not in skipped]
     for path in matched:
         if tuple(old[path].shape) != tuple(new[path].shape):
             raise ConfigError(f"{FIELD}={source!r}: parameter {path} has shape {tuple(old[path].shape)} in the "
                               f"source but {tuple(new[path].shape)} in this model")
     return Plan(source=str(source), root=root, step=pinned, matched=tuple(matched),
-                new=tuple(sorted(set(new) - set(old))), dropped=tuple(sorted(set(old) - set(new))), saved=saved)
+                new=tuple(sorted(set(new) - set(old))), dropped=tuple(sorted(set(old) - set(new))),
+                skipped=tuple(skipped), saved=saved)
+
+
+def skip_prefixes(value: str | None) -> tuple[str, ...]:
+    """The path prefixes of ``config.train.init_from_skip`` (``"head, backbone/block_3"``), without slashes at the ends."""
+    return tuple(q.strip().strip("/") for q in (value or "").split(",") if q.strip().strip("/"))
 
 
 def _target(the_plan: Plan, params: Any) -> Any:
@@ -184,7 +199,7 @@ def load(the_plan: Plan, state: Any, *, report=None) -> tuple[Any, dict]:
     Returns:
       ``(state, record)``: the state with the matched parameters replaced
       (same shardings and dtypes; optimiser state and step untouched) and the
-      record (``source``, ``step``, ``matched``, ``new``, ``dropped``, ``message``).
+      record (``source``, ``step``, ``matched``, ``new``, ``dropped``, ``skipped``, ``message``).
 
     Raises:
       ConfigError: no checkpoint of the source restores.
@@ -211,7 +226,7 @@ def load(the_plan: Plan, state: Any, *, report=None) -> tuple[Any, dict]:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state.params)
     params = jax.tree_util.tree_unflatten(treedef, [copied.get(param_path(p), v) for p, v in leaves])
     record = {"source": str(the_plan.root), "step": int(step), "matched": list(the_plan.matched),
-              "new": list(the_plan.new), "dropped": list(the_plan.dropped)}
+              "new": list(the_plan.new), "dropped": list(the_plan.dropped), "skipped": list(the_plan.skipped)}
     record["message"] = message(the_plan.source, record)
     return state.replace(params=params), record
 
@@ -244,9 +259,11 @@ def _some(paths, shown: int = 3) -> str:
 
 
 def message(source: str, record: dict) -> str:
-    """``init_from <source> (step N): 24 matched, 2 new (head/bias, head/kernel), 1 dropped (...)``."""
+    """``init_from <source> (step N): 24 matched, 2 new (head/bias, head/kernel), 1 dropped (...)[, 2 skipped (...)]``."""
+    skipped = record.get("skipped") or []
     return (f"init_from {source} (step {record['step']}): {len(record['matched'])} matched, "
-            f"{len(record['new'])} new{_some(record['new'])}, {len(record['dropped'])} dropped{_some(record['dropped'])}")
+            f"{len(record['new'])} new{_some(record['new'])}, {len(record['dropped'])} dropped{_some(record['dropped'])}"
+            + (f", {len(skipped)} skipped{_some(skipped)}" if skipped else ""))
 
 
 def write_record(workdir: Path, record: dict) -> None:
@@ -254,5 +271,5 @@ def write_record(workdir: Path, record: dict) -> None:
     write_json_atomic(Path(workdir) / RECORD_FILE, record)
 
 
-__all__ = ["Plan", "plan", "load", "apply", "message", "has_checkpoints", "flat_params", "param_path", "write_record",
-           "RECORD_FILE"]
+__all__ = ["Plan", "plan", "load", "apply", "message", "has_checkpoints", "flat_params", "skip_prefixes",
+           "param_path", "write_record", "RECORD_FILE"]

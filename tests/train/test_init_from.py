@@ -128,6 +128,35 @@ def test_a_shape_mismatch_names_the_path_and_both_shapes(source, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+class WideHeadModel(nn.Module):
+    """ToyModel with two outputs: ``Dense_1`` (16, 2) where the source has (16, 1)."""
+
+    @nn.compact
+    def __call__(self, x, segment_ids=None, deterministic=True):
+        del segment_ids, deterministic
+        h = nn.LayerNorm(name="LayerNorm_0")(nn.gelu(nn.Dense(16, name="Dense_0")(x)))
+        return nn.Dense(2, name="Dense_1")(h)[..., :1]
+
+
+def test_init_from_skip_keeps_a_prefix_at_its_init(source, tmp_path):
+    src, src_params = source
+    config = make_config(steps=2)
+    config.train.init_from = str(src)
+    with pytest.raises(ConfigError, match=r"parameter Dense_1/bias has shape \(1,\) in the source but \(2,\)"):
+        run(config, tmp_path / "refused", task=ToyTask(), model=WideHeadModel())
+    config.train.init_from_skip = " Dense_1/ , Dense"  # "Dense" is no path component: it skips nothing
+    start = _start(config, tmp_path / "run", WideHeadModel())
+    fresh = _start(make_config(steps=2), tmp_path / "fresh", WideHeadModel())
+    got, init = flat_params(start.state.params), flat_params(fresh.state.params)
+    assert start.init_from["skipped"] == DROPPED and start.init_from["matched"] == MATCHED
+    assert start.init_from["new"] == [] and start.init_from["dropped"] == []
+    assert start.init_from["message"].endswith("4 matched, 0 new, 0 dropped, 2 skipped (Dense_1/bias, Dense_1/kernel)")
+    for path in MATCHED:
+        np.testing.assert_array_equal(np.asarray(got[path]), src_params[path], err_msg=path)
+    for path in DROPPED:
+        np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(init[path]), err_msg=path)
+
+
 def test_bad_sources_are_one_line_errors(source, tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
