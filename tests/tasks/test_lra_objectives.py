@@ -152,3 +152,33 @@ def test_a_tiny_run_learns(tmp_path, rng, monkeypatch, objective):
     assert curve[-1] < 0.5 * curve[0], curve
     assert math.isfinite(res["metrics"]["ce"]) and res["metrics"]["ce"] < 0.5 * math.log(10), res["metrics"]
     assert res["metrics"]["test"]["num_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_pretrain_then_classify_from_it(tmp_path, rng, monkeypatch):
+    """causal_lm pretraining, then a classifier started from it with init_from_skip=head."""
+    from seqjax import train
+    from seqjax.train import default_config
+
+    recs = _records(rng, 128)
+    sources = {"train": recs, "test": recs[:32]}
+    model = dict(mixers="sliding_window", mixer_kwargs={"sliding_window": {"window": 2}}, num_layers=1, d_model=16,
+                 causal=True, vocab_size=10, positions="none", max_length=12)
+    config = default_config()
+    config.task = _cfg(objective="causal_lm", eval_splits=("test",))
+    config.model = dict(model, head="lm")
+    config.train.steps, config.train.batch_size, config.train.progress = 10, 8, False
+    config.mesh.data = 1
+    train.run(config, str(tmp_path / "pre"), task=_task(config.task, sources, monkeypatch))
+    config.task = _cfg(eval_splits=("test",))
+    config.model = dict(model, head="classification", num_classes=2, pooling="last")
+    config.train.init_from = str(tmp_path / "pre")
+    with pytest.raises(ConfigError, match=r"parameter head/logits/kernel has shape \(16, 10\) in the source but "
+                                          r"\(16, 2\) in this model"):
+        train.run(config, str(tmp_path / "cls0"), task=_task(config.task, sources, monkeypatch))
+    config.train.init_from_skip = "head"
+    res = train.run(config, str(tmp_path / "cls"), task=_task(config.task, sources, monkeypatch))
+    record = res["init_from"]
+    assert record["skipped"] == ["head/logits/kernel"] and record["new"] == ["head/logits/bias"]
+    assert record["dropped"] == [] and any(p.startswith("backbone/") for p in record["matched"])
+    assert any(p.startswith("embed/") for p in record["matched"]) and math.isfinite(res["metrics"]["accuracy"])
