@@ -83,6 +83,8 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
         raise ConfigError(f"config.task is missing; allowed task names: {', '.join(tasks.names())}")
     task = tasks.build(config.task)
     train_config.check_lengths(config, task)
+    if hasattr(task, "check_model"):  # a task that needs a kind of model (an LM head for LRA's causal_lm)
+        task.check_model(model_config)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")
     # Errors that only the width reveals (heads that do not divide d_model): an abstract init.
     models.check_build(model_config, task.max_length)

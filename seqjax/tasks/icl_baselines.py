@@ -20,8 +20,10 @@ Learners (Garg et al. 2022; Akyürek et al. 2022):
     (:func:`bayes_ridge_lambda`);
   - k-NN: mean ``y`` of the ``min(k, i)`` nearest earlier ``x`` (Euclidean);
   - averaging: ``w = mean_j x_j y_j``;
-  - gradient descent: ``steps`` steps of size ``lr`` from ``w = 0`` on
-    ``L(w) = 1/(2m) sum_{j<i} (w.x_j - y_j)^2`` (``m = i``);
+  - gradient descent: ``steps`` steps of size ``min(lr, 1/lambda_max)`` from
+    ``w = 0`` on ``L(w) = 1/(2m) sum_{j<i} (w.x_j - y_j)^2`` (``m = i``),
+    ``lambda_max`` the largest eigenvalue of the prefix's ``X^T X / m``, so
+    the loss never increases on any prompt (see :func:`gd_weights`);
   - Lasso: ``1/(2m) sum (w.x_j - y_j)^2 + alpha |w|_1`` (scikit-learn's
     scaling) by a fixed number of FISTA iterations with step ``1/L``, ``L``
     the largest eigenvalue of ``X^T X / m``.
@@ -122,22 +124,42 @@ def averaging_weights(xs: jax.Array, ys: jax.Array) -> jax.Array:
 
 
 def gd_weights(xs: jax.Array, ys: jax.Array, steps: int = 10, lr: float = 0.05) -> jax.Array:
-    """Gradient descent from zero on the prefix's mean squared loss.
+    """Gradient descent from zero on the prefix's mean squared loss, at a stable step.
+
+    The loss ``L(w) = 1/(2m) sum_{j<i} (w.x_j - y_j)^2`` has Hessian ``G =
+    X^T X / m``. A fixed step above ``2/lambda_max(G)`` diverges like ``|1 -
+    lr lambda_max|^steps``, and ``lambda_max`` varies a lot between prompts
+    (``|x_0|^2`` for one example), so each prefix takes the step
+
+        ``eta_i = min(lr, 1 / lambda_max(G_i))``
+
+    (``lr`` itself wherever it is already stable). With ``eta <= 1/lambda_max``
+    every eigen-component of the error shrinks monotonically: after ``t``
+    steps ``w_t = (I - (I - eta G)^t) G^+ c`` along ``G``'s range (zero
+    off it), hence
+
+      - the loss is non-increasing in ``t`` (``L(w - eta g) <= L(w) - eta/2 |g|^2``);
+      - ``|w_t| <= |pinv(X_{<i}) y_{<i}|``, the minimum-norm least-squares
+        weights' norm, so a prediction is at most ``|w_ls| |x_i|``.
 
     Args:
       xs: ``(b, n, d)``.
       ys: ``(b, n)``.
       steps: number of full-batch steps (static).
-      lr: step size on ``L(w) = 1/(2m) sum_{j<i} (w.x_j - y_j)^2``.
+      lr: the largest step size allowed (> 0).
 
     Returns:
       ``(b, n, d)`` weights after ``steps`` steps.
     """
     g, c, _ = _moments(xs, ys)
+    lmax = jnp.linalg.eigvalsh(g)[..., -1]
+    # Empty prefix (i = 0): G = 0 and c = 0 keep w = 0 at any step; the floor
+    # only avoids 1/0.
+    eta = jnp.minimum(lr, 1.0 / jnp.maximum(lmax, 1e-12))[..., None]
 
     def step(w, _):
         grad = jnp.einsum("bide,bie->bid", g, w, precision=_HI) - c
-        return w - lr * grad, None
+        return w - eta * grad, None
 
     w, _ = jax.lax.scan(step, jnp.zeros_like(c), None, length=int(steps))
     return w

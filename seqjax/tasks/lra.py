@@ -20,6 +20,11 @@ Config (``config.task``, name ``"lra"``):
   122.6/255 and std 61.0/255 as in REFERENCES.md); image datasets only.
 - ``eval_splits`` (default ``("validation", "test")``), ``eval_examples``
   (0 = the whole split), ``eval_batch_size``.
+- ``objective``: ``"classify"`` (the benchmark), or a pretraining objective
+  on the inputs alone, ``"causal_lm"`` or ``"masked_lm"`` (with
+  ``mask_token_id``, default 0, the pad id, for the variable-length
+  datasets); see :mod:`seqjax.tasks.lra_objectives`. Single-sequence token
+  datasets only; the model needs ``head="lm"``.
 
 Batches: ``inputs`` ``(b, l)`` int32 (``(b, l, 1)`` float32 for continuous
 pixels; ``(b, 2, l)`` for retrieval), ``mask`` (True at real tokens, the
@@ -48,6 +53,7 @@ import numpy as np
 
 from seqjax.data.pipeline import make_loader
 from seqjax.errors import ConfigError, check_choice, check_positive
+from seqjax.tasks import lra_objectives as objectives
 from seqjax.tasks.base import Batch, DataIterator, Metrics, host_shard, row_weights
 
 # dataset -> (classes, retrieval?, variable length?, image?)
@@ -63,7 +69,7 @@ PIXEL_MEAN, PIXEL_STD = 122.6 / 255.0, 61.0 / 255.0
 
 _DEFAULTS = dict(dataset=None, builder_config=None, builder_kwargs=None, data_dir=None, manual_dir=None,
                  max_length=None, pixels="tokens", eval_splits=("validation", "test"), eval_examples=0,
-                 eval_batch_size=32)
+                 eval_batch_size=32, objective="classify", mask_token_id=None)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -82,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "name": "lra", **_DEFAULTS,
         "dataset": placeholder(str), "builder_config": placeholder(str), "data_dir": placeholder(str),
-        "manual_dir": placeholder(str), "max_length": placeholder(int),
+        "manual_dir": placeholder(str), "max_length": placeholder(int), "mask_token_id": placeholder(int),
         "builder_kwargs": None,  # an open map: None or {make_config kwarg: value}
     })
 
@@ -142,6 +148,8 @@ class LRATask:
       eval_batch_size: rows per ``predict`` call in :meth:`evaluate`.
       data_dir: tfds data directory.
       manual_dir: folder of the official archives.
+      objective: ``"classify"``, ``"causal_lm"`` or ``"masked_lm"``.
+      mask_token_id: the id masked tokens become (``masked_lm``; else None).
     """
 
     name = "lra"
@@ -185,6 +193,26 @@ class LRATask:
         self.data_dir = os.fspath(_get(task_config, "data_dir") or os.path.join(root, "lra"))
         self.manual_dir = os.fspath(_get(task_config, "manual_dir") or os.path.join(root, "lra_manual"))
         self._builder = None
+        self.objective = _get(task_config, "objective")
+        check_choice(f"{p}.objective", self.objective, objectives.OBJECTIVES)
+        self.mask_token_id = None
+        if self.objective in objectives.LM_OBJECTIVES:
+            if self.retrieval or self.pixels != "tokens":
+                raise ConfigError(f"{p}.objective={self.objective!r} needs one sequence of tokens, not "
+                                  f"{dataset!r} with pixels={self.pixels!r}; allowed here: classify")
+            mask_id = _get(task_config, "mask_token_id")
+            if self.objective == "masked_lm":
+                if mask_id is None and not self._variable:
+                    raise ConfigError(f"{p}.mask_token_id is needed for masked_lm on {dataset!r} (every pixel id "
+                                      "0..255 is real): e.g. 256 with config.model.vocab_size >= 257")
+                mask_id = 0 if mask_id is None else mask_id  # the pad id: no real token of these datasets
+                if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
+                    raise ConfigError(f"{p}.mask_token_id={mask_id!r} must be an int >= 0")
+                self.mask_token_id = int(mask_id)
+
+    def check_model(self, model_config) -> None:
+        """Raises a one-line ConfigError when ``config.model`` cannot train :attr:`objective`."""
+        objectives.check_model(self.objective, model_config, self.mask_token_id)
 
     # Data ------------------------------------------------------------------
     def builder_config(self):
@@ -233,7 +261,10 @@ class LRATask:
             inputs = ((tokens.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD)[..., None]
         else:
             inputs = tokens
-        return {"inputs": inputs, "mask": mask, "label": np.asarray(raw["label"]).astype(np.int32)}
+        batch = {"inputs": inputs, "mask": mask, "label": np.asarray(raw["label"]).astype(np.int32)}
+        if self.objective in objectives.LM_OBJECTIVES:
+            batch = objectives.lm_batch(batch, self.objective, self.mask_token_id)
+        return batch
 
     def train_iterator(self, seed: int, batch_size: int) -> DataIterator:
         """Shuffled, repeated, padded training batches (see the module docstring).
@@ -253,7 +284,7 @@ class LRATask:
 
     # Loss -------------------------------------------------------------------
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
-        """Softmax cross-entropy of the class logits.
+        """Softmax cross-entropy of the class logits (of the tokens: :func:`~seqjax.tasks.lra_objectives.lm_loss`).
 
         Args:
           outputs: logits ``(b, num_classes)``.
@@ -263,6 +294,8 @@ class LRATask:
         Returns:
           ``(ce, {"ce": ce, "acc": acc})``.
         """
+        if self.objective in objectives.LM_OBJECTIVES:
+            return objectives.lm_loss(outputs, batch, self.objective)
         logits = outputs.astype(jnp.float32)
         labels = batch["label"].astype(jnp.int32)
         w = row_weights(batch, labels.shape[0])
@@ -283,10 +316,18 @@ class LRATask:
 
         Returns:
           ``{split: {"accuracy", "ce", "num_examples", "label_counts",
-          "majority"}, "accuracy": <last split's accuracy>}``.
+          "majority"}, "accuracy": <last split's accuracy>}``; for an LM
+          objective ``{split: {"ce", "acc", "num_examples", "num_tokens"}, "ce": <last split's>}``.
         """
         del seed
         out: Metrics = {}
+        if self.objective in objectives.LM_OBJECTIVES:  # token ce/acc per split; "ce" is the last split's
+            for split in self.eval_splits:
+                out[split] = objectives.evaluate_lm_split(self.source(split), predict, self.to_batch,
+                                                          max_length=self.max_length,
+                                                          batch_size=self.eval_batch_size, limit=self.eval_examples)
+            out["ce"] = out[self.eval_splits[-1]]["ce"]
+            return out
         for split in self.eval_splits:
             out[split] = evaluate_split(self.source(split), predict, self.to_batch, features=self._features(),
                                         max_length=self.max_length, batch_size=self.eval_batch_size,

@@ -61,18 +61,35 @@ class Checkpointer:
       manager: the orbax ``CheckpointManager``.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, async_save: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, async_save: bool = True,
+                 read_only: bool = False):
+        """Opens (or, unless ``read_only``, creates) ``workdir/checkpoints``.
+
+        Args:
+          workdir: the run folder.
+          keep: newest checkpoints kept.
+          async_save: whether saves return before the files are written.
+          read_only: open another run's checkpoints to read them
+            (``train.init_from``): nothing is created, cleaned up or saved
+            there, since that run may still be writing to it.
+        """
         self.directory = Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            create=True,
-            # A killed run can leave orbax temporary directories behind.
-            cleanup_tmp_directories=True,
-            enable_async_checkpointing=async_save,
-        )
+        with _quiet_orbax():  # read_only: orbax logs the save options it turns off
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=not read_only,
+                # A killed run can leave orbax temporary directories behind.
+                cleanup_tmp_directories=not read_only,
+                enable_async_checkpointing=async_save,
+                read_only=read_only,
+                save_root_metadata=not read_only,
+            )
+        # Handlers named up front let item_metadata read a step's shapes without restoring it.
+        items = dict(item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+                     ) if read_only else dict(item_names=("state", "meta"))
         # Opening reads each step's _CHECKPOINT_METADATA; orbax logs a missing or damaged one, which it does not need.
         with _quiet_orbax():
-            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+            self.manager = ocp.CheckpointManager(self.directory, options=options, **items)
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -100,6 +117,21 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
+
+    def state_metadata(self, step: int) -> Any:
+        """The saved state's tree of checkpoint ``step`` with orbax ``ArrayMetadata`` leaves (shape, dtype).
+
+        Reads only metadata files, no array data. Needs ``read_only=True``
+        (the handlers that read metadata are named only then).
+
+        Raises:
+          Any orbax/IO error of a missing or damaged metadata file.
+        """
+        with _quiet_orbax():
+            tree = self.manager.item_metadata(int(step))["state"]
+        if tree is None:
+            raise ValueError("the state's metadata is missing")
+        return getattr(tree, "tree", tree)
 
     def restore(self, step: int, abstract_state: Any | None = None) -> tuple[Any, dict]:
         """Restores checkpoint ``step``.

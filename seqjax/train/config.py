@@ -55,6 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
             # Stop when a loss exceeds this many times its running median (seqjax.train.guards); 0/None: off.
             "divergence_factor": 1e3,
             "progress": True,
+            # A run folder (or checkpoints folder) whose parameters start a new run; see seqjax.train.init_from.
+            "init_from": placeholder(str),
+            "init_from_skip": "",  # comma-separated parameter path prefixes init_from does not copy (e.g. "head")
         },
         # -1: the devices the other axes leave; presets in seqjax/parallel/rules.py.
         "mesh": parallel.mesh.default_config().to_dict(),
@@ -114,6 +117,14 @@ def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
                           "divergence rule off")
     if not isinstance(train.get("progress"), bool):
         raise ConfigError(f"config.train.progress={train.get('progress')!r} must be True or False")
+    init_from = train.get("init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ConfigError(f"config.train.init_from={init_from!r} must be a path (a run folder, its checkpoints folder "
+                          "or a checkpoints/<step> folder), or None / '' for a fresh start")
+    skip = train.get("init_from_skip")
+    if skip is not None and not isinstance(skip, str):
+        raise ConfigError(f"config.train.init_from_skip={skip!r} must be a string of comma-separated parameter path "
+                          "prefixes (e.g. 'head'), or ''")
     optim_lib.validate(_section(config, "optim"), train.steps)
     mesh_cfg = _section(config, "mesh")
     sizes = parallel.mesh_shape(mesh_cfg, num_devices)
@@ -198,12 +209,13 @@ def check_lengths(config, task) -> None:
 # --- one run per folder --------------------------------------------------------------
 
 # Fields that may change between invocations in the same folder: they change
-# bookkeeping or placement, not what is trained (train.steps may grow to
+# bookkeeping or placement, not what is trained (train.init_from is read only
+# by a run's first start; a resume restores its own state) (train.steps may grow to
 # extend a run; the mesh and the processes may change, since 8 devices train
 # as 1 does and checkpoints restore into any sharding).
 RESUMABLE_FIELDS = (
     "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.divergence_factor", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
+    "train.keep_checkpoints", "train.divergence_factor", "train.init_from", "train.init_from_skip", "mesh.data", "mesh.fsdp", "mesh.sequence", "mesh.tensor", "mesh.preset",
     "model.sequence_axis", *(f"distributed.{k}" for k in distributed.FIELDS),
 )
 

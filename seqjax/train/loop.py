@@ -8,16 +8,18 @@ One call of :func:`run`:
    naming the fields; see :data:`~seqjax.train.config.RESUMABLE_FIELDS`), and
    returns ``workdir/results.json`` unchanged if it exists for the same
    ``train.steps``;
-2. :func:`set_up`: builds the task and the model (their own checks), and only
-   then creates the workdir (a config that fails leaves no folder behind);
-   then the mesh (``config.mesh``: axes ``data``, ``fsdp``, ``sequence``,
-   ``tensor`` and a rule preset, see :mod:`seqjax.parallel`), the optimiser
-   (parameter groups from :mod:`seqjax.models.param_groups`) and the
-   shardings of the state and the batch;
+2. :func:`set_up`: builds the task and the model (their own checks), the
+   mesh (``config.mesh``: axes ``data``, ``fsdp``, ``sequence``, ``tensor``
+   and a rule preset, see :mod:`seqjax.parallel`), the optimiser (parameter
+   groups from :mod:`seqjax.models.param_groups`) and the shardings of the
+   state and the batch, checks ``train.init_from`` against the parameters'
+   shapes, and only then creates the workdir (a config that fails leaves no
+   folder behind);
 3. :func:`restore_or_init`: restores the newest checkpoint in
    ``workdir/checkpoints`` (state, data iterator, rng) or initialises a fresh
    state directly in its shardings (parameters split by their logical names;
-   no full copy on one device);
+   no full copy on one device), whose parameters ``train.init_from`` may
+   then replace by path (:mod:`seqjax.train.init_from`);
 4. :func:`train_loop`: trains with a step jitted with in/out shardings (batch
    split over the batch axes and, under ``fsdp+sequence``, its length over
    ``sequence``; state donated; dropout key ``fold_in(key, step)`` so a
@@ -71,6 +73,7 @@ from seqjax.errors import ConfigError
 from seqjax.models import param_groups
 from seqjax.parallel import distributed
 from seqjax.tasks.base import PaddedIterator, padded_batch_size
+from seqjax.train import init_from as init_from_lib
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
 from seqjax.train.guards import DivergenceGuard, StopSignals, TrainingDiverged, TrainingInterrupted
@@ -109,6 +112,7 @@ class Setup:
       abstract_state: the state's shapes (``ShapeDtypeStruct`` leaves).
       state_shardings: where each leaf of the state lives.
       batch_shardings: where each leaf of a global batch lives.
+      init_from: what ``train.init_from`` copies into a new run (:mod:`seqjax.train.init_from`), or None.
     """
 
     config: Any
@@ -131,6 +135,7 @@ class Setup:
     abstract_state: Any
     state_shardings: Any
     batch_shardings: Any
+    init_from: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +149,7 @@ class Start:
       elapsed_s: wall time of earlier processes of this run, up to their last checkpoint.
       loss: the loss of the step before ``step`` (None for a fresh run).
       guard: the divergence guard's history (None for a fresh run).
+      init_from: what ``train.init_from`` copied into this fresh state (None otherwise).
     """
 
     step: int
@@ -152,6 +158,7 @@ class Start:
     elapsed_s: float
     loss: float | None
     guard: dict | None = None
+    init_from: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +222,8 @@ def run(config, workdir, *, task=None, model=None) -> dict:
             start = restore_or_init(setup, ckpt)
             with open_writer(workdir, resume_step=start.step, primary=setup.primary) as writer:
                 writer.message(start_message(setup, start))
+                if start.init_from is not None:
+                    writer.message(start.init_from["message"])
                 evaluate = make_evaluate(setup, writer)
                 try:
                     trained = train_loop(setup, start, ckpt, writer, evaluate, signals)
@@ -225,7 +234,7 @@ def run(config, workdir, *, task=None, model=None) -> dict:
 
 
 def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task=None, model=None) -> Setup:
-    """Builds the task and the model, creates the workdir, then the mesh, optimiser and shardings.
+    """Builds the task, the model, the mesh, optimiser and shardings; checks ``train.init_from``; creates the workdir.
 
     Args:
       config: the full config, already passed by :func:`~seqjax.train.config.validate_config`.
@@ -240,12 +249,11 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
       read from it (for shapes) and rewound.
 
     Raises:
-      ConfigError: the task or the model rejects the config (the workdir is
-        then not created).
+      ConfigError: the task or the model rejects the config, or
+        ``train.init_from`` does not fit the model (the workdir is then not created).
     """
     task, model, labels = _build(config, task, model)
     batch_padding(config, sizes, task)
-    _create_workdir(config, workdir)
 
     steps, batch_size = config.train.steps, config.train.batch_size
     preset = config.mesh.get("preset", "dp")
@@ -274,6 +282,9 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     abstract = jax.eval_shape(lambda p: create_train_state(p, tx), boxed)
     # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
     specs = parallel.param_specs(boxed, mesh, rules)
+    # The last check (the source's shapes against the model's), then the folder.
+    init_from = init_from_lib.plan(config, workdir, abstract.params)
+    _create_workdir(config, workdir)
     inputs = sample["inputs"]
     return Setup(
         config=config, workdir=workdir, task=task, model=model, primary=distributed.is_primary(), t_start=t_start,
@@ -281,7 +292,7 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
         init_key=init_key, dropout_key=dropout_key, sample_in=sample_in,
         tokens_per_example=int(np.prod(inputs.shape[1:2])) if inputs.ndim > 1 else 1,
         abstract_state=abstract, state_shardings=state_shardings(abstract, mesh, specs),
-        batch_shardings=parallel.batch_shardings(global_sample, mesh, rules),
+        batch_shardings=parallel.batch_shardings(global_sample, mesh, rules), init_from=init_from,
     )
 
 
@@ -328,7 +339,8 @@ def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
       The :class:`Start`.
 
     Raises:
-      ConfigError: ``config.train.steps`` is below the newest checkpoint's step.
+      ConfigError: ``config.train.steps`` is below the newest checkpoint's step,
+        or no checkpoint of ``train.init_from`` restores.
       CheckpointError: checkpoints exist but none restores.
     """
     steps = setup.config.train.steps
@@ -351,7 +363,9 @@ def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
             elapsed_s=float(meta.get("elapsed_s", 0.0)), loss=meta.get("loss"), guard=meta.get("divergence"))
     init = jax.jit(make_init_fn(setup.model, setup.tx), out_shardings=setup.state_shardings)
     state = init(setup.init_key, setup.sample_in["inputs"], setup.sample_in.get("segment_ids"))
-    return Start(step=0, state=state, dropout_key=setup.dropout_key, elapsed_s=0.0, loss=None)
+    # A new run with train.init_from: the source's parameters (the optimiser state stays fresh).
+    state, record = init_from_lib.apply(setup.init_from, state, setup.workdir, primary=setup.primary, say=_say)
+    return Start(step=0, state=state, dropout_key=setup.dropout_key, elapsed_s=0.0, loss=None, init_from=record)
 
 
 def start_message(setup: Setup, start: Start) -> str:
@@ -562,7 +576,8 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
             "examples_per_s": examples_per_s,
             "tokens_per_s": None if examples_per_s is None else examples_per_s * setup.tokens_per_example,
         },
-        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start),
+        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start,
+                     workdir=setup.workdir),
         "status": "finished",
         "finished": True,
     }
@@ -590,7 +605,8 @@ def write_diverged(setup: Setup, start: Start, diverged: TrainingDiverged) -> No
         "metrics": {},
         "train": {"loss": None, "steps": setup.config.train.steps, "completed_steps": diverged.step},
         "diverged": {"step": diverged.step, "cause": diverged.cause, "message": str(diverged)},
-        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start),
+        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start,
+                     workdir=setup.workdir),
         "status": "diverged",
         "finished": False,
     }

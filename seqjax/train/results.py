@@ -19,7 +19,11 @@ import seqjax
 from seqjax.train.writers import jsonable
 
 
-def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float) -> dict:
+# What a run started from another run's parameters copied (seqjax.train.init_from writes it).
+INIT_FROM_FILE = "init_from.json"
+
+
+def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float, workdir: Path | None = None) -> dict:
     """The fields every ``results.json`` holds besides the outcome.
 
     Args:
@@ -27,12 +31,19 @@ def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float) -
       sizes: the mesh axis sizes.
       preset: ``config.mesh.preset``.
       wall_time_s: the run's wall time, earlier processes included.
+      workdir: the run folder; its ``init_from.json``, when there, becomes ``init_from``.
 
     Returns:
       ``config``, ``seqjax_version``, ``git_hash``, ``wall_time_s``,
-      ``device_kind``, ``num_devices``, ``mesh`` and ``num_processes``.
+      ``device_kind``, ``num_devices``, ``mesh`` and ``num_processes``; and
+      ``init_from`` (source, step, matched / new / dropped paths) for a run
+      started from another run's parameters.
     """
+    extra = {}
+    if workdir is not None and (Path(workdir) / INIT_FROM_FILE).exists():
+        extra["init_from"] = json.loads((Path(workdir) / INIT_FROM_FILE).read_text())
     return {
+        **extra,
         "config": jsonable(config.to_dict()),
         "seqjax_version": seqjax.__version__,
         "git_hash": git_hash(),
@@ -84,4 +95,4 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["run_record", "finished_results", "git_hash", "write_json_atomic"]
+__all__ = ["INIT_FROM_FILE", "run_record", "finished_results", "git_hash", "write_json_atomic"]

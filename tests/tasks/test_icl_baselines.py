@@ -35,10 +35,14 @@ def ref_averaging(x, y):
 
 
 def ref_gd(steps, lr):
+    """GD on 1/(2m)|Xw - y|^2 with step min(lr, 1/lambda_max(X^T X / m))."""
+
     def fit(x, y):
         w = np.zeros(x.shape[1])
+        lmax = np.linalg.eigvalsh(x.T @ x / len(y))[-1]
+        eta = min(lr, 1.0 / lmax)
         for _ in range(steps):
-            w = w - lr * x.T @ (x @ w - y) / len(y)
+            w = w - eta * x.T @ (x @ w - y) / len(y)
         return w
 
     return fit
@@ -137,6 +141,45 @@ def test_gd_matches_loop(rng):
     xs, ys = _data(rng)
     got = np.asarray(B.gd(_j(xs), _j(ys), steps=7, lr=0.1))
     np.testing.assert_allclose(got, _per_prefix(xs, ys, ref_gd(7, 0.1)), rtol=1e-4, atol=1e-4)
+
+
+def _prefix_losses(xs, ys, w):
+    """``L_i(w_i) = 1/(2i) sum_{j<i} (w_i.x_j - y_j)^2`` per prompt and prefix ``i >= 1``, float64."""
+    xs, ys, w = (np.asarray(a, np.float64) for a in (xs, ys, w))
+    n = xs.shape[1]
+    r = np.einsum("bid,bjd->bij", w, xs) - ys[:, None, :]  # residual of w_i on example j
+    mask = np.tril(np.ones((n, n)), k=-1)
+    return (np.sum(mask * r * r, axis=-1) / (2.0 * np.maximum(mask.sum(1), 1.0)))[:, 1:]
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_gd_is_stable_on_every_prompt(rng, scale):
+    # Prompts like the ICL task's (dim 5, lr = 1/dim, 10 steps), plus x's with
+    # one large-norm row (scale 30): a fixed lr above 2/lambda_max(G) made the
+    # iterates grow like |1 - lr lambda|^steps (~2e6 error at n = 2 in
+    # docs/results/icl-linear-transformer-cpu).
+    b, n, d, steps, lr = 64, 8, 5, 10, 0.2
+    xs, ys = _data(rng, b=b, n=n, d=d, noise=0.1)
+    xs[:, rng.integers(n)] *= scale
+    ys = ys * np.maximum(1.0, scale / 3)
+    losses = np.stack([_prefix_losses(xs, ys, B.gd_weights(_j(xs), _j(ys), steps=t, lr=lr))
+                       for t in range(steps + 1)])  # (t, b, i)
+    # The prefix loss never goes up (float32 rounding aside).
+    tol = 1e-5 * (1.0 + losses[0])
+    assert np.all(np.diff(losses, axis=0) <= tol[None]), np.max(np.diff(losses, axis=0) - tol[None])
+    # With step <= 1/lambda_max each eigen-component of w is a fraction of the
+    # min-norm least-squares solution's, so |w_i| <= |pinv(X_<i) y_<i| and a
+    # prediction is at most |w_ls| |x_i|.
+    w = np.asarray(B.gd_weights(_j(xs), _j(ys), steps=steps, lr=lr), np.float64)
+    w_ls = np.stack([np.stack([np.zeros(d)] + [ref_least_squares(xs[bi, :i], ys[bi, :i]) for i in range(1, n)])
+                     for bi in range(b)])
+    bound = np.linalg.norm(w_ls, axis=-1) * np.linalg.norm(xs, axis=-1)
+    pred = np.asarray(B.gd(_j(xs), _j(ys), steps=steps, lr=lr), np.float64)
+    assert np.all(np.isfinite(pred))
+    assert np.all(np.linalg.norm(w, axis=-1) <= np.linalg.norm(w_ls, axis=-1) * (1 + 1e-3) + 1e-4)
+    assert np.all(np.abs(pred) <= bound * (1 + 1e-3) + 1e-4)
+    # Where lr is already stable (lr <= 1/lambda_max) the step is lr itself.
+    np.testing.assert_allclose(pred, _per_prefix(xs, ys, ref_gd(steps, lr)), rtol=2e-3, atol=2e-3)
 
 
 def test_lasso_matches_coordinate_descent(rng):
