@@ -195,12 +195,12 @@ def check_lengths(config, task) -> None:
         )
 
 
-
 def check_vocab(config, task) -> None:
     """Raises when a task feeds or scores token ids that the model's vocabulary does not hold.
 
     Only tasks that declare ``vocab_size`` (their ids are below it) are checked:
-    an id past the embedding table or the LM head would not fail, JAX clamps it.
+    an id past the embedding table or the LM head would not raise (JAX fills or clamps
+    out-of-range gathers), it would train on garbage.
 
     Args:
       config: the full config (reads ``config.model.input``, ``head`` and ``vocab_size``).
@@ -217,6 +217,7 @@ def check_vocab(config, task) -> None:
     if uses_ids and isinstance(have, int) and have < vocab:
         raise ConfigError(f"config.model.vocab_size={have} is smaller than the vocabulary of task {task.name!r} "
                           f"(ids below {vocab}); allowed: config.model.vocab_size >= {vocab}")
+
 
 # --- one run per folder --------------------------------------------------------------
 
