@@ -50,7 +50,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
     Checks, in order: the multi-host runtime (``config.distributed``), the
     trainer's sections and the mesh (``seqjax.train.config.validate_config``), the
     model (``seqjax.models.validate``), the task (its constructor), the
-    lengths the model allows, and the model's build (``seqjax.models.check_build``,
+    lengths and token ids the model allows, and the model's build (``seqjax.models.check_build``,
     an abstract ``init`` at the task's length).
 
     A global batch that the batch-splitting mesh axes (``data x fsdp``) do not
@@ -83,6 +83,7 @@ def prepare(config, num_devices: int | None = None) -> Prepared:
         raise ConfigError(f"config.task is missing; allowed task names: {', '.join(tasks.names())}")
     task = tasks.build(config.task)
     train_config.check_lengths(config, task)
+    train_config.check_vocab(config, task)
     if hasattr(task, "check_model"):  # a task that needs a kind of model (an LM head for LRA's causal_lm)
         task.check_model(model_config)
     models.check_length(model_config, task.max_length, f"task {task.name!r} max_length")

@@ -94,8 +94,10 @@ def test_open_maps_take_new_keys_and_their_owner_checks_them():
 
 
 @pytest.mark.parametrize("config, doc", [("configs/icll/regbench.py", "docs/regbench.md"),
-                                         ("configs/lra/listops.py", "seqjax/tasks/lra.py")])
-def test_every_icll_and_lra_task_field_is_in_the_config_and_documented(config, doc):
+                                         ("configs/lra/listops.py", "seqjax/tasks/lra.py"),
+                                         ("configs/mqar/mqar.py", "docs/mqar.md"),
+                                         ("configs/mqar/set_disjointness.py", "docs/mqar.md")])
+def test_every_icll_lra_and_mqar_task_field_is_in_the_config_and_documented(config, doc):
     c = load_config(ROOT / config)
     module = sys.modules[type(build(c.task)).__module__]
     assert set(module._DEFAULTS) <= set(c.task.keys())  # every field the task reads can be overridden
@@ -188,7 +190,7 @@ def test_config_files_load_from_any_directory_without_sys_path(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     before = list(sys.path)
     for path in sorted((ROOT / "configs").rglob("*.py")):
-        if path.parent.name in ("icl", "icll", "lra") and not path.name.startswith("_"):
+        if path.parent.name in ("icl", "icll", "lra", "mqar") and not path.name.startswith("_"):
             assert load_config(path).name
     assert load_module(ROOT / "configs/tables/icll.py").get_table("cpu")["cells"]
     assert sys.path == before
@@ -313,7 +315,7 @@ def test_the_documented_multi_device_lra_command_trains_on_8_devices(tmp_path):
     assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("task_name", ["icl", "icll", "lra"])
+@pytest.mark.parametrize("task_name", ["icl", "icll", "lra", "mqar"])
 def test_padding_rows_do_not_change_a_tasks_loss(task_name, rng):
     import jax.numpy as jnp
 
@@ -330,6 +332,13 @@ def test_padding_rows_do_not_change_a_tasks_loss(task_name, rng):
         task = ICLLTask(default_config())
         batch = {"inputs": rng.integers(0, 20, (b, 6)), "targets": rng.integers(0, 20, (b, 6))}
         outputs = rng.normal(size=(b, 6, 20))
+    elif task_name == "mqar":
+        from seqjax.tasks.mqar import MQARTask, default_config
+
+        task = MQARTask(default_config())
+        targets = np.where(rng.random((b, 6)) < 0.5, rng.integers(0, 30, (b, 6)), -100)
+        batch = {"inputs": rng.integers(0, 30, (b, 6)), "targets": targets}
+        outputs = rng.normal(size=(b, 6, 30))
     else:
         from seqjax.tasks.lra import LRATask, default_config
 
@@ -346,3 +355,43 @@ def test_padding_rows_do_not_change_a_tasks_loss(task_name, rng):
     np.testing.assert_allclose(loss_p, loss, rtol=1e-6)
     for key in metrics:
         np.testing.assert_allclose(metrics_p[key], metrics[key], rtol=1e-6)
+
+
+# --- the recall synthetics' entrypoint (experiments.mqar) ---------------------------------------
+
+MQAR = str(ROOT / "configs/mqar/mqar.py")
+SD = str(ROOT / "configs/mqar/set_disjointness.py")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--config.task.num_kv_pairs=20"],
+     "error: config.task.seq_len=64 is not allowed; allowed: an int >= 80 = 4 * config.task.num_kv_pairs (2n tokens "
+     "of pairs, then n query slots of 2 tokens)"),
+    ([f"--config={SD}:size_a=40,size_b=30"],
+     "error: config.task.vocab_size=64 is not allowed; allowed: an int >= 76 = 6 special ids + config.task.size_a + "
+     "config.task.size_b (distinct elements)"),
+])
+def test_a_bad_mqar_field_through_the_entrypoint_is_one_line_and_exit_2(args, line, tmp_path):
+    r = _cli("-m", "experiments.mqar", *args, f"--workdir={tmp_path / 'w'}")
+    assert (r.returncode, r.stderr.strip().splitlines()) == (2, [line]), r.stderr[-3000:]
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("spec, overrides, line", [
+    (MQAR, ["task.kind=mqr"], "config.task.kind='mqr' is not allowed; allowed: mqar, set_disjointness"),
+    (MQAR, ["task.power_a=0"], "config.task.power_a=0.0 is not allowed; allowed: a number > 0 (1 = uniform query slots)"),
+    (MQAR, ["task.vocab_size=9"], "config.task.vocab_size=9 is not allowed; allowed: an int >= 10 = 2 * "
+                                  "config.task.num_kv_pairs + 2 (distinct keys in [1, vocab_size // 2))"),
+    (MQAR, ["task.vocab_size=1024"], "config.model.vocab_size=64 is smaller than the vocabulary of task 'mqar' (ids "
+                                     "below 1024); allowed: config.model.vocab_size >= 1024"),
+    (MQAR, ["task.num_train_examples=-5"], "config.task.num_train_examples=-5 is not allowed; allowed: an int >= 0 "
+                                           "(0: a fresh example for every row)"),
+    (f"{MQAR}:seq_len=x", [], "config argument seq_len='x' must be an int > 0"),
+    (SD, ["task.answer=both"], "config.task.answer='both' is not allowed; allowed: label, element"),
+    (SD, ["task.seq_len=20"], "config.task.seq_len=20 is not allowed; allowed: an int >= 23 = config.task.size_a + "
+                              "config.task.size_b + 3 (BOS, SEP, ANS)"),
+])
+def test_bad_mqar_configs_are_one_line_and_write_nothing(spec, overrides, line, tmp_path, capsys):
+    status = experiment.command(spec, ["train.progress=false", *overrides], str(tmp_path / "w"))
+    assert (status, capsys.readouterr().err.strip().splitlines()) == (2, [f"error: {line}"])
+    assert not (tmp_path / "w").exists()

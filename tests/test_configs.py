@@ -60,3 +60,30 @@ def test_docs_state_what_the_configs_and_builders_are():
     assert "five TFDS builders" in (ROOT / "docs/lra.md").read_text()
     lssl = next(line for line in (ROOT / "docs/mixers.md").read_text().splitlines() if line.startswith("| `lssl`"))
     assert lssl.split("|")[-2].strip().startswith("yes / yes / yes")  # step / bidir / segments
+
+
+@pytest.mark.parametrize("config, arg", [
+    ("mqar", ""), ("mqar", "model=mamba"), ("mqar", "scale=paper"), ("mqar", "scale=paper,seq_len=128"),
+    ("mqar", "scale=paper,seq_len=256,d_model=64"), ("mqar", "scale=paper,seq_len=512,d_model=512,lr=1e-2"),
+    ("mqar", "scale=paper,model=mamba,seq_len=256"), ("set_disjointness", ""),
+    ("set_disjointness", "scale=paper,size_a=256,size_b=16"), ("set_disjointness", "model=mamba,size_a=16,size_b=4"),
+])
+def test_recall_configs_build(config, arg):
+    """The recall configs pass every check of a run; paper scale follows Zoology's grid."""
+    c = load_config(ROOT / "configs" / "mqar" / f"{config}.py", arg)
+    task = prepare(c, num_devices=1).task
+    assert c.model.vocab_size == task.vocab_size and c.model.max_length == task.max_length
+    if config == "mqar" and "scale=paper" in arg:
+        pairs = {64: 4, 128: 8, 256: 16, 512: 64}[task.max_length]
+        assert (task.vocab_size, task.sampler_kwargs["num_kv_pairs"], c.model.num_layers) == (8192, pairs, 2)
+        assert c.train.steps == 64 * -(-100_000 // c.train.batch_size)  # 64 epochs of 100,000 examples
+
+
+def test_docs_state_the_recall_cpu_config():
+    c = load_config(ROOT / "configs/mqar/mqar.py")
+    text = (ROOT / "docs/mqar.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| training |"))
+    assert f"Adam {c.optim.learning_rate:.0e}".replace("e-0", "e-") in row
+    assert f"{c.train.steps:,} steps of batch {c.train.batch_size}" in row
+    data = next(line for line in text.splitlines() if line.startswith("| data |"))
+    assert f"L {c.task.seq_len}, {c.task.num_kv_pairs} pairs, vocab {c.task.vocab_size}," in data

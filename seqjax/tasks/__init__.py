@@ -14,6 +14,7 @@ _TASKS = {
     "icl": "seqjax.tasks.icl:ICLTask",
     "icll": "seqjax.tasks.icll:ICLLTask",
     "lra": "seqjax.tasks.lra:LRATask",
+    "mqar": "seqjax.tasks.mqar:MQARTask",
 }
 
 

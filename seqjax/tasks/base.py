@@ -62,7 +62,10 @@ class Task(Protocol):
         trainer checks it against ``config.model.max_length``).
 
     Optional: ``weighted_rows = True`` declares that :meth:`loss` weighs rows by
-    :func:`row_weights`, so batches may be padded with rows of weight 0.
+    :func:`row_weights`, so batches may be padded with rows of weight 0; an int
+    ``vocab_size`` declares that every token id fed or scored is below it (the
+    trainer checks ``config.model.vocab_size`` against it,
+    ``seqjax.train.config.check_vocab``).
     """
 
     name: str

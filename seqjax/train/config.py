@@ -2,7 +2,7 @@
 
 :func:`default_config` gives the sections the trainer owns (``seed``,
 ``optim``, ``train``, ``mesh``, ``distributed``); :func:`validate_config`,
-:func:`check_lengths` and :func:`check_workdir_config` raise a one-line
+:func:`check_lengths`, :func:`check_vocab` and :func:`check_workdir_config` raise a one-line
 :class:`~seqjax.errors.ConfigError` naming the field. ``seqjax.train.run``
 calls all of them before it creates the workdir, so a config that fails
 leaves nothing behind.
@@ -206,6 +206,30 @@ def check_lengths(config, task) -> None:
         )
 
 
+def check_vocab(config, task) -> None:
+    """Raises when a task feeds or scores token ids that the model's vocabulary does not hold.
+
+    Only tasks that declare ``vocab_size`` (their ids are below it) are checked:
+    an id past the embedding table or the LM head would not raise (JAX fills or clamps
+    out-of-range gathers), it would train on garbage.
+
+    Args:
+      config: the full config (reads ``config.model.input``, ``head`` and ``vocab_size``).
+      task: the task object (its ``vocab_size``, if any, and ``name``).
+
+    Raises:
+      ConfigError: naming ``config.model.vocab_size`` and the task's vocabulary.
+    """
+    vocab, model = getattr(task, "vocab_size", None), config.get("model")
+    if vocab is None or model is None:
+        return
+    uses_ids = model.get("input", "tokens") == "tokens" or model.get("head", "lm") == "lm"
+    have = model.get("vocab_size")
+    if uses_ids and isinstance(have, int) and have < vocab:
+        raise ConfigError(f"config.model.vocab_size={have} is smaller than the vocabulary of task {task.name!r} "
+                          f"(ids below {vocab}); allowed: config.model.vocab_size >= {vocab}")
+
+
 # --- one run per folder --------------------------------------------------------------
 
 # Fields that may change between invocations in the same folder: they change
@@ -256,4 +280,4 @@ def check_workdir_config(config, workdir: Path) -> None:
         )
 
 
-__all__ = ["default_config", "validate_config", "check_lengths", "check_workdir_config", "RESUMABLE_FIELDS"]
+__all__ = ["default_config", "validate_config", "check_lengths", "check_vocab", "check_workdir_config", "RESUMABLE_FIELDS"]

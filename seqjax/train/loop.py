@@ -77,7 +77,7 @@ from seqjax.train import init_from as init_from_lib
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
 from seqjax.train.guards import DivergenceGuard, StopSignals, TrainingDiverged, TrainingInterrupted
-from seqjax.train.config import batch_padding, check_lengths, check_workdir_config, validate_config
+from seqjax.train.config import batch_padding, check_lengths, check_vocab, check_workdir_config, validate_config
 from seqjax.train.results import finished_results, git_hash, run_record, write_json_atomic
 from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
                                 state_shardings)
@@ -303,6 +303,7 @@ def _build(config, task, model):
 
         task = tasks.build(config.task)
     check_lengths(config, task)
+    check_vocab(config, task)
     if model is None:
         from seqjax import models
 
