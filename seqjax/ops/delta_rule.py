@@ -41,7 +41,13 @@ Implementations (``impl``):
     sum_i (gamma_C/gamma_i) k_i u_i^T``. Everything but ``U = U_v - W S_0``
     and the state update is computed for all chunks at once; a ``lax.scan``
     over chunks carries S (matrix products only).
-  * ``"auto"``: ``"chunked"`` (see the dispatch table's row).
+  * ``"auto"``: ``"chunked"`` at every length. Measured on a shared 2-core
+    CPU (b=1, h=4, dk=dv=64, gated, ms at l = 64 / 512 / 2048; noisy): with
+    gradients, sequential 28 / 237 / 784 vs chunked 1.7 / 49 / 405; forward
+    alone the scan is faster (0.6 / 10 / 15 vs 0.7 / 88 / 58: on CPU the
+    per-chunk triangular solves cost more than the scan), but training needs
+    the gradient. Chunked vs sequential at l = 2048, float32: 4e-7 relative.
+    Not yet measured on an accelerator.
 
 Numerical safety, as in :mod:`seqjax.ops.linear_attention`: every decay
 ``gamma_r / gamma_i`` is the exp of the masked *sum* of the log decays in
