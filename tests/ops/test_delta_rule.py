@@ -180,8 +180,7 @@ def test_bfloat16_inputs_accumulate_in_float32(rng):
     assert_rel_close(s, s_ref, RTOL_SCAN, "float32 state")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("gated", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_chunked_matches_sequential_at_4096(rng, gated):
     q, k, v, beta, ld, s0 = map(_f32, _inputs(rng, gated, 4096, b=1, h=2, dk=16, dv=16))
     o_c, s_c = _fast("chunked", q, k, v, beta, ld, s0, chunk_size=64)
