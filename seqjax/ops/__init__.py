@@ -16,6 +16,7 @@ Ops (``seqjax.ops.<name>``):
   * :func:`attention` — softmax attention (reference, blockwise flash);
     :func:`decode_attention` — one query against a KV cache (split-KV).
   * :func:`linear_attention` — linear attention with optional decay.
+  * :func:`delta_rule` — the (gated) delta rule of DeltaNet / Gated DeltaNet.
   * :func:`fft_conv` — long depthwise convolution.
   * sequence-parallel variants (inside ``jax.shard_map``, also reached as
     ``sequence_axis=`` of the op): :func:`linear_scan_sp`, :func:`selective_scan_sp`,
@@ -38,6 +39,7 @@ other names with ``from seqjax.ops.ssd import ...``.
 # import, so they are imported here, after the ops they build on.
 from seqjax.ops.attention import attention
 from seqjax.ops.decode_attention import decode_attention
+from seqjax.ops.delta_rule import delta_rule
 from seqjax.ops.fft_conv import fft_conv
 from seqjax.ops.hippo import (
     block_diagonal_legs, hippo_fout, hippo_lagt, hippo_legs, hippo_legt, nplr_legs, s4d_init)
@@ -55,7 +57,7 @@ from seqjax.ops.ssm_kernels import (
     cauchy, discretize, discretize_dense, dplr_c_tilde, dplr_kernel, krylov_kernel, vandermonde_kernel)
 
 __all__ = [
-    "SoftmaxState", "attention", "block_diagonal_legs", "cauchy", "decode_attention", "discretize",
+    "SoftmaxState", "attention", "block_diagonal_legs", "cauchy", "decode_attention", "delta_rule", "discretize",
     "discretize_dense", "dplr_c_tilde", "dplr_kernel", "fft_conv", "hippo_fout", "hippo_lagt", "hippo_legs",
     "hippo_legt", "krylov_kernel", "linear_attention", "linear_attention_sp", "linear_scan", "linear_scan_sp",
     "nplr_legs", "ring_attention", "s4d_init", "selective_scan", "selective_scan_sp", "ssd", "ssd_sp",

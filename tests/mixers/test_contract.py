@@ -61,6 +61,8 @@ SETTINGS: dict[str, Case] = {
     "performer": Case(dict(num_heads=2, num_features=8), ("num_features", 0)),
     "retnet": Case(dict(num_heads=2), ("value_factor", 0)),
     "gla": Case(dict(num_heads=2), ("gate_temperature", 0.0)),
+    "deltanet": Case(dict(num_heads=2), ("d_conv", 0)),
+    "gated_deltanet": Case(dict(num_heads=2), ("expand_v", 0)),
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
     "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
     # state-space family
