@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from seqjax.errors import ConfigError
 from seqjax.mixers.base import Mixer, Projection
 from seqjax.mixers.common import (
-    check_int, constant_init, dense, param, positions_in_segment, same_segment, uniform_init)
+    check_int, check_number, constant_init, dense, param, positions_in_segment, same_segment, uniform_init)
 from seqjax.mixers.mamba_blocks import gated_rms_norm, head_dim, short_conv
 from seqjax.mixers.registry import register
 from seqjax.ops.fft_conv import fft_conv
@@ -51,7 +51,6 @@ from seqjax.ops.linear_attention import linear_attention
 from seqjax.types import SegmentIds, Seq
 
 HIGHEST = jax.lax.Precision.HIGHEST
-VANDERMONDE_EPS = 1e-3  # the public code's frequency scale ε (keeps 2πε q s a moderate angle)
 CAUCHY_TOL = 1e-8  # added to every Cauchy denominator, as the public code does
 CAUCHY_BIAS_INIT = 0.5
 
@@ -256,14 +255,23 @@ class Vandermonde(MatrixMixerBlock):
 
     The real parts of two Vandermonde matrices, ``V(q)[t, s] = ω_t^s`` and
     ``V(k)ᵀ``, with nodes ``ω = e^{2πiε q}`` (the paper's cosine form);
-    ``q, k`` are conv outputs without activation, ``ε = 1e-3``,
+    ``q, k`` are conv outputs without activation, ``ε = freq_scale``,
     ``σ = 1/sqrt(2·max_length·n)``. Positions ``t, s`` count from the start
     of their segment and ``M`` is zero across segments. Computed densely:
     O(L²·n·p) time, O(L²) memory (see the module docstring).
 
     Attributes:
-      (as :class:`MatrixMixerBlock`.)
+      freq_scale: ``ε`` (1e-3, the public code's constant: the angles
+        ``2πε q s`` stay moderate up to a few thousand positions; at short
+        lengths ``M`` is then small next to ``I``).
+      (the rest as :class:`MatrixMixerBlock`.)
     """
+
+    freq_scale: float = 1e-3
+
+    def check_fields(self):
+        super().check_fields()
+        check_number(self.mixer_name, "freq_scale", self.freq_scale, low=0.0, open_low=True)
 
     def scale(self) -> float:
         return 1.0 / math.sqrt(2 * self.max_length * self.qk_dim)
@@ -273,7 +281,7 @@ class Vandermonde(MatrixMixerBlock):
         acc = self.acc()
         b, length = v.shape[:2]
         pos = positions_in_segment(segment_ids, b, length).astype(acc)
-        w = 2 * math.pi * VANDERMONDE_EPS
+        w = 2 * math.pi * self.freq_scale
         sigma = self.scale()
 
         def entry(qn, kn):  # (b, l, h) each -> (b, t, s, h)
