@@ -74,6 +74,11 @@ SETTINGS: dict[str, Case] = {
     "mamba": Case(dict(d_state=4), ("d_state", 0)),
     "mamba2": Case(dict(d_state=8, headdim=8), ("headdim", 5)),
     "hydra": Case(dict(d_state=8, headdim=8), ("d_conv", 4)),
+    # Hydra's structured matrix mixers (matrix_mixers.py)
+    "toeplitz": Case(dict(headdim=8), ("d_conv", 4)),
+    "vandermonde": Case(dict(headdim=8, qk_dim=4), ("max_length", 0)),
+    "cauchy": Case(dict(headdim=8, qk_dim=4), ("qk_dim", 0)),
+    "low_rank": Case(dict(headdim=8, qk_dim=4), ("expand", 0)),
     # recurrent family
     "lstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "gru": Case(dict(num_heads=2), ("num_heads", 3)),
