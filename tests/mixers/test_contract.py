@@ -69,6 +69,7 @@ SETTINGS: dict[str, Case] = {
     "s4d": Case(dict(d_state=4), ("a_init", "nope")),
     "s5": Case(dict(d_state=8), ("d_state", 3)),
     "lru": Case(dict(d_state=8), ("r_max", 2.0)),
+    "lmu": Case(dict(d_state=8, theta=6.0, d_u=2), ("theta", 0.0)),
     "mamba": Case(dict(d_state=4), ("d_state", 0)),
     "mamba2": Case(dict(d_state=8, headdim=8), ("headdim", 5)),
     "hydra": Case(dict(d_state=8, headdim=8), ("d_conv", 4)),
