@@ -1,4 +1,4 @@
-"""Float64 references for the LMU mixer, written from the papers.
+"""Float64 references for the LMU and GAM mixers, written from the papers.
 
 ``xp`` is ``numpy`` or ``jax.numpy`` (lists + ``xp.stack``, no in-place
 writes), so the tests can differentiate these very functions in float64.
@@ -14,7 +14,15 @@ writes), so the tests can differentiate these very functions in float64.
   The matrix exponential is a float64 Taylor series with scaling and squaring
   (not the module's SciPy ``expm``).
 
-Segments: where the id changes the memory restarts from zero.
+* GAM (Acharya 2025, Section 3, the GAM block's context path)::
+
+      local_t  = b + Σ_{k<K} w_k ⊙ x_{t-(K-1)+k}             causal depthwise conv
+      global_t = softmax(x_t Mᵀ) M                          M: (slots, d) memory bank
+      [g_l, g_g] = W_g x_t + b_g
+      y_t = σ(g_l) ⊙ local_t + σ(g_g) ⊙ global_t
+
+Segments: where the id changes the memory restarts from zero (LMU) and the
+convolution sees zeros before the segment (GAM).
 """
 
 import numpy as np
@@ -99,4 +107,47 @@ def lmu_matrix(order, theta, batch, length, segment_ids=None, channels=1):
     M = np.where((t >= s)[None, None], H[None, :, lag], 0.0)  # (1, N, L, L)
     same = runs[:, :, None] == runs[:, None, :]
     M = np.tile(M, (1, channels, 1, 1)) * same[:, None]
+    return M
+
+
+def _sigmoid(xp, z):
+    return 1.0 / (1.0 + xp.exp(-z))
+
+
+def gam_reference(p, x, segment_ids=None, xp=np):
+    """GAM mixer output ``(b, l, d)`` from its parameters, position by position."""
+    b, length, d = x.shape
+    runs = runs_of(segment_ids, b, length)
+    w, bias, bank = p["conv_weight"], p["conv_bias"], p["memory"]
+    K = w.shape[0]
+    ys = []
+    for t in range(length):
+        local = bias + 0.0 * x[:, t]
+        for k in range(K):
+            s = t - (K - 1) + k
+            if s < 0:
+                continue
+            same = (runs[:, s] == runs[:, t])[:, None]
+            local = local + w[k] * xp.where(same, x[:, s], 0.0)
+        scores = x[:, t] @ bank.T  # (b, slots)
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        weights = xp.exp(scores) / xp.exp(scores).sum(axis=-1, keepdims=True)
+        glob = weights @ bank
+        g = x[:, t] @ p["gate/kernel"] + p["gate/bias"]
+        ys.append(_sigmoid(xp, g[:, :d]) * local + _sigmoid(xp, g[:, d:]) * glob)
+    return xp.stack(ys, axis=1)
+
+
+def gam_matrix(p, x, segment_ids=None):
+    """Closed form ``M[b, c, t, s] = σ(g_l)_t[c] · w[K-1-(t-s), c]`` for ``0 <= t-s < K`` in one segment."""
+    b, length, d = x.shape
+    w = p["conv_weight"]
+    K = w.shape[0]
+    gate_l = _sigmoid(np, x @ p["gate/kernel"][:, :d] + p["gate/bias"][:d])  # (b, l, d)
+    runs = runs_of(segment_ids, b, length)
+    M = np.zeros((b, d, length, length))
+    for t in range(length):
+        for s in range(max(0, t - K + 1), t + 1):
+            same = runs[:, t] == runs[:, s]
+            M[:, :, t, s] = np.where(same[:, None], gate_l[:, t] * w[K - 1 - (t - s)], 0.0)
     return M

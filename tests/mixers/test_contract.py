@@ -78,6 +78,8 @@ SETTINGS: dict[str, Case] = {
     "gru": Case(dict(num_heads=2), ("num_heads", 3)),
     "slstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
+    # convolution + memory bank
+    "gam": Case(dict(num_slots=8), ("num_slots", 0)),
 }  # fmt: skip
 WIDTH = 16
 NAMES = sorted(SETTINGS)
