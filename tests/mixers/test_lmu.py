@@ -68,6 +68,13 @@ def test_matches_reference_float32(rng, segments):
     assert rel_err(lmu_reference(p0, x, 8, 6.0, seg), y_ref) > 0.05
 
 
+def test_direct_convolution_matches_reference(rng):
+    # impl addresses fft_conv: the direct (depthwise lax.conv) path gives the same memory.
+    m, x, v = _setup(rng, impl="direct")
+    y = harness.Jitted(m).apply(v, jnp.float32(x))
+    assert_rel_close(y, lmu_reference(params_of(v), x, 8, 6.0), harness.RTOL, "lmu impl=direct")
+
+
 def test_float64_exact(rng):
     with jax.enable_x64(True):
         m, x, v = _setup(rng, dtype=jnp.float64)
