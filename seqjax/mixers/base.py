@@ -29,9 +29,11 @@ From those, the base class gives every mixer:
   position, vmapped); ``apply_mixing_matrix(x, M)`` runs the same projection
   and output around a dense ``M``. The float64 oracles in ``tests/mixers``
   check ``M`` against the papers' closed forms;
-* ``init_cache(batch_size, max_length=None)`` and ``step(x_t, cache)`` for
-  causal mixers (hooks :meth:`Mixer.empty_cache` and :meth:`Mixer.step_mix`),
-  with the argument checks; ``state_size(length)`` from the cache;
+* ``init_cache(batch_size, max_length=None)`` and ``step(x_t, cache,
+  reset=None)`` for causal mixers (hooks :meth:`Mixer.empty_cache` and
+  :meth:`Mixer.step_mix`), with the argument checks; ``reset`` (classes that
+  declare ``resettable``) restarts chosen rows from the empty cache;
+  ``state_size(length)`` from the cache;
 * construction-time checks: :meth:`Mixer.check_fields` raises
   :class:`~seqjax.errors.ConfigError` naming ``<mixer>.<field>`` and the
   allowed values, and the ``impl`` field is checked against the front door of
@@ -42,7 +44,8 @@ dynamics: the optimizer gives them their own learning rate and no weight
 decay), ``no_decay_params`` (parameters of rank > 1 kept out of weight decay,
 e.g. gate biases), ``ops`` (the ops the ``impl`` field addresses, primary first),
 ``causality`` (``"causal"``, ``"bidirectional"`` or ``"either"``: then the
-mixer has a ``causal`` field), ``sequence_parallel``, ``values_index``.
+mixer has a ``causal`` field), ``sequence_parallel``, ``values_index``,
+``resettable``.
 """
 
 import math
@@ -109,6 +112,9 @@ class Mixer(nn.Module):
     causality: ClassVar[str] = "causal"
     sequence_parallel: ClassVar[bool] = False
     values_index: ClassVar[int | None] = None
+    # Whether ``step`` takes ``reset`` (per-row restarts from the empty cache, Lu et
+    # al. 2023): true for mixers whose whole cache restarts at a segment start.
+    resettable: ClassVar[bool] = False
     width_param: ClassVar[tuple[tuple[str, ...], int]] = (("out_proj", "kernel"), -1)
 
     # --- construction -------------------------------------------------------------
@@ -340,12 +346,17 @@ class Mixer(nn.Module):
         self._require_causal("init_cache")
         return self.empty_cache(batch_size, self.width(), max_length)
 
-    def step(self, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
+    def step(self, x_t: SeqStep, cache: dict, reset: jax.Array | None = None) -> tuple[SeqStep, dict]:
         """One position of the recurrence (causal mixers).
 
         Args:
           x_t: ``(batch, d_model)`` input at the current position.
           cache: from :meth:`init_cache` or a previous :meth:`step`.
+          reset: optional ``(batch,)`` booleans (or 0/1): rows where it is set
+            restart from the empty cache before this position, as a new
+            segment of ``segment_ids`` does in the parallel form (resettable
+            recurrences, Lu et al. 2023). Only for classes that declare
+            ``resettable``.
 
         Returns:
           ``(y_t, cache)``: ``(batch, d_model)`` in ``dtype`` and the new cache.
@@ -360,7 +371,25 @@ class Mixer(nn.Module):
         if set(cache) != want:
             raise ValueError(f"{self.mixer_name}.step: cache must have keys {', '.join(sorted(want))} (init_cache), "
                              f"got {', '.join(sorted(cache))}")
+        if reset is not None:
+            cache = self._reset_rows(cache, reset, x_t.shape[0], d)
         return self.step_mix(p, x_t, cache)
+
+    def _reset_rows(self, cache: dict, reset, batch: int, d: int) -> dict:
+        """``cache`` with the rows where ``reset`` is set replaced by the empty cache's rows."""
+        if not self.resettable:
+            raise ValueError(f"{self.mixer_name}.step: reset is not supported (its cache does not restart per row)")
+        reset = jnp.asarray(reset)
+        if reset.shape != (batch,):
+            raise ValueError(f"{self.mixer_name}.step: reset must have shape (batch,)=({batch},), got {reset.shape}")
+        fresh = self.empty_cache(batch, d, None)
+
+        def pick(old, new):
+            # Every leaf of a resettable cache is per row (batch first).
+            mask = reset.astype(bool).reshape((batch,) + (1,) * (old.ndim - 1))
+            return jnp.where(mask, new.astype(old.dtype), old)
+
+        return jax.tree.map(pick, cache, fresh)
 
     def state_size(self, length: int | None = None) -> int:
         """Bytes of inference state per sequence (cache leaves that grow with the batch).

@@ -88,6 +88,7 @@ class LRU(DiagonalRecurrence, Mixer):
     no_decay_params: ClassVar[tuple[str, ...]] = ()
     ops = ("linear_scan",)
     values_index = 0  # v = γ ⊙ B u, complex
+    resettable = True  # h restarts from zero, as at a segment start
     width_param = (("D",), 0)
 
     d_state: int = 64

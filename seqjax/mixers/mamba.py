@@ -80,6 +80,7 @@ class Mamba(Mixer):
     ops = ("selective_scan",)
     sequence_parallel = True
     values_index = 0  # u, the post-conv activations
+    resettable = True  # conv window and h restart from zero, as at a segment start
 
     d_state: int = 16
     d_conv: int = 4

@@ -130,6 +130,7 @@ class S5(DiagonalRecurrence, LTISSM):
     ops = ("linear_scan",)
     sequence_parallel = True
     values_index = 0  # v = B̄ u, complex
+    resettable = True  # h restarts from zero, as at a segment start (Lu et al. 2023)
 
     blocks: int = 1
     discretization: str = "zoh"

@@ -71,6 +71,7 @@ SETTINGS: dict[str, Case] = {
     "s4d": Case(dict(d_state=4), ("a_init", "nope")),
     "s5": Case(dict(d_state=8), ("d_state", 3)),
     "lru": Case(dict(d_state=8), ("r_max", 2.0)),
+    "lmu": Case(dict(d_state=8, theta=6.0, d_u=2), ("theta", 0.0)),
     "mamba": Case(dict(d_state=4), ("d_state", 0)),
     "mamba2": Case(dict(d_state=8, headdim=8), ("headdim", 5)),
     "hydra": Case(dict(d_state=8, headdim=8), ("d_conv", 4)),
@@ -84,6 +85,8 @@ SETTINGS: dict[str, Case] = {
     "gru": Case(dict(num_heads=2), ("num_heads", 3)),
     "slstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
+    # convolution + memory bank
+    "gam": Case(dict(num_slots=8), ("num_slots", 0)),
 }  # fmt: skip
 WIDTH = 16
 NAMES = sorted(SETTINGS)
