@@ -1,6 +1,6 @@
-"""Attention with learned relative positions: Music Transformer's relative attention.
+"""Attention with learned relative positions: Music Transformer's relative attention and URPE.
 
-Mixers of the attention family whose position information is a learned
+Two mixers of the attention family whose position information is a learned
 function of the clipped distance ``i - j`` between query ``i`` and key ``j``:
 
 * ``relative_mha`` (Huang et al. 2018, "Music Transformer", after Shaw et al.
@@ -9,6 +9,10 @@ function of the clipped distance ``i - j`` between query ``i`` and key ``j``:
   logits from ``Q E_rᵀ`` (``L × L``) by pad-reshape-slice, so the relative term
   costs O(L·d) extra memory (the ``E_r`` rows) instead of the O(L²·d) tensor
   of gathered embeddings ``E_{i-j}`` of Shaw et al.
+* ``urpe`` (Luo et al. 2022, "Your Transformer May Not be as Powerful as You
+  Expect"): softmax attention with a relative bias ``b_{i-j}`` whose
+  probabilities are then reweighted elementwise by a learned Toeplitz matrix
+  ``C_ij = c_{i-j}`` (per head): ``(softmax(QKᵀ/√d + B) ∘ C) V``.
 
 Distances are clipped at ``max_relative`` (Shaw et al.'s ``k``): a causal
 table has ``max_relative + 1`` entries (distances ``0..k``), a bidirectional
@@ -287,4 +291,99 @@ class RelativeAttention(_RelativeHeads):
         return self.finish_step(p, o, pos, slots), cache
 
 
-__all__ = ["RelativeAttention", "relative_index", "skew", "relative_logits"]
+# --- urpe ----------------------------------------------------------------------------------------
+
+
+@register("urpe")
+class UniversalRPEAttention(_RelativeHeads):
+    """URPE attention (Luo et al. 2022): relative-bias softmax reweighted by a learned Toeplitz matrix.
+
+    Per head, with ``b`` and ``c`` learned per clipped distance::
+
+        A_ts = softmax_s(q_t·k_s / √dh + b_{clip(t - s)})      over the visible s
+        o_t = Σ_s A_ts c_{clip(t - s)} v_s                      i.e. (softmax(QKᵀ/√dh + B) ∘ C) V
+        y_t = W_o concat_h(o_t)
+
+    ``C`` multiplies the softmax probabilities (after the softmax), so rows
+    need not sum to 1: the reason URPE Transformers are universal
+    approximators where RPE ones are not. As in the paper's code, ``b`` starts
+    ``N(0, 0.02²)`` and ``c`` starts at 1 (``C`` all ones: plain RPE
+    attention at init). Visible: ``s <= t`` when ``causal``, and the same
+    segment. The paper's code shares ``b`` and ``c`` across layers; here each
+    layer has its own.
+
+    Mixing matrix (per head, on ``v``): ``A ∘ C`` (lower triangular when
+    causal). Complexity: O(L²·d) time and O(h·L²) memory (the probabilities
+    are materialised: ``∘ C`` is not an op of the flash kernel); decoding
+    O(L·d) per step with a KV cache of ``2·L·h·dh`` values.
+
+    Attributes:
+      d_model: width; None takes it from the input (or the parameters).
+      dtype: compute dtype (and KV-cache dtype); parameters are float32 and
+        scores and probabilities are float32.
+      num_heads: heads ``h`` (4).
+      head_dim: ``dh`` (None: ``d_model // num_heads``).
+      causal: causal attention (True; then ``step``); False is bidirectional.
+      max_relative: clipping distance ``k`` (128).
+      max_length: the default KV-cache length of ``init_cache``.
+    """
+
+    causality = "either"
+    # C is pulled towards 1 by nothing: weight decay would drag it to 0 (and b is a table).
+    no_decay_params = ("rel_bias", "rel_weight")
+
+    causal: bool = True
+
+    def check_fields(self):
+        check_option(self.mixer_name, "causal", self.causal, (True, False))
+        super().check_fields()
+
+    @nn.compact
+    def parts(self, d: int) -> dict[str, Any]:
+        h, _, _ = self.heads(d)
+        parts = self.projections(d)
+        rows = self.table_rows()
+        parts["rel_bias"] = param(self, "rel_bias", scaled_normal_init(0.02), (h, rows), ("heads", None))
+        parts["rel_weight"] = param(self, "rel_weight", nn.initializers.ones, (h, rows), ("heads", None))
+        return parts
+
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        b, length, _ = x.shape
+        q, k, v = self.qkv(p, x)
+        runs = segment_runs(segment_ids, b, length)
+        return Projection(tokens=(q, k, v, runs), shared=(p["rel_bias"], p["rel_weight"]))
+
+    def mix(self, axis, q, k, v, runs, rel_bias, rel_weight):
+        del axis
+        length, dh = q.shape[1], q.shape[-1]
+        acc = accum_dtype(q.dtype)
+        t = jnp.arange(length)
+        idx = relative_index(t[:, None] - t[None, :], self.max_relative, self.causal)  # (L, L) Toeplitz rows
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=acc) * (dh**-0.5)
+        scores = scores + rel_bias.astype(acc)[:, idx][None]
+        visible = (runs[:, :, None] == runs[:, None, :])[:, None]
+        if self.causal:
+            visible = visible & (t[:, None] >= t[None, :])
+        return _softmax_mix(scores, v, visible, rel_weight.astype(acc)[:, idx][None])
+
+    def step_mix(self, p, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
+        """One decoding position: append ``k_t, v_t``; scores with ``b_{clip(pos - s)}``, weights ``c_{clip(pos - s)}``.
+
+        Past the cache's end the output is NaN.
+        """
+        pos = cache["pos"]
+        q, cache = self.append(p, x_t, cache)
+        acc = accum_dtype(self.dtype)
+        dh = q.shape[-1]
+        slots = cache["k"].shape[1]
+        visible, dist = _step_visible(slots, pos)
+        idx = relative_index(dist, self.max_relative, True)  # (b, slots)
+        bias = jnp.moveaxis(p["rel_bias"].astype(acc)[:, idx], 0, 1)  # (b, h, slots)
+        weight = jnp.moveaxis(p["rel_weight"].astype(acc)[:, idx], 0, 1)
+        qk = jnp.einsum("bhd,bshd->bhs", q, cache["k"], preferred_element_type=acc)
+        scores = (qk * dh**-0.5 + bias)[:, :, None, :]
+        o = _softmax_mix(scores, cache["v"], visible[:, None, None, :], weight[:, :, None, :])[:, 0]
+        return self.finish_step(p, o, pos, slots), cache
+
+
+__all__ = ["RelativeAttention", "UniversalRPEAttention", "relative_index", "skew", "relative_logits"]

@@ -1,4 +1,4 @@
-"""Float64 references of the relative-position attention mixers (relative_mha), from the papers' equations.
+"""Float64 references of the relative-position attention mixers (relative_mha, urpe), from the papers' equations.
 
 Nothing here calls seqjax, and nothing skews: every relative term is the
 direct lookup of the table at the clipped distance ``t - s``, query by query
@@ -7,6 +7,13 @@ direct lookup of the table at the clipped distance ``t - s``, query by query
 * Music Transformer (Huang et al. 2018, Eq. 3 with Shaw et al.'s clipping)::
 
       o_t = Σ_s softmax_s((q_t·k_s + q_t·E_{min(t - s, k)}) / √dh) v_s    over s <= t in t's segment
+
+* URPE (Luo et al. 2022, Eq. 5 and the authors' code: ``attn = softmax(·) * C``)::
+
+      o_t = Σ_s softmax_s(q_t·k_s / √dh + b_{r(t - s)}) c_{r(t - s)} v_s
+
+  ``r(δ) = min(δ, k)`` causal, ``clip(δ, -k, k) + k`` bidirectional (the row of a
+  ``2k + 1`` table).
 
 Every ``*_reference`` takes ``xp`` (``numpy`` or ``jax.numpy``) and uses only
 operations both support, so ``jax.grad`` differentiates the same code under
@@ -23,7 +30,7 @@ from tests.mixers.ref_attention_mixers import segment_starts_of
 
 def _row(delta, k, causal):
     """Table row of distance ``delta = t - s`` (Python ints)."""
-    return min(delta, k)
+    return min(delta, k) if causal else max(-k, min(delta, k)) + k
 
 
 def _visible(starts, t, length, causal):
@@ -54,25 +61,28 @@ def _rows(p, x, kind, *, num_heads, max_relative, causal=True, segment_ids=None,
             vis = _visible(starts[bi], t, l, causal)
             idx = np.array([_row(t - s, max_relative, causal) for s in vis])
             qk = xp.einsum("nhd,hd->hn", k[vis], q[t])  # (h, n)
-            table = p["rel_embedding"]
-            table = table if table.shape[0] == h else xp.concatenate([table] * h, axis=0)
-            rel = xp.einsum("hnd,hd->hn", table[:, idx], q[t])  # q_t · E_{min(t-s, k)}, gathered directly
-            weights = _softmax((qk + rel) / math.sqrt(dh), xp)
+            if kind == "relative_mha":
+                table = p["rel_embedding"]
+                table = table if table.shape[0] == h else xp.concatenate([table] * h, axis=0)
+                rel = xp.einsum("hnd,hd->hn", table[:, idx], q[t])  # q_t · E_{min(t-s, k)}, gathered directly
+                weights = _softmax((qk + rel) / math.sqrt(dh), xp)
+            else:
+                weights = _softmax(qk / math.sqrt(dh) + p["rel_bias"][:, idx], xp) * p["rel_weight"][:, idx]
             rows.append((vis, weights))
         out.append((v, rows))
     return out
 
 
 def reference(p, x, kind, *, segment_ids=None, xp=np, **config):
-    """The whole mixer ``kind`` ("relative_mha"): ``y = W_o concat_h(Σ_s M_ts v_s)``.
+    """The whole mixer ``kind`` ("relative_mha" or "urpe"): ``y = W_o concat_h(Σ_s M_ts v_s)``.
 
     Args:
       p: ``params_of(variables)``.
       x: ``(b, l, d)`` float64.
-      kind: "relative_mha".
+      kind: "relative_mha" or "urpe".
       segment_ids: optional ``(b, l)`` ids (a change of id starts a sequence).
       xp: numpy or jax.numpy.
-      **config: num_heads, max_relative, causal.
+      **config: num_heads, max_relative, causal (urpe).
 
     Returns:
       ``(b, l, d)``.
@@ -85,7 +95,7 @@ def reference(p, x, kind, *, segment_ids=None, xp=np, **config):
 
 
 def matrix(p, x, kind, *, segment_ids=None, **config):
-    """The closed-form mixing matrix ``(b, h, l, l)``: softmax weights (relative_mha). NumPy."""
+    """The closed-form mixing matrix ``(b, h, l, l)``: softmax weights (relative_mha), ``A ∘ C`` (urpe). NumPy."""
     b, l, _ = x.shape
     M = np.zeros((b, config["num_heads"], l, l))
     for bi, (_, rows) in enumerate(_rows(p, x, kind, segment_ids=segment_ids, **config)):

@@ -1,4 +1,4 @@
-"""relative_mha against float64 references of the papers' equations; the skew; memory growth.
+"""relative_mha and urpe against float64 references of the papers' equations; the skew; memory growth.
 
 The contract (step vs parallel, causality, segments, mixing matrix vs fast
 path, bfloat16, state_size, no retrace, default construction) is checked for
@@ -22,14 +22,15 @@ from tests.mixers.ref_relative import matrix, reference, relative_logits_direct
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL
-# (name, causal): relative_mha is causal only.
-KINDS = [("relative_mha", True)]
+# (name, causal): relative_mha is causal only; urpe either.
+KINDS = [("relative_mha", True), ("urpe", True), ("urpe", False)]
 
 
 def _make(name, causal=True, **kw):
     kw.setdefault("max_length", 40)
     kw.setdefault("max_relative", 4)  # < the test lengths, so clipping shows
-    del causal
+    if name == "urpe":
+        kw["causal"] = causal
     return Jitted(get(name)(**kw))
 
 
@@ -94,7 +95,7 @@ def test_float64_exact(rng, name, causal):
 
 
 @pytest.mark.parametrize("name, causal, impl", [
-    ("relative_mha", True, "blockwise"),
+    ("relative_mha", True, "blockwise"), ("urpe", True, "auto"), ("urpe", False, "auto"),
 ])
 def test_gradients(rng, name, causal, impl):
     x = rng.standard_normal((1, 7, 16))
@@ -113,7 +114,11 @@ def test_matrix_is_the_closed_form(rng, name, causal):
     assert M.shape == (2, 4, 13, 13)
     assert_rel_close(M, matrix(params_of(v), np.asarray(x, np.float64), name, segment_ids=seg, **_cfg(m)), RTOL,
                      f"{name} matrix")
-    np.testing.assert_allclose(np.asarray(M).sum(-1), 1.0, rtol=1e-5)
+    sums = np.asarray(M).sum(-1)
+    if name == "relative_mha":
+        np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
+    else:  # C reweights the probabilities: rows no longer sum to 1 (the point of URPE)
+        assert np.abs(sums - 1.0).max() > 0.1
 
 
 # --- the skew --------------------------------------------------------------------------
@@ -178,7 +183,7 @@ def test_skew_memory():
     assert control >= 3.0, f"the gathered (L, L, dh) control grew only {control:.2f}x"
 
 
-@pytest.mark.parametrize("name", ["relative_mha"])
+@pytest.mark.parametrize("name", ["relative_mha", "urpe"])
 def test_memory_grows_at_most_quadratically(rng, name):
     ratio = harness.check_memory_growth(get(name)(num_heads=2, max_relative=16), rng, length=32, exponent=2.0)
     assert ratio > 4.0  # and it is more than linear: the (L, L) logits are materialised
@@ -201,8 +206,7 @@ def test_lengths_bfloat16(rng, name, causal, length):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, causal", KINDS)
 def test_long_bfloat16(rng, name, causal):
-    del causal
-    m = get(name)(dtype=jnp.bfloat16)
+    m = get(name)(**({"causal": causal} if name == "urpe" else {}), dtype=jnp.bfloat16)
     x = harness.random_input(rng, 1, 4096, 16)
     v = harness.jit_init(m, x[:, :8])
     y = jax.jit(m.apply)(v, x.astype(jnp.bfloat16))
@@ -213,12 +217,18 @@ def test_long_bfloat16(rng, name, causal):
 
 def test_initialisation(rng):
     x = harness.random_input(rng, 1, 5, 16)
+    u = get("urpe")(num_heads=2, max_relative=64)
+    p = params_of(harness.jit_init(u, x))
+    assert p["rel_weight"].shape == p["rel_bias"].shape == (2, 65)
+    np.testing.assert_array_equal(p["rel_weight"], 1.0)  # C all ones: plain RPE attention at init
+    assert 0.01 < p["rel_bias"].std() < 0.03
+    assert params_of(harness.jit_init(get("urpe")(causal=False, max_relative=64), x))["rel_bias"].shape == (4, 129)
     r = get("relative_mha")(num_heads=2, max_relative=64)
     e = params_of(harness.jit_init(r, x))["rel_embedding"]
     assert e.shape == (2, 65, 8) and 0.25 < e.std() < 0.45  # N(0, 1/dh), dh = 8
 
 
-@pytest.mark.parametrize("name", ["relative_mha"])
+@pytest.mark.parametrize("name", ["relative_mha", "urpe"])
 def test_cache(rng, name):
     m, x, v = _setup(rng, name, batch=1, length=6)
     cache = m.apply(v, 1, 5, method="init_cache")
@@ -234,6 +244,9 @@ def test_cache(rng, name):
     ("relative_mha", dict(max_relative=0), r"^relative_mha\.max_relative=0 must be an int >= 1"),
     ("relative_mha", dict(shared_embeddings="yes"), r"^relative_mha\.shared_embeddings='yes' .*allowed: True, False"),
     ("relative_mha", dict(causal=False), None),
+    ("urpe", dict(causal=1.5), r"^urpe\.causal=1.5 .*allowed: True, False"),
+    ("urpe", dict(impl="blockwise"), r"^urpe\.impl='blockwise': urpe calls no op"),
+    ("urpe", dict(max_length=0), r"^urpe\.max_length=0 must be an int >= 1 or None"),
 ])
 def test_config_errors(name, fields, message):
     if message is None:  # relative_mha has no causal field: it is causal only
