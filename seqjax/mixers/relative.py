@@ -19,6 +19,7 @@ table has ``max_relative + 1`` entries (distances ``0..k``), a bidirectional
 one ``2·max_relative + 1`` (``-k..k``).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -125,6 +126,25 @@ def _softmax_mix(scores, v, visible, weights=None):
     if weights is not None:
         p = p * weights
     return jnp.einsum("bhts,bshd->bthd", p, v.astype(acc))
+
+
+class RelativeTable(nn.Module):
+    """A learned table indexed by clipped relative distance (one ``embedding`` leaf, as an ``nn.Embedding``).
+
+    Attributes:
+      shape: the table's shape (float32).
+      initializer: its initializer.
+      axes: logical axis names of the table's axes.
+    """
+
+    shape: tuple[int, ...]
+    initializer: Callable
+    axes: tuple[str | None, ...]
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        """The table (float32)."""
+        return param(self, "embedding", self.initializer, self.shape, self.axes)
 
 
 def _step_visible(slots: int, pos: jax.Array):
@@ -239,7 +259,7 @@ class RelativeAttention(_RelativeHeads):
 
     ops = ("attention",)
     causality = "causal"
-    no_decay_params = ("rel_embedding",)  # an embedding table, as learned positions
+    no_decay_params = ("rel_embedding/embedding",)  # an embedding table, as learned positions
 
     shared_embeddings: bool = False
 
@@ -252,8 +272,8 @@ class RelativeAttention(_RelativeHeads):
         h, _, dh = self.heads(d)
         parts = self.projections(d)
         heads = 1 if self.shared_embeddings else h
-        parts["rel_embedding"] = param(self, "rel_embedding", scaled_normal_init(dh**-0.5),
-                                       (heads, self.table_rows(), dh), ("heads", None, None))
+        parts["rel_embedding"] = RelativeTable((heads, self.table_rows(), dh), scaled_normal_init(dh**-0.5),
+                                               ("heads", None, None), name="rel_embedding")()
         return parts
 
     def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
@@ -329,8 +349,8 @@ class UniversalRPEAttention(_RelativeHeads):
     """
 
     causality = "either"
-    # C is pulled towards 1 by nothing: weight decay would drag it to 0 (and b is a table).
-    no_decay_params = ("rel_bias", "rel_weight")
+    # Lookup tables (nn.Embedding in the authors' code); weight decay would drag C from 1 towards 0.
+    no_decay_params = ("rel_bias/embedding", "rel_weight/embedding")
 
     causal: bool = True
 
@@ -343,8 +363,8 @@ class UniversalRPEAttention(_RelativeHeads):
         h, _, _ = self.heads(d)
         parts = self.projections(d)
         rows = self.table_rows()
-        parts["rel_bias"] = param(self, "rel_bias", scaled_normal_init(0.02), (h, rows), ("heads", None))
-        parts["rel_weight"] = param(self, "rel_weight", nn.initializers.ones, (h, rows), ("heads", None))
+        parts["rel_bias"] = RelativeTable((h, rows), scaled_normal_init(0.02), ("heads", None), name="rel_bias")()
+        parts["rel_weight"] = RelativeTable((h, rows), nn.initializers.ones, ("heads", None), name="rel_weight")()
         return parts
 
     def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
@@ -386,4 +406,4 @@ class UniversalRPEAttention(_RelativeHeads):
         return self.finish_step(p, o, pos, slots), cache
 
 
-__all__ = ["RelativeAttention", "UniversalRPEAttention", "relative_index", "skew", "relative_logits"]
+__all__ = ["RelativeAttention", "UniversalRPEAttention", "RelativeTable", "relative_index", "skew", "relative_logits"]
