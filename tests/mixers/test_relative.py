@@ -222,7 +222,8 @@ def test_initialisation(rng):
     assert p["rel_weight"].shape == p["rel_bias"].shape == (2, 65)
     np.testing.assert_array_equal(p["rel_weight"], 1.0)  # C all ones: plain RPE attention at init
     assert 0.01 < p["rel_bias"].std() < 0.03
-    assert params_of(harness.jit_init(get("urpe")(causal=False, max_relative=64), x))["rel_bias"].shape == (4, 129)
+    bidir = jax.eval_shape(get("urpe")(causal=False, max_relative=64).init, jax.random.PRNGKey(0), x)
+    assert bidir["params"]["rel_bias"]["embedding"].value.shape == (4, 129)  # distances -k..k
     r = get("relative_mha")(num_heads=2, max_relative=64)
     e = params_of(harness.jit_init(r, x))["rel_embedding"]
     assert e.shape == (2, 65, 8) and 0.25 < e.std() < 0.45  # N(0, 1/dh), dh = 8
