@@ -325,7 +325,8 @@ class SlidingWindowAttention(MultiHeadAttention):
 
     Stacking ``mha`` layers and ``sliding_window`` layers (a few global layers
     among many local ones) gives MASFormer's mixed attention spans (Zhang et
-    al. 2023, "MASFormer: Mixed Attention Span Transformer").
+    al. 2023, "Efficient Long-Range Transformers: You Need to Attend More, but
+    Not Necessarily at Every Layer"; the ``masformer`` preset of seqjax.config).
 
     Attributes:
       window: number of keys each query sees, itself included (64).

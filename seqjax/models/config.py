@@ -83,6 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
         output_dim=1,
         num_classes=None,
         pooling="mean",
+        pooling_heads=4,  # pooling="lowrank_mha": attention distributions, concatenated
+        pooling_rank=16,  # pooling="lowrank_mha": rank of the factorised scores
         dtype="float32",
         sequence_axis=placeholder(str),  # "sequence": split the length (see seqjax.parallel)
     ))
@@ -274,6 +276,8 @@ def validate(model_config) -> None:
     else:
         _check_int(f"{_FIELD}.num_classes", cfg["num_classes"])
     check_choice(f"{_FIELD}.pooling", cfg["pooling"], POOLINGS)
+    _check_int(f"{_FIELD}.pooling_heads", cfg["pooling_heads"])
+    _check_int(f"{_FIELD}.pooling_rank", cfg["pooling_rank"])
     check_choice(f"{_FIELD}.dtype", cfg["dtype"], DTYPES)
     if cfg["sequence_axis"] is not None and not isinstance(cfg["sequence_axis"], str):
         raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} must be None or a mesh axis name "
@@ -430,6 +434,8 @@ def build(model_config) -> SequenceModel:
         output_dim=cfg["output_dim"],
         num_classes=cfg["num_classes"],
         pooling=cfg["pooling"],
+        pooling_heads=cfg["pooling_heads"],
+        pooling_rank=cfg["pooling_rank"],
         dtype=DTYPES[cfg["dtype"]],
     )
 

@@ -24,7 +24,12 @@ real positions and False at padding:
   what a causal model should read;
 * ``"cls"``: position 0, where the embedding prepended the learned CLS token
   (the mask is not needed; the CLS token must be able to see the sequence, so
-  the model needs at least one non-causal layer, checked by ``validate``).
+  the model needs at least one non-causal layer, checked by ``validate``);
+* ``"lowrank_mha"``: LAMA's low-rank multi-head attention of a learned global
+  context vector over the positions where ``mask`` is True (Mehta et al.,
+  :class:`~seqjax.models.pooling.LowRankAttentionPool`), ``heads`` weighted
+  sums concatenated: ``(b, heads · d)``. It has parameters, so it is a module
+  (:class:`Pooling`), not a case of :func:`pool`.
 """
 
 from typing import Any
@@ -34,9 +39,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from seqjax.mixers.common import dense
+from seqjax.models.pooling import LowRankAttentionPool
 from seqjax.types import Seq
 
-POOLINGS = ("mean", "last", "cls")
+POOLINGS = ("mean", "last", "cls", "lowrank_mha")
 
 
 def pool(x: Seq, pooling: str, mask: Bool[Array, "b l"] | None = None) -> Float[Array, "b d"]:
@@ -65,7 +71,30 @@ def pool(x: Seq, pooling: str, mask: Bool[Array, "b l"] | None = None) -> Float[
         # Index of the last True: length - 1 - (first True in the reversed mask).
         last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)
         return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-    raise ValueError(f"pooling={pooling!r}; allowed: {', '.join(POOLINGS)}")
+    raise ValueError(f"pooling={pooling!r}; allowed: mean, last, cls (lowrank_mha has parameters: use Pooling)")
+
+
+class Pooling(nn.Module):
+    """Any pooling of :data:`POOLINGS`: :func:`pool`, or the parametrised ``lowrank_mha``.
+
+    Attributes:
+      pooling: a name of :data:`POOLINGS`.
+      heads: ``lowrank_mha``'s number of heads (the output is ``heads · d`` wide).
+      rank: ``lowrank_mha``'s rank of the factorised scores.
+      dtype: compute dtype of ``lowrank_mha``'s projections.
+    """
+
+    pooling: str = "mean"
+    heads: int = 4
+    rank: int = 16
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Seq, mask: Bool[Array, "b l"] | None = None) -> Float[Array, "b w"]:
+        """``(b, d)`` float32 (``(b, heads · d)`` for ``lowrank_mha``) of ``x: (b, l, d)``."""
+        if self.pooling == "lowrank_mha":
+            return LowRankAttentionPool(self.heads, self.rank, dtype=self.dtype, name="lowrank_mha")(x, mask)
+        return pool(x, self.pooling, mask)
 
 
 class LMHead(nn.Module):
@@ -109,12 +138,16 @@ class ClassificationHead(nn.Module):
 
     Attributes:
       num_classes: number of classes.
-      pooling: ``"mean"``, ``"last"`` or ``"cls"`` (see :func:`pool`).
+      pooling: ``"mean"``, ``"last"``, ``"cls"`` (see :func:`pool`) or ``"lowrank_mha"``.
+      pooling_heads: heads of ``lowrank_mha``.
+      pooling_rank: rank of ``lowrank_mha``.
       dtype: compute dtype (logits are returned in float32).
     """
 
     num_classes: int
     pooling: str = "mean"
+    pooling_heads: int = 4
+    pooling_rank: int = 16
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -128,7 +161,7 @@ class ClassificationHead(nn.Module):
         Returns:
           ``(b, num_classes)`` float32 logits.
         """
-        pooled = pool(x, self.pooling, mask)
+        pooled = Pooling(self.pooling, self.pooling_heads, self.pooling_rank, dtype=self.dtype, name="pool")(x, mask)
         y = dense(self.num_classes, ("embed", None), use_bias=True, dtype=self.dtype, name="logits")(
             pooled.astype(self.dtype))
         return y.astype(jnp.float32)

@@ -16,7 +16,7 @@ from jaxtyping import Array, Bool, Float
 from seqjax.errors import ConfigError
 from seqjax.models.backbone import Backbone, MixerSpec
 from seqjax.models.embeddings import Embedding, prepend_cls_column
-from seqjax.models.heads import ClassificationHead, LMHead, RegressionHead, RetrievalHead, pool
+from seqjax.models.heads import ClassificationHead, LMHead, Pooling, RegressionHead, RetrievalHead
 from seqjax.types import SegmentIds
 
 
@@ -41,7 +41,9 @@ class SequenceModel(nn.Module):
         encoder, see ``heads.py``).
       output_dim: regression width.
       num_classes: classification classes.
-      pooling: ``"mean"``, ``"last"`` or ``"cls"`` (classification).
+      pooling: ``"mean"``, ``"last"``, ``"cls"`` or ``"lowrank_mha"`` (classification, retrieval).
+      pooling_heads: heads of ``lowrank_mha`` pooling.
+      pooling_rank: rank of ``lowrank_mha`` pooling.
       dtype: compute dtype; params are float32.
     """
 
@@ -60,6 +62,8 @@ class SequenceModel(nn.Module):
     output_dim: int = 1
     num_classes: int | None = None
     pooling: str = "mean"
+    pooling_heads: int = 4
+    pooling_rank: int = 16
     dtype: Any = jnp.float32
 
     @property
@@ -85,7 +89,7 @@ class SequenceModel(nn.Module):
           segment_ids: ``(b, l)`` ids of packed sequences (every mixer and the
             positions restart at a segment start), or None.
           mask: ``(b, l)``, True at real (non-padding) positions; used by the
-            classification head's ``mean``/``last`` pooling only (losses of the
+            classification head's ``mean``/``last``/``lowrank_mha`` pooling only (losses of the
             other heads mask their targets themselves). It does not stop
             bidirectional mixers from reading padding; give padding its own
             ``segment_ids`` for that.
@@ -127,9 +131,11 @@ class SequenceModel(nn.Module):
         if self.head == "regression":
             return RegressionHead(self.output_dim, dtype=self.dtype, name="head")(x)
         if self.head == "classification":
-            return ClassificationHead(self.num_classes, self.pooling, dtype=self.dtype, name="head")(x, mask)
+            return ClassificationHead(self.num_classes, self.pooling, self.pooling_heads, self.pooling_rank,
+                                      dtype=self.dtype, name="head")(x, mask)
         if self.head == "retrieval":
-            pooled = pool(x, self.pooling, mask).reshape(b // 2, 2, -1)
+            pooled = Pooling(self.pooling, self.pooling_heads, self.pooling_rank, dtype=self.dtype, name="pool")(
+                x, mask).reshape(b // 2, 2, -1)
             return RetrievalHead(self.num_classes, hidden=self.d_model, dtype=self.dtype, name="head")(
                 pooled[:, 0], pooled[:, 1])
         raise ConfigError(
