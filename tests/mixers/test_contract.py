@@ -89,6 +89,8 @@ SETTINGS: dict[str, Case] = {
     "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
     # convolution + memory bank
     "gam": Case(dict(num_slots=8), ("num_slots", 0)),
+    # pooling (pooling.py)
+    "ponet": Case(dict(num_heads=2, segment_length=4), ("local_window", 2)),
 }  # fmt: skip
 WIDTH = 16
 NAMES = sorted(SETTINGS)
