@@ -168,22 +168,23 @@ def get_config(size: int = 32, difficulty: str = "hard") -> PathfinderConfig:
 class _World:
     """Every paddle drawn so far, for the occupancy test of new paddles.
 
-    One ``[8, capacity]`` float array ``seg`` with rows ``ax, ay`` (start),
+    One ``[9, capacity]`` float array ``seg`` with rows ``ax, ay`` (start),
     ``dx, dy`` (vector; 0 for a marker disc), ``inv_len2`` (``1/|d|**2``, 0
     for a disc), ``owner`` (snake id), ``index`` (paddle index in its snake,
-    ``k + 0.5`` for the gap after paddle ``k``, -1 for a disc) and ``extra`` (added clearance: the marker radius for
-    discs). One array, because this test runs once per paddle and its cost
+    ``k + 0.5`` for the gap after paddle ``k``, -1 for a disc), ``extra``
+    (added clearance: the marker radius for discs) and ``len`` (``|d|``).
+    One array, because this test runs once per paddle and its cost
     is the number of NumPy calls, not their size.
 
     Attributes:
-      seg: the ``[8, capacity]`` segment table.
+      seg: the ``[9, capacity]`` segment table.
       n: number of segments in use.
     """
 
-    AX, AY, DX, DY, INV, OWNER, INDEX, EXTRA = range(8)
+    AX, AY, DX, DY, INV, OWNER, INDEX, EXTRA, LEN = range(9)
 
     def __init__(self, capacity: int = 96):
-        self.seg = np.zeros((8, capacity))
+        self.seg = np.zeros((9, capacity))
         self.n = 0
 
     def add(self, a, b, owner: int, index: int, extra: float = 0.0) -> None:
@@ -191,7 +192,8 @@ class _World:
             self.seg = np.concatenate([self.seg, np.zeros_like(self.seg)], axis=1)
         dx, dy = float(b[0] - a[0]), float(b[1] - a[1])
         len2 = dx * dx + dy * dy
-        self.seg[:, self.n] = (a[0], a[1], dx, dy, 1.0 / len2 if len2 > 1e-12 else 0.0, owner, index, extra)
+        self.seg[:, self.n] = (a[0], a[1], dx, dy, 1.0 / len2 if len2 > 1e-12 else 0.0, owner, index, extra,
+                               np.sqrt(len2))
         self.n += 1
 
     def required(self, owner: int, k: int, clearance: float) -> np.ndarray:
@@ -225,7 +227,7 @@ class _World:
         sel = None
         if centre is not None and self.n:
             seg = self.seg[:, : self.n]
-            lim = reach + required + np.sqrt(seg[self.DX] ** 2 + seg[self.DY] ** 2)
+            lim = reach + required + seg[self.LEN]
             sel = (seg[self.AX] - centre[0]) ** 2 + (seg[self.AY] - centre[1]) ** 2 < lim * lim
             required = required[sel]
         if required.size == 0:
