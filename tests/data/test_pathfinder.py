@@ -273,6 +273,8 @@ def test_registered_configs(tmp_path):
     assert lp.split_sizes(200_000) == {"train": 160_000, "validation": 20_000, "test": 20_000}
     b = lp.LraPathfinder(config=lp.make_config(128, "hard"), data_dir=str(tmp_path))
     assert b.info.features["inputs"].shape == (128 * 128,)
+    # 2.0.0 = dashed snakes: caches of the continuous 1.0.0 images are not reused.
+    assert str(b.version) == "2.0.0" and str(lp.make_config(32, "easy", num_examples=30).version) == "2.0.0"
 
 
 @pytest.fixture(scope="module")
