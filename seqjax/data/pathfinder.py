@@ -3,7 +3,9 @@
 An image shows curvy "snakes" on black and two bright circular markers; the
 label is 1 when one snake connects the two markers and 0 when they sit on two
 different snakes. Written from the paper's description (REFERENCES.md,
-"Pathfinder / Path-X"; docs/lra_pathfinder.md has the measured checks):
+"Pathfinder / Path-X") and facts read in the public generator
+(drewlinsley/pathfinder; no code taken); docs/lra_pathfinder.md has the
+measured checks:
 
 - A snake is a chain of ``contour_length`` straight "paddles" of
   ``paddle_length`` pixels that do not touch: the contour is dashed, as in the
@@ -18,8 +20,9 @@ different snakes. Written from the paper's description (REFERENCES.md,
   ``max(cos(min(|dtheta| * continuity, pi/2)), 0)**2``, where ``dtheta`` is the
   turn against ``u_{k-1}``. Directions whose paddle would leave the padded
   frame or come closer than the clearance to anything drawn (an occupancy
-  test against every drawn paddle) get weight 0. A snake with no free
-  direction is abandoned and redrawn.
+  test against every drawn paddle and gap) get weight 0. With no free
+  direction the last paddle is taken back and redrawn (at most
+  ``contour_length`` times per snake), then the snake is abandoned.
 - Clearance (centre line to centre line) is ``2 * margin + thickness``: the
   original dilates every paddle's mask by the margin and rejects overlapping
   masks, which keeps stroke edges ``2 * margin`` apart; a dash of another
@@ -32,10 +35,11 @@ different snakes. Written from the paper's description (REFERENCES.md,
   bridged.
 - Two target snakes A and B of ``contour_length`` paddles start (their first
   paddles' outer ends, the marker sites) ``seed_distance`` apart; A's start
-  is at least ``2 * seed_distance`` from the border, as in the original (B is retried ``_B_TRIES`` times before the pair
-  is redrawn). Their four ends are kept free of the other target
-  and of distractors by ``marker_radius + clearance``, and the rendered A and
-  B never touch (8-connectivity), so the label is decided by the markers alone.
+  is at least ``2 * seed_distance`` from the border, as in the original. B
+  is retried ``_B_TRIES`` times before the pair is redrawn. Their four ends
+  are kept free of the other target and of distractors by ``marker_radius +
+  clearance``, and A and B rendered with their gaps bridged never touch
+  (8-connectivity), so the label is decided by the markers alone.
 - ``K // distractor_length`` distractor snakes of ``distractor_length =
   contour_length // 3`` paddles (K = 20 / 22 / 35 / 30 for sizes 32 / 64 / 128
   / 256) start at random free points. A distractor that cannot be placed in
@@ -101,8 +105,10 @@ class PathfinderConfig:
       difficulty: ``"easy"``, ``"intermediate"`` or ``"hard"``.
       contour_length: paddles per target snake (6 / 9 / 14 by difficulty).
       padding: pixels at each border that snakes never enter.
-      margins: paddle margins; one is drawn per image.
-      paddle_length: length of a paddle in pixels.
+      margins: paddle margins; one is drawn per image. Anchors are
+        ``paddle_length + 2 * margin`` apart (gaps of about ``2 * margin``
+        between dashes); snakes keep ``2 * margin + thickness`` apart.
+      paddle_length: length of a paddle (one dash) in pixels.
       thickness: stroke width in pixels.
       seed_distance: distance between the starts of the two target snakes.
       marker_radius: radius of the two marker discs.
