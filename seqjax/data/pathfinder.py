@@ -293,7 +293,8 @@ def _grow(rng: np.random.Generator, world: _World, start, owner: int, n_paddles:
             ax, ay = np.full(n_ang, centre[0]), np.full(n_ang, centre[1])
         bx, by = ax + margin * cx, ay + margin * cy  # paddle start
         ex, ey = ax + (margin + length) * cx, ay + (margin + length) * cy  # paddle end
-        out = (np.minimum(bx, ex) < lo) | (np.maximum(bx, ex) > hi) | (np.minimum(by, ey) < lo) | (np.maximum(by, ey) > hi)
+        out = ((np.minimum(bx, ex) < lo) | (np.maximum(bx, ex) > hi)
+               | (np.minimum(by, ey) < lo) | (np.maximum(by, ey) > hi))
         w[out | (w < 1e-12)] = 0.0
         cand = np.flatnonzero(w)
         if cand.size:

@@ -151,12 +151,14 @@ def test_target_contours_are_dashed(size, n):
 
 def _segment_distance(p, q):
     """Exact distances ``[n, m]`` between segments ``p [n, 2, 2]`` and ``q [m, 2, 2]``."""
-    d = np.minimum.reduce([
-        draw.point_segment_distance(p[:, 0], q[:, 0], q[:, 1]), draw.point_segment_distance(p[:, 1], q[:, 0], q[:, 1]),
-        draw.point_segment_distance(q[:, 0], p[:, 0], p[:, 1]).T, draw.point_segment_distance(q[:, 1], p[:, 0], p[:, 1]).T])
+    psd = draw.point_segment_distance
+    # Apart, the closest pair involves an end point of one of the segments.
+    d = np.minimum.reduce([psd(p[:, 0], q[:, 0], q[:, 1]), psd(p[:, 1], q[:, 0], q[:, 1]),
+                           psd(q[:, 0], p[:, 0], p[:, 1]).T, psd(q[:, 1], p[:, 0], p[:, 1]).T])
 
     def side(a, b, c):  # sign of the cross product (b - a) x (c - a)
-        return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+        u, v = b - a, c - a
+        return np.sign(u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0])
 
     a, b = p[:, None, 0], p[:, None, 1]
     c, e = q[None, :, 0], q[None, :, 1]
