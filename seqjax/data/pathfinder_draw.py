@@ -44,12 +44,13 @@ def _stamp(canvas: np.ndarray, origins: np.ndarray, values: np.ndarray) -> None:
     cols = origins[:, 1, None, None] + np.arange(win)[None, None, :]
     rows, cols = np.broadcast_to(rows, values.shape), np.broadcast_to(cols, values.shape)
     keep = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) & (values > 0)
-    # Overlapping windows (consecutive paddles share their pivot) must keep the
-    # maximum, not the last write: np.maximum.at is the unbuffered max-scatter.
+    # Overlapping windows (neighbouring strokes, markers on paddles) must keep
+    # the maximum, not the last write: np.maximum.at is the unbuffered max-scatter.
     np.maximum.at(canvas, (rows[keep], cols[keep]), values[keep])
 
 
-def draw_segments(canvas: np.ndarray, segments: np.ndarray, thickness: float, scale: int) -> None:
+def draw_segments(canvas: np.ndarray, segments: np.ndarray, thickness: float, scale: int,
+                  caps: str = "round") -> None:
     """Draws antialiased line segments onto a fine canvas (in place, max-composited).
 
     Args:
@@ -57,6 +58,10 @@ def draw_segments(canvas: np.ndarray, segments: np.ndarray, thickness: float, sc
       segments: ``[n, 2, 2]`` segment end points in output coordinates.
       thickness: stroke width in output pixels.
       scale: antialiasing factor (fine subpixels per output pixel).
+      caps: ``"round"`` (the stroke is every point within ``thickness / 2`` of
+        the segment) or ``"butt"`` (a rectangle that ends exactly at the end
+        points, as the original generator's PIL lines do, so that the gap
+        between two paddles is the full distance between their ends).
     """
     if len(segments) == 0:
         return
@@ -77,7 +82,15 @@ def draw_segments(canvas: np.ndarray, segments: np.ndarray, thickness: float, sc
     t = np.clip((aq * ab[:, None, None, :]).sum(-1) / len2, 0.0, 1.0)
     d = aq - t[..., None] * ab[:, None, None, :]
     dist = np.sqrt((d * d).sum(-1))
-    values = np.clip(thickness * scale / 2 + 0.5 - dist, 0.0, 1.0).astype(np.float32)
+    values = np.clip(thickness * scale / 2 + 0.5 - dist, 0.0, 1.0)
+    if caps == "butt":
+        # Position along the axis (unclipped) with the same one-subpixel ramp
+        # at both ends: the lit length stays the segment's length.
+        along = (aq * ab[:, None, None, :]).sum(-1) / np.sqrt(len2)
+        values = values * np.clip(np.minimum(along, np.sqrt(len2) - along) + 0.5, 0.0, 1.0)
+    elif caps != "round":
+        raise ValueError(f"caps={caps!r}; allowed: 'round', 'butt'")
+    values = values.astype(np.float32)
     _stamp(canvas, lo[:, ::-1], values)
 
 

@@ -1,4 +1,5 @@
-"""Pathfinder: the generator (labels agree with connectivity, continuity prior,
+"""Pathfinder: the generator (labels agree with connectivity of the dashed
+contours, dashes and clearances of the original geometry, continuity prior,
 determinism) and the tfds ``lra_pathfinder`` builder (offline prepare, worker
 independence, the LRA release read from a manual folder)."""
 
@@ -11,6 +12,7 @@ import tensorflow_datasets as tfds
 import seqjax.data.builders  # noqa: F401  (registers the builders with tfds)
 from seqjax.data import pathfinder as pf
 from seqjax.data.builders import lra_pathfinder as lp
+from seqjax.data import pathfinder_draw as draw
 from seqjax.data.pathfinder_draw import connected
 from seqjax.errors import ConfigError
 
@@ -28,14 +30,24 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
+def _bridged_targets(info):
+    """Mask of targets A and B drawn as continuous lines through their dashes (gaps bridged)."""
+    cfg = info["config"]
+    s = cfg.antialias_scale
+    canvas = np.zeros((cfg.size * s, cfg.size * s), np.float32)
+    for p in info["paths"]:
+        line = pf.paddles(p, cfg.paddle_length).reshape(-1, 2)  # start0, end0, start1, ...
+        draw.draw_segments(canvas, np.stack([line[:-1], line[1:]], 1), cfg.thickness, s)
+    return draw.downsample(canvas, s) > 0
+
+
 def _flood_fill_stats(size, difficulty, n, seed):
-    """Counts of (mask agreement, label-1 pixel connection, label-0 pixel connection) over n images."""
+    """Counts of (bridged-contour agreement, label-1 pixel connection, label-0 pixel connection) over n images."""
     agree = pix1 = pix0 = n0 = 0
     for i in range(n):
         image, label, info = pf.sample(np.random.default_rng([seed, size, i]), size, difficulty, label=i % 2)
         p, q = info["markers"]
-        targets = info["path_masks"].any(0)
-        agree += connected(targets, p, q) == bool(label)
+        agree += connected(_bridged_targets(info), p, q) == bool(label)
         fg = connected(image >= pf.FOREGROUND_THRESHOLD, p, q)
         if label == 1:
             pix1 += fg
@@ -50,10 +62,13 @@ def _flood_fill_stats(size, difficulty, n, seed):
 def test_label_agrees_with_flood_fill(size, difficulty):
     n = 12
     agree, pix1, pix0, n0 = _flood_fill_stats(size, difficulty, n, seed=11)
-    # On the rendered target masks the label is exact; in the thresholded
-    # image a label-1 path always connects, and a label-0 pair almost never.
+    # On the targets drawn with their gaps bridged the label is exact. The
+    # image itself is dashed: a pixel flood fill rarely joins a label-1 pair
+    # (it always did when snakes were continuous polylines; at 32 px a snake
+    # whose ends meet joins through its marker discs, 7 % of hard images),
+    # and a label-0 pair almost never.
     assert agree == n
-    assert pix1 == n - n0
+    assert pix1 <= (n - n0) // 3, f"{pix1}/{n - n0} label-1 images pixel-connected"
     assert pix0 <= 1, f"{pix0}/{n0} label-0 images pixel-connected"
     print(f"\n{size} {difficulty}: label-0 pixel-connected {pix0}/{n0}")
 
@@ -63,7 +78,7 @@ def test_flood_fill_rates_many_images():
     for size in (32, 64):
         for difficulty in pf.DIFFICULTIES:
             agree, pix1, pix0, n0 = _flood_fill_stats(size, difficulty, 400, seed=12)
-            assert agree == 400 and pix1 == 400 - n0
+            assert agree == 400 and pix1 / (400 - n0) < 0.15
             assert pix0 / n0 < 0.02
             print(f"\n{size} {difficulty}: label-0 pixel-connected {pix0}/{n0}")
 
@@ -79,20 +94,110 @@ def test_sample_contract_and_markers(rng):
             assert image[int(r), int(c)] >= 200
         owners = info["marker_snakes"]
         assert (owners[0] == owners[1]) == bool(label)
-        ends = {tuple(np.round(p[[0, -1]][k], 6)) for p in info["paths"] for k in (0, 1)}
+        cfg = pf.get_config(size, "hard")
+        # Markers sit on the outer ends of the first / last paddle of a target.
+        pads = [pf.paddles(p, cfg.paddle_length) for p in info["paths"]]
+        ends = {tuple(np.round(q[[0, -1], [0, 1]][k], 6)) for q in pads for k in (0, 1)}
         for r, c in info["markers"]:
             assert (round(c, 6), round(r, 6)) in ends
-        cfg = pf.get_config(size, "hard")
         assert [len(p) for p in info["paths"]] == [cfg.contour_length + 1] * 2
         assert all(len(d) == cfg.distractor_length + 1 for d in info["distractors"])
         assert info["num_distractors"] >= cfg.num_distractors - 1
-        # Paddles have the configured length and stay in the padded frame.
+        assert info["margin"] in cfg.margins
+        # Anchors are paddle_length + 2 margin apart; paddles have the
+        # configured length and stay in the padded frame.
         for p in info["paths"] + info["distractors"]:
-            np.testing.assert_allclose(np.linalg.norm(np.diff(p, axis=0), axis=1), cfg.paddle_length, rtol=1e-9)
-            assert p.min() >= cfg.padding and p.max() <= size - cfg.padding
-        # The two target starts are seed_distance apart.
-        a, b = info["paths"]
-        assert np.linalg.norm(a[0] - b[0]) == pytest.approx(cfg.seed_distance)
+            spacing = cfg.paddle_length + 2 * info["margin"]
+            np.testing.assert_allclose(np.linalg.norm(np.diff(p, axis=0), axis=1), spacing, rtol=1e-9)
+            q = pf.paddles(p, cfg.paddle_length)
+            np.testing.assert_allclose(np.linalg.norm(q[:, 1] - q[:, 0], axis=1), cfg.paddle_length, rtol=1e-9)
+            assert q.min() >= cfg.padding and q.max() <= size - cfg.padding
+        # The two target starts (marker sites) are seed_distance apart.
+        assert np.linalg.norm(pads[0][0, 0] - pads[1][0, 0]) == pytest.approx(cfg.seed_distance)
+
+
+def _lit_fraction(image, anchors, markers, cfg, step=0.25):
+    """Share of points (every ``step`` px along the anchor polyline) whose pixel is foreground.
+
+    Points within ``marker_radius + 1`` of a marker are left out: the discs
+    light up the ends whatever the snake looks like.
+    """
+    pts = []
+    for a, b in zip(anchors[:-1], anchors[1:]):
+        n = int(np.ceil(np.linalg.norm(b - a) / step))
+        pts.append(a + ((np.arange(n) + 0.5) / n)[:, None] * (b - a))
+    pts = np.concatenate(pts)
+    dist = np.linalg.norm(pts[:, None, :] - markers[None, :, ::-1], axis=-1)
+    pts = pts[(dist > cfg.marker_radius + 1.0).all(1)]
+    r = np.clip(pts[:, 1].astype(int), 0, cfg.size - 1)
+    c = np.clip(pts[:, 0].astype(int), 0, cfg.size - 1)
+    return float((image[r, c] >= pf.FOREGROUND_THRESHOLD).mean())
+
+
+@pytest.mark.parametrize("size,n", [(32, 8), (128, 3)])
+def test_target_contours_are_dashed(size, n):
+    # Linsley et al.'s snakes are dashed: along a target's anchor polyline
+    # about paddle_length / (paddle_length + 2 margin) is lit (0.5 at 32,
+    # 0.45-0.56 at 128, plus the antialiased ends). A continuous polyline,
+    # the old drawing, measured 0.99 at 32 and 1.00 at 128.
+    fractions = []
+    for i in range(n):
+        image, _, info = pf.sample(np.random.default_rng([21, size, i]), size, "hard", label=i % 2)
+        fractions += [_lit_fraction(image, p, info["markers"], info["config"]) for p in info["paths"]]
+    print(f"\n{size}: lit fraction mean {np.mean(fractions):.3f}, range {min(fractions):.3f}-{max(fractions):.3f}")
+    assert 0.3 <= np.mean(fractions) <= 0.7
+    assert max(fractions) <= 0.8
+
+
+def _segment_distance(p, q):
+    """Exact distances ``[n, m]`` between segments ``p [n, 2, 2]`` and ``q [m, 2, 2]``."""
+    psd = draw.point_segment_distance
+    # Apart, the closest pair involves an end point of one of the segments.
+    d = np.minimum.reduce([psd(p[:, 0], q[:, 0], q[:, 1]), psd(p[:, 1], q[:, 0], q[:, 1]),
+                           psd(q[:, 0], p[:, 0], p[:, 1]).T, psd(q[:, 1], p[:, 0], p[:, 1]).T])
+
+    def side(a, b, c):  # sign of the cross product (b - a) x (c - a)
+        u, v = b - a, c - a
+        return np.sign(u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0])
+
+    a, b = p[:, None, 0], p[:, None, 1]
+    c, e = q[None, :, 0], q[None, :, 1]
+    cross = (side(a, b, c) * side(a, b, e) < 0) & (side(c, e, a) * side(c, e, b) < 0)
+    return np.where(cross, 0.0, d)
+
+
+@pytest.mark.parametrize("size", [32, 128])
+def test_paddles_do_not_touch_and_snakes_keep_clearance(size):
+    for i in range(3):
+        image, _, info = pf.sample(np.random.default_rng([22, size, i]), size, "hard", label=i % 2)
+        cfg, margin = info["config"], info["margin"]
+        clearance = 2 * margin + cfg.thickness
+        snakes = [pf.paddles(p, cfg.paddle_length) for p in info["paths"] + info["distractors"]]
+        s = cfg.antialias_scale
+        for q in snakes:
+            # End of one paddle to the start of the next: 2 margin cos(turn / 2),
+            # at least margin for turns up to 90 degrees.
+            assert (np.linalg.norm(q[1:, 0] - q[:-1, 1], axis=1) >= margin).all()
+            # Drawn alone, consecutive paddles share no foreground pixel (and at
+            # 128 px are not even 8-neighbours; 2-px gaps at 32 px can be).
+            masks = []
+            for seg in q:
+                canvas = np.zeros((size * s, size * s), np.float32)
+                draw.draw_segments(canvas, seg[None], cfg.thickness, s, caps="butt")
+                value = np.clip(draw.downsample(canvas, s) * cfg.snake_contrast, 0, 1) * 255
+                masks.append(value >= pf.FOREGROUND_THRESHOLD)
+            for m0, m1 in zip(masks[:-1], masks[1:]):
+                assert not (m0 & m1).any()
+                if size >= 64:
+                    assert not pf._touch(m0, m1)
+            # Non-neighbouring paddles of one snake keep the clearance (up to
+            # the generator's 0.75-px sampling of a candidate paddle).
+            d = _segment_distance(q, q)
+            far = np.abs(np.arange(len(q))[:, None] - np.arange(len(q))[None, :]) >= 2
+            assert (d[far] >= clearance - 0.03).all()
+        for j, qa in enumerate(snakes):
+            for qb in snakes[j + 1:]:
+                assert _segment_distance(qa, qb).min() >= clearance - 0.03
 
 
 def test_tokens_row_major(rng):
@@ -112,11 +217,14 @@ def test_continuity_prior_concentrates_turns(size):
         turns += [np.abs(pf.turning_angles(p)) for p in info["paths"] + info["distractors"]]
     turns = np.concatenate(turns)
     assert turns.size > 200
-    # Never beyond the prior's support; mean near the prior's (obstacle
-    # avoidance adds a little) and far below a uniform turn's pi/2.
+    # Never beyond the prior's support; mean near the prior's and far below a
+    # uniform turn's pi/2. Fitting a dashed snake (1.4-2x longer than the
+    # frame is wide) into the frame selects curvier ones: plain rejection
+    # sampling, as in the original, gives 1.2x (32 px) and 1.4x (64 px) the
+    # prior's mean turn, our backtracking 1.26x and 1.45x.
     assert turns.max() <= cfg.max_turn + 1e-9
     prior = _PRIOR_MEAN_TURN / cfg.continuity
-    assert 0.8 * prior < turns.mean() < 1.4 * prior
+    assert 0.8 * prior < turns.mean() < 1.7 * prior
     assert turns.mean() < 0.35 * np.pi
 
 
@@ -169,6 +277,8 @@ def test_registered_configs(tmp_path):
     assert lp.split_sizes(200_000) == {"train": 160_000, "validation": 20_000, "test": 20_000}
     b = lp.LraPathfinder(config=lp.make_config(128, "hard"), data_dir=str(tmp_path))
     assert b.info.features["inputs"].shape == (128 * 128,)
+    # 2.0.0 = dashed snakes: caches of the continuous 1.0.0 images are not reused.
+    assert str(b.version) == "2.0.0" and str(lp.make_config(32, "easy", num_examples=30).version) == "2.0.0"
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,10 @@ _SPLITS = ("train", "validation", "test")
 RELEASE_FOLDERS = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9",
                    "hard": "curv_contour_length_14"}
 _CHUNK = 64
+# Dataset version of every config. 2.0.0: generated images draw dashed snakes
+# (the original's anchor spacing and clearance), so caches of 1.0.0 (one
+# continuous polyline per snake) must not be reused.
+DATASET_VERSION = "2.0.0"
 _log = logging.getLogger(__name__)
 
 
@@ -76,7 +80,7 @@ class LraPathfinderConfig(tfds.core.BuilderConfig):
 
     def __init__(self, *, size: int = 32, difficulty: str = "hard", num_examples: int = PAPER_NUM_EXAMPLES,
                  seed: int = 0, manual: bool = False, **kwargs):
-        kwargs.setdefault("version", tfds.core.Version("1.0.0"))
+        kwargs.setdefault("version", tfds.core.Version(DATASET_VERSION))
         super().__init__(**kwargs)
         self.size = int(size)
         self.difficulty = difficulty
@@ -253,8 +257,12 @@ class LraPathfinder(OfflineBuilder):
       num_workers: processes that generate images.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version(DATASET_VERSION)
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Generated images: dashed snakes with the original generator's anchor spacing (paddle_length + "
+                 "2 * margin) and clearance (2 * margin + thickness); the release (_manual) reader is unchanged.",
+    }
     BUILDER_CONFIGS = [make_config(s, d, manual=m) for m in (False, True) for s in pf.SIZES for d in pf.DIFFICULTIES]
     DEFAULT_BUILDER_CONFIG_NAME = "32_hard"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
