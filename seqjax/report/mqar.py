@@ -142,22 +142,31 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
 
 
 def plot(rows: list[dict], table: dict, path) -> pathlib.Path:
+    """Writes :func:`figure` to the PNG ``path`` and returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, table)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def figure(rows: list[dict], table: dict):
     """Zoology's figure: accuracy vs state size (log x) and vs width, one line per mixer, per sequence length.
 
     Only finished cells are drawn; a diverged or missing cell is a gap.
 
     Args:
       rows: the output of :func:`cells`.
-      table: the table spec (``seq_lens``, ``mixers``).
-      path: the PNG to write.
+      table: the table spec (``seq_lens``, ``mixers``, ``widths``).
 
     Returns:
-      ``path``.
+      The matplotlib figure (the caller saves or shows it).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the caller's backend: a notebook shows it inline
 
     lengths = table["seq_lens"]
     fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths), 7), squeeze=False)
@@ -182,7 +191,5 @@ def plot(rows: list[dict], table: dict, path) -> pathlib.Path:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return fig
 

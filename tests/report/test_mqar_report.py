@@ -52,6 +52,23 @@ def test_table_lists_every_cell_and_draws_the_figure(tmp_path):
     # Every other grid cell is a row of the long table, none dropped (the interrupted one is missing too).
     assert md.count("| missing | – |") == len(table["cells"]) - 3
     assert "Paper (Arora et al. 2023" in md
+    _run_notebook(tmp_path)
+
+
+def _run_notebook(results):
+    """notebooks/mqar.ipynb on these results: it lists the cells and draws the figure."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "mqar.ipynb", as_version=4)
+    os.environ["SEQJAX_RESULTS"] = str(results)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        del os.environ["SEQJAX_RESULTS"]
+    outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "2 finished of 27 MQAR cells" in outputs and "| mha | 32 | 16388 | 0.8750 | 51 |" in outputs
+    assert "| gla | 32 | 1024 | diverged |" in outputs
+    assert [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
 
 
 def test_the_paper_grid_keeps_the_best_learning_rate():
