@@ -97,3 +97,21 @@ def test_a_bad_table_or_scale_is_one_line_and_exit_2(args, line, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), r.stderr[-2000:]
     assert "mqar" in lines[0] or "--scale" in lines[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_report_from_the_kept_cpu_cells(tmp_path):
+    """docs/results/mqar-cpu: every kept cell's accuracy is in the rebuilt table, read from its results.json."""
+    import shutil
+
+    kept = ROOT / "docs" / "results" / "mqar-cpu"
+    for cell in kept.iterdir():
+        if (cell / "results.json").is_file():
+            shutil.copytree(cell, tmp_path / cell.name)
+    build_report(get_table("cpu"), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    names = [c.name for c in kept.iterdir() if (c / "results.json").is_file()]
+    assert names
+    for name in names:
+        r = json.loads((kept / name / "results.json").read_text())
+        mixer, d = name.split("-L")[0], r["config"]["model"]["d_model"]
+        assert _row(md, f"| {mixer} | {d} | ").split(" | ")[3] == f"{r['metrics']['accuracy']:.4f}"
