@@ -21,8 +21,8 @@ def test_parse_arg():
         assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("table", ["icl", "icll", "lra"])
-@pytest.mark.parametrize("scale", ["cpu", "paper"])
+@pytest.mark.parametrize("table, scale", [(t, s) for t in ("icl", "icll", "lra") for s in ("cpu", "paper")]
+                         + [("mqar", "cpu"), pytest.param("mqar", "paper", marks=pytest.mark.slow)])  # 576 cells
 def test_every_table_cell_builds(table, scale):
     """Each cell passes what a run checks before training (trainer, mesh, model, task, lengths)."""
     tab = load_module(ROOT / "configs" / "tables" / f"{table}.py").get_table(scale)

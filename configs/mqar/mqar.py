@@ -90,5 +90,7 @@ def get_config(arg: str | None = None):
     tr.eval_every = 0
     tr.checkpoint_every = 2000 if paper else 500
     config.seed = 0
-    config.name = f"mqar-{args['model']}-L{seq_len}-kv{pairs}-d{m.d_model}-{args['scale']}"
+    # An explicit lr is part of the name: the paper's grid sweeps it, and each cell needs its own name.
+    lr = f"-lr{o.learning_rate:g}" if args["lr"] else ""
+    config.name = f"mqar-{args['model']}-L{seq_len}-kv{pairs}-d{m.d_model}{lr}-{args['scale']}"
     return config

@@ -3,7 +3,8 @@
 The model config (its fields, every check, the mixers' kwargs) lives in
 :mod:`seqjax.models.config`; the network in ``model.py`` (embeddings, the
 backbone of mixer blocks, heads); optimiser groups of its parameters in
-``param_groups.py``.
+``param_groups.py``; the recurrent state per layer (bytes per sequence, from
+the config alone) in ``state.py``.
 """
 
 from seqjax.models.backbone import Backbone, Block, channel_hidden
@@ -12,9 +13,10 @@ from seqjax.models.config import (
     sequence_parallel_mixers, validate)
 from seqjax.models.heads import pool
 from seqjax.models.model import SequenceModel
+from seqjax.models.state import layer_state_sizes
 
 __all__ = [
     "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length", "check_build",
     "causal_only", "bidirectional_only", "sequence_parallel_mixers", "SequenceModel", "Backbone", "Block",
-    "channel_hidden", "pool",
+    "channel_hidden", "pool", "layer_state_sizes",
 ]

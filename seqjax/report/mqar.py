@@ -1,4 +1,23 @@
-"""Reports of the recall synthetics (``seqjax.tasks.mqar``): what one run prints."""
+"""Reports of the recall synthetics (``seqjax.tasks.mqar``): one run's summary and the MQAR table.
+
+The table (``configs/tables/mqar.py``) lists every cell of the grid, mixer ×
+sequence length × width (× learning rate at paper scale, where the best
+learning rate of each mixer, length and width is kept, as Zoology reports):
+its held-out ``accuracy`` and wall time from the cell's ``results.json``, and
+its recurrent state per layer (:func:`seqjax.models.layer_state_sizes`, bytes
+per sequence) from the config the run wrote, or, for a cell that has not run,
+from the cell's config file. A cell without results reads "missing"; one that
+diverged reads "diverged". The figure is Zoology's: accuracy against state
+size (log axis) and against width, one line per mixer, per sequence length.
+"""
+
+import pathlib
+
+from seqjax.report.io import DIVERGED, diverged
+from seqjax.report.tables import markdown_table
+
+MISSING = "missing"
+"""The table entry of a cell that has no ``results.json``."""
 
 
 def run_summary(results: dict) -> str:
@@ -15,3 +34,162 @@ def run_summary(results: dict) -> str:
         f"accuracy {m['accuracy']:.4f}   sequence accuracy {m['sequence_accuracy']:.4f}   CE {m['ce']:.4f}   "
         f"({m['num_positions']} scored positions in {m['num_examples']} held-out examples)",
     ])
+
+
+def state_bytes(config: dict) -> int | None:
+    """Recurrent state per layer (bytes per sequence; the mean over layers) of a run's config, or None.
+
+    Args:
+      config: the config a run wrote (``results["config"]``) or a ConfigDict;
+        the length is ``config["task"]["seq_len"]``.
+
+    Returns:
+      The bytes, or None when the model has a layer without recurrent state.
+    """
+    from seqjax.errors import ConfigError
+    from seqjax.models import layer_state_sizes
+
+    try:
+        sizes = layer_state_sizes(config["model"], int(config["task"]["seq_len"]))
+    except ConfigError:
+        return None
+    return round(sum(sizes) / len(sizes))
+
+
+def cells(table: dict, results: list[dict]) -> list[dict]:
+    """One row per (mixer, sequence length, width) of the table's grid, filled from ``results``.
+
+    Args:
+      table: the spec from ``configs/tables/mqar.py`` (``grid``, ``cells``, ``repo``).
+      results: finished and diverged cells' results (``workdir``'s folder name is the cell name).
+
+    Returns:
+      Dicts ``mixer, seq_len, d_model, state_bytes, accuracy, seconds, lr, status``
+      with ``status`` "finished", "diverged" or "missing" (``accuracy`` and
+      ``seconds`` None unless finished). Across swept learning rates the best
+      finished cell is kept.
+    """
+    from seqjax.config import load_config
+
+    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
+    specs = {c.name: c for c in table["cells"]}
+    rows: dict[tuple, dict] = {}
+    for g in table["grid"]:
+        key = (g["mixer"], g["seq_len"], g["d_model"])
+        r = by_name.get(g["cell"])
+        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+        if r is not None and r.get("config", {}).get("model"):
+            size = state_bytes(r["config"])
+        else:  # not run (or no config written): the cell's own config says what it would hold
+            spec = specs[g["cell"]]
+            size = state_bytes(load_config(pathlib.Path(table["repo"]) / spec.config, spec.arg))
+        row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "d_model": g["d_model"], "state_bytes": size,
+               "lr": g["lr"], "status": status, "accuracy": None, "seconds": None}
+        if status == "finished":
+            row["accuracy"] = float(r["metrics"]["accuracy"])
+            row["seconds"] = r.get("wall_time_s")
+        old = rows.get(key)
+        rank = {MISSING: 0, DIVERGED: 1, "finished": 2}
+        if old is None or (rank[status], row["accuracy"] or 0.0) > (rank[old["status"]], old["accuracy"] or 0.0):
+            rows[key] = row
+    return list(rows.values())
+
+
+def _entry(row: dict):
+    return row["accuracy"] if row["status"] == "finished" else row["status"]
+
+
+def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.Path]:
+    """The MQAR report: accuracy per mixer × width, every cell with its state size, and the figure.
+
+    Args:
+      table: the spec from ``configs/tables/mqar.py``.
+      base: the table's run folder.
+      results: finished and diverged cells' results.
+
+    Returns:
+      Paths written (``report.md``, and ``mqar-accuracy.png`` when a cell finished).
+    """
+    rows = cells(table, results)
+    swept = any(g["lr"] is not None for g in table["grid"])
+    parts = [f"# {table['title']}", "",
+             "Built from results.json files under this folder: held-out accuracy at the queries (↑). "
+             "State = recurrent (inference) state per layer in bytes per sequence, computed from each cell's "
+             "config (`seqjax.models.layer_state_sizes`; attention: its key-value cache at the sequence length). "
+             "A cell without results reads \"missing\"." + (" The best learning rate of each cell is kept." if swept else ""),
+             ""]
+    for seq_len in table["seq_lens"]:
+        at = [r for r in rows if r["seq_len"] == seq_len]
+        parts += [f"## Sequence length {seq_len}", "", "Accuracy by width (d_model):", ""]
+        pivot = [[m] + [next((_entry(r) for r in at if r["mixer"] == m and r["d_model"] == d), MISSING)
+                        for d in table["widths"]] for m in table["mixers"]]
+        parts += [markdown_table(["mixer"] + [f"d={d}" for d in table["widths"]], pivot), "", "Every cell:", ""]
+        header = ["mixer", "d_model", "state / layer (bytes)", "accuracy", "seconds"] + (["lr"] if swept else [])
+        long = [[r["mixer"], r["d_model"], r["state_bytes"], _entry(r),
+                 None if r["seconds"] is None else f"{r['seconds']:.0f}"]
+                + ([r["lr"] if r["status"] == "finished" else None] if swept else []) for r in at]
+        parts += [markdown_table(header, long, digits=4), ""]
+    if table.get("paper"):
+        parts += [table["paper"], ""]
+    written = []
+    if any(r["status"] == "finished" for r in rows):
+        png = base / "mqar-accuracy.png"
+        written.append(plot(rows, table, png))
+        parts += [f"![accuracy vs state size]({png.name})", ""]
+    md = base / "report.md"
+    md.write_text("\n".join(parts))
+    return [md] + written
+
+
+def plot(rows: list[dict], table: dict, path) -> pathlib.Path:
+    """Writes :func:`figure` to the PNG ``path`` and returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, table)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def figure(rows: list[dict], table: dict):
+    """Zoology's figure: accuracy vs state size (log x) and vs width, one line per mixer, per sequence length.
+
+    Only finished cells are drawn; a diverged or missing cell is a gap.
+
+    Args:
+      rows: the output of :func:`cells`.
+      table: the table spec (``seq_lens``, ``mixers``, ``widths``).
+
+    Returns:
+      The matplotlib figure (the caller saves or shows it).
+    """
+    import matplotlib.pyplot as plt  # the caller's backend: a notebook shows it inline
+
+    lengths = table["seq_lens"]
+    fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths), 7), squeeze=False)
+    for j, seq_len in enumerate(lengths):
+        for mixer in table["mixers"]:
+            done = [r for r in rows if r["mixer"] == mixer and r["seq_len"] == seq_len and r["status"] == "finished"]
+            if not done:
+                continue
+            by_state = sorted((r for r in done if r["state_bytes"]), key=lambda r: r["state_bytes"])
+            if by_state:
+                axes[0, j].plot([r["state_bytes"] for r in by_state], [r["accuracy"] for r in by_state], marker="o",
+                                label=mixer)
+            by_width = sorted(done, key=lambda r: r["d_model"])
+            axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], marker="o",
+                            label=mixer)
+        axes[0, j].set(xscale="log", xlabel="recurrent state per layer (bytes / sequence)", ylabel="accuracy",
+                       ylim=(0, 1.02), title=f"MQAR, sequence length {seq_len}")
+        axes[1, j].set(xscale="log", xlabel="model width (d_model)", ylabel="accuracy", ylim=(0, 1.02))
+        axes[1, j].set_xticks(table["widths"], [str(w) for w in table["widths"]])
+        axes[1, j].minorticks_off()
+        for ax in axes[:, j]:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
