@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ class Checkpointer:
                     state, meta = self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint cannot be used
                 reason = failure_reason(e)
+                _drop_unawaited_warnings()
             else:
                 try:
                     if check_meta is not None:
@@ -283,21 +285,24 @@ def _quiet_orbax():
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.CRITICAL)
-    _drop_closed_loop_errors()
+    _drop_stray_errors()
     try:
         yield
     finally:
         absl_logger.setLevel(level)
 
 
-def _drop_closed_loop_errors() -> None:
-    """Installs (once) an unraisable-error hook that drops ``RuntimeError('Event loop is closed')``.
+def _drop_stray_errors() -> None:
+    """Installs (once) filters for the errors a failed restore leaves behind in orbax's threads.
 
     When one array of a restore fails, orbax stops waiting and closes its
-    event loop; the other arrays' reads then complete in tensorstore's threads
+    event loop. The other arrays' reads then complete in tensorstore's threads
     and try to wake that loop, each printing a traceback (through
-    ``sys.unraisablehook``) whenever it happens, even after the run ended.
-    The hook drops only those; any other error goes to the previous hook.
+    ``sys.unraisablehook``, ``RuntimeError('Event loop is closed')``), and
+    the reads that failed too are tasks and futures whose exception nobody
+    retrieves: asyncio logs each ("... exception was never retrieved" and a traceback)
+    whenever the task is garbage-collected, possibly after the run's own
+    one-line error. Both are dropped; any other error goes through.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_seqjax_drops_closed_loop", False):
@@ -310,6 +315,40 @@ def _drop_closed_loop_errors() -> None:
 
     hook._seqjax_drops_closed_loop = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_drop_orbax_unretrieved)
+
+
+def _drop_unawaited_warnings() -> None:
+    """After a failed restore: no "coroutine ... was never awaited" warnings at exit.
+
+    orbax leaves the coroutines of the reads it stopped waiting for; Python
+    warns about each when it collects them, often at interpreter exit, after
+    the run's own one-line message. Installed only once a restore failed, so
+    a run that never meets a damaged checkpoint keeps the warning for its own code.
+    """
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+
+
+_UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+
+def _drop_orbax_unretrieved(record: logging.LogRecord) -> bool:
+    """False (drop) for asyncio's "never retrieved" report of a read that orbax or tensorstore raised.
+
+    The exception comes either with frames in orbax (a task) or without frames
+    (a future that tensorstore completed): its message then names the
+    tensorstore spec.
+    """
+    if not record.getMessage().startswith(_UNRETRIEVED) or not record.exc_info:
+        return True
+    error, tb = record.exc_info[1], record.exc_info[2]
+    if "tensorstore_spec" in str(error):
+        return False
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return False
+        tb = tb.tb_next
+    return True
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

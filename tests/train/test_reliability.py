@@ -8,6 +8,7 @@ each kind; the other kinds are marked slow.
 """
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -22,6 +23,7 @@ from ml_collections import ConfigDict
 
 from seqjax.errors import ConfigError
 from seqjax.train import default_config
+from seqjax.train import checkpoint
 from seqjax.train.checkpoint import Checkpointer
 from seqjax.train.config import validate_config
 from seqjax.train.guards import DivergenceGuard, StopSignals
@@ -341,3 +343,42 @@ def test_stop_signals_defer_the_first_signal_and_put_the_handlers_back():
         time.sleep(0.01)  # delivered at the next bytecode boundary
         assert signals.received == signal.SIGTERM
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def _task_error_record(filename: str) -> logging.LogRecord:
+    # asyncio's report of a garbage-collected task whose exception nobody retrieved,
+    # raised from code that lives in ``filename``.
+    code = compile("def read():\n    raise ValueError('DATA_LOSS: damaged')\n", filename, "exec")
+    scope = {}
+    exec(code, scope)
+    try:
+        scope["read"]()
+    except ValueError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, filename, 1,
+                             "Task exception was never retrieved\nfuture: <Task finished>", None, exc_info)
+
+
+def test_unretrieved_orbax_read_errors_are_dropped_and_others_kept(monkeypatch):
+    # A failed restore leaves other reads' errors in unretrieved tasks; asyncio logs each
+    # with a traceback when the task is collected, maybe after the run's one-line error.
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # installs afresh, undone after
+    logger = logging.getLogger("asyncio")
+    before = list(logger.filters)
+    try:
+        checkpoint._drop_stray_errors()
+        orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
+        assert not logger.filter(_task_error_record(orbax_file))
+        assert logger.filter(_task_error_record(os.path.join(os.sep, "home", "user", "mine.py")))
+        other = logging.LogRecord("asyncio", logging.ERROR, orbax_file, 1, "Executing <Task> took 1 s", None, None)
+        assert logger.filter(other)
+        # A future that tensorstore completed: no frames, the message names the spec.
+        spec_error = ValueError("DATA_LOSS: Error reading [tensorstore_spec='{\"driver\":\"zarr\"}']")
+        future = logging.LogRecord("asyncio", logging.ERROR, "", 1, "Future exception was never retrieved\nfuture: <Future>",
+                                   None, (ValueError, spec_error, None))
+        assert not logger.filter(future)
+        plain = logging.LogRecord("asyncio", logging.ERROR, "", 1, "Future exception was never retrieved\nfuture: <Future>",
+                                  None, (ValueError, ValueError("mine"), None))
+        assert logger.filter(plain)
+    finally:
+        logger.filters[:] = before
