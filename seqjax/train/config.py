@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from seqjax import parallel
+from seqjax import models, parallel
 from seqjax.errors import ConfigError
 from seqjax.parallel import distributed
 from seqjax.tasks.base import padded_batch_size
@@ -253,6 +253,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+def _plain(config) -> Any:
+    """``config`` as the JSON values ``config.json`` holds (tuples as lists, ...)."""
+    return json.loads(json.dumps(jsonable(config.to_dict())))
+
+
 def check_workdir_config(config, workdir: Path) -> None:
     """Checks ``config`` against ``workdir/config.json`` when the folder has one.
 
@@ -263,6 +268,10 @@ def check_workdir_config(config, workdir: Path) -> None:
       config: the full config.
       workdir: the run folder.
 
+    A field the run's file lacks (one added to seqjax after the run started)
+    counts as unchanged when the config holds its default, so runs resume
+    across upgrades that add trainer or model fields.
+
     Raises:
       ConfigError: the folder holds a run of another config (names up to three
         differing fields with both values).
@@ -270,8 +279,11 @@ def check_workdir_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    old, new = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(jsonable(config.to_dict()))))
-    diffs = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)]
+    old, new = _flatten(json.loads(path.read_text())), _flatten(_plain(config))
+    defaults = _flatten(_plain(default_config())) | _flatten(_plain(models.default_config()), "model.")
+    diffs = [k for k in sorted(set(old) | set(new))
+             if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)
+             and not (k not in old and k in defaults and new.get(k) == defaults[k])]
     if diffs:
         shown = ", ".join(f"config.{k}={new.get(k)!r} (run has {old.get(k)!r})" for k in diffs[:3])
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""

@@ -265,3 +265,19 @@ def test_a_folder_holds_one_config(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.train\.steps=3 is below the newest checkpoint .* \(step 6\)"):
         run(make_config(steps=3, checkpoint_every=0), tmp_path, task=ToyTask(), model=ToyModel())
     _assert_contexts_left()
+
+
+def test_fields_added_after_a_run_started_resume_at_their_default(tmp_path):
+    from seqjax import models
+    from seqjax.train.config import check_workdir_config
+
+    config = make_config(steps=4)
+    config.model = models.default_config()
+    saved = json.loads(json.dumps(config.to_dict(), default=str))
+    # A run written before the model had `pooling_heads` (and the trainer `log_every`).
+    del saved["model"]["pooling_heads"], saved["train"]["log_every"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_workdir_config(config, tmp_path)  # both at their defaults: the same run
+    config.model.pooling_heads = config.model.pooling_heads + 3
+    with pytest.raises(ConfigError, match=r"config\.model\.pooling_heads=.*\(run has None\)"):
+        check_workdir_config(config, tmp_path)
