@@ -84,7 +84,8 @@ class _DeltaBase(Mixer):
         norms and the gates run in float32 (float64 for a float64 ``dtype``).
       impl: ``impl`` of :func:`seqjax.ops.delta_rule` (a string, or
         ``{"delta_rule": impl}``).
-      sequence_axis: must stay None (no sequence-parallel form yet).
+      sequence_axis: mesh axis that splits the length (the op's
+        sequence-parallel form, :func:`seqjax.ops.delta_rule_sp.delta_rule_sp`).
       num_heads: heads ``h``.
       d_conv: taps of the short convolution (4).
       norm_eps: epsilon of the per-head output RMSNorm.
@@ -92,6 +93,7 @@ class _DeltaBase(Mixer):
     """
 
     ops = ("delta_rule",)
+    sequence_parallel = True
     values_index = 2  # v in (q, k, v, beta, log_decay, segment_ids)
 
     num_heads: int = 4
@@ -159,9 +161,8 @@ class _DeltaBase(Mixer):
         return Projection(tokens=(q, k, v, beta, log_decay, segment_ids), rest=x)
 
     def mix(self, axis, q, k, v, beta, log_decay, segment_ids):
-        del axis  # no sequence-parallel form (check_common refuses sequence_axis)
         return delta_rule(q, k, v, beta, log_decay=log_decay, segment_ids=segment_ids,
-                          chunk_size=self.chunk_size, impl=self.impl_for("delta_rule"))[0]
+                          chunk_size=self.chunk_size, impl=self.impl_for("delta_rule"), sequence_axis=axis)[0]
 
     def output(self, p, y, proj: Projection) -> Seq:
         """Per-head RMSNorm, the gate (Gated DeltaNet) and the out-projection of ``y (…, h, dv)``."""
@@ -211,7 +212,7 @@ class DeltaNet(_DeltaBase):
       d_model: width; None takes it from the input (or the parameters).
       dtype: compute dtype of the projections and the convolution (the op in float32).
       impl: ``impl`` of :func:`seqjax.ops.delta_rule`.
-      sequence_axis: must stay None (no sequence-parallel form).
+      sequence_axis: mesh axis that splits the length (``delta_rule_sp``).
       num_heads: heads; must divide ``d_model``.
       d_conv: taps of the short convolution (4).
       norm_eps: epsilon of the output RMSNorm.
@@ -250,7 +251,7 @@ class GatedDeltaNet(_DeltaBase):
       d_model: width; None takes it from the input (or the parameters).
       dtype: compute dtype of the projections and the convolution (the op in float32).
       impl: ``impl`` of :func:`seqjax.ops.delta_rule`.
-      sequence_axis: must stay None (no sequence-parallel form).
+      sequence_axis: mesh axis that splits the length (``delta_rule_sp``).
       num_heads: heads.
       head_dim: ``dk``; None: ``d_model / num_heads`` (then ``num_heads`` must divide it).
       expand_v: ``dv = expand_v · dk`` (2).

@@ -20,7 +20,7 @@ Ops (``seqjax.ops.<name>``):
   * :func:`fft_conv` — long depthwise convolution.
   * sequence-parallel variants (inside ``jax.shard_map``, also reached as
     ``sequence_axis=`` of the op): :func:`linear_scan_sp`, :func:`selective_scan_sp`,
-    :func:`ssd_sp`, :func:`linear_attention_sp`, :func:`ring_attention` (with
+    :func:`ssd_sp`, :func:`linear_attention_sp`, :func:`delta_rule_sp`, :func:`ring_attention` (with
     :func:`zigzag_permute` / :func:`zigzag_unpermute`).
   * SSM building blocks: HiPPO matrices and inits (``hippo.py``, NumPy,
     init-time), discretisation and convolution kernels (``ssm_kernels.py``).
@@ -40,6 +40,7 @@ other names with ``from seqjax.ops.ssd import ...``.
 from seqjax.ops.attention import attention
 from seqjax.ops.decode_attention import decode_attention
 from seqjax.ops.delta_rule import delta_rule
+from seqjax.ops.delta_rule_sp import delta_rule_sp
 from seqjax.ops.fft_conv import fft_conv
 from seqjax.ops.hippo import (
     block_diagonal_legs, hippo_fout, hippo_lagt, hippo_legs, hippo_legt, nplr_legs, s4d_init)
@@ -59,7 +60,8 @@ from seqjax.ops.ssm_kernels import (
 __all__ = [
     "SoftmaxState", "attention", "block_diagonal_legs", "cauchy", "decode_attention", "delta_rule", "discretize",
     "discretize_dense", "dplr_c_tilde", "dplr_kernel", "fft_conv", "hippo_fout", "hippo_lagt", "hippo_legs",
-    "hippo_legt", "krylov_kernel", "linear_attention", "linear_attention_sp", "linear_scan", "linear_scan_sp",
+    "hippo_legt", "krylov_kernel", "linear_attention", "linear_attention_sp", "delta_rule_sp", "linear_scan",
+    "linear_scan_sp",
     "nplr_legs", "ring_attention", "s4d_init", "selective_scan", "selective_scan_sp", "ssd", "ssd_sp",
     "vandermonde_kernel", "zigzag_permute", "zigzag_unpermute",
 ]

@@ -137,7 +137,7 @@ def before_first_start(starts: jax.Array, dtype) -> jax.Array:
 
 
 def combine_shards(decay: jax.Array, final: jax.Array, initial: jax.Array, axis_name: str,
-                   *, reverse: bool = False) -> tuple[jax.Array, jax.Array]:
+                   *, reverse: bool = False, matrix: bool = False) -> tuple[jax.Array, jax.Array]:
     """The state entering this device's shard, and the global final state.
 
     A shard maps the state entering it, ``S``, to ``decay · S + final`` (an
@@ -152,6 +152,9 @@ def combine_shards(decay: jax.Array, final: jax.Array, initial: jax.Array, axis_
       initial: the state before the global first position (replicated).
       axis_name: the mesh axis that splits the length.
       reverse: the carry flows from device ``i + 1`` to device ``i``.
+      matrix: ``decay`` is a matrix acting on the state's second-to-last
+        axis, ``decay @ S + final`` (the delta rule's product of
+        Householder-like transitions, ``(b, h, dk, dk)`` against ``(b, h, dk, dv)``).
 
     Returns:
       ``(entering, final)``: the state entering this device's shard and the
@@ -162,6 +165,8 @@ def combine_shards(decay: jax.Array, final: jax.Array, initial: jax.Array, axis_
 
     def combine(carry, pair):
         a, h = pair
+        if matrix:
+            return jnp.einsum("...ij,...jk->...ik", a, carry, precision=lax.Precision.HIGHEST) + h, carry
         a = a.reshape(a.shape + (1,) * (carry.ndim - a.ndim))
         return a * carry + h, carry
 

@@ -86,6 +86,7 @@ def delta_rule(
     segment_ids: SegmentIds | None = None,
     chunk_size: int = 64,
     impl: str = "auto",
+    sequence_axis: str | None = None,
 ) -> tuple[AttnOut, LinAttnState]:
     """The (gated) delta rule ``S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t``.
 
@@ -109,6 +110,11 @@ def delta_rule(
         (the end is padded with zero keys, values and beta, which leave the
         state unchanged).
       impl: ``"auto"``, ``"sequential"`` or ``"chunked"``.
+      sequence_axis: sequence parallelism. When set, this call must run inside
+        ``jax.shard_map`` with the length split contiguously over this mesh
+        axis (:func:`seqjax.ops.delta_rule_sp.delta_rule_sp`: one local run,
+        one ``all_gather`` of the shards' transition matrices and final
+        states); ``o`` is then the local shard's, the final state global.
 
     Returns:
       ``(o, final_state)``: ``o`` ``(b, l, h, dv)`` in the inputs' dtype and the
@@ -117,11 +123,15 @@ def delta_rule(
       ``initial_state``.
     """
     dispatch.check("delta_rule", impl)
+    if sequence_axis is not None:
+        return dispatch.sequence_parallel("delta_rule")(
+            q, k, v, beta, axis_name=sequence_axis, log_decay=log_decay, initial_state=initial_state,
+            segment_ids=segment_ids, chunk_size=chunk_size, impl=impl)
     q, k, v, beta = (jnp.asarray(x) for x in (q, k, v, beta))
     log_decay = None if log_decay is None else jnp.asarray(log_decay)
     initial_state = None if initial_state is None else jnp.asarray(initial_state)
     segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
-    _check_inputs(q, k, v, beta, log_decay, initial_state, segment_ids, chunk_size)
+    check_inputs(q, k, v, beta, log_decay, initial_state, segment_ids, chunk_size)
 
     batch, length, heads, dk = q.shape
     dv = v.shape[-1]
@@ -138,7 +148,7 @@ def delta_rule(
     return o.astype(out_dtype), state
 
 
-def _check_inputs(q, k, v, beta, log_decay, initial_state, segment_ids, chunk_size) -> None:
+def check_inputs(q, k, v, beta, log_decay, initial_state, segment_ids, chunk_size) -> None:
     """Raises a one-line ValueError naming the first argument of ``delta_rule`` that is wrong."""
     if q.ndim != 4:
         raise ValueError(f"delta_rule: q must be (b, l, h, dk), got shape {q.shape}")

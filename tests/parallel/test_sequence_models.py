@@ -26,6 +26,7 @@ MIXER_KWARGS = {
     "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4},
     "s5": {"d_state": 8},
     "gla": {"num_heads": 2, "chunk_size": 4},
+    "gated_deltanet": {"num_heads": 2, "chunk_size": 4},
 }
 
 
@@ -69,7 +70,12 @@ def _max_rel(a, b):
 MESHES = {"mha": {"data": 1, "sequence": 8}}
 
 
-@pytest.mark.parametrize("name", sorted(MIXER_KWARGS))
+# Slow to compile on 2 cores (~1 min): the op's own test (tests/ops/test_delta_rule_sp.py) runs by default.
+SLOW = {"gated_deltanet"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(MIXER_KWARGS)])
 def test_sequence_sharded_model_equals_unsharded(name, rng):
     model = _model(name)
     x, seg = _inputs(rng)
@@ -111,7 +117,7 @@ def test_unsupported_mixer_and_cls_are_config_errors():
     cfg = models.default_config()
     cfg.mixers, cfg.vocab_size, cfg.sequence_axis = "lstm", VOCAB, "sequence"
     with pytest.raises(ConfigError, match=r"config.model.sequence_axis='sequence' but mixer 'lstm'.*allowed mixers: "
-                                          r"gla, mamba, mamba2, mha, retnet, s5"):
+                                          r"deltanet, gated_deltanet, gla, mamba, mamba2, mha, mlp, retnet, s5"):
         models.build(cfg)
     cfg.mixers, cfg.causal, cfg.head, cfg.num_classes, cfg.pooling = "mha", False, "classification", 2, "cls"
     with pytest.raises(ConfigError, match=r"pooling='cls'"):
