@@ -64,30 +64,25 @@ def test_taylor_feature_map(rng):
 # --- outputs against the reference ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix, impl, length", [
-    (0, "chunked", 13), (3, "chunked", 13), (5, "sequential", 13), (3, "chunked", 1), (20, "reference", 7),
-])
-def test_matches_reference_float32(rng, prefix, impl, length):
-    m = _make(prefix_length=prefix, impl=impl, chunk_size=4)
+@pytest.mark.parametrize("impl, length", [("chunked", 13), ("sequential", 13), ("chunked", 1)])
+def test_matches_reference_float32(rng, impl, length):
+    m = _make(impl=impl, chunk_size=4)
     x, v = _setup(rng, m, 2, length)
-    assert_rel_close(m.apply(v, x), _ref(m, v, x), RTOL, f"prefix={prefix}")
+    assert_rel_close(m.apply(v, x), _ref(m, v, x), RTOL, f"{impl} no prefix")
+    rows = np.asarray([3, 20])  # a prefix longer than the row is the whole row
     seg = segments(rng, 2, length)
-    y = m.apply(v, x, segment_ids=jnp.asarray(seg))
-    assert_rel_close(y, _ref(m, v, x, segment_ids=seg), RTOL, f"prefix={prefix} segments")
+    y = m.apply(v, x, segment_ids=jnp.asarray(seg), prefix_lengths=jnp.asarray(rows, jnp.int32))
+    assert_rel_close(y, _ref(m, v, x, prefix=rows, segment_ids=seg), RTOL, f"{impl} prefix {rows} segments")
 
 
-def test_per_row_prefix_lengths(rng):
-    m = _make(prefix_length=2, chunk_size=4)
-    x, v = _setup(rng, m, 3, 11)
-    rows = jnp.asarray([0, 4, 11], jnp.int32)
-    y = m.apply(v, x, prefix_lengths=rows)
-    assert_rel_close(y, _ref(m, v, x, prefix=np.asarray(rows)), RTOL, "per-row prefix")
-    # Each row equals the mixer with that prefix as its field.
-    for b, n in enumerate([0, 4, 11]):
-        alone = _make(prefix_length=n, chunk_size=4).apply(v, x[b : b + 1])
-        assert rel_err(y[b : b + 1], alone) <= RTOL
+def test_field_and_per_row_prefix_agree(rng):
+    m = _make(prefix_length=4)
+    x, v = _setup(rng, m, 2, 13)
+    y = m.apply(v, x)
+    assert_rel_close(y, _ref(m, v, x), RTOL, "prefix_length=4")
+    assert rel_err(_make().apply(v, x, prefix_lengths=jnp.asarray([4, 4], jnp.int32)), y) <= 1e-6
     with pytest.raises(ValueError, match=r"prefix_lengths must be \(batch,\)"):
-        m.apply(v, x, prefix_lengths=jnp.asarray([1, 2], jnp.int32))
+        m.apply(v, x, prefix_lengths=jnp.asarray([1, 2, 3], jnp.int32))
 
 
 def test_float64_exact(rng):
@@ -96,7 +91,7 @@ def test_float64_exact(rng):
     seg = segments(rng, 2, 13)
     rows = np.asarray([3, 6])
     with jax.enable_x64(True):
-        m = get("jrt")(**FIELDS, dtype=jnp.float64, impl="chunked", chunk_size=4)
+        m = Jitted(get("jrt")(**FIELDS, dtype=jnp.float64, impl="chunked", chunk_size=4))
         v = perturb(harness.init(m, jnp.asarray(x)), rng)
         kw = dict(segment_ids=jnp.asarray(seg), prefix_lengths=jnp.asarray(rows))
         y = m.apply(v, jnp.asarray(x), **kw)
@@ -113,8 +108,8 @@ def test_float64_exact(rng):
 
 def test_gradients(rng):
     """Gradients of Σ w ⊙ jrt(x) for every parameter and x equal autodiff of the float64 reference."""
-    x = rng.standard_normal((2, 11, 8))
-    seg = segments(rng, 2, 11)
+    x = rng.standard_normal((2, 9, 8))
+    seg = segments(rng, 2, 9)
     m = _make(prefix_length=3, impl="chunked", chunk_size=4)
     v = nn.meta.unbox(perturb(harness.init(m, jnp.float32(x)), rng))
     w = rng.standard_normal(x.shape)
@@ -160,48 +155,40 @@ def test_mixing_matrix_blocks(rng):
 
 
 def test_non_causal_inside_the_prefix_only(rng):
-    m = _make(prefix_length=5)
+    m = _make(prefix_length=4)
     x, v = _setup(rng, m)
-    harness.check_causal(m, v, x, rng, cut=5)  # nothing at or after the prefix end leaks back
+    harness.check_causal(m, v, x, rng, cut=4)  # nothing at or after the prefix end leaks back
     harness.check_causal(m, v, x, rng, cut=9)
     x2 = np.array(x)
-    x2[:, 4] = rng.standard_normal(x2[:, 4].shape)  # the last prefix token changes every earlier output
-    moved = np.abs(np.asarray(m.apply(v, jnp.asarray(x2)) - m.apply(v, x)))[:, :4].max(axis=(0, 2))
+    x2[:, 3] = rng.standard_normal(x2[:, 3].shape)  # the last prefix token changes every earlier output
+    moved = np.abs(np.asarray(m.apply(v, jnp.asarray(x2)) - m.apply(v, x)))[:, :3].max(axis=(0, 2))
     assert (moved > 1e-4).all()
 
 
 def test_segments_count_the_prefix_from_each_start(rng):
-    m = _make(prefix_length=3)
-    _, v = _setup(rng, m, 1, 16)
-    harness.check_segments(m, v, rng, lengths=(5, 8, 2, 1), width=16)
+    m = _make(prefix_length=4)
+    _, v = _setup(rng, m, 1, 13)
+    harness.check_segments(m, v, rng, lengths=(6, 7), width=16)
 
 
-@pytest.mark.parametrize("prefix, prompt", [(0, 6), (4, 6), (6, 6), (9, 6)])
-def test_prefill_then_step(rng, prefix, prompt):
+def test_prefill_then_step(rng):
     """Steps after a prefill of P tokens give the parallel form (prefix min(M, P)) at positions >= P."""
-    m = _make(prefix_length=prefix)
-    x, v = _setup(rng, m, 2, 11)
-    y_pre, cache = m.apply(v, x[:, :prompt], method="prefill")
+    m = _make()
+    x, v = _setup(rng, m, 4, 11)
+    prompt, rows = 6, np.asarray([0, 4, 6, 9])  # per row: no prefix, inside, the whole prompt, past it
+    y_pre, cache = m.apply(v, x[:, :prompt], jnp.asarray(rows, jnp.int32), method="prefill")
+    assert set(cache) == {"S", "z"} and cache["S"].shape == (4, 2, 21, 8) and cache["z"].shape == (4, 2, 21)
     steps = []
     for t in range(prompt, 11):
         y_t, cache = m.apply(v, x[:, t], cache, method="step")
         steps.append(y_t)
-    y_ref = _ref(m, v, x, prefix=min(prefix, prompt))
-    assert_rel_close(y_pre, _ref(m, v, x[:, :prompt]), RTOL, "prefill outputs")
+    assert_rel_close(y_pre, _ref(m, v, x[:, :prompt], prefix=rows), RTOL, "prefill outputs")
+    y_ref = _ref(m, v, x, prefix=np.minimum(rows, prompt))
     assert_rel_close(jnp.stack(steps, 1), y_ref[:, prompt:], RTOL, "steps after the prefill")
-    assert set(cache) == {"S", "z"} and cache["S"].shape == (2, 2, 21, 8)
-
-
-def test_prefill_per_row_prefix(rng):
-    m = _make()
-    x, v = _setup(rng, m, 2, 9)
-    rows = jnp.asarray([2, 5], jnp.int32)
-    _, cache = m.apply(v, x[:, :5], rows, method="prefill")
-    steps = []
-    for t in range(5, 9):
-        y_t, cache = m.apply(v, x[:, t], cache, method="step")
-        steps.append(y_t)
-    assert_rel_close(jnp.stack(steps, 1), _ref(m, v, x, prefix=np.asarray(rows))[:, 5:], RTOL, "per-row prefill")
+    # The field sets the prefix of a prefill too.
+    _, cache4 = _make(prefix_length=4).apply(v, x[:1, :prompt], method="prefill")
+    _, cache_rows = m.apply(v, x[:1, :prompt], jnp.asarray([4], jnp.int32), method="prefill")
+    assert rel_err(cache4["S"], cache_rows["S"]) <= 1e-6
 
 
 # --- configuration, state, memory, low precision -------------------------------------------------
@@ -221,7 +208,7 @@ def test_state_size():
 
 
 def test_memory_grows_linearly(rng):
-    ratio = harness.check_memory_growth(get("jrt")(**FIELDS, prefix_length=16), rng, length=256)
+    ratio = harness.check_memory_growth(get("jrt")(**FIELDS, prefix_length=16, chunk_size=16), rng, length=64)
     assert ratio < 6.0
 
 
