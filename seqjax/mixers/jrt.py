@@ -166,10 +166,10 @@ class JRT(Mixer):
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
         h, dv, _ = self._dims(d)
-        fd = h * self.feature_dim
-        parts = {name: dense(fd, ("embed", "mlp"), dtype=self.dtype, name=name) for name in ("q_proj", "k_proj", "k_enc_proj")}
-        for name in ("v_proj", "v_enc_proj"):
-            parts[name] = dense(h * dv, ("embed", "mlp"), dtype=self.dtype, name=name)
+        # Queries and both keys have d' numbers per head, both values dv (no biases, as the authors' code).
+        widths = {"q_proj": self.feature_dim, "k_proj": self.feature_dim, "k_enc_proj": self.feature_dim,
+                  "v_proj": dv, "v_enc_proj": dv}
+        parts = {name: dense(h * w, ("embed", "mlp"), dtype=self.dtype, name=name) for name, w in widths.items()}
         parts["out_proj"] = dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj")
         parts["dims"] = (h, dv)
         return parts
