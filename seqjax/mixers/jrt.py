@@ -47,8 +47,11 @@ be read non-causally one token at a time).
 Left out: the rest of the JRT-RNN / Based block. The paper's architecture
 interleaves these layers with separate short-convolution and sliding-window
 softmax attention layers (the ``sliding_window`` mixer here); this module is
-the linear-attention layer alone. The paper's extra training loss on the
-encoder positions is a task matter, not part of the mixer.
+the linear-attention layer alone. Training objectives (which positions a loss
+scores) are the task's. Cost: the Taylor features make the state ``D = 1 + d'
++ d'²`` rows deep (273 at d' = 16), so the op runs on ``D``-wide keys; a
+kernel that forms ``1 + a/√d' + a²/2d'`` from the raw ``a = q·k`` inside
+chunks (as Based's kernels do) would be cheaper and is not written here.
 """
 
 import math
