@@ -1,11 +1,12 @@
-"""Set disjointness (SD) batches, pure JAX and jittable.
+"""Set disjointness (SD) batches and JRT-Prompt (the context read twice), pure JAX and jittable.
 
 Set disjointness is the problem through which "Just read twice: closing the
 recall gap for recurrent language models" (Arora et al. 2024, arXiv
 2407.05483) studies recall: given two sets A and B in context, decide whether
 they share an element. A streaming (recurrent) model must remember the first
 set to check the second against it, so the memory it needs depends on which
-set comes first.
+set comes first. :func:`jrt_prompt` is the paper's JRT-Prompt: any batch
+(SD, MQAR) with its context repeated, so that the model reads it twice.
 
 Layout (the paper's synthetic, ``synthetic/zoology/data/non_autoreg.py`` of
 its public code, ``disjoint_sets``; special ids as there, two answer ids added
@@ -117,5 +118,63 @@ def set_disjointness(key: jax.Array, *, batch_size: int, size_a: int, size_b: in
     return {"inputs": inputs, "targets": targets}
 
 
+def jrt_prompt(batch: dict[str, jax.Array], context_length: int, *, repeats: int = 2,
+               start: int = 0) -> dict[str, jax.Array]:
+    """JRT-Prompt (Arora et al. 2024, "Just read twice"): the context repeated before the rest of each row.
+
+    A recurrent model that reads the context once must decide what to keep
+    before it sees what will be asked; read twice, it meets every part of the
+    context again after having seen all of it. Row layout, ``C =
+    context_length`` tokens of context from position ``start``::
+
+        inputs[:start]  ctx ctx ... ctx (repeats times)  inputs[start + C:]
+
+    Targets move with their tokens (a target belongs to the position whose
+    token predicts it, the MQAR / SD convention): the last copy of the
+    context keeps the context's own targets and every other copy gets
+    :data:`~seqjax.data.mqar.IGNORE` (nothing is scored twice), so the
+    scored positions and values are the original ones, shifted by ``(repeats
+    - 1) · C``. The rows grow by that many tokens. For MQAR the context is
+    the ``2 · num_kv_pairs`` pair tokens (``start=0``); for set disjointness
+    the two sets, ``BOS a_1 .. a_m SEP b_1 .. b_n`` (``C = m + n + 2``, or
+    ``start=1, C = m + n + 1`` to keep one ``BOS``). With the ``jrt`` mixer
+    the repeated context, ``start + repeats · C`` tokens, is the natural
+    ``prefix_length``. Pure JAX; jittable with everything but ``batch`` static.
+
+    Args:
+      batch: ``{"inputs", "targets"}``, int ``(b, l)`` each (no other keys:
+        what a per-position extra would become is the caller's choice).
+      context_length: ``C`` (``>= 1``, ``start + C <= l``).
+      repeats: copies of the context (``>= 1``; 2 = "read twice", the paper's
+        setting; 1 returns the batch unchanged).
+      start: first position of the context (``>= 0``); tokens before it stay once, in front.
+
+    Returns:
+      ``{"inputs", "targets"}`` of shape ``(b, l + (repeats - 1) · C)``, the dtypes kept.
+
+    Raises:
+      ConfigError: (a ValueError) a bad argument, named with the allowed values.
+    """
+    if not isinstance(batch, dict) or set(batch) != {"inputs", "targets"}:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ConfigError(f"batch={keys!r} is not allowed; allowed: a dict with exactly 'inputs' and 'targets'")
+    inputs, targets = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+    if inputs.ndim != 2 or targets.shape != inputs.shape:
+        raise ConfigError(f"batch shapes inputs={inputs.shape}, targets={targets.shape} are not allowed; "
+                          "allowed: both (batch, length)")
+    length = inputs.shape[1]
+    check_int("repeats", repeats, 1)
+    check_int("start", start, 0)
+    check_int("context_length", context_length, 1)
+    if start + context_length > length:
+        raise ConfigError(f"context_length={context_length!r} is not allowed; allowed: an int in [1, {length - start}] "
+                          f"(start={start} + context_length <= the row length {length})")
+    end = start + context_length
+    ignore = jnp.full_like(targets[:, start:end], IGNORE)
+    new_inputs = [inputs[:, :start]] + [inputs[:, start:end]] * repeats + [inputs[:, end:]]
+    new_targets = [targets[:, :start]] + [ignore] * (repeats - 1) + [targets[:, start:end], targets[:, end:]]
+    return {"inputs": jnp.concatenate(new_inputs, axis=1), "targets": jnp.concatenate(new_targets, axis=1)}
+
+
 __all__ = ["PAD", "BOS", "SEP", "ANS", "NO", "YES", "FIRST_ELEMENT", "ANSWERS", "sd_length", "validate",
-           "set_disjointness"]
+           "set_disjointness", "jrt_prompt"]

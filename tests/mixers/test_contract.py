@@ -64,6 +64,8 @@ SETTINGS: dict[str, Case] = {
     "deltanet": Case(dict(num_heads=2), ("d_conv", 0)),
     "gated_deltanet": Case(dict(num_heads=2), ("expand_v", 0)),
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
+    # prefix 0 here (step from the empty cache, a lower-triangular matrix); the prefix in test_jrt.py
+    "jrt": Case(dict(num_heads=2, feature_dim=4), ("prefix_length", -1)),
     "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
     "relative_mha": Case(dict(num_heads=2, max_relative=4), ("max_relative", 0), max_length=16),
     "urpe": Case(dict(num_heads=2, max_relative=4), ("max_relative", 0), max_length=16),
