@@ -13,9 +13,12 @@ single-input SSMs per channel at both levels, run with
 
 * chunk resets are segment starts of the low-level scan (ids that change at
   every chunk start), so no new loop is needed;
-* the high-level recurrence runs at the input rate with decay ``Ā_high`` and
-  input ``z`` at chunk ends only (decay 1 and input 0 elsewhere): its state
-  at ``t`` is the state after the last chunk that ended at or before ``t``.
+* the high-level recurrence runs over the ``⌈l/k⌉`` chunk features (the row
+  padded to whole chunks, then the outputs placed back at the input rate);
+  with ``segment_ids`` the chunk ends fall at uneven places, so it runs at the
+  input rate instead, with decay ``Ā_high`` and input ``B̄_high z`` at chunk
+  ends only (decay 1 and input 0 elsewhere): its state at ``t`` is the state
+  after the last chunk that ended at or before ``t``.
 
 The paper stacks whole S5 or Mamba networks at each level, with
 nonlinearities between them; here the two levels are joined linearly (no
@@ -188,12 +191,40 @@ class HiSS(Mixer):
         chunk_ids = jnp.cumsum(j == 0, axis=1)
         x, _ = linear_scan(low["a"][None, None], uu[..., None] * low["b"], segment_ids=chunk_ids, impl=impl)
         z = _two_re(low["C"], x) + ssm["D"] * uu  # (b, l, d)
-        # High level at the input rate: it moves (decay Ā, input B̄ z) at chunk ends only.
+        if segment_ids is None:
+            return self._high_at_chunk_rate(z, high, impl)
+        return self._high_at_input_rate(z, end, offset, segment_ids, high, impl)
+
+    def _high_at_chunk_rate(self, z, high, impl):
+        """Without segments: the high level over the ``⌈l/k⌉`` chunk features, then placed.
+
+        The row is padded to whole chunks; a partial last chunk's padded
+        "feature" is never read (its ``w`` would only reach later chunks, and
+        its end lies beyond the row).
+        """
+        b, length, d = z.shape
+        k = self.chunk_size
+        chunks = -(-length // k)
+        zc = jnp.pad(z, ((0, 0), (0, chunks * k - length), (0, 0))).reshape(b, chunks, k, d)
+        g, _ = linear_scan(high["a"][None, None], zc[:, :, -1, :, None] * high["b"], impl=impl)
+        w = _two_re(high["C"], g)  # (b, chunks, d): w_c
+        if self.readout == "chunk":
+            y = jnp.zeros_like(zc).at[:, :, -1].set(w)
+        else:
+            prev = jnp.pad(w[:, :-1], ((0, 0), (1, 0), (0, 0)))  # w_{c-1}, 0 for the first chunk
+            y = zc + prev[:, :, None]
+        return y.reshape(b, chunks * k, d)[:, :length]
+
+    def _high_at_input_rate(self, z, end, offset, segment_ids, high, impl):
+        """With segments (chunk ends at uneven places): the high level scanned at the input rate.
+
+        It moves (decay ``Ā``, input ``B̄ z``) at chunk ends only and keeps its
+        state elsewhere (decay 1, input 0), restarting at segment starts.
+        """
         one = jnp.ones((), high["a"].dtype)
         a_hi = jnp.where(end[..., None], high["a"], one)  # (b, l, d, m)
         e_hi = jnp.where(end, z, 0.0)[..., None] * high["b"]
-        runs = None if segment_ids is None else jnp.asarray(segment_ids)
-        g, _ = linear_scan(a_hi, e_hi, segment_ids=runs, impl=impl)
+        g, _ = linear_scan(a_hi, e_hi, segment_ids=jnp.asarray(segment_ids), impl=impl)
         w = _two_re(high["C"], g)  # w at t: the high output after the last chunk ending at or before t
         if self.readout == "chunk":
             return jnp.where(end, w, 0.0)

@@ -50,12 +50,14 @@ def test_matches_reference(rng, readout, length):
 
 @pytest.mark.parametrize("readout", ["upsample", "chunk"])
 def test_mixing_matrix_is_the_closed_form(rng, readout):
-    # With segments: the closed form inside each segment and zeros across them.
+    # Both high-level paths; with segments the closed form holds inside each one, zeros across.
     m, x, v = _setup(rng, 13, readout)
-    seg = _segments(rng, 2, 13)
-    M = harness.Jitted(m).apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
-    assert M.shape == (2, 16, 13, 13) and not jnp.iscomplexobj(M)
-    assert_rel_close(M, hiss_matrix(params_of(v), 2, 13, seg, K, readout), RTOL, f"hiss {readout} matrix")
+    for seg in (None, _segments(rng, 2, 13)):
+        M = harness.Jitted(m).apply(v, x, segment_ids=None if seg is None else jnp.asarray(seg),
+                                    method="mixing_matrix")
+        assert M.shape == (2, 16, 13, 13) and not jnp.iscomplexobj(M)
+        assert_rel_close(M, hiss_matrix(params_of(v), 2, 13, seg, K, readout), RTOL,
+                         f"hiss {readout} matrix, segments={seg is not None}")
 
 
 def test_chunk_readout_is_zero_off_chunk_ends(rng):
@@ -78,14 +80,16 @@ def _grads(m, params, x, w, seg):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
 
 
-@pytest.mark.parametrize("readout", ["upsample", pytest.param("chunk", marks=pytest.mark.slow)])
-def test_gradients_and_float64_outputs(rng, readout):
-    x = rng.standard_normal((2, 10, 16))
-    w = rng.standard_normal((2, 10, 16))
-    seg = _segments(rng, 2, 10)
+@pytest.mark.parametrize("readout, segmented", [
+    ("upsample", False), ("upsample", True),  # the chunk-rate high level and the input-rate one
+    pytest.param("chunk", False, marks=pytest.mark.slow), pytest.param("chunk", True, marks=pytest.mark.slow)])
+def test_gradients_and_float64_outputs(rng, readout, segmented):
+    x = rng.standard_normal((1, 8, 16))
+    w = rng.standard_normal((1, 8, 16))
+    seg = np.asarray([[0] * 5 + [1] * 3]) if segmented else None
     m32 = _hiss(readout=readout)
     v = nn.meta.unbox(harness.perturb(harness.init(m32, jnp.float32(x)), rng))
-    g32 = _grads(m32, v["params"], jnp.float32(x), jnp.float32(w), jnp.asarray(seg))
+    g32 = _grads(m32, v["params"], jnp.float32(x), jnp.float32(w), seg)
     with jax.enable_x64(True):
         p64 = {k: jnp.asarray(a) for k, a in params_of(v).items()}
 
@@ -94,8 +98,8 @@ def test_gradients_and_float64_outputs(rng, readout):
 
         g_ref = jax.jit(jax.grad(ref_loss, argnums=(0, 1)))(p64, jnp.asarray(x))
         m64 = _hiss(readout=readout, dtype=jnp.float64)
-        g64 = _grads(m64, p64, jnp.asarray(x), jnp.asarray(w), jnp.asarray(seg))
-        y64 = jax.jit(lambda p, x: m64.apply({"params": p}, x, segment_ids=jnp.asarray(seg)))(p64, jnp.asarray(x))
+        g64 = _grads(m64, p64, jnp.asarray(x), jnp.asarray(w), seg)
+        y64 = jax.jit(lambda p, x: m64.apply({"params": p}, x, segment_ids=seg))(p64, jnp.asarray(x))
     assert_rel_close(y64, hiss_reference(params_of(v), x, seg, K, readout), RTOL_F64, "f64 outputs")
     for k in g_ref[0]:
         assert_rel_close(g64[0][k], g_ref[0][k], RTOL_F64, f"f64 d{k}")
