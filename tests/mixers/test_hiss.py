@@ -60,6 +60,17 @@ def test_mixing_matrix_is_the_closed_form(rng, readout):
                          f"hiss {readout} matrix, segments={seg is not None}")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk_size", [1, 16])  # every position its own chunk; one chunk longer than the row
+@pytest.mark.parametrize("readout", ["upsample", "chunk"])
+def test_extreme_chunk_sizes_match_reference(rng, chunk_size, readout):
+    m, x, v = _setup(rng, 13, readout, chunk_size=chunk_size)
+    for seg in (None, _segments(rng, 2, 13)):
+        y = harness.Jitted(m).apply(v, x, segment_ids=None if seg is None else jnp.asarray(seg))
+        ref = hiss_reference(params_of(v), np.asarray(x, np.float64), seg, chunk_size, readout)
+        assert_rel_close(y, ref, RTOL, f"hiss k={chunk_size} {readout} segments={seg is not None}")
+
+
 def test_chunk_readout_is_zero_off_chunk_ends(rng):
     # Before the output map's bias: only chunk ends (offsets k-1, 2k-1, ... of each segment) carry w.
     m, x, v = _setup(rng, 13, "chunk")
