@@ -20,10 +20,13 @@ single-input SSMs per channel at both levels, run with
   ends only (decay 1 and input 0 elsewhere): its state at ``t`` is the state
   after the last chunk that ended at or before ``t``.
 
-The paper stacks whole S5 or Mamba networks at each level, with
-nonlinearities between them; here the two levels are joined linearly (no
-nonlinearity between them), so the layer is linear in its input and has a
-mixing matrix; depth and nonlinearity come from stacking layers in the model.
+The paper uses S5 or Mamba models (nonlinear networks) at each level; here
+the two levels are joined linearly (no nonlinearity between them), so the
+layer is linear in its input and has a mixing matrix; depth and nonlinearity
+come from stacking layers in the model. Both levels are single-input per
+channel (as Mamba's and S4D's SSMs, not S5's multi-input one), so the whole
+mix stays channel-wise, one ``l × l`` matrix per channel, and channels are
+mixed by the output map only.
 """
 
 import math
@@ -79,10 +82,11 @@ class HiSS(Mixer):
     prediction kept at shape ``(b, l, d)``: the high-level output of chunk
     ``c`` sits at the chunk's last position (``y[:, k-1::k]`` without
     segments) and every other position, the unfinished last chunk included, is
-    0 (before the bias of the output map). A partial last chunk's feature is
-    read at the position where the sequence ends only by ``"upsample"``'s
-    ``z_t``; the high level never sees an unfinished chunk, so the step
-    rollout equals the parallel form at every length.
+    0 (before the bias of the output map). An unfinished last chunk gives the
+    high level no feature: it only ever reads finished chunks, so the step
+    rollout (which cannot know where a row ends) equals the parallel form at
+    every length; under ``"upsample"`` that chunk's running low-level output
+    ``z_t`` still reaches ``y_t``.
 
     Segments: chunks are counted from each segment start and both states
     restart there, so a packed row equals separate runs.
