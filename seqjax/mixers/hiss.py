@@ -43,6 +43,7 @@ from seqjax.mixers.common import (
     as_complex, check_int, check_number, check_option, complex_dtype, constant_init, log_uniform_init, param,
     positions_in_segment, scaled_normal_init)
 from seqjax.mixers.registry import register
+from seqjax.ops.common import accum_dtype
 from seqjax.ops.hippo import s4d_init
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, Seq, SeqStep
@@ -54,6 +55,41 @@ LEVELS = ("low", "high")
 def _two_re(C: jax.Array, h: jax.Array) -> jax.Array:
     """``2 Re(Σ_n C[h, n] x[..., h, n])``: the real output of the conjugate-symmetric modes."""
     return 2.0 * (C.real * h.real - C.imag * h.imag).sum(-1)
+
+
+class _Level(nn.Module):
+    """One level's diagonal SSM (S4D-Lin, ``B = 1``, ZOH): its parameters and discrete system.
+
+    A submodule (``low`` or ``high``), so both levels' parameters keep the
+    family's leaf names (``log_step``, ``Lambda_log_re``, ``Lambda_im``, ``C``).
+
+    Attributes:
+      n: state size ``N`` (even; ``N/2`` complex modes per channel).
+      dt_min: smallest initial step ``Δ``.
+      dt_max: largest initial step ``Δ``.
+      dtype: the mixer's compute dtype (sets the complex dtype of the system).
+    """
+
+    n: int
+    dt_min: float
+    dt_max: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, d: int) -> dict:
+        """``Ā``, ``B̄`` (complex, ``(d, N/2)``) and ``C`` (``(d, N/2)``, accumulation dtype)."""
+        m, acc = self.n // 2, accum_dtype(self.dtype)
+        Lambda0 = s4d_init(self.n, "lin")  # -1/2 + iπj: every mode decays at rate 1/2, frequencies spread
+        log_step = param(self, "log_step", log_uniform_init(self.dt_min, self.dt_max), (d,), ("embed",))
+        log_re = param(self, "Lambda_log_re", constant_init(np.log(-Lambda0.real)), (d, m), ("embed", "state"))
+        im = param(self, "Lambda_im", constant_init(Lambda0.imag), (d, m), ("embed", "state"))
+        # C complex normal (parts N(0, 1/2)), as S4D's C.
+        C = param(self, "C", scaled_normal_init(math.sqrt(0.5)), (d, m, 2), ("embed", "state", None))
+        Lambda = jax.lax.complex(-jnp.exp(log_re.astype(acc)), im.astype(acc))
+        z = Lambda * jnp.exp(log_step.astype(acc))[:, None]
+        cdt = complex_dtype(self.dtype)
+        # ZOH with B = 1; expm1 keeps B̄ accurate when ΛΔ is small.
+        return {"a": jnp.exp(z).astype(cdt), "b": (jnp.expm1(z) / Lambda).astype(cdt), "C": as_complex(C, acc)}
 
 
 @register("hiss")
@@ -122,7 +158,7 @@ class HiSS(Mixer):
 
     # SSM dynamics: their own learning rate, no weight decay (seqjax.train.optim).
     ssm_params: ClassVar[tuple[str, ...]] = tuple(
-        f"{name}_{lev}" for lev in LEVELS for name in ("log_step", "Lambda_log_re", "Lambda_im"))
+        f"{lev}/{name}" for lev in LEVELS for name in ("log_step", "Lambda_log_re", "Lambda_im"))
     ops = ("linear_scan",)
     values_index = 0  # u, the input in the compute dtype
     resettable = True  # every leaf of the cache restarts at a segment start
@@ -151,27 +187,11 @@ class HiSS(Mixer):
 
     # --- parameters -------------------------------------------------------------------
 
-    def _level(self, d: int, lev: str) -> dict:
-        """One level's discrete system: ``Ā``, ``B̄`` and ``C`` of shape ``(d, N/2)``, complex."""
-        n = getattr(self, lev)
-        m, acc = n // 2, self.acc()
-        Lambda0 = s4d_init(n, "lin")  # -1/2 + iπj: every mode decays at rate 1/2, frequencies spread
-        log_step = param(self, f"log_step_{lev}", log_uniform_init(self.dt_min, self.dt_max), (d,), ("embed",))
-        log_re = param(self, f"Lambda_log_re_{lev}", constant_init(np.log(-Lambda0.real)), (d, m),
-                       ("embed", "state"))
-        im = param(self, f"Lambda_im_{lev}", constant_init(Lambda0.imag), (d, m), ("embed", "state"))
-        # C complex normal (parts N(0, 1/2)), as S4D's C.
-        C = param(self, f"C_{lev}", scaled_normal_init(math.sqrt(0.5)), (d, m, 2), ("embed", "state", None))
-        Lambda = jax.lax.complex(-jnp.exp(log_re.astype(acc)), im.astype(acc))
-        z = Lambda * jnp.exp(log_step.astype(acc))[:, None]
-        cdt = complex_dtype(self.dtype)
-        # ZOH with B = 1; expm1 keeps B̄ accurate when ΛΔ is small.
-        return {"a": jnp.exp(z).astype(cdt), "b": (jnp.expm1(z) / Lambda).astype(cdt), "C": as_complex(C, acc)}
-
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
         """Both levels' systems, ``D (d,)`` and the output map ``W (d, d)``, ``b (d,)``."""
-        low, high = self._level(d, "low"), self._level(d, "high")
+        low, high = (_Level(getattr(self, lev), self.dt_min, self.dt_max, self.dtype, name=lev)(d)
+                     for lev in LEVELS)
         D = param(self, "D", scaled_normal_init(1.0), (d,), ("embed",))
         W = param(self, "out_kernel", nn.initializers.lecun_normal(), (d, d), ("mlp", "embed"))
         bias = param(self, "out_bias", nn.initializers.zeros_init(), (d,), ("embed",))

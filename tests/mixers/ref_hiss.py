@@ -28,17 +28,19 @@ from tests.mixers.harness import runs_of
 
 
 def params_of(variables, dtype=np.float64):
-    """The ``params`` collection as a flat dict of float64 NumPy arrays."""
+    """The ``params`` collection as float64 NumPy arrays (nested: ``p["low"]["C"]``)."""
     import flax.linen as nn
+    import jax
 
-    return {k: np.asarray(v, dtype) for k, v in nn.meta.unbox(variables)["params"].items()}
+    return jax.tree.map(lambda v: np.asarray(v, dtype), nn.meta.unbox(variables)["params"])
 
 
 def system(p, level, xp=np):
-    """``(Ā, B̄, C)`` of one level, each ``(d, N/2)`` complex."""
-    Lambda = -xp.exp(p[f"Lambda_log_re_{level}"]) + 1j * p[f"Lambda_im_{level}"]
-    Abar = xp.exp(Lambda * xp.exp(p[f"log_step_{level}"])[:, None])
-    C = p[f"C_{level}"][..., 0] + 1j * p[f"C_{level}"][..., 1]
+    """``(Ā, B̄, C)`` of one level (``p[level]``), each ``(d, N/2)`` complex."""
+    q = p[level]
+    Lambda = -xp.exp(q["Lambda_log_re"]) + 1j * q["Lambda_im"]
+    Abar = xp.exp(Lambda * xp.exp(q["log_step"])[:, None])
+    C = q["C"][..., 0] + 1j * q["C"][..., 1]
     return Abar, (Abar - 1.0) / Lambda, C
 
 
