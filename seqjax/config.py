@@ -222,14 +222,46 @@ def masformer_layers(num_layers: int) -> str:
     return ",".join(["mha"] * full + ["sliding_window"] * (num_layers - full))
 
 
-# preset -> (layer pattern, mixer kwargs). The pattern is a string, or a function
-# of config.model.num_layers giving one name per layer (a placement that depends
-# on the depth, as MASFormer's). "transformer" is softmax attention with rotary
-# positions (the RegBench transformer; Garg et al.'s GPT-2 used learned absolute
-# positions, which the ICL configs add).
+# xLSTM (Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory"): xLSTM[a:b]
+# stacks mLSTM and sLSTM blocks in the ratio a:b. Where the sLSTM blocks sit is our
+# choice, not read off the paper: one per group of XLSTM71_PERIOD layers, at the
+# group's second layer (the authors' code's README example puts its one sLSTM
+# block at index 1); xLSTM[1:1] alternates, mLSTM first.
+XLSTM71_PERIOD = 8
+
+
+def xlstm_layers(num_layers: int, period: int) -> str:
+    """An xLSTM[period-1:1] stack: ``slstm_block`` at layers ``i % period == 1``, ``mlstm_block`` elsewhere.
+
+    Args:
+      num_layers: depth of the model (``config.model.num_layers``).
+      period: layers per sLSTM block: 8 for xLSTM[7:1], 2 for xLSTM[1:1].
+
+    Returns:
+      ``num_layers`` comma-separated registry names, bottom layer first (e.g.
+      8 layers, period 8 -> ``mlstm_block, slstm_block, mlstm_block x 6``; a
+      1-layer stack is one ``mlstm_block``).
+
+    Raises:
+      ConfigError: ``num_layers`` is not an int >= 1.
+    """
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ConfigError(f"config.model.num_layers={num_layers!r} must be an int > 0 for an xLSTM preset")
+    return ",".join("slstm_block" if i % period == 1 else "mlstm_block" for i in range(num_layers))
+
+
+# preset -> (layer pattern, mixer kwargs[, model fields]). The pattern is a string,
+# or a function of config.model.num_layers giving one name per layer (a placement
+# that depends on the depth, as MASFormer's); the optional model fields are set on
+# config.model. "transformer" is softmax attention with rotary positions (the
+# RegBench transformer; Garg et al.'s GPT-2 used learned absolute positions, which
+# the ICL configs add). The xLSTM presets drop the model's channel MLP: the blocks
+# carry their own projections (the sLSTM block its gated MLP).
 PRESETS = {
     "transformer": ("mha", {}),
     "masformer": (masformer_layers, {"sliding_window": {"window": MASFORMER_WINDOW}}),
+    "xlstm71": (lambda n: xlstm_layers(n, XLSTM71_PERIOD), {}, {"channel": "none"}),
+    "xlstm11": (lambda n: xlstm_layers(n, 2), {}, {"channel": "none"}),
 }
 NGRAM_SUFFIX = "+ngram"
 
@@ -249,6 +281,8 @@ def apply_model_preset(config: ConfigDict, name: str, *, num_heads: int | None =
     also a preset (one mixer in every layer), and ``<preset>+ngram`` prepends one
     layer of n-gram heads (Akyürek et al. 2024 hard-wire n-gram heads into other
     models; putting the layer first lets it match on token embeddings directly).
+    A preset may also set model fields: the xLSTM presets (``xlstm71``,
+    ``xlstm11``) set ``channel="none"``.
 
     Args:
       config: the full config (its ``model`` section is modified).
@@ -265,7 +299,9 @@ def apply_model_preset(config: ConfigDict, name: str, *, num_heads: int | None =
     if base not in model_names():
         raise ConfigError(f"config argument model={name!r} is not allowed; allowed: {', '.join(model_names())} "
                           f"(optionally with {NGRAM_SUFFIX!r})")
-    pattern, kwargs = PRESETS.get(base, (base, {}))
+    pattern, kwargs, *model_fields = PRESETS.get(base, (base, {}))
+    for field, value in (model_fields[0] if model_fields else {}).items():
+        config.model[field] = value
     if callable(pattern):
         # A depth-dependent placement: one name per layer, so set num_layers before
         # calling this (a later --config.model.num_layers override would repeat it).
@@ -560,6 +596,6 @@ def fields(config: ConfigDict) -> list[str]:
 
 
 __all__ = ["load_module", "load_config", "split_spec", "parse_arg", "merge", "PRESETS", "NGRAM_SUFFIX",
-           "masformer_layers",
+           "masformer_layers", "xlstm_layers",
            "model_names", "apply_model_preset", "base_config", "Cell", "OPEN_MAPS", "Override",
            "split_overrides", "apply_overrides", "fields"]
