@@ -114,7 +114,8 @@ class MLSTMBlock(Heads):
         must divide ``expand·d_model``.
     """
 
-    no_decay_params: ClassVar[tuple[str, ...]] = ("gate_bias", "norm_scale", "skip", "conv_bias")
+    # Rank <= 1 leaves (norm scale, skip, conv bias) are undecayed anyway (models/param_groups.py).
+    no_decay_params: ClassVar[tuple[str, ...]] = ("gate_bias",)
 
     expand: int = 2
     d_conv: int = 4
@@ -239,8 +240,6 @@ class SLSTMBlock(SLSTM):
         The other fields (``d_model``, ``dtype``, ``impl``, ``sequence_axis``)
         are those of :class:`~seqjax.mixers.recurrent.HeadwiseRNN`.
     """
-
-    no_decay_params: ClassVar[tuple[str, ...]] = ("bias", "norm_scale", "conv_bias")
 
     d_conv: int = 4
     proj_factor: float = 4.0 / 3.0
