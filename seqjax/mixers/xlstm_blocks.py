@@ -226,11 +226,12 @@ class SLSTMBlock(SLSTM):
     the same scan, with the block's pre-activations in place of its dense input
     projection and the block's norm and gated MLP in place of its output
     projection. GELU is the exact (erf) one. The MLP sits inside this one
-    residual block (our reading of the paper's figure: the summary of the past,
-    then up-projection, activation and down-projection). The authors' code
-    instead gives the MLP its own pre-LayerNorm and residual; a mixer inside
-    one residual cannot express that (with ``channel="mlp"`` the model's own
-    MLP branch comes closest, but as an ungated MLP in every layer).
+    residual block, as §2.4 describes a post up-projection block (summarise
+    the past, then up-project, activate, down-project); the block figure itself
+    was not re-checked for a second residual. The authors' code gives the MLP
+    its own pre-LayerNorm and residual; a mixer inside one residual cannot
+    express that (with ``channel="mlp"`` the model's own MLP branch comes
+    closest, but as an ungated MLP in every layer).
 
     Attributes:
       num_heads: ``H`` (4); must divide ``d_model``.
