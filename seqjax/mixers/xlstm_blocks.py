@@ -6,13 +6,13 @@ add, ``x + mixer(LN(x))``; each mixer here is the part inside that residual.
 Use them with ``channel="none"`` (the ``xlstm71``/``xlstm11`` presets of
 ``seqjax.config`` set it): the blocks carry their own projections.
 
-* ``mlstm_block``, "pre up-projection" (the paper's mLSTM block figure): up-project
+* ``mlstm_block``, "pre up-projection" (§2.4; the layout of the authors' code): up-project
   to ``2 x expand·d``, a causal conv + swish branch feeding q and k, values from
   the pre-conv branch, the mLSTM cell (:func:`seqjax.mixers.xlstm.mlstm_parallel`;
   ``step``: :func:`~seqjax.mixers.xlstm.mlstm_recurrent_step`), a head-wise
   GroupNorm, a learnable skip from the conv branch, the swish output gate of
   the other branch, and the down-projection.
-* ``slstm_block``, "post up-projection" (the paper's sLSTM block figure): an
+* ``slstm_block``, "post up-projection" (§2.4): an
   optional causal conv + swish feeding the input and forget gates, the sLSTM
   cell (:class:`seqjax.mixers.xlstm.SLSTM`'s cell and scan) with head-wise
   block-diagonal input and recurrent weights, a head-wise GroupNorm, then a
@@ -79,7 +79,7 @@ def _conv_params(module, kernel: int, channels: int) -> tuple[jax.Array, jax.Arr
 
 @register("mlstm_block")
 class MLSTMBlock(Heads):
-    """The mLSTM block (Beck et al. 2024, §2.4 and the mLSTM block figure), causal.
+    """The mLSTM block (Beck et al. 2024, §2.4), causal.
 
     With ``E = expand``, ``D = E·d``, ``H = num_heads``, ``P = D / H``, on the
     (already LayerNorm-ed) input ``x``::
@@ -210,7 +210,7 @@ class MLSTMBlock(Heads):
 
 @register("slstm_block")
 class SLSTMBlock(SLSTM):
-    """The sLSTM block (Beck et al. 2024, §2.4 and the sLSTM block figure), causal.
+    """The sLSTM block (Beck et al. 2024, §2.4), causal.
 
     With ``H = num_heads`` heads of ``P = d / H`` units, on the (already
     LayerNorm-ed) input ``x``::
