@@ -37,7 +37,7 @@ from ml_collections.config_dict import placeholder
 from seqjax.errors import ConfigError
 from seqjax.presets import (  # model presets have their own module; re-exported here
     MASFORMER_FULL_FRACTION, MASFORMER_WINDOW, NGRAM_SUFFIX, PRESETS, apply_model_preset, hybrid_layers,
-    masformer_layers, model_names,
+    XLSTM71_PERIOD, masformer_layers, model_names, xlstm_layers,
 )
 
 # --------------------------------------------------------------------------------------
@@ -467,6 +467,6 @@ def fields(config: ConfigDict) -> list[str]:
 
 
 __all__ = ["load_module", "load_config", "split_spec", "parse_arg", "merge", "PRESETS", "NGRAM_SUFFIX",
-           "masformer_layers", "hybrid_layers", "MASFORMER_FULL_FRACTION", "MASFORMER_WINDOW",
+           "masformer_layers", "hybrid_layers", "xlstm_layers", "XLSTM71_PERIOD", "MASFORMER_FULL_FRACTION", "MASFORMER_WINDOW",
            "model_names", "apply_model_preset", "base_config", "Cell", "OPEN_MAPS", "Override",
            "split_overrides", "apply_overrides", "fields"]

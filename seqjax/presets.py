@@ -86,6 +86,34 @@ def hybrid_layers(num_layers: int) -> str:
     return ",".join(layers)
 
 
+# xLSTM (Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory"): xLSTM[a:b]
+# stacks mLSTM and sLSTM blocks in the ratio a:b. Where the sLSTM blocks sit is our
+# choice, not read off the paper: one per group of XLSTM71_PERIOD layers, at the
+# group's second layer (the authors' code's README example puts its one sLSTM
+# block at index 1); xLSTM[1:1] alternates, mLSTM first.
+XLSTM71_PERIOD = 8
+
+
+def xlstm_layers(num_layers: int, period: int) -> str:
+    """An xLSTM[period-1:1] stack: ``slstm_block`` at layers ``i % period == 1``, ``mlstm_block`` elsewhere.
+
+    Args:
+      num_layers: depth of the model (``config.model.num_layers``).
+      period: layers per sLSTM block: 8 for xLSTM[7:1], 2 for xLSTM[1:1].
+
+    Returns:
+      ``num_layers`` comma-separated registry names, bottom layer first (e.g.
+      8 layers, period 8 -> ``mlstm_block, slstm_block, mlstm_block x 6``; a
+      1-layer stack is one ``mlstm_block``).
+
+    Raises:
+      ConfigError: ``num_layers`` is not an int >= 1.
+    """
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ConfigError(f"config.model.num_layers={num_layers!r} must be an int > 0 for an xLSTM preset")
+    return ",".join("slstm_block" if i % period == 1 else "mlstm_block" for i in range(num_layers))
+
+
 # preset -> (layer pattern, mixer kwargs[, model fields]). The pattern is a string,
 # or a function of config.model.num_layers giving one name per layer (a placement
 # that depends on the depth, as MASFormer's); the optional third entry sets other
@@ -96,6 +124,9 @@ PRESETS = {
     "transformer": ("mha", {}),
     "masformer": (masformer_layers, {"sliding_window": {"window": MASFORMER_WINDOW}}),
     "mamba2_hybrid": (hybrid_layers, {"mlp": {"activation": "squared_relu"}}, {"channel": "none"}),
+    # The xLSTM blocks carry their own projections (the sLSTM block its gated MLP).
+    "xlstm71": (lambda n: xlstm_layers(n, XLSTM71_PERIOD), {}, {"channel": "none"}),
+    "xlstm11": (lambda n: xlstm_layers(n, 2), {}, {"channel": "none"}),
 }
 NGRAM_SUFFIX = "+ngram"
 
@@ -155,4 +186,4 @@ def apply_model_preset(config: ConfigDict, name: str, *, num_heads: int | None =
 
 
 __all__ = ["PRESETS", "NGRAM_SUFFIX", "MASFORMER_FULL_FRACTION", "MASFORMER_WINDOW", "HYBRID_8B_PATTERN",
-           "masformer_layers", "hybrid_layers", "model_names", "apply_model_preset"]
+           "masformer_layers", "hybrid_layers", "xlstm_layers", "XLSTM71_PERIOD", "model_names", "apply_model_preset"]

@@ -15,6 +15,9 @@ here, not an approximation).
   base class's ``mixing_matrix`` reads ``M`` off that mix.
 
 Neither calls a ``seqjax.ops`` op (``ops = ()``; ``impl`` is only ``"auto"``).
+The mLSTM cell's two forms are public functions, :func:`mlstm_parallel` and
+:func:`mlstm_recurrent_step`, shared with the residual blocks of
+``seqjax/mixers/xlstm_blocks.py``.
 """
 
 import math
@@ -35,6 +38,76 @@ from seqjax.types import SegmentIds, Seq, SeqStep
 FORGET_BIAS_RANGE = (3.0, 6.0)
 # Std of the mLSTM input-gate bias at init (xLSTM reference code).
 INPUT_BIAS_STD = 0.1
+
+
+def mlstm_parallel(q: jax.Array, k: jax.Array, v: jax.Array, log_i: jax.Array, log_f: jax.Array,
+                   segment_ids: SegmentIds | None = None) -> jax.Array:
+    """The mLSTM cell's parallel stabilised form (xLSTM App. B): ``h~ = M v`` per head.
+
+    ``log D_ts = sum_{j=s+1..t} log f_j + i~_s`` (``s <= t``, same segment; else
+    ``-inf``), ``m_t = max_s log D_ts``, ``S = (q_t . k_s) exp(log D_ts - m_t)``,
+    ``M = S / max(|S 1|, exp(-m_t))`` row-wise. O(l^2) time and memory.
+
+    Args:
+      q: ``(b, l, heads, dk)`` queries.
+      k: ``(b, l, heads, dk)`` keys (already scaled, e.g. by ``1/sqrt(dk)``).
+      v: ``(b, l, heads, dv)`` values.
+      log_i: ``(b, l, heads)`` input-gate pre-activations ``i~`` (``i = exp(i~)``).
+      log_f: ``(b, l, heads)`` log forget gates (``log sigmoid(f~)``).
+      segment_ids: optional ``(b, l)`` ids; a new segment restarts the memory.
+
+    Returns:
+      ``h~``: ``(b, l, heads, dv)`` in the dtype of the inputs.
+    """
+    batch, length = q.shape[:2]
+    log_f = jnp.moveaxis(log_f, 1, -1)  # (b, h, l)
+    # Pairwise sums of log f over (s, t] by a cumulative sum down a masked
+    # (t, s) grid (Mamba-2's segsum): exact per pair, unlike F_t - F_s of one
+    # long cumulative sum, which loses float32 digits as |F| grows.
+    strict = jnp.tril(jnp.ones((length, length), bool), -1)
+    grid = jnp.where(strict, jnp.broadcast_to(log_f[..., :, None], log_f.shape + (length,)), 0.0)
+    log_d = jnp.cumsum(grid, axis=-2) + jnp.moveaxis(log_i, 1, -1)[..., None, :]
+    keep = jnp.tril(jnp.ones((length, length), bool))
+    if segment_ids is not None:
+        keep = keep & same_segment(segment_ids, batch, length)[:, None]
+    # Mask before exp: exp never sees a positive argument, nor its gradient inf * 0.
+    log_d = jnp.where(keep, log_d, -jnp.inf)
+    m = jax.lax.stop_gradient(jnp.max(log_d, axis=-1, keepdims=True))  # diagonal is finite
+    scores = jnp.einsum("bthk,bshk->bhts", q, k) * jnp.exp(log_d - m)
+    norm = jnp.maximum(jnp.abs(jnp.sum(scores, axis=-1, keepdims=True)), jnp.exp(-m))
+    return jnp.einsum("bhts,bshv->bthv", scores / norm, v)
+
+
+def mlstm_recurrent_step(q: jax.Array, k: jax.Array, v: jax.Array, log_i: jax.Array, log_f: jax.Array,
+                         c: jax.Array, n: jax.Array, m: jax.Array) -> tuple[jax.Array, ...]:
+    """One position of the mLSTM cell's stabilised recurrent form.
+
+    ``m_t = max(log f_t + m_{t-1}, i~_t)``; ``C, n`` are stored times
+    ``exp(-m_t)``: ``C_t = f' C_{t-1} + i' k v^T``, ``n_t = f' n_{t-1} + i' k``
+    with ``f' = exp(log f_t + m_{t-1} - m_t)``, ``i' = exp(i~_t - m_t)``;
+    ``h~_t = C_t^T q_t / max(|n_t^T q_t|, exp(-m_t))``.
+
+    Args:
+      q: ``(b, heads, dk)``.
+      k: ``(b, heads, dk)`` (already scaled).
+      v: ``(b, heads, dv)``.
+      log_i: ``(b, heads)`` ``i~``.
+      log_f: ``(b, heads)`` ``log f``.
+      c: ``(b, heads, dk, dv)`` memory (zeros before the first position).
+      n: ``(b, heads, dk)`` normaliser state.
+      m: ``(b, heads)`` stabiliser.
+
+    Returns:
+      ``(h~, C, n, m)``: ``h~`` ``(b, heads, dv)`` and the new states.
+    """
+    m_new = jax.lax.stop_gradient(jnp.maximum(log_f + m, log_i))
+    f_s = jnp.exp(log_f + m - m_new)[..., None]
+    i_s = jnp.exp(log_i - m_new)[..., None]
+    c = f_s[..., None] * c + (i_s * k)[..., :, None] * v[..., None, :]
+    n = f_s * n + i_s * k
+    num = jnp.einsum("bhk,bhkv->bhv", q, c)
+    den = jnp.maximum(jnp.abs(jnp.sum(n * q, axis=-1)), jnp.exp(-m_new))
+    return num / den[..., None], c, n, m_new
 
 
 @register("slstm")
@@ -175,23 +248,7 @@ class MLSTM(Heads):
     def mix(self, axis, q, k, v, log_i, log_f, segment_ids):
         """``h~ = M v`` per head with the normalised matrix ``M`` (the parallel stabilised form)."""
         del axis  # never split (sequence_parallel is False)
-        batch, length = q.shape[:2]
-        log_f = jnp.moveaxis(log_f, 1, -1)  # (b, h, l)
-        # Pairwise sums of log f over (s, t] by a cumulative sum down a masked
-        # (t, s) grid (Mamba-2's segsum): exact per pair, unlike F_t - F_s of one
-        # long cumulative sum, which loses float32 digits as |F| grows.
-        strict = jnp.tril(jnp.ones((length, length), bool), -1)
-        grid = jnp.where(strict, jnp.broadcast_to(log_f[..., :, None], log_f.shape + (length,)), 0.0)
-        log_d = jnp.cumsum(grid, axis=-2) + jnp.moveaxis(log_i, 1, -1)[..., None, :]
-        keep = jnp.tril(jnp.ones((length, length), bool))
-        if segment_ids is not None:
-            keep = keep & same_segment(segment_ids, batch, length)[:, None]
-        # Mask before exp: exp never sees a positive argument, nor its gradient inf * 0.
-        log_d = jnp.where(keep, log_d, -jnp.inf)
-        m = jax.lax.stop_gradient(jnp.max(log_d, axis=-1, keepdims=True))  # diagonal is finite
-        scores = jnp.einsum("bthk,bshk->bhts", q, k) * jnp.exp(log_d - m)
-        norm = jnp.maximum(jnp.abs(jnp.sum(scores, axis=-1, keepdims=True)), jnp.exp(-m))
-        return jnp.einsum("bhts,bshv->bthv", scores / norm, v)
+        return mlstm_parallel(q, k, v, log_i, log_f, segment_ids)
 
     def output(self, p, y, proj: Projection) -> Seq:
         h = jax.nn.sigmoid(proj.rest) * y  # the output gate o~
@@ -207,12 +264,6 @@ class MLSTM(Heads):
     def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
         # The stabilised recurrent form: m = max(log f + m, i~), C, n rescaled by exp(-m).
         q, k, v, o, log_i, log_f = self._qkvo(p, x_t)
-        c, n, m = (cache[key].astype(q.dtype) for key in ("C", "n", "m"))
-        m_new = jax.lax.stop_gradient(jnp.maximum(log_f + m, log_i))
-        f_s = jnp.exp(log_f + m - m_new)[..., None]
-        i_s = jnp.exp(log_i - m_new)[..., None]
-        c = f_s[..., None] * c + (i_s * k)[..., :, None] * v[..., None, :]
-        n = f_s * n + i_s * k
-        num = jnp.einsum("bhk,bhkv->bhv", q, c)
-        den = jnp.maximum(jnp.abs(jnp.sum(n * q, axis=-1)), jnp.exp(-m_new))
-        return self.output(p, num / den[..., None], Projection(rest=o)), {"C": c, "n": n, "m": m_new}
+        state = tuple(cache[key].astype(q.dtype) for key in ("C", "n", "m"))
+        h, c, n, m = mlstm_recurrent_step(q, k, v, log_i, log_f, *state)
+        return self.output(p, h, Projection(rest=o)), {"C": c, "n": n, "m": m}

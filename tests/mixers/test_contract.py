@@ -90,6 +90,8 @@ SETTINGS: dict[str, Case] = {
     "gru": Case(dict(num_heads=2), ("num_heads", 3)),
     "slstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
+    "mlstm_block": Case(dict(num_heads=2), ("qkv_blocksize", 5)),
+    "slstm_block": Case(dict(num_heads=2), ("proj_factor", 0.0)),
     # convolution + memory bank
     "gam": Case(dict(num_slots=8), ("num_slots", 0)),
     # pooling (pooling.py)
