@@ -198,7 +198,8 @@ class MoM(Mixer):
         check_int(name, "num_memories", self.num_memories)
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or not 1 <= self.top_k <= self.num_memories:
             raise ConfigError(f"{name}.top_k={self.top_k!r} must be an int in [1, num_memories={self.num_memories}]")
-        check_option(name, "shared_memory", self.shared_memory, (True, False))
+        if not isinstance(self.shared_memory, bool):
+            raise ConfigError(f"{name}.shared_memory={self.shared_memory!r} must be a bool (True or False)")
         check_option(name, "memory", self.memory, MEMORY_KINDS)
         check_int(name, "gate_low_rank", self.gate_low_rank)
         check_number(name, "gate_temperature", self.gate_temperature, low=0, open_low=True)
