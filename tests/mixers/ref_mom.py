@@ -96,7 +96,6 @@ def mom_memories(q, k, v, beta, log_decay, routed, g, runs, kind, xp=np):
     """Each memory's read weighted by its routing weight, ``(b, l, n, h, dv)``: the per-token loop."""
     b, l, n, h, dk = k.shape
     dv = v.shape[-1]
-    eye = xp.asarray(np.eye(dk))
     states = [xp.zeros((b, h, dk, dv)) for _ in range(n)]
     out = []
     for t in range(l):
@@ -104,18 +103,18 @@ def mom_memories(q, k, v, beta, log_decay, routed, g, runs, kind, xp=np):
         reads = []
         for m in range(n):
             S = keep[:, None, None, None] * states[m]  # a segment start empties every memory
-            k_t, v_t = k[:, t, m], v[:, t, m]
-            kv = k_t[..., :, None] * v_t[..., None, :]
+            k_t, v_t = k[:, t, m][..., :, None], v[:, t, m][..., None, :]  # (b, h, dk, 1), (b, h, 1, dv)
             if kind == "gla":
-                new = xp.exp(log_decay[:, t, m])[..., None] * S + kv
+                new = xp.exp(log_decay[:, t, m])[..., None] * S + k_t * v_t
             else:
+                # a (I - β k kᵀ) S + β k vᵀ, with (I - β k kᵀ) S = S - β k (kᵀ S)
                 b_t = beta[:, t, m][..., None, None]
-                H = eye - b_t * (k_t[..., :, None] * k_t[..., None, :])
-                new = xp.exp(log_decay[:, t, m])[..., None, None] * xp.einsum("bhij,bhjv->bhiv", H, S) + b_t * kv
+                kS = xp.sum(k_t * S, axis=-2, keepdims=True)  # (b, h, 1, dv)
+                new = xp.exp(log_decay[:, t, m])[..., None, None] * (S - b_t * k_t * kS) + b_t * k_t * v_t
             # Routed: the update; not routed: the state as it was (no decay, no write).
             r = routed[:, t, m][:, None, None, None]
             states[m] = r * new + (1 - r) * S
-            reads.append(g[:, t, m][:, None, None] * xp.einsum("bhkv,bhk->bhv", states[m], q[:, t]))
+            reads.append(g[:, t, m][:, None, None] * xp.sum(states[m] * q[:, t][..., :, None], axis=-2))
         out.append(xp.stack(reads, axis=1))
     return xp.stack(out, axis=1)
 

@@ -47,9 +47,9 @@ def _matrix(m, v, x, segment_ids):
 
 
 @pytest.mark.parametrize("kind, impl, length, extra", [
-    ("gated_delta", "chunked", 21, {}),
-    ("gla", "chunked", 21, {}),
-    ("gated_delta", "sequential", 13, dict(top_k=1, shared_memory=False)),
+    ("gated_delta", "chunked", 23, {}),  # a prime length: a ragged last chunk
+    ("gla", "chunked", 23, {}),
+    pytest.param("gated_delta", "sequential", 13, dict(top_k=1, shared_memory=False), marks=SLOW),
     pytest.param("gla", "sequential", 13, dict(top_k=3, num_memories=3), marks=SLOW),
 ])
 def test_float32_matches_reference(rng, kind, impl, length, extra):
@@ -59,18 +59,19 @@ def test_float32_matches_reference(rng, kind, impl, length, extra):
     check_float32(m, v, x, _reference, rng, f"mom {kind} {impl} l={length} {extra}")
 
 
-@pytest.mark.parametrize("kind", ["gated_delta", pytest.param("gla", marks=SLOW)])
+@pytest.mark.parametrize("kind", [pytest.param("gated_delta", marks=SLOW), "gla"])
 def test_float64_op_matrix_and_reference_matrix(rng, kind):
     check_float64(lambda **kw: _make(memory=kind, **kw), rng, _reference, _matrix, f"mom {kind}")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [pytest.param("gated_delta", marks=SLOW), "gla"])
 def test_gradients_match_reference(rng, kind):
-    # Gradients w.r.t. x and every parameter (router included: through the weights g).
+    # Gradients w.r.t. x and every parameter (router included: through the weights g; with
+    # top_k = 1 the renormalised weight is always 1 and the router would get no gradient).
     m = _make(memory=kind, impl="chunked", chunk_size=4)
-    x = rng.standard_normal((1, 7, 16))
+    x = rng.standard_normal((1, 6, 16))
     v = perturb(harness.jit_init(m, jnp.float32(x)), rng)
-    seg = np.array([[0] * 4 + [1] * 3])  # two chunks of 4, a reset inside the second
+    seg = np.array([[0] * 3 + [1] * 3])  # chunks of 4: a reset inside the first, a ragged second
     check_gradients(m, v, x, seg, _reference, rng)
 
 
@@ -86,12 +87,12 @@ def test_route_is_softmax_topk_renormalised(rng):
     np.testing.assert_allclose(np.asarray(weights), want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["gated_delta", pytest.param("gla", marks=SLOW)])
 def test_step_updates_only_the_routed_memories(rng, kind):
-    m = _make(memory=kind, num_memories=4, top_k=1)
-    x = harness.random_input(rng, 2, 6, 16)
-    v = perturb(harness.init(m, x), rng)
-    cache = m.apply(v, 2, method="init_cache")
+    m = _make(memory=kind, num_memories=4, top_k=1, d_model=16)
+    x = harness.random_input(rng, 2, 4, 16)
+    cache = m.module.init_cache(2)  # d_model set: no parameters needed
+    v = perturb(m.init(jax.random.PRNGKey(0), x[:, 0], cache, method="step"), rng)
     bound = m.module.bind(v)
     for t in range(x.shape[1]):
         _, new = m.apply(v, x[:, t], cache, method="step")
@@ -106,7 +107,8 @@ def test_load_balancing_loss_matches_numpy(rng):
     logits = rng.standard_normal((2, 9, 4))
     mask = np.ones((2, 9))
     mask[1, 6:] = 0
-    got = float(load_balancing_loss(jnp.asarray(logits), 2, jnp.asarray(mask)))
+    loss = jax.jit(load_balancing_loss, static_argnums=1)
+    got = float(loss(jnp.asarray(logits), 2, jnp.asarray(mask)))
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     losses = []
     for b in range(2):
@@ -120,36 +122,33 @@ def test_load_balancing_loss_matches_numpy(rng):
     # Perfectly balanced routing gives top_k; a collapsed router (always the same two) gives more.
     balanced = np.log(np.eye(4) + np.roll(np.eye(4), 1, axis=1) + 1e-9)[None]  # token i: memories i, i+1
     collapsed = np.tile(np.log(np.array([1.0, 1.0, 1e-9, 1e-9])), (4, 1))[None]
-    assert abs(float(load_balancing_loss(jnp.asarray(balanced), 2)) - 2.0) < 1e-4
-    assert float(load_balancing_loss(jnp.asarray(collapsed), 2)) > 3.9
+    assert abs(float(loss(jnp.asarray(balanced), 2)) - 2.0) < 1e-4
+    assert float(loss(jnp.asarray(collapsed), 2)) > 3.9
     # The router learns through it.
-    grad = jax.grad(lambda z: load_balancing_loss(z, 2))(jnp.asarray(logits, jnp.float32))
+    grad = jax.jit(jax.grad(lambda z: load_balancing_loss(z, 2)))(jnp.asarray(logits, jnp.float32))
     assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
 
 
-def test_state_size_is_every_memory(rng):
-    m = get("mom")(num_heads=2, num_memories=3, top_k=2)
-    x = harness.random_input(rng, 1, 4, 16)
-    bound = m.bind(harness.jit_init(m, x))
-    assert bound.state_size() == (3 + 1) * 2 * 8 * 8 * 4
-    m = get("mom")(num_heads=2, num_memories=3, top_k=2, shared_memory=False, expand_v=2)
-    assert m.bind(harness.jit_init(m, x)).state_size() == 3 * 2 * 8 * 16 * 4
+def test_state_size_is_every_memory():
+    # (M + 1) states of h·dk·dv float32: the mixer trades state for recall.
+    assert get("mom")(d_model=16, num_heads=2, num_memories=3).state_size() == (3 + 1) * 2 * 8 * 8 * 4
+    m = get("mom")(d_model=16, num_heads=2, num_memories=3, shared_memory=False, expand_v=2)
+    assert m.state_size() == 3 * 2 * 8 * 16 * 4
 
 
-@pytest.mark.parametrize("kind", ["gated_delta", pytest.param("gla", marks=SLOW)])
+@SLOW
+@pytest.mark.parametrize("kind", KINDS)
 def test_memory_grows_linearly_with_length(rng, kind):
     ratio = harness.check_memory_growth(get("mom")(memory=kind, impl="chunked", chunk_size=16, **SMALL), rng,
                                         length=64, exponent=1.0)
     assert ratio > 2.0, f"memory ratio {ratio:.2f}: the measurement saw no growth at all"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_length_one_and_prime(rng, kind):
-    m = _make(memory=kind, chunk_size=8)
-    for length in (1, 23):
-        x = harness.random_input(rng, 1, length, 16)
-        v = perturb(harness.init(m, x), rng)
-        assert_rel_close(m.apply(v, x), _reference(m, v, np.asarray(x, np.float64)), harness.RTOL, f"l={length}")
+def test_length_one(rng):
+    m = _make(memory="gla", impl="sequential")
+    x = harness.random_input(rng, 2, 1, 16)
+    v = perturb(harness.init(m, x), rng)
+    assert_rel_close(m.apply(v, x), _reference(m, v, np.asarray(x, np.float64)), harness.RTOL, "l=1")
 
 
 @SLOW
@@ -180,7 +179,9 @@ def test_bad_fields_name_the_field():
     get("mom")(memory="gla", impl="reference")  # linear_attention has one
 
 
-@pytest.mark.parametrize("kind, op", [("gla", "linear_attention"), ("gated_delta", "delta_rule")])
+@pytest.mark.parametrize("kind, op", [
+    ("gated_delta", "delta_rule"), pytest.param("gla", "linear_attention", marks=SLOW),
+])
 def test_impl_reaches_the_op(rng, monkeypatch, kind, op):
     from seqjax.ops import dispatch
 
@@ -194,5 +195,6 @@ def test_impl_reaches_the_op(rng, monkeypatch, kind, op):
     monkeypatch.setattr(dispatch, "implementation", spy)
     m = get("mom")(memory=kind, impl="sequential", **SMALL)
     x = harness.random_input(rng, 1, 5, 16)
-    m.apply(harness.init(m, x), x)
+    v = jax.eval_shape(m.init, jax.random.PRNGKey(0), x)  # shapes only: the spy sees the trace
+    jax.eval_shape(m.apply, v, x)
     assert (op, "sequential") in seen
