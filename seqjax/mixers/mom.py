@@ -48,7 +48,6 @@ channel per (memory, head), ``M[(m, h), t, s] = g_{t,m} · M^m_h[t, s]`` where
 the output sums the channels of a head over the memories.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn

@@ -63,6 +63,7 @@ SETTINGS: dict[str, Case] = {
     "gla": Case(dict(num_heads=2), ("gate_temperature", 0.0)),
     "deltanet": Case(dict(num_heads=2), ("d_conv", 0)),
     "gated_deltanet": Case(dict(num_heads=2), ("expand_v", 0)),
+    "mom": Case(dict(num_heads=2, num_memories=3, top_k=2), ("top_k", 4)),
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
     "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
     "relative_mha": Case(dict(num_heads=2, max_relative=4), ("max_relative", 0), max_length=16),
