@@ -32,7 +32,10 @@ decay, so the state passes through) and the delta kind ``delta_rule(q, k, v,
 are stacked as extra heads, ``(b, l, (M+1)·h, ·)``, in one op call; each
 channel's read is scaled by its routing weight (``g``, 1 for the shared
 memory) and the memories are summed in the output. The routing is discrete,
-the weights ``g`` differentiable (the router learns through them).
+the weights ``g`` differentiable (the router learns through them; with
+``top_k = 1`` the renormalised weight is always 1, so the router gets no
+gradient at all, from the output or from the balance loss, and the routing
+stays as initialised).
 
 Left out from the authors' code: the short convolutions (they run over each
 memory's routed subsequence, which has no per-token form here), and the
