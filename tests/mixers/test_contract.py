@@ -63,6 +63,7 @@ SETTINGS: dict[str, Case] = {
     "gla": Case(dict(num_heads=2), ("gate_temperature", 0.0)),
     "deltanet": Case(dict(num_heads=2), ("d_conv", 0)),
     "gated_deltanet": Case(dict(num_heads=2), ("expand_v", 0)),
+    "mom": Case(dict(num_heads=2, num_memories=3, top_k=2), ("top_k", 4)),
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
     # prefix 0 here (step from the empty cache, a lower-triangular matrix); the prefix in test_jrt.py
     "jrt": Case(dict(num_heads=2, feature_dim=4), ("prefix_length", -1)),
