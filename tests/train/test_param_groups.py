@@ -119,14 +119,20 @@ def test_labels_equal_the_former_name_rule_for_variants(pattern, layers, fields)
         assert labels["backbone/block_0/mixer/pos_embedding/embedding"] == "no_decay"
 
 
+# Mixers whose declared no-decay parameters exist only in a non-default kind.
+KIND_WITH_DECLARED = {"mom": {"memory": "gla"}}
+
+
 def test_declared_no_decay_names_are_parameters():
     """The no_decay declarations name real parameters of rank > 1 (else the rank rule would do)."""
     for name in mixers.names():
         declared = param_groups.no_decay_params(name)
         if not declared:
             continue
-        cfg = _config(name, mixer_kwargs={name: {"positions": "learned"}} if "positions" in
-                      {f for f in mixers.get(name).__dataclass_fields__} else {})
+        kwargs = dict(KIND_WITH_DECLARED.get(name, {}))
+        if "positions" in {f for f in mixers.get(name).__dataclass_fields__}:
+            kwargs["positions"] = "learned"
+        cfg = _config(name, mixer_kwargs={name: kwargs} if kwargs else {})
         shapes = _flat(nn.meta.unbox(_boxed_shapes(cfg)))
         mixer = {k.split("/mixer/")[1]: v for k, v in shapes.items() if "/mixer/" in k}
         for relative in declared:
