@@ -52,7 +52,7 @@ def test_counts_and_pure_selection():
 
 def test_sampling_is_deterministic_and_inside_the_visible_range(rng):
     seg = jnp.asarray(harness.segments(rng, 2, 40, p=0.15))
-    sample = jax.jit(lambda seed, lo, hi: sample_keys(seed, jnp.arange(40)[None], lo, hi, 9, 40), static_argnums=0)
+    sample = jax.jit(lambda seed, lo, hi: sample_keys(seed, jnp.arange(40)[None], lo, hi, 9, 40))
     for causal in (True, False):
         lo, hi = visible_ranges(seg, 2, 40, causal)
         rlo, rhi = ref.ranges(np.asarray(seg), 2, 40, causal)
@@ -70,18 +70,18 @@ def test_sampling_is_deterministic_and_inside_the_visible_range(rng):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("segments", [False, True])
-def test_matches_reference(causal, segments, rng):
+def test_matches_reference(causal, rng):
+    """Length 29 (a prime), packed segments; unpacked rows: the step tests (causal) and length 97 (bidirectional)."""
     config = _config(causal=causal)
-    module, x, variables, seg = _case(rng, config, segments=segments)
+    module, x, variables, seg = _case(rng, config, segments=True)
     active = _selection(variables, x, config, seg)
     assert 0 < active.sum() < active.size  # the sparse regime: u = 7 of 29
-    y = harness.Jitted(module).apply(variables, jnp.asarray(x), segment_ids=None if seg is None else jnp.asarray(seg))
+    y = harness.Jitted(module).apply(variables, jnp.asarray(x), segment_ids=jnp.asarray(seg))
     want = ref.probsparse_reference(params_of(variables), np.asarray(x, np.float64), active, segment_ids=seg, **config)
     assert_rel_close(y, want, 2e-5, "output")
 
 
-@pytest.mark.parametrize("length", [1, 97])
+@pytest.mark.parametrize("length", [1, pytest.param(97, marks=pytest.mark.slow)])
 def test_lengths_one_and_prime(length, rng):
     config = _config(causal=False, factor=5.0, positions="none", num_heads=4)
     module, x, variables, _ = _case(rng, config, batch=1, length=length)
@@ -91,7 +91,7 @@ def test_lengths_one_and_prime(length, rng):
     assert_rel_close(y, want, 2e-5, f"L={length}")
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("causal", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_mixing_matrix_matches_reference(causal, rng):
     config = _config(causal=causal)
     module, x, variables, seg = _case(rng, config, batch=1, length=17, segments=True)
@@ -103,7 +103,7 @@ def test_mixing_matrix_matches_reference(causal, rng):
     assert np.allclose(np.asarray(M)[0][lazy].max(axis=-1) * (np.asarray(M)[0][lazy] > 0).sum(axis=-1), 1.0)
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("causal", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_gradients_match_reference(causal, rng):
     config = _config(causal=causal, num_heads=2)
     module, x, variables, seg = _case(rng, config, batch=1, length=13, segments=True)
@@ -151,6 +151,7 @@ def test_step_threshold_rule_matches_reference(rng):
     assert_rel_close(got, want, 2e-5, "step")
 
 
+@pytest.mark.slow
 def test_step_without_threshold_is_full_attention(rng):
     """decode_threshold=None: every decoding query is active, the parallel form with u = L."""
     config = _config(num_heads=2, factor=8.0)  # u = ⌈8 ln 13⌉ >= 13
@@ -163,8 +164,9 @@ def test_step_without_threshold_is_full_attention(rng):
 
 
 def test_memory_grows_subquadratically(rng):
-    ratio = harness.check_memory_growth(mixers.get("probsparse")(num_heads=2, causal=False), rng, length=128,
-                                        width=WIDTH, exponent=1.2)
+    """Forward + backward temp memory from L = 128 to 512: ~4.8x measured (u = L, full attention: ~15x)."""
+    ratio = harness.check_memory_growth(mixers.get("probsparse")(num_heads=2), rng, length=128, width=WIDTH,
+                                        exponent=1.2)
     assert ratio < 8, ratio
 
 
