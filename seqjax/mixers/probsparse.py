@@ -120,8 +120,8 @@ def visible_ranges(segment_ids: SegmentIds | None, batch: int, length: int, caus
     return lo, t + 1 + back
 
 
-def sample_keys(seed: int, t: Int[Array, "*q"], lo: Int[Array, "*q"], hi: Int[Array, "*q"], num_samples: int,
-                length: int) -> tuple[Int[Array, "*q n"], Bool[Array, "*q n"]]:
+def sample_keys(seed: int, t: Int[Array, "..."], lo: Int[Array, "..."], hi: Int[Array, "..."], num_samples: int,
+                length: int) -> tuple[Int[Array, "... n"], Bool[Array, "... n"]]:
     """The keys on which query ``t``'s sparsity measurement is computed.
 
     With ``num_samples < length``: ``num_samples`` draws, uniform with
@@ -156,7 +156,7 @@ def sample_keys(seed: int, t: Int[Array, "*q"], lo: Int[Array, "*q"], hi: Int[Ar
     return idx, jnp.ones(idx.shape, bool)
 
 
-def sparsity_measure(scores: Float[Array, "*q n"], valid: Bool[Array, "*q n"]) -> Float[Array, "*q"]:
+def sparsity_measure(scores: Float[Array, "... n"], valid: Bool[Array, "... n"]) -> Float[Array, "..."]:
     """``M̄ = max − mean`` of the scaled scores over the valid sampled keys (eq. 4 of the paper).
 
     Args:
@@ -171,7 +171,7 @@ def sparsity_measure(scores: Float[Array, "*q n"], valid: Bool[Array, "*q n"]) -
     return top - mean
 
 
-def select_queries(measure: Float[Array, "*b l"], u: int) -> Int[Array, "*b u"]:
+def select_queries(measure: Float[Array, "... l"], u: int) -> Int[Array, "... u"]:
     """The positions of the ``u`` largest measurements along the last axis (ties: the lower position).
 
     Args:
@@ -334,12 +334,13 @@ class ProbSparseAttention(Heads):
         b = x_t.shape[0]
         pos = cache["pos"]
         q, k, v = self._qkv(p, x_t[:, None], pos[:, None])
-        slots, h, dh = cache["k"].shape[1:]
+        slots, _, dh = cache["k"].shape[1:]
         rows = jnp.arange(b)
         kc = cache["k"].at[rows, pos].set(k[:, 0].astype(cache["k"].dtype), mode="drop")
         vc = cache["v"].at[rows, pos].set(v[:, 0].astype(cache["v"].dtype), mode="drop")
         acc = self.acc()
-        full = decode_attention(q[:, 0], kc, vc, lengths=jnp.minimum(pos + 1, slots), num_splits=4).astype(acc)  # (b, h, dh)
+        lengths = jnp.minimum(pos + 1, slots)
+        full = decode_attention(q[:, 0], kc, vc, lengths=lengths, num_splits=4).astype(acc)  # (b, h, dh)
         if self.decode_threshold is None:
             o = full
         else:

@@ -34,7 +34,7 @@ from seqjax import mixers
 from seqjax.errors import ConfigError
 from seqjax.mixers.common import dense
 from seqjax.models.distil import Distil
-from seqjax.models.norms import NORM_EPS, NORMS, make_norm  # noqa: F401 (NORM_EPS, NORMS: re-exported)
+from seqjax.models.norms import make_norm
 from seqjax.parallel.rules import constrain
 from seqjax.types import SegmentIds, Seq
 

@@ -45,7 +45,8 @@ from ml_collections.config_dict import placeholder
 
 from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.models.backbone import CHANNELS, NORMS
+from seqjax.models.backbone import CHANNELS
+from seqjax.models.norms import NORMS
 from seqjax.models.heads import POOLINGS
 from seqjax.models.model import SequenceModel
 
