@@ -11,6 +11,7 @@ from seqjax.models.backbone import Backbone, Block, channel_hidden
 from seqjax.models.config import (
     bidirectional_only, build, causal_only, check_build, check_length, default_config, layer_mixers, mixer_kwargs,
     sequence_parallel_mixers, validate)
+from seqjax.models.distil import Distil, distil_mask, distilled_length
 from seqjax.models.heads import pool
 from seqjax.models.model import SequenceModel
 from seqjax.models.state import layer_state_sizes
@@ -18,5 +19,5 @@ from seqjax.models.state import layer_state_sizes
 __all__ = [
     "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length", "check_build",
     "causal_only", "bidirectional_only", "sequence_parallel_mixers", "SequenceModel", "Backbone", "Block",
-    "channel_hidden", "pool", "layer_state_sizes",
+    "channel_hidden", "pool", "layer_state_sizes", "Distil", "distil_mask", "distilled_length",
 ]

@@ -31,17 +31,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from seqjax import mixers
+from seqjax.errors import ConfigError
 from seqjax.mixers.common import dense
+from seqjax.models.distil import Distil
+from seqjax.models.norms import make_norm
 from seqjax.parallel.rules import constrain
 from seqjax.types import SegmentIds, Seq
-
-NORM_EPS = 1e-5
 
 RESIDUAL_AXES = ("batch", "length", "embed")
 """Logical names of the residual stream's dimensions."""
 
 CHANNELS = ("mlp", "glu", "none")
-NORMS = ("layernorm", "rmsnorm")
 
 # A mixer spec: (registry name, constructor kwargs as sorted (key, value) pairs).
 # Tuples, not dicts, so that modules holding them stay hashable.
@@ -64,27 +64,6 @@ def channel_hidden(channel: str, d_model: int, mlp_ratio: float) -> int:
     if channel == "glu":
         return max(1, int(round(2 * hidden / 3)))
     return 0 if channel == "none" else hidden
-
-
-def make_norm(kind: str, name: str) -> nn.Module:
-    """A float32 LayerNorm or RMSNorm over the last axis, with ``embed``-named params.
-
-    Args:
-      kind: ``"layernorm"`` or ``"rmsnorm"``.
-      name: submodule name.
-
-    Returns:
-      The (unbound) norm module.
-    """
-    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
-    if kind == "layernorm":
-        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",))
-        return nn.LayerNorm(epsilon=NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
-                            scale_init=scale_init, bias_init=bias_init, name=name)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(epsilon=NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
-                          scale_init=scale_init, name=name)
-    raise ValueError(f"norm={kind!r}; allowed: {', '.join(NORMS)}")
 
 
 class ChannelMLP(nn.Module):
@@ -176,6 +155,10 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     """Blocks ``block_0 .. block_{n-1}`` (one per mixer spec), then ``final_norm``.
 
+    With ``distil``, Informer's distilling layer ``distil_i``
+    (:class:`~seqjax.models.distil.Distil`: conv, norm, ELU, max-pool) follows
+    every block but the last, halving the length each time.
+
     Attributes:
       layers: one :data:`MixerSpec` per layer (hybrids mix names).
       channel: channel branch of every block.
@@ -183,6 +166,8 @@ class Backbone(nn.Module):
       norm: norm kind of every block and of the final norm.
       dropout: residual dropout rate.
       dtype: compute dtype.
+      distil: insert the distilling layers (the output is
+        ``distilled_length(l, n - 1)`` long); no ``segment_ids`` then.
     """
 
     layers: Sequence[MixerSpec]
@@ -191,6 +176,7 @@ class Backbone(nn.Module):
     norm: str = "layernorm"
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    distil: bool = False
 
     @nn.compact
     def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
@@ -202,13 +188,22 @@ class Backbone(nn.Module):
           deterministic: disables dropout when True.
 
         Returns:
-          ``(b, l, d)`` float32, normalised.
+          ``(b, l, d)`` float32, normalised (``(b, distilled_length(l, n - 1), d)`` with ``distil``).
+
+        Raises:
+          ConfigError: ``segment_ids`` with ``distil`` (the convolution and the
+            pooling would mix neighbouring segments).
         """
+        if self.distil and segment_ids is not None:
+            raise ConfigError("segment_ids with config.model.distil=True: the distilling conv and max-pool mix "
+                              "neighbouring packed sequences; allowed: segment_ids=None (one sequence per row)")
         # The residual stream's layout between blocks (a no-op without a mesh):
         # batch over data/fsdp, length over sequence under fsdp+sequence.
         x = constrain(x, RESIDUAL_AXES)
         for i, spec in enumerate(self.layers):
             x = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, name=f"block_{i}")(
                 x, segment_ids=segment_ids, deterministic=deterministic)
+            if self.distil and i < len(self.layers) - 1:
+                x = Distil(self.norm, self.dtype, name=f"distil_{i}")(x)
             x = constrain(x, RESIDUAL_AXES)
         return make_norm(self.norm, "final_norm")(x)

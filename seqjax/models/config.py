@@ -45,7 +45,8 @@ from ml_collections.config_dict import placeholder
 
 from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.models.backbone import CHANNELS, NORMS
+from seqjax.models.backbone import CHANNELS
+from seqjax.models.norms import NORMS
 from seqjax.models.heads import POOLINGS
 from seqjax.models.model import SequenceModel
 
@@ -87,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
         pooling_rank=16,  # pooling="lowrank_mha": rank of the factorised scores
         dtype="float32",
         sequence_axis=placeholder(str),  # "sequence": split the length (see seqjax.parallel)
+        distil=False,  # Informer's distilling (conv, ELU, max-pool) between layers: bidirectional pooled heads
     ))
 
 
@@ -285,6 +287,7 @@ def validate(model_config) -> None:
     if cfg["sequence_axis"] is not None and _uses_cls(cfg):
         raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} with pooling='cls': the CLS token makes "
                           f"the length odd; allowed pooling with a split length: mean, last")
+    _check_distil(cfg)
 
     kwargs_cfg = _as_dict(cfg["mixer_kwargs"])
     for name in kwargs_cfg:
@@ -310,6 +313,27 @@ def validate(model_config) -> None:
         raise ConfigError(f"{_FIELD}.pooling='cls' prepends a CLS token that no layer lets see the sequence "
                           f"(every mixer is causal); allowed: mean, last, or {_FIELD}.causal=False with a "
                           "bidirectional mixer")
+
+
+def _check_distil(cfg: dict) -> None:
+    """``distil``: a bool, and only where halving the length between layers is defined."""
+    field = f"{_FIELD}.distil"
+    if not isinstance(cfg["distil"], bool):
+        raise ConfigError(f"{field}={cfg['distil']!r} must be a bool")
+    if not cfg["distil"]:
+        return
+    if cfg["causal"]:
+        raise ConfigError(f"{field}=True needs {_FIELD}.causal=False: the distilling conv and max-pool read the next "
+                          "positions; allowed: distil=False for causal models")
+    if cfg["head"] not in ("classification", "retrieval"):
+        raise ConfigError(f"{field}=True with {_FIELD}.head={cfg['head']!r}: the distilled sequence is shorter than "
+                          "the per-position targets; allowed heads: classification, retrieval")
+    if cfg["pooling"] == "cls":
+        raise ConfigError(f"{field}=True with {_FIELD}.pooling='cls': the max-pool merges the CLS token with its "
+                          "neighbours; allowed pooling: mean, last, lowrank_mha")
+    if cfg["sequence_axis"] is not None:
+        raise ConfigError(f"{field}=True with {_FIELD}.sequence_axis={cfg['sequence_axis']!r}: the distilling layer "
+                          "does not run with the length split; allowed: sequence_axis=None")
 
 
 def check_length(model_config, length: int, field: str) -> None:
@@ -437,6 +461,7 @@ def build(model_config) -> SequenceModel:
         pooling_heads=cfg["pooling_heads"],
         pooling_rank=cfg["pooling_rank"],
         dtype=DTYPES[cfg["dtype"]],
+        distil=cfg["distil"],
     )
 
 

@@ -15,6 +15,7 @@ from jaxtyping import Array, Bool, Float
 
 from seqjax.errors import ConfigError
 from seqjax.models.backbone import Backbone, MixerSpec
+from seqjax.models.distil import distil_mask
 from seqjax.models.embeddings import Embedding, prepend_cls_column
 from seqjax.models.heads import ClassificationHead, LMHead, Pooling, RegressionHead, RetrievalHead
 from seqjax.types import SegmentIds
@@ -45,6 +46,8 @@ class SequenceModel(nn.Module):
       pooling_heads: heads of ``lowrank_mha`` pooling.
       pooling_rank: rank of ``lowrank_mha`` pooling.
       dtype: compute dtype; params are float32.
+      distil: Informer's distilling layers between the blocks (each halves
+        the length; classification and retrieval heads only, see ``distil.py``).
     """
 
     layers: Sequence[MixerSpec]
@@ -65,6 +68,7 @@ class SequenceModel(nn.Module):
     pooling_heads: int = 4
     pooling_rank: int = 16
     dtype: Any = jnp.float32
+    distil: bool = False
 
     @property
     def uses_cls(self) -> bool:
@@ -103,6 +107,9 @@ class SequenceModel(nn.Module):
         Raises:
           ConfigError: inputs, ``segment_ids`` or ``mask`` of the wrong shape.
         """
+        if self.distil and self.head not in ("classification", "retrieval"):
+            raise ConfigError(f"config.model.distil=True with config.model.head={self.head!r}: the distilled "
+                              "sequence is shorter than the targets; allowed heads: classification, retrieval")
         if self.head == "retrieval":
             # One encoder for both documents: fold the pair axis into the batch.
             if inputs.ndim < 3 or inputs.shape[1] != 2:
@@ -124,8 +131,10 @@ class SequenceModel(nn.Module):
             mask = prepend_cls_column(mask, True)
         x = Backbone(
             self.layers, channel=self.channel, mlp_ratio=self.mlp_ratio, norm=self.norm, dropout=self.dropout,
-            dtype=self.dtype, name="backbone",
+            dtype=self.dtype, distil=self.distil, name="backbone",
         )(x, segment_ids=segment_ids, deterministic=deterministic)
+        if self.distil:  # the pooling heads read the shorter sequence
+            mask = distil_mask(mask, len(self.layers) - 1)
         if self.head == "lm":
             return LMHead(self.vocab_size, dtype=self.dtype, name="head")(x)
         if self.head == "regression":
