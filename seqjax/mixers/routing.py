@@ -202,13 +202,15 @@ class RoutingAttention(Mixer):
         # Read always; the init function runs only when the collection has no centroids yet.
         centroids = self.variable(COLLECTION, "centroids",
                                   lambda: _init_centroids(self.make_rng("params"), (hr, self.num_clusters, dh)))
-        return {
+        parts = {
             "q_proj": dense((hr + hl) * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
-            "k_proj": dense(hl * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
             "v_proj": dense((hr + hl) * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
             "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
             "centroids": centroids,
         }
+        if hl:  # the local heads' keys (routing heads share theirs with the queries)
+            parts["k_proj"] = dense(hl * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj")
+        return parts
 
     def _qkv(self, p, x):
         """``qr (b,l,hr,dh)``, ``ql (b,l,hl,dh)``, ``kl (b,l,hl,dh)``, ``v (b,l,hr+hl,dh)``."""
@@ -216,7 +218,7 @@ class RoutingAttention(Mixer):
         hr, hl, dh = self.heads(d)
         xc = x.astype(self.dtype)
         q = p["q_proj"](xc).reshape(b, length, hr + hl, dh)
-        kl = p["k_proj"](xc).reshape(b, length, hl, dh)
+        kl = p["k_proj"](xc).reshape(b, length, hl, dh) if hl else q[:, :, :0]
         v = p["v_proj"](xc).reshape(b, length, hr + hl, dh)
         return q[:, :, :hr], q[:, :, hr:], kl, v
 
