@@ -49,8 +49,8 @@ def _config(m, groups, seg=None):
     return dict(hr=m.num_routing_heads, hl=m.num_local_heads, window=m.window, groups=groups, segment_ids=seg)
 
 
-@pytest.mark.parametrize("balanced, length", [(True, 1), (True, 13), (False, 13)])
-def test_matches_reference(rng, balanced, length):
+@pytest.mark.parametrize("balanced, length", [(True, 1), (True, 13), (False, 13)])  # 13: a prime
+def test_matches_reference_and_matrix(rng, balanced, length):
     m = _module(balanced=balanced)
     x, v = _setup(m, rng, 2, length)
     J = harness.Jitted(m)
@@ -59,6 +59,10 @@ def test_matches_reference(rng, balanced, length):
     seg = harness.segments(rng, 2, length)
     y_seg = ref.reference(p, x64, **_config(m, groups, seg))
     assert_rel_close(J.apply(v, x, segment_ids=jnp.asarray(seg)), y_seg, RTOL, f"L={length} segments")
+    # Given the routing the mixer is linear in v: its matrix is the reference's dense one.
+    M = J.apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
+    assert_rel_close(M, ref.matrix(p, x64, **_config(m, groups, seg)), RTOL, "mixing matrix")
+    np.testing.assert_allclose(np.asarray(M).sum(-1), 1.0, rtol=1e-5)  # softmax rows (averaged: still 1)
 
 
 def test_balanced_clusters_are_top_w_and_differ_from_nearest(rng):
@@ -78,18 +82,6 @@ def test_balanced_clusters_are_top_w_and_differ_from_nearest(rng):
 
 
 @pytest.mark.parametrize("balanced", [True, False])
-def test_mixing_matrix_is_the_reference_matrix(rng, balanced):
-    m = _module(balanced=balanced)
-    x, v = _setup(m, rng, 2, 11)
-    seg = harness.segments(rng, 2, 11)
-    J = harness.Jitted(m)
-    M = J.apply(v, x, segment_ids=jnp.asarray(seg), method="mixing_matrix")
-    M_ref = ref.matrix(ref.params_of(v), np.asarray(x, np.float64), **_config(m, _groups(m, v, x), seg))
-    assert_rel_close(M, M_ref, RTOL, "mixing matrix")
-    np.testing.assert_allclose(np.asarray(M).sum(-1), 1.0, rtol=1e-5)  # softmax rows (averaged: still 1)
-
-
-@pytest.mark.parametrize("balanced", [True, False])
 def test_gradients(rng, balanced):
     m = _module(balanced=balanced, num_routing_heads=1, num_local_heads=1, num_clusters=2, window=3)
     length = 7
@@ -98,11 +90,13 @@ def test_gradients(rng, balanced):
     groups = _groups(m, v, x)
     w = np.random.default_rng(1).standard_normal(x.shape)
 
-    def loss(params, x):
-        y = m.apply({"params": params, "routing": v["routing"]}, x, segment_ids=jnp.asarray(seg))
-        return jnp.sum(y * w)
+    def loss(variables, x):
+        return jnp.sum(m.apply(variables, x, segment_ids=jnp.asarray(seg)) * w)
 
-    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
+    g_v, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v, x)
+    g_p = g_v["params"]
+    # The routing is discrete: the centroids get no gradient (the EMA is their only update).
+    assert float(jnp.max(jnp.abs(g_v["routing"]["centroids"]))) == 0.0
     with jax.enable_x64(True):
         def ref_loss(p, x):
             return jnp.sum(ref.reference(p, x, xp=jnp, **_config(m, groups, seg)) * w)
@@ -131,6 +125,8 @@ def test_ema_update_matches_reference_and_needs_mutable_training(rng):
     m = _module()
     x, v = _setup(m, rng, 2, 13)
     mu = v["routing"]["centroids"]
+    assert "centroids" not in str(jax.tree_util.tree_structure(v["params"]))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(mu), axis=-1), 1.0, rtol=1e-6)  # init: unit directions
     qr = ref.projections(ref.params_of(v), np.asarray(x, np.float64), 2, 2)[0]
     expected = ref.ema_update(ref.centroids_of(v), qr, m.ema_decay)
     got = update_centroids(mu, jnp.asarray(qr, jnp.float32), m.ema_decay)
@@ -151,22 +147,18 @@ def test_ema_update_matches_reference_and_needs_mutable_training(rng):
     assert_rel_close(got0, ref.ema_update(ref.centroids_of(v), qr[:1, :5], 0.0), 1e-6, "masked")
 
 
-def test_centroids_get_no_gradient_and_init_unit(rng):
-    m = _module()
-    x, v = _setup(m, rng, 1, 8)
-    assert "centroids" not in str(jax.tree_util.tree_structure(v["params"]))
-    fresh = harness.jit_init(m, x)["routing"]["centroids"]
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(fresh), axis=-1), 1.0, rtol=1e-6)
-    g = jax.jit(jax.grad(lambda r: jnp.sum(m.apply({"params": v["params"], "routing": r}, x) ** 2)))(v["routing"])
-    assert float(jnp.max(jnp.abs(g["centroids"]))) == 0.0  # routing is discrete: the EMA is the only update
-
-
 @pytest.mark.parametrize("kw", [dict(), dict(num_local_heads=0, num_routing_heads=2),
                                 dict(num_routing_heads=0, num_local_heads=2)])
 def test_step_is_the_nearest_centroid_decode_rule(rng, kw):
     m = _module(balanced=False, max_length=9, **kw)
     x, v = _setup(m, rng, 1, 9)
-    harness.check_step_matches_parallel(harness.Jitted(m), v, x)
+    J = harness.Jitted(m)
+    harness.check_step_matches_parallel(J, v, x)
+    if m.num_routing_heads:  # one past the routing cache: NaN (a jitted step cannot raise)
+        cache = m.apply(v, 1, method="init_cache")
+        for t in range(10):
+            y_t, cache = J.apply(v, x[:, t % 9], cache, method="step")
+        assert np.isnan(np.asarray(y_t)).all()
     # The balanced training path only approximates the decode rule.
     if kw.get("num_routing_heads", 2):
         mb = _module(balanced=True, max_length=9, **kw)
@@ -183,18 +175,6 @@ def test_bad_fields(field, value):
         _module(num_routing_heads=0, num_local_heads=0)
     with pytest.raises(ConfigError, match=r"^routing\.num_routing_heads=2: .*must divide d_model=15"):
         _module(d_model=15)
-
-
-def test_prime_length_and_step_past_cache_is_nan(rng):
-    m = _module(balanced=False, max_length=3)
-    x, v = _setup(m, rng, 1, 37)
-    J = harness.Jitted(m)
-    y = J.apply(v, x)
-    assert np.isfinite(np.asarray(y)).all()
-    cache = m.apply(v, 1, method="init_cache")
-    for t in range(4):
-        y_t, cache = J.apply(v, x[:, t], cache, method="step")
-    assert np.isnan(np.asarray(y_t)).all()
 
 
 def _cost(m, x):
@@ -217,8 +197,8 @@ def test_growth_is_l_to_the_1_5_with_sqrt_l_clusters(rng):
 
 def test_memory_growth_fixed_clusters(rng):
     """With a fixed k the harness check at exponent 1.5 (the cluster size then grows with L)."""
-    ratio = harness.check_memory_growth(_module(num_clusters=8), rng, length=64, exponent=1.5)
-    print(f"L=64 -> 256, k=8: temp memory x{ratio:.2f}")
+    ratio = harness.check_memory_growth(_module(num_clusters=4), rng, length=32, exponent=1.5)
+    print(f"L=32 -> 128, k=4: temp memory x{ratio:.2f}")
 
 
 @pytest.mark.slow
