@@ -110,6 +110,7 @@ def test_gradients(rng, balanced):
     assert_rel_close(g_x, r_x, RTOL_GRAD, "dx")
 
 
+@pytest.mark.slow
 def test_float64_is_exact(rng):
     m = _module(dtype=jnp.float64)
     with jax.enable_x64(True):
