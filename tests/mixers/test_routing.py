@@ -81,7 +81,7 @@ def test_balanced_clusters_are_top_w_and_differ_from_nearest(rng):
     assert rel_err(y_b, y_n) > 1e-2
 
 
-@pytest.mark.parametrize("balanced", [True, False])
+@pytest.mark.parametrize("balanced", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_gradients(rng, balanced):
     m = _module(balanced=balanced, num_routing_heads=1, num_local_heads=1, num_clusters=2, window=3)
     length = 7
@@ -148,7 +148,8 @@ def test_ema_update_matches_reference_and_needs_mutable_training(rng):
     assert_rel_close(got0, ref.ema_update(ref.centroids_of(v), qr[:1, :5], 0.0), 1e-6, "masked")
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_local_heads=0, num_routing_heads=2),
+@pytest.mark.parametrize("kw", [dict(), pytest.param(dict(num_local_heads=0, num_routing_heads=2),
+                                                     marks=pytest.mark.slow),
                                 dict(num_routing_heads=0, num_local_heads=2)])
 def test_step_is_the_nearest_centroid_decode_rule(rng, kw):
     m = _module(balanced=False, max_length=9, **kw)

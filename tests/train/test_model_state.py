@@ -75,6 +75,7 @@ def test_train_step_moves_centroids_by_ema_only():
     assert int(newer.step) == 2
 
 
+@pytest.mark.slow
 def test_run_checkpoints_the_centroids(tmp_path):
     config = make_config(steps=2, log_every=1, checkpoint_every=2)
     results = run(config, tmp_path, task=ToyTask(), model=RoutingToy())
