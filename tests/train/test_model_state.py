@@ -3,11 +3,14 @@
 A toy model with a ``routing`` layer trains with :func:`seqjax.train.run`:
 the centroids (collection ``"routing"``) move by the mixer's EMA, never by the
 optimiser (no optimiser state or gradient for them), are checkpointed, and a
-resumed run continues from the checkpointed centroids.
+resumed run continues from the checkpointed centroids. Checkpoints saved before
+the train state had ``model_state`` still restore.
 """
 
 import math
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ from seqjax import mixers
 from seqjax.mixers.routing import update_centroids
 from seqjax.train import run
 from seqjax.train.checkpoint import Checkpointer
-from seqjax.train.state import make_init_fn
+from seqjax.train.state import TrainState, create_train_state, make_init_fn
 from seqjax.train.step import make_train_step
 from tests.train.toy import ToyTask, make_batch, make_config
 
@@ -99,3 +102,30 @@ def test_resume_continues_from_the_checkpointed_centroids(tmp_path):
     assert int(a["step"]) == int(b["step"]) == 4
     np.testing.assert_allclose(np.asarray(b["model_state"]["routing"]["mixer"]["centroids"]),
                                np.asarray(a["model_state"]["routing"]["mixer"]["centroids"]), rtol=1e-5, atol=1e-6)
+
+
+@flax.struct.dataclass
+class _StateBeforeModelState:
+    """The train state's fields as checkpoints saved them before ``model_state`` existed."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def test_a_checkpoint_from_before_model_state_restores(tmp_path):
+    tx = optax.adam(1e-3)
+    state = create_train_state({"w": jnp.asarray(np.random.default_rng(0).standard_normal((3, 2)), jnp.float32)}, tx)
+    state = state.replace(opt_state=tx.update(state.params, state.opt_state, state.params)[1])
+    ckpt = Checkpointer(tmp_path, async_save=False)
+    try:
+        ckpt.save(5, _StateBeforeModelState(step=state.step + 5, params=state.params, opt_state=state.opt_state),
+                  {"step": 5})
+        restored, meta = ckpt.restore(5, jax.eval_shape(lambda: state))
+    finally:
+        ckpt.close()
+    assert isinstance(restored, TrainState) and restored.model_state == {} and int(restored.step) == 5
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored.opt_state), jax.tree.leaves(state.opt_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert meta == {"step": 5}
