@@ -133,8 +133,10 @@ class RoutingAttention(Mixer):
     (averaged over the clusters that keep ``t`` when balanced), for local
     heads the banded causal softmax.
 
-    Complexity: balanced O(L·w·d) time (O(L^1.5·d) with k ≈ √L), O(L·d)
-    memory besides the O(L·k) routing scores; unbalanced O(L²·d) time.
+    Complexity: balanced O(L·w·d) time (O(L^1.5·d) with k ≈ √L), O(L·k)
+    routing scores plus O(L·w) in-cluster scores (O(L·d) once the attention
+    op goes blockwise, w ≥ 256 on CPU with ``impl="auto"``); unbalanced
+    O(L²·d) time, O(L·d) memory with the blockwise op.
     Decoding: O(L·d) per step against a cache of all routing keys/values with
     their cluster ids plus a window ring buffer for the local heads.
 
@@ -320,7 +322,8 @@ class RoutingAttention(Mixer):
         if slots is None:
             raise ValueError(f"{self.mixer_name}: max_length is required for its cache (one slot per position); "
                              "pass init_cache(batch_size, max_length) or set the max_length field")
-        check_int(self.mixer_name, "max_length", slots)
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ValueError(f"{self.mixer_name}: max_length must be a positive int, got {slots!r}")
         kv = jnp.zeros((batch_size, slots, hr, dh), self.dtype)
         ring = jnp.zeros((batch_size, self.window, hl, dh), self.dtype)
         return {"k": kv, "v": kv, "cid": jnp.zeros((batch_size, slots, hr), jnp.int32), "lk": ring, "lv": ring,
