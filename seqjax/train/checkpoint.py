@@ -150,9 +150,22 @@ class Checkpointer:
             state_args = ocp.args.StandardRestore()
         else:
             state_args = ocp.args.StandardRestore(abstract_state)
-        restored = self.manager.restore(
-            int(step), args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
-        )
+        try:
+            restored = self.manager.restore(
+                int(step), args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
+            )
+        except ValueError as error:
+            # A checkpoint saved before the train state had ``model_state`` (its
+            # fields: step, params, opt_state) restores into a state whose
+            # model_state is empty: restore the three fields and keep the empty one.
+            legacy = _legacy_target(abstract_state)
+            if legacy is None or "model_state" not in str(error):
+                raise
+            restored = self.manager.restore(
+                int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(legacy),
+                                                   meta=ocp.args.JsonRestore())
+            )
+            restored = {"state": abstract_state.replace(**restored["state"]), "meta": restored["meta"]}
         return restored["state"], restored["meta"]
 
     def restore_latest(self, abstract_state: Any | None = None, *, check_meta: Callable[[dict], None] | None = None,
@@ -240,6 +253,20 @@ class Checkpointer:
         # Also on an error: a save already started (the divergence checkpoint,
         # say) is finished before the error leaves run().
         self.close()
+
+
+def _legacy_target(abstract_state: Any) -> dict | None:
+    """The restore target of a checkpoint without ``model_state``, or None when that cannot fit.
+
+    Only a :class:`~seqjax.train.state.TrainState` whose ``model_state`` holds no
+    arrays (a model with no collections besides its parameters) can come from
+    such a checkpoint.
+    """
+    from seqjax.train.state import TrainState
+
+    if not isinstance(abstract_state, TrainState) or jax.tree.leaves(abstract_state.model_state):
+        return None
+    return {"step": abstract_state.step, "params": abstract_state.params, "opt_state": abstract_state.opt_state}
 
 
 def failure_reason(error: BaseException) -> str:

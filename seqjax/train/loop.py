@@ -80,8 +80,8 @@ from seqjax.train.guards import DivergenceGuard, StopSignals, TrainingDiverged, 
 from seqjax.train.log_window import LogWindow
 from seqjax.train.config import batch_padding, check_lengths, check_vocab, check_workdir_config, validate_config
 from seqjax.train.results import finished_results, git_hash, run_record, write_json_atomic
-from seqjax.train.state import (TrainState, boxed_param_shapes, create_train_state, make_init_fn, replicated,
-                                state_shardings)
+from seqjax.train.state import (TrainState, abstract_variables, create_train_state, make_init_fn, replicated,
+                                split_variables, state_shardings)
 from seqjax.train.step import apply_model, make_train_step, model_inputs
 from seqjax.train.writers import MetricWriter, NullWriter, jsonable, open_writer
 
@@ -279,8 +279,8 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     sample_in = jax.tree.map(lambda x: x[:1], model_inputs(sample))
     # One abstract trace of the model: the boxed parameter shapes give both the
     # state's shapes and the logical names that place each parameter.
-    boxed = boxed_param_shapes(model, sample_in["inputs"], sample_in.get("segment_ids"))
-    abstract = jax.eval_shape(lambda p: create_train_state(p, tx), boxed)
+    boxed, model_state = split_variables(abstract_variables(model, sample_in["inputs"], sample_in.get("segment_ids")))
+    abstract = jax.eval_shape(lambda p, s: create_train_state(p, tx, s), boxed, model_state)
     # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
     specs = parallel.param_specs(boxed, mesh, rules)
     # The last check (the source's shapes against the model's), then the folder.
@@ -382,8 +382,8 @@ def start_message(setup: Setup, start: Start) -> str:
             f"(preset {setup.preset}), {jax.process_count()} process(es) ({jax.devices()[0].device_kind})")
 
 
-def make_evaluate(setup: Setup, writer: Writer) -> Callable[[int, Any], dict]:
-    """``(step, params) -> metrics``: ``task.evaluate`` with a jitted predict, logged as ``eval``.
+def make_evaluate(setup: Setup, writer: Writer) -> Callable[..., dict]:
+    """``(step, params, model_state=None) -> metrics``: ``task.evaluate`` with a jitted predict, logged as ``eval``.
 
     Args:
       setup: the run's set-up.
@@ -393,18 +393,20 @@ def make_evaluate(setup: Setup, writer: Writer) -> Callable[[int, Any], dict]:
       The evaluation function (every process evaluates the whole eval set).
     """
     # Outputs replicated: every process reads the whole prediction.
-    predict_jit = jax.jit(lambda params, b: apply_model(setup.model, params, b, deterministic=True),
+    predict_jit = jax.jit(lambda params, model_state, b: apply_model(setup.model, params, b, model_state,
+                                                                     deterministic=True),
                           out_shardings=replicated(setup.mesh))
     task_cfg = setup.config.get("task")
     eval_seed = task_cfg.get("eval_seed") if task_cfg is not None else None
     eval_seed = setup.config.seed if eval_seed is None else eval_seed
 
-    def evaluate(step: int, params) -> dict:
+    def evaluate(step: int, params, model_state: dict | None = None) -> dict:
         def predict(batch):
             # Every process holds the whole eval batch.
             b = jax.tree.map(np.asarray, model_inputs(batch))
             shards = parallel.batch_shardings(b, setup.mesh, setup.rules)
-            return distributed.fetch(predict_jit(params, jax.tree.map(distributed.host_array_to_global, b, shards)))
+            return distributed.fetch(predict_jit(params, model_state or {},
+                                                 jax.tree.map(distributed.host_array_to_global, b, shards)))
 
         metrics = setup.task.evaluate(predict, eval_seed)
         writer.write(step, "eval", metrics)
@@ -414,7 +416,7 @@ def make_evaluate(setup: Setup, writer: Writer) -> Callable[[int, Any], dict]:
 
 
 def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
-               evaluate: Callable[[int, Any], dict], signals: StopSignals | None = None) -> Trained:
+               evaluate: Callable[..., dict], signals: StopSignals | None = None) -> Trained:
     """Runs the steps ``start.step .. config.train.steps - 1``: log, checkpoint and evaluate on schedule.
 
     The loss and gradient norm are read after every step (one host sync; the
@@ -490,7 +492,7 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == steps:
                 ckpt.save(done, state, meta(done, data_state, loss))
             if cfg.eval_every and done % cfg.eval_every == 0 and done != steps:
-                evaluate(done, state.params)
+                evaluate(done, state.params, state.model_state)
             bar.update(1)
             if signals is not None and signals.received is not None:
                 ckpt.save(done, state, meta(done, data_state, loss))
@@ -502,7 +504,7 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
 
 
 def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, writer: Writer,
-           evaluate: Callable[[int, Any], dict]) -> dict:
+           evaluate: Callable[..., dict]) -> dict:
     """Evaluates the final state, waits for the last checkpoint and writes ``results.json``.
 
     Args:
@@ -517,7 +519,7 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
       The results (also in ``workdir/results.json``, written by process 0).
     """
     steps = setup.config.train.steps
-    final_metrics = evaluate(steps, trained.state.params)
+    final_metrics = evaluate(steps, trained.state.params, trained.state.model_state)
     ckpt.wait()
     examples_per_s = trained.examples_per_s
     results = {

@@ -1,11 +1,17 @@
-"""The train state (step, params, optimiser state), its creation and its sharding.
+"""The train state (step, params, optimiser state, model state), its creation and its sharding.
 
 The state is one pytree so that the jitted train step can take it, donate it
 and return the next one, and so that a checkpoint is a single save of it.
 Where the state lives on the mesh is decided in :func:`state_shardings` only:
 parameters by their logical axis names and the rules of ``config.mesh.preset``
 (:mod:`seqjax.parallel.rules`), optimiser moments like their parameters, the
-step counter replicated.
+step counter and the model state replicated.
+
+The model state is every variable collection the model's ``init`` returns
+besides ``"params"`` (e.g. the k-means centroids of the ``routing`` mixer, in
+``"routing"``): the train step applies the model with those collections
+mutable and keeps what it returns; no optimiser and no gradient touch them,
+and they are checkpointed with the rest of the state.
 """
 
 from collections.abc import Callable
@@ -27,25 +33,35 @@ class TrainState:
       step: number of optimiser updates applied so far (int32 scalar).
       params: the model's ``"params"`` collection (unboxed).
       opt_state: the optax state of ``params``.
+      model_state: the model's other variable collections (``{collection:
+        tree}``, unboxed; ``{}`` for most models), updated by the model itself.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(params: Any, tx: optax.GradientTransformation, model_state: Any = None) -> TrainState:
     """A fresh state at step 0.
 
     Args:
       params: the parameter pytree (boxed Flax partitioning metadata is removed).
       tx: the optimiser.
+      model_state: the model's other variable collections (None: none).
 
     Returns:
       The :class:`TrainState`.
     """
     params = nn.meta.unbox(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=nn.meta.unbox(dict(model_state or {})))
+
+
+def split_variables(variables: Any) -> tuple[Any, dict]:
+    """``(params, model_state)`` of a model's variables: ``"params"`` and every other collection."""
+    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
@@ -65,7 +81,8 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable
         variables = model.init(
             {"params": params_key, "dropout": dropout_key}, inputs, segment_ids=segment_ids, deterministic=True
         )
-        return create_train_state(variables["params"], tx)
+        params, model_state = split_variables(variables)
+        return create_train_state(params, tx, model_state)
 
     return init_fn
 
@@ -73,6 +90,23 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable
 def replicated(mesh: Mesh) -> NamedSharding:
     """The sharding that puts a full copy on every device of ``mesh``."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+def abstract_variables(model: nn.Module, inputs: Any, segment_ids: Any = None) -> Any:
+    """All the model's variable collections as ``ShapeDtypeStruct`` leaves (boxes kept); nothing is computed.
+
+    Args:
+      model: the Flax module.
+      inputs: example inputs (only shapes and dtypes are used).
+      segment_ids: example segment ids, or None.
+
+    Returns:
+      ``{collection: tree}``, ``"params"`` among them.
+    """
+    def init(key):
+        return model.init({"params": key, "dropout": key}, inputs, segment_ids=segment_ids, deterministic=True)
+
+    return jax.eval_shape(init, jax.random.key(0))
 
 
 def boxed_param_shapes(model: nn.Module, inputs: Any, segment_ids: Any = None) -> Any:
@@ -88,10 +122,7 @@ def boxed_param_shapes(model: nn.Module, inputs: Any, segment_ids: Any = None) -
     Returns:
       The ``"params"`` collection with ``nn.LogicallyPartitioned`` boxes kept.
     """
-    def init(key):
-        return model.init({"params": key, "dropout": key}, inputs, segment_ids=segment_ids, deterministic=True)
-
-    return jax.eval_shape(init, jax.random.key(0))["params"]
+    return abstract_variables(model, inputs, segment_ids)["params"]
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh, param_specs: Any = None) -> Any:
@@ -106,7 +137,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, param_specs: Any = None) ->
     Returns:
       A pytree of ``NamedSharding`` of the same structure: ``params`` by their
       specs, ``opt_state`` leaves like the parameter they mirror (Adam's
-      moments), everything else replicated.
+      moments), everything else (the step, ``model_state``) replicated.
     """
     rep = replicated(mesh)
     if param_specs is None:
@@ -119,8 +150,9 @@ def state_shardings(abstract_state: Any, mesh: Mesh, param_specs: Any = None) ->
         step=rep,
         params=params,
         opt_state=tree_shardings_like_params(abstract_state.opt_state, param_specs, mesh),
+        model_state=jax.tree.map(lambda _: rep, abstract_state.model_state),
     )
 
 
-__all__ = ["TrainState", "create_train_state", "make_init_fn", "replicated", "state_shardings",
-           "boxed_param_shapes"]
+__all__ = ["TrainState", "create_train_state", "split_variables", "make_init_fn", "replicated", "state_shardings",
+           "abstract_variables", "boxed_param_shapes"]

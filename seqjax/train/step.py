@@ -36,20 +36,21 @@ def model_inputs(batch: dict) -> dict:
     return out
 
 
-def apply_model(model, params, batch: dict, **kwargs):
+def apply_model(model, params, batch: dict, model_state: dict | None = None, **kwargs):
     """``model.apply`` on a batch's ``inputs`` (and ``segment_ids``/``mask`` when present).
 
     Args:
       model: the Flax module.
       params: its ``"params"`` collection.
       batch: a batch (other keys, e.g. targets, are ignored).
-      **kwargs: passed on (``deterministic``, ``rngs``).
+      model_state: the model's other variable collections (read; None: none).
+      **kwargs: passed on (``deterministic``, ``rngs``, ``mutable``).
 
     Returns:
-      The model's outputs.
+      The model's outputs (with ``mutable``: ``(outputs, updated collections)``).
     """
     extra = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
-    return model.apply({"params": params}, batch["inputs"], **extra, **kwargs)
+    return model.apply({"params": params, **(model_state or {})}, batch["inputs"], **extra, **kwargs)
 
 
 def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: Callable) -> Callable:
@@ -60,7 +61,10 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
     returns the input state unchanged, so that the host can checkpoint the
     last good state after seeing the loss.
     The dropout key of a step is ``fold_in(key, state.step)``, so a resumed
-    run draws the same masks as an uninterrupted one.
+    run draws the same masks as an uninterrupted one. The model's other
+    collections (``state.model_state``) are applied mutable and replaced by
+    what the model writes (the ``routing`` mixer's centroid EMA); the
+    gradient is taken of ``params`` only.
 
     Args:
       model: the Flax module.
@@ -76,13 +80,21 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
     def train_step(state: TrainState, batch: Any, key: jax.Array, limit: jax.Array | float | None = None):
         step_key = jax.random.fold_in(key, state.step)
 
-        def loss_fn(params):
-            outputs = apply_model(model, params, batch, deterministic=False, rngs={"dropout": step_key})
-            return task.loss(outputs, batch)
+        mutable = sorted(state.model_state)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        def loss_fn(params):
+            kwargs = dict(deterministic=False, rngs={"dropout": step_key})
+            if mutable:
+                outputs, model_state = apply_model(model, params, batch, state.model_state, mutable=mutable, **kwargs)
+            else:
+                outputs, model_state = apply_model(model, params, batch, **kwargs), state.model_state
+            loss, metrics = task.loss(outputs, batch)
+            return loss, (metrics, model_state)
+
+        (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                         model_state=jax.lax.stop_gradient(dict(model_state)))
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if limit is not None:

@@ -72,6 +72,9 @@ SETTINGS: dict[str, Case] = {
     "urpe": Case(dict(num_heads=2, max_relative=4), ("max_relative", 0), max_length=16),
     # factor 8: u = ⌈8 ln L⌉ >= L at these lengths, every query active (the sparse regime: test_probsparse.py)
     "probsparse": Case(dict(num_heads=2, factor=8.0), ("factor", 0.0), max_length=16),
+    # balanced=False: the nearest-centroid form that step follows exactly (the balanced top-w
+    # form is checked against its float64 reference in test_routing.py)
+    "routing": Case(dict(num_clusters=3, window=4, balanced=False), ("num_clusters", 0), max_length=16),
     # state-space family
     "lssl": Case(dict(d_state=4), ("d_state", 0)),
     "s4": Case(dict(d_state=4, l_max=16), ("d_state", 3), max_length=16),
