@@ -151,7 +151,8 @@ class MoM(Mixer):
         norm run in float32 (float64 for a float64 ``dtype``).
       impl: implementation of the memory kind's op (``linear_attention`` for
         ``gla``, ``delta_rule`` for ``gated_delta``), or ``{op: impl}``.
-      sequence_axis: must stay None (no sequence-parallel form).
+      sequence_axis: mesh axis that splits the length (the ops' sequence-parallel
+        forms: ``linear_attention_sp`` or ``delta_rule_sp``).
       num_heads: heads ``h``.
       head_dim: ``dk``; None: ``d_model / num_heads``.
       expand_v: ``dv = expand_v · dk`` (1, the authors' config).
@@ -170,6 +171,7 @@ class MoM(Mixer):
     """
 
     ops = ("linear_attention", "delta_rule")  # the first's implementations include the second's
+    sequence_parallel = True
     ssm_params = ("A_log", "dt_bias")  # gated-delta kind only (the GLA kind has none)
     no_decay_params = ("alpha_bias",)  # a bias of rank 2 (one per memory)
     values_index = 2  # v in (q, k, v, beta, log_decay, weights, segment_ids)
@@ -330,13 +332,14 @@ class MoM(Mixer):
         return Projection(tokens=(q, k, v, beta, log_decay, weights, segment_ids), rest=gate)
 
     def mix(self, axis, q, k, v, beta, log_decay, weights, segment_ids):
-        del axis  # no sequence-parallel form (check_common refuses sequence_axis)
+        # Under sequence parallelism the ops pass the shards' states (the routing
+        # and the weighting are per position).
         if self.memory == "gla":
             o = linear_attention(q, k, v, log_decay=log_decay, segment_ids=segment_ids, chunk_size=self.chunk_size,
-                                 impl=self.impl_for("linear_attention"))[0]
+                                 impl=self.impl_for("linear_attention"), sequence_axis=axis)[0]
         else:
             o = delta_rule(q, k, v, beta, log_decay=log_decay, segment_ids=segment_ids, chunk_size=self.chunk_size,
-                           impl=self.impl_for("delta_rule"))[0]
+                           impl=self.impl_for("delta_rule"), sequence_axis=axis)[0]
         return o * weights[..., None].astype(o.dtype)  # each (memory, head)'s read, weighted
 
     def output(self, p, y, proj: Projection) -> Seq:

@@ -27,6 +27,7 @@ MIXER_KWARGS = {
     "s5": {"d_state": 8},
     "gla": {"num_heads": 2, "chunk_size": 4},
     "gated_deltanet": {"num_heads": 2, "chunk_size": 4},
+    "mom": {"num_heads": 2, "num_memories": 3, "top_k": 2, "chunk_size": 4},
 }
 
 
@@ -71,7 +72,7 @@ MESHES = {"mha": {"data": 1, "sequence": 8}}
 
 
 # Slow to compile on 2 cores (~1 min): the op's own test (tests/ops/test_delta_rule_sp.py) runs by default.
-SLOW = {"gated_deltanet"}
+SLOW = {"gated_deltanet", "mom"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -117,7 +118,7 @@ def test_unsupported_mixer_and_cls_are_config_errors():
     cfg = models.default_config()
     cfg.mixers, cfg.vocab_size, cfg.sequence_axis = "lstm", VOCAB, "sequence"
     with pytest.raises(ConfigError, match=r"config.model.sequence_axis='sequence' but mixer 'lstm'.*allowed mixers: "
-                                          r"deltanet, gated_deltanet, gla, mamba, mamba2, mha, mlp, retnet, s5"):
+                                          r"deltanet, gated_deltanet, gla, mamba, mamba2, mha, mlp, mom, retnet, s5"):
         models.build(cfg)
     cfg.mixers, cfg.causal, cfg.head, cfg.num_classes, cfg.pooling = "mha", False, "classification", 2, "cls"
     with pytest.raises(ConfigError, match=r"pooling='cls'"):
