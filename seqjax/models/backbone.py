@@ -127,29 +127,38 @@ class Block(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
+    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True,
+                 cache: dict | None = None):
         """Applies the block.
 
         Args:
-          x: ``(b, l, d)`` float32 residual stream.
+          x: ``(b, l, d)`` float32 residual stream (``(b, 1, d)`` with ``cache``).
           segment_ids: ``(b, l)`` packed-segment ids, passed to the mixer.
           deterministic: disables dropout (here and in the mixer) when True.
+          cache: decoding: the mixer's cache (``init_cache``); then ``x`` is
+            one position and the mixer runs its recurrent ``step``.
 
         Returns:
-          ``(b, l, d)`` float32.
+          ``(b, l, d)`` float32; with ``cache``, ``(output, new cache)``.
         """
         x = x.astype(jnp.float32)
         name, kwargs = self.mixer
         h = make_norm(self.norm, "mixer_norm")(x).astype(self.dtype)
-        y = mixers.get(name)(**dict(kwargs), name="mixer")(h, segment_ids=segment_ids, deterministic=deterministic)
+        mixer = mixers.get(name)(**dict(kwargs), name="mixer")
+        if cache is not None:
+            y, cache = mixer.step(h[:, 0], cache)
+            y = y[:, None]
+        else:
+            y = mixer(h, segment_ids=segment_ids, deterministic=deterministic)
         x = x + nn.Dropout(self.dropout)(y.astype(jnp.float32), deterministic=deterministic)
         if self.channel == "none":
-            return x
+            return x if cache is None else (x, cache)
         hidden = channel_hidden(self.channel, x.shape[-1], self.mlp_ratio)
         branch = {"mlp": ChannelMLP, "glu": ChannelGLU}[self.channel](hidden, dtype=self.dtype, name="channel")
         h = make_norm(self.norm, "channel_norm")(x).astype(self.dtype)
         y = branch(h)
-        return x + nn.Dropout(self.dropout)(y.astype(jnp.float32), deterministic=deterministic)
+        x = x + nn.Dropout(self.dropout)(y.astype(jnp.float32), deterministic=deterministic)
+        return x if cache is None else (x, cache)
 
 
 class Backbone(nn.Module):
@@ -179,16 +188,20 @@ class Backbone(nn.Module):
     distil: bool = False
 
     @nn.compact
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True) -> Seq:
+    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True,
+                 caches: Sequence[dict] | None = None):
         """Applies every block then the final norm.
 
         Args:
           x: ``(b, l, d)`` embedded inputs.
           segment_ids: ``(b, l)`` packed-segment ids, or None.
           deterministic: disables dropout when True.
+          caches: decoding: one mixer cache per layer; ``x`` is then one
+            position ``(b, 1, d)`` (see :mod:`seqjax.models.decode`).
 
         Returns:
-          ``(b, l, d)`` float32, normalised (``(b, distilled_length(l, n - 1), d)`` with ``distil``).
+          ``(b, l, d)`` float32, normalised (``(b, distilled_length(l, n - 1), d)`` with ``distil``);
+          with ``caches``, ``(output, new caches)``.
 
         Raises:
           ConfigError: ``segment_ids`` with ``distil`` (the convolution and the
@@ -200,10 +213,16 @@ class Backbone(nn.Module):
         # The residual stream's layout between blocks (a no-op without a mesh):
         # batch over data/fsdp, length over sequence under fsdp+sequence.
         x = constrain(x, RESIDUAL_AXES)
+        new_caches = []
         for i, spec in enumerate(self.layers):
-            x = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, name=f"block_{i}")(
-                x, segment_ids=segment_ids, deterministic=deterministic)
+            block = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, name=f"block_{i}")
+            if caches is not None:
+                x, cache = block(x, deterministic=deterministic, cache=caches[i])
+                new_caches.append(cache)
+                continue
+            x = block(x, segment_ids=segment_ids, deterministic=deterministic)
             if self.distil and i < len(self.layers) - 1:
                 x = Distil(self.norm, self.dtype, name=f"distil_{i}")(x)
             x = constrain(x, RESIDUAL_AXES)
-        return make_norm(self.norm, "final_norm")(x)
+        x = make_norm(self.norm, "final_norm")(x)
+        return x if caches is None else (x, new_caches)

@@ -11,7 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool
 
 from seqjax.errors import ConfigError
 from seqjax.models.backbone import Backbone, MixerSpec
@@ -83,7 +83,8 @@ class SequenceModel(nn.Module):
         segment_ids: SegmentIds | None = None,
         mask: Bool[Array, "b l"] | None = None,
         deterministic: bool = True,
-    ) -> Float[Array, "..."]:
+        caches: Sequence[dict] | None = None,
+    ):
         """Runs the model.
 
         Args:
@@ -99,10 +100,15 @@ class SequenceModel(nn.Module):
             ``segment_ids`` for that.
           deterministic: disables dropout when True (pass
             ``rngs={"dropout": key}`` to ``apply`` otherwise).
+          caches: decoding (:mod:`seqjax.models.decode`): one mixer cache per
+            layer; ``inputs`` is then one position per row, ``(b, 1)``, and
+            every mixer runs its recurrent ``step`` (causal ``lm`` models
+            without model-level positions).
 
         Returns:
           lm: ``(b, l, vocab_size)`` logits; regression: ``(b, l, output_dim)``;
           classification and retrieval: ``(b, num_classes)`` logits. All float32.
+          With ``caches``: ``(logits (b, 1, vocab_size), new caches)``.
 
         Raises:
           ConfigError: inputs, ``segment_ids`` or ``mask`` of the wrong shape.
@@ -110,6 +116,9 @@ class SequenceModel(nn.Module):
         if self.distil and self.head not in ("classification", "retrieval"):
             raise ConfigError(f"config.model.distil=True with config.model.head={self.head!r}: the distilled "
                               "sequence is shorter than the targets; allowed heads: classification, retrieval")
+        if caches is not None and (self.head != "lm" or self.positions != "none" or self.distil):
+            raise ConfigError(f"decoding with caches needs config.model.head='lm' and positions='none' (mixers carry "
+                              f"their own, e.g. RoPE), got head={self.head!r}, positions={self.positions!r}")
         if self.head == "retrieval":
             # One encoder for both documents: fold the pair axis into the batch.
             if inputs.ndim < 3 or inputs.shape[1] != 2:
@@ -129,10 +138,14 @@ class SequenceModel(nn.Module):
         if self.uses_cls:
             segment_ids = prepend_cls_column(segment_ids)
             mask = prepend_cls_column(mask, True)
-        x = Backbone(
+        backbone = Backbone(
             self.layers, channel=self.channel, mlp_ratio=self.mlp_ratio, norm=self.norm, dropout=self.dropout,
             dtype=self.dtype, distil=self.distil, name="backbone",
-        )(x, segment_ids=segment_ids, deterministic=deterministic)
+        )
+        if caches is not None:
+            x, caches = backbone(x, deterministic=deterministic, caches=caches)
+            return LMHead(self.vocab_size, dtype=self.dtype, name="head")(x), caches
+        x = backbone(x, segment_ids=segment_ids, deterministic=deterministic)
         if self.distil:  # the pooling heads read the shorter sequence
             mask = distil_mask(mask, len(self.layers) - 1)
         if self.head == "lm":

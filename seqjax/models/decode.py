@@ -1,0 +1,170 @@
+"""Generation from a causal LM through its mixers' recurrent ``step``: greedy and beam search.
+
+A causal model is a stack of mixers that each have a cache and a ``step``
+(the KV cache of attention, the state of a recurrence); decoding feeds one
+token at a time through ``SequenceModel(..., caches=...)``, which runs every
+layer's ``step`` and returns the next-token logits and the new caches. The
+prompt goes through the same steps (one position at a time, inside one
+``lax.scan``), so a prompt of any mixer mix works without a prefill form.
+
+* :func:`init_caches` — every layer's empty cache, from the model and its variables.
+* :func:`generate` — ``beam_size=1``: greedy (argmax) decoding; ``beam_size=k``:
+  beam search over ``k`` hypotheses per row scored by the sum of token
+  log-probabilities (no length penalty: every hypothesis has the same length).
+
+Both run inside ``jit`` (the loops are ``lax.scan``), and agree with the
+parallel forward: the logits of every generated position equal the model's
+logits on the whole sequence (tests/models/test_decode.py).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from seqjax import mixers
+from seqjax.errors import ConfigError
+
+
+def _mixer_variables(variables: dict, layer: int) -> dict:
+    """The variables of layer ``layer``'s mixer (params and any other collection)."""
+    out = {}
+    for collection, tree in variables.items():
+        node = tree.get("backbone", {}).get(f"block_{layer}", {}).get("mixer") if hasattr(tree, "get") else None
+        if node is not None:
+            out[collection] = node
+    return out
+
+
+def init_caches(model, variables: dict, batch_size: int, max_length: int) -> list[dict]:
+    """Every layer's empty cache (``Mixer.init_cache``), for ``model.apply(..., caches=...)``.
+
+    Args:
+      model: a :class:`~seqjax.models.model.SequenceModel` whose layers are all causal.
+      variables: its variables (``{"params": ...}`` and any other collection).
+      batch_size: rows to decode.
+      max_length: the longest sequence (prompt + generated) the caches hold.
+
+    Returns:
+      One cache per layer.
+
+    Raises:
+      ConfigError: a layer is not causal (it has no ``step``).
+    """
+    caches = []
+    for i, (name, kwargs) in enumerate(model.layers):
+        mixer = mixers.get(name)(**dict(kwargs))
+        if not mixer.is_causal:
+            raise ConfigError(f"config.model.mixers: layer {i} ({name!r}) is not causal, so it cannot decode "
+                              "step by step; set config.model.causal=True")
+        caches.append(mixer.apply(_mixer_variables(variables, i), batch_size, max_length, method="init_cache"))
+    return caches
+
+
+def _step(model, variables, tokens_t, caches):
+    """Log-probabilities ``(b, vocab)`` after ``tokens_t (b,)`` and the new caches."""
+    logits, caches = model.apply(variables, tokens_t[:, None], caches=caches)
+    return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), caches
+
+
+def _prompt(model, variables, prompt, caches):
+    """Runs the prompt through the caches; returns the log-probs after its last token and the caches."""
+    def body(carry, tok):
+        _, caches = carry
+        logp, caches = _step(model, variables, tok, caches)
+        return (logp, caches), None
+
+    vocab = model.vocab_size
+    start = (jnp.zeros((prompt.shape[0], vocab), jnp.float32), caches)
+    (logp, caches), _ = lax.scan(body, start, jnp.swapaxes(prompt, 0, 1))
+    return logp, caches
+
+
+def _take_rows(tree: Any, rows: jax.Array, batch: int) -> Any:
+    """Reorders every cache leaf whose leading axis is the (rows × beams) batch."""
+    return jax.tree.map(lambda x: x[rows] if x.ndim and x.shape[0] == batch else x, tree)
+
+
+def generate(model, variables: dict, prompt: jax.Array, *, max_new_tokens: int, beam_size: int = 1) -> dict:
+    """Greedy or beam-search continuation of ``prompt`` through the mixers' ``step``.
+
+    Args:
+      model: a causal LM (``head="lm"``, ``positions="none"``; every layer causal).
+      variables: its variables.
+      prompt: ``(b, p)`` int token ids, ``p >= 1``.
+      max_new_tokens: tokens to generate (>= 1).
+      beam_size: 1 for greedy decoding, ``k > 1`` for beam search.
+
+    Returns:
+      A dict: ``tokens`` ``(b, max_new_tokens)`` (greedy: the argmax path;
+      beam: the best hypothesis), ``score`` ``(b,)`` (sum of the generated
+      tokens' log-probabilities), and for beam search ``beams`` ``(b, k,
+      max_new_tokens)`` and ``beam_scores`` ``(b, k)``, best first; for greedy
+      ``logits`` ``(b, max_new_tokens, vocab)`` (log-probabilities of each
+      generated position).
+
+    Raises:
+      ConfigError: a bad ``max_new_tokens`` / ``beam_size`` / prompt, or a
+        model that cannot decode step by step.
+    """
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ConfigError(f"generate: prompt must be (batch, length >= 1) int token ids, got {prompt.shape} "
+                          f"{prompt.dtype}")
+    for field, value in (("max_new_tokens", max_new_tokens), ("beam_size", beam_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"generate: {field}={value!r} must be an int >= 1")
+    b, p = prompt.shape
+    caches = init_caches(model, variables, b, p + max_new_tokens)
+    return _generate_jit(model, variables, prompt, caches, max_new_tokens, beam_size)
+
+
+def _greedy(model, variables, logp, caches, steps):
+    def body(carry, _):
+        logp, caches = carry
+        tok = jnp.argmax(logp, axis=-1).astype(jnp.int32)  # ties: the lowest id
+        chosen = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
+        new_logp, caches = _step(model, variables, tok, caches)
+        return (new_logp, caches), (tok, chosen, logp)
+
+    _, (toks, chosen, logps) = lax.scan(body, (logp, caches), None, length=steps)
+    return {"tokens": toks.T, "score": chosen.sum(0), "logits": jnp.swapaxes(logps, 0, 1)}
+
+
+def _beam(model, variables, logp, caches, steps, k):
+    b, vocab = logp.shape
+    rows = b * k
+    # k copies of every row; only the first starts live, so step 1 expands one hypothesis.
+    caches = _take_rows(caches, jnp.repeat(jnp.arange(b), k), b)
+    logp = jnp.repeat(logp, k, axis=0)
+    scores = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (b,))  # (b·k,)
+    history = jnp.zeros((rows, steps), jnp.int32)
+
+    def body(carry, t):
+        logp, caches, scores, history = carry
+        cand = (scores[:, None] + logp).reshape(b, k * vocab)
+        top, idx = lax.top_k(cand, k)  # (b, k): best k extensions of the row's hypotheses
+        parent = (jnp.arange(b)[:, None] * k + idx // vocab).reshape(rows)
+        tok = (idx % vocab).reshape(rows).astype(jnp.int32)
+        caches = _take_rows(caches, parent, rows)
+        history = history[parent].at[:, t].set(tok)
+        new_logp, caches = _step(model, variables, tok, caches)
+        return (new_logp, caches, top.reshape(rows), history), None
+
+    (_, _, scores, history), _ = lax.scan(body, (logp, caches, scores, history), jnp.arange(steps))
+    beams, beam_scores = history.reshape(b, k, steps), scores.reshape(b, k)  # top_k keeps them sorted
+    return {"tokens": beams[:, 0], "score": beam_scores[:, 0], "beams": beams, "beam_scores": beam_scores}
+
+
+def _generate_impl(model, variables, prompt, caches, steps, k):
+    logp, caches = _prompt(model, variables, prompt, caches)
+    if k == 1:
+        return _greedy(model, variables, logp, caches, steps)
+    return _beam(model, variables, logp, caches, steps, k)
+
+
+_generate_jit = jax.jit(_generate_impl, static_argnums=(0, 4, 5))
+
+
+__all__ = ["init_caches", "generate"]
