@@ -54,7 +54,8 @@ def _ref(args, loss, retention, chunk_size, state=None, segments=True):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-@pytest.mark.parametrize("impl,chunk", [("sequential", 1), ("chunked", 1), ("chunked", 3)])
+@pytest.mark.parametrize("impl,chunk", [("sequential", 1), pytest.param("chunked", 1, marks=pytest.mark.slow),
+                                        ("chunked", 3)])
 def test_float64_exact_with_segments_and_state(rng, case, impl, chunk):
     memory, loss, retention = case
     args = _inputs(rng, memory, 7)
@@ -68,8 +69,11 @@ def test_float64_exact_with_segments_and_state(rng, case, impl, chunk):
         assert_rel_close(a, r, RTOL_F64, "final state")
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-@pytest.mark.parametrize("l", [1, 11])
+@pytest.mark.parametrize("case, l", [
+    pytest.param(CASES[0], 11, id="deltanet-11", marks=pytest.mark.slow),
+    pytest.param(CASES[1], 1, id="yaad-1"), pytest.param(CASES[1], 11, id="yaad-11"),
+    pytest.param(CASES[2], 11, id="moneta-11"), pytest.param(CASES[3], 11, id="memora-11"),
+])
 def test_float32_close_and_chunk1_equals_sequential(rng, case, l):
     memory, loss, retention = case
     args = _inputs(rng, memory, l)
