@@ -19,7 +19,7 @@ reads the updated memory at the query (:func:`seqjax.ops.memory_update`)::
 
 Around the memory, the house layout of the delta-rule layers
 (:mod:`seqjax.mixers.delta`): q, k, v projections, a causal depthwise short
-convolution and SiLU, L2-normalised q and k, per head ``η_t = sigmoid(x
+convolution and SiLU, L2-normalised q and k, per head ``η_t = max_lr · sigmoid(x
 W_η)`` and ``log α_t = −exp(A_log) softplus(x W_a + dt_bias)`` (Mamba-2's
 parameterisation), a per-head RMSNorm of the output and the output
 projection. The memory's initial weights ``memory_w1``, ``memory_w2`` are
@@ -48,6 +48,8 @@ from seqjax.mixers.registry import register
 from seqjax.ops.memory_update import memory_update
 from seqjax.types import SegmentIds, Seq, SeqStep
 
+SOFTPLUS_INV_1 = math.log(math.expm1(1.0))
+
 
 class _MirasBase(Mixer):
     """What Moneta, Yaad and Memora share (not registered); subclasses set ``loss`` and ``retention``.
@@ -65,6 +67,7 @@ class _MirasBase(Mixer):
       d_conv: taps of the short convolution (4).
       norm_eps: epsilon of the per-head output RMSNorm.
       chunk_size: tokens per chunk of the chunk-wise training.
+      max_lr: the largest inner learning rate, ``η_t = max_lr · sigmoid(x W_η)``.
       A_init_range: the ``U[low, high]`` of ``exp(A_log)`` (retention gate).
       dt_min: smallest initial ``softplus(dt_bias)``.
       dt_max: largest initial ``softplus(dt_bias)``.
@@ -82,6 +85,7 @@ class _MirasBase(Mixer):
     d_conv: int = 4
     norm_eps: float = 1e-5
     chunk_size: int = 16
+    max_lr: float = 0.1
     A_init_range: tuple[float, float] = (1.0, 16.0)
     dt_min: float = 1e-3
     dt_max: float = 1e-1
@@ -94,6 +98,7 @@ class _MirasBase(Mixer):
         check_int(name, "d_conv", self.d_conv)
         check_number(name, "norm_eps", self.norm_eps, low=0, open_low=True)
         check_int(name, "chunk_size", self.chunk_size)
+        check_number(name, "max_lr", self.max_lr, low=0, open_low=True)
         check_a_range(name, self.A_init_range)
         check_dt_range(name, self.dt_min, self.dt_max, self.dt_init_floor)
         if self.d_model is not None:
@@ -155,7 +160,7 @@ class _MirasBase(Mixer):
         q, k, v = (l2_normalize(q.reshape(lead + (h, dk))), l2_normalize(k.reshape(lead + (h, dk))),
                    v.reshape(lead + (h, dk)))
         xd = x.astype(self.dtype)
-        lr = jax.nn.sigmoid(p["b_proj"](xd).astype(acc))
+        lr = self.max_lr * jax.nn.sigmoid(p["b_proj"](xd).astype(acc))
         a = p["a_proj"](xd).astype(acc) + p["dt_bias"].astype(acc)
         log_decay = -jnp.exp(p["A_log"].astype(acc)) * jax.nn.softplus(a)
         return q, k, v, lr, log_decay, self._delta(p, x)
@@ -225,6 +230,7 @@ class Yaad(_MirasBase):
       d_conv: taps of the short convolution.
       norm_eps: epsilon of the output RMSNorm.
       chunk_size: tokens per chunk of the chunk-wise training.
+      max_lr: the largest inner learning rate, ``η_t = max_lr · sigmoid(x W_η)``.
       A_init_range: the ``U[low, high]`` of ``exp(A_log)``.
       dt_min: smallest initial ``softplus(dt_bias)``.
       dt_max: largest initial ``softplus(dt_bias)``.
@@ -238,8 +244,8 @@ class Yaad(_MirasBase):
         return {"delta_proj": dense(h, ("embed", "heads"), use_bias=True, dtype=self.dtype, name="delta_proj")}
 
     def _delta(self, p, x):
-        # + 0.5413 = softplus⁻¹(1): thresholds start near 1 (unit-scale errors in the ℓ2 regime).
-        return jax.nn.softplus(p["delta_proj"](x.astype(self.dtype)).astype(self.acc()) + 0.5413)
+        # + softplus⁻¹(1): thresholds start near 1 (unit-scale errors in the ℓ2 regime).
+        return jax.nn.softplus(p["delta_proj"](x.astype(self.dtype)).astype(self.acc()) + SOFTPLUS_INV_1)
 
 
 @register("moneta")
@@ -262,6 +268,7 @@ class Moneta(_MirasBase):
       d_conv: taps of the short convolution.
       norm_eps: epsilon of the output RMSNorm.
       chunk_size: tokens per chunk of the chunk-wise training.
+      max_lr: the largest inner learning rate, ``η_t = max_lr · sigmoid(x W_η)``.
       A_init_range: the ``U[low, high]`` of ``exp(A_log)``.
       dt_min: smallest initial ``softplus(dt_bias)``.
       dt_max: largest initial ``softplus(dt_bias)``.
@@ -304,6 +311,7 @@ class Memora(_MirasBase):
       d_conv: taps of the short convolution.
       norm_eps: epsilon of the output RMSNorm.
       chunk_size: tokens per chunk of the chunk-wise training.
+      max_lr: the largest inner learning rate, ``η_t = max_lr · sigmoid(x W_η)``.
       A_init_range: the ``U[low, high]`` of ``exp(A_log)``.
       dt_min: smallest initial ``softplus(dt_bias)``.
       dt_max: largest initial ``softplus(dt_bias)``.

@@ -4,7 +4,7 @@
 dict of :func:`tests.mixers.ref_linear_mixers.params_of`) with loops over time::
 
     q, k, v = silu(conv(x W_Q)), silu(conv(x W_K)), silu(conv(x W_V))     causal, 4 taps, no bias
-    q, k    = q / |q|, k / |k|;   η = sigmoid(x W_η);   log α = −exp(A_log) softplus(x W_a + dt_bias)
+    q, k    = q / |q|, k / |k|;   η = max_lr · sigmoid(x W_η);   log α = −exp(A_log) softplus(x W_a + dt_bias)
     δ       = softplus(x W_δ + b_δ + softplus⁻¹(1))                         (yaad)
     A_t     = α_t A_{t−1} − η_t ∇_W ℓ(M_{φ(A_{t−1})}(k_t), v_t),   o_t = M_{φ(A_t)}(q_t)
     y       = concat_h(RMSNorm(o_t) ⊙ w) W_O
@@ -49,7 +49,8 @@ def _conv(x, w, runs):
     return y
 
 
-def miras_reference(p, x, name, heads, norm_eps, segment_ids=None, chunk_size=1, p_exp=3.0, q_norm=4.0):
+def miras_reference(p, x, name, heads, norm_eps, segment_ids=None, chunk_size=1, max_lr=0.1, p_exp=3.0,
+                    q_norm=4.0):
     """The mixer's output ``(b, l, d)``; ``chunk_size`` > 1 gives the chunk-wise approximation."""
     x = np.asarray(x, np.float64)
     b, l, _ = x.shape
@@ -59,7 +60,7 @@ def miras_reference(p, x, name, heads, norm_eps, segment_ids=None, chunk_size=1,
     qkv = _silu(_conv(pre, p["conv_weight"], runs))
     q, k, v = (qkv[..., i * heads * dk:(i + 1) * heads * dk].reshape(b, l, heads, dk) for i in range(3))
     q, k = _l2(q), _l2(k)
-    lr = 1 / (1 + np.exp(-(x @ p["b_proj.kernel"])))
+    lr = max_lr / (1 + np.exp(-(x @ p["b_proj.kernel"])))
     log_alpha = -np.exp(p["A_log"]) * _softplus(x @ p["a_proj.kernel"] + p["dt_bias"])
     delta = None
     if name == "yaad":
