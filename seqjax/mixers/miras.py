@@ -121,6 +121,10 @@ class _MirasBase(Mixer):
         """``(…, h)`` Huber thresholds, or None."""
         return None
 
+    def _memory_init(self, std: float):
+        """Initialiser of the raw state ``A_0`` whose weights ``φ(A_0)`` are ``N(0, std²)``: here φ = identity."""
+        return nn.initializers.normal(std)
+
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
         h, dk, dh = self._dims(d)
@@ -136,10 +140,8 @@ class _MirasBase(Mixer):
         parts["A_log"] = param(self, "A_log", a_log_init(*self.A_init_range), (h,), ("heads",))
         parts["conv_weight"] = param(self, "conv_weight", uniform_init(bound), (self.d_conv, conv_dim), (None, "mlp"))
         # The memory's initial weights: W1 small so that M starts near the identity (the residual).
-        parts["memory_w1"] = param(self, "memory_w1", nn.initializers.normal(0.02), (h, dk, dh),
-                                   ("heads", None, None))
-        parts["memory_w2"] = param(self, "memory_w2", nn.initializers.normal(dk**-0.5), (h, dh, dk),
-                                   ("heads", None, None))
+        parts["memory_w1"] = param(self, "memory_w1", self._memory_init(0.02), (h, dk, dh), ("heads", None, None))
+        parts["memory_w2"] = param(self, "memory_w2", self._memory_init(dk**-0.5), (h, dh, dk), ("heads", None, None))
         parts["norm"] = param(self, "norm", nn.initializers.ones_init(), (dk,), (None,))
         parts["out_proj"] = dense(d, ("mlp", "embed"), dtype=self.dtype, name="out_proj")
         parts.update(self._extra_parts(d, h))
@@ -290,6 +292,22 @@ class Moneta(_MirasBase):
 
     def _op_kwargs(self):
         return dict(loss=self.loss, retention=self.retention, p=self.p, q_norm=self.q)
+
+    def _memory_init(self, std: float):
+        # φ(A) = A / ‖A‖_q^{q−2} maps c·A to c^{3−q} φ(A) (for q = 4 it inverts the scale), so a
+        # N(0, std²) draw stored as the raw state would give weights of quite another size. Store
+        # A = W ‖W‖_q^{(q−2)/(3−q)}, for which φ(A) = W (up to the norm's eps); q = 3 is scale
+        # invariant (φ(A) = A / ‖A‖_3 for every scale), so W is stored as drawn.
+        q = self.q
+
+        def init(key, shape, dtype=jnp.float32):
+            w = jax.random.normal(key, shape, dtype) * std
+            if q == 3:
+                return w
+            norm = jnp.sum(jnp.abs(w) ** q, axis=(-2, -1), keepdims=True) ** (1 / q)
+            return w * norm ** ((q - 2) / (3 - q))
+
+        return init
 
 
 @register("memora")

@@ -116,6 +116,17 @@ def test_long_bfloat16_is_finite(rng, name):
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
 
 
+def test_moneta_initial_weights_have_the_intended_scale():
+    """φ(memory_w) (the weights the memory starts from) is N(0, 0.02²) / N(0, 1/dk), not the raw state's scale."""
+    from seqjax.ops.memory_update import retained
+
+    m = get("moneta")(num_heads=2)
+    v = m.init(jax.random.PRNGKey(0), jnp.ones((1, 2, 16)))["params"]
+    raw = tuple(jnp.asarray(v[n].value if hasattr(v[n], "value") else v[n]) for n in ("memory_w1", "memory_w2"))
+    w1, w2 = jax.vmap(lambda a, b: retained((a, b), "lq", 4.0))(*raw)
+    assert 0.015 < float(jnp.std(w1)) < 0.025 and 0.25 < float(jnp.std(w2)) < 0.45
+
+
 def test_fields_are_checked():
     with pytest.raises(ConfigError, match="moneta.p="):
         get("moneta")(p=1.0)
