@@ -17,6 +17,7 @@ Ops (``seqjax.ops.<name>``):
     :func:`decode_attention` — one query against a KV cache (split-KV).
   * :func:`linear_attention` — linear attention with optional decay.
   * :func:`delta_rule` — the (gated) delta rule of DeltaNet / Gated DeltaNet.
+  * :func:`memory_update` — Miras' memories trained online (one gradient step per token).
   * :func:`fft_conv` — long depthwise convolution.
   * sequence-parallel variants (inside ``jax.shard_map``, also reached as
     ``sequence_axis=`` of the op): :func:`linear_scan_sp`, :func:`selective_scan_sp`,
@@ -48,6 +49,7 @@ from seqjax.ops.linear_attention import linear_attention
 from seqjax.ops.linear_attention_sp import linear_attention_sp
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.ops.linear_scan_sp import linear_scan_sp
+from seqjax.ops.memory_update import memory_update
 from seqjax.ops.online_softmax import SoftmaxState
 from seqjax.ops.ring_attention import ring_attention, zigzag_permute, zigzag_unpermute
 from seqjax.ops.selective_scan import selective_scan
@@ -62,6 +64,6 @@ __all__ = [
     "discretize_dense", "dplr_c_tilde", "dplr_kernel", "fft_conv", "hippo_fout", "hippo_lagt", "hippo_legs",
     "hippo_legt", "krylov_kernel", "linear_attention", "linear_attention_sp", "delta_rule_sp", "linear_scan",
     "linear_scan_sp",
-    "nplr_legs", "ring_attention", "s4d_init", "selective_scan", "selective_scan_sp", "ssd", "ssd_sp",
+    "memory_update", "nplr_legs", "ring_attention", "s4d_init", "selective_scan", "selective_scan_sp", "ssd", "ssd_sp",
     "vandermonde_kernel", "zigzag_permute", "zigzag_unpermute",
 ]

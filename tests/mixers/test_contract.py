@@ -65,6 +65,10 @@ SETTINGS: dict[str, Case] = {
     "gated_deltanet": Case(dict(num_heads=2), ("expand_v", 0)),
     "mom": Case(dict(num_heads=2, num_memories=3, top_k=2), ("top_k", 4)),
     "aaren": Case(dict(num_heads=2), ("num_heads", 0)),
+    # Miras memories (miras.py): the exact recurrence, so the step equals the parallel form
+    "moneta": Case(dict(num_heads=2, impl="sequential"), ("p", 1.5)),
+    "yaad": Case(dict(num_heads=2, impl="sequential"), ("memory_expand", 0)),
+    "memora": Case(dict(num_heads=2, impl="sequential"), ("chunk_size", 0)),
     # prefix 0 here (step from the empty cache, a lower-triangular matrix); the prefix in test_jrt.py
     "jrt": Case(dict(num_heads=2, feature_dim=4), ("prefix_length", -1)),
     "ngram": Case(dict(num_heads=2), ("n", 0), repeat=4, max_length=16),
