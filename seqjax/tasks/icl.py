@@ -47,7 +47,14 @@ DEFAULT_BASELINES = ("least_squares", "knn3", "averaging", "ridge", "gd")
 
 # Garg et al.'s class-specific learners (boosting is opt-in: ~35 ms per fit on
 # the host, i.e. ~30 min for Garg's 1280 prompts x 41 prefixes).
-CLASS_BASELINES = {"sparse_linear": ("lasso",), "relu2nn": ("nn_gd",), "decision_tree": ("tree", "tree4")}
+CLASS_BASELINES = {
+    "sparse_linear": ("lasso",),
+    "relu2nn": ("nn_gd",),
+    "decision_tree": ("tree", "tree4"),
+    "fourier": ("bayes_fourier",),
+    "fourier_mixture": ("bayes_fourier",),
+}
+FOURIER_CLASSES = ("fourier", "fourier_mixture")
 
 
 def default_baselines(function_class: str) -> tuple[str, ...]:
@@ -307,7 +314,8 @@ class ICLTask:
     ``eval_batch_size`` (1280), ``eval_seed`` (None: use ``evaluate``'s seed),
     ``eval_chunk_size`` (256, sequences per ``predict`` call), ``baselines``
     (default least_squares, knn3, averaging, ridge, gd; + lasso for
-    sparse_linear, nn_gd for relu2nn, tree and tree4 for decision_tree), ``ridge_lambda`` (None: ``noise_std^2`` if noise else
+    sparse_linear, nn_gd for relu2nn, tree and tree4 for decision_tree,
+    bayes_fourier for the Fourier classes), ``ridge_lambda`` (None: ``noise_std^2`` if noise else
     0.1), ``gd_steps`` (10), ``gd_lr`` (None: ``1/dim``), ``lasso_alpha``
     (0.01), ``lasso_iters`` (300), ``nn_hidden`` (None: the class's
     ``hidden_size`` on relu2nn, else 100), ``nn_steps`` (100), ``nn_lr``
@@ -407,6 +415,11 @@ class ICLTask:
             if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"config.task.{field}={value!r} must be an int > 0")
             learned[field] = kind(value)
+        if "bayes_fourier" in self.baselines and fc not in FOURIER_CLASSES:
+            raise ConfigError(
+                f"config.task.baselines has 'bayes_fourier', which needs function_class in "
+                f"{', '.join(FOURIER_CLASSES)} (got {fc!r})"
+            )
         self.baseline_kwargs = {
             "least_squares": {},
             "averaging": {},
@@ -416,6 +429,7 @@ class ICLTask:
             "lasso": {"alpha": float(lasso_alpha), "iters": int(lasso_iters)},
             "nn_gd": {"hidden": learned["nn_hidden"], "steps": learned["nn_steps"], "lr": learned["nn_lr"]},
             "tree": {},
+            "bayes_fourier": self._bayes_fourier_kwargs(),
             "boosting": {
                 "n_estimators": learned["boosting_estimators"],
                 "learning_rate": learned["boosting_lr"],
@@ -433,6 +447,17 @@ class ICLTask:
             ),
             static_argnums=(2, 3),
         )
+
+    def _bayes_fourier_kwargs(self) -> dict:
+        """The Fourier prior of the class: the set of ``K``, ``L`` and the noise."""
+        kw = self.task_kwargs
+        if self.function_class == "fourier_mixture":
+            freqs = tuple(range(int(kw["min_freq"]), int(kw["max_freq"]) + 1))
+        elif self.function_class == "fourier":
+            freqs = (int(kw["max_freq"]),)
+        else:
+            return {}
+        return {"max_freqs": freqs, "half_period": float(kw["half_period"]), "noise_std": self.noise_std}
 
     def _build_curriculum(self, cfg) -> icl_data.Curriculum | None:
         if cfg is None or not _get(cfg, "enabled", True):

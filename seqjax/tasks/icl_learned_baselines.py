@@ -23,6 +23,9 @@ gradient boosting. Each follows the contract of ``seqjax.tasks.icl_baselines``:
   scikit-learn's defaults: 100 depth-3 trees, learning rate 0.1). About 35 ms
   per fit on one core, so ``eval_batch_size * n_points`` fits are minutes.
 
+``bayes_fourier`` (``seqjax.tasks.icl_bayes_baselines``), the Bayes-optimal
+predictor of the Fourier classes, is dispatched here too.
+
 Front door: :func:`parse_baseline`, :func:`predict` and
 :func:`predict_queries` accept every baseline name (these and those of
 ``icl_baselines``) and dispatch; the task calls only these.
@@ -39,13 +42,13 @@ import numpy as np
 import optax
 
 from seqjax.errors import ConfigError
-from seqjax.tasks import icl_baselines
+from seqjax.tasks import icl_baselines, icl_bayes_baselines
 
 _HI = jax.lax.Precision.HIGHEST
 _TREE_RE = re.compile(r"^tree(\d*)$")
-LEARNED_FAMILIES = ("nn_gd", "tree", "boosting")
-# Families computed on the host (NumPy + scikit-learn), never jitted.
-HOST_FAMILIES = ("tree", "boosting")
+LEARNED_FAMILIES = ("nn_gd", "tree", "boosting", "bayes_fourier")
+# Families computed on the host (NumPy float64 / scikit-learn), never jitted.
+HOST_FAMILIES = ("tree", "boosting", "bayes_fourier")
 
 
 # ----------------------------------------------------------------------------
@@ -182,7 +185,7 @@ def parse_baseline(name: str, field: str = "config.task.baselines") -> tuple[str
     m = _TREE_RE.match(name)
     if m and (m.group(1) == "" or int(m.group(1)) > 0):
         return "tree", {"max_depth": int(m.group(1)) if m.group(1) else None}
-    if name in ("nn_gd", "boosting"):
+    if name in ("nn_gd", "boosting", "bayes_fourier"):
         return name, {}
     try:
         return icl_baselines.parse_baseline(name, field)
@@ -190,7 +193,7 @@ def parse_baseline(name: str, field: str = "config.task.baselines") -> tuple[str
         allowed = sorted(f for f in icl_baselines.BASELINE_FAMILIES if f != "knn")
         raise ConfigError(
             f"{field} has {name!r}, which is not allowed; allowed: {', '.join(allowed)}, "
-            "knn<k> (e.g. knn3), nn_gd, tree, tree<depth> (e.g. tree4), boosting"
+            "knn<k> (e.g. knn3), nn_gd, tree, tree<depth> (e.g. tree4), boosting, bayes_fourier"
         ) from None
 
 
@@ -214,6 +217,8 @@ def predict_queries(name: str, xs, ys, queries, **kw) -> np.ndarray | jax.Array:
     """
     family, fixed = parse_baseline(name)
     kw = {**kw, **fixed}
+    if family == "bayes_fourier":
+        return icl_bayes_baselines.bayes_fourier_queries(xs, ys, queries, **kw)
     if family in HOST_FAMILIES:
         return sklearn_queries(family, xs, ys, queries, **kw)
     if family == "nn_gd":

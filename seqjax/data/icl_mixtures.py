@@ -1,0 +1,68 @@
+"""Mixture function classes for in-context learning (Panwar et al. 2024).
+
+"In-Context Learning through the Bayesian Prism" trains on a *mixture* of
+function classes and compares the model with the Bayes-optimal predictor under
+the mixture prior. Here: ``fourier_mixture``, 1-d Fourier series whose
+maximum frequency ``K`` is drawn per prompt uniformly from ``{min_freq, ...,
+max_freq}`` (defaults 1..10, half period ``L = 5`` as the paper's Fourier
+series), then
+
+    ``y = sum_{k=0..K} a_k cos(k pi u / L) + sum_{k=1..K} b_k sin(k pi u / L)``,
+
+``u = x[0] ~ U(-L, L)``, ``a, b ~ N(0, 1)``. Its Bayes predictor is
+``seqjax.tasks.icl_bayes_baselines.bayes_fourier``.
+
+The features are ordered ``1, cos(w u), sin(w u), cos(2 w u), sin(2 w u), ...``
+(``w = pi / L``) so that frequency ``K``'s features are the first ``2K + 1``
+columns of any larger ``K``'s: one feature matrix serves every ``K``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def fourier_features(u, max_freq: int, half_period: float, xp=jnp):
+    """Fourier features of ``u`` up to frequency ``max_freq``, interleaved.
+
+    Args:
+      u: ``(...)`` the scalar inputs.
+      max_freq: ``K`` (static).
+      half_period: ``L``; frequency ``k`` is ``cos/sin(k pi u / L)``.
+      xp: the array module (``jax.numpy``, or ``numpy`` for float64 on the host).
+
+    Returns:
+      ``(..., 2K + 1)``: ``1, cos(w u), sin(w u), ..., cos(K w u), sin(K w u)``.
+    """
+    k = xp.arange(1, int(max_freq) + 1, dtype=u.dtype)
+    arg = u[..., None] * k * (math.pi / half_period)
+    pairs = xp.stack([xp.cos(arg), xp.sin(arg)], axis=-1).reshape(u.shape + (2 * int(max_freq),))
+    return xp.concatenate([xp.ones(u.shape + (1,), u.dtype), pairs], axis=-1)
+
+
+def sample_fourier_mixture(key: jax.Array, xs: jax.Array, min_freq: int, max_freq: int, half_period: float):
+    """Labels of ``fourier_mixture`` prompts: ``K`` uniform per prompt, then N(0, 1) coefficients.
+
+    Args:
+      key: PRNG key.
+      xs: ``(b, n, dim)`` inputs; only ``x[0]`` is used.
+      min_freq: smallest ``K`` (static).
+      max_freq: largest ``K`` (static).
+      half_period: ``L``.
+
+    Returns:
+      ``(ys (b, n), freq (b,) int32)``: the labels and each prompt's ``K``.
+    """
+    b = xs.shape[0]
+    k_freq, k_coef = jax.random.split(key)
+    freq = jax.random.randint(k_freq, (b,), int(min_freq), int(max_freq) + 1)
+    coef = jax.random.normal(k_coef, (b, 2 * int(max_freq) + 1))
+    # Column c holds frequency ceil(c / 2): keep the columns of frequency <= K.
+    col_freq = (np.arange(2 * int(max_freq) + 1) + 1) // 2
+    coef = coef * (col_freq[None, :] <= freq[:, None])
+    feats = fourier_features(xs[..., 0], max_freq, half_period)
+    return jnp.einsum("bnp,bp->bn", feats, coef), freq
