@@ -142,6 +142,8 @@ ICL_FIELDS = [
     ("", "gd_lr=0.05", lambda t: t.baseline_kwargs["gd"]["lr"] == 0.05),
     ("fc=sparse_linear", "lasso_alpha=0.1", lambda t: t.baseline_kwargs["lasso"]["alpha"] == 0.1),
     ("fc=sparse_linear", "lasso_iters=50", lambda t: t.baseline_kwargs["lasso"]["iters"] == 50),
+    ("fc=linear_mixture", "task_kwargs.dense_prob=0.25", lambda t: t.task_kwargs["dense_prob"] == 0.25
+     and t.baseline_kwargs["bayes_linear_mixture"]["dense_prob"] == 0.25),
     ("fc=relu2nn", "nn_hidden=7", lambda t: t.baseline_kwargs["nn_gd"]["hidden"] == 7),
     ("fc=relu2nn", "nn_steps=9", lambda t: t.baseline_kwargs["nn_gd"]["steps"] == 9),
     ("fc=relu2nn", "nn_lr=0.01", lambda t: t.baseline_kwargs["nn_gd"]["lr"] == 0.01),

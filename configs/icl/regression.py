@@ -23,6 +23,7 @@ from seqjax.tasks.icl import default_config as icl_task_config
 FUNCTION_CLASSES = [
     "linear", "sparse_linear", "noisy_linear", "quadratic", "linear_classification",
     "relu2nn", "decision_tree", "fourier", "sliding_window", "fourier_mixture",
+    "linear_mixture",
 ]  # fmt: skip
 DEFAULTS = {"fc": "linear", "model": "transformer", "scale": "cpu"}
 

@@ -35,6 +35,10 @@ coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
                          ``{min_freq..max_freq}`` (default 1..10;
                          Panwar et al.'s mixture), ``seqjax.data.icl_mixtures``;
                          the batch also holds each prompt's ``"freq"``.
+``linear_mixture``       ``linear`` with probability ``dense_prob`` (0.5),
+                         else ``sparse_linear`` (``sparsity`` 3) per prompt
+                         (``seqjax.data.icl_mixtures``); the batch also
+                         holds ``"w"`` and ``"dense"``.
 ``sliding_window``       a sequential class ("Can Transformers Learn
                          Sequential Function Classes In Context?"): ``y_i =
                          sum_{j<window} w_j . x_{i-j}`` (``x_{<0} = 0``),
@@ -75,6 +79,7 @@ FUNCTION_CLASSES = (
     "fourier",
     "sliding_window",
     "fourier_mixture",
+    "linear_mixture",
 )
 
 # Per-class keyword arguments and their defaults (config.task.task_kwargs).
@@ -89,6 +94,7 @@ TASK_KWARGS: dict[str, dict[str, float | int]] = {
     "fourier": {"max_freq": 10, "half_period": 5.0},
     "sliding_window": {"window": 3},
     "fourier_mixture": {"min_freq": 1, "max_freq": 10, "half_period": 5.0},
+    "linear_mixture": {"sparsity": 3, "dense_prob": 0.5},
 }
 
 # Classes whose function is a linear weight vector; sample_batch returns it as "w".
@@ -124,6 +130,8 @@ def task_kwargs_with_defaults(task: str, task_kwargs: dict | None = None) -> dic
         raise ConfigError(
             f"config.task.task_kwargs.min_freq={out['min_freq']} must be <= max_freq={out['max_freq']}"
         )
+    if task == "linear_mixture" and out["dense_prob"] > 1:
+        raise ConfigError(f"config.task.task_kwargs.dense_prob={out['dense_prob']} must be in (0, 1]")
     return out
 
 
@@ -183,7 +191,8 @@ def sample_batch(
       ``{"xs": (b, n, dim) float32, "ys": (b, n) float32}`` plus ``"w"``
       ``(b, dim)`` for the classes in ``LINEAR_WEIGHT_CLASSES`` and
       ``quadratic``, ``(b, window, dim)`` for ``sliding_window``; ``"freq"``
-      ``(b,)`` int32 (each prompt's ``K``) for ``fourier_mixture``.
+      ``(b,)`` int32 (each prompt's ``K``) for ``fourier_mixture``; ``"w"`` and
+      ``"dense"`` ``(b,)`` bool for ``linear_mixture``.
 
     Raises:
       ConfigError: unknown class or kwarg, or ``active_dim > dim``.
@@ -241,6 +250,10 @@ def sample_batch(
     elif task == "fourier_mixture":
         ys, out["freq"] = icl_mixtures.sample_fourier_mixture(
             k_f, xs, int(kw["min_freq"]), int(kw["max_freq"]), kw["half_period"]
+        )
+    elif task == "linear_mixture":
+        ys, out["w"], out["dense"] = icl_mixtures.sample_linear_mixture(
+            k_f, xs, active_mask, int(kw["sparsity"]), kw["dense_prob"]
         )
     else:  # sliding_window
         window = int(kw["window"])

@@ -12,6 +12,13 @@ series), then
 ``u = x[0] ~ U(-L, L)``, ``a, b ~ N(0, 1)``. Its Bayes predictor is
 ``seqjax.tasks.icl_bayes_baselines.bayes_fourier``.
 
+``linear_mixture``: dense and sparse linear regression mixed within a batch
+(the paper's dense/sparse regression mixture): each prompt is ``linear``
+(``w ~ N(0, I)``) with probability ``dense_prob`` (default 0.5), else
+``sparse_linear`` (``sparsity`` N(0, 1) weights on a uniform support of the
+active coordinates, default 3, no rescaling as Garg's sparse class). Its Bayes
+predictor is ``seqjax.tasks.icl_bayes_baselines.bayes_linear_mixture``.
+
 The features are ordered ``1, cos(w u), sin(w u), cos(2 w u), sin(2 w u), ...``
 (``w = pi / L``) so that frequency ``K``'s features are the first ``2K + 1``
 columns of any larger ``K``'s: one feature matrix serves every ``K``.
@@ -66,3 +73,44 @@ def sample_fourier_mixture(key: jax.Array, xs: jax.Array, min_freq: int, max_fre
     coef = coef * (col_freq[None, :] <= freq[:, None])
     feats = fourier_features(xs[..., 0], max_freq, half_period)
     return jnp.einsum("bnp,bp->bn", feats, coef), freq
+
+
+def random_support(key: jax.Array, batch_size: int, active_mask: jax.Array, k: int) -> jax.Array:
+    """A uniform ``k``-subset of the active coordinates per row, as a 0/1 mask.
+
+    Args:
+      key: PRNG key.
+      batch_size: rows.
+      active_mask: ``(dim,)`` 1 for active coordinates.
+      k: subset size (static; capped at ``dim``).
+
+    Returns:
+      ``(batch_size, dim)`` float32 with ``min(k, active)`` ones.
+    """
+    dim = active_mask.shape[0]
+    # Top-k of uniform scores, inactive coordinates scored below every active one.
+    scores = jax.random.uniform(key, (batch_size, dim))
+    scores = jnp.where(active_mask > 0, scores, -1.0)
+    _, idx = jax.lax.top_k(scores, min(int(k), dim))
+    return jnp.sum(jax.nn.one_hot(idx, dim), axis=1) * active_mask
+
+
+def sample_linear_mixture(key: jax.Array, xs: jax.Array, active_mask: jax.Array, sparsity: int, dense_prob: float):
+    """Labels of ``linear_mixture`` prompts: dense with probability ``dense_prob``, else sparse.
+
+    Args:
+      key: PRNG key.
+      xs: ``(b, n, dim)`` inputs.
+      active_mask: ``(dim,)`` 1 for active coordinates.
+      sparsity: nonzero weights of a sparse prompt (static).
+      dense_prob: probability of a dense prompt.
+
+    Returns:
+      ``(ys (b, n), w (b, dim), dense (b,) bool)``.
+    """
+    b = xs.shape[0]
+    k_w, k_s, k_c = jax.random.split(key, 3)
+    w = jax.random.normal(k_w, (b, xs.shape[-1])) * active_mask
+    dense = jax.random.uniform(k_c, (b,)) < dense_prob
+    w = jnp.where(dense[:, None], w, w * random_support(k_s, b, active_mask, sparsity))
+    return jnp.einsum("bnd,bd->bn", xs, w), w, dense

@@ -53,6 +53,7 @@ CLASS_BASELINES = {
     "decision_tree": ("tree", "tree4"),
     "fourier": ("bayes_fourier",),
     "fourier_mixture": ("bayes_fourier",),
+    "linear_mixture": ("lasso", "bayes_linear_mixture"),
 }
 FOURIER_CLASSES = ("fourier", "fourier_mixture")
 
@@ -315,7 +316,8 @@ class ICLTask:
     ``eval_chunk_size`` (256, sequences per ``predict`` call), ``baselines``
     (default least_squares, knn3, averaging, ridge, gd; + lasso for
     sparse_linear, nn_gd for relu2nn, tree and tree4 for decision_tree,
-    bayes_fourier for the Fourier classes), ``ridge_lambda`` (None: ``noise_std^2`` if noise else
+    bayes_fourier for the Fourier classes, lasso and bayes_linear_mixture
+    for linear_mixture), ``ridge_lambda`` (None: ``noise_std^2`` if noise else
     0.1), ``gd_steps`` (10), ``gd_lr`` (None: ``1/dim``), ``lasso_alpha``
     (0.01), ``lasso_iters`` (300), ``nn_hidden`` (None: the class's
     ``hidden_size`` on relu2nn, else 100), ``nn_steps`` (100), ``nn_lr``
@@ -420,6 +422,11 @@ class ICLTask:
                 f"config.task.baselines has 'bayes_fourier', which needs function_class in "
                 f"{', '.join(FOURIER_CLASSES)} (got {fc!r})"
             )
+        if "bayes_linear_mixture" in self.baselines and fc != "linear_mixture":
+            raise ConfigError(
+                f"config.task.baselines has 'bayes_linear_mixture', which needs "
+                f"function_class='linear_mixture' (got {fc!r})"
+            )
         self.baseline_kwargs = {
             "least_squares": {},
             "averaging": {},
@@ -430,6 +437,11 @@ class ICLTask:
             "nn_gd": {"hidden": learned["nn_hidden"], "steps": learned["nn_steps"], "lr": learned["nn_lr"]},
             "tree": {},
             "bayes_fourier": self._bayes_fourier_kwargs(),
+            "bayes_linear_mixture": (
+                {"sparsity": int(self.task_kwargs["sparsity"]), "dense_prob": float(self.task_kwargs["dense_prob"]),
+                 "noise_std": self.noise_std}
+                if fc == "linear_mixture" else {}
+            ),
             "boosting": {
                 "n_estimators": learned["boosting_estimators"],
                 "learning_rate": learned["boosting_lr"],

@@ -23,8 +23,9 @@ gradient boosting. Each follows the contract of ``seqjax.tasks.icl_baselines``:
   scikit-learn's defaults: 100 depth-3 trees, learning rate 0.1). About 35 ms
   per fit on one core, so ``eval_batch_size * n_points`` fits are minutes.
 
-``bayes_fourier`` (``seqjax.tasks.icl_bayes_baselines``), the Bayes-optimal
-predictor of the Fourier classes, is dispatched here too.
+``bayes_fourier`` and ``bayes_linear_mixture``
+(``seqjax.tasks.icl_bayes_baselines``), the Bayes-optimal predictors of the
+Fourier classes and of ``linear_mixture``, are dispatched here too.
 
 Front door: :func:`parse_baseline`, :func:`predict` and
 :func:`predict_queries` accept every baseline name (these and those of
@@ -46,9 +47,9 @@ from seqjax.tasks import icl_baselines, icl_bayes_baselines
 
 _HI = jax.lax.Precision.HIGHEST
 _TREE_RE = re.compile(r"^tree(\d*)$")
-LEARNED_FAMILIES = ("nn_gd", "tree", "boosting", "bayes_fourier")
+LEARNED_FAMILIES = ("nn_gd", "tree", "boosting", "bayes_fourier", "bayes_linear_mixture")
 # Families computed on the host (NumPy float64 / scikit-learn), never jitted.
-HOST_FAMILIES = ("tree", "boosting", "bayes_fourier")
+HOST_FAMILIES = ("tree", "boosting", "bayes_fourier", "bayes_linear_mixture")
 
 
 # ----------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def parse_baseline(name: str, field: str = "config.task.baselines") -> tuple[str
     m = _TREE_RE.match(name)
     if m and (m.group(1) == "" or int(m.group(1)) > 0):
         return "tree", {"max_depth": int(m.group(1)) if m.group(1) else None}
-    if name in ("nn_gd", "boosting", "bayes_fourier"):
+    if name in ("nn_gd", "boosting", "bayes_fourier", "bayes_linear_mixture"):
         return name, {}
     try:
         return icl_baselines.parse_baseline(name, field)
@@ -193,7 +194,7 @@ def parse_baseline(name: str, field: str = "config.task.baselines") -> tuple[str
         allowed = sorted(f for f in icl_baselines.BASELINE_FAMILIES if f != "knn")
         raise ConfigError(
             f"{field} has {name!r}, which is not allowed; allowed: {', '.join(allowed)}, "
-            "knn<k> (e.g. knn3), nn_gd, tree, tree<depth> (e.g. tree4), boosting, bayes_fourier"
+            "knn<k> (e.g. knn3), nn_gd, tree, tree<depth> (e.g. tree4), boosting, bayes_fourier, bayes_linear_mixture"
         ) from None
 
 
@@ -219,6 +220,8 @@ def predict_queries(name: str, xs, ys, queries, **kw) -> np.ndarray | jax.Array:
     kw = {**kw, **fixed}
     if family == "bayes_fourier":
         return icl_bayes_baselines.bayes_fourier_queries(xs, ys, queries, **kw)
+    if family == "bayes_linear_mixture":
+        return icl_bayes_baselines.bayes_linear_mixture_queries(xs, ys, queries, **kw)
     if family in HOST_FAMILIES:
         return sklearn_queries(family, xs, ys, queries, **kw)
     if family == "nn_gd":
