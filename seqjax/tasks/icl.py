@@ -55,7 +55,6 @@ CLASS_BASELINES = {
     "fourier_mixture": ("bayes_fourier",),
     "linear_mixture": ("lasso", "bayes_linear_mixture"),
 }
-FOURIER_CLASSES = ("fourier", "fourier_mixture")
 
 
 def default_baselines(function_class: str) -> tuple[str, ...]:
@@ -402,31 +401,6 @@ class ICLTask:
         check_positive("config.task.lasso_alpha", lasso_alpha)
         lasso_iters = _get(task_config, "lasso_iters", 300)
         check_positive("config.task.lasso_iters", lasso_iters)
-        nn_hidden = _get(task_config, "nn_hidden")
-        if nn_hidden is None:
-            nn_hidden = int(self.task_kwargs.get("hidden_size", 100))
-        learned = {}
-        for field, value, kind in (
-            ("nn_hidden", nn_hidden, int), ("nn_steps", _get(task_config, "nn_steps", 100), int),
-            ("nn_lr", _get(task_config, "nn_lr", 5e-3), float),
-            ("boosting_estimators", _get(task_config, "boosting_estimators", 100), int),
-            ("boosting_lr", _get(task_config, "boosting_lr", 0.1), float),
-            ("boosting_depth", _get(task_config, "boosting_depth", 3), int),
-        ):
-            check_positive(f"config.task.{field}", value)
-            if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigError(f"config.task.{field}={value!r} must be an int > 0")
-            learned[field] = kind(value)
-        if "bayes_fourier" in self.baselines and fc not in FOURIER_CLASSES:
-            raise ConfigError(
-                f"config.task.baselines has 'bayes_fourier', which needs function_class in "
-                f"{', '.join(FOURIER_CLASSES)} (got {fc!r})"
-            )
-        if "bayes_linear_mixture" in self.baselines and fc != "linear_mixture":
-            raise ConfigError(
-                f"config.task.baselines has 'bayes_linear_mixture', which needs "
-                f"function_class='linear_mixture' (got {fc!r})"
-            )
         self.baseline_kwargs = {
             "least_squares": {},
             "averaging": {},
@@ -434,19 +408,10 @@ class ICLTask:
             "ridge": {"lam": float(ridge_lambda)},
             "gd": {"steps": int(gd_steps), "lr": float(gd_lr)},
             "lasso": {"alpha": float(lasso_alpha), "iters": int(lasso_iters)},
-            "nn_gd": {"hidden": learned["nn_hidden"], "steps": learned["nn_steps"], "lr": learned["nn_lr"]},
-            "tree": {},
-            "bayes_fourier": self._bayes_fourier_kwargs(),
-            "bayes_linear_mixture": (
-                {"sparsity": int(self.task_kwargs["sparsity"]), "dense_prob": float(self.task_kwargs["dense_prob"]),
-                 "noise_std": self.noise_std}
-                if fc == "linear_mixture" else {}
+            **icl_learned_baselines.config_kwargs(
+                lambda field, default=None: _get(task_config, field, default),
+                fc, self.task_kwargs, self.noise_std, self.baselines,
             ),
-            "boosting": {
-                "n_estimators": learned["boosting_estimators"],
-                "learning_rate": learned["boosting_lr"],
-                "max_depth": learned["boosting_depth"],
-            },
         }
 
         self._sample_train = jax.jit(
@@ -459,17 +424,6 @@ class ICLTask:
             ),
             static_argnums=(2, 3),
         )
-
-    def _bayes_fourier_kwargs(self) -> dict:
-        """The Fourier prior of the class: the set of ``K``, ``L`` and the noise."""
-        kw = self.task_kwargs
-        if self.function_class == "fourier_mixture":
-            freqs = tuple(range(int(kw["min_freq"]), int(kw["max_freq"]) + 1))
-        elif self.function_class == "fourier":
-            freqs = (int(kw["max_freq"]),)
-        else:
-            return {}
-        return {"max_freqs": freqs, "half_period": float(kw["half_period"]), "noise_std": self.noise_std}
 
     def _build_curriculum(self, cfg) -> icl_data.Curriculum | None:
         if cfg is None or not _get(cfg, "enabled", True):

@@ -42,11 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seqjax.errors import ConfigError
+from seqjax.errors import ConfigError, check_positive
 from seqjax.tasks import icl_baselines, icl_bayes_baselines
 
 _HI = jax.lax.Precision.HIGHEST
 _TREE_RE = re.compile(r"^tree(\d*)$")
+FOURIER_CLASSES = ("fourier", "fourier_mixture")
 LEARNED_FAMILIES = ("nn_gd", "tree", "boosting", "bayes_fourier", "bayes_linear_mixture")
 # Families computed on the host (NumPy float64 / scikit-learn), never jitted.
 HOST_FAMILIES = ("tree", "boosting", "bayes_fourier", "bayes_linear_mixture")
@@ -235,3 +236,58 @@ def predict(name: str, xs, ys, **kw) -> np.ndarray | jax.Array:
     if family in LEARNED_FAMILIES:
         return predict_queries(name, xs, ys, jnp.asarray(xs)[:, :, None, :], **kw)[..., 0]
     return icl_baselines.predict(name, xs, ys, **kw)
+
+
+def config_kwargs(get, function_class: str, task_kwargs: dict, noise_std: float, baselines) -> dict:
+    """The learned and Bayes families' kwargs from ``config.task``, checked.
+
+    Args:
+      get: ``get(field, default)`` reads ``config.task.<field>``.
+      function_class: the task's class.
+      task_kwargs: the class's kwargs (defaults filled in).
+      noise_std: the label noise std.
+      baselines: the configured baseline names.
+
+    Returns:
+      ``{family: kwargs}`` for ``nn_gd``, ``tree``, ``boosting``,
+      ``bayes_fourier`` and ``bayes_linear_mixture``.
+
+    Raises:
+      ConfigError: a non-positive or non-integer field, or a Bayes predictor
+        configured for a class it is not the predictor of.
+    """
+    hidden = get("nn_hidden")
+    if hidden is None:
+        hidden = int(task_kwargs.get("hidden_size", 100))
+    v = {}
+    for field, value, kind in (
+        ("nn_hidden", hidden, int), ("nn_steps", get("nn_steps", 100), int), ("nn_lr", get("nn_lr", 5e-3), float),
+        ("boosting_estimators", get("boosting_estimators", 100), int),
+        ("boosting_lr", get("boosting_lr", 0.1), float), ("boosting_depth", get("boosting_depth", 3), int),
+    ):
+        check_positive(f"config.task.{field}", value)
+        if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"config.task.{field}={value!r} must be an int > 0")
+        v[field] = kind(value)
+    for name, classes in (("bayes_fourier", FOURIER_CLASSES), ("bayes_linear_mixture", ("linear_mixture",))):
+        if name in baselines and function_class not in classes:
+            raise ConfigError(f"config.task.baselines has {name!r}, which needs function_class in "
+                              f"{', '.join(classes)} (got {function_class!r})")
+    kw = task_kwargs
+    bayes_fourier = {}
+    if function_class in FOURIER_CLASSES:
+        lo = int(kw["min_freq"]) if function_class == "fourier_mixture" else int(kw["max_freq"])
+        bayes_fourier = {"max_freqs": tuple(range(lo, int(kw["max_freq"]) + 1)),
+                         "half_period": float(kw["half_period"]), "noise_std": float(noise_std)}
+    bayes_linear = {}
+    if function_class == "linear_mixture":
+        bayes_linear = {"sparsity": int(kw["sparsity"]), "dense_prob": float(kw["dense_prob"]),
+                        "noise_std": float(noise_std)}
+    return {
+        "nn_gd": {"hidden": v["nn_hidden"], "steps": v["nn_steps"], "lr": v["nn_lr"]},
+        "tree": {},
+        "boosting": {"n_estimators": v["boosting_estimators"], "learning_rate": v["boosting_lr"],
+                     "max_depth": v["boosting_depth"]},
+        "bayes_fourier": bayes_fourier,
+        "bayes_linear_mixture": bayes_linear,
+    }
