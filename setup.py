@@ -35,6 +35,7 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files (pure Python + protobuf; no TensorFlow, no torch)
         "absl-py>=2.1",
         "matplotlib>=3.8",  # report plots (seqjax.report, experiments.reproduce)
+        "scikit-learn>=1.3",  # ICL tree / boosting baselines (seqjax.tasks.icl_learned_baselines)
     ],
     extras_require={
         # nbclient/ipykernel: the tests execute the notebooks; tensorboard: the

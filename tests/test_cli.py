@@ -123,6 +123,8 @@ ICL_FIELDS = [
     ("fc=decision_tree", "task_kwargs.depth=2", lambda t: t.task_kwargs == {"depth": 2}),
     ("fc=fourier", "task_kwargs.max_freq=4", lambda t: t.task_kwargs["max_freq"] == 4),
     ("fc=fourier", "task_kwargs.half_period=2.5", lambda t: t.task_kwargs["half_period"] == 2.5),
+    ("fc=fourier_mixture", "task_kwargs.min_freq=3", lambda t: t.task_kwargs["min_freq"] == 3
+     and t.baseline_kwargs["bayes_fourier"]["max_freqs"] == tuple(range(3, 11))),
     ("", "curriculum.enabled=true", lambda t: t.curriculum is not None),
     ("scale=paper", "curriculum.dim_start=6", lambda t: t.curriculum.dim_start == 6),
     ("scale=paper", "curriculum.dim_end=19", lambda t: t.curriculum.dim_end == 19),
@@ -140,6 +142,15 @@ ICL_FIELDS = [
     ("", "gd_lr=0.05", lambda t: t.baseline_kwargs["gd"]["lr"] == 0.05),
     ("fc=sparse_linear", "lasso_alpha=0.1", lambda t: t.baseline_kwargs["lasso"]["alpha"] == 0.1),
     ("fc=sparse_linear", "lasso_iters=50", lambda t: t.baseline_kwargs["lasso"]["iters"] == 50),
+    ("fc=linear_mixture", "task_kwargs.dense_prob=0.25", lambda t: t.task_kwargs["dense_prob"] == 0.25
+     and t.baseline_kwargs["bayes_linear_mixture"]["dense_prob"] == 0.25),
+    ("fc=relu2nn", "nn_hidden=7", lambda t: t.baseline_kwargs["nn_gd"]["hidden"] == 7),
+    ("fc=relu2nn", "nn_steps=9", lambda t: t.baseline_kwargs["nn_gd"]["steps"] == 9),
+    ("fc=relu2nn", "nn_lr=0.01", lambda t: t.baseline_kwargs["nn_gd"]["lr"] == 0.01),
+    ("fc=decision_tree", "boosting_estimators=7",
+     lambda t: t.baseline_kwargs["boosting"]["n_estimators"] == 7),
+    ("fc=decision_tree", "boosting_lr=0.3", lambda t: t.baseline_kwargs["boosting"]["learning_rate"] == 0.3),
+    ("fc=decision_tree", "boosting_depth=2", lambda t: t.baseline_kwargs["boosting"]["max_depth"] == 2),
     ("", "ilwd_batch_size=0", lambda t: t.ilwd_batch_size == 0),
     ("", "ilwd_probes=7", lambda t: t.ilwd_probes == 7),
 ]

@@ -22,7 +22,8 @@ from seqjax.tasks.icl import default_config as icl_task_config
 
 FUNCTION_CLASSES = [
     "linear", "sparse_linear", "noisy_linear", "quadratic", "linear_classification",
-    "relu2nn", "decision_tree", "fourier", "sliding_window",
+    "relu2nn", "decision_tree", "fourier", "sliding_window", "fourier_mixture",
+    "linear_mixture",
 ]  # fmt: skip
 DEFAULTS = {"fc": "linear", "model": "transformer", "scale": "cpu"}
 
@@ -33,13 +34,15 @@ def get_config(arg: str | None = None):
     paper = args["scale"] == "paper"
     config = base_config()
     dim, n_points = (20, 41) if paper else (5, 11)
+    if args["fc"] == "fourier_mixture":
+        dim = 1  # a 1-d series of x[0] (Panwar et al.); more coordinates would be ignored noise
 
     t = config.task = icl_task_config(args["fc"])
     t.dim = dim
     t.n_points = n_points
     t.noise_std = 0.5 if args["fc"] == "noisy_linear" else 0.0
     c = t.curriculum
-    c.enabled, c.dim_start, c.dim_end, c.dim_inc = paper, 5, dim, 1
+    c.enabled, c.dim_start, c.dim_end, c.dim_inc = paper, min(5, dim), dim, 1
     c.points_start, c.points_end, c.points_inc, c.interval = 11, n_points, 2, 2000
     t.eval_batch_size = 1280 if paper else 640
     t.eval_seed = 1234

@@ -9,7 +9,8 @@ draw beside the models, computed on the same prompts.
 from seqjax.config import Cell
 
 MODELS = ["transformer", "mamba", "lstm", "s4d", "gla"]
-FUNCTION_CLASSES = ["linear", "sparse_linear", "noisy_linear", "relu2nn", "decision_tree"]
+FUNCTION_CLASSES = ["linear", "sparse_linear", "noisy_linear", "relu2nn", "decision_tree", "fourier_mixture",
+                    "linear_mixture"]
 
 
 def get_table(scale: str) -> dict:

@@ -31,6 +31,14 @@ coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
                          ``L = half_period`` (default 5); here x's active
                          coordinates are ``U(-L, L)`` instead of normal. Only
                          ``x[0]`` matters: use ``dim = 1`` as the paper does.
+``fourier_mixture``      ``fourier`` with ``K`` uniform per prompt in
+                         ``{min_freq..max_freq}`` (default 1..10;
+                         Panwar et al.'s mixture), ``seqjax.data.icl_mixtures``;
+                         the batch also holds each prompt's ``"freq"``.
+``linear_mixture``       ``linear`` with probability ``dense_prob`` (0.5),
+                         else ``sparse_linear`` (``sparsity`` 3) per prompt
+                         (``seqjax.data.icl_mixtures``); the batch also
+                         holds ``"w"`` and ``"dense"``.
 ``sliding_window``       a sequential class ("Can Transformers Learn
                          Sequential Function Classes In Context?"): ``y_i =
                          sum_{j<window} w_j . x_{i-j}`` (``x_{<0} = 0``),
@@ -57,6 +65,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from seqjax.data import icl_mixtures
 from seqjax.errors import ConfigError, check_choice
 
 FUNCTION_CLASSES = (
@@ -69,6 +78,8 @@ FUNCTION_CLASSES = (
     "decision_tree",
     "fourier",
     "sliding_window",
+    "fourier_mixture",
+    "linear_mixture",
 )
 
 # Per-class keyword arguments and their defaults (config.task.task_kwargs).
@@ -82,6 +93,8 @@ TASK_KWARGS: dict[str, dict[str, float | int]] = {
     "decision_tree": {"depth": 4},
     "fourier": {"max_freq": 10, "half_period": 5.0},
     "sliding_window": {"window": 3},
+    "fourier_mixture": {"min_freq": 1, "max_freq": 10, "half_period": 5.0},
+    "linear_mixture": {"sparsity": 3, "dense_prob": 0.5},
 }
 
 # Classes whose function is a linear weight vector; sample_batch returns it as "w".
@@ -113,11 +126,17 @@ def task_kwargs_with_defaults(task: str, task_kwargs: dict | None = None) -> dic
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"config.task.task_kwargs.{name}={value!r} must be a number > 0")
         out[name] = type(allowed[name])(value)
+    if task == "fourier_mixture" and out["min_freq"] > out["max_freq"]:
+        raise ConfigError(
+            f"config.task.task_kwargs.min_freq={out['min_freq']} must be <= max_freq={out['max_freq']}"
+        )
+    if task == "linear_mixture" and out["dense_prob"] > 1:
+        raise ConfigError(f"config.task.task_kwargs.dense_prob={out['dense_prob']} must be in (0, 1]")
     return out
 
 
 def _sample_x(key, batch_size, n_points, dim, active_mask, task, kw):
-    if task == "fourier":
+    if task in ("fourier", "fourier_mixture"):
         half = kw["half_period"]
         xs = jax.random.uniform(key, (batch_size, n_points, dim), minval=-half, maxval=half)
     else:
@@ -171,7 +190,9 @@ def sample_batch(
     Returns:
       ``{"xs": (b, n, dim) float32, "ys": (b, n) float32}`` plus ``"w"``
       ``(b, dim)`` for the classes in ``LINEAR_WEIGHT_CLASSES`` and
-      ``quadratic``, ``(b, window, dim)`` for ``sliding_window``.
+      ``quadratic``, ``(b, window, dim)`` for ``sliding_window``; ``"freq"``
+      ``(b,)`` int32 (each prompt's ``K``) for ``fourier_mixture``; ``"w"`` and
+      ``"dense"`` ``(b,)`` bool for ``linear_mixture``.
 
     Raises:
       ConfigError: unknown class or kwarg, or ``active_dim > dim``.
@@ -226,6 +247,14 @@ def sample_batch(
         freqs = jnp.arange(kmax + 1, dtype=jnp.float32)
         ys = jnp.einsum("bnk,bk->bn", jnp.cos(u * freqs), a)
         ys = ys + jnp.einsum("bnk,bk->bn", jnp.sin(u * freqs[1:]), bcoef)
+    elif task == "fourier_mixture":
+        ys, out["freq"] = icl_mixtures.sample_fourier_mixture(
+            k_f, xs, int(kw["min_freq"]), int(kw["max_freq"]), kw["half_period"]
+        )
+    elif task == "linear_mixture":
+        ys, out["w"], out["dense"] = icl_mixtures.sample_linear_mixture(
+            k_f, xs, active_mask, int(kw["sparsity"]), kw["dense_prob"]
+        )
     else:  # sliding_window
         window = int(kw["window"])
         w = jax.random.normal(k_f, (batch_size, window, dim)) * active_mask / math.sqrt(window)

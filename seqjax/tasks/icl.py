@@ -37,7 +37,7 @@ from ml_collections.config_dict import placeholder
 
 from seqjax.data import icl as icl_data
 from seqjax.errors import ConfigError, check_choice, check_positive
-from seqjax.tasks import icl_baselines
+from seqjax.tasks import icl_baselines, icl_learned_baselines
 from seqjax.tasks.base import host_shard, row_weights
 
 Batch = dict[str, Any]
@@ -45,9 +45,21 @@ Batch = dict[str, Any]
 DEFAULT_BASELINES = ("least_squares", "knn3", "averaging", "ridge", "gd")
 
 
+# Garg et al.'s class-specific learners (boosting is opt-in: ~35 ms per fit on
+# the host, i.e. ~30 min for Garg's 1280 prompts x 41 prefixes).
+CLASS_BASELINES = {
+    "sparse_linear": ("lasso",),
+    "relu2nn": ("nn_gd",),
+    "decision_tree": ("tree", "tree4"),
+    "fourier": ("bayes_fourier",),
+    "fourier_mixture": ("bayes_fourier",),
+    "linear_mixture": ("lasso", "bayes_linear_mixture"),
+}
+
+
 def default_baselines(function_class: str) -> tuple[str, ...]:
-    """The baselines evaluated by default: :data:`DEFAULT_BASELINES`, plus lasso on sparse_linear."""
-    return DEFAULT_BASELINES + (("lasso",) if function_class == "sparse_linear" else ())
+    """The baselines evaluated by default: :data:`DEFAULT_BASELINES` plus :data:`CLASS_BASELINES`."""
+    return DEFAULT_BASELINES + CLASS_BASELINES.get(function_class, ())
 
 
 def default_config(function_class: str = "linear") -> ml_collections.ConfigDict:
@@ -84,6 +96,12 @@ def default_config(function_class: str = "linear") -> ml_collections.ConfigDict:
         "gd_lr": placeholder(float),  # None: 1 / dim
         "lasso_alpha": 0.01,
         "lasso_iters": 300,
+        "nn_hidden": placeholder(int),  # None: the class's hidden_size (relu2nn), else 100
+        "nn_steps": 100,
+        "nn_lr": 5e-3,
+        "boosting_estimators": 100,
+        "boosting_lr": 0.1,
+        "boosting_depth": 3,
         "ilwd_batch_size": 64,  # 0: no ILWD
         "ilwd_probes": placeholder(int),  # None: 2 * dim
     })
@@ -296,9 +314,14 @@ class ICLTask:
     ``eval_batch_size`` (1280), ``eval_seed`` (None: use ``evaluate``'s seed),
     ``eval_chunk_size`` (256, sequences per ``predict`` call), ``baselines``
     (default least_squares, knn3, averaging, ridge, gd; + lasso for
-    sparse_linear), ``ridge_lambda`` (None: ``noise_std^2`` if noise else
+    sparse_linear, nn_gd for relu2nn, tree and tree4 for decision_tree,
+    bayes_fourier for the Fourier classes, lasso and bayes_linear_mixture
+    for linear_mixture), ``ridge_lambda`` (None: ``noise_std^2`` if noise else
     0.1), ``gd_steps`` (10), ``gd_lr`` (None: ``1/dim``), ``lasso_alpha``
-    (0.01), ``lasso_iters`` (300), ``ilwd_batch_size`` (64; 0 turns ILWD
+    (0.01), ``lasso_iters`` (300), ``nn_hidden`` (None: the class's
+    ``hidden_size`` on relu2nn, else 100), ``nn_steps`` (100), ``nn_lr``
+    (5e-3), ``boosting_estimators`` (100), ``boosting_lr`` (0.1),
+    ``boosting_depth`` (3), ``ilwd_batch_size`` (64; 0 turns ILWD
     off), ``ilwd_probes`` (None: ``2 * dim``).
 
     Attributes:
@@ -364,7 +387,7 @@ class ICLTask:
             baselines = [b.strip() for b in baselines.split(",") if b.strip()]
         self.baselines = tuple(baselines)
         for b in self.baselines:
-            icl_baselines.parse_baseline(b)
+            icl_learned_baselines.parse_baseline(b)
         ridge_lambda = _get(task_config, "ridge_lambda")
         if ridge_lambda is None:
             ridge_lambda = icl_baselines.bayes_ridge_lambda(self.noise_std) if self.noise_std > 0 else 0.1
@@ -385,6 +408,10 @@ class ICLTask:
             "ridge": {"lam": float(ridge_lambda)},
             "gd": {"steps": int(gd_steps), "lr": float(gd_lr)},
             "lasso": {"alpha": float(lasso_alpha), "iters": int(lasso_iters)},
+            **icl_learned_baselines.config_kwargs(
+                lambda field, default=None: _get(task_config, field, default),
+                fc, self.task_kwargs, self.noise_std, self.baselines,
+            ),
         }
 
         self._sample_train = jax.jit(
@@ -459,7 +486,7 @@ class ICLTask:
         return mse, {"mse": mse, "error_last": jnp.sum(w * sq[:, -1]) / total}
 
     def _family_kwargs(self, name):
-        family, _ = icl_baselines.parse_baseline(name)
+        family, _ = icl_learned_baselines.parse_baseline(name)
         return self.baseline_kwargs[family]
 
     def baseline_predictions(self, xs: jax.Array, ys: jax.Array) -> dict[str, np.ndarray]:
@@ -473,7 +500,7 @@ class ICLTask:
         for name in self.baselines:
             kw = self._family_kwargs(name)
             parts = [
-                np.asarray(icl_baselines.predict(name, xs[s : s + chunk], ys[s : s + chunk], **kw))
+                np.asarray(icl_learned_baselines.predict(name, xs[s : s + chunk], ys[s : s + chunk], **kw))
                 for s in range(0, xs.shape[0], chunk)
             ]
             out[name] = np.concatenate(parts)[:total]
@@ -542,8 +569,8 @@ class ICLTask:
         queries = jnp.broadcast_to(probes[:, None], (nb, self.n_points) + probes.shape[1:])
         out = {}
         for name in self.baselines:
-            answers = icl_baselines.predict_queries_jit(name, xs, ys, queries, **self._family_kwargs(name))
-            w_base = fit_linear_weights(queries, answers)
+            answers = icl_learned_baselines.predict_queries(name, xs, ys, queries, **self._family_kwargs(name))
+            w_base = fit_linear_weights(queries, jnp.asarray(answers))
             out[name] = [float(v) for v in np.asarray(ilwd(w_model, w_base, self.dim))]
         if "w" in data and self.function_class in ("linear", "noisy_linear", "sparse_linear"):
             w_true = jnp.broadcast_to(data["w"][:nb, None], w_model.shape)
