@@ -1,21 +1,17 @@
 """The ``mamba2_hybrid`` preset (Waleffe et al. 2024): Mamba-2, attention and MLP layers
-interleaved as in the 8B model; it builds, is causal, decodes step by step and trains."""
+interleaved as in the 8B model; it builds, is causal and trains."""
 
-import pathlib
-
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from seqjax import models
-from seqjax.config import apply_model_preset, apply_overrides, base_config, hybrid_layers, load_config
+from seqjax.config import apply_model_preset, base_config, hybrid_layers
 from seqjax.errors import ConfigError
 from seqjax.presets import HYBRID_8B_PATTERN
-from tests.models.test_models import apply, fast_jit, init
+from tests.models.one_step import icl_config, one_train_step
+from tests.models.test_models import apply, init
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_the_8b_pattern_and_its_proportions():
@@ -59,24 +55,8 @@ def test_preset_sets_single_branch_layers_and_is_causal(rng):
     assert np.abs(y2[:, 5:] - y[:, 5:]).max() > 1e-4
 
 
-def test_one_train_step_on_icl(tmp_path):
+def test_one_train_step_on_icl():
     """configs/icl/regression.py:model=mamba2_hybrid (3 layers), shrunk: the trainer's step runs and moves the params."""
-    from seqjax.tasks import build as build_task
-    from seqjax.train.state import create_train_state
-    from seqjax.train.step import make_train_step
-
-    c = load_config(str(ROOT / "configs/icl/regression.py"), "model=mamba2_hybrid")
+    c = icl_config("mamba2_hybrid")
     assert c.model.channel == "none" and models.layer_mixers(c.model) == ["mamba2", "mlp", "mha"]
-    apply_overrides(c, ["task.dim=3", "task.n_points=4", "model.input_dim=3", "model.max_length=8",
-                        "model.d_model=16"])
-    task = build_task(c.task)
-    batch = jax.tree.map(np.asarray, next(task.train_iterator(0, 4)))
-    model = models.build(c.model)
-    params = init(model, jnp.asarray(batch["inputs"][:1]))["params"]
-    tx = optax.adam(1e-2)
-    state = create_train_state(params, tx)
-    step, key = make_train_step(model, task, tx, lambda count: 1e-2), jax.random.key(1)
-    new, metrics = fast_jit(step, state, batch, key)(state, batch, key)
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
-    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params))]
-    assert max(moved) > 0 and int(new.step) == 1
+    one_train_step(c)

@@ -1,20 +1,16 @@
 """The ``masformer`` model preset (Zhang et al. 2023): full attention in the bottom layers,
 sliding-window attention above; it builds, is causal, places its layers and trains."""
 
-import pathlib
-
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from seqjax import models
-from seqjax.config import apply_model_preset, apply_overrides, base_config, load_config, masformer_layers
+from seqjax.config import apply_model_preset, base_config, masformer_layers
 from seqjax.errors import ConfigError
-from tests.models.test_models import apply, fast_jit, init
+from tests.models.one_step import icl_config, one_train_step
+from tests.models.test_models import apply, init
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _lm(num_layers: int, window: int = 3):
@@ -72,24 +68,8 @@ def test_forward_is_causal_and_the_window_acts(rng):
     assert np.abs(y_full[:, 3:] - y[:, 3:]).max() > 1e-4
 
 
-def test_one_train_step_on_icl(tmp_path):
+def test_one_train_step_on_icl():
     """configs/icl/regression.py:model=masformer, shrunk: the trainer's step runs and moves the params."""
-    from seqjax.tasks import build as build_task
-    from seqjax.train.state import create_train_state
-    from seqjax.train.step import make_train_step
-
-    c = load_config(str(ROOT / "configs/icl/regression.py"), "model=masformer")
+    c = icl_config("masformer", ["model.mixer_kwargs.sliding_window.window=2"])
     assert models.layer_mixers(c.model) == ["mha", "sliding_window", "sliding_window"]
-    apply_overrides(c, ["task.dim=3", "task.n_points=4", "model.input_dim=3", "model.max_length=8",
-                        "model.d_model=16", "model.mixer_kwargs.sliding_window.window=2"])
-    task = build_task(c.task)
-    batch = jax.tree.map(np.asarray, next(task.train_iterator(0, 4)))
-    model = models.build(c.model)
-    params = init(model, jnp.asarray(batch["inputs"][:1]))["params"]
-    tx = optax.adam(1e-2)
-    state = create_train_state(params, tx)
-    step, key = make_train_step(model, task, tx, lambda count: 1e-2), jax.random.key(1)
-    new, metrics = fast_jit(step, state, batch, key)(state, batch, key)
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
-    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params))]
-    assert max(moved) > 0 and int(new.step) == 1
+    one_train_step(c)

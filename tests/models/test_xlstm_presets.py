@@ -1,20 +1,13 @@
 """The ``xlstm71`` and ``xlstm11`` model presets (Beck et al. 2024, xLSTM[7:1] and xLSTM[1:1]):
 their layer placement, the model fields they set, and one training step through a config file."""
 
-import pathlib
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
 
 from seqjax import models
-from seqjax.config import apply_model_preset, apply_overrides, base_config, load_config, xlstm_layers
+from seqjax.config import apply_model_preset, base_config, xlstm_layers
 from seqjax.errors import ConfigError
-from tests.models.test_models import fast_jit, init
+from tests.models.one_step import icl_config, one_train_step
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 M, S = "mlstm_block", "slstm_block"
 
 
@@ -46,28 +39,12 @@ def test_pattern_errors():
 
 def test_one_train_step_on_icl():
     """configs/icl/regression.py:model=xlstm71, shrunk: the trainer's step runs and moves the params."""
-    from seqjax.tasks import build as build_task
-    from seqjax.train.state import create_train_state
-    from seqjax.train.step import make_train_step
-
     # At the CPU scale's 3 layers both presets are the same stack (one sLSTM block in
     # the middle), so one training step covers both.
     for preset in ("xlstm11", "xlstm71"):
-        c = load_config(str(ROOT / "configs/icl/regression.py"), f"model={preset}")
+        c = icl_config(preset)
         assert models.layer_mixers(c.model) == [M, S, M] and c.model.channel == "none"
-    apply_overrides(c, ["task.dim=3", "task.n_points=4", "model.input_dim=3", "model.max_length=8",
-                        "model.d_model=16"])
-    task = build_task(c.task)
-    batch = jax.tree.map(np.asarray, next(task.train_iterator(0, 4)))
-    model = models.build(c.model)
-    params = init(model, jnp.asarray(batch["inputs"][:1]))["params"]
-    blocks = params["backbone"]
+    blocks = one_train_step(c)["backbone"]
     assert "channel" not in blocks["block_0"] and "qkv" in blocks["block_0"]["mixer"]
     assert "recurrent" in blocks["block_1"]["mixer"]
-    tx = optax.adam(1e-2)
-    state = create_train_state(params, tx)
-    step, key = make_train_step(model, task, tx, lambda count: 1e-2), jax.random.key(1)
-    new, metrics = fast_jit(step, state, batch, key)(state, batch, key)
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
-    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params))]
-    assert max(moved) > 0 and int(new.step) == 1
+
