@@ -232,7 +232,34 @@ def param(module: nn.Module, name: str, init, shape, axes: Sequence[str | None])
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, jnp.float32)
 
 
+# The flash-linear-attention code's epsilon of the q/k L2 normalisation.
+L2_EPS = 1e-6
+
+
+def l2_normalize(x: jax.Array, eps: float = L2_EPS) -> jax.Array:
+    """``x / sqrt(|x|² + eps)`` over the last axis.
+
+    Args:
+      x: ``(..., n)``.
+      eps: keeps the gradient finite at ``x = 0``.
+
+    Returns:
+      ``x`` scaled to (nearly) unit norm, same shape and dtype.
+    """
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def head_rms_norm(o: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm of each head's ``(…, h, dv)`` output with a ``(dv,)`` weight shared by the heads.
+
+    Returns:
+      ``(…, h, dv)``: ``o / sqrt(mean(o²) + eps) · weight`` over each head.
+    """
+    return o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + eps) * weight.astype(o.dtype)
+
+
 __all__ = [
+    "L2_EPS", "l2_normalize", "head_rms_norm",
     "check_input", "check_step_input", "check_int", "check_number", "check_option", "check_divides",
     "segment_runs", "positions_in_segment", "same_segment", "dense", "complex_dtype", "as_complex",
     "split_complex", "constant_init", "uniform_init", "log_uniform_init", "scaled_normal_init", "param",

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.mixers.base import Mixer, Projection
-from seqjax.mixers.common import check_divides, check_int, check_number, dense, param, uniform_init
+from seqjax.mixers.common import (
+    check_divides, check_int, check_number, dense, head_rms_norm, l2_normalize, param, uniform_init)
 from seqjax.mixers.mamba_blocks import (
     a_log_init, check_a_range, check_dt_range, dt_bias_init, init_conv_buffer, short_conv, short_conv_step)
 from seqjax.mixers.registry import register
@@ -46,32 +47,6 @@ from seqjax.ops.delta_rule import delta_rule
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 HIGHEST = jax.lax.Precision.HIGHEST
-# The flash-linear-attention code's epsilon of the q/k L2 normalisation.
-L2_EPS = 1e-6
-
-
-def l2_normalize(x: jax.Array, eps: float = L2_EPS) -> jax.Array:
-    """``x / sqrt(|x|² + eps)`` over the last axis.
-
-    Args:
-      x: ``(..., n)``.
-      eps: keeps the gradient finite at ``x = 0``.
-
-    Returns:
-      ``x`` scaled to (nearly) unit norm, same shape and dtype.
-    """
-    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
-
-
-def head_rms_norm(o: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm of each head's ``(…, h, dv)`` output with a ``(dv,)`` weight shared by the heads.
-
-    Returns:
-      ``(…, h, dv)``: ``o / sqrt(mean(o²) + eps) · weight`` over each head.
-    """
-    return o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + eps) * weight.astype(o.dtype)
-
-
 class _DeltaBase(Mixer):
     """What DeltaNet and Gated DeltaNet share (not registered).
 

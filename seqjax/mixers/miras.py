@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.mixers.base import Mixer, Projection
-from seqjax.mixers.common import check_divides, check_int, check_number, dense, param, uniform_init
-from seqjax.mixers.delta import head_rms_norm, l2_normalize
+from seqjax.mixers.common import (
+    check_divides, check_int, check_number, dense, head_rms_norm, l2_normalize, param, uniform_init)
 from seqjax.mixers.mamba_blocks import (
     a_log_init, check_a_range, check_dt_range, dt_bias_init, init_conv_buffer, short_conv, short_conv_step)
 from seqjax.mixers.registry import register

@@ -59,8 +59,8 @@ import jax.numpy as jnp
 
 from seqjax.errors import ConfigError
 from seqjax.mixers.base import Mixer, Projection
-from seqjax.mixers.common import check_int, check_number, check_option, dense, param
-from seqjax.mixers.delta import head_rms_norm, l2_normalize
+from seqjax.mixers.common import (
+    check_int, check_number, check_option, dense, head_rms_norm, l2_normalize, param)
 from seqjax.mixers.mamba_blocks import a_log_init, check_a_range, check_dt_range, dt_bias_init
 from seqjax.mixers.registry import register
 from seqjax.ops import dispatch
