@@ -29,7 +29,7 @@ def _cli(*args, timeout=300):
         (["--config.model.positions=learned", "--config.task.n_points=40"], "max_length"),
         (["--config.model.mixers=mha,foo"], "config.model.mixers"),
         # Unknown and misspelt fields name the closest valid ones.
-        (["--config.task.foo=1"], "config.task has no field 'foo'; its fields: baselines, curriculum"),
+        (["--config.task.foo=1"], "config.task has no field 'foo'; its fields: baselines, boosting_depth"),
         (["--config.task.ilwd_batchsize=0"], "did you mean config.task.ilwd_batch_size"),
         (["--config.task.dim=abc"], "config.task.dim must be an int, not 'abc'"),
         # A kwarg of another function class: the task names the classes that take it.
