@@ -366,7 +366,8 @@ def build(model_config) -> EncoderDecoder:
     given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
     for key in given:
         if key not in defaults:
-            raise ConfigError(f"{_FIELD}.{key} is not an encoder–decoder field; allowed: {', '.join(sorted(defaults))}")
+            raise ConfigError(f"{_FIELD}.{key} is not an encoder–decoder field; "
+                              f"allowed: {', '.join(sorted(defaults))}")
     cfg = {**defaults, **given}
     for field in ("num_encoder_layers", "num_decoder_layers", "d_model", "num_heads", "vocab_size"):
         _positive_int(field, cfg[field])
