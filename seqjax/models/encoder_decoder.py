@@ -49,6 +49,7 @@ from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice
 from seqjax.mixers.common import dense
 from seqjax.models.backbone import CHANNELS, Backbone, ChannelGLU, ChannelMLP, MixerSpec, channel_hidden
+from seqjax.models.config import DTYPES
 from seqjax.models.decode import beam_search, greedy_search
 from seqjax.models.embeddings import Embedding
 from seqjax.models.heads import LMHead
@@ -56,7 +57,6 @@ from seqjax.models.norms import NORMS, make_norm
 from seqjax.ops import attention
 
 _FIELD = "config.model"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REAL, PAD = 1, 2  # encoder segment ids of real source tokens and of padding
 
 
