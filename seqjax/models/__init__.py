@@ -5,7 +5,9 @@ The model config (its fields, every check, the mixers' kwargs) lives in
 backbone of mixer blocks, heads); optimiser groups of its parameters in
 ``param_groups.py``; the recurrent state per layer (bytes per sequence, from
 the config alone) in ``state.py``; greedy and beam-search generation through
-the mixers' ``step`` in ``decode.py``.
+the mixers' ``step`` in ``decode.py``; the encoder–decoder (seq2seq) model,
+its config and its decoding in ``encoder_decoder.py``
+(``seqjax.models.encoder_decoder.build``).
 """
 
 from seqjax.models.backbone import Backbone, Block, channel_hidden
@@ -14,6 +16,7 @@ from seqjax.models.config import (
     sequence_parallel_mixers, validate)
 from seqjax.models.decode import generate, init_caches
 from seqjax.models.distil import Distil, distil_mask, distilled_length
+from seqjax.models.encoder_decoder import EncoderDecoder, generate_seq2seq
 from seqjax.models.heads import pool
 from seqjax.models.model import SequenceModel
 from seqjax.models.state import layer_state_sizes
@@ -22,5 +25,5 @@ __all__ = [
     "build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length", "check_build",
     "causal_only", "bidirectional_only", "sequence_parallel_mixers", "SequenceModel", "Backbone", "Block",
     "channel_hidden", "pool", "layer_state_sizes", "Distil", "distil_mask", "distilled_length", "generate",
-    "init_caches",
+    "init_caches", "EncoderDecoder", "generate_seq2seq",
 ]

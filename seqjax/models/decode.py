@@ -11,12 +11,16 @@ prompt goes through the same steps (one position at a time, inside one
 * :func:`generate` — ``beam_size=1``: greedy (argmax) decoding; ``beam_size=k``:
   beam search over ``k`` hypotheses per row scored by the sum of token
   log-probabilities (no length penalty: every hypothesis has the same length).
+* :func:`greedy_search`, :func:`beam_search` — the two loops over any
+  ``step(tokens, caches) -> (log-probs, caches)``; the encoder–decoder's
+  ``generate_seq2seq`` (``encoder_decoder.py``) runs them too.
 
 Both run inside ``jit`` (the loops are ``lax.scan``), and agree with the
 parallel forward: the logits of every generated position equal the model's
 logits on the whole sequence (tests/models/test_decode.py).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -120,19 +124,42 @@ def generate(model, variables: dict, prompt: jax.Array, *, max_new_tokens: int, 
     return _generate_jit(model, variables, prompt, caches, max_new_tokens, beam_size)
 
 
-def _greedy(model, variables, logp, caches, steps):
+def greedy_search(step: Callable, logp: jax.Array, caches: Any, steps: int) -> dict:
+    """Greedy (argmax) decoding of ``steps`` tokens from a step function (shared with seq2seq).
+
+    Args:
+      step: ``step(tokens (b,), caches) -> (log-probs (b, vocab), caches)``.
+      logp: ``(b, vocab)`` log-probabilities of the first generated token.
+      caches: the caches after the context (prompt, or BOS).
+      steps: tokens to generate.
+
+    Returns:
+      ``tokens`` ``(b, steps)``, ``score`` ``(b,)`` and ``logits`` ``(b, steps, vocab)`` (log-probs).
+    """
     def body(carry, _):
         logp, caches = carry
         tok = jnp.argmax(logp, axis=-1).astype(jnp.int32)  # ties: the lowest id
         chosen = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
-        new_logp, caches = _step(model, variables, tok, caches)
+        new_logp, caches = step(tok, caches)
         return (new_logp, caches), (tok, chosen, logp)
 
     _, (toks, chosen, logps) = lax.scan(body, (logp, caches), None, length=steps)
     return {"tokens": toks.T, "score": chosen.sum(0), "logits": jnp.swapaxes(logps, 0, 1)}
 
 
-def _beam(model, variables, logp, caches, steps, k):
+def beam_search(step: Callable, logp: jax.Array, caches: Any, steps: int, k: int) -> dict:
+    """Beam search of width ``k`` over ``steps`` tokens from a step function (shared with seq2seq).
+
+    Args:
+      step: ``step(tokens (b·k,), caches) -> (log-probs (b·k, vocab), caches)``.
+      logp: ``(b, vocab)`` log-probabilities of the first generated token.
+      caches: the caches after the context, batch ``b`` on every batch-first leaf.
+      steps: tokens to generate.
+      k: beam width.
+
+    Returns:
+      ``tokens``/``score`` (best hypothesis) and ``beams`` ``(b, k, steps)``/``beam_scores`` ``(b, k)``, best first.
+    """
     b, vocab = logp.shape
     rows = b * k
     # k copies of every row; only the first starts live, so step 1 expands one hypothesis.
@@ -149,7 +176,7 @@ def _beam(model, variables, logp, caches, steps, k):
         tok = (idx % vocab).reshape(rows).astype(jnp.int32)
         caches = _take_rows(caches, parent, rows)
         history = history[parent].at[:, t].set(tok)
-        new_logp, caches = _step(model, variables, tok, caches)
+        new_logp, caches = step(tok, caches)
         return (new_logp, caches, top.reshape(rows), history), None
 
     (_, _, scores, history), _ = lax.scan(body, (logp, caches, scores, history), jnp.arange(steps))
@@ -159,12 +186,13 @@ def _beam(model, variables, logp, caches, steps, k):
 
 def _generate_impl(model, variables, prompt, caches, steps, k):
     logp, caches = _prompt(model, variables, prompt, caches)
+    step = lambda tok, caches: _step(model, variables, tok, caches)  # noqa: E731
     if k == 1:
-        return _greedy(model, variables, logp, caches, steps)
-    return _beam(model, variables, logp, caches, steps, k)
+        return greedy_search(step, logp, caches, steps)
+    return beam_search(step, logp, caches, steps, k)
 
 
 _generate_jit = jax.jit(_generate_impl, static_argnums=(0, 4, 5))
 
 
-__all__ = ["init_caches", "generate"]
+__all__ = ["init_caches", "generate", "greedy_search", "beam_search"]
