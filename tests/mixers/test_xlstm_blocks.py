@@ -16,6 +16,7 @@ from seqjax.errors import ConfigError
 from seqjax.mixers import get
 from tests.mixers import harness
 from tests.mixers.ref_xlstm_blocks import mlstm_block_ref, slstm_block_ref
+from tests.mixers.test_recurrent import f32, rollout
 from tests.ops.utils import RTOL_ATTN, RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close, rel_err
 
 REFS = {"mlstm_block": mlstm_block_ref, "slstm_block": slstm_block_ref}
@@ -62,20 +63,6 @@ def _setup(name, rng, batch=2, length=13, width=16, heads=4, fields=()):
 
 def _ref(name, params, x, heads, fields=(), **kwargs):
     return REFS[name](np, params, x, heads, **dict(fields), **kwargs)
-
-
-def f32(params):
-    return {"params": jax.tree.map(jnp.float32, params)}
-
-
-def rollout(module, variables, x):
-    """``step`` over the whole sequence from ``init_cache``: (outputs, last cache)."""
-    cache = module.apply(variables, x.shape[0], method="init_cache")
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, cache = module.apply(variables, x[:, t], cache, method="step")
-        ys.append(y_t)
-    return jnp.stack(ys, axis=1), cache
 
 
 @pytest.mark.parametrize("name", ["mlstm_block", "slstm_block"])
