@@ -41,6 +41,9 @@ Implementations (``impl``):
     sum_i (gamma_C/gamma_i) k_i u_i^T``. Everything but ``U = U_v - W S_0``
     and the state update is computed for all chunks at once; a ``lax.scan``
     over chunks carries S (matrix products only).
+  * ``"reference"``: the same UT transform over the whole sequence as one
+    chunk: an ``(l, l)`` triangular solve per head and no scan, i.e. the
+    materialised form (O(l^2) memory; for checks and short inputs).
   * ``"auto"``: ``"chunked"`` at every length. Measured on a shared 2-core
     CPU (b=1, h=4, dk=dv=64, gated, ms at l = 64 / 512 / 2048; noisy): with
     gradients, sequential 28 / 237 / 784 vs chunked 1.7 / 49 / 405; forward
@@ -109,7 +112,7 @@ def delta_rule(
       chunk_size: chunk length of ``"chunked"``; any sequence length works
         (the end is padded with zero keys, values and beta, which leave the
         state unchanged).
-      impl: ``"auto"``, ``"sequential"`` or ``"chunked"``.
+      impl: ``"auto"``, ``"sequential"``, ``"chunked"`` or ``"reference"``.
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length split contiguously over this mesh
         axis (:func:`seqjax.ops.delta_rule_sp.delta_rule_sp`: one local run,
@@ -287,3 +290,10 @@ def _chunked(q, k, v, beta, g, s0, run, chunk_size):
     o = o + jnp.einsum("bnhrk,bnhkv->bnhrv", qc * gamma[..., None], states_in)
     o = jnp.swapaxes(o, 2, 3).reshape(batch, padded, heads, dv)
     return o[:, :length], final
+
+
+@dispatch.register("delta_rule", "reference")
+def _reference(q, k, v, beta, g, s0, run, chunk_size):
+    # One chunk spanning the sequence: the whole (l, l) UT system at once.
+    del chunk_size
+    return _chunked(q, k, v, beta, g, s0, run, q.shape[1])

@@ -1,4 +1,4 @@
-"""delta_rule: sequential and chunked against the float64 loop of the papers' equations.
+"""delta_rule: sequential, chunked and reference against the float64 loop of the papers' equations.
 
 Shapes are small and odd (dk = 4 != dv = 3, lengths 1, primes, not multiples
 of the chunk) so that a transposed state, a wrong chunk boundary or a dropped
@@ -21,6 +21,7 @@ from tests.ops.ref_delta_rule import delta_rule_ref
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close, rel_err
 
 IMPLS = ["sequential", "chunked"]
+ALL_IMPLS = IMPLS + ["reference"]  # the one-chunk form: only in the cheap float64 / gradient / segment checks
 B, H, DK, DV = 2, 2, 4, 3
 
 
@@ -77,7 +78,7 @@ def test_float32_lengths_chunks_segments_and_state(rng, impl, gated):
         _check_f32(rng, impl, gated, l, chunk, with_state=i % 3 != 0, seg=seg)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("gated", [False, True])
 def test_float64_exact_with_segments_and_state(rng, impl, gated):
     q, k, v, beta, ld, s0 = _inputs(rng, gated, 37)
@@ -91,7 +92,7 @@ def test_float64_exact_with_segments_and_state(rng, impl, gated):
     assert_rel_close(s, s_ref, RTOL_F64, "final_state")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_packed_segments_equal_separate_runs(rng, impl):
     bounds = [(0, 9), (9, 26), (26, 31)]
     q, k, v, beta, ld, s0 = map(_f32, _inputs(rng, True, 31, b=1))
@@ -127,7 +128,7 @@ def _grad_case(gated):
     return args, seg, w_o, w_s, [np.asarray(g) for g in g_ref]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("gated", [False, True])
 def test_gradients_match_reference_autodiff(impl, gated):
     args, seg, w_o, w_s, g_ref = _grad_case(gated)
@@ -190,7 +191,7 @@ def test_chunked_matches_sequential_at_4096(rng, gated):
 
 def test_auto_is_chunked():
     assert dispatch.resolve("delta_rule", "auto", length=4096, chunk_size=64) == "chunked"
-    assert dispatch.implementations("delta_rule") == ("auto", "sequential", "chunked")
+    assert dispatch.implementations("delta_rule") == ("auto", "reference", "sequential", "chunked")
 
 
 def test_bad_inputs_raise_clear_errors():
