@@ -120,6 +120,14 @@ def xlstm_layers(num_layers: int, period: int) -> str:
 # config.model fields (the hybrid's single-branch layers: channel="none"). "transformer" is softmax attention with rotary
 # positions (the RegBench transformer; Garg et al.'s GPT-2 used learned absolute
 # positions, which the ICL configs add).
+# LMUFormer (Liu, Datta, Li & Beerel 2024): a convolutional patch embedding (4
+# kernel-3 conv layers + a conv position term, the authors' Tokenizer), then
+# blocks of the LMU and a channel MLP (ratio 4, their gsc.yml); the spiking
+# model puts LIF neurons in the embedding and the channel MLP (the LMU itself
+# keeps its ReLUs here: docs/models.md). Use with config.model.pooling="mean"
+# for classification, as the paper does.
+LMUFORMER_CONV_LAYERS = 4
+
 PRESETS = {
     "transformer": ("mha", {}),
     "masformer": (masformer_layers, {"sliding_window": {"window": MASFORMER_WINDOW}}),
@@ -127,6 +135,9 @@ PRESETS = {
     # The xLSTM blocks carry their own projections (the sLSTM block its gated MLP).
     "xlstm71": (lambda n: xlstm_layers(n, XLSTM71_PERIOD), {}, {"channel": "none"}),
     "xlstm11": (lambda n: xlstm_layers(n, 2), {}, {"channel": "none"}),
+    "lmuformer": ("lmu", {}, {"channel": "mlp", "mlp_ratio": 4.0, "conv_embed": LMUFORMER_CONV_LAYERS}),
+    "spiking_lmuformer": ("lmu", {}, {"channel": "mlp", "mlp_ratio": 4.0, "conv_embed": LMUFORMER_CONV_LAYERS,
+                                      "spiking": True}),
 }
 NGRAM_SUFFIX = "+ngram"
 

@@ -35,6 +35,7 @@ from seqjax.errors import ConfigError
 from seqjax.mixers.common import dense
 from seqjax.models.distil import Distil
 from seqjax.models.norms import make_norm
+from seqjax.models.spiking import lif
 from seqjax.parallel.rules import constrain
 from seqjax.types import SegmentIds, Seq
 
@@ -69,20 +70,29 @@ def channel_hidden(channel: str, d_model: int, mlp_ratio: float) -> int:
 class ChannelMLP(nn.Module):
     """Position-wise MLP ``W_2 gelu(W_1 x + b_1) + b_2`` (exact GELU).
 
+    With ``spiking``, LIF neurons over the positions replace the GELU
+    (Spiking LMUFormer's channel mixer, :mod:`seqjax.models.spiking`): the
+    hidden layer emits 0/1 spikes and the branch is no longer position-wise.
+
     Attributes:
       hidden: hidden width ``H``.
+      spiking: LIF activation instead of GELU.
       dtype: compute dtype (params are float32).
     """
 
     hidden: int
+    spiking: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Seq) -> Seq:
-        """Applies the MLP to ``x: (b, l, d)``; returns ``(b, l, d)`` in ``dtype``."""
+    def __call__(self, x: Seq, segment_ids: SegmentIds | None = None) -> Seq:
+        """Applies the MLP to ``x: (b, l, d)``; returns ``(b, l, d)`` in ``dtype``.
+
+        ``segment_ids`` restart the LIF membranes (``spiking`` only).
+        """
         d = x.shape[-1]
         h = dense(self.hidden, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name="wi")(x)
-        h = nn.gelu(h, approximate=False)
+        h = lif(h, segment_ids) if self.spiking else nn.gelu(h, approximate=False)
         return dense(d, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="wo")(h)
 
 
@@ -117,6 +127,7 @@ class Block(nn.Module):
       norm: ``"layernorm"`` or ``"rmsnorm"``.
       dropout: residual dropout rate on each branch output.
       dtype: compute dtype of the branches.
+      spiking: LIF neurons in the ``mlp`` channel branch (Spiking LMUFormer).
     """
 
     mixer: MixerSpec
@@ -125,6 +136,7 @@ class Block(nn.Module):
     norm: str = "layernorm"
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    spiking: bool = False
 
     @nn.compact
     def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True,
@@ -154,9 +166,11 @@ class Block(nn.Module):
         if self.channel == "none":
             return x if cache is None else (x, cache)
         hidden = channel_hidden(self.channel, x.shape[-1], self.mlp_ratio)
-        branch = {"mlp": ChannelMLP, "glu": ChannelGLU}[self.channel](hidden, dtype=self.dtype, name="channel")
         h = make_norm(self.norm, "channel_norm")(x).astype(self.dtype)
-        y = branch(h)
+        if self.channel == "mlp":
+            y = ChannelMLP(hidden, self.spiking, dtype=self.dtype, name="channel")(h, segment_ids)
+        else:
+            y = ChannelGLU(hidden, dtype=self.dtype, name="channel")(h)
         x = x + nn.Dropout(self.dropout)(y.astype(jnp.float32), deterministic=deterministic)
         return x if cache is None else (x, cache)
 
@@ -177,6 +191,7 @@ class Backbone(nn.Module):
       dtype: compute dtype.
       distil: insert the distilling layers (the output is
         ``distilled_length(l, n - 1)`` long); no ``segment_ids`` then.
+      spiking: LIF neurons in the ``mlp`` channel branches.
     """
 
     layers: Sequence[MixerSpec]
@@ -186,6 +201,7 @@ class Backbone(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     distil: bool = False
+    spiking: bool = False
 
     @nn.compact
     def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True,
@@ -215,7 +231,8 @@ class Backbone(nn.Module):
         x = constrain(x, RESIDUAL_AXES)
         new_caches = []
         for i, spec in enumerate(self.layers):
-            block = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, name=f"block_{i}")
+            block = Block(spec, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype, self.spiking,
+                          name=f"block_{i}")
             if caches is not None:
                 x, cache = block(x, deterministic=deterministic, cache=caches[i])
                 new_caches.append(cache)

@@ -89,6 +89,8 @@ def default_config() -> ml_collections.ConfigDict:
         dtype="float32",
         sequence_axis=placeholder(str),  # "sequence": split the length (see seqjax.parallel)
         distil=False,  # Informer's distilling (conv, ELU, max-pool) between layers: bidirectional pooled heads
+        conv_embed=0,  # LMUFormer's conv patch embedding: kernel-3 conv layers after the embedding (0: none)
+        spiking=False,  # Spiking LMUFormer: LIF neurons in the conv embedding and the mlp channel branches
     ))
 
 
@@ -288,6 +290,7 @@ def validate(model_config) -> None:
         raise ConfigError(f"{_FIELD}.sequence_axis={cfg['sequence_axis']!r} with pooling='cls': the CLS token makes "
                           f"the length odd; allowed pooling with a split length: mean, last")
     _check_distil(cfg)
+    _check_conv_embed(cfg)
 
     kwargs_cfg = _as_dict(cfg["mixer_kwargs"])
     for name in kwargs_cfg:
@@ -334,6 +337,22 @@ def _check_distil(cfg: dict) -> None:
     if cfg["sequence_axis"] is not None:
         raise ConfigError(f"{field}=True with {_FIELD}.sequence_axis={cfg['sequence_axis']!r}: the distilling layer "
                           "does not run with the length split; allowed: sequence_axis=None")
+
+
+def _check_conv_embed(cfg: dict) -> None:
+    """``conv_embed`` (an int >= 0) and ``spiking`` (a bool): not with the length split."""
+    field = f"{_FIELD}.conv_embed"
+    if not _is_int(cfg["conv_embed"]) or cfg["conv_embed"] < 0:
+        raise ConfigError(f"{field}={cfg['conv_embed']!r} must be an int >= 0 (conv layers; 0: none)")
+    if not isinstance(cfg["spiking"], bool):
+        raise ConfigError(f"{_FIELD}.spiking={cfg['spiking']!r} must be a bool")
+    if cfg["spiking"] and cfg["channel"] != "mlp" and not cfg["conv_embed"]:
+        raise ConfigError(f"{_FIELD}.spiking=True has nothing to act on: it replaces the activations of "
+                          f"channel='mlp' and of the conv embedding; got channel={cfg['channel']!r}, conv_embed=0")
+    if (cfg["conv_embed"] or cfg["spiking"]) and cfg["sequence_axis"] is not None:
+        raise ConfigError(f"{field}={cfg['conv_embed']} / spiking={cfg['spiking']} with {_FIELD}.sequence_axis="
+                          f"{cfg['sequence_axis']!r}: the convolutions and LIF neurons read across shard "
+                          "boundaries; allowed: sequence_axis=None")
 
 
 def check_length(model_config, length: int, field: str) -> None:
@@ -462,6 +481,9 @@ def build(model_config) -> SequenceModel:
         pooling_rank=cfg["pooling_rank"],
         dtype=DTYPES[cfg["dtype"]],
         distil=cfg["distil"],
+        conv_embed=cfg["conv_embed"],
+        spiking=cfg["spiking"],
+        causal=cfg["causal"],
     )
 
 

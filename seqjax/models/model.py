@@ -15,6 +15,7 @@ from jaxtyping import Array, Bool
 
 from seqjax.errors import ConfigError
 from seqjax.models.backbone import Backbone, MixerSpec
+from seqjax.models.conv_embed import ConvEmbed
 from seqjax.models.distil import distil_mask
 from seqjax.models.embeddings import Embedding, prepend_cls_column
 from seqjax.models.heads import ClassificationHead, LMHead, Pooling, RegressionHead, RetrievalHead
@@ -48,6 +49,13 @@ class SequenceModel(nn.Module):
       dtype: compute dtype; params are float32.
       distil: Informer's distilling layers between the blocks (each halves
         the length; classification and retrieval heads only, see ``distil.py``).
+      conv_embed: LMUFormer's convolutional patch embedding after the
+        embedding: this many kernel-3 conv layers plus the conv position term
+        (0: none; see ``conv_embed.py``).
+      spiking: LIF neurons in the conv embedding and the ``mlp`` channel
+        branches (Spiking LMUFormer, ``spiking.py``).
+      causal: the conv embedding reads only the past (its padding); the
+        mixers carry their own ``causal``.
     """
 
     layers: Sequence[MixerSpec]
@@ -69,6 +77,9 @@ class SequenceModel(nn.Module):
     pooling_rank: int = 16
     dtype: Any = jnp.float32
     distil: bool = False
+    conv_embed: int = 0
+    spiking: bool = False
+    causal: bool = True
 
     @property
     def uses_cls(self) -> bool:
@@ -119,6 +130,10 @@ class SequenceModel(nn.Module):
         if caches is not None and (self.head != "lm" or self.positions != "none" or self.distil):
             raise ConfigError(f"decoding with caches needs config.model.head='lm' and positions='none' (mixers carry "
                               f"their own, e.g. RoPE), got head={self.head!r}, positions={self.positions!r}")
+        if caches is not None and (self.conv_embed or self.spiking):
+            raise ConfigError(f"decoding with caches: config.model.conv_embed={self.conv_embed} and "
+                              f"spiking={self.spiking} keep state outside the mixers' caches; allowed: conv_embed=0, "
+                              "spiking=False")
         if self.head == "retrieval":
             # One encoder for both documents: fold the pair axis into the batch.
             if inputs.ndim < 3 or inputs.shape[1] != 2:
@@ -138,9 +153,12 @@ class SequenceModel(nn.Module):
         if self.uses_cls:
             segment_ids = prepend_cls_column(segment_ids)
             mask = prepend_cls_column(mask, True)
+        if self.conv_embed:
+            x = ConvEmbed(self.conv_embed, causal=self.causal, norm=self.norm, spiking=self.spiking, dtype=self.dtype,
+                          name="conv_embed")(x, segment_ids)
         backbone = Backbone(
             self.layers, channel=self.channel, mlp_ratio=self.mlp_ratio, norm=self.norm, dropout=self.dropout,
-            dtype=self.dtype, distil=self.distil, name="backbone",
+            dtype=self.dtype, distil=self.distil, spiking=self.spiking, name="backbone",
         )
         if caches is not None:
             x, caches = backbone(x, deterministic=deterministic, caches=caches)
