@@ -2,7 +2,8 @@
 
 The paper rows are REFERENCES.md's table (Tay et al. 2020 for the efficient
 transformers; the S4D paper for S4-LegS and S4D-LegS, marked "(check)" there;
-the S5 paper for S5), labelled as the papers'. Ours come only from the
+the S5 paper for S5) and the mixer papers' own LRA tables (PoNet, ...),
+labelled as the papers'. Ours come only from the
 cells' ``results.json`` (test accuracy).
 
 At ``scale=cpu`` only the generated tasks (ListOps, short variant; Pathfinder-32,
@@ -17,7 +18,7 @@ TASKS = {"cpu": ["listops", "pathfinder"],
          "paper": ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]}
 MODELS = ["transformer", "s4", "s4d", "s5", "mamba"]
 COLUMNS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
-# Accuracy (%) per COLUMNS; None = "fail" (chance) in the paper.
+# Accuracy (%) per COLUMNS; None = "fail" (chance) in the paper; "n/r" = not reported.
 PAPER_ROWS = {
     "Transformer (LRA paper)": [36.37, 64.27, 57.46, 42.44, 71.40, None],
     "Performer (LRA paper)": [18.01, 65.40, 53.82, 42.77, 77.05, None],
@@ -26,6 +27,8 @@ PAPER_ROWS = {
     "S4 (S4D paper's S4-LegS, check)": [59.60, 86.82, 90.90, 88.65, 94.20, 96.35],
     "S4D-LegS (S4D paper, check)": [60.47, 86.18, 89.46, 88.19, 93.06, 91.95],
     "S5 (S5 paper)": [62.15, 89.31, 91.40, 88.00, 95.33, 98.58],
+    # Tan et al. 2022, PoNet, Table 1 (docs/mixers.md, ponet row).
+    "PoNet (PoNet paper)": [37.80, 69.82, 80.35, 46.88, 70.39, "n/r"],
 }
 
 

@@ -79,7 +79,8 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
             majority[t] = r["metrics"][split]["majority"]
     rows.append(["majority class (ours, test split)"] + [pct(majority.get(t)) for t in columns])
     for name, values in (table.get("paper") or {}).items():
-        rows.append([name] + ["fail" if v is None else f"{v:.2f}" for v in values])
+        # None: the paper reports a failure (chance); a string (e.g. "n/r", not reported) is shown as is.
+        rows.append([name] + ["fail" if v is None else v if isinstance(v, str) else f"{v:.2f}" for v in values])
     parts = [f"# {table['title']}", "",
              "Ours: test accuracy from the cells' results.json files (scale in the folder name). "
              "Paper rows are the papers' reported numbers (REFERENCES.md), not runs of ours. "
