@@ -39,11 +39,10 @@ def conv2d_same(x, kernel, xp=np):
     r = k // 2
     H, W = x.shape[1], x.shape[2]
     xpad = xp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
-    total = 0
-    for a in range(k):
-        for b in range(k):
-            total = total + xp.einsum("nijc,co->nijo", xpad[:, a:a + H, b:b + W, :], kernel[a, b])
-    return total
+    # The k² shifted frames, stacked: one contraction over (offset, channel).
+    patches = xp.stack([xp.stack([xpad[:, a:a + H, b:b + W, :] for b in range(k)], axis=3) for a in range(k)],
+                       axis=3)  # (n, H, W, k, k, c_in)
+    return xp.einsum("nijabc,abco->nijo", patches, kernel)
 
 
 def discrete_system(p, clip_eigs=False, xp=np):
