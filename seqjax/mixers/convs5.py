@@ -25,9 +25,9 @@ spatial mixing sits in the projection (``B̄ ∗``) and the output (``C̃ ∗``)
 
 Simplifications against the authors' code (documented, deliberate):
 
-* ``D`` is a per-channel scale ``D ⊙ U`` (the brief's form); the code's
-  ``C_D_config`` blocks (a ``k_D`` convolution of ``U`` with GroupNorm and an
-  activation, or a ResNet block) belong to the surrounding layer, not the SSM.
+* ``D`` is a per-channel scale ``D ⊙ U``; the code's ``C_D_config`` blocks
+  (a ``k_D`` convolution of ``U`` with GroupNorm and an activation, or a
+  ResNet block) are left to the surrounding layer, not part of this mixer.
 * ZOH only (the code's only rule); odd kernel sizes only (a "same" padding
   that is symmetric); causal only (the paper models video forwards in time).
 """
@@ -124,7 +124,8 @@ class ConvS5(Mixer):
         method that returns ``d``).
       frame_width: frame width ``W``.
       d_state: ``P``, the real state size per pixel (even; ``P/2`` complex
-        modes are stored). The paper's Moving-MNIST runs use 256.
+        modes are stored). The authors' Moving-MNIST configs use 256
+        (300-frame training, U = 256) and 128 (600-frame, U = 128).
       blocks: LegS blocks ``J`` in the init (divides ``P`` into even blocks).
       b_kernel_size: ``k_B``, odd (the paper: 3).
       c_kernel_size: ``k_C``, odd (the paper: 3).
