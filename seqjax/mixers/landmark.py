@@ -25,6 +25,8 @@ what the paper's landmark token carries into the next layer (it attends to
 its own block); a landmark key of ``W_k e`` alone would be the same for every
 block and could not select one. Positions are not encoded (the paper uses
 RoPE with a special index mapping at retrieval; put positions elsewhere).
+Segments: blocks restart at each segment start and nothing crosses a
+segment, so a packed row equals separate runs.
 
 Inference (the paper's Section 3.2): the cache keeps the keys and values of
 every token and one key per completed block; for each head, the query picks
@@ -46,7 +48,7 @@ import jax.numpy as jnp
 
 from seqjax.mixers.attention import Heads, cache_slots
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_int, dense, param, positions_in_segment, segment_runs
+from seqjax.mixers.common import check_input, check_int, dense, param, positions_in_segment, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -188,7 +190,16 @@ class LandmarkAttention(Heads):
         return Projection(tokens=(q, k, v, lmk, runs, pos, bid))
 
     def weights(self, q, k, lmk, runs, pos, bid) -> jax.Array:
-        """The grouped-softmax weights ``w (b, h, t, s)`` in float32 (float64 for a float64 dtype)."""
+        """The grouped-softmax weights of the paper, dense.
+
+        Args:
+          q, k: ``(b, l, h, dh)`` queries and keys.
+          lmk: ``(b, l, h, dh)``: at each position, the landmark key of its block.
+          runs, pos, bid: ``(b, l)`` segment runs, positions in the segment, block ids.
+
+        Returns:
+          ``w (b, h, t, s)`` in float32 (float64 for a float64 dtype).
+        """
         length = q.shape[1]
         blk = pos // self.block_size
         t_idx = jnp.arange(length)
@@ -230,6 +241,7 @@ class LandmarkAttention(Heads):
           ``(b, h, l, l)`` lower triangular, zero across segments.
         """
         del kwargs
+        check_input(self.mixer_name, x, segment_ids)
         p = self.parts(self.width(x))
         proj = self.project(p, x, segment_ids)
         q, k, _, lmk, runs, pos, bid = proj.tokens

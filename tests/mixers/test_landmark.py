@@ -57,10 +57,10 @@ def test_outputs_and_matrix_match_reference(rng):
 
 @pytest.mark.slow
 def test_float64_matches_reference_to_rounding(rng):
-    module, x, _ = _case(rng, 1, 10, dtype=jnp.float64)
+    module = mixers.get("landmark")(num_heads=HEADS, block_size=3, dtype=jnp.float64)
+    x = rng.standard_normal((1, 10, WIDTH))
     with jax.enable_x64(True):
-        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
-                                 random_variables(module, x, rng))
+        variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), random_variables(module, x, rng))
         y = module.apply(variables, jnp.asarray(x, jnp.float64))
         expected = ref.reference(params_of(variables), np.float64(x), num_heads=HEADS, block_size=3)
         assert rel_err(y, expected) <= 1e-10
