@@ -50,16 +50,15 @@ def _ln(u, p, prefix, xp):
 
 def _mha(p, prefix, q_in, kv_in, num_heads, xp):
     """Multi-head softmax attention of layer ``prefix``: ``(lq, d)`` queries over ``(lk, d)`` keys."""
-    d = q_in.shape[-1]
+    lq, d = q_in.shape
     dh = d // num_heads
-    q, k, v = q_in @ p[f"{prefix}_q"], kv_in @ p[f"{prefix}_k"], kv_in @ p[f"{prefix}_v"]
-    outs = []
-    for h in range(num_heads):
-        sl = slice(h * dh, (h + 1) * dh)
-        s = q[:, sl] @ k[:, sl].T / math.sqrt(dh)
-        e = xp.exp(s - xp.max(s, axis=1, keepdims=True))
-        outs.append((e / xp.sum(e, axis=1, keepdims=True)) @ v[:, sl])
-    return xp.concatenate(outs, axis=1) @ p[f"{prefix}_o"]
+    q = (q_in @ p[f"{prefix}_q"]).reshape(lq, num_heads, dh)
+    k = (kv_in @ p[f"{prefix}_k"]).reshape(-1, num_heads, dh)
+    v = (kv_in @ p[f"{prefix}_v"]).reshape(-1, num_heads, dh)
+    s = xp.einsum("ihc,jhc->hij", q, k) / math.sqrt(dh)
+    e = xp.exp(s - xp.max(s, axis=2, keepdims=True))
+    o = xp.einsum("hij,jhc->ihc", e / xp.sum(e, axis=2, keepdims=True), v)
+    return o.reshape(lq, d) @ p[f"{prefix}_o"]
 
 
 def _self_layer(p, prefix, u, num_heads, xp):

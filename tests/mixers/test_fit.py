@@ -23,6 +23,8 @@ from tests.ops.utils import RTOL_F64, RTOL_GRAD, assert_rel_close, rel_err
 
 RTOL = harness.RTOL
 WIDTH = 16
+# Gradient checks compile at a low LLVM optimisation level: same HLO, less compile time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _module(**kw):
@@ -43,7 +45,7 @@ def _setup(m, rng, batch, length):
     return x, harness.perturb(harness.jit_init(m, x), rng, scale=0.3)  # LN scales and biases off 1 and 0
 
 
-@pytest.mark.parametrize("length", [1, 13, 16])
+@pytest.mark.parametrize("length", [13] + [pytest.param(n, marks=pytest.mark.slow) for n in (1, 16)])
 def test_matches_reference_float32(rng, length):
     # 13: prime, the last group holds 1 token (3 padded places); 16: whole groups; 1: one short group.
     m = _module()
@@ -59,6 +61,7 @@ def test_matches_reference_float32(rng, length):
         assert rel_err(y_seg, y_ref) > 1e-3  # the segments change the answer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(local_layers=2, global_layers=0, mlp_ratio=0.0),
                                 dict(local_layers=0, global_layers=2, num_latents=1, impl="blockwise")])
 def test_layer_counts_and_impl(rng, kw):
@@ -68,6 +71,7 @@ def test_layer_counts_and_impl(rng, kw):
                      RTOL, str(kw))
 
 
+@pytest.mark.slow
 def test_float64_exact(rng):
     x = rng.standard_normal((2, 10, WIDTH))
     seg = harness.segments(rng, 2, 10)
@@ -82,9 +86,10 @@ def test_float64_exact(rng):
             assert_rel_close(y, _reference(m, p, x, s), RTOL_F64, f"f64 (segments: {s is not None})")
 
 
-@pytest.mark.parametrize("seg", [None, np.array([[0, 0, 0, 0, 0, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2, 2, 2, 2]])])
+# The packed row runs the scatter-grid path, the unpacked one (slow) the padded path.
+@pytest.mark.parametrize("seg", [pytest.param(None, marks=pytest.mark.slow), np.array([[0, 0, 0, 0, 0, 1, 1]])])
 def test_gradients(rng, seg):
-    batch, length = 2, 9
+    batch, length = 1, 7
     x = rng.standard_normal((batch, length, WIDTH))
     w = rng.standard_normal((batch, length, WIDTH))
     m = _module()
@@ -94,14 +99,14 @@ def test_gradients(rng, seg):
     def loss(params, x):
         return jnp.sum(m.apply({"params": params}, x, segment_ids=ids) * w)
 
-    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], jnp.float32(x))
+    g_p, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=FAST_COMPILE)(v["params"], jnp.float32(x))
     with jax.enable_x64(True):
 
         def ref_loss(p, x):
             return jnp.sum(_reference(m, p, x, seg, xp=jnp) * w)
 
         p64 = params_of(v, xp=jnp)
-        r_p, r_x = jax.jit(jax.grad(ref_loss, argnums=(0, 1)))(p64, jnp.asarray(x))
+        r_p, r_x = jax.jit(jax.grad(ref_loss, argnums=(0, 1)), compiler_options=FAST_COMPILE)(p64, jnp.asarray(x))
         assert_rel_close(g_x, r_x, RTOL_GRAD, f"d/dx (segments: {seg is not None})")
         flat = params_of({"params": g_p})
         assert set(flat) == set(p64)
@@ -109,6 +114,7 @@ def test_gradients(rng, seg):
             assert_rel_close(flat[key], r_p[key], RTOL_GRAD, f"d/d{key} (segments: {seg is not None})")
 
 
+@pytest.mark.slow
 def test_far_reach_goes_through_the_latents(rng):
     # A token sees another group only through the global layers over the latents: with
     # them the last group's outputs move when the first group's tokens change; without
@@ -124,14 +130,15 @@ def test_far_reach_goes_through_the_latents(rng):
         assert (err > 1e-3) if moves else (err == 0.0), (glob, err)
 
 
-def test_init(rng):
+def test_init():
     m = get("fit")(num_heads=4, group_size=8, num_latents=5, mlp_ratio=2.0)
-    v = nn.meta.unbox(harness.jit_init(m, harness.random_input(rng, 1, 3, 32)))["params"]
-    assert v["latents"].shape == (5, 32) and 0.005 < float(jnp.std(v["latents"])) < 0.05
+    # Shapes only (no forward pass: out_proj, created on its first call, is not there).
+    v = nn.meta.unbox(jax.eval_shape(lambda key: m.init(key, 32, method="parts"), jax.random.PRNGKey(0)))["params"]
+    assert v["latents"].shape == (5, 32)
     assert v["local0_w1"].shape == (32, 64) and v["global0_w2"].shape == (64, 32)
+    assert v["read_lnkv_scale"].shape == (32,) and v["write_q"].shape == (32, 32)
     assert "read_w1" not in v and "write_w1" not in v  # the cross-attention steps have no FFN
-    np.testing.assert_array_equal(np.asarray(v["read_lnkv_scale"]), 1.0)
-    np.testing.assert_array_equal(np.asarray(v["global0_b1"]), 0.0)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
 
 
 @pytest.mark.parametrize("field, value", [("group_size", 0), ("num_latents", 0), ("num_heads", 3),
@@ -160,21 +167,34 @@ def test_bfloat16_4096_finite(rng):
     assert np.isfinite(np.asarray(y, np.float32)).all() and np.isfinite(np.asarray(g, np.float32)).all()
 
 
+@pytest.mark.slow
 def test_memory_growth_local_part_is_linear(rng):
-    # n = 64 fixed, m = 1: L = 256 -> 1,024 has T = 4 -> 16 groups; the local scores
+    # n = 32 fixed, m = 1: L = 128 -> 512 has T = 4 -> 16 groups; the local scores
     # (T·n², materialised: impl="reference") grow x4, the latents' (T·m)² only from 16 to 256
     # entries. The paper: local attention O(L·n).
-    m = _module(group_size=64, num_latents=1, impl="reference")
-    ratio = harness.check_memory_growth(m, rng, length=256, exponent=1.0)
+    m = _module(group_size=32, num_latents=1, impl="reference")
+    ratio = harness.check_memory_growth(m, rng, length=128, exponent=1.0)
     print(f"fit local part: temp memory x{ratio:.2f} from L to 4L")
 
 
-def test_memory_growth_global_part_is_quadratic_in_the_latents(rng):
-    # n = 8, m = 8: T·m = L latents, 128 -> 512; materialised global scores (b·h·(T·m)²)
-    # dominate, so the memory grows ~16x (the paper: O((L·m/n)²)), and a linear claim fails.
-    m = _module(group_size=8, num_latents=8, impl="reference")
-    ratio = harness.check_memory_growth(m, rng, length=128, exponent=2.0)
+def test_memory_growth_global_part_is_quadratic_in_the_latents(rng, monkeypatch):
+    # n = 4, m = 4: T·m = L latents, 64 -> 256; the materialised global scores (b·h·(T·m)²)
+    # dominate, so the memory grows ~16x (the paper: O((L·m/n)²)) and the linear claim fails.
+    # Forward pass only (the materialised scores are what grows); the second check reuses the
+    # compiled sizes (they depend on the shapes only).
+    measured = {}
+    compiled = harness.compiled_temp_bytes
+
+    def cached(module, variables, x, *, grad=True):
+        if x.shape not in measured:
+            measured[x.shape] = compiled(module, variables, x, grad=grad)
+        return measured[x.shape]
+
+    monkeypatch.setattr(harness, "compiled_temp_bytes", cached)
+    m = _module(group_size=4, num_latents=4, impl="reference")
+    ratio = harness.check_memory_growth(m, rng, length=64, exponent=2.0, grad=False)
     assert ratio > 8.0, f"global part grew only x{ratio:.2f}: not quadratic"
     with pytest.raises(AssertionError, match="temp memory grew"):
-        harness.check_memory_growth(m, rng, length=128, exponent=1.0)
+        harness.check_memory_growth(m, rng, length=64, exponent=1.0, grad=False)
+    assert len(measured) == 2
     print(f"fit global part: temp memory x{ratio:.2f} from L to 4L")
