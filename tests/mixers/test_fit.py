@@ -148,26 +148,25 @@ def test_config_errors(field, value):
         _module(d_model=WIDTH, **{field: value})
 
 
-def test_bfloat16_short_and_prime_lengths_finite(rng):
+def test_bfloat16_prime_length_finite(rng):
     m = _module(dtype=jnp.bfloat16)
-    x, v = _setup(m, rng, 1, 2)
-    run = jax.jit(m.apply)
-    for length in (1, 97):
-        y = run(v, harness.random_input(rng, 1, length, WIDTH).astype(jnp.bfloat16))
-        assert y.dtype == jnp.bfloat16 and np.isfinite(np.asarray(y, np.float32)).all(), length
+    x, v = _setup(m, rng, 1, 97)  # prime: a short last group (97 = 24·4 + 1)
+    y = jax.jit(m.apply)(v, x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16 and np.isfinite(np.asarray(y, np.float32)).all()
 
 
 @pytest.mark.slow
-def test_bfloat16_4096_finite(rng):
+@pytest.mark.parametrize("length", [1, 4096])
+def test_bfloat16_long_and_length_one_finite(rng, length):
     m = _module(dtype=jnp.bfloat16, group_size=64, num_latents=8)
     x, v = _setup(m, rng, 1, 4)
-    x = harness.random_input(rng, 1, 4096, WIDTH).astype(jnp.bfloat16)
+    x = harness.random_input(rng, 1, length, WIDTH).astype(jnp.bfloat16)
     grad = jax.jit(jax.grad(lambda x: jnp.sum(m.apply(v, x).astype(jnp.float32) ** 2)))
     y, g = jax.jit(m.apply)(v, x), grad(x)
     assert np.isfinite(np.asarray(y, np.float32)).all() and np.isfinite(np.asarray(g, np.float32)).all()
+    assert float(jnp.std(y.astype(jnp.float32))) > 0
 
 
-@pytest.mark.slow
 def test_memory_growth_local_part_is_linear(rng):
     # n = 32 fixed, m = 1: L = 128 -> 512 has T = 4 -> 16 groups; the local scores
     # (T·n², materialised: impl="reference") grow x4, the latents' (T·m)² only from 16 to 256
