@@ -110,6 +110,8 @@ SETTINGS: dict[str, Case] = {
     "gam": Case(dict(num_slots=8), ("num_slots", 0)),
     # pooling (pooling.py)
     "ponet": Case(dict(num_heads=2, segment_length=4), ("local_window", 2)),
+    # FIT (fit.py): groups of 4 with 2 latents each, so the short test lengths have several groups
+    "fit": Case(dict(num_heads=2, group_size=4, num_latents=2, mlp_ratio=1.0), ("group_size", 0)),
     # no mixing: a hybrid pattern's MLP layer (mlp.py)
     "mlp": Case(dict(mlp_ratio=2.0), ("activation", "tanh")),
 }  # fmt: skip
