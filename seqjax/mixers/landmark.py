@@ -117,7 +117,7 @@ class LandmarkAttention(Heads):
     """
 
     values_index = 2  # v (b, l, h, dh)
-    no_decay_params = ("landmark",)
+    # The landmark vector is rank 1: the rank rule already keeps it out of weight decay.
 
     block_size: int = 50
     retrieval_top_k: int | None = None
