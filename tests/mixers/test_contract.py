@@ -81,6 +81,8 @@ SETTINGS: dict[str, Case] = {
     # balanced=False: the nearest-centroid form that step follows exactly (the balanced top-w
     # form is checked against its float64 reference in test_routing.py)
     "routing": Case(dict(num_clusters=3, window=4, balanced=False), ("num_clusters", 0), max_length=16),
+    # vector-quantised keys: window 4 and 4 codes, so most of L = 13 is read through the per-code memory
+    "longvq": Case(dict(qk_dim=8, ema_dim=4, codebook_size=4, window=4), ("codebook_size", 0)),
     # state-space family
     "lssl": Case(dict(d_state=4), ("d_state", 0)),
     "s4": Case(dict(d_state=4, l_max=16), ("d_state", 3), max_length=16),
