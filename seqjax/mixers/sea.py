@@ -61,7 +61,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
 
 from seqjax.mixers.attention import Heads, cache_slots
 from seqjax.mixers.base import Projection
@@ -114,11 +113,11 @@ def key_slots(length: int, top_k: int, width: int) -> int:
     return int(np.max(cols * (-(-n // width))))
 
 
-def column_bounds(n: Int[Array, "..."], width: int) -> tuple[Int[Array, "... K"], Int[Array, "... K"]]:
+def column_bounds(n: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
     """Offsets ``[⌈j n/K⌉, ⌈(j+1) n/K⌉)`` of the keys each compressed column covers (from the row's first key).
 
     Args:
-      n: visible keys per row.
+      n: visible keys per row, any shape.
       width: ``K``.
 
     Returns:
@@ -129,8 +128,8 @@ def column_bounds(n: Int[Array, "..."], width: int) -> tuple[Int[Array, "... K"]
     return (j * n + width - 1) // width, ((j + 1) * n + width - 1) // width
 
 
-def select_keys(scores: Float[Array, "... K"], n: Int[Array, "..."], lo: Int[Array, "..."], top_k: int,
-                slots: int) -> tuple[Int[Array, "... G"], Bool[Array, "... G"]]:
+def select_keys(scores: jax.Array, n: jax.Array, lo: jax.Array, top_k: int,
+                slots: int) -> tuple[jax.Array, jax.Array]:
     """The sparse mask: the keys of the ``c(n)`` highest non-empty columns, in position order.
 
     Args:
@@ -164,7 +163,7 @@ def select_keys(scores: Float[Array, "... K"], n: Int[Array, "..."], lo: Int[Arr
     return jnp.where(valid, idx, 0), valid
 
 
-def position_code(pos: Int[Array, "..."], width: int, dtype) -> Float[Array, "... K"]:
+def position_code(pos: jax.Array, width: int, dtype) -> jax.Array:
     """``e(p)``: ``sin(p ω_i), cos(p ω_i)`` interleaved, ``ω_i = 10000^{−2i/K}`` (the first ``K`` entries).
 
     Args:
@@ -181,16 +180,16 @@ def position_code(pos: Int[Array, "..."], width: int, dtype) -> Float[Array, "..
     return jnp.where(j % 2 == 0, jnp.sin(angle), jnp.cos(angle))
 
 
-def sparse_attention(q: Float[Array, "b r h dh"], keys: Float[Array, "b s h dh"], values: Float[Array, "b s h dh"],
-                     idx: Int[Array, "b r h G"], valid: Bool[Array, "b r h G"], acc) -> Float[Array, "b r h dh"]:
+def sparse_attention(q: jax.Array, keys: jax.Array, values: jax.Array,
+                     idx: jax.Array, valid: jax.Array, acc) -> jax.Array:
     """``o = Σ_g softmax_g(q·k_{idx_g}/√dh) v_{idx_g}`` over the valid slots (gathered, never L×L).
 
     Args:
-      q: queries of ``r`` rows.
-      keys: keys of ``s`` positions.
-      values: values of ``s`` positions.
-      idx: selected key positions per row and head.
-      valid: which slots count (at least one per row).
+      q: ``(b, r, h, dh)`` queries of ``r`` rows.
+      keys: ``(b, s, h, dh)`` keys of ``s`` positions.
+      values: ``(b, s, h, dh)`` values.
+      idx: ``(b, r, h, G)`` selected key positions per row and head.
+      valid: ``(b, r, h, G)``, which slots count (at least one per row).
       acc: the accumulation dtype.
 
     Returns:

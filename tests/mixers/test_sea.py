@@ -21,7 +21,7 @@ from seqjax import mixers
 from seqjax.mixers.sea import column_bounds, column_count, key_slots, select_keys
 from tests.mixers import harness
 from tests.mixers import ref_sea as ref
-from tests.ops.utils import assert_rel_close, rel_err
+from tests.ops.utils import assert_rel_close
 
 WIDTH = 16
 CONFIG = dict(num_heads=2, compressed_width=4, top_k=2, num_features=4, max_length=16)
