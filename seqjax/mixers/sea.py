@@ -232,7 +232,10 @@ class SEA(Heads):
 
     ops = ("linear_attention",)
     causality = "causal"
-    values_index = 2  # v in (q, k, v, scores, pos, runs)
+    values_index = 2  # v in (q, k, v, scores, pos)
+    # The estimator gets no gradient from the task loss (the selection is piecewise constant): weight
+    # decay alone would shrink it to zero, leaving the decoder's bias to pick the same columns everywhere.
+    no_decay_params = ("enc/kernel", "dec/kernel", "cnn")
 
     compressed_width: int = 32
     top_k: int = 16

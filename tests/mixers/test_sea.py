@@ -19,6 +19,7 @@ import pytest
 
 from seqjax import mixers
 from seqjax.mixers.sea import column_bounds, column_count, key_slots, select_keys
+from seqjax.models.param_groups import group_of
 from tests.mixers import harness
 from tests.mixers import ref_sea as ref
 from tests.ops.utils import assert_rel_close
@@ -109,9 +110,12 @@ def test_gradients_match_reference(rng):
     assert_rel_close(g_x, r_x, 2e-4, "dx")
     for n in names:
         assert_rel_close(nn.meta.unbox(g_p[n]["kernel"]), r_p[n], 2e-4, f"d{n}")
-    # The selection is piecewise constant: the estimator gets no gradient from the output.
+    # The selection is piecewise constant: the estimator gets no gradient from the output,
+    # so it is kept out of weight decay (which alone would shrink it to zero).
     for n in ("enc", "dec", "cnn"):
         assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(nn.meta.unbox(g_p[n])))
+    for leaf in (("enc", "kernel"), ("dec", "kernel"), ("cnn",)):
+        assert group_of(("backbone", "block_0", "mixer") + leaf, 2, ["sea"]) == "no_decay"
 
 
 def test_step_equals_parallel_and_is_causal(rng):
