@@ -78,6 +78,10 @@ SETTINGS: dict[str, Case] = {
     "probsparse": Case(dict(num_heads=2, factor=8.0), ("factor", 0.0), max_length=16),
     # block_size 4: three complete blocks at length 13, so earlier blocks are gated by landmarks
     "landmark": Case(dict(num_heads=2, block_size=4), ("block_size", 0), max_length=16),
+    # top_k 16 >= L: c(n) = round(k·K/n) keeps every column, full causal attention, so float32 and bfloat16
+    # pick the same keys (the sparse regime, K = 4 and k = 2, against its float64 reference: test_sea.py)
+    "sea": Case(dict(num_heads=2, compressed_width=4, top_k=16, num_features=4, decoder_width=8),
+                ("compressed_width", 0), max_length=16),
     # balanced=False: the nearest-centroid form that step follows exactly (the balanced top-w
     # form is checked against its float64 reference in test_routing.py)
     "routing": Case(dict(num_clusters=3, window=4, balanced=False), ("num_clusters", 0), max_length=16),
