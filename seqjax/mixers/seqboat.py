@@ -7,7 +7,7 @@ layer, for ``x: (b, l, d)``::
 
     h_t   = (1 − α⊙δ) ⊙ h_{t−1} + α⊙β x_t          MEGA's damped EMA, (d, n) per channel
     H^S_t = SiLU(Σ_n η_n h_{t,n} / √n + ω x_t)     (bidirectional: + the same scan run backwards)
-    π_t   = softmax(W_c H^S_t + b_c) / τ)           latent configurator over {skip, activate}, τ = e^θ
+    π_t   = softmax((W_c H^S_t + b_c) / τ)          latent configurator over {skip, activate}, τ = e^θ
     a_t   = [argmax π_t = activate],  g_t = a_t · π_t[activate]
     (activated tokens, in order, form the compressed sequence c(·); then on it)
     z, r, v = SiLU(W_m H^S + b_m),  q = γ_0 ⊙ z + β_0,  k = γ_1 ⊙ z + β_1

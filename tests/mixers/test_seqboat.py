@@ -64,10 +64,11 @@ def test_matches_reference_and_matrix(rng, causal, attention, length):
     assert_rel_close(J.apply(v, x, segment_ids=jnp.asarray(seg)),
                      ref.reference(p, x64, active_seg, segment_ids=seg, **_config(m)), RTOL, "output, segments")
     if length > 1:
-        # The choice is not trivial, and skipped tokens do not use up the working memory:
-        # some query attends to an activated token more than w positions back.
-        assert 0 < active.mean() < 1, active.mean()
-        t, s = np.nonzero(np.abs(np.asarray(M)[:, 0]).max(axis=0) > 0)
+        assert 0 < active.mean() < 1, active.mean()  # the choice is not trivial on these inputs
+    if length > 1 and causal and attention == "softmax":
+        # Skipped tokens do not use up the working memory: on this draw some query attends to an
+        # activated token more than w positions back (whether a draw has such a pair is chance).
+        t, s = np.nonzero(np.abs(np.asarray(M)[:, 0]).max(axis=0) > 0)  # softmax: nonzero where allowed
         assert np.abs(t - s).max() > m.window, "no attention beyond the window: nothing was skipped"
 
 
