@@ -112,6 +112,8 @@ SETTINGS: dict[str, Case] = {
     "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "mlstm_block": Case(dict(num_heads=2), ("qkv_blocksize", 5)),
     "slstm_block": Case(dict(num_heads=2), ("proj_factor", 0.0)),
+    # SSM + sparsely activated local attention (seqboat.py)
+    "seqboat": Case(dict(d_state=2, z_dim=8, window=3, max_positions=8), ("window", 0)),
     # convolution + memory bank
     "gam": Case(dict(num_slots=8), ("num_slots", 0)),
     # pooling (pooling.py)
