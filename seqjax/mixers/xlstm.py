@@ -171,6 +171,7 @@ class MLSTM(Heads):
     """
 
     ops = ("mlstm",)
+    resettable = True  # (C, n, m) restart from (0, 0, 0), as at a segment start of the op
     no_decay_params: ClassVar[tuple[str, ...]] = ("bias", "gate_bias")
     values_index = 2  # v in (q, k, v, log i, log f, segment_ids)
 

@@ -117,6 +117,7 @@ class MLSTMBlock(Heads):
     """
 
     ops = ("mlstm",)
+    resettable = True  # conv window and (C, n, m) restart from zeros, as at a segment start
 
     # Rank <= 1 leaves (norm scale, skip, conv bias) are undecayed anyway (models/param_groups.py).
     no_decay_params: ClassVar[tuple[str, ...]] = ("gate_bias",)
