@@ -99,9 +99,8 @@ SETTINGS: dict[str, Case] = {
     "lstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "gru": Case(dict(num_heads=2), ("num_heads", 3)),
     "slstm": Case(dict(num_heads=2), ("num_heads", 3)),
-    # chunk_size 4 < length 13: the contract runs the chunked op (ragged last chunk).
-    "mlstm": Case(dict(num_heads=2, chunk_size=4), ("chunk_size", 0)),
-    "mlstm_block": Case(dict(num_heads=2, chunk_size=4), ("qkv_blocksize", 5)),
+    "mlstm": Case(dict(num_heads=2), ("chunk_size", 0)),
+    "mlstm_block": Case(dict(num_heads=2), ("qkv_blocksize", 5)),
     "slstm_block": Case(dict(num_heads=2), ("proj_factor", 0.0)),
     # convolution + memory bank
     "gam": Case(dict(num_slots=8), ("num_slots", 0)),
