@@ -16,7 +16,7 @@ stored times ``exp(-m_t)``::
     C_t = exp(log f_t + m_{t-1} - m_t) C_{t-1} + exp(i~_t - m_t) k_t v_t^T   (n alike)
     h~_t = C_t^T q_t / max(|n_t^T q_t|, exp(-m_t))
 
-Every ``exp`` sees an argument <= 0, and ``h~`` is the same for *any* ``m``
+Every ``exp`` of a gate sees an argument <= 0, and ``h~`` is the same for *any* ``m``
 (numerator and denominator both carry ``exp(-m_t)``), so ``m`` carries no
 gradient: ``stop_gradient`` on it is exact for the outputs (the stored ``C, n``
 of a returned final state are differentiated with ``m`` held fixed, in every
@@ -55,8 +55,9 @@ Implementations (``impl``):
     (on CPU the scan is faster forward from l ~ 1024, but training needs the
     gradient). The ``mlstm`` mixer (b=2, d=128, 4 heads, gradient of the
     parameters, ms at l = 256 / 1024): reference 36 / 3040, chunked 8 / 178,
-    sequential 71 / 356. Chunked vs sequential at l = 4096, float32: see
-    ``tests/ops/test_mlstm.py``. Not measured on an accelerator.
+    sequential 71 / 356. Chunked vs sequential at l = 4096, float32: 5.5e-7
+    to 8.6e-7 relative (max abs error in h 1.6e-5 to 2.3e-5, |h| up to ~27;
+    ``tests/ops/test_mlstm.py``, slow). Not measured on an accelerator.
 
 Segments: where ``segment_ids`` changes, the state restarts from the empty
 state ``(0, 0, 0)`` (as the mixers' ``step`` with ``reset``);
@@ -69,9 +70,10 @@ Numerical safety: ``F(s, t]`` is a masked segment sum (a cumulative sum down a
 ``-inf`` before ``exp``, and every ``where`` selects inside the exponent, so
 no gradient sees ``inf * 0``. The denominator is also floored at the
 dtype's smallest normal number: ``exp(-m)`` underflows for ``m > ~87``
-(float32), where a zero query would otherwise give ``0 / 0``. Padding (lengths not a multiple of the chunk)
-uses ``k = v = q = 0``, ``log f = 0`` and ``i~ = -inf``: it changes neither the
-state nor ``m``.
+(float32), where a zero query would otherwise give ``0 / 0``. Padding
+(lengths not a multiple of the chunk) uses ``k = v = q = 0``, ``log f = 0``
+and ``i~ = -inf``: it changes neither the state nor ``m``; its rows divide by
+1 (their ``0 / 0`` would turn the zero cotangents into NaN gradients).
 """
 
 import jax
