@@ -10,14 +10,17 @@ here, not an approximation).
 * ``slstm``: a nonlinear recurrence (the gates read ``h_{t-1}`` through a
   head-wise block-diagonal ``R``), run with the sequential scan of
   :class:`seqjax.mixers.recurrent.HeadwiseRNN`.
-* ``mlstm``: linear in ``v`` given the gates, so its mix is the paper's
-  parallel (quadratic) form ``h~ = M v``; ``step`` is the recurrent form; the
-  base class's ``mixing_matrix`` reads ``M`` off that mix.
+* ``mlstm``: linear in ``v`` given the gates; its mix is the op
+  :func:`seqjax.ops.mlstm` (``impl``: the paper's parallel form
+  ``"reference"``, the recurrence ``"sequential"`` or the chunkwise form
+  ``"chunked"``; ``auto``: one chunk's parallel form up to ``chunk_size``
+  positions, chunked beyond), ``step`` its recurrent form
+  (:func:`seqjax.ops.mlstm.mlstm_step`); the base class's ``mixing_matrix``
+  reads ``M`` off that mix.
 
-Neither calls a ``seqjax.ops`` op (``ops = ()``; ``impl`` is only ``"auto"``).
-The mLSTM cell's two forms are public functions, :func:`mlstm_parallel` and
-:func:`mlstm_recurrent_step`, shared with the residual blocks of
-``seqjax/mixers/xlstm_blocks.py``.
+``slstm`` calls no ``seqjax.ops`` op (``impl`` is only ``"auto"``). The names
+:func:`mlstm_parallel` and :func:`mlstm_recurrent_step` stay importable here
+(the op's ``"reference"`` form and :func:`~seqjax.ops.mlstm.mlstm_step`).
 """
 
 import math
@@ -28,9 +31,10 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import dense, param, same_segment
+from seqjax.mixers.common import check_int, dense, param
 from seqjax.mixers.recurrent import Heads, HeadwiseRNN
 from seqjax.mixers.registry import register
+from seqjax.ops.mlstm import mlstm, mlstm_step
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 # Forget-gate bias range at init (xLSTM reference code: linspace(3, 6)); sigmoid(3..6)
@@ -42,11 +46,7 @@ INPUT_BIAS_STD = 0.1
 
 def mlstm_parallel(q: jax.Array, k: jax.Array, v: jax.Array, log_i: jax.Array, log_f: jax.Array,
                    segment_ids: SegmentIds | None = None) -> jax.Array:
-    """The mLSTM cell's parallel stabilised form (xLSTM App. B): ``h~ = M v`` per head.
-
-    ``log D_ts = sum_{j=s+1..t} log f_j + i~_s`` (``s <= t``, same segment; else
-    ``-inf``), ``m_t = max_s log D_ts``, ``S = (q_t . k_s) exp(log D_ts - m_t)``,
-    ``M = S / max(|S 1|, exp(-m_t))`` row-wise. O(l^2) time and memory.
+    """The mLSTM cell's parallel stabilised form (xLSTM App. B): :func:`seqjax.ops.mlstm` with ``impl="reference"``.
 
     Args:
       q: ``(b, l, heads, dk)`` queries.
@@ -59,55 +59,11 @@ def mlstm_parallel(q: jax.Array, k: jax.Array, v: jax.Array, log_i: jax.Array, l
     Returns:
       ``h~``: ``(b, l, heads, dv)`` in the dtype of the inputs.
     """
-    batch, length = q.shape[:2]
-    log_f = jnp.moveaxis(log_f, 1, -1)  # (b, h, l)
-    # Pairwise sums of log f over (s, t] by a cumulative sum down a masked
-    # (t, s) grid (Mamba-2's segsum): exact per pair, unlike F_t - F_s of one
-    # long cumulative sum, which loses float32 digits as |F| grows.
-    strict = jnp.tril(jnp.ones((length, length), bool), -1)
-    grid = jnp.where(strict, jnp.broadcast_to(log_f[..., :, None], log_f.shape + (length,)), 0.0)
-    log_d = jnp.cumsum(grid, axis=-2) + jnp.moveaxis(log_i, 1, -1)[..., None, :]
-    keep = jnp.tril(jnp.ones((length, length), bool))
-    if segment_ids is not None:
-        keep = keep & same_segment(segment_ids, batch, length)[:, None]
-    # Mask before exp: exp never sees a positive argument, nor its gradient inf * 0.
-    log_d = jnp.where(keep, log_d, -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(log_d, axis=-1, keepdims=True))  # diagonal is finite
-    scores = jnp.einsum("bthk,bshk->bhts", q, k) * jnp.exp(log_d - m)
-    norm = jnp.maximum(jnp.abs(jnp.sum(scores, axis=-1, keepdims=True)), jnp.exp(-m))
-    return jnp.einsum("bhts,bshv->bthv", scores / norm, v)
+    return mlstm(q, k, v, log_i, log_f, segment_ids=segment_ids, impl="reference")
 
 
-def mlstm_recurrent_step(q: jax.Array, k: jax.Array, v: jax.Array, log_i: jax.Array, log_f: jax.Array,
-                         c: jax.Array, n: jax.Array, m: jax.Array) -> tuple[jax.Array, ...]:
-    """One position of the mLSTM cell's stabilised recurrent form.
-
-    ``m_t = max(log f_t + m_{t-1}, i~_t)``; ``C, n`` are stored times
-    ``exp(-m_t)``: ``C_t = f' C_{t-1} + i' k v^T``, ``n_t = f' n_{t-1} + i' k``
-    with ``f' = exp(log f_t + m_{t-1} - m_t)``, ``i' = exp(i~_t - m_t)``;
-    ``h~_t = C_t^T q_t / max(|n_t^T q_t|, exp(-m_t))``.
-
-    Args:
-      q: ``(b, heads, dk)``.
-      k: ``(b, heads, dk)`` (already scaled).
-      v: ``(b, heads, dv)``.
-      log_i: ``(b, heads)`` ``i~``.
-      log_f: ``(b, heads)`` ``log f``.
-      c: ``(b, heads, dk, dv)`` memory (zeros before the first position).
-      n: ``(b, heads, dk)`` normaliser state.
-      m: ``(b, heads)`` stabiliser.
-
-    Returns:
-      ``(h~, C, n, m)``: ``h~`` ``(b, heads, dv)`` and the new states.
-    """
-    m_new = jax.lax.stop_gradient(jnp.maximum(log_f + m, log_i))
-    f_s = jnp.exp(log_f + m - m_new)[..., None]
-    i_s = jnp.exp(log_i - m_new)[..., None]
-    c = f_s[..., None] * c + (i_s * k)[..., :, None] * v[..., None, :]
-    n = f_s * n + i_s * k
-    num = jnp.einsum("bhk,bhkv->bhv", q, c)
-    den = jnp.maximum(jnp.abs(jnp.sum(n * q, axis=-1)), jnp.exp(-m_new))
-    return num / den[..., None], c, n, m_new
+# One position of the stabilised recurrence (the old name of the op's step).
+mlstm_recurrent_step = mlstm_step
 
 
 @register("slstm")
@@ -188,7 +144,10 @@ class MLSTM(Heads):
         m_t = max_s log D_ts,   S = (Q K^T) * exp(log D - m)
         M = S / max(|S 1|, exp(-m))  (row-wise)
 
-    The mix evaluates that form (O(l^2) time and memory); ``step`` runs the
+    The mix is :func:`seqjax.ops.mlstm`: that form (``impl="reference"``,
+    O(l^2) time and memory), the chunkwise form (``"chunked"``: that form
+    inside chunks, the stabilised ``(C, n, m)`` carried across them; O(l·C)),
+    or the recurrence (``"sequential"``); ``step`` runs the
     stabilised recurrence (``m_t = max(log f_t + m_{t-1}, i~_t)``, ``C, n``
     scaled by ``exp(-m_t)``, denominator ``max(|n^T q|, exp(-m_t))``). Both
     skip the reference code's ``eps`` in the denominator: ``exp(-m_t) > 0``
@@ -202,15 +161,25 @@ class MLSTM(Heads):
 
     Attributes:
       d_model: model width; None takes it from the input (or the parameters).
-      dtype: compute dtype of the projections; the quadratic form and the
-        recurrence run in float32 (float64 when ``dtype`` is float64).
-      impl: only ``"auto"`` (the parallel form is the mixer's own, no op).
+      dtype: compute dtype of the projections; the cell runs in float32
+        (float64 when ``dtype`` is float64).
+      impl: ``impl`` of :func:`seqjax.ops.mlstm` (``"auto"``, ``"reference"``,
+        ``"sequential"``, ``"chunked"``).
       sequence_axis: must stay None.
       num_heads: number of heads (default 4); must divide ``d_model``.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.mlstm` (64).
     """
 
+    ops = ("mlstm",)
+    resettable = True  # (C, n, m) restart from (0, 0, 0), as at a segment start of the op
     no_decay_params: ClassVar[tuple[str, ...]] = ("bias", "gate_bias")
     values_index = 2  # v in (q, k, v, log i, log f, segment_ids)
+
+    chunk_size: int = 64
+
+    def check_fields(self):
+        super().check_fields()
+        check_int(self.mixer_name, "chunk_size", self.chunk_size)
 
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
@@ -246,9 +215,10 @@ class MLSTM(Heads):
         return Projection(tokens=(q, k, v, log_i, log_f, segment_ids), rest=o)
 
     def mix(self, axis, q, k, v, log_i, log_f, segment_ids):
-        """``h~ = M v`` per head with the normalised matrix ``M`` (the parallel stabilised form)."""
+        """``h~ = M v`` per head with the normalised matrix ``M``, by :func:`seqjax.ops.mlstm`."""
         del axis  # never split (sequence_parallel is False)
-        return mlstm_parallel(q, k, v, log_i, log_f, segment_ids)
+        return mlstm(q, k, v, log_i, log_f, segment_ids=segment_ids, chunk_size=self.chunk_size,
+                     impl=self.impl_for("mlstm"))
 
     def output(self, p, y, proj: Projection) -> Seq:
         h = jax.nn.sigmoid(proj.rest) * y  # the output gate o~
@@ -265,5 +235,5 @@ class MLSTM(Heads):
         # The stabilised recurrent form: m = max(log f + m, i~), C, n rescaled by exp(-m).
         q, k, v, o, log_i, log_f = self._qkvo(p, x_t)
         state = tuple(cache[key].astype(q.dtype) for key in ("C", "n", "m"))
-        h, c, n, m = mlstm_recurrent_step(q, k, v, log_i, log_f, *state)
+        h, c, n, m = mlstm_step(q, k, v, log_i, log_f, *state)
         return self.output(p, h, Projection(rest=o)), {"C": c, "n": n, "m": m}

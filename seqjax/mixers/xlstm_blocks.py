@@ -8,8 +8,8 @@ Use them with ``channel="none"`` (the ``xlstm71``/``xlstm11`` presets of
 
 * ``mlstm_block``, "pre up-projection" (§2.4; the layout of the authors' code): up-project
   to ``2 x expand·d``, a causal conv + swish branch feeding q and k, values from
-  the pre-conv branch, the mLSTM cell (:func:`seqjax.mixers.xlstm.mlstm_parallel`;
-  ``step``: :func:`~seqjax.mixers.xlstm.mlstm_recurrent_step`), a head-wise
+  the pre-conv branch, the mLSTM cell (:func:`seqjax.ops.mlstm`, ``impl`` and
+  ``chunk_size`` fields; ``step``: :func:`seqjax.ops.mlstm.mlstm_step`), a head-wise
   GroupNorm, a learnable skip from the conv branch, the swish output gate of
   the other branch, and the down-projection.
 * ``slstm_block``, "post up-projection" (§2.4): an
@@ -36,8 +36,8 @@ from seqjax.mixers.common import check_divides, check_int, check_number, dense, 
 from seqjax.mixers.mamba_blocks import init_conv_buffer, short_conv, short_conv_step
 from seqjax.mixers.recurrent import RECURRENT_INIT, Heads
 from seqjax.mixers.registry import register
-from seqjax.mixers.xlstm import (
-    FORGET_BIAS_RANGE, INPUT_BIAS_STD, SLSTM, mlstm_parallel, mlstm_recurrent_step)
+from seqjax.mixers.xlstm import FORGET_BIAS_RANGE, INPUT_BIAS_STD, SLSTM
+from seqjax.ops.mlstm import mlstm, mlstm_step
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 # eps of the head-wise GroupNorm (the xLSTM code's MultiHeadLayerNorm).
@@ -92,8 +92,8 @@ class MLSTMBlock(Heads):
         y      = W_down ((GN(h~) + s ⊙ u) ⊙ swish(z))
 
     ``mLSTM`` is the cell of :class:`~seqjax.mixers.xlstm.MLSTM` without its
-    output gate (``swish(z)`` is the block's output gate): its parallel
-    stabilised form for a sequence, its recurrent form in ``step``. ``GN`` is
+    output gate (``swish(z)`` is the block's output gate): :func:`seqjax.ops.mlstm`
+    for a sequence, its recurrent form in ``step``. ``GN`` is
     the head-wise GroupNorm (a LayerNorm over each head's ``P`` units, learned
     scale, no bias); ``s`` the learnable skip (starts at 1). The gates read
     ``[q; k; v]`` and start with zero weights, forget bias ``linspace(3, 6)``
@@ -105,14 +105,19 @@ class MLSTMBlock(Heads):
       d_model: width; None takes it from the input (or the parameters).
       dtype: compute dtype of projections; the cell, the conv and the norm run
         in float32 (float64 for float64).
-      impl: only ``"auto"`` (no op).
+      impl: ``impl`` of :func:`seqjax.ops.mlstm` (``"auto"``, ``"reference"``,
+        ``"sequential"``, ``"chunked"``).
       sequence_axis: must stay None.
       num_heads: ``H``, heads of the cell (4); must divide ``expand·d_model``.
       expand: ``E``, the up-projection factor (2).
       d_conv: taps of the causal conv (4).
       qkv_blocksize: block size of the block-diagonal q, k, v projections (4);
         must divide ``expand·d_model``.
+      chunk_size: ``chunk_size`` of :func:`seqjax.ops.mlstm` (64).
     """
+
+    ops = ("mlstm",)
+    resettable = True  # conv window and (C, n, m) restart from zeros, as at a segment start
 
     # Rank <= 1 leaves (norm scale, skip, conv bias) are undecayed anyway (models/param_groups.py).
     no_decay_params: ClassVar[tuple[str, ...]] = ("gate_bias",)
@@ -120,9 +125,10 @@ class MLSTMBlock(Heads):
     expand: int = 2
     d_conv: int = 4
     qkv_blocksize: int = 4
+    chunk_size: int = 64
 
     def check_fields(self):
-        for field in ("num_heads", "expand", "d_conv", "qkv_blocksize"):
+        for field in ("num_heads", "expand", "d_conv", "qkv_blocksize", "chunk_size"):
             check_int(self.mixer_name, field, getattr(self, field))
         if self.d_model is not None:
             self.head_dim(self.d_model)
@@ -181,7 +187,8 @@ class MLSTMBlock(Heads):
 
     def mix(self, axis, q, k, v, log_i, log_f, segment_ids):
         del axis  # never split (sequence_parallel is False)
-        return mlstm_parallel(q, k, v, log_i, log_f, segment_ids)
+        return mlstm(q, k, v, log_i, log_f, segment_ids=segment_ids, chunk_size=self.chunk_size,
+                     impl=self.impl_for("mlstm"))
 
     def output(self, p, y, proj: Projection) -> Seq:
         u, z = proj.rest
@@ -204,7 +211,7 @@ class MLSTMBlock(Heads):
         u = jax.nn.silu(conv)
         q, k, v, log_i, log_f = self._cell_inputs(p, a, u)
         state = tuple(cache[key].astype(q.dtype) for key in ("C", "n", "m"))
-        h, c, n, m = mlstm_recurrent_step(q, k, v, log_i, log_f, *state)
+        h, c, n, m = mlstm_step(q, k, v, log_i, log_f, *state)
         return self.output(p, h, Projection(rest=(u, z))), {"conv": window, "C": c, "n": n, "m": m}
 
 

@@ -17,6 +17,7 @@ Ops (``seqjax.ops.<name>``):
     :func:`decode_attention` — one query against a KV cache (split-KV).
   * :func:`linear_attention` — linear attention with optional decay.
   * :func:`delta_rule` — the (gated) delta rule of DeltaNet / Gated DeltaNet.
+  * :func:`mlstm` — the mLSTM cell of xLSTM (stabilised exponential gating; parallel, recurrent, chunked).
   * :func:`memory_update` — Miras' memories trained online (one gradient step per token).
   * :func:`fft_conv` — long depthwise convolution.
   * sequence-parallel variants (inside ``jax.shard_map``, also reached as
@@ -50,6 +51,7 @@ from seqjax.ops.linear_attention_sp import linear_attention_sp
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.ops.linear_scan_sp import linear_scan_sp
 from seqjax.ops.memory_update import memory_update
+from seqjax.ops.mlstm import mlstm
 from seqjax.ops.online_softmax import SoftmaxState
 from seqjax.ops.ring_attention import ring_attention, zigzag_permute, zigzag_unpermute
 from seqjax.ops.selective_scan import selective_scan
@@ -64,6 +66,6 @@ __all__ = [
     "discretize_dense", "dplr_c_tilde", "dplr_kernel", "fft_conv", "hippo_fout", "hippo_lagt", "hippo_legs",
     "hippo_legt", "krylov_kernel", "linear_attention", "linear_attention_sp", "delta_rule_sp", "linear_scan",
     "linear_scan_sp",
-    "memory_update", "nplr_legs", "ring_attention", "s4d_init", "selective_scan", "selective_scan_sp", "ssd", "ssd_sp",
+    "memory_update", "mlstm", "nplr_legs", "ring_attention", "s4d_init", "selective_scan", "selective_scan_sp", "ssd", "ssd_sp",
     "vandermonde_kernel", "zigzag_permute", "zigzag_unpermute",
 ]

@@ -159,7 +159,7 @@ class Rule:
 # Tried in order, first match wins. The size keys each op passes to resolve():
 #   linear_scan: (none); selective_scan: state = b*l*d*n, n; ssd: length,
 #   chunk_size; attention: scores = lq*lk; linear_attention, fft_conv: (none);
-#   delta_rule, memory_update: length, chunk_size.
+#   delta_rule, memory_update, mlstm: length, chunk_size.
 AUTO_TABLE: tuple[Rule, ...] = (
     Rule("linear_scan", "cpu", "sequential",
          why="lax.scan beats associative_scan ~3x on CPU (benchmarks/results)"),
@@ -180,6 +180,11 @@ AUTO_TABLE: tuple[Rule, ...] = (
          why="chunked beats the recurrence 4-10x with gradients (CPU) and 20-40x on an H100"),
     Rule("delta_rule", "*", "chunked",
          why="the UT-transform chunks beat the per-position scan with gradients (CPU: see ops/delta_rule.py)"),
+    Rule("mlstm", "*", "reference", lambda s: s["length"] <= s["chunk_size"],
+         why="one chunk: the parallel form without the chunk scan (the same computation)"),
+    Rule("mlstm", "*", "chunked",
+         why="with gradients chunked beats the scan 4-10x and the quadratic form 13-100x from l=256 (CPU: "
+             "ops/mlstm.py)"),
     Rule("memory_update", "*", "chunked",
          why="the paper's chunk-wise training: gradients of a chunk in parallel (an approximation for C > 1)"),
     Rule("fft_conv", "*", "fft", why="XLA's depthwise conv is slower than the FFT even for 4 taps (CPU)"),

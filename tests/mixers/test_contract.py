@@ -109,7 +109,7 @@ SETTINGS: dict[str, Case] = {
     "lstm": Case(dict(num_heads=2), ("num_heads", 3)),
     "gru": Case(dict(num_heads=2), ("num_heads", 3)),
     "slstm": Case(dict(num_heads=2), ("num_heads", 3)),
-    "mlstm": Case(dict(num_heads=2), ("num_heads", 3)),
+    "mlstm": Case(dict(num_heads=2), ("chunk_size", 0)),
     "mlstm_block": Case(dict(num_heads=2), ("qkv_blocksize", 5)),
     "slstm_block": Case(dict(num_heads=2), ("proj_factor", 0.0)),
     # SSM + sparsely activated local attention (seqboat.py)

@@ -184,7 +184,7 @@ def test_config_and_input_errors(rng):
         jax.eval_shape(get("mlstm")().init, key, x)
     with pytest.raises(ConfigError, match=r"^slstm\.num_heads=3 must divide d_model=16"):
         get("slstm")(d_model=16, num_heads=3)
-    with pytest.raises(ConfigError, match=r"^mlstm\.impl names op 'linear_attention'; allowed ops: none"):
+    with pytest.raises(ConfigError, match=r"^mlstm\.impl names op 'linear_attention'; allowed ops: mlstm"):
         get("mlstm")(impl={"linear_attention": "chunked"})
     module = get("mlstm")(num_heads=2)
     variables = harness.jit_init(module, x)
