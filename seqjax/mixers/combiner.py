@@ -69,7 +69,7 @@ POSITIONS = ("none", "rope")
 # --- the layout: which part of query i's attention key j belongs to --------------------
 
 
-def part_labels(p_i, p_j, visible, variant: str, region_size: int, causal: bool):
+def part_labels(p_i, p_j, visible, variant: str, region_size: int):
     """The part of ``Ω_i`` that key ``j`` is in: -1 not visible, 0 ``Ω⁰_i``, ``g >= 1`` a region.
 
     Labels of one query are distinct per region (they index the abstraction);
@@ -78,16 +78,15 @@ def part_labels(p_i, p_j, visible, variant: str, region_size: int, causal: bool)
     Args:
       p_i: query positions inside their segment (broadcastable int array).
       p_j: key positions inside their segment.
-      visible: keys the query may see (same segment; ``j <= i`` when causal).
+      visible: keys the query may see (same segment; ``j <= i`` when causal): the
+        visible set cuts the layout, so causal and bidirectional share the labels.
       variant: ``"fixed"``, ``"axial"`` or ``"logsparse"``.
       region_size: ``s``.
-      causal: causal layout.
 
     Returns:
       int32 labels in ``[-1, num_labels(...))``.
     """
     s = region_size
-    del causal  # the visible set already cuts the layout; labels are the same
     if variant == "fixed":
         ri, rj = p_i // s, p_j // s
         label = jnp.where(ri == rj, 0, 1 + rj)
@@ -171,7 +170,7 @@ def combiner_rows(q, k, *, variant: str, region_size: int, causal: bool, segment
     visible = runs[:, :, None] == runs[:, None, :]
     if causal:
         visible &= t[None, :, None] >= t[None, None, :]
-    labels = part_labels(pos[:, :, None], pos[:, None, :], visible, variant, region_size, causal)  # (b, l, l)
+    labels = part_labels(pos[:, :, None], pos[:, None, :], visible, variant, region_size)  # (b, l, l)
     kw = dict(num=num_labels(length, region_size), scale=1.0 / math.sqrt(dh), acc=acc)
     row = lambda qi, lab, qq, kk: combiner_row(qi, lab, qq, kk, **kw)  # noqa: E731
     row = jax.vmap(row, in_axes=(0, 0, None, None))  # over queries
@@ -210,7 +209,8 @@ def _region_values(qr, k, v, valid, scale, acc):
     """
     a = jnp.einsum("...hd,...nhd->...hn", qr, k.astype(acc)) * scale
     mask = valid[..., None, :]
-    w = jnp.where(mask, jax.nn.softmax(jnp.where(mask, a, -jnp.inf), axis=-1), 0.0)
+    # A finite fill: an empty region's softmax stays finite (then zeroed), so no NaN reaches the backward pass.
+    w = jnp.where(mask, jax.nn.softmax(jnp.where(mask, a, jnp.finfo(acc).min), axis=-1), 0.0)
     w = jnp.where(jnp.any(mask, axis=-1, keepdims=True), w, 0.0)
     return jnp.einsum("...hn,...nhd->...hd", w, v.astype(acc))
 
@@ -287,7 +287,7 @@ def _axial(qa, ka, va, sd, md, valid, causal, scale, acc):
         a = jnp.einsum("bnchd,bmchd->bnhcm", qx, ka) * scale
         inside = (rows[None, :] > rows[:, None]) if below else (rows[None, :] < rows[:, None])
         mask = inside[:, None, None, :] & valid.T[None, None, :, :]
-        w = jnp.where(mask, jax.nn.softmax(jnp.where(mask, a, -jnp.inf), axis=-1), 0.0)
+        w = jnp.where(mask, jax.nn.softmax(jnp.where(mask, a, big), axis=-1), 0.0)
         w = jnp.where(jnp.any(mask, axis=-1, keepdims=True), w, 0.0)
         vx = jnp.einsum("bnhcm,bmchd->bnchd", w, va)  # (b, n, c, h, dh)
         sx = jnp.einsum("bnqhd,bnchd->bnhqc", qa, kx) * scale
@@ -471,8 +471,8 @@ class Combiner(Heads):
         slots, _, dh = cache["k"].shape[1:]
         acc = self.acc()
         j = jnp.arange(slots)
-        labels = part_labels(pos[:, None], j[None, :], j[None, :] <= pos[:, None], self.variant, self.region_size,
-                             True)  # (b, slots)
+        labels = part_labels(pos[:, None], j[None, :], j[None, :] <= pos[:, None], self.variant,
+                             self.region_size)  # (b, slots)
         row = lambda qi, lab, qq, kk: combiner_row(  # noqa: E731
             qi, lab, qq, kk, num=num_labels(slots, self.region_size), scale=1.0 / math.sqrt(dh), acc=acc)
         w = jax.vmap(jax.vmap(row, in_axes=(0, None, 1, 1)))(q[:, 0], labels, new["q"], new["k"])  # (b, h, slots)
