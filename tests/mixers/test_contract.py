@@ -76,7 +76,7 @@ SETTINGS: dict[str, Case] = {
     "urpe": Case(dict(num_heads=2, max_relative=4), ("max_relative", 0), max_length=16),
     # factor 8: u = ⌈8 ln L⌉ >= L at these lengths, every query active (the sparse regime: test_probsparse.py)
     "probsparse": Case(dict(num_heads=2, factor=8.0), ("factor", 0.0), max_length=16),
-    # region_size 3: several regions (and, at L = 13, a partial last one) in every layout
+    # region_size 3: several rows and a partial last one at L = 13 (axial, the default; the other layouts: test_combiner.py)
     "combiner": Case(dict(num_heads=2, region_size=3), ("variant", "strided"), max_length=16),
     # balanced=False: the nearest-centroid form that step follows exactly (the balanced top-w
     # form is checked against its float64 reference in test_routing.py)
