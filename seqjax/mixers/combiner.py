@@ -30,6 +30,11 @@ paper's local factorisation ``p(j|i) = p(Ω^r_i|i) · q(j|Ω^r_i)`` for ``j ∈ 
   differs from the query's in bit ``k``) is one region, so the regions grow
   exponentially away from the query (causal: only siblings on the left).
 
+These are the paper's causal plans (§4: eq. 10, "axial-vertical", and §4.2,
+whose regions from the bits of ``i-1`` are these aligned dyadic blocks, exactly
+so at ``s = 1``); the paper's bidirectional axial and logsparse plans are in
+its appendices, and the bidirectional forms here mirror the causal ones.
+
 Causal: only ``j <= i`` are visible (``Ω⁰`` cut at ``i``; the regions are then
 whole earlier spans / column prefixes / left siblings). Every visible position
 is in exactly one part, so the attention is full (checked by the tests).
