@@ -82,6 +82,8 @@ SETTINGS: dict[str, Case] = {
     # pick the same keys (the sparse regime, K = 4 and k = 2, against its float64 reference: test_sea.py)
     "sea": Case(dict(num_heads=2, compressed_width=4, top_k=16, num_features=4, decoder_width=8),
                 ("compressed_width", 0), max_length=16),
+    # region_size 3: several rows and a partial last one at L = 13 (axial, the default; the other layouts: test_combiner.py)
+    "combiner": Case(dict(num_heads=2, region_size=3), ("variant", "strided"), max_length=16),
     # balanced=False: the nearest-centroid form that step follows exactly (the balanced top-w
     # form is checked against its float64 reference in test_routing.py)
     "routing": Case(dict(num_clusters=3, window=4, balanced=False), ("num_clusters", 0), max_length=16),
