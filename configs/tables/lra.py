@@ -29,6 +29,9 @@ PAPER_ROWS = {
     "S5 (S5 paper)": [62.15, 89.31, 91.40, 88.00, 95.33, 98.58],
     # Tan et al. 2022, PoNet, Table 1 (docs/mixers.md, ponet row).
     "PoNet (PoNet paper)": [37.80, 69.82, 80.35, 46.88, 70.39, "n/r"],
+    # Ren et al. 2021, Combiner, Table 4 (its Pathfinder column is the "Pathfinder-inter" setting).
+    "Combiner-Fixed (Combiner paper)": [36.65, 64.99, 59.81, 41.67, 88.59, "n/r"],
+    "Combiner-Axial (Combiner paper)": [36.15, 64.36, 56.10, 41.33, 88.43, "n/r"],
 }
 
 
