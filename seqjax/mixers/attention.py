@@ -102,6 +102,58 @@ class Heads(Mixer):
         return p["out_proj"](o.reshape(o.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
 
 
+class RopeHeads(Heads):
+    """Heads with plain ``q, k, v, out`` projections and optional RoPE (not registered).
+
+    The shared front of the attention variants that keep ``mha``'s projections
+    and change only the mixing (``combiner``, ``probsparse``): one head of
+    keys/values per query head, ``positions`` ``"rope"`` (on ``q, k`` at the
+    positions within each segment) or ``"none"``.
+
+    Attributes:
+      positions: ``"rope"`` (default) or ``"none"``.
+      rope_base: RoPE's frequency base (10000).
+    """
+
+    positions: str = "rope"
+    rope_base: float = 10000.0
+
+    def check_fields(self):
+        name = self.mixer_name
+        check_option(name, "positions", self.positions, ("none", "rope"))
+        check_number(name, "rope_base", self.rope_base, low=0, open_low=True)
+        if self.positions == "rope" and self.head_dim is not None and self.head_dim % 2:
+            raise ConfigError(f"{name}.head_dim={self.head_dim!r} must be even with positions='rope'")
+        super().check_fields()
+
+    def heads(self, d: int) -> tuple[int, int, int]:
+        h, hk, dh = super().heads(d)
+        if self.positions == "rope" and dh % 2:
+            raise ConfigError(f"{self.mixer_name}.positions='rope' needs an even head dimension, got "
+                              f"d_model // num_heads = {dh}; set head_dim")
+        return h, hk, dh
+
+    @nn.compact
+    def parts(self, d: int) -> dict[str, Any]:
+        h, _, dh = self.heads(d)
+        return {
+            "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
+            "k_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
+            "v_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
+            "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
+        }
+
+    def _qkv(self, p, x, pos):
+        """Projected ``q, k, v (b, l, h, dh)``, RoPE on ``q, k`` at positions ``pos``."""
+        b, length, d = x.shape
+        h, _, dh = self.heads(d)
+        xc = x.astype(self.dtype)
+        q, k, v = (p[n](xc).reshape(b, length, h, dh) for n in ("q_proj", "k_proj", "v_proj"))
+        if self.positions == "rope":
+            q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
+        return q, k, v
+
+
 @register("mha")
 class MultiHeadAttention(Heads):
     """Multi-head softmax attention (Vaswani et al. 2017) with grouped queries.

@@ -53,22 +53,17 @@ query's row from the definitions: O(t·dh) per step.
 """
 
 import math
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.errors import ConfigError
-from seqjax.mixers.attention import Cache, Heads, cache_slots
+from seqjax.mixers.attention import Cache, RopeHeads, cache_slots
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_int, check_number, check_option, dense, positions_in_segment, segment_runs
-from seqjax.mixers.positions import rope
+from seqjax.mixers.common import check_int, check_option, positions_in_segment, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 VARIANTS = ("axial", "fixed", "logsparse")
-POSITIONS = ("none", "rope")
 
 
 # --- the layout: which part of query i's attention key j belongs to --------------------
@@ -366,7 +361,7 @@ def combiner_attention(q, k, v, *, variant: str, region_size: int, causal: bool,
 
 
 @register("combiner")
-class Combiner(Heads):
+class Combiner(RopeHeads):
     """Combiner attention (Ren et al. 2021; equations, layouts and choices in the module docstring).
 
     Projections as ``mha`` (``q, k, v = W_q x, W_k x, W_v x`` in ``h`` heads of
@@ -398,8 +393,6 @@ class Combiner(Heads):
     causal: bool = True
     variant: str = "axial"
     region_size: int = 16
-    positions: str = "rope"
-    rope_base: float = 10000.0
     max_length: int | None = None
 
     def check_fields(self):
@@ -407,39 +400,8 @@ class Combiner(Heads):
         check_option(name, "causal", self.causal, (True, False))
         check_option(name, "variant", self.variant, VARIANTS)
         check_int(name, "region_size", self.region_size)
-        check_option(name, "positions", self.positions, POSITIONS)
-        check_number(name, "rope_base", self.rope_base, low=0, open_low=True)
         check_int(name, "max_length", self.max_length, optional=True)
-        if self.positions == "rope" and self.head_dim is not None and self.head_dim % 2:
-            raise ConfigError(f"{name}.head_dim={self.head_dim!r} must be even with positions='rope'")
         super().check_fields()
-
-    def heads(self, d: int) -> tuple[int, int, int]:
-        h, hk, dh = super().heads(d)
-        if self.positions == "rope" and dh % 2:
-            raise ConfigError(f"{self.mixer_name}.positions='rope' needs an even head dimension, got "
-                              f"d_model // num_heads = {dh}; set head_dim")
-        return h, hk, dh
-
-    @nn.compact
-    def parts(self, d: int) -> dict[str, Any]:
-        h, _, dh = self.heads(d)
-        return {
-            "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
-            "k_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
-            "v_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
-            "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
-        }
-
-    def _qkv(self, p, x, pos):
-        """Projected ``q, k, v (b, l, h, dh)``, RoPE on ``q, k`` at positions ``pos``."""
-        b, length, d = x.shape
-        h, _, dh = self.heads(d)
-        xc = x.astype(self.dtype)
-        q, k, v = (p[n](xc).reshape(b, length, h, dh) for n in ("q_proj", "k_proj", "v_proj"))
-        if self.positions == "rope":
-            q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
-        return q, k, v
 
     # --- the hooks of the Mixer contract ---------------------------------------------
 

@@ -61,24 +61,19 @@ an O(L · h · dh) KV cache.
 """
 
 import math
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from seqjax.errors import ConfigError
-from seqjax.mixers.attention import Cache, Heads, cache_slots
+from seqjax.mixers.attention import Cache, RopeHeads, cache_slots
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_int, check_number, check_option, dense, positions_in_segment, segment_runs
-from seqjax.mixers.positions import rope
+from seqjax.mixers.common import check_int, check_number, check_option, positions_in_segment, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.ops.decode_attention import decode_attention
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, Seq, SeqStep
 
-POSITIONS = ("none", "rope")
 
 
 # --- the pure functions of the method (the tests' reference reuses sample_keys) ----------
@@ -188,7 +183,7 @@ def select_queries(measure: Float[Array, "... l"], u: int) -> Int[Array, "... u"
 
 
 @register("probsparse")
-class ProbSparseAttention(Heads):
+class ProbSparseAttention(RopeHeads):
     """Informer's ProbSparse self-attention (see the module docstring for the equations and choices).
 
     Projections as ``mha`` (``q, k, v = W_q x, W_k x, W_v x`` split into ``h``
@@ -226,8 +221,6 @@ class ProbSparseAttention(Heads):
     causal: bool = True
     factor: float = 5.0
     sample_seed: int = 0
-    positions: str = "rope"
-    rope_base: float = 10000.0
     max_length: int | None = None
     decode_threshold: float | None = None
 
@@ -236,41 +229,10 @@ class ProbSparseAttention(Heads):
         check_option(name, "causal", self.causal, (True, False))
         check_number(name, "factor", self.factor, low=0, open_low=True)
         check_int(name, "sample_seed", self.sample_seed, minimum=0)
-        check_option(name, "positions", self.positions, POSITIONS)
-        check_number(name, "rope_base", self.rope_base, low=0, open_low=True)
         check_int(name, "max_length", self.max_length, optional=True)
         if self.decode_threshold is not None:
             check_number(name, "decode_threshold", self.decode_threshold)
-        if self.positions == "rope" and self.head_dim is not None and self.head_dim % 2:
-            raise ConfigError(f"{name}.head_dim={self.head_dim!r} must be even with positions='rope'")
         super().check_fields()
-
-    def heads(self, d: int) -> tuple[int, int, int]:
-        h, hk, dh = super().heads(d)
-        if self.positions == "rope" and dh % 2:
-            raise ConfigError(f"{self.mixer_name}.positions='rope' needs an even head dimension, got "
-                              f"d_model // num_heads = {dh}; set head_dim")
-        return h, hk, dh
-
-    @nn.compact
-    def parts(self, d: int) -> dict[str, Any]:
-        h, _, dh = self.heads(d)
-        return {
-            "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
-            "k_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
-            "v_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
-            "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
-        }
-
-    def _qkv(self, p, x, pos):
-        """Projected ``q, k, v (b, l, h, dh)``, RoPE on ``q, k`` at positions ``pos``."""
-        b, length, d = x.shape
-        h, _, dh = self.heads(d)
-        xc = x.astype(self.dtype)
-        q, k, v = (p[n](xc).reshape(b, length, h, dh) for n in ("q_proj", "k_proj", "v_proj"))
-        if self.positions == "rope":
-            q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
-        return q, k, v
 
     # --- the hooks of the Mixer contract ---------------------------------------------
 
