@@ -153,6 +153,14 @@ class RopeHeads(Heads):
             q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
         return q, k, v
 
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        """``(q, k, v, runs)``: RoPE at the positions within each segment; ``runs`` the run indices (or None)."""
+        b, length, _ = x.shape
+        q, k, v = self._qkv(p, x, positions_in_segment(segment_ids, b, length))
+        # Run indices, not raw ids: a reused id (0, 1, 0) is still three sequences.
+        runs = None if segment_ids is None else segment_runs(segment_ids, b, length)
+        return Projection(tokens=(q, k, v, runs))
+
 
 @register("mha")
 class MultiHeadAttention(Heads):

@@ -61,7 +61,7 @@ from seqjax.mixers.attention import Cache, RopeHeads, cache_slots
 from seqjax.mixers.base import Projection
 from seqjax.mixers.common import check_int, check_option, positions_in_segment, segment_runs
 from seqjax.mixers.registry import register
-from seqjax.types import SegmentIds, Seq, SeqStep
+from seqjax.types import SeqStep
 
 VARIANTS = ("axial", "fixed", "logsparse")
 
@@ -404,13 +404,6 @@ class Combiner(RopeHeads):
         super().check_fields()
 
     # --- the hooks of the Mixer contract ---------------------------------------------
-
-    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
-        b, length, _ = x.shape
-        q, k, v = self._qkv(p, x, positions_in_segment(segment_ids, b, length))
-        # Run indices, not raw ids: a reused id (0, 1, 0) is still three sequences.
-        runs = None if segment_ids is None else segment_runs(segment_ids, b, length)
-        return Projection(tokens=(q, k, v, runs))
 
     def mix(self, axis, q, k, v, runs):
         del axis  # not sequence parallel

@@ -68,11 +68,11 @@ from jaxtyping import Array, Bool, Float, Int
 
 from seqjax.mixers.attention import Cache, RopeHeads, cache_slots
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_int, check_number, check_option, positions_in_segment, segment_runs
+from seqjax.mixers.common import check_int, check_number, check_option, positions_in_segment
 from seqjax.mixers.registry import register
 from seqjax.ops.decode_attention import decode_attention
 from seqjax.ops.linear_scan import linear_scan
-from seqjax.types import SegmentIds, Seq, SeqStep
+from seqjax.types import SegmentIds, SeqStep
 
 
 
@@ -235,13 +235,6 @@ class ProbSparseAttention(RopeHeads):
         super().check_fields()
 
     # --- the hooks of the Mixer contract ---------------------------------------------
-
-    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
-        b, length, _ = x.shape
-        q, k, v = self._qkv(p, x, positions_in_segment(segment_ids, b, length))
-        # Run indices, not raw ids: a reused id (0, 1, 0) is still three sequences.
-        runs = None if segment_ids is None else segment_runs(segment_ids, b, length)
-        return Projection(tokens=(q, k, v, runs))
 
     def mix(self, axis, q, k, v, runs):
         del axis  # not sequence parallel
