@@ -69,7 +69,9 @@ def _tiny(task, dirs, mixers="mha,s4d,mamba"):
     return c
 
 
-@pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder", "pathx"])
+# pathx is pathfinder's builder at a larger size (13 s): slow.
+@pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder",
+                                  pytest.param("pathx", marks=pytest.mark.slow)])
 def test_task_trains_and_evaluates(task, dirs, tmp_path):
     res = train.run(_tiny(task, dirs, "mha,s4d,mamba" if task == "listops" else "s4d"), str(tmp_path / task))
     assert res["finished"] and math.isfinite(res["train"]["loss"])

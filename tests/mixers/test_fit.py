@@ -167,6 +167,7 @@ def test_bfloat16_long_and_length_one_finite(rng, length):
     assert float(jnp.std(y.astype(jnp.float32))) > 0
 
 
+@pytest.mark.slow  # 20 s; the global part's check stays in the default run
 def test_memory_growth_local_part_is_linear(rng):
     # n = 32 fixed, m = 1: L = 128 -> 512 has T = 4 -> 16 groups; the local scores
     # (T·n², materialised: impl="reference") grow x4, the latents' (T·m)² only from 16 to 256
