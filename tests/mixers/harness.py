@@ -227,7 +227,7 @@ def check_memory_growth(module, rng, *, length, width=16, batch=1, exponent=1.0,
     """
     x1 = random_input(rng, batch, length, width)
     x4 = random_input(rng, batch, 4 * length, width)
-    variables = jit_init(module, x1)
+    variables = init(module, x1)
     small = compiled_temp_bytes(module, variables, x1, grad=grad)
     large = compiled_temp_bytes(module, variables, x4, grad=grad)
     ratio = large / max(small, 1)

@@ -20,7 +20,6 @@ init, gradients). What is checked (``docs/architecture.md``, the Mixer base):
 """
 
 import dataclasses
-import functools
 
 import chex
 import jax
@@ -165,8 +164,7 @@ def test_default_construction(name, rng):
     assert m.bind(v).width() == WIDTH
     if m.is_causal:  # the default configuration's first step agrees too (max_length: KV caches, S4's C̃)
         cache = m.apply(v, 2, 6, method="init_cache")
-        # Jitted: an eager step dispatches op by op (2-4 s for the larger mixers, ~1 s compiled).
-        y0, _ = jax.jit(functools.partial(m.apply, method="step"))(v, x[:, 0], cache)
+        y0, _ = m.apply(v, x[:, 0], cache, method="step")
         np.testing.assert_allclose(np.asarray(y0), np.asarray(y[:, 0]), rtol=2e-4, atol=2e-5)
 
 
