@@ -22,6 +22,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from tests.mixers.ref_attention_mixers import segment_starts_of
+
 
 def params(variables):
     """Float64 NumPy copies: ``{name: kernel}`` for q/k/v/out, the decoder's kernels and biases, ``cnn``, ``omega``."""
@@ -34,19 +36,6 @@ def params(variables):
         out[n + "_b"] = np.asarray(p[n]["bias"], np.float64)
     out["cnn"] = np.asarray(p["cnn"], np.float64)
     out["omega"] = np.asarray(nn.meta.unbox(variables["constants"])["omega"], np.float64)
-    return out
-
-
-def starts_of(segment_ids, batch, length):
-    """``start[b][t]``: the first position of t's segment (a change of id starts one)."""
-    out = []
-    for bi in range(batch):
-        row, s = [], 0
-        for t in range(length):
-            if segment_ids is not None and t > 0 and segment_ids[bi][t] != segment_ids[bi][t - 1]:
-                s = t
-            row.append(s)
-        out.append(row)
     return out
 
 
@@ -86,7 +75,7 @@ def estimate(p, x, *, num_heads, compressed_width, eps=1e-6, segment_ids=None):
     K = compressed_width
     q, k, v = heads(p, x, num_heads)
     dh = q.shape[-1]
-    starts = starts_of(segment_ids, b, length)
+    starts = segment_starts_of(segment_ids, b, length)
     fq = favor(q * dh**-0.25, p["omega"], True)
     fk = favor(k * dh**-0.25, p["omega"], False)
     S = np.zeros((b, length, num_heads, K))
