@@ -102,6 +102,48 @@ class Heads(Mixer):
         return p["out_proj"](o.reshape(o.shape[:-2] + (-1,)).astype(self.dtype)).astype(self.dtype)
 
 
+def check_rope_head_dim(name: str, positions: str, dh: int | None, derived: bool = False) -> None:
+    """RoPE rotates channel pairs: a head dimension must be even with ``positions="rope"``.
+
+    Args:
+      name: the mixer's registry name (for the message).
+      positions: the mixer's ``positions`` field.
+      dh: the head dimension (None: not set, nothing to check).
+      derived: ``dh`` came from ``d_model // num_heads`` (the message says so), not the ``head_dim`` field.
+
+    Raises:
+      ConfigError: ``dh`` is odd with RoPE.
+    """
+    if positions != "rope" or dh is None or dh % 2 == 0:
+        return
+    if derived:
+        raise ConfigError(f"{name}.positions='rope' needs an even head dimension, got "
+                          f"d_model // num_heads = {dh}; set head_dim")
+    raise ConfigError(f"{name}.head_dim={dh!r} must be even with positions='rope'")
+
+
+def qkvo_projections(h: int, dh: int, d: int, dtype: Any) -> dict[str, nn.Module]:
+    """``mha``'s four projections without grouping: ``q/k/v_proj`` ``d -> h·dh``, ``out_proj`` ``h·dh -> d``.
+
+    Call from inside a compact method: the layers become the caller's submodules.
+
+    Args:
+      h: heads.
+      dh: head dimension.
+      d: model width.
+      dtype: compute dtype.
+
+    Returns:
+      ``{"q_proj", "k_proj", "v_proj", "out_proj"}`` Dense layers.
+    """
+    return {
+        "q_proj": dense(h * dh, ("embed", "heads"), dtype=dtype, name="q_proj"),
+        "k_proj": dense(h * dh, ("embed", "heads"), dtype=dtype, name="k_proj"),
+        "v_proj": dense(h * dh, ("embed", "heads"), dtype=dtype, name="v_proj"),
+        "out_proj": dense(d, ("heads", "embed"), dtype=dtype, name="out_proj"),
+    }
+
+
 class RopeHeads(Heads):
     """Heads with plain ``q, k, v, out`` projections and optional RoPE (not registered).
 
@@ -122,26 +164,18 @@ class RopeHeads(Heads):
         name = self.mixer_name
         check_option(name, "positions", self.positions, ("none", "rope"))
         check_number(name, "rope_base", self.rope_base, low=0, open_low=True)
-        if self.positions == "rope" and self.head_dim is not None and self.head_dim % 2:
-            raise ConfigError(f"{name}.head_dim={self.head_dim!r} must be even with positions='rope'")
+        check_rope_head_dim(name, self.positions, self.head_dim)
         super().check_fields()
 
     def heads(self, d: int) -> tuple[int, int, int]:
         h, hk, dh = super().heads(d)
-        if self.positions == "rope" and dh % 2:
-            raise ConfigError(f"{self.mixer_name}.positions='rope' needs an even head dimension, got "
-                              f"d_model // num_heads = {dh}; set head_dim")
+        check_rope_head_dim(self.mixer_name, self.positions, dh, derived=True)
         return h, hk, dh
 
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
         h, _, dh = self.heads(d)
-        return {
-            "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
-            "k_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
-            "v_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
-            "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
-        }
+        return qkvo_projections(h, dh, d, self.dtype)
 
     def _qkv(self, p, x, pos):
         """Projected ``q, k, v (b, l, h, dh)``, RoPE on ``q, k`` at positions ``pos``."""
@@ -246,15 +280,12 @@ class MultiHeadAttention(Heads):
         if self.sequence_axis is not None and self.positions == "alibi":
             raise ConfigError(f"{name}.sequence_axis={self.sequence_axis!r}: ring attention does not support "
                               "positions='alibi'; allowed positions with a split length: 'none', 'learned', 'rope'")
-        if self.positions == "rope" and self.head_dim is not None and self.head_dim % 2:
-            raise ConfigError(f"{name}.head_dim={self.head_dim!r} must be even with positions='rope'")
+        check_rope_head_dim(name, self.positions, self.head_dim)
         super().check_fields()
 
     def heads(self, d: int) -> tuple[int, int, int]:
         h, hk, dh = super().heads(d)
-        if self.positions == "rope" and dh % 2:
-            raise ConfigError(f"{self.mixer_name}.positions='rope' needs an even head dimension, got "
-                              f"d_model // num_heads = {dh}; set head_dim")
+        check_rope_head_dim(self.mixer_name, self.positions, dh, derived=True)
         return h, hk, dh
 
     @nn.compact

@@ -46,9 +46,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.mixers.attention import Heads, cache_slots
+from seqjax.mixers.attention import Heads, cache_slots, qkvo_projections
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_input, check_int, dense, param, positions_in_segment, segment_runs
+from seqjax.mixers.common import check_input, check_int, param, positions_in_segment, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -133,13 +133,8 @@ class LandmarkAttention(Heads):
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
         h, _, dh = self.heads(d)
-        return {
-            "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
-            "k_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
-            "v_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
-            "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
-            "landmark": param(self, "landmark", nn.initializers.normal(1.0), (d,), ("embed",)),
-        }
+        return {**qkvo_projections(h, dh, d, self.dtype),
+                "landmark": param(self, "landmark", nn.initializers.normal(1.0), (d,), ("embed",))}
 
     # --- shared pieces -----------------------------------------------------------------
 

@@ -26,9 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax.mixers.attention import Cache, Heads, cache_slots
+from seqjax.mixers.attention import Cache, Heads, cache_slots, qkvo_projections
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_int, check_option, dense, param, scaled_normal_init, segment_runs
+from seqjax.mixers.common import check_int, check_option, param, scaled_normal_init, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.ops.attention import attention
 from seqjax.ops.common import accum_dtype
@@ -181,12 +181,7 @@ class _RelativeHeads(Heads):
 
     def projections(self, d: int) -> dict[str, Any]:
         h, _, dh = self.heads(d)
-        return {
-            "q_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="q_proj"),
-            "k_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="k_proj"),
-            "v_proj": dense(h * dh, ("embed", "heads"), dtype=self.dtype, name="v_proj"),
-            "out_proj": dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj"),
-        }
+        return qkvo_projections(h, dh, d, self.dtype)
 
     def qkv(self, p, x):
         """``q, k, v (b, l, h, dh)`` in ``dtype``."""
