@@ -1,4 +1,4 @@
-"""Helpers shared by the ops (and the mixers): accumulation dtypes, padding, segments."""
+"""Helpers shared by the ops (and the mixers): accumulation dtypes, padding, segments, input checks."""
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +78,56 @@ def segment_runs(segment_ids: jax.Array) -> jax.Array:
       ``(b, l)`` int32 run indices.
     """
     return jnp.cumsum(segment_starts(segment_ids), axis=1, dtype=jnp.int32)
+
+
+def check_heads_inputs(op: str, q, k, v, floats: dict, per_step: dict) -> tuple[int, int, int, int]:
+    """The checks every ``(b, l, h, d)`` recurrence op (``delta_rule``, ``mlstm``) starts with.
+
+    Raises a one-line ValueError naming the first wrong argument: ``q``
+    ``(b, l, h, dk)``, ``k`` of q's shape, ``v`` ``(b, l, h, dv)``, ``l >= 1``,
+    the arrays of ``floats`` floating point, the arrays of ``per_step`` (None
+    skipped) ``(b, l, h)``.
+
+    Args:
+      op: the op's name (the messages start with it).
+      q, k, v: queries, keys, values.
+      floats: ``{name: array}`` that must be floating point (q, k, v are checked too).
+      per_step: ``{name: array or None}`` of per-position, per-head scalars.
+
+    Returns:
+      ``(b, l, h, dk)``.
+    """
+    if q.ndim != 4:
+        raise ValueError(f"{op}: q must be (b, l, h, dk), got shape {q.shape}")
+    batch, length, heads, dk = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"{op}: k {k.shape} must have q's shape (b, l, h, dk) = {q.shape}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: v must be (b, l, h, dv) with (b, l, h) = {q.shape[:3]}, got {v.shape}")
+    if length < 1:
+        raise ValueError(f"{op}: the sequence length must be >= 1, got q {q.shape}")
+    for name, x in {"q": q, "k": k, "v": v, **floats}.items():
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{op}: {name} must be floating point, got {x.dtype}")
+    for name, x in per_step.items():
+        if x is not None and x.shape != (batch, length, heads):
+            raise ValueError(f"{op}: {name} {x.shape} must be (b, l, h) = {(batch, length, heads)}")
+    return batch, length, heads, dk
+
+
+def check_segments_and_chunk(op: str, segment_ids, batch: int, length: int, chunk_size) -> None:
+    """``segment_ids`` None or ``(b, l)`` integers; ``chunk_size`` a positive int (one-line ValueErrors).
+
+    Args:
+      op: the op's name (the messages start with it).
+      segment_ids: the op's ``segment_ids``.
+      batch, length: ``b``, ``l``.
+      chunk_size: the op's ``chunk_size``.
+    """
+    if segment_ids is not None:
+        if segment_ids.shape != (batch, length):
+            raise ValueError(f"{op}: segment_ids {segment_ids.shape} must be (b, l) = {(batch, length)}")
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"{op}: segment_ids must be integers, got {segment_ids.dtype}")
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"{op}: chunk_size must be a positive int, got {chunk_size!r}")

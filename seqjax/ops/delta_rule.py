@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.ops import dispatch
-from seqjax.ops.common import accum_dtype, pad_axis, segment_runs
+from seqjax.ops.common import accum_dtype, check_heads_inputs, check_segments_and_chunk, pad_axis, segment_runs
 from seqjax.types import AttnOut, Keys, LinAttnState, Queries, SegmentIds, Values
 
 
@@ -153,32 +153,12 @@ def delta_rule(
 
 def check_inputs(q, k, v, beta, log_decay, initial_state, segment_ids, chunk_size) -> None:
     """Raises a one-line ValueError naming the first argument of ``delta_rule`` that is wrong."""
-    if q.ndim != 4:
-        raise ValueError(f"delta_rule: q must be (b, l, h, dk), got shape {q.shape}")
-    batch, length, heads, dk = q.shape
-    if k.shape != q.shape:
-        raise ValueError(f"delta_rule: k {k.shape} must have q's shape (b, l, h, dk) = {q.shape}")
-    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"delta_rule: v must be (b, l, h, dv) with (b, l, h) = {q.shape[:3]}, got {v.shape}")
-    if length < 1:
-        raise ValueError(f"delta_rule: the sequence length must be >= 1, got q {q.shape}")
-    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"delta_rule: {name} must be floating point, got {x.dtype}")
-    if beta.shape != (batch, length, heads):
-        raise ValueError(f"delta_rule: beta {beta.shape} must be (b, l, h) = {(batch, length, heads)}")
-    if log_decay is not None and log_decay.shape != (batch, length, heads):
-        raise ValueError(f"delta_rule: log_decay {log_decay.shape} must be (b, l, h) = {(batch, length, heads)}")
+    batch, length, heads, dk = check_heads_inputs("delta_rule", q, k, v, {"beta": beta},
+                                                  {"beta": beta, "log_decay": log_decay})
     if initial_state is not None and initial_state.shape != (batch, heads, dk, v.shape[-1]):
         raise ValueError(
             f"delta_rule: initial_state {initial_state.shape} must be (b, h, dk, dv) = {(batch, heads, dk, v.shape[-1])}")
-    if segment_ids is not None:
-        if segment_ids.shape != (batch, length):
-            raise ValueError(f"delta_rule: segment_ids {segment_ids.shape} must be (b, l) = {(batch, length)}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"delta_rule: segment_ids must be integers, got {segment_ids.dtype}")
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"delta_rule: chunk_size must be a positive int, got {chunk_size!r}")
+    check_segments_and_chunk("delta_rule", segment_ids, batch, length, chunk_size)
 
 
 # --- recurrent form ----------------------------------------------------------

@@ -80,7 +80,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.ops import dispatch
-from seqjax.ops.common import accum_dtype, pad_axis, segment_runs
+from seqjax.ops.common import accum_dtype, check_heads_inputs, check_segments_and_chunk, pad_axis, segment_runs
 from seqjax.types import AttnOut, Keys, Queries, SegmentIds, Values
 
 MLSTMState = tuple[jax.Array, jax.Array, jax.Array]
@@ -161,33 +161,14 @@ def mlstm(
 
 def check_inputs(q, k, v, log_i, log_f, initial_state, segment_ids, chunk_size) -> None:
     """Raises a one-line ValueError naming the first argument of ``mlstm`` that is wrong."""
-    if q.ndim != 4:
-        raise ValueError(f"mlstm: q must be (b, l, h, dk), got shape {q.shape}")
-    batch, length, heads, dk = q.shape
-    if k.shape != q.shape:
-        raise ValueError(f"mlstm: k {k.shape} must have q's shape (b, l, h, dk) = {q.shape}")
-    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"mlstm: v must be (b, l, h, dv) with (b, l, h) = {q.shape[:3]}, got {v.shape}")
-    if length < 1:
-        raise ValueError(f"mlstm: the sequence length must be >= 1, got q {q.shape}")
-    for name, x in (("q", q), ("k", k), ("v", v), ("log_i", log_i), ("log_f", log_f)):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"mlstm: {name} must be floating point, got {x.dtype}")
-    for name, x in (("log_i", log_i), ("log_f", log_f)):
-        if x.shape != (batch, length, heads):
-            raise ValueError(f"mlstm: {name} {x.shape} must be (b, l, h) = {(batch, length, heads)}")
+    gates = {"log_i": log_i, "log_f": log_f}
+    batch, length, heads, dk = check_heads_inputs("mlstm", q, k, v, gates, gates)
     if initial_state is not None:
         want = ((batch, heads, dk, v.shape[-1]), (batch, heads, dk), (batch, heads))
         got = tuple(x.shape for x in initial_state)
         if got != want:
             raise ValueError(f"mlstm: initial_state shapes {got} must be (C, n, m) = {want}")
-    if segment_ids is not None:
-        if segment_ids.shape != (batch, length):
-            raise ValueError(f"mlstm: segment_ids {segment_ids.shape} must be (b, l) = {(batch, length)}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"mlstm: segment_ids must be integers, got {segment_ids.dtype}")
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
+    check_segments_and_chunk("mlstm", segment_ids, batch, length, chunk_size)
 
 
 def mlstm_step(q: jax.Array, k: jax.Array, v: jax.Array, log_i: jax.Array, log_f: jax.Array,
