@@ -71,3 +71,31 @@ def _fresh_trace_counter():
 
     chex.clear_trace_counter()
     yield
+
+
+# Each compiled XLA:CPU program keeps a few memory mappings, and an xdist
+# worker that runs for half an hour compiles tens of thousands of programs: at
+# Linux's default vm.max_map_count (65,530) the next compile segfaults inside
+# LLVM (seen in CI as a worker crash in whichever test compiled next). Dropping
+# JAX's caches when a worker passes the threshold releases those programs; the
+# tests that follow recompile what they need.
+_MAX_MAPS = int(os.environ.get("SEQJAX_TEST_MAX_MAPS", "20000"))
+
+
+def _map_count():
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no such limit to stay under
+        return 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _map_count() > _MAX_MAPS:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
