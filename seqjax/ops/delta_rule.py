@@ -45,7 +45,8 @@ Implementations (``impl``):
     chunk: an ``(l, l)`` triangular solve per head and no scan, i.e. the
     materialised form (O(l^2) memory; for checks and short inputs).
   * ``"auto"``: ``"chunked"`` at every length. Measured on a shared 2-core
-    CPU (b=1, h=4, dk=dv=64, gated, ms at l = 64 / 512 / 2048; noisy): with
+    CPU with LAPACK's solve, before :mod:`seqjax.ops.triangular` (b=1, h=4,
+    dk=dv=64, gated, ms at l = 64 / 512 / 2048; noisy): with
     gradients, sequential 28 / 237 / 784 vs chunked 1.7 / 49 / 405; forward
     alone the scan is faster (0.6 / 10 / 15 vs 0.7 / 88 / 58: on CPU the
     per-chunk triangular solves cost more than the scan), but training needs
@@ -56,8 +57,9 @@ Numerical safety, as in :mod:`seqjax.ops.linear_attention`: every decay
 ``gamma_r / gamma_i`` is the exp of the masked *sum* of the log decays in
 ``(i, r]`` (a segment sum), never of a difference of running sums; pairs with
 ``i > r`` and pairs split by a segment start are masked before ``exp``. The
-triangular system is solved by substitution (``lax.linalg.triangular_solve``):
-the Neumann series ``sum_j (-A)^j`` that a product-of-squares inverse would
+triangular system is solved by substitution (:func:`seqjax.ops.triangular.solve_unit_lower`:
+forward substitution in JAX on CPU, where jaxlib's batched LAPACK solve can
+deadlock, ``lax.linalg.triangular_solve`` on GPU/TPU): the Neumann series ``sum_j (-A)^j`` that a product-of-squares inverse would
 evaluate has terms of order ``binom(C, j)`` when keys align, and cancels
 catastrophically in float32.
 
@@ -65,7 +67,7 @@ Segments: where ``segment_ids`` changes the state restarts from zero (as if
 ``a_t = 0``); ``initial_state`` belongs to the first segment.
 
 Gradients come from autodiff of whichever form runs (the triangular solve
-differentiates into triangular solves). ``"sequential"`` keeps one state per
+differentiates into triangular solves; on CPU a custom VJP back-substitutes). ``"sequential"`` keeps one state per
 position for the backward pass, ``(l, b, h, dk, dv)``; ``"chunked"`` one per
 chunk.
 """
@@ -75,6 +77,7 @@ import jax.numpy as jnp
 
 from seqjax.ops import dispatch
 from seqjax.ops.common import accum_dtype, check_heads_inputs, check_segments_and_chunk, pad_axis, segment_runs
+from seqjax.ops.triangular import solve_unit_lower
 from seqjax.types import AttnOut, Keys, LinAttnState, Queries, SegmentIds, Values
 
 
@@ -247,8 +250,7 @@ def _chunked(q, k, v, beta, g, s0, run, chunk_size):
     strict = ~jnp.eye(chunk, dtype=bool)
     A = jnp.where(strict, bc[..., None] * decay * kk, 0)
     rhs = jnp.concatenate([bc[..., None] * vc, (bc * gamma)[..., None] * kc], axis=-1)
-    eye = jnp.eye(chunk, dtype=q.dtype)
-    sol = jax.lax.linalg.triangular_solve(eye + A, rhs, left_side=True, lower=True, unit_diagonal=True)
+    sol = solve_unit_lower(A, rhs)
     u_v, w = sol[..., :dv], sol[..., dv:]
 
     # Across chunks: U = U_v - W S_in, S_out = gamma_C S_in + (K * gamma_C/gamma_i)^T U.
