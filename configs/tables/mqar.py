@@ -5,9 +5,10 @@ One cell is one run of ``configs/mqar/mqar.py`` (``model``, ``seq_len``,
 ``d_model``, and at paper scale ``lr``). The mixers are attention (``mha``) and
 the causal recurrent mixers of the registry that Zoology's question is about.
 
-* ``scale=cpu``: widths 32, 64, 128 × the mixers at the config's CPU scale
-  (sequence length 64, 4 key-value pairs, vocab 64, 1,000 steps of batch 64),
-  one seed and one learning rate: 27 cells.
+* ``scale=cpu``: widths 32, 64, 128 × the baseline mixers at the config's CPU
+  scale (sequence length 64, 4 key-value pairs, vocab 64, 1,000 steps of batch
+  64), one seed and one learning rate: 27 cells; the memories of the "Mixer zoo
+  III" issue (``MEMORY_MIXERS``) at width 64 only: 11 more cells.
 * ``scale=paper``: Zoology's Figure 2 grid from its public config
   (``iclr24_zoology_figure2/configs.py``): sequence length 64, 128, 256, 512
   (4, 8, 16, 64 pairs) × d_model 64, 128, 256, 512 × the learning rates
@@ -22,8 +23,15 @@ import pathlib
 
 from seqjax.config import Cell
 
-MIXERS = ["mha", "s4d", "lru", "mamba", "gla", "retnet", "linear_attention", "mamba2", "deltanet"]
+BASELINE_MIXERS = ["mha", "s4d", "lru", "mamba", "gla", "retnet", "linear_attention", "mamba2", "deltanet"]
+# The delta-rule, Miras, MoM, GAM, LMU, JRT, HiSS and xLSTM memories (causal, token
+# inputs; convs5 takes frames, not tokens). One CPU width each: a cell takes
+# minutes, and the width sweep of the baselines already shows the trend.
+MEMORY_MIXERS = ["gated_deltanet", "mom", "moneta", "yaad", "memora", "gam", "lmu", "jrt", "hiss",
+                 "mlstm_block", "slstm_block"]
+MIXERS = BASELINE_MIXERS + MEMORY_MIXERS
 WIDTHS = {"cpu": [32, 64, 128], "paper": [64, 128, 256, 512]}
+MEMORY_CPU_WIDTHS = [64]
 SEQ_LENS = {"cpu": [64], "paper": [64, 128, 256, 512]}
 # Zoology sweeps np.logspace(-4, -2, 4); written as the config's ``lr=`` argument (2 significant digits).
 LRS = {"cpu": [None], "paper": [1e-4, 4.6e-4, 2.2e-3, 1e-2]}
@@ -40,6 +48,11 @@ def cell_name(mixer: str, seq_len: int, d_model: int, lr: float | None = None) -
     return f"{mixer}-L{seq_len}-d{d_model}" + ("" if lr is None else f"-lr{lr:g}")
 
 
+def widths_of(mixer: str, scale: str) -> list[int]:
+    """The widths ``mixer`` runs at ``scale``: the memories one width on CPU, every mixer all at paper scale."""
+    return MEMORY_CPU_WIDTHS if scale == "cpu" and mixer in MEMORY_MIXERS else WIDTHS[scale]
+
+
 def get_table(scale: str) -> dict:
     """The cells at ``scale`` ("cpu" or "paper") and how to report them.
 
@@ -54,7 +67,7 @@ def get_table(scale: str) -> dict:
     grid, cells = [], []
     for seq_len in SEQ_LENS[scale]:
         for mixer in MIXERS:
-            for d in WIDTHS[scale]:
+            for d in widths_of(mixer, scale):
                 for lr in LRS[scale]:
                     name = cell_name(mixer, seq_len, d, lr)
                     arg = f"model={mixer},seq_len={seq_len},d_model={d},scale={scale}"

@@ -202,6 +202,23 @@ class _MirasBase(Mixer):
         # empty_cache would create them a second time.
         return {"conv", "W1", "W2"}
 
+    def state_size(self, length: int | None = None) -> int:
+        """Bytes of the cache per sequence, from shapes: the base's count reads the
+        parameters (the memory starts from them), which an unbound call does not have.
+
+        Args:
+          length: unused (the memory does not grow).
+
+        Returns:
+          The conv window (``(d_conv-1)·3·h·dk`` in ``dtype``) plus the memory's
+          ``W1`` ``(h, dk, dh)`` and ``W2`` ``(h, dh, dk)`` in the accumulation dtype.
+        """
+        del length
+        self._require_causal("state_size")
+        h, dk, dh = self._dims(self.width())
+        conv = (self.d_conv - 1) * 3 * h * dk * jnp.dtype(self.dtype or jnp.float32).itemsize
+        return conv + 2 * h * dk * dh * jnp.dtype(self.acc()).itemsize
+
     def step_mix(self, p, x_t: SeqStep, cache: dict) -> tuple[SeqStep, dict]:
         # One exact update of the memory (the recurrence), then norm and out-projection.
         qkv, conv = short_conv_step(self._pre_conv(p, x_t), cache["conv"], p["conv_weight"])

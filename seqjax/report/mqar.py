@@ -116,12 +116,13 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
              "Built from results.json files under this folder: held-out accuracy at the queries (↑). "
              "State = recurrent (inference) state per layer in bytes per sequence, computed from each cell's "
              "config (`seqjax.models.layer_state_sizes`; attention: its key-value cache at the sequence length). "
-             "A cell without results reads \"missing\"." + (" The best learning rate of each cell is kept." if swept else ""),
+             "A cell without results reads \"missing\"; \"-\" marks a width outside that mixer's grid." + (" The best learning rate of each cell is kept." if swept else ""),
              ""]
     for seq_len in table["seq_lens"]:
         at = [r for r in rows if r["seq_len"] == seq_len]
         parts += [f"## Sequence length {seq_len}", "", "Accuracy by width (d_model):", ""]
-        pivot = [[m] + [next((_entry(r) for r in at if r["mixer"] == m and r["d_model"] == d), MISSING)
+        # "-": the width is not in that mixer's grid (the memories run one width on CPU).
+        pivot = [[m] + [next((_entry(r) for r in at if r["mixer"] == m and r["d_model"] == d), "-")
                         for d in table["widths"]] for m in table["mixers"]]
         parts += [markdown_table(["mixer"] + [f"d={d}" for d in table["widths"]], pivot), "", "Every cell:", ""]
         header = ["mixer", "d_model", "state / layer (bytes)", "accuracy", "seconds"] + (["lr"] if swept else [])

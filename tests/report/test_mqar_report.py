@@ -66,7 +66,7 @@ def _run_notebook(results):
     finally:
         del os.environ["SEQJAX_RESULTS"]
     outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "2 finished of 27 MQAR cells" in outputs and "| mha | 32 | 16388 | 0.8750 | 51 |" in outputs
+    assert "2 finished of 38 MQAR cells" in outputs and "| mha | 32 | 16388 | 0.8750 | 51 |" in outputs
     assert "| gla | 32 | 1024 | diverged |" in outputs
     assert [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
 
