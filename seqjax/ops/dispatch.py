@@ -1,8 +1,9 @@
 """The ops' front door: one implementation vocabulary, one registry, one ``auto`` table.
 
 Every public op (``linear_scan``, ``selective_scan``, ``ssd``, ``attention``,
-``linear_attention``, ``fft_conv``) takes ``impl=`` and ``sequence_axis=`` and
-routes them through this module only:
+``linear_attention``, ``delta_rule``, ``mlstm``, ``memory_update``,
+``fft_conv``) takes ``impl=`` (and all but ``fft_conv`` ``sequence_axis=``)
+and routes them through this module only:
 
 * **Vocabulary.** ``impl`` is one of :data:`VOCABULARY`; each op (and the
   S4D kernel ``vandermonde_kernel``) implements a
