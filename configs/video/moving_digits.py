@@ -15,7 +15,7 @@ Usage: ``--config=configs/video/moving_digits.py:model=convs5,scale=cpu``.
   * ``scale=cpu``: Moving Digits (2 digits, 16×16, 20 frames, 10 context);
     ``convs5``: 2 layers, latent 16×16 × U = 4 (d_model 1,024), d_state 32,
     k_B = k_C = 3, MLP ratio 1; other models: 2 layers, d_model 128, MLP
-    ratio 4, 4 heads; Adam 1e-3 (warm-up 100, cosine), batch 16, 1,500 steps;
+    ratio 4, 4 heads; Adam 1e-3 (warm-up 100, cosine), batch 16, 1,000 steps;
     ``docs/video.md`` has the measured numbers on 2 CPU cores.
   * ``scale=paper`` (``convs5`` only; not run here): the model settings of the
     authors' Moving-MNIST configs as ``docs/mixers.md`` lists them: 16×16
@@ -89,7 +89,7 @@ def get_config(arg: str | None = None):
     o.schedule = "cosine"
 
     tr = config.train
-    tr.steps = 300_000 if paper else 1500
+    tr.steps = 300_000 if paper else 1000
     tr.batch_size = 8 if paper else 16
     tr.log_every = 1000 if paper else 100
     tr.eval_every = 0

@@ -61,3 +61,15 @@ def test_a_tiny_convs5_run_writes_results(tmp_path, capsys):
     assert len(m["rollout_mse_per_frame"]) == m["num_predicted_frames"] == 3 and m["num_examples"] == 3
     assert "copy-last-frame MSE" in out and "rollout MSE" in out
     assert run_summary({"metrics": m}).splitlines()[1].startswith(f"teacher-forced MSE {m['mse']:.5f}")
+
+
+def test_every_task_field_is_in_the_config_and_documented():
+    import seqjax.tasks.video as video
+
+    c = load_config(CONFIG)
+    assert set(video._DEFAULTS) <= set(c.task.keys())  # every field the task reads can be overridden
+    text = (ROOT / "docs/video.md").read_text()
+    assert not [k for k in c.task.keys() if k != "name" and f"`{k}`" not in text]
+    apply_overrides(c, ["task.context_frames=4", "task.rollout=false"])
+    task = experiment.prepare(c, num_devices=1).task
+    assert (task.context_frames, task.rollout) == (4, False)
