@@ -4,7 +4,9 @@ Usage: ``--config=configs/video/moving_digits.py:model=convs5,scale=cpu``.
 
   * ``model``: a preset (``seqjax.config.PRESETS``) or any registry mixer name
     (``transformer``: causal softmax attention with RoPE over the frames, each
-    frame one token; ``convs5``: ConvS5 with frames as its 2-D state grid).
+    frame one token; ``convs5``: ConvS5 with frames as its 2-D state grid;
+    ``lstm``: the registry's LSTM mixer over the flattened frames, the
+    recurrent baseline of ``configs/tables/video.py``).
   * Wiring (both models): the frames are flattened to ``(b, T-1, H·W)``
     (``model.input = "continuous"``); the model's Dense read-in maps the
     ``H·W`` pixels to ``d_model`` and its regression head maps ``d_model``
