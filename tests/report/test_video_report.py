@@ -86,3 +86,22 @@ def _run_notebook(results):
     assert "| convs5 | 0.0300 | 0.3000 | " in outputs and "| lstm | missing |" in outputs
     assert [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
 
+
+
+def test_report_from_the_kept_cpu_cells(tmp_path):
+    """docs/results/video-cpu: every kept cell's numbers are in the rebuilt table, read from its results.json."""
+    import shutil
+
+    kept = ROOT / "docs" / "results" / "video-cpu"
+    names = [c.name for c in kept.iterdir() if (c / "results.json").is_file()]
+    assert names
+    for name in names:
+        shutil.copytree(kept / name, tmp_path / name)
+    build_report(get_table("cpu"), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    for name in names:
+        m = json.loads((kept / name / "results.json").read_text())["metrics"]
+        model = name.removesuffix("-cpu")
+        want = " | ".join(f"{m[k]:.4f}" for k in ["mse", "mae", "rollout_mse", "rollout_mae", "baseline_mse",
+                                                  "baseline_mae", "baseline_rollout_mse"])
+        assert _row(md, f"| {model} | ").startswith(f"| {model} | {want} | ")
