@@ -1,0 +1,147 @@
+"""Report of the video table (``configs/tables/video.py``): next-frame error per model and the rollout figure.
+
+One row per cell of the table: the teacher-forced ``mse`` / ``mae`` and the
+rollout ``rollout_mse`` / ``rollout_mae`` on the held-out videos, the
+copy-last-frame baselines of the same frames (``baseline_mse``,
+``baseline_mae``, ``baseline_rollout_mse``: the last context frame repeated),
+and the run's wall time, all from the cell's ``results.json``
+(``seqjax.tasks.video`` writes these metrics). A cell without results reads
+"missing"; one that diverged reads "diverged". The figure is the per-frame
+rollout MSE (``rollout_mse_per_frame``) against the frame index, one line per
+model, with the repeat-last-context-frame baseline as a dashed level (the task
+writes that baseline's mean over the scored frames, not per frame).
+"""
+
+import pathlib
+
+from seqjax.report.io import DIVERGED, diverged
+from seqjax.report.tables import markdown_table
+
+MISSING = "missing"
+"""The table entry of a cell that has no ``results.json``."""
+
+METRICS = ["mse", "mae", "rollout_mse", "rollout_mae", "baseline_mse", "baseline_mae", "baseline_rollout_mse"]
+"""The task's metrics that the table shows, in column order."""
+
+HEADER = ["model", "mse", "mae", "rollout mse", "rollout mae", "copy-last mse", "copy-last mae",
+          "repeat-context mse", "seconds"]
+
+
+def cells(table: dict, results: list[dict]) -> list[dict]:
+    """One row per cell of the table, filled from ``results``.
+
+    Args:
+      table: the spec from ``configs/tables/video.py`` (``grid``).
+      results: finished and diverged cells' results (``workdir``'s folder name is the cell name).
+
+    Returns:
+      Dicts ``cell, model, status, seconds, per_frame, context_frames`` and one
+      key per name of :data:`METRICS`; ``status`` is "finished", "diverged" or
+      "missing", and the numbers are None unless finished.
+    """
+    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
+    rows = []
+    for g in table["grid"]:
+        r = by_name.get(g["cell"])
+        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+        row = {"cell": g["cell"], "model": g["model"], "status": status, "seconds": None, "per_frame": None,
+               "context_frames": None, **{k: None for k in METRICS}}
+        if status == "finished":
+            m = r["metrics"]
+            row.update({k: float(m[k]) if k in m else None for k in METRICS})
+            row["per_frame"] = [float(x) for x in m.get("rollout_mse_per_frame") or []] or None
+            row["seconds"] = r.get("wall_time_s")
+            row["context_frames"] = r.get("config", {}).get("task", {}).get("context_frames")
+        rows.append(row)
+    return rows
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    """The markdown rows of :func:`cells`: the numbers of a finished cell, its status on every column otherwise."""
+    out = []
+    for r in rows:
+        if r["status"] != "finished":
+            out.append([r["model"]] + [r["status"]] * len(METRICS) + [None])
+            continue
+        out.append([r["model"]] + [r[k] for k in METRICS]
+                   + [None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+    return out
+
+
+def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.Path]:
+    """The video report: the error of every cell beside the copy baselines, and the rollout figure.
+
+    Args:
+      table: the spec from ``configs/tables/video.py``.
+      base: the table's run folder.
+      results: finished and diverged cells' results.
+
+    Returns:
+      Paths written (``report.md``, and ``video-rollout.png`` when a cell finished with per-frame errors).
+    """
+    rows = cells(table, results)
+    parts = [f"# {table['title']}", "",
+             "Built from results.json files under this folder: per-pixel error (↓) on the held-out videos over "
+             "the frames after the true context. mse / mae: teacher-forced (every input frame true); rollout: "
+             "the model's own predictions fed back after the context. Baselines of the same frames: copy-last "
+             "(frame t+1 predicted as the true frame t; compare with mse / mae) and repeat-context (the last "
+             "context frame repeated; compare with rollout mse). Seconds: the run's wall time. A cell without "
+             "results reads \"missing\".", "",
+             markdown_table(HEADER, table_rows(rows), digits=4), ""]
+    if table.get("paper"):
+        parts += [table["paper"], ""]
+    written = []
+    if any(r["per_frame"] for r in rows):
+        png = base / "video-rollout.png"
+        written.append(plot(rows, png))
+        parts += [f"![rollout MSE per frame]({png.name})", ""]
+    md = base / "report.md"
+    md.write_text("\n".join(parts))
+    return [md] + written
+
+
+def plot(rows: list[dict], path) -> pathlib.Path:
+    """Writes :func:`figure` to the PNG ``path`` and returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def figure(rows: list[dict]):
+    """Rollout MSE per predicted frame against the frame index, one line per finished model, and the baseline.
+
+    Args:
+      rows: the output of :func:`cells`.
+
+    Returns:
+      The matplotlib figure (the caller saves or shows it).
+    """
+    import matplotlib.pyplot as plt  # the caller's backend: a notebook shows it inline
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    baselines = []
+    for r in rows:
+        if r["status"] != "finished" or not r["per_frame"]:
+            continue
+        # Frame index of the first scored frame: the context length (frames 0 … context-1 are given).
+        first = r["context_frames"] or 0
+        frames = list(range(first, first + len(r["per_frame"])))
+        ax.plot(frames, r["per_frame"], marker="o", label=r["model"])
+        if r["baseline_rollout_mse"] is not None:
+            baselines.append((frames, r["baseline_rollout_mse"]))
+    if baselines:
+        # The cells share the eval videos (eval_seed), so one baseline level stands for all.
+        frames, level = baselines[0]
+        ax.plot([frames[0], frames[-1]], [level, level], linestyle="--", color="gray",
+                label="repeat last context frame (mean)")
+    ax.set(xlabel="frame index", ylabel="rollout MSE per pixel", title="Moving Digits: rollout error per frame",
+           ylim=(0, None))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
