@@ -23,8 +23,11 @@ Usage: ``--config=configs/video/moving_digits.py:model=convs5,scale=cpu``.
     authors' Moving-MNIST configs as ``docs/mixers.md`` lists them: 16×16
     latent frames, U = 256, ``d_state`` (``ssm_size``) 256, 8 layers,
     k_B = k_C = 3, clip_eigs, Δ ∈ [0.001, 0.1], lr 1e-3, 300k steps, batch 8.
-    Data: Moving MNIST's ``mnist_test_seq.npy`` from ``--config.task.
-    manual_dir`` (64×64, 20 frames; the last 1,000 videos are the eval set).
+    Data: Moving MNIST's ``mnist_test_seq.npy`` from ``config.task.manual_dir``
+    (default ``$SEQJAX_DATA/moving_mnist``, as the LRA archives'
+    ``$SEQJAX_DATA/lra_manual``, so ``experiments.reproduce --table video
+    --scale paper`` finds it; 64×64, 20 frames; the last 1,000 videos are the
+    eval set).
     Not reproduced: the paper's convolutional encoder/decoder 64×64 → 16×16
     (here the Dense read-in of 4,096 pixels to 16·16·256 = 65,536 and the
     Dense head back, ~268M parameters each), its 300-frame training
@@ -35,6 +38,8 @@ Usage: ``--config=configs/video/moving_digits.py:model=convs5,scale=cpu``.
 so each can be set on the command line, e.g. ``--config.task.context_frames=5``
 or ``--config.task.rollout=false``.
 """
+
+import os
 
 from seqjax.config import apply_model_preset, base_config, parse_arg
 from seqjax.errors import ConfigError
@@ -56,6 +61,7 @@ def get_config(arg: str | None = None):
     t = config.task = video_task_config()
     if paper:
         t.source, t.eval_examples, t.eval_batch_size = "moving_mnist", 1000, 8
+        t.manual_dir = os.path.join(os.path.expanduser(os.environ.get("SEQJAX_DATA", "~/seqjax_data")), "moving_mnist")
         frame, frames = 64, 20  # the file's layout (mnist_test_seq.npy)
     else:
         t.source, t.num_digits, t.frame_size, t.num_frames, t.max_speed = "moving_digits", 2, 16, 20, 2

@@ -30,11 +30,16 @@ def test_cpu_configs_pass_every_check_of_a_run(model):
     assert c.name == f"video-moving-digits-{model}-cpu"
 
 
-def test_paper_config_reads_the_manual_dir(tmp_path, rng):
+def test_paper_config_reads_the_manual_dir(tmp_path, rng, monkeypatch):
     np.save(tmp_path / md.MOVING_MNIST_FILE, rng.integers(0, 256, size=(20, 3, 64, 64), dtype=np.uint8))
-    with pytest.raises(ConfigError, match="^config.task.manual_dir=None is not allowed"):
+    # The default folder is $SEQJAX_DATA/moving_mnist: absent there, one line names the file.
+    monkeypatch.setenv("SEQJAX_DATA", str(tmp_path / "data"))
+    expected = tmp_path / "data" / "moving_mnist" / md.MOVING_MNIST_FILE
+    with pytest.raises(ConfigError, match=f"^Moving MNIST file {expected} not found"):
         prepare(load_config(CONFIG, "scale=paper"), num_devices=1)
-    c = apply_overrides(load_config(CONFIG, "scale=paper"), [f"task.manual_dir={tmp_path}", "task.eval_examples=1"])
+    (tmp_path / "data" / "moving_mnist").mkdir(parents=True)
+    (tmp_path / md.MOVING_MNIST_FILE).rename(expected)
+    c = apply_overrides(load_config(CONFIG, "scale=paper"), ["task.eval_examples=1"])
     task = prepare(c, num_devices=1).task
     assert (task.source, task.frame_size, task.num_frames, task.num_train_videos) == ("moving_mnist", 64, 20, 2)
     kw = c.model.mixer_kwargs.convs5
