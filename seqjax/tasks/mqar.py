@@ -246,4 +246,29 @@ class MQARTask:
                 "num_examples": self.eval_examples, "num_positions": positions, "kind": self.kind}
 
 
-__all__ = ["KINDS", "MQARTask", "default_config"]
+def unigram_logits(inputs: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The in-context 1-gram baseline: at each position, the most frequent token of the prefix.
+
+    A prediction that uses token counts only, no order: the bar a recall
+    mixer must beat (the issue's "in-context 1-gram baseline"). Ties go to
+    the most recently seen of the tied tokens. Pass it to
+    :meth:`MQARTask.evaluate` as ``lambda batch: unigram_logits(batch["inputs"], vocab)``.
+
+    Args:
+      inputs: int ``(b, l)`` token ids below ``vocab_size``.
+      vocab_size: ``V``.
+
+    Returns:
+      float64 ``(b, l, V)`` scores: the count of each token in ``inputs[:, :t+1]``
+      plus less than 1 for recency (the argmax is the baseline's prediction).
+    """
+    inputs = np.asarray(inputs)
+    length = inputs.shape[1]
+    onehot = np.eye(vocab_size)[inputs]  # (b, l, V)
+    counts = np.cumsum(onehot, axis=1)
+    # Position of each token's last occurrence (+1; 0 = unseen), scaled below one count.
+    last = np.maximum.accumulate(onehot * (np.arange(length)[None, :, None] + 1), axis=1)
+    return counts + last / (length + 1)
+
+
+__all__ = ["KINDS", "MQARTask", "default_config", "unigram_logits"]

@@ -165,3 +165,19 @@ def test_a_model_vocabulary_smaller_than_the_tasks_is_refused():
         experiment.prepare(c, num_devices=1)
     apply_overrides(c, ["model.vocab_size=512"])
     assert experiment.prepare(c, num_devices=1).task.vocab_size == 512
+
+
+def test_unigram_baseline_predicts_the_most_frequent_prefix_token(rng):
+    from seqjax.tasks.mqar import unigram_logits
+
+    vocab = 9
+    inputs = rng.integers(0, vocab, size=(3, 17))
+    pred = unigram_logits(inputs, vocab).argmax(-1)
+    for b in range(inputs.shape[0]):
+        for t in range(inputs.shape[1]):
+            prefix = list(inputs[b, : t + 1])
+            best = max(prefix.count(v) for v in set(prefix))
+            tied = {v for v in set(prefix) if prefix.count(v) == best}
+            # the most recently seen of the tied tokens
+            expected = next(v for v in reversed(prefix) if v in tied)
+            assert pred[b, t] == expected, (b, t, prefix)
