@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from seqjax.experiment import load_config, reproduce
+from tests.notebooks import execute_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -71,8 +72,6 @@ def _tiny_icll(data_dir, model):
 
 
 def test_tiny_runs_reports_and_notebooks(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     from seqjax import train
 
     icl_dir = tmp_path / "icl"
@@ -87,15 +86,8 @@ def test_tiny_runs_reports_and_notebooks(tmp_path):
         # From ~ln 20 = 3.0: even 20 steps learn the letter/separator frequencies.
         assert losses[-1] < losses[0] - 0.2, f"{model}: training did not move the loss: {losses}"
     for name, folder in (("icl", icl_dir), ("icll", icll_dir)):
-        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-        os.environ["SEQJAX_RESULTS"] = str(folder)
-        try:
-            nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-        finally:
-            del os.environ["SEQJAX_RESULTS"]
-        outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+        outputs, images = execute_notebook(name, folder)
         assert "finished" in outputs and " 0 finished" not in outputs
-        images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert images, f"{name} notebook drew nothing"
 
 

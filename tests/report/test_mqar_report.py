@@ -13,6 +13,7 @@ import pytest
 from configs.tables.mqar import get_table
 from seqjax.config import load_config
 from seqjax.report import build_report
+from tests.notebooks import execute_notebook
 from seqjax.report.mqar import MISSING, cells
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -57,18 +58,10 @@ def test_table_lists_every_cell_and_draws_the_figure(tmp_path):
 
 def _run_notebook(results):
     """notebooks/mqar.ipynb on these results: it lists the cells and draws the figure."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "notebooks" / "mqar.ipynb", as_version=4)
-    os.environ["SEQJAX_RESULTS"] = str(results)
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        del os.environ["SEQJAX_RESULTS"]
-    outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    outputs, images = execute_notebook("mqar", results)
     assert "2 finished of 38 MQAR cells" in outputs and "| mha | 32 | 16388 | 0.8750 | 51 |" in outputs
     assert "| gla | 32 | 1024 | diverged |" in outputs
-    assert [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images
 
 
 def test_the_paper_grid_keeps_the_best_learning_rate():

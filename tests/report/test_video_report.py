@@ -3,7 +3,6 @@
 notebook run on the same results, and the kept CPU cells' numbers in the rebuilt table."""
 
 import json
-import os
 import pathlib
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from configs.tables.video import get_table
 from seqjax.config import load_config
 from seqjax.report import build_report
+from tests.notebooks import execute_notebook
 from seqjax.report.video import MISSING, cells
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -73,18 +73,10 @@ def test_the_paper_table_is_convs5_only():
 
 def _run_notebook(results):
     """notebooks/video.ipynb on these results: it lists the cells and draws the figure."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "notebooks" / "video.ipynb", as_version=4)
-    os.environ["SEQJAX_RESULTS"] = str(results)
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        del os.environ["SEQJAX_RESULTS"]
-    outputs = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    outputs, images = execute_notebook("video", results)
     assert "2 finished of 3 video cells" in outputs
     assert "| convs5 | 0.0300 | 0.3000 | " in outputs and "| lstm | missing |" in outputs
-    assert [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images
 
 
 
