@@ -13,8 +13,8 @@ import pytest
 from configs.tables.mqar import get_table
 from seqjax.config import load_config
 from seqjax.report import build_report
-from tests.notebooks import execute_notebook
 from seqjax.report.mqar import MISSING, cells
+from tests.notebooks import execute_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

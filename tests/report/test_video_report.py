@@ -5,13 +5,11 @@ notebook run on the same results, and the kept CPU cells' numbers in the rebuilt
 import json
 import pathlib
 
-import pytest
-
 from configs.tables.video import get_table
 from seqjax.config import load_config
 from seqjax.report import build_report
-from tests.notebooks import execute_notebook
 from seqjax.report.video import MISSING, cells
+from tests.notebooks import execute_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
