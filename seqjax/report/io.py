@@ -1,4 +1,4 @@
-"""Finding and loading the ``results.json`` files that runs write.
+"""Finding and loading the ``results.json`` files that runs write, and writing figures.
 
 A run that diverged writes a ``results.json`` with ``"status": "diverged"``
 (and no usable metrics); ``load_results(..., with_diverged=True)`` keeps those
@@ -8,6 +8,28 @@ beside the finished runs and :func:`diverged` tells them apart, so the tables sh
 
 import json
 import pathlib
+
+
+def save_png(make_figure, path) -> pathlib.Path:
+    """Draws ``make_figure()`` with matplotlib's file-only backend and writes it as a PNG.
+
+    Args:
+      make_figure: a function of no arguments returning a matplotlib figure
+        (it is called after the backend is set, so it may import pyplot).
+      path: the PNG file.
+
+    Returns:
+      ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig = make_figure()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(path)
 
 
 def find_results(root) -> list[pathlib.Path]:

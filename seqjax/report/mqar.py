@@ -13,7 +13,7 @@ size (log axis) and against width, one line per mixer, per sequence length.
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged
+from seqjax.report.io import DIVERGED, diverged, save_png
 from seqjax.report.tables import markdown_table
 
 MISSING = "missing"
@@ -144,15 +144,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
 
 def plot(rows: list[dict], table: dict, path) -> pathlib.Path:
     """Writes :func:`figure` to the PNG ``path`` and returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    fig = figure(rows, table)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return save_png(lambda: figure(rows, table), path)
 
 
 def figure(rows: list[dict], table: dict):

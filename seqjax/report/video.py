@@ -14,7 +14,7 @@ writes that baseline's mean over the scored frames, not per frame).
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged
+from seqjax.report.io import DIVERGED, diverged, save_png
 from seqjax.report.tables import markdown_table
 
 MISSING = "missing"
@@ -102,15 +102,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
 
 def plot(rows: list[dict], path) -> pathlib.Path:
     """Writes :func:`figure` to the PNG ``path`` and returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    fig = figure(rows)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return save_png(lambda: figure(rows), path)
 
 
 def figure(rows: list[dict]):
