@@ -113,6 +113,10 @@ class Informer(nn.Module):
       dropout: dropout rate (embeddings, residual branches).
       distil: distilling layers between the encoder blocks.
       dtype: compute dtype; params float32.
+      seq_len: packed inputs (for a trainer that passes ``inputs`` only): when
+        set and no ``decoder_inputs`` are given, ``inputs`` is the history and
+        the decoder inputs concatenated along time, split at ``seq_len``
+        (``config.task.pack_decoder_inputs``); None: no packing.
     """
 
     encoder_layers: Sequence[MixerSpec]
@@ -127,6 +131,7 @@ class Informer(nn.Module):
     dropout: float = 0.0
     distil: bool = True
     dtype: Any = jnp.float32
+    seq_len: int | None = None
 
     @nn.compact
     def __call__(self, inputs: Float[Array, "b l f"], *, decoder_inputs: Float[Array, "b m f"] | None = None,
@@ -148,6 +153,8 @@ class Informer(nn.Module):
           ConfigError: ``segment_ids`` given, ``decoder_inputs`` missing or of another width.
         """
         del mask
+        if decoder_inputs is None and self.seq_len is not None:
+            inputs, decoder_inputs = inputs[:, :self.seq_len], inputs[:, self.seq_len:]
         if segment_ids is not None:
             raise ConfigError("informer: segment_ids must be None (one window per row; the embedding's circular "
                               "convolution and the distilling read neighbours)")
@@ -188,7 +195,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         architecture="informer", encoder_mixers="probsparse", decoder_mixers="probsparse", num_encoder_layers=2,
         num_decoder_layers=1, d_model=64, num_heads=4, channels=1, pred_len=24, mixer_kwargs={}, channel="mlp",
-        mlp_ratio=4.0, norm="layernorm", dropout=0.0, distil=True, dtype="float32",
+        mlp_ratio=4.0, norm="layernorm", dropout=0.0, distil=True, dtype="float32", seq_len=None,
     ))
 
 
@@ -257,6 +264,9 @@ def build(model_config) -> Informer:
     check_choice(f"{_FIELD}.norm", cfg["norm"], NORMS)
     check_choice(f"{_FIELD}.dtype", cfg["dtype"], DTYPES)
     check_choice(f"{_FIELD}.distil", cfg["distil"], (True, False))
+    if cfg["seq_len"] is not None and (isinstance(cfg["seq_len"], bool) or not isinstance(cfg["seq_len"], int)
+                                       or cfg["seq_len"] < 1):
+        raise ConfigError(f"{_FIELD}.seq_len={cfg['seq_len']!r} is not allowed; allowed: None or an int >= 1")
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise ConfigError(f"{_FIELD}.dropout={cfg['dropout']!r} is not allowed; allowed: a number in [0, 1)")
     enc = [_spec(cfg, name, False) for name in _layers(cfg, "encoder")]
@@ -264,7 +274,8 @@ def build(model_config) -> Informer:
     return Informer(encoder_layers=tuple(enc), decoder_layers=tuple(dec), d_model=cfg["d_model"],
                     num_heads=cfg["num_heads"], channels=cfg["channels"], pred_len=cfg["pred_len"],
                     channel=cfg["channel"], mlp_ratio=float(cfg["mlp_ratio"]), norm=cfg["norm"],
-                    dropout=float(cfg["dropout"]), distil=cfg["distil"], dtype=DTYPES[cfg["dtype"]])
+                    dropout=float(cfg["dropout"]), distil=cfg["distil"], dtype=DTYPES[cfg["dtype"]],
+                    seq_len=cfg["seq_len"])
 
 
 __all__ = ["DataEmbedding", "Informer", "build", "default_config"]
