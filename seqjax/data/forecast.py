@@ -129,8 +129,8 @@ def load_statsmodels(name: str) -> Series:
     if name == "sunspots":
         frame = datasets.sunspots.load_pandas().data
         dates = pd.to_datetime(frame["YEAR"].astype(int).astype(str), format="%Y")
-        return Series(name, frame[["SUNACTIVITY"]].to_numpy(np.float64), ("SUNACTIVITY",), dates.to_numpy("datetime64[ns]"),
-                      "y")
+        return Series(name, frame[["SUNACTIVITY"]].to_numpy(np.float64), ("SUNACTIVITY",),
+                      dates.to_numpy("datetime64[ns]"), "y")
     if name == "elnino":
         frame = datasets.elnino.load_pandas().data
         values = frame.drop(columns="YEAR").to_numpy(np.float64).reshape(-1, 1)  # row by row: Jan..Dec of each year

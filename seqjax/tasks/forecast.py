@@ -42,6 +42,9 @@ value (window × step × channel), standardised (the paper's reported scale):
   ``pred_len`` horizon, one map shared by the channels, fit on every training
   window (:func:`fit_linear`);
 - ``mse_per_step``: the model's MSE at each horizon step;
+- ``examples``: :data:`NUM_EXAMPLES` eval windows evenly spaced over the split
+  (``starts``, and per window the target column's ``history``, ``truth`` and
+  ``forecast``, standardised) for the figures;
 - ``num_windows``, ``num_channels``, ``dataset``, ``features``, ``pred_len``, ``eval_split``.
 """
 
@@ -63,6 +66,8 @@ _DEFAULTS = dict(dataset="co2", manual_dir=None, features="S", seq_len=96, label
                  eval_split="test", eval_examples=None, eval_batch_size=64, linear_baseline=True,
                  pack_decoder_inputs=False)
 _P = "config.task."
+NUM_EXAMPLES = 4
+"""Eval windows whose forecasts ``evaluate`` keeps for the figures."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -282,6 +287,11 @@ class ForecastTask:
                    "baseline_mse": float(np.mean((last - target) ** 2)),
                    "baseline_mae": float(np.mean(np.abs(last - target))),
                    "mse_per_step": np.mean((pred - target) ** 2, axis=(0, 2)).tolist()}
+        picks = np.unique(np.linspace(0, len(self.eval_starts) - 1, NUM_EXAMPLES).round().astype(int))
+        metrics["examples"] = {"starts": [int(self.eval_starts[i]) for i in picks],
+                               "history": [w["history"][i, :, -1].astype(float).tolist() for i in picks],
+                               "truth": [target[i, :, -1].tolist() for i in picks],
+                               "forecast": [pred[i, :, -1].tolist() for i in picks]}
         if self.linear_baseline:
             tw = fd.make_windows(self.values, self.marks, self.train_starts, self.seq_len, 0, self.pred_len)
             lin = apply_linear(fit_linear(tw["history"], tw["targets"]), w["history"])

@@ -1,4 +1,5 @@
-"""Forecasting data (seqjax.data.forecast): windows, splits, scaling, time features, the CSV reader, statsmodels' series."""
+"""Forecasting data (seqjax.data.forecast): windows, splits, scaling, time features, the CSV reader and
+statsmodels' series."""
 
 import numpy as np
 import pytest

@@ -91,6 +91,10 @@ def test_evaluate_metrics_against_numpy():
     np.testing.assert_allclose(m["baseline_mse"], bse / count, rtol=1e-6)
     np.testing.assert_allclose(m["baseline_mae"], bae / count, rtol=1e-6)
     assert m["num_windows"] == 37 and len(m["mse_per_step"]) == 6
+    ex = m["examples"]
+    assert ex["starts"][0] == t.eval_starts[0] and ex["starts"][-1] == t.eval_starts[36]
+    np.testing.assert_allclose(ex["truth"][-1], t.values[t.eval_starts[36] + 24:t.eval_starts[36] + 30, -1], rtol=1e-6)
+    np.testing.assert_allclose(ex["forecast"][0], preds[0, :, -1])
     assert m["linear_mse"] < m["baseline_mse"]  # monthly SST: the seasonal linear map beats repeating the last month
 
 
