@@ -137,8 +137,9 @@ def load_statsmodels(name: str) -> Series:
         dates = pd.date_range(f"{int(frame['YEAR'].iloc[0])}-01-01", periods=len(values), freq="MS")
         return Series(name, values, ("sst",), dates.to_numpy("datetime64[ns]"), "m")
     frame = datasets.macrodata.load_pandas().data
-    dates = pd.PeriodIndex.from_fields(year=frame["year"].astype(int), quarter=frame["quarter"].astype(int),
-                                       freq="Q").to_timestamp()
+    # The first day of each quarter (no PeriodIndex.from_fields: it needs pandas >= 2.2).
+    dates = pd.to_datetime(pd.DataFrame({"year": frame["year"].astype(int),
+                                         "month": 3 * (frame["quarter"].astype(int) - 1) + 1, "day": 1}))
     frame = _target_last(frame.drop(columns=["year", "quarter"]), "realgdp")
     return Series(name, frame.to_numpy(np.float64), tuple(frame.columns), np.asarray(dates, "datetime64[ns]"), "q")
 
