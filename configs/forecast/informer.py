@@ -38,8 +38,8 @@ Usage: ``--config=configs/forecast/informer.py:model=informer,dataset=co2,scale=
     the validation split (the authors' patience 3), one seed (the paper
     averages repeats).
 
-Batches are packed (``config.task.pack_decoder_inputs``, ``config.model.seq_len``):
-``inputs`` holds the history then the decoder inputs, which the model splits.
+The trainer passes the batch's ``decoder_inputs`` to the model
+(``config.model.architecture = "informer"``).
 
 ``config.task`` holds every field of the ``forecast`` task (``docs/forecast.md``),
 so each can be set on the command line, e.g. ``--config.task.pred_len=52``.
@@ -104,12 +104,9 @@ def get_config(arg: str | None = None):
     if paper:
         t.manual_dir = os.path.join(os.path.expanduser(os.environ.get("SEQJAX_DATA", "~/seqjax_data")), "informer")
     t.eval_split, t.eval_batch_size, t.linear_baseline = "test", 64, True
-    # The decoder inputs ride after the history in `inputs` (the trainer applies the model to `inputs`);
-    # the model splits them at seq_len.
-    t.pack_decoder_inputs = True
 
     m = config.model = informer_config()
-    m.pred_len, m.seq_len = pred_len, seq_len
+    m.pred_len = pred_len
     m.channels = 7 if paper and features == "M" else (12 if dataset == "macrodata" and features == "M" else 1)
     if model == "informer":
         m.encoder_mixers = m.decoder_mixers = "probsparse"

@@ -20,7 +20,11 @@ so every config written before the field existed means what it meant):
   mask=)``;
 * ``"encoder_decoder"`` — :class:`~seqjax.models.EncoderDecoder`
   (:mod:`seqjax.models.encoder_decoder`), applied as ``model(inputs,
-  decoder_inputs=, mask=)`` (``inputs`` the source, ``mask`` its real tokens).
+  decoder_inputs=, mask=)`` (``inputs`` the source, ``mask`` its real tokens);
+* ``"informer"`` — :class:`~seqjax.models.informer.Informer`
+  (:mod:`seqjax.models.informer`), the forecasting encoder–decoder, applied as
+  ``model(inputs, decoder_inputs=)`` (history and decoder windows of values and
+  time features, ``seqjax.tasks.forecast``).
 
 A task feeds an encoder–decoder by putting ``decoder_inputs`` in its batches
 (``seqjax.train.step.MODEL_KEYS``). Modules are imported when first used, so
@@ -34,6 +38,7 @@ from seqjax.errors import ConfigError, check_choice
 ARCHITECTURES = {
     "sequence": "seqjax.models.config",
     "encoder_decoder": "seqjax.models.encoder_decoder",
+    "informer": "seqjax.models.informer",
 }
 """Architecture name -> the module holding its ``validate``/``build``/``check_length``/``check_build``."""
 

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 from jaxtyping import Array, Float
@@ -113,10 +114,6 @@ class Informer(nn.Module):
       dropout: dropout rate (embeddings, residual branches).
       distil: distilling layers between the encoder blocks.
       dtype: compute dtype; params float32.
-      seq_len: packed inputs (for a trainer that passes ``inputs`` only): when
-        set and no ``decoder_inputs`` are given, ``inputs`` is the history and
-        the decoder inputs concatenated along time, split at ``seq_len``
-        (``config.task.pack_decoder_inputs``); None: no packing.
     """
 
     encoder_layers: Sequence[MixerSpec]
@@ -131,7 +128,6 @@ class Informer(nn.Module):
     dropout: float = 0.0
     distil: bool = True
     dtype: Any = jnp.float32
-    seq_len: int | None = None
 
     @nn.compact
     def __call__(self, inputs: Float[Array, "b l f"], *, decoder_inputs: Float[Array, "b m f"] | None = None,
@@ -153,8 +149,6 @@ class Informer(nn.Module):
           ConfigError: ``segment_ids`` given, ``decoder_inputs`` missing or of another width.
         """
         del mask
-        if decoder_inputs is None and self.seq_len is not None:
-            inputs, decoder_inputs = inputs[:, :self.seq_len], inputs[:, self.seq_len:]
         if segment_ids is not None:
             raise ConfigError("informer: segment_ids must be None (one window per row; the embedding's circular "
                               "convolution and the distilling read neighbours)")
@@ -195,7 +189,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         architecture="informer", encoder_mixers="probsparse", decoder_mixers="probsparse", num_encoder_layers=2,
         num_decoder_layers=1, d_model=64, num_heads=4, channels=1, pred_len=24, mixer_kwargs={}, channel="mlp",
-        mlp_ratio=4.0, norm="layernorm", dropout=0.0, distil=True, dtype="float32", seq_len=None,
+        mlp_ratio=4.0, norm="layernorm", dropout=0.0, distil=True, dtype="float32",
     ))
 
 
@@ -235,18 +229,17 @@ def _spec(cfg: dict, name: str, causal: bool) -> MixerSpec:
     return name, tuple(sorted(kwargs.items()))
 
 
-def build(model_config) -> Informer:
-    """Validates an Informer ``config.model`` and builds the network.
+def validate(model_config) -> None:
+    """Raises ConfigError (one line naming the field and the allowed values) unless the config can be built.
 
     Args:
       model_config: a ConfigDict / dict with the fields of :func:`default_config`.
-
-    Returns:
-      An unbound :class:`Informer`; ``model.init(key, inputs, decoder_inputs=...)``.
-
-    Raises:
-      ConfigError: an unknown field or a bad value (one line naming the field and the allowed values).
     """
+    _checked(model_config)
+
+
+def _checked(model_config) -> tuple[dict, list[MixerSpec], list[MixerSpec]]:
+    """``(fields merged over the defaults, encoder specs, decoder specs)``, every field checked."""
     defaults = default_config().to_dict()
     given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
     for key in given:
@@ -264,18 +257,64 @@ def build(model_config) -> Informer:
     check_choice(f"{_FIELD}.norm", cfg["norm"], NORMS)
     check_choice(f"{_FIELD}.dtype", cfg["dtype"], DTYPES)
     check_choice(f"{_FIELD}.distil", cfg["distil"], (True, False))
-    if cfg["seq_len"] is not None and (isinstance(cfg["seq_len"], bool) or not isinstance(cfg["seq_len"], int)
-                                       or cfg["seq_len"] < 1):
-        raise ConfigError(f"{_FIELD}.seq_len={cfg['seq_len']!r} is not allowed; allowed: None or an int >= 1")
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise ConfigError(f"{_FIELD}.dropout={cfg['dropout']!r} is not allowed; allowed: a number in [0, 1)")
+    if cfg["architecture"] != "informer":
+        raise ConfigError(f"{_FIELD}.architecture={cfg['architecture']!r} is not the Informer's; allowed here: "
+                          "'informer'")
     enc = [_spec(cfg, name, False) for name in _layers(cfg, "encoder")]
     dec = [_spec(cfg, name, True) for name in _layers(cfg, "decoder")] if cfg["num_decoder_layers"] else []
+    return cfg, enc, dec
+
+
+def build(model_config) -> Informer:
+    """Validates an Informer ``config.model`` and builds the network.
+
+    Args:
+      model_config: a ConfigDict / dict with the fields of :func:`default_config`.
+
+    Returns:
+      An unbound :class:`Informer`; ``model.init(key, inputs, decoder_inputs=...)``.
+
+    Raises:
+      ConfigError: an unknown field or a bad value (one line naming the field and the allowed values).
+    """
+    cfg, enc, dec = _checked(model_config)
     return Informer(encoder_layers=tuple(enc), decoder_layers=tuple(dec), d_model=cfg["d_model"],
                     num_heads=cfg["num_heads"], channels=cfg["channels"], pred_len=cfg["pred_len"],
                     channel=cfg["channel"], mlp_ratio=float(cfg["mlp_ratio"]), norm=cfg["norm"],
-                    dropout=float(cfg["dropout"]), distil=cfg["distil"], dtype=DTYPES[cfg["dtype"]],
-                    seq_len=cfg["seq_len"])
+                    dropout=float(cfg["dropout"]), distil=cfg["distil"], dtype=DTYPES[cfg["dtype"]])
 
 
-__all__ = ["DataEmbedding", "Informer", "build", "default_config"]
+def check_length(model_config, length: int, field: str) -> None:
+    """Raises ConfigError for a length the model cannot take; the Informer has no length limit.
+
+    Its positions are sinusoidal (no table) and its mixers get no ``max_length``,
+    so only the value is checked.
+
+    Args:
+      model_config: ``config.model``.
+      length: the longest ``inputs`` length that will be fed.
+      field: dotted name of where ``length`` comes from, for the message.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise ConfigError(f"{field}={length!r} must be an int > 0")
+
+
+def check_build(model_config, length: int) -> None:
+    """Raises ConfigError when the network cannot be initialised (an abstract ``init``: nothing is computed).
+
+    Args:
+      model_config: ``config.model`` (already passed by :func:`validate`).
+      length: history and decoder length of the traced example (values only, no time features).
+    """
+    model = build(model_config)
+    x = jax.ShapeDtypeStruct((1, length, int(model.channels)), jnp.float32)
+    try:
+        jax.eval_shape(lambda a, b: model.init(jax.random.key(0), a, decoder_inputs=b), x, x)
+    except (TypeError, ValueError) as e:  # a width rule a mixer checks only when it creates its parameters
+        message = str(e).strip().splitlines()
+        raise ConfigError(f"{_FIELD} does not build: {type(e).__name__}: {message[0] if message else ''}") from None
+
+
+__all__ = ["DataEmbedding", "Informer", "build", "check_build", "check_length", "default_config", "validate"]

@@ -13,10 +13,6 @@ Config (``config.task``, name ``"forecast"``; every field in :func:`default_conf
 - ``eval_split`` (``"test"`` or ``"val"``), ``eval_examples`` (None: every
   window of the split; else the first ones), ``eval_batch_size``,
   ``linear_baseline`` (also fit and score the least-squares linear baseline).
-- ``pack_decoder_inputs``: put the decoder inputs after the history in
-  ``inputs`` (one array ``(b, seq_len + label_len + pred_len, C + k)``, no
-  ``decoder_inputs`` key) for a trainer that applies the model to ``inputs``
-  only; the Informer's ``seq_len`` field splits it again.
 
 Batches (:func:`to_batch`): ``inputs`` the history ``(b, seq_len, C + k)``
 (the ``C`` scaled values, then the ``k`` time features), ``decoder_inputs``
@@ -63,8 +59,7 @@ from seqjax.errors import ConfigError, check_choice
 from seqjax.tasks.base import Batch, Metrics, host_shard, row_weights
 
 _DEFAULTS = dict(dataset="co2", manual_dir=None, features="S", seq_len=96, label_len=48, pred_len=24,
-                 eval_split="test", eval_examples=None, eval_batch_size=64, linear_baseline=True,
-                 pack_decoder_inputs=False)
+                 eval_split="test", eval_examples=None, eval_batch_size=64, linear_baseline=True)
 _P = "config.task."
 NUM_EXAMPLES = 4
 """Eval windows whose forecasts ``evaluate`` keeps for the figures."""
@@ -163,7 +158,7 @@ class ForecastTask:
       name: ``"forecast"``.
       dataset, features: the series and the feature mode.
       seq_len, label_len, pred_len: window lengths.
-      max_length: ``seq_len`` (the encoder's input length; packed: ``seq_len + label_len + pred_len``).
+      max_length: ``seq_len`` (the encoder's input length).
       num_channels: ``C``, values per step (model output width).
       num_marks: ``k``, time features per step.
       input_dim: ``C + k``, the width of ``inputs`` and ``decoder_inputs``.
@@ -197,10 +192,6 @@ class ForecastTask:
         if not isinstance(get["linear_baseline"], bool):
             raise ConfigError(f"{_P}linear_baseline={get['linear_baseline']!r} is not allowed; allowed: True, False")
         self.linear_baseline = get["linear_baseline"]
-        if not isinstance(get["pack_decoder_inputs"], bool):
-            raise ConfigError(f"{_P}pack_decoder_inputs={get['pack_decoder_inputs']!r} is not allowed; allowed: "
-                              "True, False")
-        self.pack = get["pack_decoder_inputs"]
 
         series = fd.load(self.dataset, get["manual_dir"]).select(self.features)
         self.borders = fd.split_borders(self.dataset, len(series.values), self.seq_len)
@@ -211,7 +202,7 @@ class ForecastTask:
         self.columns = series.columns
         self.num_channels, self.num_marks = self.values.shape[1], self.marks.shape[1]
         self.input_dim = self.num_channels + self.num_marks
-        self.max_length = self.seq_len + (self.label_len + self.pred_len if self.pack else 0)
+        self.max_length = self.seq_len
         self.train_starts = self._starts("train")
         self.eval_starts = self._starts(self.eval_split)
         if get["eval_examples"] is not None:
@@ -228,11 +219,7 @@ class ForecastTask:
 
     def batch(self, starts: np.ndarray) -> Batch:
         """The batch of the windows starting at ``starts`` (see the module docstring)."""
-        batch = to_batch(fd.make_windows(self.values, self.marks, starts, self.seq_len, self.label_len,
-                                         self.pred_len))
-        if self.pack:
-            batch["inputs"] = np.concatenate([batch["inputs"], batch.pop("decoder_inputs")], axis=1)
-        return batch
+        return to_batch(fd.make_windows(self.values, self.marks, starts, self.seq_len, self.label_len, self.pred_len))
 
     def train_iterator(self, seed: int, batch_size: int) -> _ForecastIterator:
         """This process's rows of each global batch of training windows (resumable by step)."""
