@@ -120,7 +120,8 @@ def test_cross_attention_forward_and_gradient_vs_float64():
 @pytest.mark.parametrize("kw,match", [
     (dict(foo=1), "not an Informer field"), (dict(decoder_mixers="fit"), "bidirectional"),
     (dict(num_heads=3), "num_heads"), (dict(encoder_mixers="nope"), "encoder_mixers"),
-    (dict(num_decoder_layers=-1), "num_decoder_layers"), (dict(mixer_kwargs={"probsparse": {"zz": 1}}), "zz")])
+    (dict(num_decoder_layers=-1), "num_decoder_layers"), (dict(mixer_kwargs={"probsparse": {"zz": 1}}), "zz"),
+    (dict(architecture="sequence"), "not the Informer's")])
 def test_build_errors(kw, match):
     with pytest.raises(ConfigError, match=match) as e:
         _model(**kw)

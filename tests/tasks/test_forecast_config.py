@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from experiments.forecast import run_summary
-from seqjax import tasks
-from seqjax.config import apply_overrides, load_config
+from seqjax import experiment, models, tasks
+from seqjax.config import load_config
 from seqjax.errors import ConfigError
 from seqjax.models import informer
 
@@ -21,8 +21,9 @@ CONFIG = ROOT / "configs/forecast/informer.py"
                                                 ("model=lstm,decoder=no,dataset=macrodata", 12, 1)])
 def test_cpu_configs_build_task_and_model(arg, channels, marks):
     c = load_config(CONFIG, arg)
-    task = tasks.build(c.task)
-    model = informer.build(c.model)
+    task = experiment.prepare(c, num_devices=1).task  # every check a run makes before training
+    model = models.build(c.model)  # dispatched on config.model.architecture = "informer"
+    assert isinstance(model, informer.Informer)
     assert (task.num_channels, task.num_marks) == (channels, marks) and c.model.channels == channels
     assert task.max_length == task.seq_len and c.model.architecture == "informer"
     assert (c.train.batch_size, c.optim.learning_rate, c.model.d_model) == (32, 1e-3, 64)
@@ -75,15 +76,15 @@ def test_every_task_field_is_in_the_config_and_documented():
 
 
 @pytest.mark.slow  # ~30 s on 2 shared cores: compiles a train step and a predict
-def test_a_tiny_informer_run_writes_results(tmp_path):
-    from seqjax import train
-
-    c = apply_overrides(load_config(CONFIG, "model=informer,dataset=elnino"),
-                        ["train.steps=4", "optim.warmup_steps=1", "train.batch_size=4", "train.progress=false",
-                         "task.eval_examples=5", "task.eval_batch_size=4", "model.d_model=16"])
-    results = train.run(c, str(tmp_path / "w"), task=tasks.build(c.task), model=informer.build(c.model))
-    m = json.loads((tmp_path / "w" / "results.json").read_text())["metrics"]
-    assert m == results["metrics"] and m["num_windows"] == 5
+def test_a_tiny_informer_run_writes_results(tmp_path, capsys):
+    overrides = ["train.steps=4", "optim.warmup_steps=1", "train.batch_size=4", "train.progress=false",
+                 "task.eval_examples=5", "task.eval_batch_size=4", "model.d_model=16"]
+    status = experiment.command(f"{CONFIG}:model=informer,dataset=elnino", overrides, str(tmp_path / "w"),
+                                run_summary)
+    assert status == 0
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    m = results["metrics"]
+    assert m["num_windows"] == 5 and "repeat-last MSE" in capsys.readouterr().out
     for key in ("mse", "mae", "baseline_mse", "linear_mse"):
         assert np.isfinite(m[key]) and m[key] > 0
     assert run_summary(results).splitlines()[1].startswith(f"MSE {m['mse']:.4f}  MAE {m['mae']:.4f}")
