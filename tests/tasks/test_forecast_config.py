@@ -75,7 +75,7 @@ def test_every_task_field_is_in_the_config_and_documented():
     assert not [k for k in c.task.keys() if k != "name" and f"`{k}`" not in text]
 
 
-@pytest.mark.slow  # ~30 s on 2 shared cores: compiles a train step and a predict
+@pytest.mark.slow  # ~50 s on 2 shared cores (26 s CPU): compiles a train step and a predict
 def test_a_tiny_informer_run_writes_results(tmp_path, capsys):
     overrides = ["train.steps=4", "optim.warmup_steps=1", "train.batch_size=4", "train.progress=false",
                  "task.eval_examples=5", "task.eval_batch_size=4", "model.d_model=16"]
