@@ -102,7 +102,8 @@ def test_statsmodels_series():
     macro = fd.load("macrodata")
     assert macro.values.shape == (203, 12) and macro.columns[-1] == "realgdp"
     np.testing.assert_allclose(macro.values[0, -1], 2710.349)
-    assert [str(d)[:10] for d in macro.dates[:2]] == ["1959-01-01", "1959-04-01"] and str(macro.dates[-1])[:7] == "2009-07"
+    assert [str(d)[:10] for d in macro.dates[:2]] == ["1959-01-01", "1959-04-01"]
+    assert str(macro.dates[-1])[:7] == "2009-07"
     assert fd.load("sunspots").values.shape == (309, 1)
     with pytest.raises(ConfigError, match="allowed"):
         fd.load("nile")
