@@ -30,7 +30,9 @@ def _step_loop(net, v, obs, starts):
     return jnp.stack([o[0] for o in outs], 1), jnp.stack([o[1] for o in outs], 1)
 
 
-@pytest.mark.parametrize("mixer,resets", [("s5", True), ("s5", False), ("lstm", True)])
+# The LSTM's step-with-reset vs segments is also in tests/mixers/test_reset.py (default run); here it is slow.
+@pytest.mark.parametrize("mixer,resets", [("s5", True), ("s5", False),
+                                          pytest.param("lstm", True, marks=pytest.mark.slow)])
 def test_parallel_form_equals_step_loop(mixer, resets, rng):
     net = ActorCritic(mixer=mixer, num_actions=3, d_model=16, num_layers=2, mixer_kwargs=KW[mixer], resets=resets)
     obs, starts = _rollout_inputs(rng)
