@@ -10,9 +10,10 @@ Usage: ``--config=configs/icrl/icrl.py:model=s5,env=repeat_previous,scale=cpu``.
     ``k = 4``, 51 steps per episode) or ``meta_bandit`` (trials of 4 episodes of
     4 pulls of one Bernoulli bandit, arms ``(p, 1 − p)``, ``p ∈ {0.1, 0.9}``;
     ``seqjax/rl/envs.py``).
-  * ``scale=cpu``: 1 layer of width 32 (S5 ``d_state`` 16; LSTM 2 heads), 16
-    environments (memory) / 32 (meta) per update, rollouts of 1 episode
-    (memory, 51 steps) / 4 trials (meta, 64 steps), 4 epochs × 4 minibatches,
+  * ``scale=cpu``: 1 layer of width 32 (S5 ``d_state`` 16; LSTM 2 heads), 8
+    environments (memory) / 32 (meta) per update, rollouts of 2 episodes
+    (memory, 102 steps) / 4 trials (meta, 64 steps), 4 epochs × 4 minibatches,
+    1,500 (memory) / 500 (meta) updates,
     Adam 1e-3, γ 0.99, λ 0.95, clip 0.2, value 0.5, entropy 0.01, grad norm
     0.5; a few minutes on 2 CPU cores (``docs/icrl.md``).
   * ``scale=paper`` (not run here): the hyper-parameters of the authors'
@@ -68,9 +69,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_grad_norm=0.5, anneal_lr=False))
     else:
         meta = args["env"] == "meta_bandit"
+        # Rollouts of several reset units (4 trials; 2 episodes), so that "without resets" carries a state
+        # across a boundary inside the rollout; 816 / 2,048 env steps per update.
         c.ppo = ml_collections.ConfigDict(dict(
-            num_envs=32 if meta else 16, units_per_rollout=4 if meta else 1, num_updates=500 if meta else 1500, update_epochs=4,
-            num_minibatches=4, gamma=0.99, gae_lambda=0.95, clip_eps=0.2, vf_coef=0.5, ent_coef=0.01, lr=1e-3,
+            num_envs=32 if meta else 8, units_per_rollout=4 if meta else 2, num_updates=500 if meta else 1500,
+            update_epochs=4, num_minibatches=4, gamma=0.99, gae_lambda=0.95, clip_eps=0.2, vf_coef=0.5, ent_coef=0.01, lr=1e-3,
             max_grad_norm=0.5, anneal_lr=True))
     c.eval = ml_collections.ConfigDict({"num_envs": 256, "log_every": 5})
     if c.model.name not in MODELS:
