@@ -95,3 +95,18 @@ def test_ppo_learns_the_meta_bandit(tmp_path):
     m = train.run(c, tmp_path / "run")["metrics"]
     assert m["final_return"] > m["random_return"] + 0.5
     assert m["final_return_per_episode"][-1] > m["final_return_per_episode"][0] + 0.1
+
+
+@pytest.mark.parametrize("scale", ["cpu", pytest.param("paper", marks=pytest.mark.slow)])
+def test_every_table_cell_builds(scale):
+    """Each cell of configs/tables/icrl.py passes every check a PPO run makes before it starts."""
+    from seqjax.config import load_module
+
+    tab = load_module("configs/tables/icrl.py").get_table(scale)
+    names = set()
+    for cell in tab["cells"]:
+        c = load_config(cell.config, cell.arg)
+        s = train.build(c)
+        assert s.T % s.env.reset_length == 0 and c.name not in names
+        names.add(c.name)
+    assert len(names) == 6
