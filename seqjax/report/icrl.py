@@ -120,7 +120,8 @@ def figure(rows: list[dict]):
         if randoms:
             ax.axhline(sum(randoms) / len(randoms), linestyle="--", color="gray", label="random policy")
         ax.set(xlabel="environment steps", ylabel="mean episode return", title=env)
-        ax.legend(fontsize=8)
+        if randoms:  # an environment without finished cells has nothing to label
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
