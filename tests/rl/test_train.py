@@ -110,3 +110,17 @@ def test_every_table_cell_builds(scale):
         assert s.T % s.env.reset_length == 0 and c.name not in names
         names.add(c.name)
     assert len(names) == 6
+
+
+def test_entrypoint_bad_field_is_one_line_and_exit_2(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-m", "experiments.icrl", "--config.ppo.num_envs=0",
+                        f"--workdir={tmp_path / 'w'}"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr.strip().splitlines()) == (2, ["error: config.ppo.num_envs=0 must be a positive int"])
+    assert not (tmp_path / "w").exists()
