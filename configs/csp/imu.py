@@ -12,7 +12,7 @@ Usage: ``--config=configs/csp/imu.py:model=hiss,scale=cpu`` (``dataset=`` for ``
   * ``scale=cpu``: the generated IMU odometry task (``seqjax.data.imu_odometry``:
     3 IMU channels at 50 Hz → 2 displacement targets at 5 Hz, 32 targets =
     320 samples per sequence); every model 2 layers × d_model 64 with a channel
-    MLP (ratio 2); Adam 1e-3 (warm-up 30, cosine), batch 16, 300 steps, one
+    MLP (ratio 2); Adam 1e-3 (warm-up 20, cosine), batch 16, 200 steps, one
     seed (sized to the shared 2-core machine: ~1 step/s); ``docs/csp.md`` has the measured numbers and times.
   * ``scale=paper`` (not run here: needs the data and an accelerator): a
     CSP-Bench dataset (``dataset=marker_writing|joystick_control|ronin|vector``)
@@ -85,10 +85,10 @@ def get_config(arg: str | None = None):
     if paper:
         o.learning_rate, o.warmup_steps, o.schedule = 1e-4, 0, "constant"
     else:
-        o.learning_rate, o.warmup_steps, o.schedule = 1e-3, 30, "cosine"
+        o.learning_rate, o.warmup_steps, o.schedule = 1e-3, 20, "cosine"
 
     tr = config.train
-    tr.steps = 30_000 if paper else 300
+    tr.steps = 30_000 if paper else 200
     tr.batch_size = 4 if paper else 16
     tr.log_every = 1000 if paper else 100
     tr.eval_every = 0

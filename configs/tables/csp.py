@@ -7,7 +7,7 @@ The rows are the paper's comparison: HiSS, the flat SSMs (S4 → ``s4d`` here,
 Mamba), LSTM and a causal Transformer.
 
 * ``scale=cpu``: the generated IMU odometry task (50 Hz IMU → 5 Hz planar
-  displacements, 320 samples), every model 2 layers × 64, 300 steps of batch
+  displacements, 320 samples), every model 2 layers × 64, 200 steps of batch
   16, one seed.
 * ``scale=paper``: the same five models at the authors' sizes on CSP-Bench's
   RoNIN file from a manual directory (not run here).

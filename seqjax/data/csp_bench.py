@@ -162,16 +162,17 @@ def load(manual_dir, name: str) -> tuple[list, list | None]:
     return read_file(spec.path(manual_dir), spec), test
 
 
-def pad(episodes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Episodes padded with zeros to the longest: ``(inputs, targets, mask)``.
+def pad(episodes: list, num_chunks: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Episodes padded with zeros to ``num_chunks`` targets: ``(inputs, targets, mask)``.
 
     Args:
       episodes: ``(inputs (10·C_e, d_in), targets (C_e, d_out))`` pairs.
+      num_chunks: ``C`` (>= every ``C_e``); None: the longest episode's.
 
     Returns:
       float32 ``(E, 10·C, d_in)``, float32 ``(E, C, d_out)``, float32 ``(E, C)`` (1 on real targets).
     """
-    c = max(len(t) for _, t in episodes)
+    c = num_chunks if num_chunks is not None else max(len(t) for _, t in episodes)
     d_in, d_out = episodes[0][0].shape[-1], episodes[0][1].shape[-1]
     x = np.zeros((len(episodes), RATIO * c, d_in), np.float32)
     y = np.zeros((len(episodes), c, d_out), np.float32)

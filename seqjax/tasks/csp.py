@@ -42,6 +42,9 @@ Evaluation, over every real target of the eval set:
 - ``baseline_linear_mse``: a least-squares linear readout of the chunk's own
   ``k`` sensor samples (plus a constant), fitted on the training sequences:
   what needs no history;
+- ``trace_target``, ``trace_predicted``: the first eval sequence's real
+  targets and the model's predictions, ``(C, d_out)`` lists in the data's
+  units (for the predicted-vs-true figure of ``seqjax.report.csp``);
 - ``num_examples``, ``num_targets``, ``source``.
 """
 
@@ -291,6 +294,7 @@ class CSPTask:
         eval_seed = int(self.eval_seed if self.eval_seed is not None else seed)
         se, ae = np.zeros(self.output_dim), 0.0
         base_mean, base_lin, count = np.zeros(self.output_dim), np.zeros(self.output_dim), 0.0
+        trace = None
         for start in range(0, self.eval_examples, self.eval_batch_size):
             batch = self.eval_batch(eval_seed, start, self.eval_batch_size)
             rows = min(self.eval_batch_size, self.eval_examples - start)
@@ -303,12 +307,16 @@ class CSPTask:
             base_mean += np.sum(m * y**2, axis=(0, 1))
             base_lin += np.sum(m * (lin - y) ** 2, axis=(0, 1))
             count += float(m.sum())
+            if trace is None:  # the first eval sequence, in the data's units
+                real = m[0, :, 0] > 0
+                unstd = lambda z: (z[0][real] * self.stats["target_std"] + self.stats["target_mean"]).tolist()  # noqa: E731
+                trace = {"trace_target": unstd(y), "trace_predicted": unstd(out)}
         per = se / count
         return {"mse": float(per.mean()), "mae": ae / (count * self.output_dim), "mse_per_target": per.tolist(),
                 "rmse_physical": (np.sqrt(per) * self.stats["target_std"]).tolist(),
                 "baseline_mean_mse": float((base_mean / count).mean()),
                 "baseline_linear_mse": float((base_lin / count).mean()),
-                "num_examples": self.eval_examples, "num_targets": int(count), "source": self.source}
+                **trace, "num_examples": self.eval_examples, "num_targets": int(count), "source": self.source}
 
 
 __all__ = ["CSPTask", "SOURCES", "chunk_features", "default_config", "fit_linear"]

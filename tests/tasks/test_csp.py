@@ -94,6 +94,9 @@ def test_evaluate_against_numpy(rng):
                                rtol=1e-4)
     assert m["baseline_linear_mse"] < m["baseline_mean_mse"]  # the fit explains something in sample
     assert (m["num_examples"], m["num_targets"], m["source"]) == (7, 35, "imu_odometry")
+    np.testing.assert_allclose(m["trace_target"], y[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m["trace_predicted"], out[0] * s["target_std"] + s["target_mean"], rtol=1e-4,
+                               atol=1e-6)
 
 
 def _write_bench(root, rng, lengths):
@@ -128,7 +131,8 @@ def test_csp_bench_source_splits_standardises_and_masks(tmp_path, rng):
     np.testing.assert_array_equal(batch["inputs"], task.train["inputs"][picks])
     # Evaluation counts real targets only: zeros as predictions give the train-mean baseline.
     m = task.evaluate(lambda b: np.zeros(b["inputs"].shape[:2] + (2,), np.float32), seed=0)
-    assert m["num_targets"] == 5
+    assert m["num_targets"] == 5 and len(m["trace_target"]) == 2  # the first eval episode's real targets
+    np.testing.assert_allclose(m["trace_target"], diffs[3], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m["mse"], m["baseline_mean_mse"], rtol=1e-12)
     np.testing.assert_allclose(m["mse"], np.mean(((np.concatenate(diffs[3:]) - y_train.mean(0)) / y_train.std(0))
                                                  ** 2), rtol=1e-5)
