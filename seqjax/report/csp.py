@@ -6,9 +6,11 @@ linear-readout baselines on the same targets (``baseline_mean_mse``,
 ``baseline_linear_mse``), the ratio ``mse / baseline_mean_mse`` and the run's
 wall time, all from the cell's ``results.json`` (``seqjax.tasks.csp`` writes
 these metrics). A cell without results reads "missing"; one that diverged
-reads "diverged". The figure is one bar per finished model with the two
-baselines as dashed levels. Predicted-vs-true traces need a trained model and
-are drawn by the notebook (``notebooks/csp.ipynb``), not here.
+reads "diverged". Two figures: one bar per finished model with the two
+baselines as dashed levels (:func:`figure`), and the predicted vs true
+targets of the first held-out sequence (``trace_predicted``,
+``trace_target``, which the task writes) as traces over the target index and,
+summed, as a path (:func:`trace_figure`).
 """
 
 import pathlib
@@ -44,13 +46,15 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
         r = by_name.get(g["cell"])
         status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
         row = {"cell": g["cell"], "model": g["model"], "status": status, "seconds": None, "steps": None,
-               "per_target": None, "ratio": None, **{k: None for k in METRICS}}
+               "per_target": None, "ratio": None, "trace_target": None, "trace_predicted": None,
+               **{k: None for k in METRICS}}
         if status == "finished":
             m = r["metrics"]
             row.update({k: float(m[k]) if k in m else None for k in METRICS})
             row["per_target"] = [float(x) for x in m.get("mse_per_target") or []] or None
             if row["mse"] is not None and row["baseline_mean_mse"]:
                 row["ratio"] = row["mse"] / row["baseline_mean_mse"]
+            row["trace_target"], row["trace_predicted"] = m.get("trace_target"), m.get("trace_predicted")
             row["seconds"] = r.get("wall_time_s")
             row["steps"] = r.get("train", {}).get("steps")
         rows.append(row)
@@ -96,6 +100,11 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
         png = base / "csp-mse.png"
         written.append(plot(rows, png))
         parts += [f"![MSE per model]({png.name})", ""]
+    if any(r["trace_target"] for r in rows):
+        png = base / "csp-traces.png"
+        written.append(save_png(lambda: trace_figure(rows), png))
+        parts += ["Predicted vs true targets of the first held-out sequence (left: per target index; right: "
+                  "summed, the path):", "", f"![predicted vs true targets]({png.name})", ""]
     md = base / "report.md"
     md.write_text("\n".join(parts))
     return [md] + written
@@ -132,4 +141,43 @@ def figure(rows: list[dict]):
     return fig
 
 
-__all__ = ["HEADER", "METRICS", "MISSING", "build", "cells", "figure", "plot", "table_rows"]
+def trace_figure(rows: list[dict]):
+    """The first held-out sequence's targets, true and predicted per finished model.
+
+    Left: the first target dimension against the target index; right: the
+    running sums of the first two dimensions (for the IMU task: the path in
+    the plane). The cells share the eval set (``eval_seed``), so the true
+    trace of the first finished cell stands for all.
+
+    Args:
+      rows: the output of :func:`cells`.
+
+    Returns:
+      The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    done = [r for r in rows if r["status"] == "finished" and r["trace_target"]]
+    fig, (ax, path) = plt.subplots(1, 2, figsize=(10, 4))
+    if done:
+        true = np.asarray(done[0]["trace_target"])
+        ax.plot(true[:, 0], color="black", linewidth=2, label="true")
+        if true.shape[1] > 1:
+            walk = np.cumsum(true, axis=0)
+            path.plot(walk[:, 0], walk[:, 1], color="black", linewidth=2, label="true")
+        for r in done:
+            pred = np.asarray(r["trace_predicted"])
+            ax.plot(pred[:, 0], label=r["model"])
+            if pred.shape[1] > 1:
+                walk = np.cumsum(pred, axis=0)
+                path.plot(walk[:, 0], walk[:, 1], label=r["model"])
+        ax.legend(fontsize=8)
+    ax.set(xlabel="target index", ylabel="target 0 (data units)", title="first held-out sequence")
+    path.set(xlabel="Σ target 0", ylabel="Σ target 1", title="summed targets (the path)")
+    path.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["HEADER", "METRICS", "MISSING", "build", "cells", "figure", "plot", "table_rows", "trace_figure"]
