@@ -309,8 +309,9 @@ class CSPTask:
             count += float(m.sum())
             if trace is None:  # the first eval sequence, in the data's units
                 real = m[0, :, 0] > 0
-                unstd = lambda z: (z[0][real] * self.stats["target_std"] + self.stats["target_mean"]).tolist()  # noqa: E731
-                trace = {"trace_target": unstd(y), "trace_predicted": unstd(out)}
+                std, mean = self.stats["target_std"], self.stats["target_mean"]
+                trace = {"trace_target": (y[0][real] * std + mean).tolist(),
+                         "trace_predicted": (out[0][real] * std + mean).tolist()}
         per = se / count
         return {"mse": float(per.mean()), "mae": ae / (count * self.output_dim), "mse_per_target": per.tolist(),
                 "rmse_physical": (np.sqrt(per) * self.stats["target_std"]).tolist(),

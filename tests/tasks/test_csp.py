@@ -87,7 +87,10 @@ def test_evaluate_against_numpy(rng):
     # Linear readout: the normal equations on the standardised stats set, features = the chunk's samples and 1.
     xf, yf = imu.generate(0, 40, split="train", **law)
     xf, yf = (xf - s["input_mean"]) / s["input_std"], (yf - s["target_mean"]) / s["target_std"]
-    feats = lambda a: np.concatenate([a.reshape(len(a), 5, 12), np.ones((len(a), 5, 1))], -1).reshape(-1, 13)  # noqa: E731
+
+    def feats(a):  # each chunk's 4 samples × 3 channels, then a constant
+        return np.concatenate([a.reshape(len(a), 5, 12), np.ones((len(a), 5, 1))], -1).reshape(-1, 13)
+
     f = feats(xf)
     w = np.linalg.solve(f.T @ f, f.T @ yf.reshape(-1, 2))
     np.testing.assert_allclose(m["baseline_linear_mse"], ((feats(xs) @ w - ys.reshape(-1, 2)) ** 2).mean(),
