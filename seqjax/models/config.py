@@ -66,6 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
       ``num_classes`` are None (set them for the task).
     """
     return ml_collections.ConfigDict(dict(
+        architecture="sequence",  # see seqjax.models.architectures ("encoder_decoder": encoder_decoder.py's fields)
         mixers="mha",
         num_layers=2,
         d_model=64,
@@ -151,6 +152,9 @@ def layer_mixers(model_config) -> list[str]:
         not divide ``num_layers``.
     """
     cfg = _fields(model_config)
+    if cfg["architecture"] != "sequence":
+        raise ConfigError(f"{_FIELD}.architecture={cfg['architecture']!r} is not a SequenceModel's; build it with "
+                          "seqjax.models.build (allowed here: 'sequence')")
     _check_int(f"{_FIELD}.num_layers", cfg["num_layers"])
     pattern = _pattern(cfg["mixers"])
     allowed = mixers.names()

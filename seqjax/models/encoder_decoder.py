@@ -50,7 +50,7 @@ from seqjax.errors import ConfigError, check_choice
 from seqjax.mixers.common import dense
 from seqjax.models.backbone import CHANNELS, Backbone, ChannelGLU, ChannelMLP, MixerSpec, channel_hidden
 from seqjax.models.config import DTYPES
-from seqjax.models.decode import beam_search, greedy_search
+from seqjax.models.decode import beam_search, check_stop, greedy_search
 from seqjax.models.embeddings import Embedding
 from seqjax.models.heads import LMHead
 from seqjax.models.norms import NORMS, make_norm
@@ -245,19 +245,32 @@ class EncoderDecoder(nn.Module):
         x = self.embed(src, segment_ids=ids, deterministic=deterministic)
         return self.encoder(x, segment_ids=ids, deterministic=deterministic), ids
 
-    def __call__(self, src: jax.Array, tgt_in: jax.Array, *, src_mask: jax.Array | None = None,
+    def __call__(self, src: jax.Array, tgt_in: jax.Array | None = None, *, decoder_inputs: jax.Array | None = None,
+                 src_mask: jax.Array | None = None, mask: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
         """Teacher-forced forward.
+
+        The trainer calls ``model(inputs, decoder_inputs=..., mask=...)``
+        (batch keys, ``seqjax.train.step.MODEL_KEYS``); ``tgt_in`` and
+        ``src_mask`` are the same arguments by their positional names.
 
         Args:
           src: ``(b, ls)`` source token ids (padding ``pad_id`` on the right).
           tgt_in: ``(b, lt)`` decoder inputs (BOS, then the target shifted right).
+          decoder_inputs: ``tgt_in`` by the trainer's name (give one of the two).
           src_mask: ``(b, ls)``, True at real source tokens; default ``src != pad_id``.
+          mask: ``src_mask`` by the trainer's name (give at most one of the two).
           deterministic: disables dropout (else pass ``rngs={"dropout": key}``).
 
         Returns:
           ``(b, lt, vocab_size)`` float32 logits (position ``t`` predicts target token ``t``).
         """
+        if (tgt_in is None) == (decoder_inputs is None):
+            raise ValueError("EncoderDecoder: give the decoder inputs once, as tgt_in or decoder_inputs")
+        if src_mask is not None and mask is not None:
+            raise ValueError("EncoderDecoder: give the source mask at most once, as src_mask or mask")
+        tgt_in = decoder_inputs if tgt_in is None else tgt_in
+        src_mask = mask if src_mask is None else src_mask
         memory, ids = self.encode(src, src_mask, deterministic)
         x = self.embed(tgt_in, deterministic=deterministic)
         for block in self.decoder:
@@ -297,6 +310,7 @@ def default_config() -> ml_collections.ConfigDict:
       A fresh ConfigDict; set ``vocab_size``.
     """
     return ml_collections.ConfigDict(dict(
+        architecture="encoder_decoder",  # seqjax.models.build dispatches on it (seqjax.models.architectures)
         encoder_mixers="mha", decoder_mixers="mha", num_encoder_layers=2, num_decoder_layers=2, d_model=64,
         num_heads=4, vocab_size=None, mixer_kwargs={}, channel="mlp", mlp_ratio=4.0, norm="layernorm",
         dropout=0.0, pad_id=0, dtype="float32",
@@ -350,18 +364,17 @@ def _spec(cfg: dict, name: str, causal: bool) -> MixerSpec:
     return name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
 
 
-def build(model_config) -> EncoderDecoder:
-    """Validates an encoder–decoder ``config.model`` and builds the network.
+def validate(model_config) -> None:
+    """Raises ConfigError (one line naming the field and the allowed values) unless the config can be built.
 
     Args:
       model_config: a ConfigDict / dict with the fields of :func:`default_config`.
-
-    Returns:
-      An unbound :class:`EncoderDecoder`; ``model.init(key, src, tgt_in)``.
-
-    Raises:
-      ConfigError: an unknown field or a bad value (one line naming the field and the allowed values).
     """
+    _checked(model_config)
+
+
+def _checked(model_config) -> tuple[dict, list[MixerSpec], list[MixerSpec]]:
+    """``(fields merged over the defaults, encoder specs, decoder specs)``, every field checked."""
     defaults = default_config().to_dict()
     given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
     for key in given:
@@ -382,13 +395,63 @@ def build(model_config) -> EncoderDecoder:
         raise ConfigError(f"{_FIELD}.pad_id={cfg['pad_id']!r} must be an int in [0, vocab_size)")
     if not isinstance(cfg["mixer_kwargs"], dict) and not hasattr(cfg["mixer_kwargs"], "to_dict"):
         raise ConfigError(f"{_FIELD}.mixer_kwargs={cfg['mixer_kwargs']!r} must be a dict of dicts")
+    if cfg["architecture"] != "encoder_decoder":
+        raise ConfigError(f"{_FIELD}.architecture={cfg['architecture']!r} is not an encoder–decoder's; "
+                          "allowed here: 'encoder_decoder'")
     enc = [_spec(cfg, name, False) for name in _layers(cfg, "encoder")]
     dec = [_spec(cfg, name, True) for name in _layers(cfg, "decoder")]
+    return cfg, enc, dec
+
+
+def build(model_config) -> EncoderDecoder:
+    """Validates an encoder–decoder ``config.model`` and builds the network.
+
+    Args:
+      model_config: a ConfigDict / dict with the fields of :func:`default_config`.
+
+    Returns:
+      An unbound :class:`EncoderDecoder`; ``model.init(key, src, tgt_in)``.
+
+    Raises:
+      ConfigError: an unknown field or a bad value (one line naming the field and the allowed values).
+    """
+    cfg, enc, dec = _checked(model_config)
     return EncoderDecoder(
         encoder_layers=tuple(enc), decoder_layers=tuple(dec), d_model=cfg["d_model"], num_heads=cfg["num_heads"],
         vocab_size=cfg["vocab_size"], channel=cfg["channel"], mlp_ratio=float(cfg["mlp_ratio"]), norm=cfg["norm"],
         dropout=float(cfg["dropout"]), pad_id=cfg["pad_id"], dtype=DTYPES[cfg["dtype"]],
     )
+
+
+def check_length(model_config, length: int, field: str) -> None:
+    """Raises ConfigError for a length the model cannot take; the encoder–decoder has no length limit.
+
+    It has no model-level position table, and its mixers get no ``max_length``
+    (``mha``'s KV cache is sized by the decoding call), so only the value is checked.
+
+    Args:
+      model_config: ``config.model``.
+      length: the longest ``inputs`` length that will be fed.
+      field: dotted name of where ``length`` comes from, for the message.
+    """
+    if not isinstance(length, int) or length <= 0:
+        raise ConfigError(f"{field}={length!r} must be an int > 0")
+
+
+def check_build(model_config, length: int) -> None:
+    """Raises ConfigError when the network cannot be initialised (an abstract ``init``: nothing is computed).
+
+    Args:
+      model_config: ``config.model`` (already passed by :func:`validate`).
+      length: source and target length of the traced example.
+    """
+    model = build(model_config)
+    tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+    try:
+        jax.eval_shape(lambda s, t: model.init(jax.random.key(0), s, t), tokens, tokens)
+    except (TypeError, ValueError) as e:  # a width rule a mixer checks only when it creates its parameters
+        message = str(e).strip().splitlines()
+        raise ConfigError(f"{_FIELD} does not build: {type(e).__name__}: {message[0] if message else ''}") from None
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -415,22 +478,25 @@ def init_decoder_caches(model: EncoderDecoder, variables: dict, batch_size: int,
 
 
 def generate_seq2seq(model: EncoderDecoder, variables: dict, src: jax.Array, *, max_new_tokens: int, bos_id: int,
-                     beam_size: int = 1, src_mask: jax.Array | None = None) -> dict:
+                     beam_size: int = 1, src_mask: jax.Array | None = None, eos_id: int | None = None,
+                     length_penalty: float = 0.0) -> dict:
     """Greedy or beam-search decoding of the target of ``src`` through the decoder's ``step``.
 
     Args:
       model: an :class:`EncoderDecoder`.
       variables: its variables.
       src: ``(b, ls)`` int source ids (padding ``model.pad_id`` on the right).
-      max_new_tokens: target tokens to generate (>= 1; no stop token: every row runs to the end).
+      max_new_tokens: target tokens to generate (>= 1).
       bos_id: the token fed first.
       beam_size: 1 for greedy decoding, ``k > 1`` for beam search.
       src_mask: ``(b, ls)`` True at real source tokens; default ``src != pad_id``.
+      eos_id: stop token (a finished row repeats it at no cost); None: every row runs to the end.
+      length_penalty: beam search's final length normalisation exponent (as :func:`seqjax.models.generate`).
 
     Returns:
       As :func:`seqjax.models.generate`: ``tokens`` ``(b, max_new_tokens)``,
-      ``score`` ``(b,)``; greedy adds ``logits`` (per-position log-probs),
-      beam adds ``beams`` ``(b, k, n)`` and ``beam_scores`` ``(b, k)``.
+      ``score`` ``(b,)``, ``length`` ``(b,)``; greedy adds ``logits`` (per-position log-probs),
+      beam adds ``beams`` ``(b, k, n)``, ``beam_scores`` and ``beam_lengths`` ``(b, k)``.
 
     Raises:
       ConfigError: a bad ``src`` / ``max_new_tokens`` / ``beam_size`` / ``bos_id``.
@@ -444,12 +510,14 @@ def generate_seq2seq(model: EncoderDecoder, variables: dict, src: jax.Array, *, 
             raise ConfigError(f"generate_seq2seq: {field}={value!r} must be an int >= 1")
     if not isinstance(bos_id, int) or not 0 <= bos_id < model.vocab_size:
         raise ConfigError(f"generate_seq2seq: bos_id={bos_id!r} must be an int in [0, {model.vocab_size})")
+    check_stop("generate_seq2seq", model.vocab_size, eos_id, length_penalty)
     mask = (src != model.pad_id) if src_mask is None else jnp.asarray(src_mask).astype(bool)
     caches = init_decoder_caches(model, variables, src.shape[0], max_new_tokens + 1)
-    return _seq2seq_jit(model, variables, src, mask, caches, max_new_tokens, beam_size, bos_id)
+    return _seq2seq_jit(model, variables, src, mask, caches, max_new_tokens, beam_size, bos_id, eos_id,
+                        float(length_penalty))
 
 
-def _seq2seq_impl(model, variables, src, mask, caches, steps, k, bos_id):
+def _seq2seq_impl(model, variables, src, mask, caches, steps, k, bos_id, eos_id, length_penalty):
     cross = model.apply(variables, src, mask, method="prepare")
 
     def step(tokens, state):
@@ -460,11 +528,11 @@ def _seq2seq_impl(model, variables, src, mask, caches, steps, k, bos_id):
     # The cross K/V ride in the cache state, so the beams reorder them with the self-mixer caches.
     logp, state = step(jnp.full((src.shape[0],), bos_id, jnp.int32), (cross, caches))
     if k == 1:
-        return greedy_search(step, logp, state, steps)
-    return beam_search(step, logp, state, steps, k)
+        return greedy_search(step, logp, state, steps, eos_id)
+    return beam_search(step, logp, state, steps, k, eos_id, length_penalty)
 
 
-_seq2seq_jit = jax.jit(_seq2seq_impl, static_argnums=(0, 5, 6, 7))
+_seq2seq_jit = jax.jit(_seq2seq_impl, static_argnums=(0, 5, 6, 7, 8, 9))
 
 __all__ = ["EncoderDecoder", "DecoderBlock", "CrossAttention", "CrossKV", "default_config", "build",
            "init_decoder_caches", "generate_seq2seq", "source_ids"]

@@ -16,6 +16,7 @@ _TASKS = {
     "icll": "seqjax.tasks.icll:ICLLTask",
     "lra": "seqjax.tasks.lra:LRATask",
     "mqar": "seqjax.tasks.mqar:MQARTask",
+    "seq2seq": "seqjax.tasks.seq2seq:Seq2SeqTask",
     "video": "seqjax.tasks.video:VideoTask",
 }
 

@@ -82,7 +82,7 @@ from seqjax.train.config import batch_padding, check_lengths, check_vocab, check
 from seqjax.train.results import finished_results, git_hash, run_record, write_json_atomic
 from seqjax.train.state import (TrainState, abstract_variables, create_train_state, make_init_fn, replicated,
                                 split_variables, state_shardings)
-from seqjax.train.step import apply_model, make_train_step, model_inputs
+from seqjax.train.step import apply_model, init_extras, make_train_step, model_inputs
 from seqjax.train.writers import MetricWriter, NullWriter, jsonable, open_writer
 
 Writer = MetricWriter | NullWriter
@@ -279,7 +279,8 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     sample_in = jax.tree.map(lambda x: x[:1], model_inputs(sample))
     # One abstract trace of the model: the boxed parameter shapes give both the
     # state's shapes and the logical names that place each parameter.
-    boxed, model_state = split_variables(abstract_variables(model, sample_in["inputs"], sample_in.get("segment_ids")))
+    boxed, model_state = split_variables(abstract_variables(model, sample_in["inputs"], sample_in.get("segment_ids"),
+                                                            init_extras(sample_in)))
     abstract = jax.eval_shape(lambda p, s: create_train_state(p, tx, s), boxed, model_state)
     # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
     specs = parallel.param_specs(boxed, mesh, rules)
@@ -364,7 +365,8 @@ def restore_or_init(setup: Setup, ckpt: Checkpointer) -> Start:
             step=step, state=state, dropout_key=jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32)),
             elapsed_s=float(meta.get("elapsed_s", 0.0)), loss=meta.get("loss"), guard=meta.get("divergence"))
     init = jax.jit(make_init_fn(setup.model, setup.tx), out_shardings=setup.state_shardings)
-    state = init(setup.init_key, setup.sample_in["inputs"], setup.sample_in.get("segment_ids"))
+    state = init(setup.init_key, setup.sample_in["inputs"], setup.sample_in.get("segment_ids"),
+                 init_extras(setup.sample_in))
     # A new run with train.init_from: the source's parameters (the optimiser state stays fresh).
     state, record = init_from_lib.apply(setup.init_from, state, setup.workdir, primary=setup.primary, say=_say)
     return Start(step=0, state=state, dropout_key=setup.dropout_key, elapsed_s=0.0, loss=None, init_from=record)

@@ -65,22 +65,23 @@ def split_variables(variables: Any) -> tuple[Any, dict]:
 
 
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
-    """``(key, inputs, segment_ids) -> TrainState``: initialises the model and the optimiser.
+    """``(key, inputs, segment_ids, extra=None) -> TrainState``: initialises the model and the optimiser.
 
     Args:
       model: the Flax module (called as ``model.init(rngs, inputs,
-        segment_ids=..., deterministic=True)``).
+        segment_ids=..., deterministic=True, **extra)``; ``extra`` holds the
+        other inputs the model's parameters depend on, e.g. an
+        encoder–decoder's ``decoder_inputs``).
       tx: the optimiser.
 
     Returns:
       A pure function, to be jitted with :func:`state_shardings` as output shardings.
     """
 
-    def init_fn(key, inputs, segment_ids):
+    def init_fn(key, inputs, segment_ids, extra=None):
         params_key, dropout_key = jax.random.split(key)
-        variables = model.init(
-            {"params": params_key, "dropout": dropout_key}, inputs, segment_ids=segment_ids, deterministic=True
-        )
+        variables = model.init({"params": params_key, "dropout": dropout_key}, inputs,
+                               **_init_kwargs(segment_ids, extra), deterministic=True)
         params, model_state = split_variables(variables)
         return create_train_state(params, tx, model_state)
 
@@ -92,19 +93,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def abstract_variables(model: nn.Module, inputs: Any, segment_ids: Any = None) -> Any:
+def _init_kwargs(segment_ids: Any, extra: dict | None) -> dict:
+    """The keyword inputs of ``model.init``: ``segment_ids`` (a SequenceModel takes None) and ``extra``.
+
+    An encoder–decoder takes no ``segment_ids``; it is passed only when set or when nothing else is.
+    """
+    if extra:
+        return dict(extra, **({"segment_ids": segment_ids} if segment_ids is not None else {}))
+    return {"segment_ids": segment_ids}
+
+
+def abstract_variables(model: nn.Module, inputs: Any, segment_ids: Any = None, extra: dict | None = None) -> Any:
     """All the model's variable collections as ``ShapeDtypeStruct`` leaves (boxes kept); nothing is computed.
 
     Args:
       model: the Flax module.
       inputs: example inputs (only shapes and dtypes are used).
       segment_ids: example segment ids, or None.
+      extra: other example inputs passed as keywords (e.g. ``decoder_inputs``), or None.
 
     Returns:
       ``{collection: tree}``, ``"params"`` among them.
     """
     def init(key):
-        return model.init({"params": key, "dropout": key}, inputs, segment_ids=segment_ids, deterministic=True)
+        return model.init({"params": key, "dropout": key}, inputs, **_init_kwargs(segment_ids, extra),
+                          deterministic=True)
 
     return jax.eval_shape(init, jax.random.key(0))
 

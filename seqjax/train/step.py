@@ -13,12 +13,13 @@ import optax
 
 from seqjax.train.state import TrainState
 
-# Batch keys the model is applied with (besides ``inputs``), when the task provides them.
-MODEL_KEYS = ("segment_ids", "mask")
+# Batch keys the model is applied with (besides ``inputs``), when the task provides them, as keywords:
+# ``decoder_inputs`` feeds an encoder–decoder (``config.model.architecture``, seqjax.models.architectures).
+MODEL_KEYS = ("segment_ids", "mask", "decoder_inputs")
 
 
 def model_inputs(batch: dict) -> dict:
-    """Only what the model sees: ``inputs`` and, if present, ``segment_ids`` and ``mask``.
+    """Only what the model sees: ``inputs`` and, if present, ``segment_ids``, ``mask`` and ``decoder_inputs``.
 
     ``mask`` (True at real positions) reaches the classification head's
     pooling, so padded sequences pool over their real tokens only.
@@ -36,8 +37,23 @@ def model_inputs(batch: dict) -> dict:
     return out
 
 
+def init_extras(batch: dict) -> dict:
+    """The model inputs besides ``inputs``/``segment_ids`` that the parameters' shapes need at init.
+
+    ``mask`` is left out (it changes no shape); ``decoder_inputs`` is kept (an
+    encoder–decoder's decoder is built on it).
+
+    Args:
+      batch: a batch (or :func:`model_inputs` of one).
+
+    Returns:
+      The keyword inputs for ``model.init`` (empty for a SequenceModel's batches).
+    """
+    return {k: batch[k] for k in MODEL_KEYS if k not in ("segment_ids", "mask") and batch.get(k) is not None}
+
+
 def apply_model(model, params, batch: dict, model_state: dict | None = None, **kwargs):
-    """``model.apply`` on a batch's ``inputs`` (and ``segment_ids``/``mask`` when present).
+    """``model.apply`` on a batch's ``inputs`` (and the other :data:`MODEL_KEYS` when present).
 
     Args:
       model: the Flax module.
@@ -106,4 +122,4 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
     return train_step
 
 
-__all__ = ["MODEL_KEYS", "model_inputs", "apply_model", "make_train_step"]
+__all__ = ["MODEL_KEYS", "model_inputs", "init_extras", "apply_model", "make_train_step"]

@@ -81,3 +81,58 @@ def test_bad_requests_are_one_line_errors():
     v = bidir.init(jax.random.key(0), prompt)
     with pytest.raises(ConfigError, match="not causal"):
         generate(bidir, v, prompt, max_new_tokens=2)
+
+
+def _stopped(conts: np.ndarray, logp_rows: np.ndarray, eos: int):
+    """The continuations valid under a stop token (only EOS after the first EOS), their scores and lengths."""
+    valid, scores, lens = [], [], []
+    for c, lp in zip(conts, logp_rows):
+        hit = np.flatnonzero(c == eos)
+        n = hit[0] + 1 if len(hit) else len(c)
+        if np.all(c[n:] == eos):
+            valid.append(c)
+            scores.append(lp[np.arange(n), c[:n]].sum())  # log-probs up to and including the EOS
+            lens.append(n)
+    return np.asarray(valid), np.asarray(scores), np.asarray(lens)
+
+
+def test_greedy_stops_at_the_eos_token(rng):
+    model, variables = _lm()
+    prompt = jnp.asarray(rng.integers(0, VOCAB, (4, 5)), jnp.int32)
+    free = generate(model, variables, prompt, max_new_tokens=6)
+    tokens = np.asarray(free["tokens"])
+    eos = int(tokens[0, 1])  # a token the greedy path emits early in row 0
+    out = generate(model, variables, prompt, max_new_tokens=6, eos_id=eos)
+    logp = np.take_along_axis(np.asarray(free["logits"]), tokens[..., None], 2)[..., 0]
+    for row in range(4):
+        hit = np.flatnonzero(tokens[row] == eos)
+        n = hit[0] + 1 if len(hit) else 6
+        expected = np.concatenate([tokens[row, :n], np.full(6 - n, eos)])
+        assert (np.asarray(out["tokens"][row]) == expected).all() and int(out["length"][row]) == n
+        np.testing.assert_allclose(float(out["score"][row]), logp[row, :n].sum(), rtol=1e-4, atol=1e-5)
+    assert int(out["length"][0]) <= 2
+
+
+@pytest.mark.parametrize("penalty", [0.0, 1.0])
+def test_beam_search_with_eos_and_length_penalty_is_exhaustive(rng, penalty):
+    model, variables = _lm("mamba2,mha")
+    prompt = jnp.asarray(rng.integers(0, VOCAB, (2, 4)), jnp.int32)
+    steps, eos = 3, 2
+    # Width V^n keeps every hypothesis: the search is exhaustive, so the best must equal brute force's.
+    out = generate(model, variables, prompt, max_new_tokens=steps, beam_size=VOCAB ** steps, eos_id=eos,
+                   length_penalty=penalty)
+    conts = np.asarray(list(itertools.product(range(VOCAB), repeat=steps)), np.int32)
+    for row in range(prompt.shape[0]):
+        seqs = jnp.concatenate([jnp.broadcast_to(prompt[row], (len(conts), prompt.shape[1])), conts], axis=1)
+        logp = _logp(model, variables, seqs)[:, prompt.shape[1] - 1:-1]
+        valid, scores, lens = _stopped(conts, logp, eos)
+        ranked = scores / ((5.0 + lens) / 6.0) ** penalty
+        best = ranked.argmax()
+        assert (np.asarray(out["tokens"][row]) == valid[best]).all(), (row, out["tokens"][row], valid[best])
+        np.testing.assert_allclose(float(out["score"][row]), scores[best], rtol=1e-4, atol=1e-5)
+        assert int(out["length"][row]) == lens[best]
+        assert np.isfinite(np.asarray(out["beam_scores"][row])).sum() == len(valid)  # one beam per valid sequence
+    with pytest.raises(ConfigError, match=r"eos_id=5 must be None or an int in \[0, 5\)"):
+        generate(model, variables, prompt, max_new_tokens=2, eos_id=5)
+    with pytest.raises(ConfigError, match="length_penalty=-1 must be a number >= 0"):
+        generate(model, variables, prompt, max_new_tokens=2, length_penalty=-1)

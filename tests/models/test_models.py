@@ -332,10 +332,11 @@ def test_logical_axis_names(rng):
 def test_default_config_fields():
     c = models.default_config()
     assert set(c.keys()) == {
-        "mixers", "num_layers", "d_model", "mixer_kwargs", "causal", "channel", "mlp_ratio", "norm", "dropout",
-        "input", "vocab_size", "input_dim", "positions", "max_length", "head", "output_dim", "num_classes",
+        "architecture", "mixers", "num_layers", "d_model", "mixer_kwargs", "causal", "channel", "mlp_ratio", "norm",
+        "dropout", "input", "vocab_size", "input_dim", "positions", "max_length", "head", "output_dim", "num_classes",
         "pooling", "pooling_heads", "pooling_rank", "dtype", "sequence_axis", "distil", "conv_embed", "spiking"}
-    assert (c.mixers, c.num_layers, c.d_model, c.causal, c.head) == ("mha", 2, 64, True, "lm")
+    assert (c.architecture, c.mixers, c.num_layers, c.d_model, c.causal, c.head) == (
+        "sequence", "mha", 2, 64, True, "lm")
     with pytest.raises(ConfigError, match="config.model.vocab_size"):
         models.build(c)  # tokens need a vocabulary
 
