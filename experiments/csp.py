@@ -25,9 +25,11 @@ def run_summary(results: dict) -> str:
     """
     m = results["metrics"]
     cfg = results.get("config", {})
+    model = cfg.get("model", {})
+    mixers = model.get("mixers") or "/".join(str(model.get(k, {}).get("mixers", "?")) for k in ("low", "high"))
     per = ", ".join(f"{v:.4f}" for v in m["mse_per_target"])
     return "\n".join([
-        f"{cfg.get('name', 'csp run')} (mixers: {cfg.get('model', {}).get('mixers', '?')}; {m['num_targets']} "
+        f"{cfg.get('name', 'csp run')} (mixers: {mixers}; {m['num_targets']} "
         f"targets of {m['num_examples']} held-out sequences)",
         f"MSE (standardised) {m['mse']:.4f} (per target {per})   train-mean baseline {m['baseline_mean_mse']:.4f}   "
         f"linear-readout baseline {m['baseline_linear_mse']:.4f}"])

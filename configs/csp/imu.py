@@ -4,7 +4,10 @@ Usage: ``--config=configs/csp/imu.py:model=hiss,scale=cpu`` (``dataset=`` for ``
 
   * ``model`` (the paper's comparison): ``hiss`` (the registry's HiSS mixer:
     a low-level diagonal SSM per chunk of ``k = 10`` sensor samples, a
-    high-level one over the chunk features, in every layer), the flat SSMs
+    high-level one over the chunk features, in every layer), ``hiss_net``
+    (the authors' construction, ``config.model.architecture =
+    "hierarchical"``: an S4D network per chunk, read at the chunk's last
+    sample, and an S4D network over the chunk features), the flat SSMs
     ``s4d`` and ``mamba``, ``lstm`` and ``transformer`` (causal softmax
     attention with RoPE). Every model is causal, reads the sensor samples
     through a Dense read-in (``model.input = "continuous"``) and is read by
@@ -31,10 +34,12 @@ Usage: ``--config=configs/csp/imu.py:model=hiss,scale=cpu`` (``dataset=`` for ``
 
 import os
 
+import ml_collections
+
 from seqjax.config import apply_model_preset, base_config, parse_arg
 from seqjax.tasks.csp import default_config as csp_task_config
 
-MODELS = ["hiss", "s4d", "mamba", "lstm", "transformer"]
+MODELS = ["hiss", "hiss_net", "s4d", "mamba", "lstm", "transformer"]
 DATASETS = ["marker_writing", "joystick_control", "ronin", "vector"]
 DEFAULTS = {"model": "hiss", "scale": "cpu", "dataset": "ronin"}
 # (input, target) widths per CSP-Bench dataset, from the authors' task code; None: the tactile arrays' widths
@@ -42,8 +47,8 @@ DEFAULTS = {"model": "hiss", "scale": "cpu", "dataset": "ronin"}
 PAPER_DIMS = {"ronin": (6, 2), "vector": (6, 3), "marker_writing": (None, 2), "joystick_control": (None, 3)}
 CHUNK = 10  # sensor samples per target: 50 Hz / 5 Hz, as every CSP-Bench file
 # The authors' model sizes (conf/model/*.yaml): (layers, width, heads).
-PAPER_SIZES = {"hiss": (6, 128, None), "s4d": (6, 128, None), "mamba": (2, 64, None), "lstm": (2, 128, None),
-               "transformer": (6, 128, 2)}
+PAPER_SIZES = {"hiss": (6, 128, None), "hiss_net": (6, 128, None), "s4d": (6, 128, None), "mamba": (2, 64, None),
+               "lstm": (2, 128, None), "transformer": (6, 128, 2)}
 
 
 def get_config(arg: str | None = None):
@@ -75,9 +80,20 @@ def get_config(arg: str | None = None):
     m.num_layers, m.d_model = layers, width
     m.channel, m.mlp_ratio = "mlp", (4.0 if paper else 2.0)
     m.dropout = 0.1 if paper else 0.0
-    apply_model_preset(config, model, num_heads=heads if model == "transformer" else None)
+    apply_model_preset(config, "s4d" if model == "hiss_net" else model,
+                       num_heads=heads if model == "transformer" else None)
     if model == "hiss":
         m.mixer_kwargs.hiss = dict(chunk_size=CHUNK)
+    if model == "hiss_net":
+        # The authors' two networks (seqjax.models.hierarchical): S4D per chunk, S4D over the chunk features.
+        # cpu: 1 + 1 layers × 64 (the flat models' depth of 2); paper: their RoNIN HiSS (conf/ronin_hiss_config:
+        # low S4 6 × 256, high S4 6 × 128, features 128).
+        level = {k: m[k] for k in ("channel", "mlp_ratio", "dropout", "positions")}
+        low, high, feature = ((6, 256), (6, 128), 128) if paper else ((1, 64), (1, 64), 64)
+        config.model = ml_collections.ConfigDict(dict(
+            architecture="hierarchical", chunk=CHUNK, input_dim=m.input_dim, output_dim=m.output_dim,
+            feature_dim=feature, low=dict(level, mixers="s4d", num_layers=low[0], d_model=low[1]),
+            high=dict(level, mixers="s4d", num_layers=high[0], d_model=high[1])))
 
     o = config.optim
     o.optimizer = "adam"

@@ -3,8 +3,10 @@
 One cell is one run of ``configs/csp/imu.py`` (``model``, ``scale``): the MSE
 on standardised targets of held-out sequences (the paper's metric), beside the
 train-mean and linear-readout baselines that the task writes (``docs/csp.md``).
-The rows are the paper's comparison: HiSS, the flat SSMs (S4 → ``s4d`` here,
-Mamba), LSTM and a causal Transformer.
+The rows are the paper's comparison: HiSS (``hiss``: the registry's linear
+two-level mixer in every layer; ``hiss_net``: the authors' construction, an
+S4D network per chunk and an S4D network over the chunk features), the flat
+SSMs (S4 → ``s4d`` here, Mamba), LSTM and a causal Transformer.
 
 * ``scale=cpu``: the generated IMU odometry task (50 Hz IMU → 5 Hz planar
   displacements, 320 samples), every model 2 layers × 64, 200 steps of batch
@@ -18,7 +20,7 @@ in this project, so none is typed in: the report carries ``PAPER_NOTE``.
 
 from seqjax.config import Cell
 
-MODELS = ["hiss", "s4d", "mamba", "lstm", "transformer"]
+MODELS = ["hiss", "hiss_net", "s4d", "mamba", "lstm", "transformer"]
 CONFIG = "configs/csp/imu.py"
 PAPER_NOTE = ("Paper (Bhirangi et al. 2024, HiSS, CSP-Bench; MSE on standardised targets, 5 seeds): its table "
               "is not verified from a stored copy of the paper in this project, so no paper number is given. What "

@@ -238,8 +238,10 @@ class CSPTask:
 
     def check_model(self, model_config) -> None:
         """Raises a one-line :class:`ConfigError` unless the model reads ``d_in`` features and regresses ``d_out``."""
-        for field, want in (("input", "continuous"), ("head", "regression"), ("input_dim", self.input_dim),
-                            ("output_dim", self.output_dim)):
+        checks = (("input_dim", self.input_dim), ("output_dim", self.output_dim))
+        if model_config.get("architecture", "sequence") == "sequence":  # a hierarchical model sets its own heads
+            checks = (("input", "continuous"), ("head", "regression")) + checks
+        for field, want in checks:
             if model_config.get(field) != want:
                 raise ConfigError(f"config.model.{field}={model_config.get(field)!r} is not allowed with task 'csp' "
                                   f"({self.source}); allowed: {want!r}")
