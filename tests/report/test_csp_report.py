@@ -38,7 +38,8 @@ def _row(md, start):
 
 def test_table_lists_every_cell_and_draws_the_figures(tmp_path):
     table = get_table("cpu")
-    assert [c.name for c in table["cells"]] == ["hiss-cpu", "s4d-cpu", "mamba-cpu", "lstm-cpu", "transformer-cpu"]
+    assert [c.name for c in table["cells"]] == ["hiss-cpu", "hiss_net-cpu", "s4d-cpu", "mamba-cpu", "lstm-cpu",
+                                                 "transformer-cpu"]
     assert "no paper number is given" in table["paper"]
     _fake(tmp_path, "hiss-cpu", "hiss", finished=True, wall_time_s=358.4, train={"steps": 200}, metrics=_metrics(3))
     _fake(tmp_path, "s4d-cpu", "s4d", finished=True, wall_time_s=35.0, train={"steps": 200}, metrics=_metrics(5))
@@ -69,7 +70,7 @@ def test_a_diverged_cell_reads_diverged(tmp_path):
 def _run_notebook(results):
     """notebooks/csp.ipynb on these results: it lists the cells and draws both figures."""
     outputs, images = execute_notebook("csp", results)
-    assert "2 finished of 5 csp cells" in outputs
+    assert "2 finished of 6 csp cells" in outputs
     assert "| hiss | 0.3000 | " in outputs and "| lstm | missing |" in outputs
     assert len(images) == 2
 
@@ -86,7 +87,7 @@ def test_kept_cpu_cells_are_in_the_rebuilt_table(tmp_path):
     kept = [json.loads(p.read_text()) for p in sorted(KEPT.glob("*/results.json"))]
     assert kept
     for r in kept:
-        model = r["config"]["model"]["mixers"].replace("mha", "transformer")
+        model = r["config"]["name"].split("-")[2]  # csp-imu-<model>-cpu
         m = r["metrics"]
         row = _row(rebuilt, f"| {model} | ")
         for key in ("mse", "baseline_mean_mse", "baseline_linear_mse"):

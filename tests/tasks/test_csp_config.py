@@ -30,6 +30,17 @@ def test_cpu_configs_pass_every_check_of_a_run(model, mixers):
     assert c.name == f"csp-imu-{model}-cpu"
 
 
+def test_hiss_net_is_the_two_network_architecture():
+    c = load_config(CONFIG, "model=hiss_net")
+    task = prepare(c, num_devices=1).task
+    assert (c.model.architecture, c.model.chunk, c.model.input_dim, c.model.output_dim) == ("hierarchical", 10, 3, 2)
+    assert (c.model.low.mixers, c.model.low.num_layers, c.model.high.mixers, c.model.high.num_layers) == (
+        "s4d", 1, "s4d", 1)
+    assert task.max_length == 320 and c.name == "csp-imu-hiss_net-cpu"
+    with pytest.raises(ConfigError, match="config.model.output_dim=3 is not allowed with task 'csp'"):
+        prepare(apply_overrides(c, ["model.output_dim=3"]), num_devices=1)
+
+
 def _ronin(root, rng):
     """A tiny RoNIN pair of files in the authors' layout (train: 3 episodes, test: 1)."""
     import h5py
