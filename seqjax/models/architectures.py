@@ -20,7 +20,11 @@ so every config written before the field existed means what it meant):
   mask=)``;
 * ``"encoder_decoder"`` — :class:`~seqjax.models.EncoderDecoder`
   (:mod:`seqjax.models.encoder_decoder`), applied as ``model(inputs,
-  decoder_inputs=, mask=)`` (``inputs`` the source, ``mask`` its real tokens).
+  decoder_inputs=, mask=)`` (``inputs`` the source, ``mask`` its real tokens);
+* ``"hierarchical"`` — :class:`~seqjax.models.hierarchical.HierarchicalModel`
+  (:mod:`seqjax.models.hierarchical`: the HiSS paper's low-level network per
+  chunk and high-level network over the chunk features), applied as
+  ``model(inputs)``.
 
 A task feeds an encoder–decoder by putting ``decoder_inputs`` in its batches
 (``seqjax.train.step.MODEL_KEYS``). Modules are imported when first used, so
@@ -34,6 +38,7 @@ from seqjax.errors import ConfigError, check_choice
 ARCHITECTURES = {
     "sequence": "seqjax.models.config",
     "encoder_decoder": "seqjax.models.encoder_decoder",
+    "hierarchical": "seqjax.models.hierarchical",
 }
 """Architecture name -> the module holding its ``validate``/``build``/``check_length``/``check_build``."""
 
