@@ -42,7 +42,9 @@ setup(
         # nbclient/ipykernel: the tests execute the notebooks; tensorboard: the
         # tests read the event files that seqjax.train writes without TensorFlow.
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
-                "tensorboard>=2.16"],
+                "tensorboard>=2.16", "h5py>=3.10"],
+        # h5py: the CSP-Bench reader (seqjax.data.csp_bench); its tests skip without it.
+        "csp": ["h5py>=3.10"],
         "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel"],
     },
 )

@@ -27,7 +27,8 @@ USAGE = """usage: python -m {module} [--config=path/to/config.py[:arg]] [--confi
 """
 
 
-def main(argv: list[str], module: str, doc: str, default_config: str, report: Callable[[], Callable] | None) -> None:
+def main(argv: list[str], module: str, doc: str, default_config: str, report: Callable[[], Callable] | None,
+         command: Callable[[], Callable] | None = None) -> None:
     """Parses ``argv``, then runs :func:`seqjax.experiment.command` and exits with its status.
 
     Args:
@@ -36,6 +37,8 @@ def main(argv: list[str], module: str, doc: str, default_config: str, report: Ca
       doc: the entrypoint's docstring (printed by ``--help``).
       default_config: ``configs/...py:arg`` relative to the repository root.
       report: returns the results → text function (imported late: after parsing).
+      command: returns the function that runs the parsed command (default
+        ``seqjax.experiment.command``; ``seqjax.rl.command.command`` for RL).
     """
     from seqjax.config import split_overrides
 
@@ -51,7 +54,11 @@ def main(argv: list[str], module: str, doc: str, default_config: str, report: Ca
     except flags.Error as e:
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    from seqjax import experiment
+    if command is None:
+        from seqjax import experiment
 
-    sys.exit(experiment.command(config.value, overrides, workdir.value, report() if report else None,
-                                print_config=print_config.value))
+        run = experiment.command
+    else:
+        run = command()
+    sys.exit(run(config.value, overrides, workdir.value, report() if report else None,
+                 print_config=print_config.value))

@@ -24,8 +24,11 @@ def run_summary(results: dict) -> str:
     """
     m = results["metrics"]
     model = results.get("config", {}).get("model", {})
-    return (f"{m['kind']} task, encoder {model.get('encoder_mixers', '?')} / decoder "
-            f"{model.get('decoder_mixers', '?')}: {m['num_examples']} held-out strings, {m['num_positions']} "
+    if model.get("architecture", "sequence") == "encoder_decoder":
+        what = f"encoder {model.get('encoder_mixers', '?')} / decoder {model.get('decoder_mixers', '?')}"
+    else:
+        what = f"decoder-only LM ({model.get('mixers', '?')})"
+    return (f"{m['kind']} task, {what}: {m['num_examples']} held-out strings, {m['num_positions']} "
             f"target tokens\n"
             f"teacher-forced token accuracy {m['token_accuracy']:.4f}  greedy token accuracy "
             f"{m['greedy_token_accuracy']:.4f}  exact match {m['exact_match']:.4f}  ce {m['ce']:.4f}")

@@ -210,6 +210,10 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         known = ", ".join(c.name for c in tab["cells"])
         print(f"error: --only names cells that are not in the table; cells: {known}", file=sys.stderr)
         return 2
+    if tab.get("runner") == "rl":  # in-context RL cells train with PPO (seqjax.rl), not seqjax.train
+        from seqjax.rl.command import reproduce_cells
+
+        return reproduce_cells(tab, cells, base, train=train, repo=repo)
     # Every selected cell is validated before any trains: a bad cell fails in seconds, not hours in.
     prepared = {}
     for cell in cells if train else []:

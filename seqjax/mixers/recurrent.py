@@ -199,6 +199,9 @@ class LSTM(HeadwiseRNN):
     """
 
     no_decay_params: ClassVar[tuple[str, ...]] = ("bias",)
+    # The scan restarts (h, c) at zero at a segment start and the cache is per row:
+    # ``step(..., reset)`` restarts rows the same way (Lu et al. 2023's baseline LSTM).
+    resettable: ClassVar[bool] = True
     gates: ClassVar[tuple[str, ...]] = ("i", "f", "z", "o")
     states: ClassVar[tuple[str, ...]] = ("h", "c")
 

@@ -21,6 +21,10 @@ so every config written before the field existed means what it meant):
 * ``"encoder_decoder"`` — :class:`~seqjax.models.EncoderDecoder`
   (:mod:`seqjax.models.encoder_decoder`), applied as ``model(inputs,
   decoder_inputs=, mask=)`` (``inputs`` the source, ``mask`` its real tokens);
+* ``"hierarchical"`` — :class:`~seqjax.models.hierarchical.HierarchicalModel`
+  (:mod:`seqjax.models.hierarchical`: the HiSS paper's low-level network per
+  chunk and high-level network over the chunk features), applied as
+  ``model(inputs)``.
 * ``"informer"`` — :class:`~seqjax.models.informer.Informer`
   (:mod:`seqjax.models.informer`), the forecasting encoder–decoder, applied as
   ``model(inputs, decoder_inputs=)`` (history and decoder windows of values and
@@ -38,6 +42,7 @@ from seqjax.errors import ConfigError, check_choice
 ARCHITECTURES = {
     "sequence": "seqjax.models.config",
     "encoder_decoder": "seqjax.models.encoder_decoder",
+    "hierarchical": "seqjax.models.hierarchical",
     "informer": "seqjax.models.informer",
 }
 """Architecture name -> the module holding its ``validate``/``build``/``check_length``/``check_build``."""

@@ -14,8 +14,9 @@ same way after its first step.
 
 So on CPU the system is solved by forward substitution written in JAX (a
 ``fori_loop`` over the ``C`` rows, each a batched vector-matrix product: the
-same ``O(C^2 m)`` work as LAPACK's ``trsm``), with a custom VJP that
-back-substitutes the cotangent the same way and keeps no per-row residuals.
+same ``O(C^2 m)`` work as LAPACK's ``trsm``) inside ``lax.custom_linear_solve``,
+whose transpose back-substitutes the cotangent the same way and keeps no
+per-row residuals; forward mode (``jvp``, ``jacfwd``) works too.
 On GPU and TPU, where the solver is a device kernel, ``triangular_solve`` runs.
 Substitution rather than a product-of-squares inverse: the Neumann series
 ``sum_j (-A)^j`` has terms of order ``binom(C, j)`` when keys align and
@@ -34,7 +35,7 @@ def solve_unit_lower(a: jax.Array, b: jax.Array, *, method: str = "auto") -> jax
     Args:
       a: ``(..., C, C)``; only the entries below the diagonal are read.
       b: ``(..., C, m)``, the same batch shape as ``a``.
-      method: ``"substitution"`` (forward substitution in JAX, custom VJP),
+      method: ``"substitution"`` (forward substitution in JAX, ``custom_linear_solve``),
         ``"lapack"`` (``lax.linalg.triangular_solve``), or ``"auto"``:
         substitution when lowered for CPU, ``lapack`` for GPU and TPU.
 
@@ -75,27 +76,29 @@ def _forward_substitution(a, b):
     return jax.lax.fori_loop(0, a.shape[-1], row, jnp.zeros_like(b))
 
 
-@jax.custom_vjp
 def _substitute(a, b):
-    return _forward_substitution(a, b)
+    """The substitution solve as a ``lax.custom_linear_solve``: both autodiff modes, no loop residuals.
 
+    JAX differentiates it implicitly: forward mode solves ``(I + a) dX = db - da X``
+    (the same substitution), reverse mode back-substitutes the cotangent
+    (``transpose_solve``: ``db = (I + a)^-T g``) and reads ``da = -db X^T`` off the
+    matvec, below the diagonal only (the matvec reads ``tril(a, -1)``).
+    """
+    a = jnp.tril(a, -1)
 
-def _substitute_fwd(a, b):
-    x = _forward_substitution(a, b)
-    return x, (a, x)
+    def matvec(x):
+        return x + jnp.einsum("...ri,...im->...rm", a, x)
 
+    def solve(_, rhs):
+        return _forward_substitution(a, rhs)
 
-def _substitute_bwd(res, g):
-    a, x = res
-    # db solves (I + a)^T db = g, an upper system: reversing the order of the rows
-    # and of the columns turns it into a lower one, solved by the same substitution.
-    upper = jnp.swapaxes(jnp.tril(a, -1), -1, -2)
-    db = jnp.flip(_forward_substitution(jnp.flip(upper, (-2, -1)), jnp.flip(g, -2)), -2)
-    # X = (I + a)^-1 b  =>  da = -db X^T, on the entries the solve reads (below the diagonal).
-    da = jnp.tril(-jnp.einsum("...rm,...im->...ri", db, x), -1)
-    return da.astype(a.dtype), db.astype(g.dtype)
+    def transpose_solve(_, rhs):
+        # (I + a)^T is upper triangular: reversing the order of the rows and of the
+        # columns turns it into a lower one, solved by the same substitution.
+        upper = jnp.flip(jnp.swapaxes(a, -1, -2), (-2, -1))
+        return jnp.flip(_forward_substitution(upper, jnp.flip(rhs, -2)), -2)
 
+    return jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
 
-_substitute.defvjp(_substitute_fwd, _substitute_bwd)
 
 __all__ = ["METHODS", "solve_unit_lower"]

@@ -11,6 +11,7 @@ from seqjax.errors import ConfigError
 from seqjax.tasks.base import Batch, DataIterator, Metrics, Task
 
 _TASKS = {
+    "csp": "seqjax.tasks.csp:CSPTask",
     "forecast": "seqjax.tasks.forecast:ForecastTask",
     "icl": "seqjax.tasks.icl:ICLTask",
     "icll": "seqjax.tasks.icll:ICLLTask",

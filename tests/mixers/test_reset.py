@@ -18,7 +18,7 @@ from tests.ops.utils import rel_err
 RESETTABLE = {"s5": dict(d_state=8, dt_min=0.05, dt_max=0.5), "lru": dict(d_state=8, r_min=0.5),
               "mamba": dict(d_state=4), "lmu": dict(d_state=8, theta=6.0, d_u=2),
               "gam": dict(num_slots=8), "mlstm": dict(num_heads=2, chunk_size=4),  # chunk 4 < 14: the chunked op
-              "mlstm_block": dict(num_heads=2, chunk_size=4),
+              "mlstm_block": dict(num_heads=2, chunk_size=4), "lstm": dict(num_heads=2),
               "hiss": dict(chunk_size=3, low=4, high=4, dt_min=0.05, dt_max=0.5)}
 
 

@@ -93,3 +93,17 @@ def test_concurrent_solves_do_not_deadlock_on_cpu():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **env})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_mode_matches_the_float64_tangent(rng, method):
+    """jvp (and so jacfwd / Hessians) works: dX = (I + A)^-1 (dB - tril(dA) X), against NumPy."""
+    a, b = _system(rng, c=9)
+    da, dbt = rng.standard_normal(a.shape), rng.standard_normal(b.shape)
+    x_ref, m = _ref(a, b)
+    dx_ref = np.linalg.solve(m, dbt - np.tril(da, -1) @ x_ref)
+    with jax.enable_x64(True):
+        x, dx = jax.jvp(lambda a_, b_: solve_unit_lower(a_, b_, method=method), (jnp.asarray(a), jnp.asarray(b)),
+                        (jnp.asarray(da), jnp.asarray(dbt)))
+    assert_rel_close(x, x_ref, RTOL_F64, f"{method} X")
+    assert_rel_close(dx, dx_ref, RTOL_F64, f"{method} dX")

@@ -153,7 +153,7 @@ def test_config_passes_every_check_and_refuses_a_sequence_model():
     c = load_config(ROOT / "configs/mqar/mqar.py", "")
     c.task = default_config()
     c.model.vocab_size = 13
-    with pytest.raises(ConfigError, match="task 'seq2seq' feeds a source and decoder inputs; allowed: "
+    with pytest.raises(ConfigError, match="layout 'encoder_decoder' feeds a source and decoder inputs; allowed: "
                                           "'encoder_decoder'"):
         prepare(c, num_devices=1)
     with pytest.raises(ConfigError, match="config argument kind='sort' is not allowed"):
@@ -180,3 +180,47 @@ def test_the_default_run_learns_to_reverse(tmp_path):
     assert status == 0
     m = json.loads((tmp_path / "w" / "results.json").read_text())["metrics"]
     assert m["greedy_token_accuracy"] >= 0.99, m
+
+
+def test_decoder_only_layout_is_one_sequence_scored_on_the_target():
+    enc, dec = _task(), _task(layout="decoder_only")
+    assert (enc.max_length, dec.max_length) == (5, 11)
+    a, b = enc.examples(4, 0, range(6)), dec.examples(4, 0, range(6))
+    np.testing.assert_array_equal(b["inputs"], np.concatenate([a["inputs"], a["decoder_inputs"]], axis=1))
+    np.testing.assert_array_equal(b["targets"][:, :5], 0)
+    np.testing.assert_array_equal(b["targets"][:, 5:], a["targets"])
+    assert set(b) == {"inputs", "targets"}
+    # Greedy decoding feeds back from the BOS (position 5) on; the source part is never rewritten.
+    v = dec.vocab_size
+    seen = []
+
+    def predict(batch):
+        seen.append(np.asarray(batch["inputs"])[:, :5].copy())
+        return jax.nn.one_hot((np.asarray(batch["inputs"]) + 1) % v, v) * 5.0
+
+    m = dec.evaluate(predict, seed=2)
+    assert all(np.array_equal(s, seen[0]) for s in seen[:6])
+    t = dec.examples(2, 1, range(37))["targets"]
+    real = t != data.PAD
+    greedy = np.zeros_like(t)
+    greedy[:, 5:] = (data.BOS + 1 + np.arange(6)) % v
+    np.testing.assert_allclose(m["greedy_token_accuracy"], (greedy == t)[real].mean())
+    per = m["greedy_accuracy_per_position"]
+    assert len(per) == 6 and per[0] == np.mean(greedy[:, 5] == t[:, 5])
+
+
+def test_decoder_only_layout_needs_a_causal_lm():
+    c = load_config(CONFIG, "layout=decoder_only")
+    assert c.model.architecture == "sequence" and c.model.num_layers == 4 and c.model.max_length == 17
+    assert prepare(c, num_devices=1).task.max_length == 17
+    c.model.causal = False
+    with pytest.raises(ConfigError, match="layout='decoder_only' needs a causal token LM"):
+        prepare(c, num_devices=1)
+    c = load_config(CONFIG, "layout=encoder_decoder")
+    c.task.layout = "decoder_only"
+    with pytest.raises(ConfigError, match="layout='decoder_only' needs a causal token LM"):
+        prepare(c, num_devices=1)
+    c.task.layout = "both"
+    with pytest.raises(ConfigError, match="config.task.layout='both' is not allowed; allowed: encoder_decoder, "
+                                          "decoder_only"):
+        prepare(c, num_devices=1)
