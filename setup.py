@@ -32,6 +32,7 @@ setup(
         "jaxtyping>=0.2.36",
         "numpy>=1.26",
         "tqdm>=4.66",
+        "statsmodels>=0.14",  # real series for the forecasting task (seqjax.data.forecast; pulls in pandas)
         "tensorboardX>=2.6",  # TensorBoard event files (pure Python + protobuf; no TensorFlow, no torch)
         "absl-py>=2.1",
         "matplotlib>=3.8",  # report plots (seqjax.report, experiments.reproduce)

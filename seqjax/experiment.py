@@ -183,7 +183,7 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
     """Runs the missing cells of ``configs/tables/<table>.py`` and writes the report.
 
     Args:
-      table: a file of ``configs/tables/`` without ``.py`` ("icl", "icll", "lra", "mqar", "video").
+      table: a file of ``configs/tables/`` without ``.py`` ("icl", "icll", "lra", "mqar", "video", "forecast").
       scale: "cpu" or "paper".
       root: folder holding one run folder per cell (``<root>/<table>-<scale>/<cell>``).
       only: optional cell names to run (others are only reported if finished).

@@ -24,6 +24,7 @@ def test_parse_arg():
 @pytest.mark.parametrize("table, scale", [(t, s) for t in ("icl", "icll", "lra") for s in ("cpu", "paper")]
                          + [("mqar", "cpu"), pytest.param("mqar", "paper", marks=pytest.mark.slow)]  # 576 cells
                          + [("video", "cpu"), ("csp", "cpu")]  # video, csp paper: need data in task.manual_dir
+                         + [("forecast", "cpu")]  # forecast paper: needs ETTh1.csv in task.manual_dir
                          + [("seq2seq", "cpu")])  # seq2seq has no paper scale
 def test_every_table_cell_builds(table, scale):
     """Each cell passes what a run checks before training (trainer, mesh, model, task, lengths)."""

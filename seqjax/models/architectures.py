@@ -25,6 +25,10 @@ so every config written before the field existed means what it meant):
   (:mod:`seqjax.models.hierarchical`: the HiSS paper's low-level network per
   chunk and high-level network over the chunk features), applied as
   ``model(inputs)``.
+* ``"informer"`` — :class:`~seqjax.models.informer.Informer`
+  (:mod:`seqjax.models.informer`), the forecasting encoder–decoder, applied as
+  ``model(inputs, decoder_inputs=)`` (history and decoder windows of values and
+  time features, ``seqjax.tasks.forecast``).
 
 A task feeds an encoder–decoder by putting ``decoder_inputs`` in its batches
 (``seqjax.train.step.MODEL_KEYS``). Modules are imported when first used, so
@@ -39,6 +43,7 @@ ARCHITECTURES = {
     "sequence": "seqjax.models.config",
     "encoder_decoder": "seqjax.models.encoder_decoder",
     "hierarchical": "seqjax.models.hierarchical",
+    "informer": "seqjax.models.informer",
 }
 """Architecture name -> the module holding its ``validate``/``build``/``check_length``/``check_build``."""
 

@@ -12,6 +12,7 @@ from seqjax.tasks.base import Batch, DataIterator, Metrics, Task
 
 _TASKS = {
     "csp": "seqjax.tasks.csp:CSPTask",
+    "forecast": "seqjax.tasks.forecast:ForecastTask",
     "icl": "seqjax.tasks.icl:ICLTask",
     "icll": "seqjax.tasks.icll:ICLLTask",
     "lra": "seqjax.tasks.lra:LRATask",
