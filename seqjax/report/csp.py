@@ -15,11 +15,10 @@ summed, as a path (:func:`trace_figure`).
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged, save_png
+from seqjax.report.cells import FINISHED, MISSING, Figure, match_cells, seconds, status_row, write_report
+from seqjax.report.io import save_png
 from seqjax.report.tables import markdown_table
 
-MISSING = "missing"
-"""The table entry of a cell that has no ``results.json``."""
 
 METRICS = ["mse", "baseline_mean_mse", "baseline_linear_mse"]
 """The task's scalar metrics that the table shows, in column order."""
@@ -40,15 +39,12 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       key per name of :data:`METRICS`; ``status`` is "finished", "diverged" or
       "missing", and the numbers are None unless finished.
     """
-    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
     rows = []
-    for g in table["grid"]:
-        r = by_name.get(g["cell"])
-        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+    for g, r, status in match_cells(table["grid"], results):
         row = {"cell": g["cell"], "model": g["model"], "status": status, "seconds": None, "steps": None,
                "per_target": None, "ratio": None, "trace_target": None, "trace_predicted": None,
                **{k: None for k in METRICS}}
-        if status == "finished":
+        if status == FINISHED:
             m = r["metrics"]
             row.update({k: float(m[k]) if k in m else None for k in METRICS})
             row["per_target"] = [float(x) for x in m.get("mse_per_target") or []] or None
@@ -65,12 +61,12 @@ def table_rows(rows: list[dict]) -> list[list]:
     """The markdown rows of :func:`cells`: the numbers of a finished cell, its status on every column otherwise."""
     out = []
     for r in rows:
-        if r["status"] != "finished":
-            out.append([r["model"]] + [r["status"]] * 5 + [None, None])
+        if r["status"] != FINISHED:
+            out.append(status_row([r["model"]], r["status"], 5, blanks=2))
             continue
         per = ", ".join(f"{x:.4f}" for x in r["per_target"] or [])
         out.append([r["model"], r["mse"], per, r["ratio"], r["baseline_mean_mse"], r["baseline_linear_mse"],
-                    r["steps"], None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+                    r["steps"], seconds(r["seconds"])])
     return out
 
 
@@ -86,28 +82,20 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
       Paths written (``report.md``, and ``csp-mse.png`` when a cell finished).
     """
     rows = cells(table, results)
-    parts = [f"# {table['title']}", "",
-             "Built from results.json files under this folder: MSE (↓) on standardised targets over every target "
+    intro = ("Built from results.json files under this folder: MSE (↓) on standardised targets over every target "
              "of the held-out sequences (the HiSS paper's metric); per target in the task's order. Baselines on "
              "the same targets: train-mean (predict the training mean: 0 after standardising) and "
              "linear-readout (least squares on the chunk's own sensor samples, fitted on training sequences). "
-             "Seconds: the run's wall time. A cell without results reads \"missing\".", "",
-             markdown_table(HEADER, table_rows(rows), digits=4), ""]
-    if table.get("paper"):
-        parts += [table["paper"], ""]
-    written = []
-    if any(r["status"] == "finished" for r in rows):
-        png = base / "csp-mse.png"
-        written.append(plot(rows, png))
-        parts += [f"![MSE per model]({png.name})", ""]
+             "Seconds: the run's wall time. A cell without results reads \"missing\".")
+    figures = []
+    if any(r["status"] == FINISHED for r in rows):
+        figures.append(Figure("csp-mse.png", lambda: figure(rows), "MSE per model"))
     if any(r["trace_target"] for r in rows):
-        png = base / "csp-traces.png"
-        written.append(save_png(lambda: trace_figure(rows), png))
-        parts += ["Predicted vs true targets of the first held-out sequence (left: per target index; right: "
-                  "summed, the path):", "", f"![predicted vs true targets]({png.name})", ""]
-    md = base / "report.md"
-    md.write_text("\n".join(parts))
-    return [md] + written
+        figures.append(Figure("csp-traces.png", lambda: trace_figure(rows), "predicted vs true targets",
+                              ("Predicted vs true targets of the first held-out sequence (left: per target index; "
+                               "right: summed, the path):",)))
+    return write_report(base, table["title"], intro, [markdown_table(HEADER, table_rows(rows), digits=4), ""],
+                        table.get("paper"), figures)
 
 
 def plot(rows: list[dict], path) -> pathlib.Path:

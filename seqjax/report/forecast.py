@@ -12,11 +12,9 @@ history, truth and every model's forecast of the target column.
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged, save_png
+from seqjax.report.cells import FINISHED, MISSING, Figure, match_cells, seconds, status_row, write_report
+from seqjax.report.io import save_png
 from seqjax.report.tables import markdown_table
-
-MISSING = "missing"
-"""The table entry of a cell that has no ``results.json``."""
 
 METRICS = ["mse", "mae", "baseline_mse", "baseline_mae", "linear_mse", "linear_mae"]
 """The task's metrics that the table shows, in column order."""
@@ -37,13 +35,10 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       key per name of :data:`METRICS`; ``status`` is "finished", "diverged" or
       "missing", and the numbers are None unless finished.
     """
-    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
     rows = []
-    for g in table["grid"]:
-        r = by_name.get(g["cell"])
-        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+    for g, r, status in match_cells(table["grid"], results):
         row = {**g, "status": status, "seconds": None, "examples": None, **{k: None for k in METRICS}}
-        if status == "finished":
+        if status == FINISHED:
             m = r["metrics"]
             row.update({k: float(m[k]) if m.get(k) is not None else None for k in METRICS})
             row["seconds"], row["examples"] = r.get("wall_time_s"), m.get("examples")
@@ -56,10 +51,10 @@ def table_rows(rows: list[dict]) -> list[list]:
     out = []
     for r in rows:
         head = [r["dataset"], r["pred_len"], r["model"]]
-        if r["status"] != "finished":
-            out.append(head + [r["status"]] * len(METRICS) + [None])
+        if r["status"] != FINISHED:
+            out.append(status_row(head, r["status"], len(METRICS)))
             continue
-        out.append(head + [r[k] for k in METRICS] + [None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+        out.append(head + [r[k] for k in METRICS] + [seconds(r["seconds"])])
     return out
 
 
@@ -75,23 +70,14 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
       Paths written (``report.md``, and ``forecast-examples.png`` when a cell finished with examples).
     """
     rows = cells(table, results)
-    parts = [f"# {table['title']}", "",
-             "Built from results.json files under this folder: MSE / MAE (↓) over every value (window × horizon "
+    intro = ("Built from results.json files under this folder: MSE / MAE (↓) over every value (window × horizon "
              "step × channel) of the test windows, on the standardised scale (train-segment mean and std, as the "
              "paper reports). Baselines of the same windows: repeat-last (the last history value held over the "
              "horizon) and linear (a least-squares map from the history to the horizon, fit on the training "
-             "windows). Seconds: the run's wall time. A cell without results reads \"missing\".", "",
-             markdown_table(HEADER, table_rows(rows), digits=4), ""]
-    if table.get("paper"):
-        parts += [table["paper"], ""]
-    written = []
-    if any(r["examples"] for r in rows):
-        png = base / "forecast-examples.png"
-        written.append(plot(rows, png))
-        parts += [f"![forecasts vs truth]({png.name})", ""]
-    md = base / "report.md"
-    md.write_text("\n".join(parts))
-    return [md] + written
+             "windows). Seconds: the run's wall time. A cell without results reads \"missing\".")
+    figures = [Figure("forecast-examples.png", lambda: figure(rows), "forecasts vs truth")]
+    return write_report(base, table["title"], intro, [markdown_table(HEADER, table_rows(rows), digits=4), ""],
+                        table.get("paper"), figures if any(r["examples"] for r in rows) else [])
 
 
 def plot(rows: list[dict], path) -> pathlib.Path:
@@ -133,3 +119,6 @@ def figure(rows: list[dict], windows: int = 2):
         row_axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+__all__ = ["MISSING", "METRICS", "HEADER", "cells", "table_rows", "build", "plot", "figure"]

@@ -13,11 +13,8 @@ model, the random policy as a dashed level.
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged, save_png
+from seqjax.report.cells import FINISHED, MISSING, Figure, match_cells, seconds, status_row, write_report
 from seqjax.report.tables import markdown_table
-
-MISSING = "missing"
-"""The table entry of a cell that has no ``results.json``."""
 
 HEADER = ["env", "model", "final return", "random policy", "first episode", "last episode", "env steps",
           "seconds"]
@@ -34,15 +31,12 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       Dicts ``cell, env, model, status, final_return, random_return, first_episode, last_episode,
       env_steps, seconds, curve_env_steps, curve_return``; the numbers are None unless finished.
     """
-    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
     rows = []
-    for g in table["grid"]:
-        r = by_name.get(g["cell"])
-        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+    for g, r, status in match_cells(table["grid"], results):
         row = {"cell": g["cell"], "env": g["env"], "model": g["model"], "status": status}
         row.update(dict.fromkeys(["final_return", "random_return", "first_episode", "last_episode", "env_steps",
                                   "seconds", "curve_env_steps", "curve_return"]))
-        if status == "finished":
+        if status == FINISHED:
             m = r["metrics"]
             per = m["final_return_per_episode"]
             row.update(final_return=float(m["final_return"]), random_return=float(m["random_return"]),
@@ -57,11 +51,11 @@ def table_rows(rows: list[dict]) -> list[list]:
     """The markdown rows of :func:`cells`: a finished cell's numbers, its status otherwise."""
     out = []
     for r in rows:
-        if r["status"] != "finished":
-            out.append([r["env"], r["model"]] + [r["status"]] * 4 + [None, None])
+        if r["status"] != FINISHED:
+            out.append(status_row([r["env"], r["model"]], r["status"], 4, blanks=2))
             continue
         out.append([r["env"], r["model"], r["final_return"], r["random_return"], r["first_episode"],
-                    r["last_episode"], f"{r['env_steps']:,}", None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+                    r["last_episode"], f"{r['env_steps']:,}", seconds(r["seconds"])])
     return out
 
 
@@ -77,24 +71,15 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
       Paths written.
     """
     rows = cells(table, results)
-    parts = [f"# {table['title']}", "",
-             "Built from results.json files under this folder. final return: mean episode return (↑) of the "
+    intro = ("Built from results.json files under this folder. final return: mean episode return (↑) of the "
              "trained policy (actions sampled) on fresh evaluation episodes; random policy: a uniform policy on "
              "the same episodes; first / last episode: the mean return of the first and last episode of a reset "
              "unit (meta_bandit: of a 4-episode trial, so last > first is in-context improvement; "
              "repeat_previous: one episode per unit). RepeatPrevious returns lie in [−1, 1]; a bandit episode "
-             "has 4 pulls (at most 3.6 expected for the 0.9 arm). Seconds: the run's wall time.", "",
-             markdown_table(HEADER, table_rows(rows), digits=3), ""]
-    if table.get("paper"):
-        parts += [table["paper"], ""]
-    written = []
-    if any(r["curve_return"] for r in rows):
-        png = base / "icrl-curves.png"
-        written.append(save_png(lambda: figure(rows), png))
-        parts += [f"![learning curves]({png.name})", ""]
-    md = base / "report.md"
-    md.write_text("\n".join(parts))
-    return [md] + written
+             "has 4 pulls (at most 3.6 expected for the 0.9 arm). Seconds: the run's wall time.")
+    figures = [Figure("icrl-curves.png", lambda: figure(rows), "learning curves")]
+    return write_report(base, table["title"], intro, [markdown_table(HEADER, table_rows(rows), digits=3), ""],
+                        table.get("paper"), figures if any(r["curve_return"] for r in rows) else [])
 
 
 def figure(rows: list[dict]):

@@ -13,11 +13,9 @@ size (log axis) and against width, one line per mixer, per sequence length.
 
 import pathlib
 
+from seqjax.report.cells import FINISHED, MISSING, Figure, write_report
 from seqjax.report.io import DIVERGED, diverged, save_png
 from seqjax.report.tables import markdown_table
-
-MISSING = "missing"
-"""The table entry of a cell that has no ``results.json``."""
 
 
 def run_summary(results: dict) -> str:
@@ -77,7 +75,7 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
     for g in table["grid"]:
         key = (g["mixer"], g["seq_len"], g["d_model"])
         r = by_name.get(g["cell"])
-        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+        status = MISSING if r is None else DIVERGED if diverged(r) else FINISHED
         if r is not None and r.get("config", {}).get("model"):
             size = state_bytes(r["config"])
         else:  # not run (or no config written): the cell's own config says what it would hold
@@ -85,18 +83,18 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
             size = state_bytes(load_config(pathlib.Path(table["repo"]) / spec.config, spec.arg))
         row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "d_model": g["d_model"], "state_bytes": size,
                "lr": g["lr"], "status": status, "accuracy": None, "seconds": None}
-        if status == "finished":
+        if status == FINISHED:
             row["accuracy"] = float(r["metrics"]["accuracy"])
             row["seconds"] = r.get("wall_time_s")
         old = rows.get(key)
-        rank = {MISSING: 0, DIVERGED: 1, "finished": 2}
+        rank = {MISSING: 0, DIVERGED: 1, FINISHED: 2}
         if old is None or (rank[status], row["accuracy"] or 0.0) > (rank[old["status"]], old["accuracy"] or 0.0):
             rows[key] = row
     return list(rows.values())
 
 
 def _entry(row: dict):
-    return row["accuracy"] if row["status"] == "finished" else row["status"]
+    return row["accuracy"] if row["status"] == FINISHED else row["status"]
 
 
 def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.Path]:
@@ -112,12 +110,12 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     """
     rows = cells(table, results)
     swept = any(g["lr"] is not None for g in table["grid"])
-    parts = [f"# {table['title']}", "",
-             "Built from results.json files under this folder: held-out accuracy at the queries (↑). "
+    intro = ("Built from results.json files under this folder: held-out accuracy at the queries (↑). "
              "State = recurrent (inference) state per layer in bytes per sequence, computed from each cell's "
              "config (`seqjax.models.layer_state_sizes`; attention: its key-value cache at the sequence length). "
-             "A cell without results reads \"missing\"; \"-\" marks a width outside that mixer's grid." + (" The best learning rate of each cell is kept." if swept else ""),
-             ""]
+             "A cell without results reads \"missing\"; \"-\" marks a width outside that mixer's grid."
+             + (" The best learning rate of each cell is kept." if swept else ""))
+    parts = []
     for seq_len in table["seq_lens"]:
         at = [r for r in rows if r["seq_len"] == seq_len]
         parts += [f"## Sequence length {seq_len}", "", "Accuracy by width (d_model):", ""]
@@ -130,16 +128,9 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
                  None if r["seconds"] is None else f"{r['seconds']:.0f}"]
                 + ([r["lr"] if r["status"] == "finished" else None] if swept else []) for r in at]
         parts += [markdown_table(header, long, digits=4), ""]
-    if table.get("paper"):
-        parts += [table["paper"], ""]
-    written = []
-    if any(r["status"] == "finished" for r in rows):
-        png = base / "mqar-accuracy.png"
-        written.append(plot(rows, table, png))
-        parts += [f"![accuracy vs state size]({png.name})", ""]
-    md = base / "report.md"
-    md.write_text("\n".join(parts))
-    return [md] + written
+    figures = [Figure("mqar-accuracy.png", lambda: figure(rows, table), "accuracy vs state size")]
+    return write_report(base, table["title"], intro, parts, table.get("paper"),
+                        figures if any(r["status"] == FINISHED for r in rows) else [])
 
 
 def plot(rows: list[dict], table: dict, path) -> pathlib.Path:

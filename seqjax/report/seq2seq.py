@@ -11,11 +11,8 @@ line per finished cell: where free-running decoding loses its way.
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged, save_png
+from seqjax.report.cells import FINISHED, MISSING, Figure, match_cells, seconds, status_row, write_report
 from seqjax.report.tables import markdown_table
-
-MISSING = "missing"
-"""The table entry of a cell that has no ``results.json``."""
 
 METRICS = ["greedy_token_accuracy", "exact_match", "token_accuracy"]
 """The task's metrics that the table shows, in column order."""
@@ -35,13 +32,10 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       Dicts ``cell, kind, layout, decoder, status, seconds, per_position`` and one key per name of
       :data:`METRICS`; ``status`` is "finished", "diverged" or "missing", the numbers None unless finished.
     """
-    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
     rows = []
-    for g in table["grid"]:
-        r = by_name.get(g["cell"])
-        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+    for g, r, status in match_cells(table["grid"], results):
         row = {**g, "status": status, "seconds": None, "per_position": None, **{k: None for k in METRICS}}
-        if status == "finished":
+        if status == FINISHED:
             m = r["metrics"]
             row.update({k: float(m[k]) if k in m else None for k in METRICS})
             row["per_position"] = m.get("greedy_accuracy_per_position")
@@ -55,10 +49,10 @@ def table_rows(rows: list[dict]) -> list[list]:
     out = []
     for r in rows:
         head = [r["kind"], LAYOUT_NAMES[r["layout"]], r["decoder"]]
-        if r["status"] != "finished":
-            out.append(head + [r["status"]] * len(METRICS) + [None])
+        if r["status"] != FINISHED:
+            out.append(status_row(head, r["status"], len(METRICS)))
             continue
-        out.append(head + [r[k] for k in METRICS] + [None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+        out.append(head + [r[k] for k in METRICS] + [seconds(r["seconds"])])
     return out
 
 
@@ -74,23 +68,14 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
       Paths written (``report.md``, and ``seq2seq-positions.png`` when a cell finished with per-position accuracy).
     """
     rows = cells(table, results)
-    parts = [f"# {table['title']}", "",
-             "Built from results.json files under this folder: 512 held-out strings of 1–8 symbols. Greedy token "
+    intro = ("Built from results.json files under this folder: 512 held-out strings of 1–8 symbols. Greedy token "
              "accuracy and exact match: free-running decoding (each argmax fed back), at every target position up "
              "to and including EOS; teacher-forced: the true prefix fed. Encoder–decoder: 2 + 2 layers (encoder "
              "mha); decoder-only: 4 layers of the decoder's mixer reading source, BOS and target as one sequence. "
-             "Seconds: the run's wall time. A cell without results reads \"missing\".", "",
-             markdown_table(HEADER, table_rows(rows), digits=4), ""]
-    if table.get("paper"):
-        parts += [table["paper"], ""]
-    written = []
-    if any(r["per_position"] for r in rows):
-        png = base / "seq2seq-positions.png"
-        written.append(save_png(lambda: figure(rows), png))
-        parts += [f"![greedy accuracy per target position]({png.name})", ""]
-    md = base / "report.md"
-    md.write_text("\n".join(parts))
-    return [md] + written
+             "Seconds: the run's wall time. A cell without results reads \"missing\".")
+    figures = [Figure("seq2seq-positions.png", lambda: figure(rows), "greedy accuracy per target position")]
+    return write_report(base, table["title"], intro, [markdown_table(HEADER, table_rows(rows), digits=4), ""],
+                        table.get("paper"), figures if any(r["per_position"] for r in rows) else [])
 
 
 def figure(rows: list[dict]):

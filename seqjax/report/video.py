@@ -14,11 +14,9 @@ writes that baseline's mean over the scored frames, not per frame).
 
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged, save_png
+from seqjax.report.cells import FINISHED, MISSING, Figure, match_cells, seconds, status_row, write_report
+from seqjax.report.io import save_png
 from seqjax.report.tables import markdown_table
-
-MISSING = "missing"
-"""The table entry of a cell that has no ``results.json``."""
 
 METRICS = ["mse", "mae", "rollout_mse", "rollout_mae", "baseline_mse", "baseline_mae", "baseline_rollout_mse"]
 """The task's metrics that the table shows, in column order."""
@@ -39,14 +37,11 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       key per name of :data:`METRICS`; ``status`` is "finished", "diverged" or
       "missing", and the numbers are None unless finished.
     """
-    by_name = {pathlib.Path(r["workdir"]).name: r for r in results if r.get("workdir")}
     rows = []
-    for g in table["grid"]:
-        r = by_name.get(g["cell"])
-        status = MISSING if r is None else DIVERGED if diverged(r) else "finished"
+    for g, r, status in match_cells(table["grid"], results):
         row = {"cell": g["cell"], "model": g["model"], "status": status, "seconds": None, "per_frame": None,
                "context_frames": None, **{k: None for k in METRICS}}
-        if status == "finished":
+        if status == FINISHED:
             m = r["metrics"]
             row.update({k: float(m[k]) if k in m else None for k in METRICS})
             row["per_frame"] = [float(x) for x in m.get("rollout_mse_per_frame") or []] or None
@@ -60,11 +55,10 @@ def table_rows(rows: list[dict]) -> list[list]:
     """The markdown rows of :func:`cells`: the numbers of a finished cell, its status on every column otherwise."""
     out = []
     for r in rows:
-        if r["status"] != "finished":
-            out.append([r["model"]] + [r["status"]] * len(METRICS) + [None])
+        if r["status"] != FINISHED:
+            out.append(status_row([r["model"]], r["status"], len(METRICS)))
             continue
-        out.append([r["model"]] + [r[k] for k in METRICS]
-                   + [None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+        out.append([r["model"]] + [r[k] for k in METRICS] + [seconds(r["seconds"])])
     return out
 
 
@@ -80,24 +74,15 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
       Paths written (``report.md``, and ``video-rollout.png`` when a cell finished with per-frame errors).
     """
     rows = cells(table, results)
-    parts = [f"# {table['title']}", "",
-             "Built from results.json files under this folder: per-pixel error (↓) on the held-out videos over "
+    intro = ("Built from results.json files under this folder: per-pixel error (↓) on the held-out videos over "
              "the frames after the true context. mse / mae: teacher-forced (every input frame true); rollout: "
              "the model's own predictions fed back after the context. Baselines of the same frames: copy-last "
              "(frame t+1 predicted as the true frame t; compare with mse / mae) and repeat-context (the last "
              "context frame repeated; compare with rollout mse). Seconds: the run's wall time. A cell without "
-             "results reads \"missing\".", "",
-             markdown_table(HEADER, table_rows(rows), digits=4), ""]
-    if table.get("paper"):
-        parts += [table["paper"], ""]
-    written = []
-    if any(r["per_frame"] for r in rows):
-        png = base / "video-rollout.png"
-        written.append(plot(rows, png))
-        parts += [f"![rollout MSE per frame]({png.name})", ""]
-    md = base / "report.md"
-    md.write_text("\n".join(parts))
-    return [md] + written
+             "results reads \"missing\".")
+    figures = [Figure("video-rollout.png", lambda: figure(rows), "rollout MSE per frame")]
+    return write_report(base, table["title"], intro, [markdown_table(HEADER, table_rows(rows), digits=4), ""],
+                        table.get("paper"), figures if any(r["per_frame"] for r in rows) else [])
 
 
 def plot(rows: list[dict], path) -> pathlib.Path:
@@ -137,3 +122,6 @@ def figure(rows: list[dict]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+__all__ = ["MISSING", "METRICS", "HEADER", "cells", "table_rows", "build", "plot", "figure"]
