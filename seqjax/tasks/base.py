@@ -113,6 +113,42 @@ def host_shard(batch_size: int) -> tuple[int, tuple[int, int]]:
     return batch_size // procs, (jax.process_index(), procs)
 
 
+class StepIterator:
+    """A resumable training stream whose position is the step number (the iterator most tasks need).
+
+    Step ``s`` yields ``make_batch(s, first, rows)``: this process's ``rows``
+    rows of global batch ``s``, which are the global rows ``first .. first +
+    rows - 1`` (:func:`host_shard`). A batch must depend only on ``(s, first,
+    rows)`` and the task's seed, so that ``set_state`` resumes exactly.
+
+    Attributes:
+      make_batch: ``(step, first, rows) -> batch``.
+      batch_size: global rows per step.
+      rows: this process's rows per step.
+      first: the global index of this process's first row.
+      step: index of the next batch.
+    """
+
+    def __init__(self, make_batch: Callable[[int, int, int], Batch], batch_size: int):
+        self.make_batch, self.batch_size, self.step = make_batch, int(batch_size), 0
+        self.rows, (index, _) = host_shard(self.batch_size)
+        self.first = index * self.rows
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        batch = self.make_batch(self.step, self.first, self.rows)
+        self.step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state) -> None:
+        self.step = int(state["step"])
+
+
 # --- uneven batch splits -----------------------------------------------------------------
 
 WEIGHT = "weight"

@@ -61,7 +61,7 @@ from ml_collections.config_dict import placeholder
 from seqjax.data import csp_bench
 from seqjax.data import imu_odometry as imu
 from seqjax.errors import ConfigError, check_choice
-from seqjax.tasks.base import Batch, Metrics, host_shard, row_weights
+from seqjax.tasks.base import Batch, Metrics, StepIterator, row_weights
 
 SOURCES = ("imu_odometry", "csp_bench")
 _DEFAULTS = dict(source="imu_odometry", dataset="marker_writing", manual_dir=None, **imu.DEFAULTS,
@@ -118,42 +118,6 @@ def fit_linear(inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray, chunk:
     f = chunk_features(inputs, chunk)
     keep = np.asarray(mask) > 0
     return np.linalg.lstsq(f[keep], np.asarray(targets, np.float64)[keep], rcond=None)[0]
-
-
-class _Iterator:
-    """Training batches of a :class:`CSPTask`: this process's rows of each global batch; the state is the step.
-
-    Attributes:
-      task: the task.
-      seed: the run's seed.
-      batch_size: global rows per step.
-      step: index of the next batch.
-    """
-
-    def __init__(self, task: CSPTask, seed: int, batch_size: int):
-        self.task, self.seed, self.batch_size, self.step = task, int(seed), int(batch_size), 0
-        self._rows, (index, _) = host_shard(self.batch_size)
-        self._first = index * self._rows
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Batch:
-        t = self.task
-        if t.source == "imu_odometry":
-            batch = t.imu_batch(self.seed, "train", self.step * self.batch_size + self._first, self._rows)
-        else:
-            picks = np.random.default_rng([self.seed, self.step]).integers(0, len(t.train["inputs"]), self.batch_size)
-            rows = picks[self._first:self._first + self._rows]
-            batch = {k: v[rows] for k, v in t.train.items()}
-        self.step += 1
-        return batch
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state) -> None:
-        self.step = int(state["step"])
 
 
 class CSPTask:
@@ -250,9 +214,17 @@ class CSPTask:
         """Standardised generated sequences ``start .. start + n - 1`` of ``split`` (``imu_odometry``)."""
         return self._standardised(*imu.generate(seed, n, split=split, start=start, **self.law))
 
-    def train_iterator(self, seed: int, batch_size: int) -> _Iterator:
+    def train_iterator(self, seed: int, batch_size: int) -> StepIterator:
         """This process's rows of each global batch (see the module docstring for the streams)."""
-        return _Iterator(self, seed, batch_size)
+        seed, batch_size = int(seed), int(batch_size)
+
+        def make_batch(step: int, first: int, rows: int) -> Batch:
+            if self.source == "imu_odometry":
+                return self.imu_batch(seed, "train", step * batch_size + first, rows)
+            picks = np.random.default_rng([seed, step]).integers(0, len(self.train["inputs"]), batch_size)
+            return {k: v[picks[first:first + rows]] for k, v in self.train.items()}
+
+        return StepIterator(make_batch, batch_size)
 
     def at_targets(self, outputs):
         """The model's outputs where the targets are read: position ``ck + k - 1`` for target ``c``."""

@@ -43,7 +43,7 @@ from ml_collections.config_dict import placeholder
 
 from seqjax.data import seq2seq as data
 from seqjax.errors import ConfigError, check_choice
-from seqjax.tasks.base import Batch, Metrics, host_shard, row_weights
+from seqjax.tasks.base import Batch, Metrics, StepIterator, row_weights
 
 LAYOUTS = ("encoder_decoder", "decoder_only")
 _DEFAULTS = dict(kind="reverse", num_symbols=10, min_length=1, max_length=8, layout="encoder_decoder",
@@ -61,36 +61,6 @@ def _positive(field: str, value, low: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{_P}{field}={value!r} must be an int >= {low}")
     return value
-
-
-class _Iterator:
-    """This process's rows of every global training batch; the state is the step.
-
-    Attributes:
-      task: the task.
-      seed: the run's seed.
-      batch_size: global rows per step.
-      step: index of the next batch.
-    """
-
-    def __init__(self, task: Seq2SeqTask, seed: int, batch_size: int):
-        self.task, self.seed, self.batch_size, self.step = task, int(seed), int(batch_size), 0
-        per_host, (index, _) = host_shard(self.batch_size)
-        self._rows = np.arange(index * per_host, (index + 1) * per_host)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Batch:
-        out = self.task.examples(self.seed, _TRAIN, self.step * self.batch_size + self._rows)
-        self.step += 1
-        return out
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state) -> None:
-        self.step = int(state["step"])
 
 
 class Seq2SeqTask:
@@ -154,7 +124,7 @@ class Seq2SeqTask:
         return {"inputs": np.concatenate([batch["inputs"], batch["decoder_inputs"]], axis=1),
                 "targets": np.concatenate([pad, batch["targets"]], axis=1)}
 
-    def train_iterator(self, seed: int, batch_size: int) -> _Iterator:
+    def train_iterator(self, seed: int, batch_size: int) -> StepIterator:
         """The training stream (resumable: the state is the step).
 
         Args:
@@ -164,7 +134,9 @@ class Seq2SeqTask:
         Returns:
           An iterator of this process's rows of each batch.
         """
-        return _Iterator(self, seed, batch_size)
+        seed, batch_size = int(seed), int(batch_size)
+        return StepIterator(lambda step, first, rows: self.examples(
+            seed, _TRAIN, step * batch_size + np.arange(first, first + rows)), batch_size)
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
         """Cross-entropy and token accuracy at the real target positions.

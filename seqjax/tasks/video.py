@@ -55,7 +55,7 @@ from ml_collections.config_dict import placeholder
 
 from seqjax.data import moving_digits as md
 from seqjax.errors import ConfigError, check_choice
-from seqjax.tasks.base import Batch, Metrics, host_shard, row_weights
+from seqjax.tasks.base import Batch, Metrics, StepIterator, row_weights
 
 SOURCES = ("moving_digits", "moving_mnist")
 _DEFAULTS = dict(source="moving_digits", manual_dir=None, num_digits=2, frame_size=16, num_frames=20, max_speed=2,
@@ -96,42 +96,6 @@ def to_batch(videos: np.ndarray) -> Batch:
     """
     flat = np.asarray(videos, np.float32).reshape(videos.shape[:2] + (-1,))
     return {"inputs": flat[:, :-1], "targets": flat[:, 1:]}
-
-
-class _VideoIterator:
-    """Training batches of a :class:`VideoTask`: this process's rows of each global batch; the state is the step.
-
-    Attributes:
-      task: the task.
-      seed: the run's seed.
-      batch_size: global rows per step.
-      step: index of the next batch.
-    """
-
-    def __init__(self, task: VideoTask, seed: int, batch_size: int):
-        self.task, self.seed, self.batch_size, self.step = task, int(seed), int(batch_size), 0
-        self._rows, (index, _) = host_shard(self.batch_size)
-        self._first = index * self._rows
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Batch:
-        t = self.task
-        if t.source == "moving_digits":
-            videos = md.generate(self.seed, self._rows, split="train", start=self.step * self.batch_size + self._first,
-                                 **t.digits_kwargs)
-        else:
-            picks = np.random.default_rng([self.seed, self.step]).integers(0, t.num_train_videos, self.batch_size)
-            videos = t.videos[picks[self._first:self._first + self._rows]]
-        self.step += 1
-        return to_batch(videos)
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state) -> None:
-        self.step = int(state["step"])
 
 
 class VideoTask:
@@ -191,7 +155,7 @@ class VideoTask:
         self.max_length = self.num_frames - 1
         self.pixels = self.frame_size * self.frame_size
 
-    def train_iterator(self, seed: int, batch_size: int) -> _VideoIterator:
+    def train_iterator(self, seed: int, batch_size: int) -> StepIterator:
         """This process's rows of each global batch (see the module docstring for the streams).
 
         Args:
@@ -201,7 +165,17 @@ class VideoTask:
         Returns:
           A resumable iterator of ``{"inputs", "targets"}`` float32 ``(rows, T-1, H·W)``.
         """
-        return _VideoIterator(self, seed, batch_size)
+        seed, batch_size = int(seed), int(batch_size)
+
+        def make_batch(step: int, first: int, rows: int) -> Batch:
+            if self.source == "moving_digits":
+                return to_batch(md.generate(seed, rows, split="train", start=step * batch_size + first,
+                                            **self.digits_kwargs))
+            # Moving MNIST: a fixed file, sampled with replacement per step (the whole global batch, then our rows).
+            picks = np.random.default_rng([seed, step]).integers(0, self.num_train_videos, batch_size)
+            return to_batch(self.videos[picks[first:first + rows]])
+
+        return StepIterator(make_batch, batch_size)
 
     def loss(self, outputs: jax.Array, batch: Batch) -> tuple[jax.Array, Metrics]:
         """Mean squared error per pixel over every predicted frame; also the mean absolute error.

@@ -224,3 +224,17 @@ def test_decoder_only_layout_needs_a_causal_lm():
     with pytest.raises(ConfigError, match="config.task.layout='both' is not allowed; allowed: encoder_decoder, "
                                           "decoder_only"):
         prepare(c, num_devices=1)
+
+
+def test_the_training_stream_resumes_from_its_state():
+    task = _task()
+    it = task.train_iterator(seed=3, batch_size=4)
+    first = [next(it) for _ in range(3)]
+    assert first[1]["inputs"].shape == (4, 5)
+    np.testing.assert_array_equal(first[2]["inputs"], task.examples(3, 0, range(8, 12))["inputs"])
+    state = it.get_state()
+    after = next(it)
+    again = task.train_iterator(seed=3, batch_size=4)
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["targets"], after["targets"])
+    assert not np.array_equal(first[0]["inputs"], first[1]["inputs"])
