@@ -181,4 +181,4 @@ class ConvLSTM(FrameMixer):
         return self.output(p, h, Projection()), {"h": h, "c": c}
 
 
-__all__ = ["ConvLSTM", "FORGET_BIAS", "GATES"]
+__all__ = ["FORGET_BIAS", "GATES", "ConvLSTM"]

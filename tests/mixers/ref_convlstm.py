@@ -109,4 +109,4 @@ def convlstm_reference(p, x, height, width, segment_ids=None, peephole=True, xp=
     return xp.stack(ys)
 
 
-__all__ = ["convlstm_reference", "conv_same_loop", "GATE_ORDER"]
+__all__ = ["GATE_ORDER", "conv_same_loop", "convlstm_reference"]

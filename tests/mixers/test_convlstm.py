@@ -174,6 +174,6 @@ def test_errors(rng):
     m = _make()
     with pytest.raises(ValueError, match="width 10 is not a multiple of frame_height·frame_width=3·2"):
         harness.jit_init(m, harness.random_input(rng, 1, 2, 10))
-    x, v = _setup(rng, m, 1, 2)
+    _, v = _setup(rng, m, 1, 2)
     with pytest.raises(ValueError, match=r"expected frames of \(frame_height, frame_width\) = \(3, 2\)"):
         m.apply(v, jnp.zeros((1, 2, 2, 3, U)))

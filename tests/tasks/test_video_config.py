@@ -59,13 +59,16 @@ def test_paper_config_reads_the_manual_dir(tmp_path, rng, monkeypatch):
         load_config(CONFIG, "model=convlstm,scale=paper")
 
 
-@pytest.mark.slow  # ~20 s: compiles a train step, a predict and runs the rollout
-def test_a_tiny_convs5_run_writes_results(tmp_path, capsys):
+@pytest.mark.slow  # ~20 s each: compiles a train step, a predict and runs the rollout
+@pytest.mark.parametrize("model", ["convs5", "convlstm"])
+def test_a_tiny_frame_model_run_writes_results(tmp_path, capsys, model):
     overrides = ["train.steps=3", "optim.warmup_steps=1", "train.batch_size=2", "train.progress=false",
                  "task.frame_size=12", "task.num_frames=5", "task.context_frames=2", "task.eval_examples=3",
                  "task.eval_batch_size=2", "model.input_dim=144", "model.output_dim=144", "model.max_length=4",
-                 "model.num_layers=1", "model.d_model=256", "model.mixer_kwargs.convs5.d_state=4"]
-    status = experiment.command(f"{CONFIG}:model=convs5", overrides, str(tmp_path / "w"), run_summary)
+                 "model.num_layers=1", "model.d_model=256"]  # 16×16 latent frames × 1 channel
+    if model == "convs5":
+        overrides.append("model.mixer_kwargs.convs5.d_state=4")
+    status = experiment.command(f"{CONFIG}:model={model}", overrides, str(tmp_path / "w"), run_summary)
     out = capsys.readouterr().out
     assert status == 0
     m = json.loads((tmp_path / "w" / "results.json").read_text())["metrics"]
