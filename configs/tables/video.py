@@ -7,7 +7,9 @@ copy-last-frame baselines that the task writes (``docs/video.md``).
 * ``scale=cpu``: ``convs5`` (2 layers, 16×16 latent frames × 4 channels),
   ``transformer`` (2 layers × 128, attention over frames) and ``lstm`` (the
   registry's LSTM mixer over the flattened frames, 2 layers × 128: the
-  recurrent baseline) on 16×16 Moving Digits, 1,000 steps of batch 16, one seed.
+  recurrent baseline) and ``convlstm`` (ConvLSTM, Shi et al. 2015, on the
+  same latent frames as ``convs5``: the convolutional recurrent baseline) on
+  16×16 Moving Digits, 1,000 steps of batch 16, one seed.
 * ``scale=paper``: ``convs5`` only, at the ConvS5 paper's Moving-MNIST model
   settings (the config refuses other models there; needs Moving MNIST in a
   manual directory and an accelerator).
@@ -19,7 +21,7 @@ project (``docs/mixers.md``), so none is typed in: the report carries
 
 from seqjax.config import Cell
 
-MODELS = {"cpu": ["convs5", "transformer", "lstm"], "paper": ["convs5"]}
+MODELS = {"cpu": ["convs5", "transformer", "lstm", "convlstm"], "paper": ["convs5"]}
 CONFIG = "configs/video/moving_digits.py"
 PAPER_NOTE = ("Paper (Smith et al. 2023, ConvS5, Moving MNIST): its numbers are not reproduced here and not "
               "verified from a stored copy in this project, so no paper number is given; the rows above are "

@@ -6,18 +6,22 @@ Usage: ``--config=configs/video/moving_digits.py:model=convs5,scale=cpu``.
     (``transformer``: causal softmax attention with RoPE over the frames, each
     frame one token; ``convs5``: ConvS5 with frames as its 2-D state grid;
     ``lstm``: the registry's LSTM mixer over the flattened frames, the
-    recurrent baseline of ``configs/tables/video.py``).
+    recurrent baseline of ``configs/tables/video.py``; ``convlstm``: ConvLSTM
+    (Shi et al. 2015) on the same latent frames as ``convs5``, the
+    convolutional recurrent baseline).
   * Wiring (both models): the frames are flattened to ``(b, T-1, H·W)``
     (``model.input = "continuous"``); the model's Dense read-in maps the
     ``H·W`` pixels to ``d_model`` and its regression head maps ``d_model``
     back to ``H·W`` pixels (frame ``t+1`` predicted at position ``t``). For
-    ``convs5`` ``d_model = h·w·U``: the read-in's output is read by the mixer
-    as an ``h × w`` latent frame of ``U`` channels (``frame_height = h``,
-    ``frame_width = w``).
+    ``convs5`` and ``convlstm`` ``d_model = h·w·U``: the read-in's output is
+    read by the mixer as an ``h × w`` latent frame of ``U`` channels
+    (``frame_height = h``, ``frame_width = w``).
   * ``scale=cpu``: Moving Digits (2 digits, 16×16, 20 frames, 10 context);
     ``convs5``: 2 layers, latent 16×16 × U = 4 (d_model 1,024), d_state 32,
-    k_B = k_C = 3, MLP ratio 1; other models: 2 layers, d_model 128, MLP
-    ratio 4, 4 heads; Adam 1e-3 (warm-up 100, cosine), batch 16, 1,000 steps;
+    k_B = k_C = 3, MLP ratio 1; ``convlstm``: the same layout (2 layers,
+    16×16 × 4, MLP ratio 1), kernel size 3, peepholes; other models: 2 layers,
+    d_model 128, MLP ratio 4, 4 heads; Adam 1e-3 (warm-up 100, cosine), batch
+    16, 1,000 steps;
     ``docs/video.md`` has the measured numbers on 2 CPU cores.
   * ``scale=paper`` (``convs5`` only; not run here): the model settings of the
     authors' Moving-MNIST configs as ``docs/mixers.md`` lists them: 16×16
@@ -46,6 +50,8 @@ from seqjax.errors import ConfigError
 from seqjax.tasks.video import default_config as video_task_config
 
 DEFAULTS = {"model": "convs5", "scale": "cpu"}
+# The mixers that read the d_model row as an h × w latent frame of U channels.
+FRAME_MODELS = ("convs5", "convlstm")
 
 
 def get_config(arg: str | None = None):
@@ -77,14 +83,18 @@ def get_config(arg: str | None = None):
     m.causal = True
     m.positions = "none"  # mha applies RoPE itself; the recurrent models need no positions
     m.max_length = frames - 1
-    if convs5:
+    if args["model"] in FRAME_MODELS:
         latent, channels = 16, (256 if paper else 4)
         m.num_layers, m.d_model = (8 if paper else 2), latent * latent * channels
         m.channel = "none" if paper else "mlp"
         m.mlp_ratio = 1.0  # d_model is already 1,024 on CPU
-        apply_model_preset(config, "convs5")
-        m.mixer_kwargs.convs5 = dict(frame_height=latent, frame_width=latent, d_state=256 if paper else 32,
-                                     b_kernel_size=3, c_kernel_size=3, dt_min=0.001, dt_max=0.1, clip_eigs=paper)
+        apply_model_preset(config, args["model"])
+        if convs5:
+            m.mixer_kwargs.convs5 = dict(frame_height=latent, frame_width=latent, d_state=256 if paper else 32,
+                                         b_kernel_size=3, c_kernel_size=3, dt_min=0.001, dt_max=0.1,
+                                         clip_eigs=paper)
+        else:  # convlstm: the same latent frames, hidden channels = U (the output is H_t)
+            m.mixer_kwargs.convlstm = dict(frame_height=latent, frame_width=latent, kernel_size=3, peephole=True)
     else:
         m.num_layers, m.d_model = 2, 128
         apply_model_preset(config, args["model"], num_heads=4)

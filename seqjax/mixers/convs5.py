@@ -30,6 +30,10 @@ Simplifications against the authors' code (documented, deliberate):
   ResNet block) are left to the surrounding layer, not part of this mixer.
 * ZOH only (the code's only rule); odd kernel sizes only (a "same" padding
   that is symmetric); causal only (the paper models video forwards in time).
+
+The frame layout (fields ``frame_height``, ``frame_width``, the 5-D entry
+points) and ``conv2d`` live in ``seqjax/mixers/frames.py``, shared with
+``convlstm``.
 """
 
 from typing import Any, ClassVar
@@ -39,31 +43,15 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.errors import ConfigError
-from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.base import Projection
 from seqjax.mixers.common import (
     check_int, check_number, complex_dtype, constant_init, log_uniform_init, param, split_complex)
+from seqjax.mixers.frames import FrameMixer, check_odd_kernel, conv2d
 from seqjax.mixers.registry import register
-from seqjax.ops.common import accum_dtype
 from seqjax.ops.hippo import block_diagonal_legs
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.ops.ssm_kernels import discretize
-from seqjax.types import SegmentIds, Seq, SeqStep
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
-    """A 2-D "same" convolution (cross-correlation, as ``lax.conv``) in the compute dtype.
-
-    Args:
-      x: ``(n, height, width, c_in)`` real.
-      kernel: ``(k, k, c_in, c_out)`` real (HWIO), ``k`` odd.
-      dtype: compute dtype of the operands; accumulated in float32 at least.
-
-    Returns:
-      ``(n, height, width, c_out)`` in ``accum_dtype(dtype)``.
-    """
-    return jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        preferred_element_type=accum_dtype(dtype))
+from seqjax.types import Seq
 
 
 def _b_init(Vinv, channels: int, k: int):
@@ -91,7 +79,7 @@ def _c_init(V, channels: int, k: int):
 
 
 @register("convs5")
-class ConvS5(Mixer):
+class ConvS5(FrameMixer):
     """ConvS5 (Smith et al. 2023): a diagonal SSM per pixel, with convolutional input and output maps.
 
     Input ``(b, l, d)`` with ``d = frame_height · frame_width · U`` (each
@@ -140,8 +128,6 @@ class ConvS5(Mixer):
     resettable = True  # the state restarts from zero, as at a segment start
     width_param = (("D",), 0)  # D is (U,): width() multiplies by the frame size
 
-    frame_height: int = 1
-    frame_width: int = 1
     d_state: int = 64
     blocks: int = 1
     b_kernel_size: int = 3
@@ -155,15 +141,9 @@ class ConvS5(Mixer):
         """``M = d_state / 2`` stored complex modes per pixel."""
         return self.d_state // 2
 
-    @property
-    def pixels(self) -> int:
-        """``frame_height · frame_width``."""
-        return self.frame_height * self.frame_width
-
     def check_fields(self):
         name = self.mixer_name
-        check_int(name, "frame_height", self.frame_height)
-        check_int(name, "frame_width", self.frame_width)
+        self.check_frame_fields()
         check_int(name, "d_state", self.d_state, minimum=2)
         if self.d_state % 2:
             raise ConfigError(f"{name}.d_state={self.d_state!r} must be even (conjugate pairs of modes)")
@@ -172,29 +152,11 @@ class ConvS5(Mixer):
             raise ConfigError(f"{name}.blocks={self.blocks!r} must divide d_state={self.d_state} "
                               "into blocks of even size")
         for field in ("b_kernel_size", "c_kernel_size"):
-            value = getattr(self, field)
-            check_int(name, field, value)
-            if value % 2 == 0:
-                raise ConfigError(f"{name}.{field}={value!r} must be odd (symmetric 'same' padding)")
+            check_odd_kernel(name, field, getattr(self, field))
         check_number(name, "dt_min", self.dt_min, low=0.0, open_low=True)
         check_number(name, "dt_max", self.dt_max, low=0.0, open_low=True)
         if self.dt_min > self.dt_max:
             raise ConfigError(f"{name}.dt_min={self.dt_min!r} must be <= {name}.dt_max={self.dt_max!r}")
-        if self.d_model is not None and self.d_model % self.pixels:
-            raise ConfigError(f"{name}.d_model={self.d_model!r} must be a multiple of frame_height·frame_width="
-                              f"{self.pixels}")
-
-    def width(self, x: jax.Array | None = None) -> int:
-        """The model width ``d``: from ``x``, else ``d_model``, else ``pixels · len(D)``."""
-        if x is None and self.d_model is None:
-            return self.pixels * super().width()
-        return super().width(x)
-
-    def _channels(self, d: int) -> int:
-        if d % self.pixels:
-            raise ValueError(f"{self.mixer_name}: width {d} is not a multiple of frame_height·frame_width="
-                             f"{self.frame_height}·{self.frame_width}")
-        return d // self.pixels
 
     @nn.compact
     def parts(self, d: int) -> dict[str, Any]:
@@ -219,10 +181,6 @@ class ConvS5(Mixer):
         Abar, Bbar = discretize(Lambda, jax.lax.complex(B[..., 0], B[..., 1]), jnp.exp(log_step.astype(acc)))
         return {"a": Abar.astype(cdt), "Bbar": Bbar.astype(cdt), "C": jax.lax.complex(C[..., 0], C[..., 1]),
                 "D": D.astype(acc)}
-
-    def _frames(self, x: jax.Array) -> jax.Array:
-        """``(..., d)`` as ``(n, H, W, U)`` frames."""
-        return x.reshape((-1, self.frame_height, self.frame_width, x.shape[-1] // self.pixels))
 
     def _project_in(self, p, x: jax.Array) -> jax.Array:
         """``B̄ ∗ U`` per frame: ``(..., d)`` real to ``(..., H·W·M)`` complex (one real conv, re|im stacked)."""
@@ -273,50 +231,6 @@ class ConvS5(Mixer):
         """
         del length
         return self.pixels * self.num_modes * jnp.dtype(complex_dtype(self.dtype)).itemsize
-
-    # --- frame-shaped inputs: (b, l, H, W, U) in, the same shape out --------------------
-
-    def _check_frame(self, x: jax.Array, lead: int, what: str) -> None:
-        if x.shape[lead:lead + 2] != (self.frame_height, self.frame_width):
-            raise ValueError(f"{self.mixer_name}{what}: x has shape {x.shape}; expected frames of "
-                             f"(frame_height, frame_width) = ({self.frame_height}, {self.frame_width})")
-
-    def __call__(self, x: Seq, *, segment_ids: SegmentIds | None = None, deterministic: bool = True,
-                 **kwargs) -> Seq:
-        """Runs the layer over ``(b, l, d)`` or ``(b, l, H, W, U)`` frames (the output has the input's shape).
-
-        Args:
-          x: ``(batch, length, d_model)`` or ``(batch, length, H, W, U)``.
-          segment_ids: optional ``(batch, length)`` ids of packed sequences.
-          deterministic: unused.
-          **kwargs: unused (the Mixer contract's extra inputs).
-
-        Returns:
-          ``y`` of ``x``'s shape, in ``dtype``.
-        """
-        if x.ndim == 5:
-            self._check_frame(x, 2, "")
-            y = super().__call__(x.reshape(x.shape[:2] + (-1,)), segment_ids=segment_ids,
-                                 deterministic=deterministic, **kwargs)
-            return y.reshape(x.shape)
-        return super().__call__(x, segment_ids=segment_ids, deterministic=deterministic, **kwargs)
-
-    def step(self, x_t: SeqStep, cache: dict, reset: jax.Array | None = None) -> tuple[SeqStep, dict]:
-        """One frame: ``x_t`` ``(b, d)`` or ``(b, H, W, U)``; returns ``(y_t, cache)``, ``y_t`` shaped as ``x_t``.
-
-        Args:
-          x_t: the current frame.
-          cache: from :meth:`init_cache` or a previous :meth:`step`.
-          reset: optional ``(batch,)`` booleans: those rows restart from the zero state.
-
-        Returns:
-          ``(y_t, cache)``.
-        """
-        if x_t.ndim == 4:
-            self._check_frame(x_t, 1, ".step")
-            y, cache = super().step(x_t.reshape(x_t.shape[0], -1), cache, reset)
-            return y.reshape(x_t.shape), cache
-        return super().step(x_t, cache, reset)
 
 
 __all__ = ["ConvS5", "conv2d"]

@@ -101,6 +101,7 @@ SETTINGS: dict[str, Case] = {
     "hydra": Case(dict(d_state=8, headdim=8), ("d_conv", 4)),
     # frames of 2×2 pixels × 4 channels (width 16)
     "convs5": Case(dict(frame_height=2, frame_width=2, d_state=4), ("b_kernel_size", 2)),
+    "convlstm": Case(dict(frame_height=2, frame_width=2), ("kernel_size", 2)),
     "hiss": Case(dict(chunk_size=3, low=4, high=4, dt_min=0.05, dt_max=0.5), ("chunk_size", 0)),
     # Hydra's structured matrix mixers (matrix_mixers.py)
     "toeplitz": Case(dict(headdim=8), ("d_conv", 4)),

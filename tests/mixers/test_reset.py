@@ -19,7 +19,8 @@ RESETTABLE = {"s5": dict(d_state=8, dt_min=0.05, dt_max=0.5), "lru": dict(d_stat
               "mamba": dict(d_state=4), "lmu": dict(d_state=8, theta=6.0, d_u=2),
               "gam": dict(num_slots=8), "mlstm": dict(num_heads=2, chunk_size=4),  # chunk 4 < 14: the chunked op
               "mlstm_block": dict(num_heads=2, chunk_size=4), "lstm": dict(num_heads=2),
-              "hiss": dict(chunk_size=3, low=4, high=4, dt_min=0.05, dt_max=0.5)}
+              "hiss": dict(chunk_size=3, low=4, high=4, dt_min=0.05, dt_max=0.5),
+              "convlstm": dict(frame_height=2, frame_width=2)}  # frames of 2×2 pixels × 4 channels
 
 
 @pytest.mark.parametrize("name", sorted(RESETTABLE))

@@ -36,16 +36,18 @@ def _row(md, start):
 
 def test_table_lists_every_cell_and_draws_the_figure(tmp_path):
     table = get_table("cpu")
-    assert [c.name for c in table["cells"]] == ["convs5-cpu", "transformer-cpu", "lstm-cpu"]
+    assert [c.name for c in table["cells"]] == ["convs5-cpu", "transformer-cpu", "lstm-cpu", "convlstm-cpu"]
+    assert table["cells"][-1].arg == "model=convlstm,scale=cpu"
     assert "not reproduced" in table["paper"]
     _fake(tmp_path, "convs5-cpu", "convs5", finished=True, wall_time_s=358.4, metrics=_metrics(3))
     _fake(tmp_path, "transformer-cpu", "transformer", finished=True, wall_time_s=35.0, metrics=_metrics(5))
     _fake(tmp_path, "lstm-cpu", "lstm", finished=False)  # interrupted: not a result
+    _fake(tmp_path, "convlstm-cpu", "convlstm", finished=True, wall_time_s=301.2, metrics=_metrics(4))
     paths = build_report(table, tmp_path)
     assert [p.name for p in paths] == ["report.md", "video-rollout.png"]
     assert (tmp_path / "video-rollout.png").stat().st_size > 10_000
     md = (tmp_path / "report.md").read_text()
-    for model, k, seconds in [("convs5", 3, "358"), ("transformer", 5, "35")]:
+    for model, k, seconds in [("convs5", 3, "358"), ("transformer", 5, "35"), ("convlstm", 4, "301")]:
         m = _metrics(k)
         want = " | ".join(f"{m[key]:.4f}" for key in ["mse", "mae", "rollout_mse", "rollout_mae"])
         assert _row(md, f"| {model} | ") == f"| {model} | {want} | 0.1076 | 0.1529 | 0.1418 | {seconds} |"
@@ -72,8 +74,9 @@ def test_the_paper_table_is_convs5_only():
 def _run_notebook(results):
     """notebooks/video.ipynb on these results: it lists the cells and draws the figure."""
     outputs, images = execute_notebook("video", results)
-    assert "2 finished of 3 video cells" in outputs
+    assert "3 finished of 4 video cells" in outputs
     assert "| convs5 | 0.0300 | 0.3000 | " in outputs and "| lstm | missing |" in outputs
+    assert "| convlstm | 0.0400 | 0.4000 | " in outputs
     assert images
 
 

@@ -17,16 +17,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/video/moving_digits.py"
 
 
-@pytest.mark.parametrize("model", ["convs5", "transformer"])
+@pytest.mark.parametrize("model", ["convs5", "transformer", "convlstm"])
 def test_cpu_configs_pass_every_check_of_a_run(model):
     c = load_config(CONFIG, f"model={model}")
     task = prepare(c, num_devices=1).task
     assert (task.source, task.frame_size, task.num_frames, task.context_frames) == ("moving_digits", 16, 20, 10)
     assert c.model.input_dim == c.model.output_dim == task.pixels == 256
     assert (c.model.input, c.model.head, c.model.causal, c.model.max_length) == ("continuous", "regression", True, 19)
-    if model == "convs5":
-        kw = c.model.mixer_kwargs.convs5
+    if model in ("convs5", "convlstm"):  # the same latent layout: 16×16 frames × 4 channels, 2 layers
+        kw = c.model.mixer_kwargs[model]
+        assert c.model.mixers == model and (c.model.num_layers, c.model.mlp_ratio) == (2, 1.0)
+        assert (kw.frame_height, kw.frame_width) == (16, 16)
         assert c.model.d_model == kw.frame_height * kw.frame_width * 4 == 1024
+    if model == "convlstm":
+        assert (kw.kernel_size, kw.peephole) == (3, True) and "convs5" not in c.model.mixer_kwargs
+    if model != "transformer":  # the CPU optimiser and steps are the table's, whatever the model
+        assert (c.optim.learning_rate, c.optim.warmup_steps, c.train.steps, c.train.batch_size) == (1e-3, 100, 1000, 16)
     assert c.name == f"video-moving-digits-{model}-cpu"
 
 
@@ -49,15 +55,20 @@ def test_paper_config_reads_the_manual_dir(tmp_path, rng, monkeypatch):
     assert (c.optim.learning_rate, c.train.steps, c.train.batch_size) == (1e-3, 300_000, 8)
     with pytest.raises(ConfigError, match="model='transformer' is not allowed with scale=paper; allowed: convs5"):
         load_config(CONFIG, "model=transformer,scale=paper")
+    with pytest.raises(ConfigError, match="model='convlstm' is not allowed with scale=paper; allowed: convs5"):
+        load_config(CONFIG, "model=convlstm,scale=paper")
 
 
-@pytest.mark.slow  # ~20 s: compiles a train step, a predict and runs the rollout
-def test_a_tiny_convs5_run_writes_results(tmp_path, capsys):
+@pytest.mark.slow  # ~20 s each: compiles a train step, a predict and runs the rollout
+@pytest.mark.parametrize("model", ["convs5", "convlstm"])
+def test_a_tiny_frame_model_run_writes_results(tmp_path, capsys, model):
     overrides = ["train.steps=3", "optim.warmup_steps=1", "train.batch_size=2", "train.progress=false",
                  "task.frame_size=12", "task.num_frames=5", "task.context_frames=2", "task.eval_examples=3",
                  "task.eval_batch_size=2", "model.input_dim=144", "model.output_dim=144", "model.max_length=4",
-                 "model.num_layers=1", "model.d_model=256", "model.mixer_kwargs.convs5.d_state=4"]
-    status = experiment.command(f"{CONFIG}:model=convs5", overrides, str(tmp_path / "w"), run_summary)
+                 "model.num_layers=1", "model.d_model=256"]  # 16×16 latent frames × 1 channel
+    if model == "convs5":
+        overrides.append("model.mixer_kwargs.convs5.d_state=4")
+    status = experiment.command(f"{CONFIG}:model={model}", overrides, str(tmp_path / "w"), run_summary)
     out = capsys.readouterr().out
     assert status == 0
     m = json.loads((tmp_path / "w" / "results.json").read_text())["metrics"]
