@@ -109,14 +109,29 @@ def _as_dict(value) -> dict:
     return dict(value)
 
 
-def _fields(model_config) -> dict:
-    """``model_config`` merged over the defaults; unknown keys raise ConfigError."""
-    defaults = default_config().to_dict()
+def merge_fields(model_config, defaults: dict, what: str) -> dict:
+    """``model_config`` merged over ``defaults``; a key not among them is a one-line ConfigError.
+
+    Every architecture's config check starts here (``seqjax.models.architectures``).
+
+    Args:
+      model_config: ``config.model`` (a ConfigDict or a mapping; None: no fields).
+      defaults: the architecture's fields with their defaults.
+      what: the architecture in words, for the message (e.g. ``"a model"``, ``"an Informer"``).
+
+    Returns:
+      A plain dict of every field.
+    """
     given = _as_dict(model_config)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ConfigError(f"{_FIELD}.{unknown[0]} is not a model field; allowed: {', '.join(sorted(defaults))}")
+        raise ConfigError(f"{_FIELD}.{unknown[0]} is not {what} field; allowed: {', '.join(sorted(defaults))}")
     return {**defaults, **given}
+
+
+def _fields(model_config) -> dict:
+    """``model_config`` merged over the defaults; unknown keys raise ConfigError."""
+    return merge_fields(model_config, default_config().to_dict(), "a model")
 
 
 def _is_int(value) -> bool:
@@ -493,5 +508,5 @@ def build(model_config) -> SequenceModel:
 
 __all__ = [
     "build", "check_build", "default_config", "validate", "layer_mixers", "mixer_kwargs", "check_length",
-    "causal_only", "bidirectional_only", "sequence_parallel_mixers",
+    "causal_only", "bidirectional_only", "sequence_parallel_mixers", "merge_fields",
 ]

@@ -49,7 +49,7 @@ from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice
 from seqjax.mixers.common import dense
 from seqjax.models.backbone import CHANNELS, Backbone, ChannelGLU, ChannelMLP, MixerSpec, channel_hidden
-from seqjax.models.config import DTYPES
+from seqjax.models.config import DTYPES, merge_fields
 from seqjax.models.decode import beam_search, check_stop, greedy_search
 from seqjax.models.embeddings import Embedding
 from seqjax.models.heads import LMHead
@@ -375,13 +375,7 @@ def validate(model_config) -> None:
 
 def _checked(model_config) -> tuple[dict, list[MixerSpec], list[MixerSpec]]:
     """``(fields merged over the defaults, encoder specs, decoder specs)``, every field checked."""
-    defaults = default_config().to_dict()
-    given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-    for key in given:
-        if key not in defaults:
-            raise ConfigError(f"{_FIELD}.{key} is not an encoder–decoder field; "
-                              f"allowed: {', '.join(sorted(defaults))}")
-    cfg = {**defaults, **given}
+    cfg = merge_fields(model_config, default_config().to_dict(), "an encoder–decoder")
     for field in ("num_encoder_layers", "num_decoder_layers", "d_model", "num_heads", "vocab_size"):
         _positive_int(field, cfg[field])
     if cfg["d_model"] % cfg["num_heads"]:

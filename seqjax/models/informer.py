@@ -59,7 +59,7 @@ from jaxtyping import Array, Float
 from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice
 from seqjax.models.backbone import CHANNELS, Backbone, MixerSpec
-from seqjax.models.config import DTYPES
+from seqjax.models.config import DTYPES, merge_fields
 from seqjax.models.embeddings import sinusoidal_table
 from seqjax.models.encoder_decoder import DecoderBlock, source_ids
 from seqjax.models.norms import NORMS, make_norm
@@ -240,12 +240,7 @@ def validate(model_config) -> None:
 
 def _checked(model_config) -> tuple[dict, list[MixerSpec], list[MixerSpec]]:
     """``(fields merged over the defaults, encoder specs, decoder specs)``, every field checked."""
-    defaults = default_config().to_dict()
-    given = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-    for key in given:
-        if key not in defaults:
-            raise ConfigError(f"{_FIELD}.{key} is not an Informer field; allowed: {', '.join(sorted(defaults))}")
-    cfg = {**defaults, **given}
+    cfg = merge_fields(model_config, default_config().to_dict(), "an Informer")
     for field, low in (("num_encoder_layers", 1), ("num_decoder_layers", 0), ("d_model", 1), ("num_heads", 1),
                        ("channels", 1), ("pred_len", 1)):
         value = cfg[field]
