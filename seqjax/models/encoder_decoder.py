@@ -322,8 +322,12 @@ def _positive_int(field: str, value) -> None:
         raise ConfigError(f"{_FIELD}.{field}={value!r} must be an int > 0")
 
 
-def _layers(cfg: dict, side: str) -> list[str]:
-    """The mixer name of every layer of ``side`` (``encoder``/``decoder``): the pattern repeated."""
+def side_layers(cfg: dict, side: str) -> list[str]:
+    """The mixer name of every layer of ``side`` (``encoder``/``decoder``): the pattern repeated.
+
+    Shared with the Informer's config (``seqjax.models.informer``): both read
+    ``<side>_mixers`` and ``num_<side>_layers``; a decoder mixer must be causal.
+    """
     field, n = f"{side}_mixers", cfg[f"num_{side}_layers"]
     value = cfg[field]
     if not isinstance(value, (str, list, tuple)):
@@ -341,8 +345,12 @@ def _layers(cfg: dict, side: str) -> list[str]:
     return names * (n // len(names))
 
 
-def _spec(cfg: dict, name: str, causal: bool) -> MixerSpec:
-    """Mixer ``name``'s constructor kwargs on one side: ``mixer_kwargs[name]`` + causal, dtype, num_heads."""
+def side_spec(cfg: dict, name: str, causal: bool, defaults: dict | None = None) -> MixerSpec:
+    """Mixer ``name``'s constructor kwargs on one side: ``mixer_kwargs[name]`` + causal, dtype, num_heads.
+
+    ``defaults``: further fields set where the mixer has them and the user did not
+    (the Informer sets ``positions="none"``: its embedding adds the positions).
+    """
     cls = mixers.get(name)
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     raw = cfg["mixer_kwargs"].get(name) or {}
@@ -360,6 +368,9 @@ def _spec(cfg: dict, name: str, causal: bool) -> MixerSpec:
         kwargs["dtype"] = DTYPES[cfg["dtype"]]
     if "num_heads" in fields:
         kwargs.setdefault("num_heads", cfg["num_heads"])
+    for key, value in (defaults or {}).items():
+        if key in fields:
+            kwargs.setdefault(key, value)
     cls(**kwargs)  # the mixer checks its own fields (one-line ConfigError)
     return name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
 
@@ -392,8 +403,8 @@ def _checked(model_config) -> tuple[dict, list[MixerSpec], list[MixerSpec]]:
     if cfg["architecture"] != "encoder_decoder":
         raise ConfigError(f"{_FIELD}.architecture={cfg['architecture']!r} is not an encoder–decoder's; "
                           "allowed here: 'encoder_decoder'")
-    enc = [_spec(cfg, name, False) for name in _layers(cfg, "encoder")]
-    dec = [_spec(cfg, name, True) for name in _layers(cfg, "decoder")]
+    enc = [side_spec(cfg, name, False) for name in side_layers(cfg, "encoder")]
+    dec = [side_spec(cfg, name, True) for name in side_layers(cfg, "decoder")]
     return cfg, enc, dec
 
 
@@ -529,4 +540,4 @@ def _seq2seq_impl(model, variables, src, mask, caches, steps, k, bos_id, eos_id,
 _seq2seq_jit = jax.jit(_seq2seq_impl, static_argnums=(0, 5, 6, 7, 8, 9))
 
 __all__ = ["EncoderDecoder", "DecoderBlock", "CrossAttention", "CrossKV", "default_config", "build",
-           "init_decoder_caches", "generate_seq2seq", "source_ids"]
+           "init_decoder_caches", "generate_seq2seq", "source_ids", "side_layers", "side_spec"]

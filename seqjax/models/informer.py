@@ -46,7 +46,6 @@ of the paper's Informer (its "InformerStack") is not built: one encoder, as the
 authors' ``--model informer``.
 """
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,12 +55,11 @@ import jax.numpy as jnp
 import ml_collections
 from jaxtyping import Array, Float
 
-from seqjax import mixers
 from seqjax.errors import ConfigError, check_choice
 from seqjax.models.backbone import CHANNELS, Backbone, MixerSpec
 from seqjax.models.config import DTYPES, merge_fields
 from seqjax.models.embeddings import sinusoidal_table
-from seqjax.models.encoder_decoder import DecoderBlock, source_ids
+from seqjax.models.encoder_decoder import DecoderBlock, side_layers, side_spec, source_ids
 from seqjax.models.norms import NORMS, make_norm
 
 _FIELD = "config.model"
@@ -193,40 +191,7 @@ def default_config() -> ml_collections.ConfigDict:
     ))
 
 
-def _layers(cfg: dict, side: str) -> list[str]:
-    field, n = f"{side}_mixers", cfg[f"num_{side}_layers"]
-    value = cfg[field]
-    names = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
-    for name in names:
-        check_choice(f"{_FIELD}.{field}", name, mixers.names())
-        if side == "decoder" and mixers.get(name).causality == "bidirectional":
-            raise ConfigError(f"{_FIELD}.{field}: {name!r} is bidirectional only and cannot be the decoder's masked "
-                              "self-mixer; allowed: a causal mixer (probsparse, mha, ...)")
-    if n % len(names):
-        raise ConfigError(f"{_FIELD}.{field}={value!r} has {len(names)} entries, which does not divide "
-                          f"{_FIELD}.num_{side}_layers={n}")
-    return names * (n // len(names))
-
-
-def _spec(cfg: dict, name: str, causal: bool) -> MixerSpec:
-    """Mixer ``name``'s kwargs: ``mixer_kwargs[name]`` + causal, dtype, num_heads; positions none where it has them."""
-    fields = {f.name for f in dataclasses.fields(mixers.get(name))} - {"parent", "name"}
-    raw = cfg["mixer_kwargs"].get(name) or {}
-    kwargs = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
-    for key in kwargs:
-        if key not in fields:
-            raise ConfigError(f"{_FIELD}.mixer_kwargs.{name}.{key} is not a field of mixer {name!r}; "
-                              f"allowed: {', '.join(sorted(fields))}")
-    if "causal" in fields:
-        kwargs["causal"] = causal
-    if "dtype" in fields:
-        kwargs["dtype"] = DTYPES[cfg["dtype"]]
-    if "num_heads" in fields:
-        kwargs.setdefault("num_heads", cfg["num_heads"])
-    if "positions" in fields:
-        kwargs.setdefault("positions", "none")  # the embedding adds Informer's absolute positions
-    mixers.get(name)(**kwargs)  # the mixer checks its own fields (one-line ConfigError)
-    return name, tuple(sorted(kwargs.items()))
+_NO_POSITIONS = {"positions": "none"}
 
 
 def validate(model_config) -> None:
@@ -257,8 +222,10 @@ def _checked(model_config) -> tuple[dict, list[MixerSpec], list[MixerSpec]]:
     if cfg["architecture"] != "informer":
         raise ConfigError(f"{_FIELD}.architecture={cfg['architecture']!r} is not the Informer's; allowed here: "
                           "'informer'")
-    enc = [_spec(cfg, name, False) for name in _layers(cfg, "encoder")]
-    dec = [_spec(cfg, name, True) for name in _layers(cfg, "decoder")] if cfg["num_decoder_layers"] else []
+    # The embedding adds Informer's absolute positions, so mixers with a positions field get none.
+    enc = [side_spec(cfg, name, False, _NO_POSITIONS) for name in side_layers(cfg, "encoder")]
+    dec = ([side_spec(cfg, name, True, _NO_POSITIONS) for name in side_layers(cfg, "decoder")]
+           if cfg["num_decoder_layers"] else [])
     return cfg, enc, dec
 
 
