@@ -33,8 +33,7 @@ mixer declares its own (``ssm_params`` / ``no_decay_params``, class
 attributes holding tuples of names relative to the mixer).
 """
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -51,7 +50,6 @@ EMBED = "embed"  # model.py: Embedding(..., name="embed")
 READ_IN = "read_in"  # embeddings.py: the Dense that reads continuous inputs in (a matrix: decayed)
 BACKBONE = "backbone"  # model.py: Backbone(..., name="backbone")
 MIXER = "mixer"  # backbone.py: Block builds its mixer with name="mixer"
-_BLOCK = re.compile(r"block_(\d+)")  # backbone.py: Block(..., name=f"block_{i}")
 
 def ssm_params(name: str) -> tuple[str, ...]:
     """The SSM-dynamics parameters that mixer ``name`` declares (none for most mixers).
@@ -105,27 +103,37 @@ def _layer_mixers(model_config) -> list[str]:
     return models.layer_mixers(model_config)
 
 
-def group_of(keys: Sequence[str], rank: int, layers: Sequence[str]) -> str:
+def _as_paths(layers: Sequence[str] | Mapping[tuple[str, ...], str]) -> Mapping[tuple[str, ...], str]:
+    """A SequenceModel's per-layer mixer names as ``{("backbone", "block_i", "mixer"): name}``; a mapping as is."""
+    if isinstance(layers, Mapping):
+        return layers
+    return {(BACKBONE, f"block_{i}", MIXER): name for i, name in enumerate(layers)}
+
+
+def group_of(keys: Sequence[str], rank: int, layers: Sequence[str] | Mapping[tuple[str, ...], str]) -> str:
     """The group of one leaf (the rules of the module docstring).
 
     Args:
       keys: the leaf's path in the param tree, e.g.
         ``("backbone", "block_0", "mixer", "A_log")``.
       rank: the leaf's number of dimensions.
-      layers: the mixer name of each layer (:func:`seqjax.models.layer_mixers`).
+      layers: the mixer name of each layer of a ``SequenceModel``
+        (:func:`seqjax.models.layer_mixers`), or ``{path of a mixer module:
+        its registry name}`` for any model (:func:`layer_names`).
 
     Returns:
       One of :data:`GROUPS`.
     """
     keys = tuple(keys)
-    if len(keys) > 3 and keys[0] == BACKBONE and keys[2] == MIXER:
-        match = _BLOCK.fullmatch(keys[1])
-        if match is not None and int(match.group(1)) < len(layers):
-            name, relative = layers[int(match.group(1))], "/".join(keys[3:])
+    paths = _as_paths(layers)
+    for j, key in enumerate(keys[:-1]):
+        if key == MIXER and keys[:j + 1] in paths:
+            name, relative = paths[keys[:j + 1]], "/".join(keys[j + 1:])
             if relative in ssm_params(name):
                 return "ssm"
             if relative in no_decay_params(name):
                 return "no_decay"
+            break
     if rank <= 1:
         return "no_decay"
     if keys[:1] == (EMBED,) and keys[1:2] != (READ_IN,):
@@ -133,32 +141,48 @@ def group_of(keys: Sequence[str], rank: int, layers: Sequence[str]) -> str:
     return "decay"
 
 
-def layer_names(model) -> tuple[str, ...]:
-    """The mixer name of each layer of a built model.
+def layer_names(model) -> tuple[str, ...] | dict[tuple[str, ...], str]:
+    """The mixer of each layer of a built model.
 
     Args:
-      model: a Flax module; a :class:`~seqjax.models.SequenceModel` (whose
-        ``layers`` are ``(name, kwargs)`` specs) or anything else.
+      model: a Flax module: a :class:`~seqjax.models.SequenceModel` (whose
+        ``layers`` are ``(name, kwargs)`` specs), one of the other
+        architectures (``EncoderDecoder``, ``Informer``: an ``encoder``
+        backbone and ``decoder_{i}`` blocks; ``HierarchicalModel``: two
+        ``SequenceModel`` fields ``low`` and ``high``), or anything else.
 
     Returns:
-      The names, or ``()`` for a module that is not a ``SequenceModel`` (its
-      parameters then get the rank and embedding rules only).
+      A ``SequenceModel``'s names in layer order; for the other architectures
+      ``{path of each mixer module in the param tree: its registry name}``;
+      ``()`` for any other module (its parameters then get the rank and
+      embedding rules only). Either form is what :func:`labeler` takes.
     """
+    from seqjax.models.encoder_decoder import EncoderDecoder
+    from seqjax.models.hierarchical import HierarchicalModel
+    from seqjax.models.informer import Informer
     from seqjax.models.model import SequenceModel
 
-    if not isinstance(model, SequenceModel):
-        return ()
-    return tuple(name for name, _ in model.layers)
+    if isinstance(model, SequenceModel):
+        return tuple(name for name, _ in model.layers)
+    if isinstance(model, (EncoderDecoder, Informer)):
+        out = {("encoder", f"block_{i}", MIXER): name for i, (name, _) in enumerate(model.encoder_layers)}
+        out.update({(f"decoder_{i}", MIXER): name for i, (name, _) in enumerate(model.decoder_layers)})
+        return out
+    if isinstance(model, HierarchicalModel):
+        return {(side,) + path: name for side in ("low", "high")
+                for path, name in _as_paths(layer_names(getattr(model, side))).items()}
+    return ()
 
 
-def labeler(model_config=None, *, layers: Sequence[str] | None = None) -> Callable[[Any], Any]:
+def labeler(model_config=None, *, layers: Sequence[str] | Mapping[tuple[str, ...], str] | None = None
+            ) -> Callable[[Any], Any]:
     """``params -> labels`` for models of ``model_config`` (the layers are read once).
 
     Args:
       model_config: ``config.model`` (None: a model without mixer layers; only
         the rank and embedding rules apply).
-      layers: the mixer name of each layer, instead of ``model_config``
-        (e.g. :func:`layer_names` of a model built by hand).
+      layers: the mixer name of each layer, or ``{mixer path: name}``,
+        instead of ``model_config`` (e.g. :func:`layer_names` of a built model).
 
     Returns:
       A function of a param tree (boxed in ``nn.LogicallyPartitioned`` or
@@ -168,7 +192,7 @@ def labeler(model_config=None, *, layers: Sequence[str] | None = None) -> Callab
     Raises:
       ConfigError: ``model_config.mixers`` / ``num_layers`` cannot be read.
     """
-    layers = tuple(_layer_mixers(model_config) if layers is None else layers)
+    layers = _as_paths(tuple(_layer_mixers(model_config)) if layers is None else layers)
 
     def labels(params: Any) -> Any:
         return jax.tree_util.tree_map_with_path(lambda p, x: group_of(_keys(p), _rank(x), layers), params)

@@ -205,3 +205,42 @@ def test_train_package_holds_no_parameter_names():
         text = path.read_text()
         found = sorted(n for n in names if f'"{n}"' in text or f"'{n}'" in text)
         assert not found, (path.name, found)
+
+
+def _mixer_leaves(flat: dict) -> dict:
+    """Leaves below a module named ``mixer``: path after it → group, per mixer path."""
+    out = {}
+    for path, group in flat.items():
+        keys = path.split("/")
+        if "mixer" in keys[:-1]:
+            j = keys.index("mixer")
+            out.setdefault("/".join(keys[:j + 1]), {})["/".join(k for k in keys[j + 1:] if k != "value")] = group
+    return out
+
+
+@pytest.mark.parametrize("arch", ["encoder_decoder", "informer", "hierarchical"])
+def test_ssm_group_inside_the_other_architectures(arch):
+    """An s4d mixer's dynamics are "ssm" inside an encoder–decoder, an Informer and a hierarchical model too."""
+    from seqjax.experiment import load_config
+    from seqjax.train.init_from import flat_params
+
+    if arch == "encoder_decoder":
+        cfg = load_config("configs/seq2seq/strings.py", "encoder=s4d,decoder=mha").model
+        args, kw = (jnp.ones((1, 8), jnp.int32),), {"decoder_inputs": jnp.ones((1, 8), jnp.int32)}
+    elif arch == "informer":
+        cfg = load_config("configs/forecast/informer.py", "model=informer").model
+        cfg.encoder_mixers, cfg.mixer_kwargs = "s4d", {}
+        c = models.build(cfg).channels
+        args, kw = (jnp.ones((1, 24, c)),), {"decoder_inputs": jnp.ones((1, 12, c))}
+    else:
+        cfg = load_config("configs/csp/imu.py", "model=hiss_net").model
+        args, kw = (jnp.ones((1, 20, cfg.input_dim)),), {}
+    model = models.build(cfg)
+    params = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kw))["params"])
+    by_mixer = _mixer_leaves(flat_params(param_groups.labeler(layers=param_groups.layer_names(model))(params)))
+    s4d = set(mixers.get("s4d").ssm_params)
+    s4d_paths = [p for p, leaves in by_mixer.items() if set(leaves) >= s4d]
+    assert len(s4d_paths) >= 2, by_mixer.keys()
+    for path, leaves in by_mixer.items():
+        expect = s4d if path in s4d_paths else set()
+        assert {k for k, g in leaves.items() if g == "ssm"} == expect, path
