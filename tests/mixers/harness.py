@@ -227,7 +227,8 @@ def check_memory_growth(module, rng, *, length, width=16, batch=1, exponent=1.0,
     """
     x1 = random_input(rng, batch, length, width)
     x4 = random_input(rng, batch, 4 * length, width)
-    variables = init(module, x1)
+    # A jitted init: eager Flax init compiles one program per primitive (2-8 s per call on CPU).
+    variables = init(module, x1) if isinstance(module, Jitted) else jax.jit(module.init)(jax.random.PRNGKey(0), x1)
     small = compiled_temp_bytes(module, variables, x1, grad=grad)
     large = compiled_temp_bytes(module, variables, x4, grad=grad)
     ratio = large / max(small, 1)
