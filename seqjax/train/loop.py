@@ -109,7 +109,7 @@ class Setup:
       init_key: the key that initialises the parameters.
       dropout_key: the key folded with the step for dropout.
       sample_in: one example's model inputs (shapes for the init).
-      tokens_per_example: the length of ``inputs`` (1 without a length axis).
+      tokens_per_example: the length of ``inputs`` (1 without a length axis), plus that of ``decoder_inputs``.
       abstract_state: the state's shapes (``ShapeDtypeStruct`` leaves).
       state_shardings: where each leaf of the state lives.
       batch_shardings: where each leaf of a global batch lives.
@@ -287,15 +287,20 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     # The last check (the source's shapes against the model's), then the folder.
     init_from = init_from_lib.plan(config, workdir, abstract.params)
     _create_workdir(config, workdir)
-    inputs = sample["inputs"]
     return Setup(
         config=config, workdir=workdir, task=task, model=model, primary=distributed.is_primary(), t_start=t_start,
         sizes=sizes, preset=preset, mesh=mesh, rules=rules, tx=tx, schedules=schedules, iterator=iterator,
         init_key=init_key, dropout_key=dropout_key, sample_in=sample_in,
-        tokens_per_example=int(np.prod(inputs.shape[1:2])) if inputs.ndim > 1 else 1,
+        tokens_per_example=_tokens_per_example(sample),
         abstract_state=abstract, state_shardings=state_shardings(abstract, mesh, specs),
         batch_shardings=parallel.batch_shardings(global_sample, mesh, rules), init_from=init_from,
     )
+
+
+def _tokens_per_example(sample: dict) -> int:
+    """Positions the model reads per example: ``inputs``' length, plus ``decoder_inputs``' (encoder–decoders)."""
+    return sum(int(x.shape[1]) if x.ndim > 1 else 1
+               for x in (sample["inputs"], sample.get("decoder_inputs")) if x is not None)
 
 
 def _build(config, task, model):

@@ -281,3 +281,14 @@ def test_fields_added_after_a_run_started_resume_at_their_default(tmp_path):
     config.model.pooling_heads = config.model.pooling_heads + 3
     with pytest.raises(ConfigError, match=r"config\.model\.pooling_heads=.*\(run has None\)"):
         check_workdir_config(config, tmp_path)
+
+
+def test_tokens_per_example_counts_the_decoder_side(rng):
+    """tokens/s: an encoder–decoder batch counts its source and its decoder inputs; a flat one its length."""
+    from seqjax.train.loop import _tokens_per_example
+
+    ls, lt = (int(v) for v in rng.integers(3, 40, size=2))
+    src, tgt = np.zeros((2, ls), np.int32), np.zeros((2, lt), np.int32)
+    assert _tokens_per_example({"inputs": src, "decoder_inputs": tgt}) == ls + lt
+    assert _tokens_per_example({"inputs": src}) == ls
+    assert _tokens_per_example({"inputs": np.zeros((2,), np.float32)}) == 1
