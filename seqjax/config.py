@@ -224,11 +224,15 @@ class Cell:
       name: folder name of the run under the table's root.
       config: path of the config file, relative to the repository root.
       arg: the config argument.
+      init_from: the name of an earlier cell of the same table whose run this
+        one starts from (``config.train.init_from`` is set to that cell's run
+        folder: self-pretraining, then fine-tuning), or None.
     """
 
     name: str
     config: str
     arg: str
+    init_from: str | None = None
 
 
 # --------------------------------------------------------------------------------------

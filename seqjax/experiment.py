@@ -216,12 +216,20 @@ def reproduce(table: str, scale: str, root: str, *, only=None, train: bool = Tru
         return reproduce_cells(tab, cells, base, train=train, repo=repo)
     # Every selected cell is validated before any trains: a bad cell fails in seconds, not hours in.
     prepared = {}
+    order = [c.name for c in tab["cells"]]
     for cell in cells if train else []:
+        if cell.init_from is not None and cell.init_from not in order[:order.index(cell.name)]:
+            print(f"error: cell {cell.name}: init_from={cell.init_from!r} is not an earlier cell of the table",
+                  file=sys.stderr)
+            return 2
         try:
             prepared[cell.name] = prepare(load_config(repo / cell.config, cell.arg))
         except ConfigError as e:
             print(f"error: cell {cell.name}: {e}", file=sys.stderr)
             return 2
+        if cell.init_from is not None:
+            # Read when the cell starts (its source cell runs first): a missing source is one line then.
+            prepared[cell.name].config.train.init_from = str(base / cell.init_from)
     diverged = []
     for i, cell in enumerate(cells if train else []):
         print(f"[{i + 1}/{len(cells)}] {cell.name}: {cell.config}:{cell.arg}", flush=True)

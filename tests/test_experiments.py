@@ -119,3 +119,36 @@ def test_reproduce_runs_cells_skips_finished_and_survives_divergence(tmp_path, m
     assert json.loads((tmp_path / "icl-cpu" / "linear-transformer" / "results.json").read_text())["finished"]
     log = (tmp_path / "icl-cpu" / "linear-transformer" / "train.log").read_text()
     assert log.count("starting") == 1 and "resuming" not in log
+
+
+def _table_repo(tmp_path, cells: str) -> pathlib.Path:
+    repo = tmp_path / "repo"
+    (repo / "configs" / "tables").mkdir(parents=True)
+    (repo / "configs" / "tables" / "chain.py").write_text(
+        "from seqjax.config import Cell\n\n"
+        f"def get_table(scale):\n    return {{'kind': 'lra', 'columns': ['listops'], 'title': 't', 'cells': {cells}}}\n")
+    return repo
+
+
+def test_reproduce_starts_a_cell_from_an_earlier_cells_run(tmp_path, monkeypatch, capsys):
+    """``Cell.init_from``: the cell's config gets ``train.init_from`` = the source cell's run folder."""
+    from seqjax import experiment, train
+
+    seen = {}
+    monkeypatch.setattr(experiment, "load_config", lambda path, arg: _tiny_icl(steps=12))
+    monkeypatch.setattr(train, "run", lambda config, workdir, **kw: seen.update(
+        {pathlib.Path(workdir).name: config.train.init_from}) or {})
+    cells = "[Cell('a+pretrain', 'x.py', ''), Cell('a+spt', 'x.py', '', init_from='a+pretrain')]"
+    assert reproduce("chain", "cpu", str(tmp_path / "runs"), repo=_table_repo(tmp_path, cells)) == 0
+    assert seen == {"a+pretrain": None, "a+spt": str(tmp_path / "runs" / "chain-cpu" / "a+pretrain")}
+
+
+def test_reproduce_refuses_init_from_a_later_or_unknown_cell(tmp_path, monkeypatch, capsys):
+    from seqjax import experiment
+
+    monkeypatch.setattr(experiment, "load_config", lambda path, arg: _tiny_icl(steps=12))
+    cells = "[Cell('a+spt', 'x.py', '', init_from='a+pretrain'), Cell('a+pretrain', 'x.py', '')]"
+    assert reproduce("chain", "cpu", str(tmp_path / "runs"), repo=_table_repo(tmp_path, cells)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: cell a+spt: init_from='a+pretrain' is not an earlier cell of the table"
+    assert not (tmp_path / "runs" / "chain-cpu").exists()

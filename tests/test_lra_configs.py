@@ -49,3 +49,27 @@ def test_bad_arguments():
         load_config("configs/lra/listops.py", "model=mambo")
     with pytest.raises(ConfigError, match="scale"):
         load_config("configs/lra/listops.py", "scale=tpu")
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "retrieval"])
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_self_pretraining_stages(task, scale):
+    """stage=pretrain/finetune: masked denoising then the classifier, each half the scratch steps, one vocabulary."""
+    scratch, pre, fine = (load_config(f"configs/lra/{task}.py", f"model=transformer,scale={scale},stage={stage}")
+                          for stage in ("scratch", "pretrain", "finetune"))
+    for c in (pre, fine):
+        prepare(c, num_devices=1)
+        assert c.train.steps == scratch.train.steps // 2 and c.train.batch_size == scratch.train.batch_size
+    assert (pre.task.objective, pre.model.head, fine.task.objective, fine.model.head) == (
+        "masked_lm", "lm", "classify", scratch.model.head)
+    assert pre.model.vocab_size == fine.model.vocab_size > pre.task.mask_token_id >= scratch.model.vocab_size - 1
+    assert fine.train.init_from_skip == "head" and not scratch.train.init_from_skip
+    assert (pre.name, fine.name) == (f"lra-{task}-transformer+pretrain-{scale}", f"lra-{task}-transformer+spt-{scale}")
+    # Nothing else of the model differs: the fine-tuned run restores every backbone parameter.
+    same = {k: v for k, v in fine.model.to_dict().items() if k != "vocab_size"}
+    assert same == {k: v for k, v in scratch.model.to_dict().items() if k != "vocab_size"}
+
+
+def test_no_self_pretraining_on_document_pairs():
+    with pytest.raises(ConfigError, match=r"^config argument stage='pretrain' with retrieval: .*allowed: scratch$"):
+        load_config("configs/lra/retrieval.py", "model=s4d,stage=pretrain")

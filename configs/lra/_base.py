@@ -42,6 +42,7 @@ import os
 from ml_collections import ConfigDict
 
 from seqjax.config import NGRAM_SUFFIX, apply_model_preset, base_config, parse_arg
+from seqjax.errors import ConfigError
 from seqjax.tasks.lra import default_config as lra_task_config
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
@@ -113,7 +114,20 @@ CPU_DATA = {
     "pathx": dict(builder_kwargs=dict(size=64, difficulty="hard", num_examples=20_000, seed=0), max_length=4096),
 }
 CPU_MODEL = dict(layers=2, width=64, heads=4, batch=32, steps=3000, lr=2e-3, ssm_lr=1e-3, wd=0.05, dropout=0.0)
-DEFAULTS = {"model": "s4d", "scale": "cpu"}
+# Batch and steps per CPU task, so the slowest table model (transformer, then mamba) finishes a cell in
+# under 20 minutes on 2 cores (train step, width 64, 2 layers, measured 2026-12-04: ListOps 320 tokens
+# × 32: transformer 361 ms, mamba 446 ms, s4d 146 ms; Pathfinder-32 1,024 tokens × 16: transformer
+# 869 ms, mamba 742 ms, s4d 247 ms). Pathfinder's 1,000 × 16 is one epoch of its 16k training images.
+CPU_STEPS = {"listops": dict(batch=32, steps=2000), "pathfinder": dict(batch=16, steps=1000)}
+DEFAULTS = {"model": "s4d", "scale": "cpu", "stage": "scratch"}
+
+# Self-pretraining (Amos et al. 2023, "Never Train from Scratch"): ``stage=pretrain`` trains the
+# backbone with a denoising objective on the task's own inputs (masked_lm: the LRA models are
+# bidirectional) for half the run's steps; ``stage=finetune`` trains the classifier for the other
+# half from those parameters (the table sets ``train.init_from`` to the pretrain cell's folder),
+# so SPT and ``stage=scratch`` use the same total steps. Both stages add a mask id past the data's
+# tokens to the vocabulary, so the embedding has one shape in both.
+STAGES = ["scratch", "pretrain", "finetune"]
 
 
 def _ssm_kwargs(base: str, d_state: int | None = None, blocks: int | None = None) -> dict:
@@ -135,7 +149,10 @@ def make(task: str, arg: str | None) -> ConfigDict:
     Returns:
       The full config (task, model, optim, train, mesh, seed, name).
     """
-    args = parse_arg(arg, {"model": None, "scale": ["cpu", "paper"]}, DEFAULTS)
+    args = parse_arg(arg, {"model": None, "scale": ["cpu", "paper"], "stage": STAGES}, DEFAULTS)
+    if task == "retrieval" and args["stage"] != "scratch":
+        raise ConfigError(f"config argument stage={args['stage']!r} with retrieval: its examples are document "
+                          "pairs and the pretraining objectives take one sequence; allowed: scratch")
     paper = args["scale"] == "paper"
     builder, builder_config, paper_length, train_size = FACTS[task]
     config = base_config()
@@ -178,6 +195,7 @@ def make(task: str, arg: str | None) -> ConfigDict:
         m.mixer_kwargs = {**m.mixer_kwargs.to_dict(), **_ssm_kwargs(base, d_state=16)}
         o.learning_rate, o.ssm_learning_rate, o.weight_decay = c["lr"], c["ssm_lr"], c["wd"]
         o.warmup_steps = 200
+        c = {**c, **CPU_STEPS.get(task, {})}
         tr.batch_size, tr.steps, tr.checkpoint_every = c["batch"], c["steps"], 500
     elif base == "transformer":
         c = TRANSFORMER[task]
@@ -204,5 +222,25 @@ def make(task: str, arg: str | None) -> ConfigDict:
         o.warmup_steps = steps_per_epoch  # one epoch, as the S4/S5 configs
         tr.checkpoint_every = 5000
     config.seed = 0
-    config.name = f"lra-{task}-{args['model']}-{args['scale']}"
+    stage = args["stage"]
+    if stage != "scratch":
+        _self_pretraining(config, stage)
+    suffix = {"scratch": "", "pretrain": "+pretrain", "finetune": "+spt"}[stage]
+    config.name = f"lra-{task}-{args['model']}{suffix}-{args['scale']}"
     return config
+
+
+def _self_pretraining(config: ConfigDict, stage: str) -> None:
+    """Turns a from-scratch LRA config into its ``stage`` (``pretrain`` or ``finetune``) of self-pretraining."""
+    t, m, tr = config.task, config.model, config.train
+    # The mask id: ListOps' vocabulary (20) already has unused ids above its 17 tokens; byte/pixel
+    # tasks (ids 0..255) get id 256 and one more embedding row.
+    t.mask_token_id = m.vocab_size - 1 if t.dataset == "lra_listops" else m.vocab_size
+    m.vocab_size = t.mask_token_id + 1
+    tr.steps = tr.steps // 2
+    config.optim.warmup_steps = min(config.optim.warmup_steps, tr.steps)
+    if stage == "pretrain":
+        t.objective = "masked_lm"
+        m.head = "lm"
+    else:
+        tr.init_from_skip = "head"  # the LM head's (vocab) rows are not a classifier

@@ -7,7 +7,7 @@ labelled as the papers'. Ours come only from the
 cells' ``results.json`` (test accuracy).
 
 At ``scale=cpu`` only the generated tasks (ListOps, short variant; Pathfinder-32,
-20k images) are cells: the archive-backed ones need the official archives in
+20k images) are cells (each under 20 minutes on 2 cores): the archive-backed ones need the official archives in
 ``$SEQJAX_DATA/lra_manual`` (see ``docs/lra_archives.md``); add them with
 ``--only`` once the archives are there.
 """
@@ -16,7 +16,11 @@ from seqjax.config import Cell
 
 TASKS = {"cpu": ["listops", "pathfinder"],
          "paper": ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]}
-MODELS = ["transformer", "s4", "s4d", "s5", "mamba"]
+MODELS = {"cpu": ["transformer", "s4d", "s5", "mamba", "lru"],
+          "paper": ["transformer", "s4", "s4d", "s5", "mamba", "lru"]}
+# Self-pretrained rows ("+SPT", Amos et al. 2023): a masked-denoising run on the task's inputs for half
+# the steps, then the classifier for the other half from its parameters (configs/lra/_base.py, stage=).
+SPT_MODELS = ["transformer", "s4d"]
 COLUMNS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 # Accuracy (%) per COLUMNS; None = "fail" (chance) in the paper; "n/r" = not reported.
 PAPER_ROWS = {
@@ -37,7 +41,14 @@ PAPER_ROWS = {
 
 def get_table(scale: str) -> dict:
     """The cells at ``scale`` ("cpu" or "paper") and how to report them."""
-    cells = [Cell(f"{task}-{model}", f"configs/lra/{task}.py", f"model={model},scale={scale}")
-             for task in TASKS[scale] for model in MODELS]
+    cells = []
+    for task in TASKS[scale]:
+        config = f"configs/lra/{task}.py"
+        cells += [Cell(f"{task}-{model}", config, f"model={model},scale={scale}") for model in MODELS[scale]]
+        for model in SPT_MODELS if task != "retrieval" else ():  # pretraining takes one sequence
+            pre = f"{task}-{model}+pretrain"
+            cells += [Cell(pre, config, f"model={model},scale={scale},stage=pretrain"),
+                      Cell(f"{task}-{model}+spt", config, f"model={model},scale={scale},stage=finetune",
+                           init_from=pre)]
     return {"kind": "lra", "cells": cells, "paper": PAPER_ROWS, "columns": COLUMNS,
             "title": "Long Range Arena: test accuracy (%) per task and model"}
