@@ -39,6 +39,11 @@ coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
                          else ``sparse_linear`` (``sparsity`` 3) per prompt
                          (``seqjax.data.icl_mixtures``); the batch also
                          holds ``"w"`` and ``"dense"``.
+``class_mixture``        per prompt, one of ``linear``, ``sparse_linear``,
+                         ``quadratic``, ``relu2nn``, ``decision_tree`` drawn
+                         with probability ``p_<member> / sum p`` (default
+                         ``p_linear = p_decision_tree = 0.5``, Panwar et
+                         al.'s DR + DT); the batch holds ``"member"``.
 ``sliding_window``       a sequential class ("Can Transformers Learn
                          Sequential Function Classes In Context?"): ``y_i =
                          sum_{j<window} w_j . x_{i-j}`` (``x_{<0} = 0``),
@@ -50,6 +55,10 @@ coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
 (``noisy_linear`` is ``linear`` with the noise; the task checks it is > 0).
 Defaults marked as Garg's are from the paper / its public code; the Fourier
 and sliding-window details are our reading of those papers (see docs/icl.md).
+
+``randomize_labels`` replaces a fraction of the in-context labels by other
+prompts' (Campbell et al.'s randomised-label experiment; the task scores the
+clean labels).
 
 The model sees ``to_model_inputs(xs, ys)``: tokens ``x_0, (y_0, 0..0), x_1,
 (y_1, 0..0), ...`` and its prediction of ``y_i`` is read at the ``x_i`` token
@@ -287,7 +296,8 @@ def sample_batch(
       ``(b, dim)`` for the classes in ``LINEAR_WEIGHT_CLASSES`` and
       ``quadratic``, ``(b, window, dim)`` for ``sliding_window``; ``"freq"``
       ``(b,)`` int32 (each prompt's ``K``) for ``fourier_mixture``; ``"w"`` and
-      ``"dense"`` ``(b,)`` bool for ``linear_mixture``.
+      ``"dense"`` ``(b,)`` bool for ``linear_mixture``; ``"member"`` ``(b,)``
+      int32 (index into ``CLASS_MIXTURE_MEMBERS``) for ``class_mixture``.
 
     Raises:
       ConfigError: unknown class or kwarg, or ``active_dim > dim``.
@@ -339,6 +349,26 @@ def randomize_labels(key: jax.Array, ys: jax.Array, fraction: float) -> tuple[ja
     src = (jnp.arange(b)[:, None] + jax.random.randint(k_src, (b, n), 1, b)) % b
     other = jnp.take_along_axis(ys, src, axis=0)
     return jnp.where(replaced, other, ys), replaced
+
+
+# fold_in of a batch's key that draws its randomised labels (independent of the prompts' own draws).
+LABEL_NOISE_STREAM = 7
+
+
+def context_labels(key: jax.Array, ys: jax.Array, fraction: float) -> tuple[jax.Array, jax.Array]:
+    """The labels the model reads: ``ys`` with a ``fraction`` randomised (none when 0).
+
+    Args:
+      key: the batch's key; the labels are drawn from ``fold_in(key, LABEL_NOISE_STREAM)``.
+      ys: ``(B, n)`` clean labels.
+      fraction: static replacement probability in ``[0, 1]``.
+
+    Returns:
+      ``(ys_context, replaced)`` as :func:`randomize_labels`.
+    """
+    if fraction == 0:
+        return ys, jnp.zeros(ys.shape, bool)
+    return randomize_labels(jax.random.fold_in(key, LABEL_NOISE_STREAM), ys, fraction)
 
 
 def to_model_inputs(xs: jax.Array, ys: jax.Array) -> jax.Array:

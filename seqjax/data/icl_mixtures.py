@@ -19,6 +19,12 @@ series), then
 active coordinates, default 3, no rescaling as Garg's sparse class). Its Bayes
 predictor is ``seqjax.tasks.icl_bayes_baselines.bayes_linear_mixture``.
 
+``class_mixture``: Panwar et al.'s mixtures of function classes; each prompt's
+class is drawn from :data:`CLASS_MIXTURE_MEMBERS` with the normalised weights
+``p_<member>`` (:func:`class_mixture_members`; the sampling is in
+``seqjax.data.icl``). Its Bayes predictor, for Gaussian-prior members, is
+``seqjax.tasks.icl_bayes_baselines.gaussian_mixture_queries``.
+
 The features are ordered ``1, cos(w u), sin(w u), cos(2 w u), sin(2 w u), ...``
 (``w = pi / L``) so that frequency ``K``'s features are the first ``2K + 1``
 columns of any larger ``K``'s: one feature matrix serves every ``K``.

@@ -135,8 +135,9 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
         if cell.name not in ran:
             args = dict(p.split("=", 1) for p in cell.arg.split(",") if "=" in p)
             missing.setdefault(args.get("fc", "linear"), []).append(cell.name)
-    parts = [f"# {table['title']}", "", "Built from results.json files under this folder; error/d, lower is better. "
-             "A run with randomised in-context labels has `labelnoise<p>` in its name (docs/icl.md).", ""]
+    intro = ("Built from results.json files under this folder; error/d, lower is better. "
+             "A run with randomised in-context labels has `labelnoise<p>` in its name (docs/icl.md).")
+    parts = [f"# {table['title']}", "", intro, ""]
     written = []
     for fc in sorted(set(by_fc) | set(missing)):
         runs = by_fc.get(fc, [])

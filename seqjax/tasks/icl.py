@@ -293,17 +293,6 @@ class _ICLIterator:
         self.step = int(state["step"])
 
 
-# fold_in of the batch key that draws the randomised labels (independent of the prompt's own draws).
-_LABEL_NOISE_STREAM = 7
-
-
-def _context_labels(key, ys, fraction):
-    """The labels the model reads: ``ys`` with a ``fraction`` randomised (none when 0)."""
-    if fraction == 0:
-        return ys, jnp.zeros(ys.shape, bool)
-    return icl_data.randomize_labels(jax.random.fold_in(key, _LABEL_NOISE_STREAM), ys, fraction)
-
-
 def _train_batch(key, active_dim, batch_size, n_points, *, function_class, dim, noise_std, task_kwargs,
                  label_noise=0.0):
     data = icl_data.sample_batch(
@@ -317,7 +306,7 @@ def _train_batch(key, active_dim, batch_size, n_points, *, function_class, dim, 
         **task_kwargs,
     )
     # Randomised labels change only the tokens read; the loss scores the clean ys.
-    ys_context, _ = _context_labels(key, data["ys"], label_noise)
+    ys_context, _ = icl_data.context_labels(key, data["ys"], label_noise)
     return {"inputs": icl_data.to_model_inputs(data["xs"], ys_context), "ys": data["ys"]}
 
 
@@ -325,7 +314,9 @@ class ICLTask:
     """In-context regression on a function class (config ``task.name = "icl"``).
 
     Config fields (``config.task``): ``function_class``, ``dim``,
-    ``n_points``, ``noise_std``, ``task_kwargs`` (dict, see
+    ``n_points``, ``noise_std``, ``train_label_noise`` and
+    ``eval_label_noise`` (fractions of in-context labels randomised by
+    ``seqjax.data.icl.randomize_labels``; targets stay clean), ``task_kwargs`` (dict, see
     ``seqjax.data.icl.TASK_KWARGS``), ``curriculum`` (``enabled`` and the
     :class:`~seqjax.data.icl.Curriculum` fields; absent means disabled),
     ``eval_batch_size`` (1280), ``eval_seed`` (None: use ``evaluate``'s seed),
@@ -348,6 +339,7 @@ class ICLTask:
       dim: dimension of ``x`` (final curriculum stage).
       n_points: points per prompt (final stage).
       noise_std: label noise std.
+      train_label_noise, eval_label_noise: fractions of randomised context labels.
       task_kwargs: class kwargs with defaults filled in.
       curriculum: a :class:`Curriculum`, or None when disabled.
       baselines: baseline names evaluated.
@@ -559,7 +551,7 @@ class ICLTask:
         xs, ys = data["xs"], data["ys"]
         # The model and the baselines read the (possibly randomised) context labels; every
         # prediction is scored against the clean ys.
-        ys_context, replaced = _context_labels(k_data, ys, self.eval_label_noise)
+        ys_context, replaced = icl_data.context_labels(k_data, ys, self.eval_label_noise)
         inputs = icl_data.to_model_inputs(xs, ys_context)
         preds = {"model": _predict_x_positions(predict, inputs, self.eval_chunk_size)}
         preds["zero"] = np.zeros_like(preds["model"])

@@ -77,7 +77,7 @@ def test_bayes_beats_least_squares_on_class_mixture_prompts():
     key = jax.random.key(np.random.SeedSequence().entropy % 2**31)
     data = jax.jit(lambda k: icl_data.sample_batch(k, "class_mixture", 256, 8, 4, **task.task_kwargs))(key)
     xs, ys = data["xs"], data["ys"]
-    err = lambda p: np.mean((np.asarray(p) - np.asarray(ys))[:, 1:5] ** 2)  # noqa: E731
+    err = lambda p: np.mean((np.asarray(p) - np.asarray(ys))[:, 1:5] ** 2)
     bayes = err(L.predict("bayes_class_mixture", xs, ys, **task.baseline_kwargs["bayes_class_mixture"]))
     ls = err(B.predict("least_squares", xs, ys))
     assert bayes < 0.9 * ls, (bayes, ls)
