@@ -6,6 +6,10 @@ Usage: ``--config=configs/icl/regression.py:fc=linear,model=transformer,scale=cp
   * ``model``: a preset (``seqjax.config.PRESETS``) or any registry mixer name.
   * ``scale=cpu``: d = 5, 11 points, a 3-layer width-64 model; Adam 3e-3, 4,500 steps of
     batch 128; ~7 minutes on 2 cores (the README's main command).
+  * ``label_noise=p``: a fraction ``p`` of the in-context labels randomised,
+    in training and evaluation (``task.train_label_noise`` and
+    ``task.eval_label_noise``; Campbell et al.'s randomised-label experiment,
+    docs/icl.md); the run's name gets ``-labelnoise<p>``.
   * ``scale=paper``: Garg et al.'s setting: d = 20, 41 points, 12 layers,
     width 256, 8 heads, batch 64, Adam 1e-4, 500k steps, curriculum d 5→20
     (+1 every 2,000 steps) and points 11→41 (+2 every 2,000).
@@ -18,29 +22,37 @@ and the class's keyword arguments, e.g. ``fc=sliding_window`` with
 """
 
 from seqjax.config import apply_model_preset, base_config, parse_arg
+from seqjax.errors import ConfigError
 from seqjax.tasks.icl import default_config as icl_task_config
 
 FUNCTION_CLASSES = [
     "linear", "sparse_linear", "noisy_linear", "quadratic", "linear_classification",
     "relu2nn", "decision_tree", "fourier", "sliding_window", "fourier_mixture",
-    "linear_mixture",
+    "linear_mixture", "class_mixture",
 ]  # fmt: skip
-DEFAULTS = {"fc": "linear", "model": "transformer", "scale": "cpu"}
+DEFAULTS = {"fc": "linear", "model": "transformer", "scale": "cpu", "label_noise": "0"}
 
 
 def get_config(arg: str | None = None):
     """The ICL config for ``arg`` (see the module docstring)."""
-    args = parse_arg(arg, {"fc": FUNCTION_CLASSES, "model": None, "scale": ["cpu", "paper"]}, DEFAULTS)
+    args = parse_arg(arg, {"fc": FUNCTION_CLASSES, "model": None, "scale": ["cpu", "paper"], "label_noise": None},
+                     DEFAULTS)
+    try:
+        label_noise = float(args["label_noise"])
+    except ValueError:
+        raise ConfigError(f"config argument label_noise={args['label_noise']!r} must be a number in [0, 1]") from None
     paper = args["scale"] == "paper"
     config = base_config()
     dim, n_points = (20, 41) if paper else (5, 11)
-    if args["fc"] == "fourier_mixture":
+    if args["fc"] in ("fourier", "fourier_mixture"):
         dim = 1  # a 1-d series of x[0] (Panwar et al.); more coordinates would be ignored noise
 
     t = config.task = icl_task_config(args["fc"])
     t.dim = dim
     t.n_points = n_points
     t.noise_std = 0.5 if args["fc"] == "noisy_linear" else 0.0
+    # Campbell et al.'s randomised-label experiment: the same fraction in training and evaluation.
+    t.train_label_noise = t.eval_label_noise = label_noise
     c = t.curriculum
     c.enabled, c.dim_start, c.dim_end, c.dim_inc = paper, min(5, dim), dim, 1
     c.points_start, c.points_end, c.points_inc, c.interval = 11, n_points, 2, 2000
@@ -74,4 +86,6 @@ def get_config(arg: str | None = None):
     tr.checkpoint_every = 5000 if paper else 1000
     config.seed = 0
     config.name = f"icl-{args['fc']}-{args['model']}-{args['scale']}"
+    if label_noise:
+        config.name += f"-labelnoise{args['label_noise']}"
     return config

@@ -39,6 +39,11 @@ coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
                          else ``sparse_linear`` (``sparsity`` 3) per prompt
                          (``seqjax.data.icl_mixtures``); the batch also
                          holds ``"w"`` and ``"dense"``.
+``class_mixture``        per prompt, one of ``linear``, ``sparse_linear``,
+                         ``quadratic``, ``relu2nn``, ``decision_tree`` drawn
+                         with probability ``p_<member> / sum p`` (default
+                         ``p_linear = p_decision_tree = 0.5``, Panwar et
+                         al.'s DR + DT); the batch holds ``"member"``.
 ``sliding_window``       a sequential class ("Can Transformers Learn
                          Sequential Function Classes In Context?"): ``y_i =
                          sum_{j<window} w_j . x_{i-j}`` (``x_{<0} = 0``),
@@ -50,6 +55,10 @@ coordinates ``>= active_dim`` set to zero (Garg's curriculum) unless noted:
 (``noisy_linear`` is ``linear`` with the noise; the task checks it is > 0).
 Defaults marked as Garg's are from the paper / its public code; the Fourier
 and sliding-window details are our reading of those papers (see docs/icl.md).
+
+``randomize_labels`` replaces a fraction of the in-context labels by other
+prompts' (Campbell et al.'s randomised-label experiment; the task scores the
+clean labels).
 
 The model sees ``to_model_inputs(xs, ys)``: tokens ``x_0, (y_0, 0..0), x_1,
 (y_1, 0..0), ...`` and its prediction of ``y_i`` is read at the ``x_i`` token
@@ -80,6 +89,7 @@ FUNCTION_CLASSES = (
     "sliding_window",
     "fourier_mixture",
     "linear_mixture",
+    "class_mixture",
 )
 
 # Per-class keyword arguments and their defaults (config.task.task_kwargs).
@@ -95,6 +105,13 @@ TASK_KWARGS: dict[str, dict[str, float | int]] = {
     "sliding_window": {"window": 3},
     "fourier_mixture": {"min_freq": 1, "max_freq": 10, "half_period": 5.0},
     "linear_mixture": {"sparsity": 3, "dense_prob": 0.5},
+    # p_<member>: the member's weight (>= 0, normalised); the members' own kwargs beside them.
+    # Default: Panwar et al.'s DR + DT mixture, 0.5 each (their public config lr_dt.yaml).
+    "class_mixture": {
+        **{f"p_{m}": 0.0 for m in icl_mixtures.CLASS_MIXTURE_MEMBERS},
+        "p_linear": 0.5, "p_decision_tree": 0.5,
+        "sparsity": 3, "hidden_size": 100, "depth": 4,
+    },
 }
 
 # Classes whose function is a linear weight vector; sample_batch returns it as "w".
@@ -123,8 +140,9 @@ def task_kwargs_with_defaults(task: str, task_kwargs: dict | None = None) -> dic
                 f"config.task.task_kwargs.{name} is not allowed for function_class={task!r}; "
                 f"allowed: {', '.join(allowed) or '(none)'}"
             )
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"config.task.task_kwargs.{name}={value!r} must be a number > 0")
+        weight = name.startswith("p_")  # a class_mixture weight may be 0 (member left out)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not weight):
+            raise ConfigError(f"config.task.task_kwargs.{name}={value!r} must be a number {'>= 0' if weight else '> 0'}")
         out[name] = type(allowed[name])(value)
     if task == "fourier_mixture" and out["min_freq"] > out["max_freq"]:
         raise ConfigError(
@@ -132,6 +150,8 @@ def task_kwargs_with_defaults(task: str, task_kwargs: dict | None = None) -> dic
         )
     if task == "linear_mixture" and out["dense_prob"] > 1:
         raise ConfigError(f"config.task.task_kwargs.dense_prob={out['dense_prob']} must be in (0, 1]")
+    if task == "class_mixture":
+        icl_mixtures.class_mixture_members(out)  # raises when every weight is 0
     return out
 
 
@@ -159,54 +179,10 @@ def _decision_tree(key, xs, active_dim, depth):
     return jnp.take_along_axis(leaves, node - n_internal, axis=1)
 
 
-def sample_batch(
-    key: jax.Array,
-    task: str,
-    batch_size: int,
-    n_points: int,
-    dim: int,
-    *,
-    active_dim: int | jax.Array | None = None,
-    noise_std: float = 0.0,
-    **task_kwargs,
-) -> dict[str, jax.Array]:
-    """Samples ``batch_size`` prompts of one function class.
-
-    Jittable with ``task``, ``batch_size``, ``n_points``, ``dim`` and the task
-    kwargs static; ``active_dim`` and ``noise_std`` may be traced (so a change
-    of the curriculum's dimension does not recompile).
-
-    Args:
-      key: PRNG key; the batch is a deterministic function of it.
-      task: a name in ``FUNCTION_CLASSES``.
-      batch_size: prompts.
-      n_points: pairs per prompt.
-      dim: width of ``x``.
-      active_dim: coordinates ``>= active_dim`` of ``x`` (and of ``w``) are
-        zero; ``None`` means ``dim``.
-      noise_std: std of Gaussian noise added to ``y`` (regression classes).
-      **task_kwargs: class-specific, see ``TASK_KWARGS``.
-
-    Returns:
-      ``{"xs": (b, n, dim) float32, "ys": (b, n) float32}`` plus ``"w"``
-      ``(b, dim)`` for the classes in ``LINEAR_WEIGHT_CLASSES`` and
-      ``quadratic``, ``(b, window, dim)`` for ``sliding_window``; ``"freq"``
-      ``(b,)`` int32 (each prompt's ``K``) for ``fourier_mixture``; ``"w"`` and
-      ``"dense"`` ``(b,)`` bool for ``linear_mixture``.
-
-    Raises:
-      ConfigError: unknown class or kwarg, or ``active_dim > dim``.
-    """
-    kw = task_kwargs_with_defaults(task, task_kwargs)
-    if active_dim is None:
-        active_dim = dim
-    if isinstance(active_dim, int) and not 0 < active_dim <= dim:
-        raise ConfigError(f"active_dim={active_dim!r} must be in [1, dim={dim}]")
-    k_x, k_f, k_noise = jax.random.split(key, 3)
-    active_mask = (jnp.arange(dim) < active_dim).astype(jnp.float32)
-    xs = _sample_x(k_x, batch_size, n_points, dim, active_mask, task, kw)
+def _labels(task, k_f, xs, active_mask, active_dim, kw):
+    """Noise-free labels of ``xs`` under one class; returns ``(ys, extras)`` (``w``, ``freq``, ...)."""
+    batch_size, n_points, dim = xs.shape
     out = {}
-
     if task in ("linear", "noisy_linear", "linear_classification", "quadratic"):
         w = jax.random.normal(k_f, (batch_size, dim)) * active_mask
         feats = xs * xs if task == "quadratic" else xs
@@ -265,11 +241,134 @@ def sample_batch(
             ys = ys.at[:, j:].add(proj[:, : n_points - j, j])
         out["w"] = w
 
+    return ys, out
+
+
+def _class_mixture(key, xs, active_mask, active_dim, kw):
+    """Each prompt's class drawn from the members with ``p_<class> > 0``; every member sampled, one kept.
+
+    Sampling every member on the same ``xs`` and selecting per prompt keeps the
+    batch one jittable computation (the members are static: those with a
+    positive weight); at CPU sizes the extra members cost little.
+    """
+    members, probs = icl_mixtures.class_mixture_members(kw)
+    k_sel, k_members = jax.random.split(key)
+    choice = jax.random.categorical(k_sel, jnp.log(jnp.asarray(probs)), shape=(xs.shape[0],))
+    ys = jnp.zeros(xs.shape[:2], jnp.float32)
+    for j, name in enumerate(members):
+        member_kw = {k: kw[k] for k in TASK_KWARGS[name]}
+        ys_j, _ = _labels(name, jax.random.fold_in(k_members, j), xs, active_mask, active_dim, member_kw)
+        ys = jnp.where((choice == j)[:, None], ys_j, ys)
+    index = jnp.asarray([icl_mixtures.CLASS_MIXTURE_MEMBERS.index(m) for m in members], jnp.int32)
+    return ys, {"member": index[choice]}
+
+
+def sample_batch(
+    key: jax.Array,
+    task: str,
+    batch_size: int,
+    n_points: int,
+    dim: int,
+    *,
+    active_dim: int | jax.Array | None = None,
+    noise_std: float = 0.0,
+    **task_kwargs,
+) -> dict[str, jax.Array]:
+    """Samples ``batch_size`` prompts of one function class.
+
+    Jittable with ``task``, ``batch_size``, ``n_points``, ``dim`` and the task
+    kwargs static; ``active_dim`` and ``noise_std`` may be traced (so a change
+    of the curriculum's dimension does not recompile).
+
+    Args:
+      key: PRNG key; the batch is a deterministic function of it.
+      task: a name in ``FUNCTION_CLASSES``.
+      batch_size: prompts.
+      n_points: pairs per prompt.
+      dim: width of ``x``.
+      active_dim: coordinates ``>= active_dim`` of ``x`` (and of ``w``) are
+        zero; ``None`` means ``dim``.
+      noise_std: std of Gaussian noise added to ``y`` (regression classes).
+      **task_kwargs: class-specific, see ``TASK_KWARGS``.
+
+    Returns:
+      ``{"xs": (b, n, dim) float32, "ys": (b, n) float32}`` plus ``"w"``
+      ``(b, dim)`` for the classes in ``LINEAR_WEIGHT_CLASSES`` and
+      ``quadratic``, ``(b, window, dim)`` for ``sliding_window``; ``"freq"``
+      ``(b,)`` int32 (each prompt's ``K``) for ``fourier_mixture``; ``"w"`` and
+      ``"dense"`` ``(b,)`` bool for ``linear_mixture``; ``"member"`` ``(b,)``
+      int32 (index into ``CLASS_MIXTURE_MEMBERS``) for ``class_mixture``.
+
+    Raises:
+      ConfigError: unknown class or kwarg, or ``active_dim > dim``.
+    """
+    kw = task_kwargs_with_defaults(task, task_kwargs)
+    if active_dim is None:
+        active_dim = dim
+    if isinstance(active_dim, int) and not 0 < active_dim <= dim:
+        raise ConfigError(f"active_dim={active_dim!r} must be in [1, dim={dim}]")
+    k_x, k_f, k_noise = jax.random.split(key, 3)
+    active_mask = (jnp.arange(dim) < active_dim).astype(jnp.float32)
+    xs = _sample_x(k_x, batch_size, n_points, dim, active_mask, task, kw)
+    if task == "class_mixture":
+        ys, out = _class_mixture(k_f, xs, active_mask, active_dim, kw)
+    else:
+        ys, out = _labels(task, k_f, xs, active_mask, active_dim, kw)
+
     if task != "linear_classification":
         ys = ys + noise_std * jax.random.normal(k_noise, ys.shape)
     out["xs"] = xs.astype(jnp.float32)
     out["ys"] = ys.astype(jnp.float32)
     return out
+
+
+def randomize_labels(key: jax.Array, ys: jax.Array, fraction: float) -> tuple[jax.Array, jax.Array]:
+    """Randomised in-context labels (the label experiment of Campbell et al. 2023).
+
+    Each label ``ys[b, i]`` is replaced, independently with probability
+    ``fraction``, by the label at the same point of another prompt of the
+    batch (``b' = (b + r) mod B``, ``r`` uniform in ``1..B-1``): a label of
+    the right scale and marginal distribution that carries no information
+    about prompt ``b``'s function. Only the tokens the model reads change;
+    the task scores its predictions against the clean ``ys``.
+
+    Args:
+      key: PRNG key; the result is a deterministic function of it.
+      ys: ``(B, n)`` clean labels, ``B >= 2``.
+      fraction: replacement probability in ``[0, 1]`` (may be traced).
+
+    Returns:
+      ``(ys_context, replaced)``: the labels the model sees ``(B, n)`` and the
+      bool mask of replaced labels.
+    """
+    b, n = ys.shape
+    if b < 2:
+        raise ConfigError(f"randomized labels need a batch of >= 2 prompts (got {b})")
+    k_mask, k_src = jax.random.split(key)
+    replaced = jax.random.uniform(k_mask, (b, n)) < fraction
+    src = (jnp.arange(b)[:, None] + jax.random.randint(k_src, (b, n), 1, b)) % b
+    other = jnp.take_along_axis(ys, src, axis=0)
+    return jnp.where(replaced, other, ys), replaced
+
+
+# fold_in of a batch's key that draws its randomised labels (independent of the prompts' own draws).
+LABEL_NOISE_STREAM = 7
+
+
+def context_labels(key: jax.Array, ys: jax.Array, fraction: float) -> tuple[jax.Array, jax.Array]:
+    """The labels the model reads: ``ys`` with a ``fraction`` randomised (none when 0).
+
+    Args:
+      key: the batch's key; the labels are drawn from ``fold_in(key, LABEL_NOISE_STREAM)``.
+      ys: ``(B, n)`` clean labels.
+      fraction: static replacement probability in ``[0, 1]``.
+
+    Returns:
+      ``(ys_context, replaced)`` as :func:`randomize_labels`.
+    """
+    if fraction == 0:
+        return ys, jnp.zeros(ys.shape, bool)
+    return randomize_labels(jax.random.fold_in(key, LABEL_NOISE_STREAM), ys, fraction)
 
 
 def to_model_inputs(xs: jax.Array, ys: jax.Array) -> jax.Array:

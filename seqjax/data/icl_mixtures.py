@@ -19,6 +19,12 @@ series), then
 active coordinates, default 3, no rescaling as Garg's sparse class). Its Bayes
 predictor is ``seqjax.tasks.icl_bayes_baselines.bayes_linear_mixture``.
 
+``class_mixture``: Panwar et al.'s mixtures of function classes; each prompt's
+class is drawn from :data:`CLASS_MIXTURE_MEMBERS` with the normalised weights
+``p_<member>`` (:func:`class_mixture_members`; the sampling is in
+``seqjax.data.icl``). Its Bayes predictor, for Gaussian-prior members, is
+``seqjax.tasks.icl_bayes_baselines.gaussian_mixture_queries``.
+
 The features are ordered ``1, cos(w u), sin(w u), cos(2 w u), sin(2 w u), ...``
 (``w = pi / L``) so that frequency ``K``'s features are the first ``2K + 1``
 columns of any larger ``K``'s: one feature matrix serves every ``K``.
@@ -31,6 +37,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from seqjax.errors import ConfigError
 
 
 def fourier_features(u, max_freq: int, half_period: float, xp=jnp):
@@ -73,6 +81,32 @@ def sample_fourier_mixture(key: jax.Array, xs: jax.Array, min_freq: int, max_fre
     coef = coef * (col_freq[None, :] <= freq[:, None])
     feats = fourier_features(xs[..., 0], max_freq, half_period)
     return jnp.einsum("bnp,bp->bn", feats, coef), freq
+
+
+# Classes a class_mixture can draw (all on x ~ N(0, I) with the curriculum's
+# active coordinates, so the members differ only in f: x alone tells nothing).
+CLASS_MIXTURE_MEMBERS = ("linear", "sparse_linear", "quadratic", "relu2nn", "decision_tree")
+
+
+def class_mixture_members(kw: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The members of a ``class_mixture`` with a positive weight, and their normalised probabilities.
+
+    Args:
+      kw: the class's kwargs, with ``p_<member>`` for every member of
+        :data:`CLASS_MIXTURE_MEMBERS`.
+
+    Returns:
+      ``(members, probs)`` in :data:`CLASS_MIXTURE_MEMBERS` order; ``probs`` sum to 1.
+
+    Raises:
+      ConfigError: every weight is 0.
+    """
+    weights = {m: float(kw[f"p_{m}"]) for m in CLASS_MIXTURE_MEMBERS if float(kw[f"p_{m}"]) > 0}
+    if not weights:
+        raise ConfigError("config.task.task_kwargs.p_<member> are all 0; at least one of "
+                          + ", ".join(f"p_{m}" for m in CLASS_MIXTURE_MEMBERS) + " must be > 0")
+    total = sum(weights.values())
+    return tuple(weights), tuple(w / total for w in weights.values())
 
 
 def random_support(key: jax.Array, batch_size: int, active_mask: jax.Array, k: int) -> jax.Array:

@@ -9,12 +9,17 @@ import pathlib
 
 import numpy as np
 
+from seqjax.report.cells import MISSING
 from seqjax.report.io import DIVERGED, diverged
 from seqjax.report.tables import markdown_table
 
 SUMMARY_BASELINES = ("least_squares", "knn3", "averaging")
+# Class-specific baselines shown in the table report when a run evaluated them.
+CLASS_BASELINES = ("lasso", "nn_gd", "tree4", "bayes_fourier", "bayes_linear_mixture", "bayes_class_mixture")
 LABELS = {"model": "model", "least_squares": "least squares", "knn3": "3-NN", "averaging": "averaging",
-          "zero": "zero", "ridge": "ridge", "gd": "GD", "lasso": "Lasso"}
+          "zero": "zero", "ridge": "ridge", "gd": "GD", "lasso": "Lasso", "nn_gd": "2-layer NN (Adam)",
+          "tree4": "greedy tree (depth 4)", "bayes_fourier": "Bayes (Fourier mixture)",
+          "bayes_linear_mixture": "Bayes (dense/sparse mixture)", "bayes_class_mixture": "Bayes (class mixture)"}
 
 
 def examples_axis(metrics: dict) -> np.ndarray:
@@ -92,7 +97,9 @@ def plot_errors(runs: list[dict], path, title: str) -> pathlib.Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:
         m = r["metrics"]
-        label = r["config"].get("name", "model").split("-")[2] if r.get("config") else "model"
+        # "icl-<fc>-<model>-<scale>[-labelnoise<p>]" -> "<model>[-labelnoise<p>]"
+        parts = r["config"].get("name", "icl-fc-model").split("-")[2:] if r.get("config") else ["model"]
+        label = "-".join(p for p in parts if p not in ("cpu", "paper")) or "model"
         ax.plot(examples_axis(m), m["error_per_n"]["model"], marker="o", ms=3, label=label)
     m0 = runs[0]["metrics"]
     for b in SUMMARY_BASELINES:
@@ -121,10 +128,23 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     by_fc: dict[str, list[dict]] = {}
     for r in results:
         by_fc.setdefault(r["config"]["task"]["function_class"], []).append(r)
-    parts = [f"# {table['title']}", "", "Built from results.json files under this folder; error/d, lower is better.", ""]
+    # Cells of the table without a results.json read "missing" under their class.
+    ran = {pathlib.Path(r["workdir"]).name for r in results if r.get("workdir")}
+    missing: dict[str, list[str]] = {}
+    for cell in table.get("cells", []):
+        if cell.name not in ran:
+            args = dict(p.split("=", 1) for p in cell.arg.split(",") if "=" in p)
+            missing.setdefault(args.get("fc", "linear"), []).append(cell.name)
+    intro = ("Built from results.json files under this folder; error/d, lower is better. "
+             "A run with randomised in-context labels has `labelnoise<p>` in its name (docs/icl.md).")
+    parts = [f"# {table['title']}", "", intro, ""]
     written = []
-    for fc, runs in sorted(by_fc.items()):
+    for fc in sorted(set(by_fc) | set(missing)):
+        runs = by_fc.get(fc, [])
         done = [r for r in runs if not diverged(r)]
+        if not runs:
+            parts += [f"## {fc}", "", markdown_table(["run", "status"], [[c, MISSING] for c in missing[fc]]), ""]
+            continue
         d = done[0]["metrics"]["dim"] if done else runs[0]["config"]["task"]["dim"]
         ks = sorted({max(d // 2, 1), d, 2 * d})
         rows = []
@@ -134,11 +154,14 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
                 continue
             ex = list(examples_axis(r["metrics"]))
             rows.append([r["config"]["name"]] + [r["metrics"]["error_per_n"]["model"][ex.index(k)] if k in ex else None for k in ks])
+        rows += [[c] + [MISSING] * len(ks) for c in missing.get(fc, [])]
         parts += [f"## {fc} (d = {d})", ""]
         if done:
-            m0 = done[0]["metrics"]
+            # Baselines from a run on clean context labels where there is one (they read the same labels).
+            clean = [r for r in done if not r["metrics"].get("label_noise", {}).get("eval")]
+            m0 = (clean or done)[0]["metrics"]
             ex0 = list(examples_axis(m0))
-            for b in SUMMARY_BASELINES:
+            for b in SUMMARY_BASELINES + CLASS_BASELINES:
                 if b in m0["error_per_n"]:
                     rows.append([f"baseline: {LABELS[b]}"] + [m0["error_per_n"][b][ex0.index(k)] if k in ex0 else None for k in ks])
         parts += [markdown_table(["run"] + [f"{k} examples" for k in ks], rows), ""]

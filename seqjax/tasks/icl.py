@@ -54,6 +54,7 @@ CLASS_BASELINES = {
     "fourier": ("bayes_fourier",),
     "fourier_mixture": ("bayes_fourier",),
     "linear_mixture": ("lasso", "bayes_linear_mixture"),
+    "class_mixture": ("tree4",),  # the default mixture is DR + DT; bayes_class_mixture needs Gaussian members
 }
 
 
@@ -85,6 +86,8 @@ def default_config(function_class: str = "linear") -> ml_collections.ConfigDict:
         "dim": 20,
         "n_points": 41,
         "noise_std": 0.0,
+        "train_label_noise": 0.0,  # fraction of in-context labels randomised in training batches
+        "eval_label_noise": 0.0,  # ... in the evaluation prompts (scored targets stay clean)
         "task_kwargs": dict(icl_data.TASK_KWARGS[function_class]),
         "curriculum": {"enabled": False, **curriculum},
         "eval_batch_size": 1280,
@@ -290,7 +293,8 @@ class _ICLIterator:
         self.step = int(state["step"])
 
 
-def _train_batch(key, active_dim, batch_size, n_points, *, function_class, dim, noise_std, task_kwargs):
+def _train_batch(key, active_dim, batch_size, n_points, *, function_class, dim, noise_std, task_kwargs,
+                 label_noise=0.0):
     data = icl_data.sample_batch(
         key,
         function_class,
@@ -301,14 +305,18 @@ def _train_batch(key, active_dim, batch_size, n_points, *, function_class, dim, 
         noise_std=noise_std,
         **task_kwargs,
     )
-    return {"inputs": icl_data.to_model_inputs(data["xs"], data["ys"]), "ys": data["ys"]}
+    # Randomised labels change only the tokens read; the loss scores the clean ys.
+    ys_context, _ = icl_data.context_labels(key, data["ys"], label_noise)
+    return {"inputs": icl_data.to_model_inputs(data["xs"], ys_context), "ys": data["ys"]}
 
 
 class ICLTask:
     """In-context regression on a function class (config ``task.name = "icl"``).
 
     Config fields (``config.task``): ``function_class``, ``dim``,
-    ``n_points``, ``noise_std``, ``task_kwargs`` (dict, see
+    ``n_points``, ``noise_std``, ``train_label_noise`` and
+    ``eval_label_noise`` (fractions of in-context labels randomised by
+    ``seqjax.data.icl.randomize_labels``; targets stay clean), ``task_kwargs`` (dict, see
     ``seqjax.data.icl.TASK_KWARGS``), ``curriculum`` (``enabled`` and the
     :class:`~seqjax.data.icl.Curriculum` fields; absent means disabled),
     ``eval_batch_size`` (1280), ``eval_seed`` (None: use ``evaluate``'s seed),
@@ -331,6 +339,7 @@ class ICLTask:
       dim: dimension of ``x`` (final curriculum stage).
       n_points: points per prompt (final stage).
       noise_std: label noise std.
+      train_label_noise, eval_label_noise: fractions of randomised context labels.
       task_kwargs: class kwargs with defaults filled in.
       curriculum: a :class:`Curriculum`, or None when disabled.
       baselines: baseline names evaluated.
@@ -369,6 +378,11 @@ class ICLTask:
                 raise ConfigError(f"config.task.task_kwargs.{key} is not allowed for function_class={fc!r}; "
                                   f"allowed: {', '.join(icl_data.TASK_KWARGS[fc]) or '(none)'}{hint}")
         self.task_kwargs = icl_data.task_kwargs_with_defaults(fc, given)
+        for field in ("train_label_noise", "eval_label_noise"):
+            value = _get(task_config, field, 0.0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ConfigError(f"config.task.{field}={value!r} must be a number in [0, 1]")
+            setattr(self, field, float(value))
         self.curriculum = self._build_curriculum(_get(task_config, "curriculum"))
         self.max_length = 2 * self.n_points
 
@@ -421,6 +435,7 @@ class ICLTask:
                 dim=self.dim,
                 noise_std=self.noise_std,
                 task_kwargs=self.task_kwargs,
+                label_noise=self.train_label_noise,
             ),
             static_argnums=(2, 3),
         )
@@ -534,10 +549,13 @@ class ICLTask:
             noise_std=self.noise_std, **self.task_kwargs,
         )
         xs, ys = data["xs"], data["ys"]
-        inputs = icl_data.to_model_inputs(xs, ys)
+        # The model and the baselines read the (possibly randomised) context labels; every
+        # prediction is scored against the clean ys.
+        ys_context, replaced = icl_data.context_labels(k_data, ys, self.eval_label_noise)
+        inputs = icl_data.to_model_inputs(xs, ys_context)
         preds = {"model": _predict_x_positions(predict, inputs, self.eval_chunk_size)}
         preds["zero"] = np.zeros_like(preds["model"])
-        preds.update(self.baseline_predictions(xs, ys))
+        preds.update(self.baseline_predictions(xs, ys_context))
         ys_np = np.asarray(ys)
 
         def to_list(a):
@@ -557,8 +575,10 @@ class ICLTask:
             result["accuracy_per_n"] = {
                 k: to_list(np.mean(np.where(p >= 0, 1.0, -1.0) == ys_np, axis=0)) for k, p in preds.items()
             }
+        result["label_noise"] = {"train": self.train_label_noise, "eval": self.eval_label_noise,
+                                 "eval_replaced_fraction": float(np.mean(np.asarray(replaced)))}
         if self.ilwd_batch_size > 0:
-            result["ilwd"] = self._ilwd(predict, data, k_probe)
+            result["ilwd"] = self._ilwd(predict, {**data, "ys": ys_context}, k_probe)
         return result
 
     def _ilwd(self, predict, data, key) -> dict[str, list[float]]:

@@ -29,6 +29,12 @@ prior on ``w`` is a mixture of Gaussians: the dense component ``N(0, I)``
 standard normal on ``S`` and zero elsewhere (weight ``(1 - dense_prob) /
 C(d, k)``): component ``S`` is Gaussian regression on the columns ``S`` of
 ``X``. The supports are enumerated (1140 at ``d = 20, k = 3``) in chunks.
+
+``gaussian_mixture_queries`` is that computation for any mixture of the
+Gaussian-prior members ``linear``, ``quadratic`` (features ``x * x /
+sqrt(3)``) and ``sparse_linear``: the Bayes predictor of a ``class_mixture``
+(Panwar et al.'s mixtures of function classes) whose members are all among
+them. ``bayes_linear_mixture`` calls it with the dense/sparse weights.
 """
 
 from __future__ import annotations
@@ -137,6 +143,99 @@ def bayes_fourier_queries(
     return np.asarray(out, np.float32)
 
 
+class _StreamingMixture:
+    """Posterior-weighted prediction over components added in chunks (a streaming log-sum-exp).
+
+    Attributes:
+      top: running max of the log weights ``(b, i)``.
+      total: sum of ``exp(log w - top)``.
+      pred: sum of ``exp(log w - top) * prediction`` ``(b, i, q)``.
+    """
+
+    def __init__(self):
+        self.top = self.total = self.pred = None
+
+    def add(self, logw, preds):
+        """Adds components: ``logw (b, i, c)`` log prior + log evidence, ``preds (b, i, q, c)``."""
+        new_top = logw.max(axis=-1) if self.top is None else np.maximum(self.top, logw.max(axis=-1))
+        w = np.exp(logw - new_top[..., None])
+        w_sum, w_pred = w.sum(axis=-1), np.einsum("bic,biqc->biq", w, preds)
+        if self.top is None:
+            self.total, self.pred = w_sum, w_pred
+        else:
+            scale = np.exp(self.top - new_top)
+            self.total, self.pred = scale * self.total + w_sum, scale[..., None] * self.pred + w_pred
+        self.top = new_top
+
+    def mean(self):
+        """``(b, i, q)``: the posterior-predictive mean."""
+        return self.pred / self.total[..., None]
+
+
+# Members of a Gaussian mixture prior and their features: y = phi(x) . w, w ~ N(0, I).
+GAUSSIAN_MEMBERS = {
+    "linear": lambda x: x,
+    "quadratic": lambda x: x * x / math.sqrt(3.0),  # seqjax.data.icl's quadratic
+    "sparse_linear": lambda x: x,  # one component per support (columns of x)
+}
+
+
+def gaussian_mixture_queries(
+    xs,
+    ys,
+    queries,
+    weights: dict[str, float],
+    sparsity: int = 3,
+    noise_std: float = 0.0,
+    noise_floor: float = 1e-3,
+    support_chunk: int = 64,
+) -> np.ndarray:
+    """Posterior-predictive means under a mixture of Gaussian-prior members, per prefix.
+
+    Member ``linear`` is one component (features ``x``), ``quadratic`` one
+    (features ``x * x / sqrt(3)``), ``sparse_linear`` one per ``k``-support
+    ``S`` (features ``x[S]``, prior weight ``p / C(d, k)``). Each component's
+    log evidence and posterior mean come from :func:`_evidence`; the
+    prediction is their evidence-weighted average.
+
+    Args:
+      xs: ``(b, n, d)``.
+      ys: ``(b, n)``.
+      queries: ``(b, n, q, d)``; ``queries[:, i]`` answered from pairs ``0..i-1``.
+      weights: member -> prior probability (members of :data:`GAUSSIAN_MEMBERS`;
+        zero weights are skipped).
+      sparsity: ``k`` of ``sparse_linear``.
+      noise_std: the label noise std ``s``.
+      noise_floor: ``s`` used when ``noise_std`` is below it.
+      support_chunk: supports evaluated at once (memory only).
+
+    Returns:
+      ``(b, n, q)`` float32; 0 for ``i = 0``.
+    """
+    xs, ys, queries = (np.asarray(a, np.float64) for a in (xs, ys, queries))
+    d = xs.shape[-1]
+    s2 = _noise_var(noise_std, noise_floor)
+    mix = _StreamingMixture()
+    for member in ("linear", "quadratic"):
+        if weights.get(member, 0.0) > 0:
+            phi = GAUSSIAN_MEMBERS[member]
+            gram, rhs, yy, m = _prefix_moments(phi(xs), ys, s2)
+            lml, mu = _evidence(gram, rhs, yy, m, s2)
+            preds = np.einsum("biqd,bid->biq", phi(queries), mu)
+            mix.add((lml + math.log(weights[member]))[..., None], preds[..., None])
+    if weights.get("sparse_linear", 0.0) > 0:
+        gram, rhs, yy, m = _prefix_moments(xs, ys, s2)
+        supports = np.array(list(itertools.combinations(range(d), min(int(sparsity), d))))  # (C, k)
+        log_prior = math.log(weights["sparse_linear"] / len(supports))
+        for start in range(0, len(supports), int(support_chunk)):
+            idx = supports[start : start + int(support_chunk)]  # (c, k)
+            g = gram[:, :, idx[:, :, None], idx[:, None, :]]  # (b, i, c, k, k)
+            lml, mu = _evidence(g, rhs[:, :, idx], yy[..., None], m[:, None], s2)
+            preds = np.einsum("biqck,bick->biqc", queries[:, :, :, idx], mu)
+            mix.add(lml + log_prior, preds)
+    return np.asarray(mix.mean(), np.float32)
+
+
 def bayes_linear_mixture_queries(
     xs,
     ys,
@@ -162,35 +261,5 @@ def bayes_linear_mixture_queries(
     Returns:
       ``(b, n, q)`` float32; 0 for ``i = 0``.
     """
-    xs, ys, queries = (np.asarray(a, np.float64) for a in (xs, ys, queries))
-    d = xs.shape[-1]
-    s2 = _noise_var(noise_std, noise_floor)
-    gram, rhs, yy, m = _prefix_moments(xs, ys, s2)
-    supports = np.array(list(itertools.combinations(range(d), min(int(sparsity), d))))  # (C, k)
-    # Streaming log-sum-exp over the components: running max, sum of weights, weighted prediction.
-    top = total = pred = None
-
-    def add(logw, preds):  # logw (b, i, c), preds (b, i, q, c)
-        nonlocal top, total, pred
-        new_top = logw.max(axis=-1) if top is None else np.maximum(top, logw.max(axis=-1))
-        w = np.exp(logw - new_top[..., None])
-        w_sum, w_pred = w.sum(axis=-1), np.einsum("bic,biqc->biq", w, preds)
-        if top is None:
-            total, pred = w_sum, w_pred
-        else:
-            scale = np.exp(top - new_top)
-            total, pred = scale * total + w_sum, scale[..., None] * pred + w_pred
-        top = new_top
-
-    if dense_prob > 0:
-        lml, mu = _evidence(gram, rhs, yy, m, s2)
-        add((lml + math.log(dense_prob))[..., None], np.einsum("biqd,bid->biq", queries, mu)[..., None])
-    if dense_prob < 1:
-        log_prior = math.log((1.0 - dense_prob) / len(supports))
-        for start in range(0, len(supports), int(support_chunk)):
-            idx = supports[start : start + int(support_chunk)]  # (c, k)
-            g = gram[:, :, idx[:, :, None], idx[:, None, :]]  # (b, i, c, k, k)
-            lml, mu = _evidence(g, rhs[:, :, idx], yy[..., None], m[:, None], s2)
-            preds = np.einsum("biqck,bick->biqc", queries[:, :, :, idx], mu)
-            add(lml + log_prior, preds)
-    return np.asarray(pred / total[..., None], np.float32)
+    weights = {"linear": float(dense_prob), "sparse_linear": 1.0 - float(dense_prob)}
+    return gaussian_mixture_queries(xs, ys, queries, weights, sparsity, noise_std, noise_floor, support_chunk)

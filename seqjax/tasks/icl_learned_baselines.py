@@ -23,9 +23,10 @@ gradient boosting. Each follows the contract of ``seqjax.tasks.icl_baselines``:
   scikit-learn's defaults: 100 depth-3 trees, learning rate 0.1). About 35 ms
   per fit on one core, so ``eval_batch_size * n_points`` fits are minutes.
 
-``bayes_fourier`` and ``bayes_linear_mixture``
+``bayes_fourier``, ``bayes_linear_mixture`` and ``bayes_class_mixture``
 (``seqjax.tasks.icl_bayes_baselines``), the Bayes-optimal predictors of the
-Fourier classes and of ``linear_mixture``, are dispatched here too.
+Fourier classes, of ``linear_mixture`` and of a ``class_mixture`` of
+Gaussian-prior members, are dispatched here too.
 
 Front door: :func:`parse_baseline`, :func:`predict` and
 :func:`predict_queries` accept every baseline name (these and those of
@@ -42,15 +43,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from seqjax.data.icl_mixtures import class_mixture_members
 from seqjax.errors import ConfigError, check_positive
 from seqjax.tasks import icl_baselines, icl_bayes_baselines
 
 _HI = jax.lax.Precision.HIGHEST
 _TREE_RE = re.compile(r"^tree(\d*)$")
 FOURIER_CLASSES = ("fourier", "fourier_mixture")
-LEARNED_FAMILIES = ("nn_gd", "tree", "boosting", "bayes_fourier", "bayes_linear_mixture")
+LEARNED_FAMILIES = ("nn_gd", "tree", "boosting", "bayes_fourier", "bayes_linear_mixture", "bayes_class_mixture")
 # Families computed on the host (NumPy float64 / scikit-learn), never jitted.
-HOST_FAMILIES = ("tree", "boosting", "bayes_fourier", "bayes_linear_mixture")
+HOST_FAMILIES = ("tree", "boosting", "bayes_fourier", "bayes_linear_mixture", "bayes_class_mixture")
 
 
 # ----------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def parse_baseline(name: str, field: str = "config.task.baselines") -> tuple[str
     m = _TREE_RE.match(name)
     if m and (m.group(1) == "" or int(m.group(1)) > 0):
         return "tree", {"max_depth": int(m.group(1)) if m.group(1) else None}
-    if name in ("nn_gd", "boosting", "bayes_fourier", "bayes_linear_mixture"):
+    if name in ("nn_gd", "boosting", "bayes_fourier", "bayes_linear_mixture", "bayes_class_mixture"):
         return name, {}
     try:
         return icl_baselines.parse_baseline(name, field)
@@ -195,7 +197,8 @@ def parse_baseline(name: str, field: str = "config.task.baselines") -> tuple[str
         allowed = sorted(f for f in icl_baselines.BASELINE_FAMILIES if f != "knn")
         raise ConfigError(
             f"{field} has {name!r}, which is not allowed; allowed: {', '.join(allowed)}, "
-            "knn<k> (e.g. knn3), nn_gd, tree, tree<depth> (e.g. tree4), boosting, bayes_fourier, bayes_linear_mixture"
+            "knn<k> (e.g. knn3), nn_gd, tree, tree<depth> (e.g. tree4), boosting, bayes_fourier, bayes_linear_mixture, "
+            "bayes_class_mixture"
         ) from None
 
 
@@ -223,6 +226,8 @@ def predict_queries(name: str, xs, ys, queries, **kw) -> np.ndarray | jax.Array:
         return icl_bayes_baselines.bayes_fourier_queries(xs, ys, queries, **kw)
     if family == "bayes_linear_mixture":
         return icl_bayes_baselines.bayes_linear_mixture_queries(xs, ys, queries, **kw)
+    if family == "bayes_class_mixture":
+        return icl_bayes_baselines.gaussian_mixture_queries(xs, ys, queries, **kw)
     if family in HOST_FAMILIES:
         return sklearn_queries(family, xs, ys, queries, **kw)
     if family == "nn_gd":
@@ -250,7 +255,7 @@ def config_kwargs(get, function_class: str, task_kwargs: dict, noise_std: float,
 
     Returns:
       ``{family: kwargs}`` for ``nn_gd``, ``tree``, ``boosting``,
-      ``bayes_fourier`` and ``bayes_linear_mixture``.
+      ``bayes_fourier``, ``bayes_linear_mixture`` and ``bayes_class_mixture``.
 
     Raises:
       ConfigError: a non-positive or non-integer field, or a Bayes predictor
@@ -269,7 +274,8 @@ def config_kwargs(get, function_class: str, task_kwargs: dict, noise_std: float,
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"config.task.{field}={value!r} must be an int > 0")
         v[field] = kind(value)
-    for name, classes in (("bayes_fourier", FOURIER_CLASSES), ("bayes_linear_mixture", ("linear_mixture",))):
+    for name, classes in (("bayes_fourier", FOURIER_CLASSES), ("bayes_linear_mixture", ("linear_mixture",)),
+                          ("bayes_class_mixture", ("class_mixture",))):
         if name in baselines and function_class not in classes:
             raise ConfigError(f"config.task.baselines has {name!r}, which needs function_class in "
                               f"{', '.join(classes)} (got {function_class!r})")
@@ -283,6 +289,17 @@ def config_kwargs(get, function_class: str, task_kwargs: dict, noise_std: float,
     if function_class == "linear_mixture":
         bayes_linear = {"sparsity": int(kw["sparsity"]), "dense_prob": float(kw["dense_prob"]),
                         "noise_std": float(noise_std)}
+    bayes_class = {}
+    if function_class == "class_mixture":
+        members, probs = class_mixture_members(kw)
+        if "bayes_class_mixture" in baselines:
+            other = [m for m in members if m not in icl_bayes_baselines.GAUSSIAN_MEMBERS]
+            if other:
+                raise ConfigError(
+                    f"config.task.baselines has 'bayes_class_mixture', which needs every member with p_<member> > 0 "
+                    f"in {', '.join(icl_bayes_baselines.GAUSSIAN_MEMBERS)} (got {', '.join(other)})")
+        bayes_class = {"weights": dict(zip(members, probs)), "sparsity": int(kw["sparsity"]),
+                       "noise_std": float(noise_std)}
     return {
         "nn_gd": {"hidden": v["nn_hidden"], "steps": v["nn_steps"], "lr": v["nn_lr"]},
         "tree": {},
@@ -290,4 +307,5 @@ def config_kwargs(get, function_class: str, task_kwargs: dict, noise_std: float,
                      "max_depth": v["boosting_depth"]},
         "bayes_fourier": bayes_fourier,
         "bayes_linear_mixture": bayes_linear,
+        "bayes_class_mixture": bayes_class,
     }
