@@ -8,7 +8,7 @@ orientation, ``I - beta k kᵀ`` built as a matrix), not from the op's code::
 with ``a_t = exp(log_decay_t)`` (1 ungated) and ``a_t = 0`` where the segment
 id changes. Interpret mode on CPU with GPU and TPU semantics, outputs, final
 and chunk-boundary states, gradients of every input (the interim XLA
-backward), segment starts mid-chunk and on a chunk boundary, an initial state,
+backward), segment starts mid-chunk (continuing into the next chunk) and on chunk boundaries, an initial state,
 lengths that are not a multiple of the chunk, bf16 inputs; the op's front door
 with ``impl="pallas"``; ``auto`` never picking the kernel; and lowering for
 ``cuda`` and ``tpu`` at a realistic shape and at odd sizes.
@@ -89,8 +89,9 @@ def _inputs(rng, length, gated):
         ld[:, :, 0] = -rng.uniform(4.0, 6.0, (B, length))
     s0 = rng.standard_normal((B, H, DK, DV))
     seg = np.zeros((B, length), np.int32)
-    seg[0, CHUNK:] = 1  # a start on a chunk boundary
-    seg[0, CHUNK + 9:] = 2  # and one mid-chunk; none in row 1
+    seg[0, 9:] = 1  # a start mid-chunk whose segment continues into the next chunk
+    seg[0, 2 * CHUNK:] = 2  # a start on a chunk boundary (when the length reaches it)
+    seg[1, CHUNK:] = 1  # and one on the first chunk boundary
     return q, k, v, beta, ld, s0, seg
 
 
