@@ -208,7 +208,7 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
 
             final_ref[...] = lax.fori_loop(0, n, step, s0_ref[...].astype(jnp.float32))
 
-        whole = lambda d: pl.BlockSpec((None, None, length, d), lambda b, h, j: (b, h, 0, 0))  # noqa: E731
+        whole = lambda d: pl.BlockSpec((None, None, length, d), lambda b, h, j: (b, h, 0, 0))
         state_tile = pl.BlockSpec((None, None, dkp, tile), lambda b, h, j: (b, h, 0, j))
         in_specs = [whole(dkp), whole(dkp), pl.BlockSpec((None, None, length, tile), lambda b, h, j: (b, h, 0, j)),
                     whole(1)] + ([whole(1)] if has_g else []) + [state_tile]
@@ -245,7 +245,7 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
         def _():
             final_ref[...] = carry[...]
 
-    chunk_of = lambda d: pl.BlockSpec((None, None, chunk, d), lambda b, h, i: (b, h, i, 0))  # noqa: E731
+    chunk_of = lambda d: pl.BlockSpec((None, None, chunk, d), lambda b, h, i: (b, h, i, 0))
     whole_state = pl.BlockSpec((None, None, dkp, dvp), lambda b, h, i: (b, h, 0, 0))
     in_specs = [chunk_of(dkp), chunk_of(dkp), chunk_of(dvp), chunk_of(1)]
     in_specs += ([chunk_of(1)] if has_g else []) + [whole_state]
@@ -306,11 +306,11 @@ def _forward(q, k, v, beta, g, s0, run, chunk, interpret):
 def _backward(q, k, v, beta, g, s0, run, states, do, dfinal, chunk):
     """Gradients through the op's XLA chunked form, one chunk per call, from the saved chunk states."""
     batch, length = q.shape[:2]
-    f32 = lambda x: None if x is None else pad_axis(x.astype(jnp.float32), chunk, axis=1)  # noqa: E731
+    f32 = lambda x: None if x is None else pad_axis(x.astype(jnp.float32), chunk, axis=1)
     qp, kp, vp, bp, gp, dop = (f32(x) for x in (q, k, v, beta, g, do))
     n = qp.shape[1] // chunk
     # (b, n*C, h, ...) -> (n, b, C, h, ...): chunks first for the reverse scan.
-    split = lambda x: None if x is None else jnp.moveaxis(x.reshape((batch, n, chunk) + x.shape[2:]), 1, 0)  # noqa: E731
+    split = lambda x: None if x is None else jnp.moveaxis(x.reshape((batch, n, chunk) + x.shape[2:]), 1, 0)
     qc, kc, vc, bc, gc, doc = (split(x) for x in (qp, kp, vp, bp, gp, dop))
     rc = None
     if run is not None:
@@ -331,11 +331,11 @@ def _backward(q, k, v, beta, g, s0, run, states, do, dfinal, chunk):
 
     ds0, ds_out = lax.scan(reverse, dfinal.astype(jnp.float32), (qc, kc, vc, bc, gc, rc, s_in, doc), reverse=True)
     # Every chunk's input gradients at once: (n, b, ...) -> (n*b, ...).
-    merge = lambda x: None if x is None else x.reshape((n * batch,) + x.shape[2:])  # noqa: E731
+    merge = lambda x: None if x is None else x.reshape((n * batch,) + x.shape[2:])
     diff = tuple(merge(x) for x in (qc, kc, vc, bc, gc))
     _, pull = jax.vjp(lambda q_, k_, v_, b_, g_: one_chunk(q_, k_, v_, b_, g_, merge(rc), merge(s_in)), *diff)
     grads = pull((merge(doc), merge(ds_out)))
-    back = lambda x: jnp.moveaxis(x.reshape((n, batch) + x.shape[1:]), 0, 1).reshape(  # noqa: E731
+    back = lambda x: jnp.moveaxis(x.reshape((n, batch) + x.shape[1:]), 0, 1).reshape(
         (batch, n * chunk) + x.shape[2:])[:, :length]
     dq, dk_, dv_, dbeta, dg = (None if x is None else back(x) for x in grads)
     return (dq.astype(q.dtype), dk_.astype(k.dtype), dv_.astype(v.dtype), dbeta.astype(beta.dtype),

@@ -131,7 +131,7 @@ def test_chunk_boundary_states(rng, interpret):
     assert_rel_close(final, s_ref, RTOL_SCAN, "final_state")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grad_case(gated):
     """Inputs (l = 21: a full chunk of 16 and a padded one), loss weights, float64 reference gradients."""
     rng = np.random.default_rng(13 + gated)
@@ -230,7 +230,7 @@ def test_lowers_at_realistic_shape(platform, gated, shape):
     # bf16 q, k, v with segments and an initial state, forward and gradient:
     # one kernel (the forward; the interim backward is XLA).
     b, length, h, dk, dv = shape
-    spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
     f32 = jnp.float32
     args = [spec(b, length, h, dk), spec(b, length, h, dk), spec(b, length, h, dv), spec(b, length, h, dtype=f32),
             spec(b, h, dk, dv, dtype=f32), spec(b, length, dtype=jnp.int32)]
