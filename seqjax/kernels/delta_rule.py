@@ -42,13 +42,17 @@ Only the chunk-boundary states (the state *entering* each chunk, float32)
 leave the kernel beside ``o`` and the final state, for the backward.
 
 **Backward (interim, XLA).** ``custom_vjp``: the backward recomputes through
-the op's XLA chunked form (``seqjax.ops.delta_rule._chunked``) run on one
-chunk at a time from the saved chunk-boundary states: a reverse ``lax.scan``
-over chunks carries the state gradient (each step the VJP of one chunk with
-respect to its entering state), then one batched VJP over all chunks at once
-gives ``dq, dk, dv, dbeta, dlog_decay``. The reverse scan repeats each chunk's
-triangular solve sequentially, so this backward is not the fast path; a
-backward kernel is still to write.
+the op's XLA chunked form (``seqjax.ops.delta_rule._chunked``) run on every
+chunk at once (the chunks as a batch), each from its saved entering state.
+A chunk is affine in its entering state, ``S_out = F S_in + ...`` with
+``F = gamma_C I - K_outᵀ W`` (``dk x dk``, the chunk run from ``S_in = I``
+with zero values, as :mod:`seqjax.ops.delta_rule_sp` does), so the state
+gradients need only a reverse ``lax.scan`` of matrix products,
+``dS_in = Fᵀ dS_out + (o's part)``; then one batched VJP over all chunks
+gives ``dq, dk, dv, dbeta, dlog_decay``. The chunk-local work (the UT solve)
+runs three times (``F``, o's part, the input VJP) and the XLA einsums take
+the default precision (TF32 on a GPU), so this backward is a stand-in until
+a backward kernel is written.
 
 Matmuls ``q kᵀ`` and ``k kᵀ`` take the inputs' dtype (bf16 tensor cores for
 bf16 inputs) and accumulate in float32; everything touching the state, the
@@ -304,7 +308,7 @@ def _forward(q, k, v, beta, g, s0, run, chunk, interpret):
 
 
 def _backward(q, k, v, beta, g, s0, run, states, do, dfinal, chunk):
-    """Gradients through the op's XLA chunked form, one chunk per call, from the saved chunk states."""
+    """Gradients through the op's XLA chunked form, all chunks at once, from the saved chunk states."""
     batch, length = q.shape[:2]
     f32 = lambda x: None if x is None else pad_axis(x.astype(jnp.float32), chunk, axis=1)
     qp, kp, vp, bp, gp, dop = (f32(x) for x in (q, k, v, beta, g, do))
@@ -320,21 +324,31 @@ def _backward(q, k, v, beta, g, s0, run, states, do, dfinal, chunk):
         rc = jnp.moveaxis(runp - run_in[..., None], 1, 0)
     s_in = jnp.moveaxis(states, 2, 0)  # (n, b, h, dk, dv)
 
-    def one_chunk(q_, k_, v_, b_, g_, r_, s_):
-        return _chunked(q_, k_, v_, b_, g_, s_, r_, chunk)
+    # Every chunk at once: (n, b, ...) -> (n*b, ...).
+    merge = lambda x: None if x is None else x.reshape((n * batch,) + x.shape[2:])
+    qm, km, vm, bm, gm, rm, sm, dom = (merge(x) for x in (qc, kc, vc, bc, gc, rc, s_in, doc))
+
+    def one_chunk(q_, k_, v_, b_, g_, s_):
+        return _chunked(q_, k_, v_, b_, g_, s_, rm, chunk)
+
+    # The chunk is affine in its entering state: S_out = F S_in + (terms without S_in),
+    # F = gamma_C I - K_outᵀ W (dk x dk). F is the chunk run from S_in = I with zero values.
+    heads, dk = qm.shape[2], qm.shape[3]
+    eye = jnp.broadcast_to(jnp.eye(dk, dtype=jnp.float32), (n * batch, heads, dk, dk))
+    _, f = one_chunk(qm, km, jnp.zeros(km.shape, jnp.float32), bm, gm, eye)
+    # What o sends back to the entering state (linear in do, independent of S_in's value).
+    _, pull_s = jax.vjp(lambda s_: one_chunk(qm, km, vm, bm, gm, s_)[0], sm)
+    (from_o,) = pull_s(dom)
+    split_n = lambda x: x.reshape((n, batch) + x.shape[1:])
 
     def reverse(ds_out, x):
-        q_, k_, v_, b_, g_, r_, s_, do_ = x
-        _, pull = jax.vjp(lambda s: one_chunk(q_, k_, v_, b_, g_, r_, s), s_)
-        (ds_in,) = pull((do_, ds_out))
-        return ds_in, ds_out
+        f_j, from_o_j = x
+        return jnp.einsum("bhkj,bhkv->bhjv", f_j, ds_out) + from_o_j, ds_out
 
-    ds0, ds_out = lax.scan(reverse, dfinal.astype(jnp.float32), (qc, kc, vc, bc, gc, rc, s_in, doc), reverse=True)
-    # Every chunk's input gradients at once: (n, b, ...) -> (n*b, ...).
-    merge = lambda x: None if x is None else x.reshape((n * batch,) + x.shape[2:])
-    diff = tuple(merge(x) for x in (qc, kc, vc, bc, gc))
-    _, pull = jax.vjp(lambda q_, k_, v_, b_, g_: one_chunk(q_, k_, v_, b_, g_, merge(rc), merge(s_in)), *diff)
-    grads = pull((merge(doc), merge(ds_out)))
+    # Across chunks, matrix products only: dS_in = Fᵀ dS_out + (o's part).
+    ds0, ds_out = lax.scan(reverse, dfinal.astype(jnp.float32), (split_n(f), split_n(from_o)), reverse=True)
+    _, pull = jax.vjp(lambda q_, k_, v_, b_, g_: one_chunk(q_, k_, v_, b_, g_, sm), qm, km, vm, bm, gm)
+    grads = pull((dom, merge(ds_out)))
     back = lambda x: jnp.moveaxis(x.reshape((n, batch) + x.shape[1:]), 0, 1).reshape(
         (batch, n * chunk) + x.shape[2:])[:, :length]
     dq, dk_, dv_, dbeta, dg = (None if x is None else back(x) for x in grads)
@@ -412,4 +426,4 @@ def _pallas(q, k, v, beta, g, s0, run, chunk_size):
 
 # No ``auto`` rows: auto keeps the XLA chunked form on every platform until the
 # kernel is measured on a device (training needs the gradient, and the interim
-# backward repeats each chunk's solve in a sequential scan).
+# backward runs each chunk's solve three times in XLA).
