@@ -9,7 +9,8 @@ with ``a_t = exp(log_decay_t)`` (1 ungated) and ``a_t = 0`` where the segment
 id changes. Interpret mode on CPU with GPU and TPU semantics, outputs, final
 and chunk-boundary states, gradients of every input (the interim XLA
 backward), segment starts mid-chunk (continuing into the next chunk) and on chunk boundaries, an initial state,
-lengths that are not a multiple of the chunk, bf16 inputs; the op's front door
+lengths that are not a multiple of the chunk, several GPU value tiles (and, slow,
+the real blocks C = 64, dk = dv = 128), bf16 inputs; the op's front door
 with ``impl="pallas"``; ``auto`` never picking the kernel; and lowering for
 ``cuda`` and ``tpu`` at a realistic shape and at odd sizes.
 """
@@ -77,17 +78,17 @@ def delta_rule_loop(xp, q, k, v, beta, log_decay, s0, seg):
     return jnp.moveaxis(outs, 0, 1), final, jnp.moveaxis(states, 0, 1)
 
 
-def _inputs(rng, length, gated):
+def _inputs(rng, length, gated, dk=DK, dv=DV):
     """Unit keys, beta in (0, 1), log decays <= 0 with one strongly decaying head, s0, segments."""
-    q, k = rng.standard_normal((2, B, length, H, DK))
+    q, k = rng.standard_normal((2, B, length, H, dk))
     k = k / np.linalg.norm(k, axis=-1, keepdims=True)
-    v = rng.standard_normal((B, length, H, DV))
+    v = rng.standard_normal((B, length, H, dv))
     beta = rng.uniform(0.05, 1.0, (B, length, H))
     ld = None
     if gated:
         ld = -rng.uniform(0.0, 0.5, (B, length, H))
         ld[:, :, 0] = -rng.uniform(4.0, 6.0, (B, length))
-    s0 = rng.standard_normal((B, H, DK, DV))
+    s0 = rng.standard_normal((B, H, dk, dv))
     seg = np.zeros((B, length), np.int32)
     seg[0, 9:] = 1  # a start mid-chunk whose segment continues into the next chunk
     seg[0, 2 * CHUNK:] = 2  # a start on a chunk boundary (when the length reaches it)
@@ -112,6 +113,20 @@ def test_kernel_matches_reference(rng, gated, interpret):
     o, s = _kernel(*map(_f32, (q, k, v, beta, ld, s0)), seg, interpret)
     o_ref, s_ref, _ = delta_rule_loop(np, q, k, v, beta, ld, s0, seg)
     assert o.dtype == jnp.float32 and s.shape == (B, H, DK, DV)
+    assert_rel_close(o, o_ref, RTOL_SCAN, "o")
+    assert_rel_close(s, s_ref, RTOL_SCAN, "final_state")
+
+
+@pytest.mark.parametrize("dk, dv, chunk, interpret", [
+    (6, 80, CHUNK, "gpu"),  # dv pads to 128: two GPU value tiles of 64
+    pytest.param(128, 128, 64, "gpu", marks=SLOW), pytest.param(128, 128, 64, "tpu", marks=SLOW)])
+def test_value_tiles_and_real_blocks(rng, dk, dv, chunk, interpret):
+    # Every GPU program carries its own state columns; the real blocks (C = 64,
+    # dk = dv = 128) over several chunks with a padded one.
+    q, k, v, beta, ld, s0, seg = _inputs(rng, 150 if chunk == 64 else 37, True, dk, dv)
+    fn = jax.jit(functools.partial(delta_rule_pallas, chunk_size=chunk, interpret=interpret))
+    o, s = fn(*map(_f32, (q, k, v, beta)), log_decay=_f32(ld), initial_state=_f32(s0), segment_ids=seg)
+    o_ref, s_ref, _ = delta_rule_loop(np, q, k, v, beta, ld, s0, seg)
     assert_rel_close(o, o_ref, RTOL_SCAN, "o")
     assert_rel_close(s, s_ref, RTOL_SCAN, "final_state")
 
