@@ -18,7 +18,7 @@ For every op with an ``impl="pallas"`` kernel, in float32 and bfloat16:
 
 Shapes are the issue's realistic ones (selective scan b=2, l=4096, d=2048,
 n=16; SSD b=2, l=4096, h=32, p=64, n=128; GLA b=2, l=4096, h=16, d=128;
-attention l=8192, d=128); ``--quick`` shrinks them so the script also runs on a
+attention l=8192, d=128; Gated DeltaNet b=2, l=4096, h=16, d=128); ``--quick`` shrinks them so the script also runs on a
 CPU (kernels in interpret mode: a check of the script, not of speed).
 
 Usage::
@@ -164,6 +164,37 @@ def _gla_case(b, l, h, dk, dv, chunk=64):
     return Case("linear_attention", "chunked", dict(b=b, l=l, h=h, dk=dk, dv=dv, chunk=chunk), make, floor)
 
 
+def _delta_case(b, l, h, dk, dv, chunk=64):
+    """Gated DeltaNet: unit keys, beta in (0, 1), a per-head log decay."""
+    def make(rng, dtype):
+        q = _normal(rng, (b, l, h, dk), jnp.float32, dk**-0.5)
+        k = _normal(rng, (b, l, h, dk), jnp.float32)
+        args = (
+            q.astype(dtype), (k / jnp.linalg.norm(k, axis=-1, keepdims=True)).astype(dtype),
+            _normal(rng, (b, l, h, dv), dtype),
+            jnp.asarray(rng.uniform(0.05, 1.0, (b, l, h)), jnp.float32),
+            jnp.asarray(-rng.uniform(0.001, 0.1, (b, l, h)), jnp.float32),
+        )
+
+        def fn(impl, q, k, v, beta, g):
+            return ops.delta_rule(q, k, v, beta, log_decay=g, chunk_size=chunk, impl=impl)[0]
+
+        return fn, args, (0, 1, 2, 3, 4)
+
+    def floor(s, backward):
+        elements = b * l * h * (2 * dk + 2 * dv)  # q, k, v read; o written (beta, g: float32, small)
+        # Per position (approximate): k kᵀ, q kᵀ and the C-row substitution of
+        # [U_v | W] (C (3 dk + 2 dv)), W S, q S and the state update (3 dk dv).
+        flops = 2 * b * h * l * (chunk * (3 * dk + 2 * dv) + 3 * dk * dv)
+        parts = {"bytes": s * elements + 8 * b * l * h, "flops": flops}
+        if backward:
+            parts["bytes"] += s * (elements + b * l * h * dv)
+            parts["flops"] *= 3
+        return parts
+
+    return Case("delta_rule", "chunked", {"b": b, "l": l, "h": h, "dk": dk, "dv": dv, "chunk": chunk}, make, floor)
+
+
 def _attention_case(b, l, h, d):
     def make(rng, dtype):
         args = tuple(_normal(rng, (b, l, h, d), dtype) for _ in range(3))
@@ -182,11 +213,13 @@ def cases(quick: bool) -> list[Case]:
     if quick:
         return [
             _linear_scan_case(1, 64, 16), _selective_case(1, 64, 16, 4), _ssd_case(1, 64, 2, 8, 8, chunk=32),
-            _gla_case(1, 64, 2, 16, 16, chunk=32), _attention_case(1, 128, 2, 32),
+            _gla_case(1, 64, 2, 16, 16, chunk=32), _attention_case(1, 128, 2, 32), _delta_case(1, 64, 2, 16, 16, chunk=32),
         ]
     return [
         _linear_scan_case(2, 4096, 2048), _selective_case(2, 4096, 2048, 16), _ssd_case(2, 4096, 32, 64, 128),
         _gla_case(2, 4096, 16, 128, 128), _attention_case(1, 8192, 16, 128),
+        # Last: a run cut by gpu_check.sh's time limit keeps the rows above.
+        _delta_case(2, 4096, 16, 128, 128),
     ]
 
 

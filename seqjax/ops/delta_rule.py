@@ -44,6 +44,10 @@ Implementations (``impl``):
   * ``"reference"``: the same UT transform over the whole sequence as one
     chunk: an ``(l, l)`` triangular solve per head and no scan, i.e. the
     materialised form (O(l^2) memory; for checks and short inputs).
+  * ``"pallas"``: the forward kernel of :mod:`seqjax.kernels.delta_rule`
+    (the chunked form with the state on chip; its backward is, for now, this
+    module's chunked form run from the kernel's chunk states). Interpreted,
+    slowly, on CPU; ``"auto"`` does not pick it (not yet measured on a device).
   * ``"auto"``: ``"chunked"`` at every length. Measured on a shared 2-core
     CPU with LAPACK's solve, before :mod:`seqjax.ops.triangular` (b=1, h=4,
     dk=dv=64, gated, ms at l = 64 / 512 / 2048; noisy): with
@@ -115,7 +119,9 @@ def delta_rule(
       chunk_size: chunk length of ``"chunked"``; any sequence length works
         (the end is padded with zero keys, values and beta, which leave the
         state unchanged).
-      impl: ``"auto"``, ``"sequential"``, ``"chunked"`` or ``"reference"``.
+      impl: ``"auto"``, ``"sequential"``, ``"chunked"``, ``"reference"`` or
+        ``"pallas"`` (:mod:`seqjax.kernels.delta_rule`; ``chunk_size`` a power
+        of two >= 16).
       sequence_axis: sequence parallelism. When set, this call must run inside
         ``jax.shard_map`` with the length split contiguously over this mesh
         axis (:func:`seqjax.ops.delta_rule_sp.delta_rule_sp`: one local run,

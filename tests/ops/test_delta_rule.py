@@ -191,7 +191,7 @@ def test_chunked_matches_sequential_at_4096(rng, gated):
 
 def test_auto_is_chunked():
     assert dispatch.resolve("delta_rule", "auto", length=4096, chunk_size=64) == "chunked"
-    assert dispatch.implementations("delta_rule") == ("auto", "reference", "sequential", "chunked")
+    assert dispatch.implementations("delta_rule") == ("auto", "reference", "sequential", "chunked", "pallas")
 
 
 def test_bad_inputs_raise_clear_errors():
