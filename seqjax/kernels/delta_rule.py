@@ -72,7 +72,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
-from seqjax.kernels.chunked import RESET
+# The chunk kernels' shared pieces: dot_general layouts, float32-accumulating dot, iota, the GPU value tile.
+from seqjax.kernels.chunked import GPU_VALUE_TILE, RESET, _NN, _NT, _TN, _dot, _iota
 from seqjax.kernels.common import on_platform
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis, segment_runs
@@ -80,22 +81,6 @@ from seqjax.ops.delta_rule import _chunked, check_inputs
 
 # Flash-linear-attention's DeltaNet chunk; the op's default chunk_size.
 CHUNK = 64
-# Value columns per GPU program: a (dk, 64) float32 state slice in registers.
-GPU_VALUE_TILE = 64
-
-_NN = (((1,), (0,)), ((), ()))  # a @ b
-_NT = (((1,), (1,)), ((), ()))  # a @ bᵀ
-_TN = (((0,), (0,)), ((), ()))  # aᵀ @ b
-
-
-def _dot(a, b, dims):
-    """``a·b`` accumulated in float32; float32 operands at full precision (not TF32)."""
-    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else lax.Precision.DEFAULT
-    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
-
-
-def _iota(shape, axis):
-    return lax.broadcasted_iota(jnp.int32, shape, axis)
 
 
 def _column(x, j):
