@@ -151,6 +151,14 @@ ICL_FIELDS = [
      lambda t: t.baseline_kwargs["boosting"]["n_estimators"] == 7),
     ("fc=decision_tree", "boosting_lr=0.3", lambda t: t.baseline_kwargs["boosting"]["learning_rate"] == 0.3),
     ("fc=decision_tree", "boosting_depth=2", lambda t: t.baseline_kwargs["boosting"]["max_depth"] == 2),
+    ("", "train_label_noise=0.25", lambda t: t.train_label_noise == 0.25 and t.eval_label_noise == 0),
+    ("", "eval_label_noise=0.5", lambda t: t.eval_label_noise == 0.5 and t.train_label_noise == 0),
+    ("fc=class_mixture", "task_kwargs.p_linear=0.25", lambda t: t.task_kwargs["p_linear"] == 0.25),
+    ("fc=class_mixture", "task_kwargs.p_sparse_linear=2", lambda t: t.task_kwargs["p_sparse_linear"] == 2.0),
+    ("fc=class_mixture", "task_kwargs.p_quadratic=1", lambda t: t.task_kwargs["p_quadratic"] == 1.0),
+    ("fc=class_mixture", "task_kwargs.p_relu2nn=0.5", lambda t: t.task_kwargs["p_relu2nn"] == 0.5),
+    ("fc=class_mixture", "task_kwargs.p_decision_tree=0",
+     lambda t: t.task_kwargs["p_decision_tree"] == 0.0 and t.task_kwargs["p_linear"] == 0.5),
     ("", "ilwd_batch_size=0", lambda t: t.ilwd_batch_size == 0),
     ("", "ilwd_probes=7", lambda t: t.ilwd_probes == 7),
 ]
@@ -253,7 +261,8 @@ def test_every_lra_paper_cell_and_the_documented_command_fit_the_devices(devices
     path, arg = spec.split(":", 1)
     runs = [("docs/parallelism.md", apply_overrides(load_config(ROOT / path, arg), overrides))]
     runs += [(name, load_config(path, arg)) for name, path, arg in _paper_lra_cells()]
-    assert len(runs) == 31
+    scratch = [name for name, _, _ in _paper_lra_cells() if "+" not in name]
+    assert len(scratch) == 36 and len(runs) == 1 + 36 + 20  # 6 tasks x 6 models, 10 self-pretrained (+SPT) pairs
     padded = 0
     for name, config in runs:
         p = experiment.prepare(config, num_devices=devices)
@@ -264,8 +273,9 @@ def test_every_lra_paper_cell_and_the_documented_command_fit_the_devices(devices
             assert f"batch_size={batch} does not split" in p.note
         else:
             assert p.note is None, name
-    # The papers' batch 50 (S4 and S5 ListOps and CIFAR, S5 IMDb) is what does not split 4 or 8 ways.
-    assert padded == {1: 0, 2: 0, 4: 10, 8: 10}[devices]
+    # The papers' batch 50 (S4 and S5 ListOps and CIFAR, S5 IMDb, and S4D's SPT pairs on ListOps and CIFAR)
+    # is what does not split 4 or 8 ways.
+    assert padded == {1: 0, 2: 0, 4: 16, 8: 16}[devices]
 
 
 def test_a_padded_8_device_step_equals_the_1_device_step():

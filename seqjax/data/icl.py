@@ -143,6 +143,8 @@ def task_kwargs_with_defaults(task: str, task_kwargs: dict | None = None) -> dic
         weight = name.startswith("p_")  # a class_mixture weight may be 0 (member left out)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not weight):
             raise ConfigError(f"config.task.task_kwargs.{name}={value!r} must be a number {'>= 0' if weight else '> 0'}")
+        if isinstance(allowed[name], int) and value != int(value):  # a count: 2.7 would silently become 2
+            raise ConfigError(f"config.task.task_kwargs.{name}={value!r} must be a whole number")
         out[name] = type(allowed[name])(value)
     if task == "fourier_mixture" and out["min_freq"] > out["max_freq"]:
         raise ConfigError(

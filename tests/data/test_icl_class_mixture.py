@@ -68,6 +68,8 @@ def test_members_and_defaults():
     ({"sparsity": 0}, "task_kwargs.sparsity=0 must be a number > 0"),
     ({"p_fourier": 1.0}, "task_kwargs.p_fourier is not allowed"),
     ({"window": 2}, "task_kwargs.window is not allowed"),
+    ({"sparsity": 2.7}, "task_kwargs.sparsity=2.7 must be a whole number"),
+    ({"depth": 3.5}, "task_kwargs.depth=3.5 must be a whole number"),
 ])
 def test_errors(kwargs, field):
     with pytest.raises(ConfigError, match=field.replace("<", ".").replace(">", ".")) as info:
