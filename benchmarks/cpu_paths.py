@@ -52,6 +52,10 @@ BEFORE = {
     "selective_scan reference b=16 l=1024 d=128 n=16": {"fwd_ms": 546, "fwd_bwd_ms": 1084, "ratio": 2.0},
     "train step tokens/s (benchmarks/results/vm-cpu-lra.json)": {"mamba": 2924, "s4d": 19228, "ratio": 0.15},
     "linear_attention chunked max rel err, strong decay": {"scalar": 1.03e-5, "channel": 7.30e-6},
+    # The "sequential" path before its contractions, keep-free steps and per-chunk slicing (commit 1b419a4;
+    # same VM, quiet, 2026-12-04); the mamba/s4d ratio from the previous vm-cpu-paths.json (loaded VM).
+    "selective_scan sequential b=16 l=1024 d=128 n=16 (1b419a4)": {"fwd_ms": 32.5, "fwd_bwd_ms": 176.7, "ratio": 5.4},
+    "train step mamba/s4d tokens/s (1b419a4)": {"ratio": 0.387},
 }
 LOAD_NOTE = ("Taken on a shared 2-core VM while other jobs ran (load averages at start and end in 'load'): "
              "absolute times vary by up to 3x between runs, the round-robin ratios far less; compare ratios.")

@@ -28,11 +28,14 @@ Mamba), which is what the implementations differ on:
     position over a ``(b, n, d)`` state: no ``(b, chunk, d, n)`` tensor is
     written in the forward, and the backward's per-chunk reverse scan reduces
     every gradient in the step that produces the adjoint, so only the
-    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path: at
-    every size measured (see :func:`auto_impl`) its forward is ~3x faster than
-    both others' and its forward+backward 2-4x faster than ``"chunked"``'s and
-    2.5-5x faster than ``"reference"``'s; its forward+backward is 3-6x its own
-    forward (``"chunked"``: 3.7-8x). On accelerators one step per position is
+    recomputed states ``(chunk, b, n, d)`` are ever stored. The CPU path:
+    the per-position sums over ``n`` and over the channels are contractions
+    (einsum), a call without segments skips the reset mask, and each chunk is
+    sliced and put back in place rather than transposing whole inputs; at
+    every size in ``benchmarks/results/vm-cpu-paths.json`` its forward is
+    3.4-10x faster than the other two and its forward+backward 2.9-5.6x faster
+    than ``"chunked"``'s; its backward is 2.8-3.4x its own forward. On
+    accelerators one step per position is
     a long chain of small kernels, which is what ``"chunked"`` avoids.
   * ``"pallas"``: the kernels of :mod:`seqjax.kernels.selective_scan` (GPU for
     ``n <= 16``, TPU; interpreted, slowly, on CPU).
@@ -402,20 +405,8 @@ def _sequential(u, dt, A, B, C, segment_ids, chunk_size):
     # so the last state is still the state at position length-1.
     u, dt, Bn, Cn = (pad_axis(x, chunk, axis=1) for x in (u, dt, Bn, Cn))
     keep = pad_axis(keep, chunk, axis=1, value=1)
-    y, last = _seq_core(u, dt, A.T, Bn, Cn, keep, chunk)
+    y, last = _seq_core(u, dt, A.T, Bn, Cn, keep, chunk, segment_ids is not None)
     return y[:, :length], jnp.swapaxes(last, 1, 2)
-
-
-def _to_time_major(x, chunk):
-    # (b, L, ...) -> (L/chunk, chunk, b, ...): chunks, then time, leading for the
-    # two nested lax.scans; each step then reads one contiguous (b, ...) slice.
-    x = x.reshape((x.shape[0], x.shape[1] // chunk, chunk) + x.shape[2:])
-    return jnp.moveaxis(x, 0, 2)
-
-
-def _from_time_major(x):
-    x = jnp.moveaxis(x, 2, 0)
-    return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
 
 
 def _per_channel(x, d):
@@ -425,103 +416,138 @@ def _per_channel(x, d):
     return jnp.repeat(x, d // x.shape[-1], axis=-1)
 
 
-def _group_sum(x, groups):
-    """Sums (b, n, d) over the channels of each group: (b, n), or (b, n, g)."""
+def _sum_n(x, BC):
+    """``Σ_n x[b, n, i] BC[b, n(, group of i)]``: (b, d), for ``x`` (b, n, d).
+
+    A contraction rather than a product and a sum: XLA:CPU runs it without
+    writing the (b, n, d) product, which made the backward ~25% faster."""
+    if BC.ndim == 2:
+        return jnp.einsum("bnd,bn->bd", x, BC, precision=_HI)
+    groups = BC.shape[-1]
+    xg = x.reshape(x.shape[:2] + (groups, -1))
+    return jnp.einsum("bngc,bng->bgc", xg, BC, precision=_HI).reshape(x.shape[0], -1)
+
+
+def _sum_d(x, v, groups):
+    """``Σ_{i in group} x[b, n, i] v[b, i]``: (b, n) for one group, else (b, n, g)."""
     if groups == 1:
-        return jnp.sum(x, axis=-1)
-    return jnp.sum(x.reshape(x.shape[:2] + (groups, -1)), axis=-1)
+        return jnp.einsum("bnd,bd->bn", x, v, precision=_HI)
+    xg = x.reshape(x.shape[:2] + (groups, -1))
+    return jnp.einsum("bngc,bgc->bng", xg, v.reshape(v.shape[0], groups, -1), precision=_HI)
 
 
 def _groups(B):
     return 1 if B.ndim == 3 else B.shape[-1]
 
 
-def _step_decay(dt_t, A, keep_t):
-    """Ā_t = keep_t * exp(Δ_t A) at one position: (b, n, d)."""
-    return jnp.exp(dt_t[:, None] * A) * keep_t[:, None, None]
+def _step_decay(dt_t, A, keep_t, segmented):
+    """Ā_t = keep_t * exp(Δ_t A) at one position: (b, n, d). Without segments
+    ``keep`` is all ones and its product is skipped (one op of ~8 per element)."""
+    decay = jnp.exp(dt_t[:, None] * A)
+    return decay * keep_t[:, None, None] if segmented else decay
 
 
-def _seq_forward(u, dt, A, B, C, keep, chunk):
+def _chunk(x, i, chunk):
+    """Chunk ``i`` of ``x`` (b, L, ...) as (chunk, b, ...), time leading for the inner scan.
+
+    Slicing and transposing one chunk at a time keeps the transpose in cache;
+    transposing whole (b, L, d) inputs and outputs to time-major cost ~10% of a
+    Mamba train step on CPU (measured, b=16, l=1024, d=128)."""
+    return jnp.moveaxis(lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1), 1, 0)
+
+
+def _put(buf, x, i, chunk):
+    """``buf`` (b, L, ...) with chunk ``i`` replaced by ``x`` (chunk, b, ...)."""
+    return lax.dynamic_update_slice_in_dim(buf, jnp.moveaxis(x, 0, 1).astype(buf.dtype), i * chunk, axis=1)
+
+
+def _seq_forward(u, dt, A, B, C, keep, chunk, segmented):
     # One step per position: the state (b, n, d) stays in cache and no
     # (b, chunk, d, n) tensor is ever written (on CPU the materialised per-chunk
     # Ā, B̄u and h tensors cost more memory traffic than the exps themselves).
-    batch, _, d = u.shape
+    batch, length, d = u.shape
     # Inside shard_map the carry must vary over the mesh axes the inputs do.
-    h0 = match_vma(jnp.zeros((batch,) + A.shape, u.dtype), u, dt, A, B, C, keep)
+    h0, y0 = match_vma((jnp.zeros((batch,) + A.shape, u.dtype), jnp.zeros_like(u)), u, dt, A, B, C, keep)
 
     def step(h, xs):
         u_t, dt_t, B_t, C_t, keep_t = xs
-        h = _step_decay(dt_t, A, keep_t) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
-        return h, jnp.sum(h * _per_channel(C_t, d), axis=1)
+        h = _step_decay(dt_t, A, keep_t, segmented) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
+        return h, _sum_n(h, C_t)
 
-    def chunk_body(h_in, xs):
-        h_out, y = lax.scan(step, h_in, xs)
-        return h_out, (y, h_in)
+    def chunk_body(carry, i):
+        h_in, y = carry
+        h_out, y_c = lax.scan(step, h_in, tuple(_chunk(x, i, chunk) for x in (u, dt, B, C, keep)))
+        return (h_out, _put(y, y_c, i, chunk)), h_in
 
-    xs = tuple(_to_time_major(x, chunk) for x in (u, dt, B, C, keep))
-    last, (y, h_starts) = lax.scan(chunk_body, h0, xs)
-    return _from_time_major(y), last, h_starts
+    (last, y), h_starts = lax.scan(chunk_body, (h0, y0), jnp.arange(length // chunk))
+    return y, last, h_starts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _seq_core(u, dt, A, B, C, keep, chunk):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _seq_core(u, dt, A, B, C, keep, chunk, segmented):
     """``(y (b, L, d), last (b, n, d))`` from ``u, dt (b, L, d)``, ``A (n, d)``,
-    ``B, C (b, L, n[, g])``, ``keep (b, L)``; ``L`` a multiple of ``chunk``."""
-    y, last, _ = _seq_forward(u, dt, A, B, C, keep, chunk)
+    ``B, C (b, L, n[, g])``, ``keep (b, L)``; ``L`` a multiple of ``chunk``;
+    ``segmented`` False when ``keep`` is all ones (no segments)."""
+    y, last, _ = _seq_forward(u, dt, A, B, C, keep, chunk, segmented)
     return y, last
 
 
-def _seq_core_fwd(u, dt, A, B, C, keep, chunk):
-    y, last, h_starts = _seq_forward(u, dt, A, B, C, keep, chunk)
+def _seq_core_fwd(u, dt, A, B, C, keep, chunk, segmented):
+    y, last, h_starts = _seq_forward(u, dt, A, B, C, keep, chunk, segmented)
     # Only the state entering each chunk, (L/chunk, b, n, d), is saved.
     return (y, last), (u, dt, A, B, C, keep, h_starts)
 
 
-def _seq_core_bwd(chunk, res, cts):
+def _seq_core_bwd(chunk, segmented, res, cts):
     # One reverse scan over chunks carrying the state adjoint mu (dL/dh at the
-    # chunk's last position from everything after it) and dL/dA per batch row.
-    # Per chunk, one forward pass from the saved entering state recomputes the
-    # states h_{t-1} (the only (chunk, b, n, d) tensor) and the gradient of C;
-    # one reverse pass runs the adjoint recurrence and reduces the other
-    # gradients in the same step, so no other (chunk, b, n, d) tensor exists.
+    # chunk's last position from everything after it), dL/dA per batch row and
+    # the gradient buffers. Per chunk, one forward pass from the saved entering
+    # state recomputes the states h_{t-1} (the only (chunk, b, n, d) tensor) and
+    # the gradient of C; one reverse pass runs the adjoint recurrence and reduces
+    # the other gradients in the same step, so no other (chunk, b, n, d) tensor
+    # exists.
     u, dt, A, B, C, keep, h_starts = res
     gy, g_last = cts
     d, groups = u.shape[-1], _groups(B)
 
     def recompute(h, xs):
         u_t, dt_t, B_t, keep_t, gy_t = xs
-        h_next = _step_decay(dt_t, A, keep_t) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
-        return h_next, (h, _group_sum(h_next * gy_t[:, None], groups))
+        h_next = _step_decay(dt_t, A, keep_t, segmented) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
+        return h_next, (h, _sum_d(h_next, gy_t, groups))
 
     def adjoint(carry, xs):
         # lam_t = C_t gy_t + Ā_{t+1} lam_{t+1}; mu carries Ā_{t+1} lam_{t+1}.
         mu, gA = carry
         u_t, dt_t, B_t, C_t, keep_t, gy_t, h_prev = xs
-        dA = _step_decay(dt_t, A, keep_t)
+        dA = _step_decay(dt_t, A, keep_t, segmented)
         lam = mu + gy_t[:, None] * _per_channel(C_t, d)
         mu = dA * lam
         # dL/d(Δ A) through Ā = keep * exp(Δ A): lam * Ā * h_{t-1}.
         g_dtA = mu * h_prev
-        # Both sums over n in one reduction (one loop, one stacked output):
-        # Σ_n lam B (for dL/du and dL/dΔ through B̄u) and Σ_n g_dtA A.
-        sums = jnp.sum(jnp.stack([lam * _per_channel(B_t, d), g_dtA * A]), axis=2)
-        g_B = _group_sum(lam * (dt_t * u_t)[:, None], groups)
+        # Σ_n lam B (for dL/du and dL/dΔ through B̄u) and Σ_n g_dtA A as separate
+        # reductions: one stacked reduction was ~25% slower on XLA:CPU (measured,
+        # b=16, l=1024, d=128, n=16).
+        sums = (_sum_n(lam, B_t), jnp.sum(g_dtA * A, axis=1))
+        g_B = _sum_d(lam, dt_t * u_t, groups)
         return (mu, gA + g_dtA * dt_t[:, None]), (sums, g_B)
 
     def chunk_body(carry, xs):
-        (u_c, dt_c, B_c, C_c, keep_c, gy_c), h_in = xs
-        _, (h_prev, g_C) = lax.scan(recompute, h_in, (u_c, dt_c, B_c, keep_c, gy_c))
-        carry, (sums, g_B) = lax.scan(
-            adjoint, carry, (u_c, dt_c, B_c, C_c, keep_c, gy_c, h_prev), reverse=True)
-        return carry, (sums, g_B, g_C)
+        i, h_in = xs
+        mu, gA, (lam_B, dtA_A, g_B, g_C) = carry
+        u_c, dt_c, B_c, C_c, keep_c, gy_c = (_chunk(x, i, chunk) for x in (u, dt, B, C, keep, gy))
+        _, (h_prev, g_C_c) = lax.scan(recompute, h_in, (u_c, dt_c, B_c, keep_c, gy_c))
+        (mu, gA), ((lam_B_c, dtA_A_c), g_B_c) = lax.scan(
+            adjoint, (mu, gA), (u_c, dt_c, B_c, C_c, keep_c, gy_c, h_prev), reverse=True)
+        bufs = tuple(_put(buf, x, i, chunk) for buf, x in
+                     zip((lam_B, dtA_A, g_B, g_C), (lam_B_c, dtA_A_c, g_B_c, g_C_c)))
+        return (mu, gA, bufs), None
 
-    xs = tuple(_to_time_major(x, chunk) for x in (u, dt, B, C, keep, gy))
-    gA0 = match_vma(jnp.zeros_like(h_starts[0]), u, dt, A, B, C, keep, gy, g_last)
-    (_, gA), grads = lax.scan(chunk_body, (g_last, gA0), (xs, h_starts), reverse=True)
-    sums, g_B, g_C = grads
-    lam_B, dtA_A = (_from_time_major(sums[:, :, i]) for i in range(2))
+    init = match_vma((jnp.zeros_like(h_starts[0]), (jnp.zeros_like(u), jnp.zeros_like(u), jnp.zeros_like(B),
+                                                    jnp.zeros_like(C))), u, dt, A, B, C, keep, gy, g_last)
+    (_, gA, (lam_B, dtA_A, g_B, g_C)), _ = lax.scan(
+        chunk_body, (g_last, init[0], init[1]), (jnp.arange(u.shape[1] // chunk), h_starts), reverse=True)
     g_u, g_dt = lam_B * dt, lam_B * u + dtA_A
-    return g_u, g_dt, jnp.sum(gA, axis=0), _from_time_major(g_B), _from_time_major(g_C), jnp.zeros_like(keep)
+    return g_u, g_dt, jnp.sum(gA, axis=0), g_B, g_C, jnp.zeros_like(keep)
 
 
 _seq_core.defvjp(_seq_core_fwd, _seq_core_bwd)
