@@ -64,6 +64,9 @@ from seqjax.parallel.sequence import sequence_map
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 CAUSALITIES = ("causal", "bidirectional", "either")
+# The collection a mixer sows auxiliary losses into (already weighted, one scalar per layer and name), only
+# when it is mutable and not at init; the trainer adds them to the task's loss (seqjax.train.step.aux_losses).
+AUX_LOSSES = "losses"
 
 
 class Projection(NamedTuple):

@@ -44,8 +44,8 @@ collection ``"longvq"`` as ``codebook_sum (S, z)`` and ``codebook_count (S,)``
 commitment loss ``‖k_t − sg(C_{c_t})‖²`` (mean over tokens):
 :meth:`LongVQ.commitment_loss` returns it, and ``__call__`` sows
 ``commitment_weight ×`` it as ``"commitment_loss"`` into the ``"losses"``
-collection when that collection is mutable (as :func:`seqjax.mixers.mom.load_balancing_loss`,
-the trainer does not add it to the loss by itself).
+collection when that collection is mutable; the trainer adds it to the
+task's loss, averaged over the layers (:func:`seqjax.train.step.aux_losses`).
 
 Simplifications (documented, checked by the float64 oracle in tests/mixers/ref_longvq.py):
 
@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.errors import ConfigError
-from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.base import AUX_LOSSES, Mixer, Projection
 from seqjax.mixers.common import check_input, check_int, check_number, constant_init, dense, param, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.ops.linear_scan import linear_scan
@@ -80,7 +80,7 @@ from seqjax.types import SegmentIds, Seq, SeqStep
 
 HIGHEST = jax.lax.Precision.HIGHEST
 COLLECTION = "longvq"  # the non-param collection of the EMA codebook
-LOSSES = "losses"  # where __call__ sows the weighted commitment loss
+LOSSES = AUX_LOSSES  # where __call__ sows the weighted commitment loss (the trainer adds it)
 # Smallest code count used as a divisor (a code never used decays towards 0 count).
 COUNT_FLOOR = 1e-6
 

@@ -41,8 +41,11 @@ Left out from the authors' code: the short convolutions (they run over each
 memory's routed subsequence, which has no per-token form here), and the
 capacity limit that drops tokens of an over-full memory (here every routed
 token is kept). The authors train with a load-balancing loss on the router;
-:func:`load_balancing_loss` computes it from :meth:`MoM.router_logits` (the
-trainer has no auxiliary-loss hook, so nothing adds it to the loss yet).
+:func:`load_balancing_loss` computes it from :meth:`MoM.router_logits`, and a
+training application (the ``"losses"`` collection mutable) sows
+``balance_weight ×`` it as ``"balance_loss"``, which the trainer adds to the
+task's loss averaged over the layers (:func:`seqjax.train.step.aux_losses`),
+as the authors do. With ``top_k = 1`` it has no gradient (see above).
 
 Given the routing and the other projections, the mix is linear in the
 stacked values ``v``: the base class reads the mixing matrix off the op, one
@@ -58,7 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.errors import ConfigError
-from seqjax.mixers.base import Mixer, Projection
+from seqjax.mixers.base import AUX_LOSSES, Mixer, Projection
 from seqjax.mixers.common import (
     check_int, check_number, check_option, dense, head_rms_norm, l2_normalize, param)
 from seqjax.mixers.mamba_blocks import a_log_init, check_a_range, check_dt_range, dt_bias_init
@@ -158,6 +161,8 @@ class MoM(Mixer):
       expand_v: ``dv = expand_v · dk`` (1, the authors' config).
       num_memories: routed memories ``M`` (4, the authors' config).
       top_k: memories per token, ``1 <= top_k <= num_memories`` (2).
+      balance_weight: scale of the sown router balance loss (0.01, the
+        authors'; 0 sows nothing).
       shared_memory: add the shared memory every token updates (True).
       memory: ``"gated_delta"`` (the paper's main model) or ``"gla"``.
       gate_low_rank: rank of the GLA gate's ``W_α1 W_α2`` (16).
@@ -191,6 +196,7 @@ class MoM(Mixer):
     dt_init_floor: float = 1e-4
     norm_eps: float = 1e-5
     chunk_size: int = 64
+    balance_weight: float = 0.01
 
     # --- construction -------------------------------------------------------------------
 
@@ -207,6 +213,7 @@ class MoM(Mixer):
         check_option(name, "memory", self.memory, MEMORY_KINDS)
         check_int(name, "gate_low_rank", self.gate_low_rank)
         check_number(name, "gate_temperature", self.gate_temperature, low=0, open_low=True)
+        check_number(name, "balance_weight", self.balance_weight, low=0.0)
         check_a_range(name, self.A_init_range)
         check_dt_range(name, self.dt_min, self.dt_max, self.dt_init_floor)
         check_number(name, "norm_eps", self.norm_eps, low=0, open_low=True)
@@ -297,7 +304,11 @@ class MoM(Mixer):
         n, acc = self.num_states, self.acc()
         b, l = x.shape[:2]
         x = x.astype(self.dtype)
-        weights, routed = route(p["router"](x).astype(acc), self.top_k)  # (b, l, M)
+        logits = p["router"](x).astype(acc)
+        if self.is_mutable_collection(AUX_LOSSES) and not self.is_initializing() and self.balance_weight:
+            # Training only (the trainer makes the collection mutable); init keeps no losses.
+            self.sow(AUX_LOSSES, "balance_loss", self.balance_weight * load_balancing_loss(logits, self.top_k))
+        weights, routed = route(logits, self.top_k)  # (b, l, M)
         if self.shared_memory:
             ones = jnp.ones((b, l, 1), acc)
             weights, routed = jnp.concatenate([weights, ones], -1), jnp.concatenate([routed, ones], -1)

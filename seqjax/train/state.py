@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+# Per application (the train step adds what the mixers sow to the loss), never part of the train state.
+from seqjax.mixers.base import AUX_LOSSES
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -59,9 +62,12 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, model_stat
                       model_state=nn.meta.unbox(dict(model_state or {})))
 
 
+
+
 def split_variables(variables: Any) -> tuple[Any, dict]:
-    """``(params, model_state)`` of a model's variables: ``"params"`` and every other collection."""
-    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    """``(params, model_state)`` of a model's variables: ``"params"`` and every other collection
+    (but :data:`AUX_LOSSES`, which is per application)."""
+    return variables["params"], {k: v for k, v in variables.items() if k not in ("params", AUX_LOSSES)}
 
 
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation) -> Callable:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from seqjax.mixers.base import AUX_LOSSES
 from seqjax.train.state import TrainState
 
 # Batch keys the model is applied with (besides ``inputs``), when the task provides them, as keywords:
@@ -69,6 +70,37 @@ def apply_model(model, params, batch: dict, model_state: dict | None = None, **k
     return model.apply({"params": params, **(model_state or {})}, batch["inputs"], **extra, **kwargs)
 
 
+def aux_losses(sown: dict) -> dict:
+    """The auxiliary losses a model sowed in one application, one scalar per name.
+
+    Each mixer layer sows its (already weighted) loss under a name, e.g.
+    ``"balance_loss"`` in every ``mom`` layer; a name's value is the mean
+    over the places that sowed it (the layers), as the MoM authors average
+    their balance loss over layers. The train step adds the sum over names
+    to the task's loss.
+
+    Args:
+      sown: the ``"losses"`` collection returned by ``model.apply(...,
+        mutable=["losses"])``: nested dicts whose leaves are the tuples
+        :meth:`flax.linen.Module.sow` appends to.
+
+    Returns:
+      ``{name: float32 scalar}`` (empty when nothing was sown).
+    """
+    per_name: dict[str, list] = {}
+
+    def walk(node):
+        for key, value in node.items():
+            if isinstance(value, tuple):
+                per_name.setdefault(key, []).extend(value)
+            else:
+                walk(value)
+
+    walk(sown)
+    return {name: jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32).sum() for v in values]))
+            for name, values in sorted(per_name.items())}
+
+
 def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: Callable) -> Callable:
     """The (unjitted) train step ``(state, batch, key, limit=None) -> (state, metrics)``.
 
@@ -80,7 +112,10 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
     run draws the same masks as an uninterrupted one. The model's other
     collections (``state.model_state``) are applied mutable and replaced by
     what the model writes (the ``routing`` mixer's centroid EMA); the
-    gradient is taken of ``params`` only.
+    gradient is taken of ``params`` only. Auxiliary losses the mixers sow
+    into :data:`AUX_LOSSES` (:func:`aux_losses`) are added to the task's
+    loss: ``loss`` is then the sum that is optimised, and each name is also
+    logged (``aux_<name>``, e.g. ``aux_balance_loss``).
 
     Args:
       model: the Flax module.
@@ -96,15 +131,19 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
     def train_step(state: TrainState, batch: Any, key: jax.Array, limit: jax.Array | float | None = None):
         step_key = jax.random.fold_in(key, state.step)
 
-        mutable = sorted(state.model_state)
+        mutable = sorted(set(state.model_state) | {AUX_LOSSES})
 
         def loss_fn(params):
             kwargs = dict(deterministic=False, rngs={"dropout": step_key})
-            if mutable:
-                outputs, model_state = apply_model(model, params, batch, state.model_state, mutable=mutable, **kwargs)
-            else:
-                outputs, model_state = apply_model(model, params, batch, **kwargs), state.model_state
+            outputs, written = apply_model(model, params, batch, state.model_state, mutable=mutable, **kwargs)
+            written = dict(written)
+            aux = aux_losses(written.pop(AUX_LOSSES, {}))
+            # A collection the model did not write keeps its value (and the state its structure).
+            model_state = {**state.model_state, **{k: v for k, v in written.items() if k in state.model_state}}
             loss, metrics = task.loss(outputs, batch)
+            if aux:
+                loss = loss + sum(aux.values())
+                metrics = {**metrics, **{f"aux_{name}": value for name, value in aux.items()}}
             return loss, (metrics, model_state)
 
         (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -122,4 +161,4 @@ def make_train_step(model, task, tx: optax.GradientTransformation, lr_schedule: 
     return train_step
 
 
-__all__ = ["MODEL_KEYS", "model_inputs", "init_extras", "apply_model", "make_train_step"]
+__all__ = ["MODEL_KEYS", "model_inputs", "init_extras", "apply_model", "aux_losses", "make_train_step"]
