@@ -35,12 +35,16 @@ What the paper has and this file simplifies (see ``docs/mixers.md``):
   with channels; here one residual causal 3×3 convolution with the heads as
   channels. The softmax over the ``K`` columns is left out: it is monotone per
   row, so the top-k reads the scores directly.
-* Training the estimator: the paper distils it from the teacher's attention
-  (KL + MSE between the decompressed estimate and the teacher's rows). The
+* Training the estimator: the paper distils it from a (pretrained) teacher's
+  attention (KL + MSE between the estimate and the teacher's rows). The
   selection is piecewise constant, so the task loss gives the estimator's
-  parameters zero gradient; no distillation loss is added here (the estimator
-  is a fixed random function of its init unless a caller trains it). Its
-  inputs are wrapped in ``stop_gradient`` (nothing would flow anyway).
+  parameters zero gradient. Here the teacher is the layer's own exact causal
+  attention over the same ``q, k`` (held fixed), compressed to the ``K``
+  columns, and the loss is the KL term only (:func:`distillation_loss`; the
+  MSE term's exact form was not verified): a training call sows
+  ``distill_weight ×`` it into ``"losses"`` and the trainer adds it. That
+  costs an O(L²) teacher per layer in training (evaluation and decoding stay
+  sparse). The estimator's inputs are wrapped in ``stop_gradient``.
 * FlatCSR (the paper's GPU sparse format) is not needed: the selected keys are
   gathered into ``G`` static slots per row (:func:`key_slots`).
 
@@ -63,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.mixers.attention import Heads, cache_slots
-from seqjax.mixers.base import Projection
+from seqjax.mixers.base import AUX_LOSSES, Projection
 from seqjax.mixers.common import check_int, check_number, dense, positions_in_segment, segment_runs
 from seqjax.mixers.linear import favor_features, orthogonal_random_features
 from seqjax.mixers.registry import register
@@ -207,6 +211,47 @@ def sparse_attention(q: jax.Array, keys: jax.Array, values: jax.Array,
     return jnp.einsum("brhg,bhrgd->brhd", w, vs.astype(acc), precision=HIGHEST)
 
 
+def distillation_loss(q: jax.Array, k: jax.Array, scores: jax.Array, pos: jax.Array) -> jax.Array:
+    """``KL(T_t ‖ softmax(Ĉ_t))`` averaged over rows and heads: the estimator's distillation loss.
+
+    ``T_t`` is the exact causal softmax row ``softmax_s(q_t·k_s/√dh)`` over
+    ``t``'s visible keys, compressed to the estimate's ``K`` columns (column
+    ``j`` sums the probabilities of the keys it covers, :func:`column_bounds`);
+    the estimate's distribution is the softmax of ``Ĉ_t`` over the non-empty
+    columns. ``q`` and ``k`` are held fixed (the teacher), so the gradient
+    reaches the estimator (decoder and CNN) only. Builds the ``(b, h, l, l)``
+    teacher: O(L²) memory, as the paper's training.
+
+    Args:
+      q, k: ``(b, l, h, dh)`` queries and keys.
+      scores: ``(b, l, h, K)`` the compressed estimate ``Ĉ`` (float32/64).
+      pos: ``(b, l)`` positions in the segment.
+
+    Returns:
+      A scalar in ``scores``' dtype.
+    """
+    acc = scores.dtype
+    b, length, _, dh = q.shape
+    width = scores.shape[-1]
+    qs, ks = (jax.lax.stop_gradient(a).astype(acc) for a in (q, k))
+    logits = jnp.einsum("bthd,bshd->bhts", qs, ks, precision=HIGHEST) / math.sqrt(dh)
+    t = jnp.arange(length, dtype=jnp.int32)
+    lo = t[None] - pos  # (b, l): each row's first visible key
+    visible = (t[None, None, :] <= t[None, :, None]) & (t[None, None, :] >= lo[:, :, None])
+    teacher = jax.nn.softmax(jnp.where(visible[:, None], logits, -jnp.inf), axis=-1)
+    # Column sums as differences of the row's running sum at the column bounds.
+    run = jnp.concatenate([jnp.zeros(teacher.shape[:-1] + (1,), acc), jnp.cumsum(teacher, axis=-1)], axis=-1)
+    start, end = column_bounds(pos + 1, width)  # (b, l, K)
+    at = lambda i: jnp.take_along_axis(run, (lo[..., None] + i)[:, None], axis=-1)  # noqa: E731
+    target = jax.lax.stop_gradient(jnp.maximum(at(end) - at(start), 0.0))  # (b, h, l, K)
+    nonempty = (end > start)[:, None]
+    est = jnp.moveaxis(scores, 2, 1)
+    log_p = jnp.where(nonempty, jax.nn.log_softmax(jnp.where(nonempty, est, -jnp.inf), axis=-1), 0.0)
+    positive = target > 0
+    log_t = jnp.log(jnp.where(positive, target, 1.0))
+    return jnp.mean(jnp.sum(jnp.where(positive, target * (log_t - log_p), 0.0), axis=-1))
+
+
 # --- the mixer ------------------------------------------------------------------------------
 
 
@@ -228,6 +273,10 @@ class SEA(Heads):
       eps: added to the estimate's denominator.
       chunk_size: ``chunk_size`` of :func:`seqjax.ops.linear_attention`.
       max_length: the default KV-cache length of ``init_cache``.
+      distill_weight: scale of the estimator's distillation loss
+        (:func:`distillation_loss`), sown as ``"distill_loss"`` into the
+        ``"losses"`` collection in training (the trainer adds it); 0 sows
+        nothing and leaves the estimator untrained (1.0).
     """
 
     ops = ("linear_attention",)
@@ -244,6 +293,7 @@ class SEA(Heads):
     eps: float = 1e-6
     chunk_size: int = 64
     max_length: int | None = None
+    distill_weight: float = 1.0
 
     def check_fields(self):
         name = self.mixer_name
@@ -254,6 +304,7 @@ class SEA(Heads):
         check_number(name, "eps", self.eps, low=0, open_low=True)
         check_int(name, "chunk_size", self.chunk_size)
         check_int(name, "max_length", self.max_length, optional=True)
+        check_number(name, "distill_weight", self.distill_weight, low=0.0)
         super().check_fields()
 
     def _features_dim(self, dh: int) -> int:
@@ -304,6 +355,14 @@ class SEA(Heads):
         hidden = jax.nn.gelu(p["enc"](jnp.concatenate([c, v], axis=-1)))
         return p["dec"](hidden).astype(self.acc())
 
+    def _rows(self, s, pos):
+        """``[S_t, S_{t−1}, S_{t−2}]`` of the decoder rows ``s`` (b, l, h, K), zero before the segment's start."""
+        length, rows = s.shape[1], [s]
+        for a in range(1, CNN_ROWS):
+            shifted = jnp.pad(s, [(0, 0), (a, 0), (0, 0), (0, 0)])[:, :length]
+            rows.append(jnp.where((pos >= a)[:, :, None, None], shifted, 0.0))
+        return rows
+
     def _cnn(self, p, rows):
         """``Ĉ_t = S_t + Σ_a conv_K(S_{t−a}, W[a])``; ``rows[a] = S_{t−a}`` (zeros before the segment)."""
         w = p["cnn"].astype(self.acc())
@@ -317,7 +376,8 @@ class SEA(Heads):
 
     # --- the hooks of the Mixer contract ---------------------------------------------
 
-    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+    def _estimate(self, p, x, segment_ids):
+        """``(q, k, v, Ĉ, pos)``: the projections, the compressed estimate ``(b, l, h, K)`` and the positions."""
         b, length, _ = x.shape
         q, k, v = self._qkv(p, x)
         pos = positions_in_segment(segment_ids, b, length)
@@ -325,13 +385,27 @@ class SEA(Heads):
         fq, fk, z, v32 = self._estimator_terms(p, q, k, v, pos)
         num, _ = linear_attention(fq, fk, z, causal=True, segment_ids=runs, chunk_size=self.chunk_size,
                                   impl=self.impl_for("linear_attention"))
-        s = self._decode_rows(p, num, v32)  # (b, l, h, K)
-        rows = [s]
-        for a in range(1, CNN_ROWS):  # S_{t−a}, zero where t−a is before the segment's start
-            shifted = jnp.pad(s, [(0, 0), (a, 0), (0, 0), (0, 0)])[:, :length]
-            rows.append(jnp.where((pos >= a)[:, :, None, None], shifted, 0.0))
-        scores = jax.lax.stop_gradient(self._cnn(p, rows))
-        return Projection(tokens=(q, k, v, scores, pos))
+        return q, k, v, self._cnn(p, self._rows(self._decode_rows(p, num, v32), pos)), pos
+
+    def project(self, p, x: Seq, segment_ids: SegmentIds | None) -> Projection:
+        q, k, v, estimate, pos = self._estimate(p, x, segment_ids)
+        if self.distill_weight and self.is_mutable_collection(AUX_LOSSES) and not self.is_initializing():
+            # Training only (the trainer makes the collection mutable); the selection below has no gradient.
+            self.sow(AUX_LOSSES, "distill_loss", self.distill_weight * distillation_loss(q, k, estimate, pos))
+        return Projection(tokens=(q, k, v, jax.lax.stop_gradient(estimate), pos))
+
+    def distillation_loss(self, x: Seq, *, segment_ids: SegmentIds | None = None) -> jax.Array:
+        """The unweighted :func:`distillation_loss` of ``x``: what a training call sows × ``distill_weight``.
+
+        Args:
+          x: ``(batch, length, d_model)`` input.
+          segment_ids: optional ``(batch, length)`` ids of packed sequences.
+
+        Returns:
+          A scalar (float32, float64 for float64).
+        """
+        q, k, _, estimate, pos = self._estimate(self.parts(self.width(x)), x, segment_ids)
+        return distillation_loss(q, k, estimate, pos)
 
     def mix(self, axis, q, k, v, scores, pos):
         del axis  # not sequence parallel
@@ -374,5 +448,5 @@ class SEA(Heads):
         return self.output(p, o, Projection()), {"k": kc, "v": vc, "state": state, "rows": rows, "pos": pos + 1}
 
 
-__all__ = ["SEA", "column_count", "key_slots", "column_bounds", "select_keys", "position_code",
+__all__ = ["SEA", "column_count", "key_slots", "column_bounds", "select_keys", "position_code", "distillation_loss",
            "sparse_attention"]

@@ -171,3 +171,32 @@ def sea_output(p, x, sel, num_heads, xp=np):
             per_t.append(xp.concatenate(per_h))
         rows.append(xp.stack(per_t))
     return xp.stack(rows) @ p["out_proj"]
+
+
+def distillation_loss(p, x, C, starts, num_heads):
+    """Mean over rows and heads of ``KL(T ‖ softmax(C))``, float64 loops.
+
+    ``T``: the exact causal softmax row over the visible keys ``lo..t``, summed
+    per compressed column (``⌈j n/K⌉ .. ⌈(j+1) n/K⌉`` of the row's keys); the
+    estimate's distribution: the softmax of ``C`` over the non-empty columns.
+    """
+    q, k, _ = heads(p, np.asarray(x, np.float64), num_heads)
+    b, length, h, dh = q.shape
+    K = C.shape[-1]
+    total, rows = 0.0, 0
+    for bi in range(b):
+        for t in range(length):
+            lo = starts[bi][t]
+            n = t - lo + 1
+            bounds = [(-(-j * n // K), -(-(j + 1) * n // K)) for j in range(K)]
+            nonempty = [j for j in range(K) if bounds[j][1] > bounds[j][0]]
+            for hh in range(h):
+                s = np.array([q[bi, t, hh] @ k[bi, lo + o, hh] for o in range(n)]) / math.sqrt(dh)
+                a = np.exp(s - s.max())
+                a /= a.sum()
+                target = {j: a[bounds[j][0]:bounds[j][1]].sum() for j in nonempty}
+                logits = np.array([C[bi, t, hh, j] for j in nonempty])
+                log_p = logits - logits.max() - math.log(np.exp(logits - logits.max()).sum())
+                total += sum(target[j] * (math.log(target[j]) - lp) for j, lp in zip(nonempty, log_p) if target[j] > 0)
+                rows += 1
+    return total / rows

@@ -164,3 +164,36 @@ def test_long_bfloat16_is_finite(rng):
     y, g = jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(module.apply(v, x).astype(jnp.float32) ** 2),
                                       argnums=1))(variables, x)
     assert np.isfinite(float(y)) and bool(jnp.isfinite(g.astype(jnp.float32)).all())
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+def test_distillation_loss_matches_reference(segmented, rng):
+    """The estimator's KL to the compressed exact attention, against float64 loops."""
+    seg = np.asarray([[0] * 5 + [1] * 8, [3] * 9 + [0] * 4]) if segmented else None
+    module, x, variables, p, _ = _setup(rng, segment_ids=seg)
+    C, _, starts = ref.estimate(p, x, num_heads=2, compressed_width=4, segment_ids=seg)
+    kw = {} if seg is None else {"segment_ids": jnp.asarray(seg)}
+    got = jax.jit(lambda v, x: module.apply(v, x, method="distillation_loss", **kw))(variables, x)
+    want = ref.distillation_loss(p, x, C, starts, num_heads=2)
+    assert want > 1e-3  # a random estimator is far from the teacher
+    np.testing.assert_allclose(float(got), want, rtol=2e-5)
+
+
+def test_distillation_trains_the_estimator_only_in_training(rng):
+    """Sown ×distill_weight when "losses" is mutable; its gradient reaches the estimator, not q/k/v; eval sows nothing."""
+    module, x, variables, _, _ = _setup(rng)
+    weighted = _module(distill_weight=0.5)
+    apply = jax.jit(lambda v, x: weighted.apply(v, x, mutable=["losses"]))
+    y, written = apply(variables, x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(jax.jit(weighted.apply)(variables, x)))
+    unweighted = jax.jit(lambda v, x: module.apply(v, x, method="distillation_loss"))(variables, x)
+    np.testing.assert_allclose(float(written["losses"]["distill_loss"][0]), 0.5 * float(unweighted), rtol=1e-6)
+
+    grads = jax.jit(jax.grad(lambda params: module.apply({**variables, "params": params}, x,
+                                                         method="distillation_loss")))(variables["params"])
+    norms = {name: float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads[name]))) for name in grads}
+    assert norms["enc"] > 0 and norms["dec"] > 0 and norms["cnn"] > 0
+    assert norms["q_proj"] == norms["k_proj"] == norms["v_proj"] == norms["out_proj"] == 0
+    zero = _module(distill_weight=0.0)
+    _, none = jax.jit(lambda v, x: zero.apply(v, x, mutable=["losses"]))(variables, x)
+    assert "distill_loss" not in none.get("losses", {})
