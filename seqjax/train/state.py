@@ -62,8 +62,6 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, model_stat
                       model_state=nn.meta.unbox(dict(model_state or {})))
 
 
-
-
 def split_variables(variables: Any) -> tuple[Any, dict]:
     """``(params, model_state)`` of a model's variables: ``"params"`` and every other collection
     (but :data:`AUX_LOSSES`, which is per application)."""
