@@ -16,10 +16,15 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT="${OUT:-benchmarks/results}"
+# The lent machine's interpreter is python3 (no plain python); PYTHON overrides.
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+# The kernels' share of the 8 minutes; the rest is start-up and the prelude.
+LIMIT="${LIMIT:-450}"
 mkdir -p "$OUT"
-python - <<'PY' 2>&1 | tee "$OUT/gpu-kernels.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu-kernels.log"
+"$PYTHON" - <<'PY' 2>&1 | tee -a "$OUT/gpu-kernels.log"
 import jax
 print("jax", jax.__version__, "devices", jax.devices())
 PY
-timeout 450 python -m benchmarks.kernels --repeats 20 --out "$OUT/gpu-kernels.json" 2>&1 | tee -a "$OUT/gpu-kernels.log"
+PYTHONUNBUFFERED=1 timeout "$LIMIT" "$PYTHON" -m benchmarks.kernels --repeats "${REPEATS:-20}" --out "$OUT/gpu-kernels.json" 2>&1 | tee -a "$OUT/gpu-kernels.log"
 echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/gpu-kernels.log"

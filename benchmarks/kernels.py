@@ -35,6 +35,7 @@ import json
 import pathlib
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -288,42 +289,63 @@ def _cudnn(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
 
-def run_case(case: Case, dtype, rates: dict, repeats: int) -> dict:
-    """Correctness and times of one case in one dtype."""
+def _stage(row: dict, key: str, thunk: Callable) -> None:
+    """``row[key] = thunk()``, or the failure under ``row["errors"][key]`` with its traceback in the log."""
+    try:
+        row[key] = thunk()
+    except Exception as error:  # noqa: BLE001 - one failing stage must not hide the others
+        row.setdefault("errors", {})[key] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+        print(f"{row['op']} {row['dtype']} {key}:", file=sys.stderr)
+        print("".join(traceback.format_exc().splitlines(keepends=True)[-40:]), file=sys.stderr, flush=True)
+
+
+def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
+    """Correctness and times of one case in one dtype, filled into ``row`` as measured.
+
+    Filling the caller's dict keeps what was measured before a failure (a
+    kernel that compiles forward but not backward still shows its forward).
+    """
     rng = np.random.default_rng(0)
     fn, args, argnums = case.make(rng, dtype)
-    row = {"op": case.op, "dtype": jnp.dtype(dtype).name, **case.shape, "xla_impl": case.xla}
+    row.update({"xla_impl": case.xla})
     s = jnp.dtype(dtype).itemsize
     row["floor_forward"] = floor_ms(case.floor(s, False), rates, dtype)
     row["floor_forward_backward"] = floor_ms(case.floor(s, True), rates, dtype)
     if "pallas" not in dispatch.implementations(case.op):
         row["pallas"] = "not registered"
         return row
-    grad_rng = np.random.default_rng(1)
-    xla_fwd, xla_bwd = _functions(fn, case.xla, argnums, grad_rng)
+    xla_fwd, xla_bwd = _functions(fn, case.xla, argnums, np.random.default_rng(1))
     pal_fwd, pal_bwd = _functions(fn, "pallas", argnums, np.random.default_rng(1))
     # The reference in float32 whatever the dtype: bf16 errors are measured
     # against what the inputs mean, not against another bf16 computation.
     args32 = tuple(jnp.asarray(a, jnp.float32) for a in args)
     ref_fwd, ref_bwd = _functions(fn, case.xla, argnums, np.random.default_rng(1))
-    row["error_forward"] = _relative_error(pal_fwd(*args), ref_fwd(*args32))
-    grads, ref_grads = pal_bwd(*args), ref_bwd(*args32)
-    row["error_gradients"] = max(_relative_error(g, r) for g, r in zip(grads, ref_grads))
-    timed = [("pallas", pal_fwd, pal_bwd), ("xla", xla_fwd, xla_bwd)]
+    timed = {"pallas": (pal_fwd, pal_bwd), "xla": (xla_fwd, xla_bwd)}
     if jax.default_backend() != "cpu":  # what a user gets: auto's pick on this platform
         row["auto_impl"] = _auto_pick(case.op, args, case.shape)
-        timed.append(("auto", *_functions(fn, "auto", argnums, np.random.default_rng(1))))
-    for name, fwd, bwd in timed:
-        row[f"{name}_forward_ms"] = time_fn(fwd, *args, repeats=repeats)
-        row[f"{name}_forward_backward_ms"] = time_fn(bwd, *args, repeats=repeats)
+        timed["auto"] = _functions(fn, "auto", argnums, np.random.default_rng(1))
     if case.op == "attention" and jax.default_backend() == "gpu" and dtype == jnp.bfloat16:
         cudnn_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(_cudnn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
-        row["cudnn_forward_ms"] = time_fn(jax.jit(_cudnn), *args, repeats=repeats)
-        row["cudnn_forward_backward_ms"] = time_fn(cudnn_bwd, *args, repeats=repeats)
+        timed["cudnn"] = (jax.jit(_cudnn), cudnn_bwd)
+    # Each stage on its own: a kernel whose backward does not compile still
+    # reports its forward, and the XLA path's times are kept whatever fails.
+    _stage(row, "error_forward", lambda: _relative_error(pal_fwd(*args), ref_fwd(*args32)))
+    for name, (fwd, _) in timed.items():
+        _stage(row, f"{name}_forward_ms", lambda: time_fn(fwd, *args, repeats=repeats))
+    _stage(row, "error_gradients", lambda: max(
+        _relative_error(g, r) for g, r in zip(pal_bwd(*args), ref_bwd(*args32))))
+    for name, (_, bwd) in timed.items():
+        _stage(row, f"{name}_forward_backward_ms", lambda: time_fn(bwd, *args, repeats=repeats))
     for part in ("forward", "forward_backward"):
-        row[f"pallas_over_floor_{part}"] = row[f"pallas_{part}_ms"] / row[f"floor_{part}"]["floor_ms"]
-        row[f"xla_over_pallas_{part}"] = row[f"xla_{part}_ms"] / row[f"pallas_{part}_ms"]
+        if f"pallas_{part}_ms" in row:
+            row[f"pallas_over_floor_{part}"] = row[f"pallas_{part}_ms"] / row[f"floor_{part}"]["floor_ms"]
+            if f"xla_{part}_ms" in row:
+                row[f"xla_over_pallas_{part}"] = row[f"xla_{part}_ms"] / row[f"pallas_{part}_ms"]
     return row
+
+
+def _num(row: dict, key: str, spec: str = ".3f") -> str:
+    return format(row[key], spec) if key in row else ""
 
 
 def table(results: dict) -> str:
@@ -338,20 +360,23 @@ def table(results: dict) -> str:
       goals are stated in.
     """
     head = ("| op | dtype | err fwd | err grad | pallas fwd ms | xla fwd ms | floor fwd ms | pallas/floor fwd "
-            "| pallas f+b ms | xla f+b ms | floor f+b ms | pallas/floor f+b | xla/pallas f+b |")
+            "| pallas f+b ms | xla f+b ms | floor f+b ms | pallas/floor f+b | xla/pallas f+b | auto "
+            "| auto f+b ms | cudnn f+b ms | failed |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for row in results["rows"]:
-        if "pallas_forward_ms" not in row:
-            reason = row.get("error") or row.get("pallas", "")
-            lines.append(f"| {row['op']} | {row['dtype']} | {reason} |" + " |" * 11)
+        failed = row.get("error") or "; ".join(f"{k}: {v}" for k, v in row.get("errors", {}).items())
+        if "floor_forward" not in row:
+            lines.append(f"| {row['op']} | {row['dtype']} |" + " |" * 14 + f" {failed} |")
             continue
-        f, fb = row["floor_forward"]["floor_ms"], row["floor_forward_backward"]["floor_ms"]
-        lines.append(
-            f"| {row['op']} | {row['dtype']} | {row['error_forward']:.1e} | {row['error_gradients']:.1e} "
-            f"| {row['pallas_forward_ms']:.3f} | {row['xla_forward_ms']:.3f} | {f:.3f} "
-            f"| {row['pallas_over_floor_forward']:.2f} | {row['pallas_forward_backward_ms']:.3f} "
-            f"| {row['xla_forward_backward_ms']:.3f} | {fb:.3f} | {row['pallas_over_floor_forward_backward']:.2f} "
-            f"| {row['xla_over_pallas_forward_backward']:.2f} |")
+        cells = [_num(row, "error_forward", ".1e"), _num(row, "error_gradients", ".1e"),
+                 _num(row, "pallas_forward_ms"), _num(row, "xla_forward_ms"),
+                 f"{row['floor_forward']['floor_ms']:.3f}", _num(row, "pallas_over_floor_forward", ".2f"),
+                 _num(row, "pallas_forward_backward_ms"), _num(row, "xla_forward_backward_ms"),
+                 f"{row['floor_forward_backward']['floor_ms']:.3f}",
+                 _num(row, "pallas_over_floor_forward_backward", ".2f"),
+                 _num(row, "xla_over_pallas_forward_backward", ".2f"), row.get("auto_impl", row.get("pallas", "")),
+                 _num(row, "auto_forward_backward_ms"), _num(row, "cudnn_forward_backward_ms"), failed]
+        lines.append(f"| {row['op']} | {row['dtype']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -384,11 +409,14 @@ def main(argv=None) -> int:
         if only and case.op not in only:
             continue
         for dtype in (jnp.float32, jnp.bfloat16):
+            row = {"op": case.op, "dtype": jnp.dtype(dtype).name, **case.shape}
             try:
-                row = run_case(case, dtype, rates, 3 if args.quick else args.repeats)
+                run_case(case, dtype, rates, 3 if args.quick else args.repeats, row)
             except Exception as error:  # noqa: BLE001 - one failing kernel must not hide the others
-                row = {"op": case.op, "dtype": jnp.dtype(dtype).name, **case.shape,
-                       "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+                row["error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+                # The whole traceback goes to the log: a device run is rare, and
+                # its failures are fixed afterwards on a machine without one.
+                print("".join(traceback.format_exc().splitlines(keepends=True)[-60:]), file=sys.stderr, flush=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
             write()
