@@ -289,10 +289,17 @@ def _cudnn(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
 
+# Called after every stage (main sets it to rewrite the JSON): a run killed by
+# its time limit in the middle of a case keeps that case's finished stages.
+AFTER_STAGE: list[Callable[[], None]] = []
+
+
 def _stage(row: dict, key: str, thunk: Callable) -> None:
     """``row[key] = thunk()``, or the failure under ``row["errors"][key]`` with its traceback in the log."""
     try:
         row[key] = thunk()
+        for hook in AFTER_STAGE:
+            hook()
     except Exception as error:  # noqa: BLE001 - one failing stage must not hide the others
         row.setdefault("errors", {})[key] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
         print(f"{row['op']} {row['dtype']} {key}:", file=sys.stderr)
@@ -405,11 +412,13 @@ def main(argv=None) -> int:
         out.write_text(json.dumps({"machine": machine(), "rates": rates, "rows": rows,
                                    "seconds": time.time() - started}, indent=1) + "\n")
 
+    AFTER_STAGE.append(write)
     for case in cases(args.quick):
         if only and case.op not in only:
             continue
         for dtype in (jnp.float32, jnp.bfloat16):
             row = {"op": case.op, "dtype": jnp.dtype(dtype).name, **case.shape}
+            rows.append(row)
             try:
                 run_case(case, dtype, rates, 3 if args.quick else args.repeats, row)
             except Exception as error:  # noqa: BLE001 - one failing kernel must not hide the others
@@ -417,7 +426,6 @@ def main(argv=None) -> int:
                 # The whole traceback goes to the log: a device run is rare, and
                 # its failures are fixed afterwards on a machine without one.
                 print("".join(traceback.format_exc().splitlines(keepends=True)[-60:]), file=sys.stderr, flush=True)
-            rows.append(row)
             print(json.dumps(row), flush=True)
             write()
     write()

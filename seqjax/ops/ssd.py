@@ -18,7 +18,8 @@ only in how they evaluate it:
     (the only sequential part) and the state-to-output term.
   * ``"pallas"``: the chunked kernels of :mod:`seqjax.kernels.ssd` (GPU/TPU;
     interpreted, slowly, on CPU).
-  * ``"auto"``: on GPU and TPU ``"pallas"`` (``docs/kernels.md``); otherwise
+  * ``"auto"``: on TPU ``"pallas"`` (``docs/kernels.md``; on an H200 the
+    kernel was ~50x slower than ``"chunked"``); otherwise
     ``"reference"`` when the sequence fits in one chunk
     (``l <= chunk_size``), where the chunked form computes the same quadratic
     form plus a chunk state and a scan that nothing needs (CPU, h=8, p=n=64:

@@ -217,7 +217,8 @@ def test_front_door_outputs_and_gradients(gated, semantics):
 
 @pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
 def test_auto_never_picks_the_kernel(monkeypatch, platform):
-    # Not on CPU (interpreted) and, until a device measures it, not on accelerators.
+    # Not on CPU (interpreted), not on GPU (35x slower than the XLA chunks on an
+    # H200), and not on TPU until one measures it.
     monkeypatch.setattr(dispatch, "platform", lambda: platform)
     assert "pallas" in dispatch.implementations("delta_rule")
     assert dispatch.resolve("delta_rule", "auto", length=4096, chunk_size=64) == "chunked"

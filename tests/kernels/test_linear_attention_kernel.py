@@ -166,7 +166,8 @@ def test_front_door_bidirectional_with_segments(rng):
     assert_rel_close(o, o_ref, RTOL_SCAN, "bidirectional o")
 
 
-@pytest.mark.parametrize("platform, expected", [("gpu", "pallas"), ("tpu", "pallas"), ("cpu", "chunked")])
+# GPU: the XLA path (the kernel's backward did not launch on an H200 at d = 128 float32).
+@pytest.mark.parametrize("platform, expected", [("gpu", "chunked"), ("tpu", "pallas"), ("cpu", "chunked")])
 def test_auto_picks_the_kernel_on_accelerators(monkeypatch, platform, expected):
     monkeypatch.setattr(dispatch, "platform", lambda: platform)
     assert dispatch.resolve("linear_attention", "auto") == expected

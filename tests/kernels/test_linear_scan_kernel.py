@@ -118,12 +118,11 @@ def test_bfloat16_inputs(rng, small_blocks, kind):
     assert_rel_close(last, last_ref, RTOL_SCAN, "bf16 h_last (float32)")
 
 
-@pytest.mark.parametrize("platform", ["gpu", "tpu"])
-def test_auto_picks_the_kernel_on_accelerators_only(monkeypatch, platform):
+@pytest.mark.parametrize("platform, expected", [("tpu", "pallas"), ("gpu", "associative"), ("cpu", "sequential")])
+def test_auto_picks_by_platform(monkeypatch, platform, expected):
+    # GPU: XLA's associative scan was faster than the kernel on an H200.
     monkeypatch.setattr(dispatch, "platform", lambda: platform)
-    assert dispatch.resolve("linear_scan", "auto") == "pallas"
-    monkeypatch.setattr(dispatch, "platform", lambda: "cpu")
-    assert dispatch.resolve("linear_scan", "auto") == "sequential"
+    assert dispatch.resolve("linear_scan", "auto") == expected
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])

@@ -105,15 +105,15 @@ def test_bfloat16_inputs_reach_the_kernel(rng, small_blocks, kind):
     assert_rel_close(last, last_ref, 1e-5, "last_state from bf16 inputs")
 
 
-def test_auto_picks_the_kernel_on_accelerators_only(monkeypatch):
+def test_auto_picks_the_kernel_on_tpu_only(monkeypatch):
     big, small = (2, 4096, 2048), (2, 7, 4)
-    for platform in ("gpu", "tpu"):
-        monkeypatch.setattr(dispatch, "platform", lambda: platform)
-        assert auto_impl("auto", big, 16) == "pallas" and auto_impl("auto", small, 3) == "pallas"
     monkeypatch.setattr(dispatch, "platform", lambda: "tpu")
+    assert auto_impl("auto", big, 16) == "pallas" and auto_impl("auto", small, 3) == "pallas"
     assert auto_impl("auto", big, 64) == "pallas"
-    # The GPU backward holds n <= 16 states in shared memory: beyond, the XLA path.
+    # On an H200 the kernel's forward+backward was 0.77x the chunked path's
+    # (benchmarks/results/h200-kernels.json): GPUs take the XLA rows.
     monkeypatch.setattr(dispatch, "platform", lambda: "gpu")
+    assert auto_impl("auto", big, 16) == "chunked" and auto_impl("auto", small, 3) == "reference"
     assert auto_impl("auto", big, 32) == "chunked"
     # On CPU the one-step-per-position scan wins at every measured size.
     monkeypatch.setattr(dispatch, "platform", lambda: "cpu")

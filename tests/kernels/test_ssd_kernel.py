@@ -121,7 +121,8 @@ def test_strong_decay_gradients_stay_float32_accurate(rng):
 
 
 @pytest.mark.parametrize("platform, length, expected", [
-    ("gpu", 8, "pallas"), ("gpu", 4096, "pallas"), ("tpu", 4096, "pallas"),
+    # GPU: the XLA rows (the kernel was ~50x slower on an H200).
+    ("gpu", 8, "reference"), ("gpu", 4096, "chunked"), ("tpu", 4096, "pallas"),
     ("cpu", 8, "reference"), ("cpu", 4096, "chunked"),
 ])
 def test_auto_picks_the_kernel_on_accelerators(monkeypatch, platform, length, expected):
