@@ -91,6 +91,15 @@ class Checkpointer:
         # Opening reads each step's _CHECKPOINT_METADATA; orbax logs a missing or damaged one, which it does not need.
         with _quiet_orbax():
             self.manager = ocp.CheckpointManager(self.directory, options=options, **items)
+            # orbax removes leftover temporary folders in a background thread and
+            # waits for it only at the first save; a run that stops before one
+            # (a folder whose checkpoints do not restore: exit 2) then races
+            # interpreter shutdown and prints a traceback under its one-line
+            # error. Waiting here costs one listing of the folder.
+            cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+            if cleanup is not None:
+                cleanup.result()
+                self.manager._cleanup_tmp_directory_future = None
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
