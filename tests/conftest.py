@@ -8,6 +8,26 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent compilation cache for the whole run, shared by the xdist
+# workers and the CLI subprocesses the tests start: many tests compile the
+# same programs (a mixer's init and apply at the contract's shapes, say), and
+# the mixer contract tests ran in 356 s instead of 567 s with it (2 workers).
+# Created once, by the process that loads this file first (the xdist
+# controller, whose environment the workers inherit), and removed when that
+# process's session ends. A cache of one's own (JAX_COMPILATION_CACHE_DIR
+# set) is used as it is and kept.
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_OWN_JAX_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_JAX_CACHE = tempfile.mkdtemp(prefix="seqjax-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_JAX_CACHE
+    # Every program, however small or quick to compile (the defaults skip
+    # those under 1 s, which is most of a test suite's).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import zlib  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -99,3 +119,9 @@ def pytest_runtest_teardown(item, nextitem):
 
         jax.clear_caches()
         gc.collect()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Removes the run's compilation cache in the process that made it (workers leave it)."""
+    if _OWN_JAX_CACHE is not None:
+        shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
