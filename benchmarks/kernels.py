@@ -301,9 +301,18 @@ def _stage(row: dict, key: str, thunk: Callable) -> None:
         for hook in AFTER_STAGE:
             hook()
     except Exception as error:  # noqa: BLE001 - one failing stage must not hide the others
-        row.setdefault("errors", {})[key] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
-        print(f"{row['op']} {row['dtype']} {key}:", file=sys.stderr)
-        print("".join(traceback.format_exc().splitlines(keepends=True)[-40:]), file=sys.stderr, flush=True)
+        row.setdefault("errors", {})[key] = _failure(error, f"{row['op']} {row['dtype']} {key}")
+
+
+def _failure(error: Exception, where: str) -> str:
+    """The error's first line for the JSON; its traceback goes to the log.
+
+    A device run is rare, and its failures are fixed afterwards on a machine
+    without one, so the log keeps the whole traceback's end.
+    """
+    print(f"{where}:", file=sys.stderr)
+    print("".join(traceback.format_exc().splitlines(keepends=True)[-40:]), file=sys.stderr, flush=True)
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
 
 
 def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
@@ -430,10 +439,7 @@ def main(argv=None) -> int:
             try:
                 run_case(case, dtype, rates, 3 if args.quick else args.repeats, row)
             except Exception as error:  # noqa: BLE001 - one failing kernel must not hide the others
-                row["error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
-                # The whole traceback goes to the log: a device run is rare, and
-                # its failures are fixed afterwards on a machine without one.
-                print("".join(traceback.format_exc().splitlines(keepends=True)[-60:]), file=sys.stderr, flush=True)
+                row["error"] = _failure(error, f"{case.op} {row['dtype']}")
             print(json.dumps(row), flush=True)
             write()
     write()
