@@ -10,6 +10,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
+from seqjax.kernels.partitioning import batch_partitioned
+
 # The kernel semantics a test may ask for on CPU (interpret mode).
 SEMANTICS = ("gpu", "tpu")
 
@@ -39,7 +41,8 @@ def interpret_as(kind: str) -> Iterator[None]:
         _forced = before
 
 
-def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | None = None):
+def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | None = None,
+                batched: Sequence[bool] | None = None):
     """Runs the kernel that ``build`` makes for the platform the call is lowered for.
 
     ``build(kind, interpret)`` returns a function of ``*args``; ``kind`` is
@@ -51,6 +54,10 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
     CPU machine can lower it for the accelerators
     (``jax.jit(f).trace(...).lower(lowering_platforms=("cuda",))``).
 
+    Under a ``jit`` that shards the batch over several devices, each device
+    launches the kernel on its own rows (:mod:`seqjax.kernels.partitioning`);
+    without this XLA would gather the whole batch onto every device.
+
     Args:
       build: ``(kind, interpret) -> fn``.
       *args: the arrays passed to ``fn``.
@@ -58,6 +65,8 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
         interpreted, unless inside :func:`interpret_as`); ``"gpu"`` or
         ``"tpu"`` forces that kernel in interpret mode on any platform (the
         tests' way to check TPU semantics on CPU).
+      batched: one flag per argument, True where its leading axis is the
+        batch (default: all); ``fn``'s results all lead with the batch.
 
     Returns:
       What ``fn(*args)`` returns.
@@ -67,13 +76,20 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
     if interpret is not None:
         if interpret not in SEMANTICS:
             raise ValueError(f"interpret={interpret!r} is not one of {SEMANTICS} or None")
-        return build(interpret, True if interpret == "gpu" else pltpu.InterpretParams())(*args)
-    return lax.platform_dependent(
-        *args,
-        cpu=build("gpu", True),
-        cuda=build("gpu", False),
-        tpu=build("tpu", False),
-    )
+        if interpret == "tpu":
+            # The TPU interpreter's callbacks carry ordered effects, which
+            # custom_partitioning cannot lower; this path only runs in tests.
+            return build("tpu", pltpu.InterpretParams())(*args)
+        launch = build("gpu", True)
+    else:
+        def launch(*xs):
+            return lax.platform_dependent(
+                *xs,
+                cpu=build("gpu", True),
+                cuda=build("gpu", False),
+                tpu=build("tpu", False),
+            )
+    return batch_partitioned(launch, args, batched)
 
 
 def round_up(size: int, multiple: int) -> int:

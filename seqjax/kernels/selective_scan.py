@@ -253,6 +253,9 @@ def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
 
 # --- custom_vjp on the kernel layout --------------------------------------------
 
+# Which kernel arguments lead with the batch: all but A (``at``), shared by the rows.
+_BATCHED = (True, True, False, True, True, True)
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _core(u, dt, at, bt, ct, keep, static, interpret):
@@ -261,7 +264,7 @@ def _core(u, dt, at, bt, ct, keep, static, interpret):
     def build(kind, interp):
         return functools.partial(_forward_call, kind, interp, n, chunk, per_group, False)
 
-    return on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret)
+    return on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret, batched=_BATCHED)
 
 
 def _core_fwd(u, dt, at, bt, ct, keep, static, interpret):
@@ -270,7 +273,7 @@ def _core_fwd(u, dt, at, bt, ct, keep, static, interpret):
     def build(kind, interp):
         return functools.partial(_forward_call, kind, interp, n, chunk, per_group, True)
 
-    y, last, starts = on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret)
+    y, last, starts = on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret, batched=_BATCHED)
     return (y, last), (u, dt, at, bt, ct, keep, starts)
 
 
@@ -282,7 +285,8 @@ def _core_bwd(static, interpret, res, cts):
     def build(kind, interp):
         return functools.partial(_backward_call, kind, interp, n, chunk, per_group)
 
-    du, ddt, db, dc, da = on_platform(build, u, dt, at, bt, ct, keep, gy, starts, g_last, interpret=interpret)
+    du, ddt, db, dc, da = on_platform(build, u, dt, at, bt, ct, keep, gy, starts, g_last, interpret=interpret,
+                                      batched=_BATCHED + (True,) * 3)
     batch, tiles, length, _ = db.shape
     groups = bt.shape[1]
     # Per-tile partial sums of dB, dC -> per group; dA summed over the batch.
