@@ -264,7 +264,10 @@ def _core(u, dt, at, bt, ct, keep, static, interpret):
     def build(kind, interp):
         return functools.partial(_forward_call, kind, interp, n, chunk, per_group, False)
 
-    return on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret, batched=_BATCHED)
+    # A tuple, as _core_fwd's primal: a list here made custom_vjp reject the pair when a model
+    # was differentiated through it (structure mismatch, seen training a Mamba model).
+    y, last = on_platform(build, u, dt, at, bt, ct, keep, interpret=interpret, batched=_BATCHED)
+    return y, last
 
 
 def _core_fwd(u, dt, at, bt, ct, keep, static, interpret):

@@ -152,3 +152,18 @@ def test_default_blocks_several_tiles_and_chunks(rng, kind):
     # 2 groups of 130 channels (2 tiles each, the second padded), 37 positions
     # (3 chunks, the last padded), every option.
     _check(rng, kind, jnp.float32, RTOL_SCAN, RTOL_GRAD, length=37, d=260, n=16, groups=2, optional=ARG_NAMES)
+
+
+
+def test_gradient_through_an_inner_jit(rng):
+    """Differentiating a jitted call (as a model's train step does: the mixers run inside ``jit``) linearizes
+    the inner jaxpr, which checks that the kernel's fwd rule returns the primal's structure (it returned a
+    tuple against the primal's list: a TypeError); the gradient matches the XLA path's."""
+    args, _ = _inputs(rng, 13, 8, 4, 0, ())
+    x = {k: jnp.asarray(v, jnp.float32) for k, v in args.items()}
+    grads = {}
+    for impl in ("pallas", "sequential"):
+        inner = jax.jit(lambda u, impl=impl: jnp.sum(
+            selective_scan(u, x["delta"], x["A"], x["B"], x["C"], delta_softplus=True, impl=impl) * x["delta"]))
+        grads[impl] = jax.grad(inner)(x["u"])
+    assert_rel_close(grads["pallas"], grads["sequential"], RTOL_GRAD)
