@@ -5,9 +5,13 @@ Usage: ``--config=configs/icll/regbench.py:model=mamba,train_dfas=1000,scale=cpu
   * ``model``: a preset (``seqjax.config.PRESETS``) or any registry mixer name,
     optionally with ``+ngram`` (one layer of n-gram heads first).
   * ``train_dfas``: number of training languages (the paper sweeps 625 …
-    40,000; default 5,000 at paper scale, 1,000 at CPU scale).
+    40,000; default 5,000 at paper scale, 40,000 at CPU scale).
   * ``scale=cpu``: short prompts (5–10 strings of 1–12 letters, ≤ 160
-    tokens), a 2-layer width-64 model, 2,000 steps of batch 32.
+    tokens), a 2-layer width-64 model, 4,000 steps of batch 32 (128k prompts:
+    each of the 40,000 training languages is seen ~3 times, so a model
+    cannot fit them one by one; with the earlier 1,000 DFAs and 2,000 steps
+    every model memorised them and none learned in context,
+    ``docs/regbench.md``); 7–20 minutes per model on 2 cores (measured 2026-12-04).
   * ``scale=paper``: the paper's prompts (10–19 strings of 1–49 letters, up
     to 4,096 characters), 200 epochs of batch 32, AdamW 5e-4, weight decay
     0.1, cosine schedule. Depth and width are not in REFERENCES.md: 4 layers
@@ -32,7 +36,7 @@ def get_config(arg: str | None = None):
     paper = args["scale"] == "paper"
     config = base_config()
     try:
-        num_train = int(args["train_dfas"]) if args["train_dfas"] else (5000 if paper else 1000)
+        num_train = int(args["train_dfas"]) if args["train_dfas"] else (5000 if paper else 40000)
     except ValueError:
         raise ConfigError(f"config argument train_dfas={args['train_dfas']!r} must be an int > 0") from None
 
@@ -64,10 +68,10 @@ def get_config(arg: str | None = None):
 
     tr = config.train
     tr.batch_size = 32
-    tr.steps = (200 * num_train) // 32 if paper else 2000
+    tr.steps = (200 * num_train) // 32 if paper else 4000
     tr.log_every = 100
     tr.eval_every = 0
-    tr.checkpoint_every = 2000 if paper else 500
+    tr.checkpoint_every = 2000 if paper else 1000
     config.seed = 0
     config.name = f"icll-{args['model']}-{num_train}-{args['scale']}"
     return config

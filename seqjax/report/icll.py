@@ -2,12 +2,17 @@
 
 Reads the ``metrics`` that ``seqjax.tasks.icll.ICLLTask.evaluate`` wrote into
 ``results.json`` (``accuracy``, ``tvd``, and ``ngram`` baselines when present:
-``{"1": {"accuracy", "tvd"}, ...}``).
+``{"1": {"accuracy", "tvd"}, ...}``), and each cell's budget (steps, batch,
+how many prompts per training language, last training loss, seconds) and
+training-loss curve (``metrics.jsonl``): a model that fits its training
+languages one by one reaches a low training loss at many prompts per language
+without learning in context, so the report shows both.
 """
 
+import json
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged
+from seqjax.report.io import DIVERGED, diverged, save_png
 from seqjax.report.tables import markdown_table
 
 
@@ -65,9 +70,69 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     elif done:
         written.append(_bars(plotted, sizes[0], done, ngram, base / "icll-accuracy.png"))
         parts += ["![accuracy](icll-accuracy.png)", ""]
+    parts += ["## Cells", "", "Prompts per DFA: training prompts seen (steps × batch) per training language "
+              "(each language has one stored prompt).", "",
+              markdown_table(["model", "DFAs", "steps × batch", "prompts per DFA", "last train loss", "seconds"],
+                             cell_rows(results)), ""]
+    curves = {(_model(r), r["config"]["task"]["num_train_dfas"]): _loss_curve(r.get("workdir")) for r in results}
+    curves = {key: pts for key, pts in curves.items() if pts}
+    if curves:
+        written.append(save_png(lambda: loss_figure(curves), base / "icll-train-loss.png"))
+        parts += ["![training loss](icll-train-loss.png)", ""]
     md = base / "report.md"
     md.write_text("\n".join(parts))
     return [md] + written
+
+
+def cell_rows(results: list[dict]) -> list[list]:
+    """One row per cell: model, training DFAs, steps × batch, prompts per DFA, last training loss, seconds.
+
+    Args:
+      results: the cells' ``results.json`` dicts (missing fields read "–").
+
+    Returns:
+      Rows for :func:`markdown_table`, sorted by DFAs then model.
+    """
+    rows = []
+    for r in sorted(results, key=lambda r: (r["config"]["task"]["num_train_dfas"], _model(r))):
+        dfas = r["config"]["task"]["num_train_dfas"]
+        steps, batch = r.get("train", {}).get("steps"), r["config"].get("train", {}).get("batch_size")
+        loss, seconds = r.get("train", {}).get("loss"), r.get("wall_time_s")
+        rows.append([_model(r), dfas, f"{steps} × {batch}" if steps and batch else None,
+                     f"{steps * batch / dfas:.1f}" if steps and batch else None,
+                     None if loss is None else f"{loss:.3f}", None if seconds is None else f"{seconds:.0f}"])
+    return rows
+
+
+def _loss_curve(workdir: str | None) -> list[tuple[int, float]]:
+    path = pathlib.Path(workdir) / "metrics.jsonl" if workdir else None
+    if path is None or not path.exists():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines())
+    return [(rec["step"], rec["loss"]) for rec in records if rec.get("split") == "train" and "loss" in rec]
+
+
+def loss_figure(curves: dict):
+    """Training loss against step, one panel per number of training DFAs, one line per model.
+
+    Args:
+      curves: ``(model, DFAs)`` → ``[(step, loss)]``.
+
+    Returns:
+      The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({n for _, n in curves})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for (model, n), pts in sorted(curves.items()):
+            if n == size:
+                ax.plot(*zip(*pts), label=model)
+        ax.set(title=f"{size} training DFAs", xlabel="step", ylabel="train loss (next-letter CE)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _plot(models, sizes, cell, path):

@@ -82,6 +82,25 @@ def test_build_icll_report(tmp_path):
     assert "| mha | 0.900 / 0.100 |" in md and "| lstm | 0.500 / 0.500 |" in md
     assert "baseline: in-context 2-gram | 0.700 / 0.400" in md and "ordering" in md
     assert "accuracy 0.9000" in icll.run_summary(r | {"metrics": {"accuracy": 0.9, "tvd": 0.1}})
+    assert "| lstm | 100 | – | – | – | – |" in md  # a cell without its budget still gets a row
+
+
+def test_icll_report_cells_table_and_loss_curves(tmp_path):
+    for model, loss in [("mha", 1.9), ("mamba", 1.6)]:
+        d = tmp_path / model
+        d.mkdir()
+        r = {"finished": True, "wall_time_s": 612.4, "train": {"steps": 400, "loss": loss},
+             "config": {"name": f"icll-{model}-800-cpu", "task": {"name": "icll", "num_train_dfas": 800},
+                        "train": {"batch_size": 32}},
+             "metrics": {"accuracy": 0.6, "tvd": 0.5}}
+        (d / "results.json").write_text(json.dumps(r))
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "split": "train", "loss": loss + 1 / s})
+                                                   for s in (100, 200, 300, 400)))
+    paths = build_report({"kind": "icll", "title": "T", "cells": [], "paper": None}, tmp_path)
+    md = paths[0].read_text()
+    # 400 steps of 32 over 800 languages: 16 prompts per language.
+    assert "| mamba | 800 | 400 × 32 | 16.0 | 1.600 | 612 |" in md and "| mha | 800 | 400 × 32 | 16.0 | 1.900 | 612 |" in md
+    assert (tmp_path / "icll-train-loss.png").stat().st_size > 0 and "icll-train-loss.png" in md
 
 
 def test_icll_report_shows_a_diverged_cell(tmp_path):
