@@ -221,7 +221,7 @@ def test_reproduce_finds_its_tables_from_another_directory(tmp_path):
     """``python -m experiments.reproduce`` from elsewhere; the config files never import ``configs``."""
     cell = tmp_path / "runs" / "icl-cpu" / "linear-transformer"  # the README run's results as a finished cell
     cell.mkdir(parents=True)
-    shutil.copy(ROOT / "docs/results/icl-linear-transformer-cpu/results.json", cell)
+    shutil.copy(ROOT / "docs/results/icl-cpu/linear-transformer/results.json", cell)
     r = _cli("-m", "experiments.reproduce", "--table=icl", "--report_only", f"--root={tmp_path / 'runs'}",
              cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

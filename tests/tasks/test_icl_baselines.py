@@ -157,7 +157,7 @@ def test_gd_is_stable_on_every_prompt(rng, scale):
     # Prompts like the ICL task's (dim 5, lr = 1/dim, 10 steps), plus x's with
     # one large-norm row (scale 30): a fixed lr above 2/lambda_max(G) made the
     # iterates grow like |1 - lr lambda|^steps (~2e6 error at n = 2 in
-    # docs/results/icl-linear-transformer-cpu).
+    # docs/results/icl-cpu/linear-transformer).
     b, n, d, steps, lr = 64, 8, 5, 10, 0.2
     xs, ys = _data(rng, b=b, n=n, d=d, noise=0.1)
     xs[:, rng.integers(n)] *= scale
