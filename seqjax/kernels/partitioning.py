@@ -14,13 +14,14 @@ kernel here treats batch rows independently and returns per-row results
 (sums over the batch, such as a parameter's gradient, are taken by the
 caller after the launch).
 
-The launch is called directly (no ``custom_partitioning``) when the mesh in
-context has one device or only manual axes (inside ``shard_map``, where the
+The launch is called directly (no ``custom_partitioning``) when the process
+sees one device, or the mesh in context has one device or only manual axes (inside ``shard_map``, where the
 sequence-parallel ops call the kernels on their local shards); and
 ``custom_partitioning`` itself lowers straight to the kernel on one device.
 So single-device programs and the lowering tests see the kernel itself.
 """
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 def _rule(args: Sequence[jax.ShapeDtypeStruct], batched: Sequence[bool], results) -> str:
     """The Shardy rule: ``b`` for every batch axis, a factor of its own for every other axis."""
-    count = iter(range(10**6))
+    count = itertools.count()
 
     def factors(ndim, batch):
         names = [f"x{next(count)}" for _ in range(ndim - (1 if batch else 0))]
@@ -73,9 +74,11 @@ def batch_partitioned(launch: Callable, args: Sequence[jax.Array], batched: Sequ
     if len(batched) != len(args):
         raise ValueError(f"batch_partitioned: {len(batched)} batched flags for {len(args)} arguments")
     context = jax.sharding.get_abstract_mesh()
-    if not any(batched) or (not context.empty and (context.size == 1 or context.are_all_axes_manual)):
-        # Nothing to split: a one-device mesh, or local shards inside shard_map. (JAX 0.11 also refuses
-        # custom_partitioning when lowering under an abstract mesh, as the CPU lowering tests do.)
+    if (jax.device_count() == 1 or not any(batched)
+            or (not context.empty and (context.size == 1 or context.are_all_axes_manual))):
+        # Nothing to split: one device, a one-device mesh, or local shards inside shard_map (and JAX 0.11
+        # refuses custom_partitioning when lowering under an abstract mesh, as the CPU lowering tests do).
+        # Skipping the wrapper there also spares the extra traces below.
         return launch(*args)
     results = jax.eval_shape(launch, *args)
     single = not isinstance(results, (list, tuple))

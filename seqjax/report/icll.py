@@ -9,10 +9,9 @@ languages one by one reaches a low training loss at many prompts per language
 without learning in context, so the report shows both.
 """
 
-import json
 import pathlib
 
-from seqjax.report.io import DIVERGED, diverged, save_png
+from seqjax.report.io import DIVERGED, diverged, save_png, train_curve
 from seqjax.report.tables import markdown_table
 
 
@@ -74,7 +73,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
               "(each language has one stored prompt).", "",
               markdown_table(["model", "DFAs", "steps × batch", "prompts per DFA", "last train loss", "seconds"],
                              cell_rows(results)), ""]
-    curves = {(_model(r), r["config"]["task"]["num_train_dfas"]): _loss_curve(r.get("workdir")) for r in results}
+    curves = {(_model(r), r["config"]["task"]["num_train_dfas"]): train_curve(r.get("workdir"), "loss") for r in results}
     curves = {key: pts for key, pts in curves.items() if pts}
     if curves:
         written.append(save_png(lambda: loss_figure(curves), base / "icll-train-loss.png"))
@@ -102,14 +101,6 @@ def cell_rows(results: list[dict]) -> list[list]:
                      f"{steps * batch / dfas:.1f}" if steps and batch else None,
                      None if loss is None else f"{loss:.3f}", None if seconds is None else f"{seconds:.0f}"])
     return rows
-
-
-def _loss_curve(workdir: str | None) -> list[tuple[int, float]]:
-    path = pathlib.Path(workdir) / "metrics.jsonl" if workdir else None
-    if path is None or not path.exists():
-        return []
-    records = (json.loads(line) for line in path.read_text().splitlines())
-    return [(rec["step"], rec["loss"]) for rec in records if rec.get("split") == "train" and "loss" in rec]
 
 
 def loss_figure(curves: dict):

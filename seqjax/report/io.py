@@ -76,3 +76,20 @@ def load_results(root, *, finished_only: bool = True, with_diverged: bool = Fals
         result["workdir"] = str(path.parent)
         out.append(result)
     return out
+
+
+def train_curve(workdir: str | None, key: str) -> list[tuple[int, float]]:
+    """``[(step, value)]`` of ``key`` in the training records of ``workdir/metrics.jsonl`` ([] if absent).
+
+    Args:
+      workdir: a run folder, or None.
+      key: a training metric (``"loss"``, ``"acc"``).
+
+    Returns:
+      The points in file order.
+    """
+    path = pathlib.Path(workdir) / "metrics.jsonl" if workdir else None
+    if path is None or not path.exists():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines())
+    return [(rec["step"], rec[key]) for rec in records if rec.get("split") == "train" and key in rec]

@@ -11,10 +11,10 @@ same total steps as from scratch); every cell of the table has an entry, a
 cell without results reads "missing".
 """
 
-import json
 import pathlib
 
 from seqjax.report.cells import FINISHED, MISSING, Figure, match_cells, seconds, write_report
+from seqjax.report.io import train_curve
 from seqjax.report.tables import markdown_table
 
 SUFFIXES = {"+pretrain": "pretrain", "+spt": "spt"}
@@ -52,18 +52,6 @@ def run_summary(results: dict) -> str:
             lines.append(f"{split:>10}: token accuracy {s['acc']:.4f}   cross-entropy {s['ce']:.4f}   "
                          f"({s['num_tokens']} scored tokens of {s['num_examples']} examples)")
     return "\n".join(lines)
-
-
-def _curve(workdir: str) -> list[tuple[int, float]]:
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("split") == "train" and "acc" in rec:
-            out.append((rec["step"], rec["acc"]))
-    return out
 
 
 def _pct(v) -> str | None:
@@ -187,7 +175,7 @@ def _cells_section(matched: list) -> list[str]:
 
 def train_curves(matched: list) -> dict:
     """``(task, model, stage)`` → ``[(step, train accuracy)]`` of each finished classifier cell."""
-    return {(e["task"], e["model"], e["stage"]): _curve(r["workdir"]) for e, r, status in matched
+    return {(e["task"], e["model"], e["stage"]): train_curve(r["workdir"], "acc") for e, r, status in matched
             if status == FINISHED and e["stage"] != "pretrain" and r.get("workdir")}
 
 
