@@ -11,6 +11,7 @@ without learning in context, so the report shows both.
 
 import pathlib
 
+from seqjax.report.cells import seconds
 from seqjax.report.io import DIVERGED, diverged, save_png, train_curve
 from seqjax.report.tables import markdown_table
 
@@ -96,10 +97,10 @@ def cell_rows(results: list[dict]) -> list[list]:
     for r in sorted(results, key=lambda r: (r["config"]["task"]["num_train_dfas"], _model(r))):
         dfas = r["config"]["task"]["num_train_dfas"]
         steps, batch = r.get("train", {}).get("steps"), r["config"].get("train", {}).get("batch_size")
-        loss, seconds = r.get("train", {}).get("loss"), r.get("wall_time_s")
+        loss, wall = r.get("train", {}).get("loss"), r.get("wall_time_s")
         rows.append([_model(r), dfas, f"{steps} × {batch}" if steps and batch else None,
                      f"{steps * batch / dfas:.1f}" if steps and batch else None,
-                     None if loss is None else f"{loss:.3f}", None if seconds is None else f"{seconds:.0f}"])
+                     None if loss is None else f"{loss:.3f}", seconds(wall)])
     return rows
 
 
