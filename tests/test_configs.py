@@ -21,7 +21,7 @@ def test_parse_arg():
         assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("table, scale", [(t, s) for t in ("icl", "icll", "lra") for s in ("cpu", "paper")]
+@pytest.mark.parametrize("table, scale", [(t, s) for t in ("icl", "icll", "lra", "lra_zoo") for s in ("cpu", "paper")]
                          + [("mqar", "cpu"), pytest.param("mqar", "paper", marks=pytest.mark.slow)]  # 576 cells
                          + [("video", "cpu"), ("csp", "cpu")]  # video, csp paper: need data in task.manual_dir
                          + [("forecast", "cpu")]  # forecast paper: needs ETTh1.csv in task.manual_dir

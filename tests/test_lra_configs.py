@@ -49,6 +49,23 @@ def test_bad_arguments():
         load_config("configs/lra/listops.py", "model=mambo")
     with pytest.raises(ConfigError, match="scale"):
         load_config("configs/lra/listops.py", "scale=tpu")
+    for bad in ("0", "-3", "5k"):
+        with pytest.raises(ConfigError, match=rf"^config argument steps='{bad}' must be an int > 0"):
+            load_config("configs/lra/listops.py", f"steps={bad}")
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_steps_replaces_the_budget(scale):
+    """steps=N: N training steps, warm-up a tenth (at most the scale's), the rest of the config unchanged."""
+    full = load_config("configs/lra/pathfinder.py", f"model=s4d,scale={scale}")
+    short = load_config("configs/lra/pathfinder.py", f"model=s4d,scale={scale},steps=500")
+    prepare(short, num_devices=1)
+    assert (short.train.steps, short.optim.warmup_steps) == (500, min(50, full.optim.warmup_steps))
+    assert short.train.checkpoint_every <= 500 and short.name == f"lra-pathfinder-s4d-{scale}-500steps"
+    assert short.model.to_dict() == full.model.to_dict() and short.task.to_dict() == full.task.to_dict()
+    assert short.optim.learning_rate == full.optim.learning_rate
+    pre = load_config("configs/lra/pathfinder.py", f"model=s4d,scale={scale},steps=500,stage=pretrain")
+    assert pre.train.steps == 250  # self-pretraining splits the given budget in two, as the scale's own
 
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t != "retrieval"])

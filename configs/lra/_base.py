@@ -1,7 +1,9 @@
 """Shared Long Range Arena config logic: one table of per-task facts and settings.
 
 Every ``configs/lra/<task>.py`` is ``get_config(arg) = make("<task>", arg)``
-with ``arg`` = ``model=<name>,scale=cpu|paper``; it loads this file by path
+with ``arg`` = ``model=<name>,scale=cpu|paper[,stage=scratch|pretrain|finetune][,steps=N]``
+(``steps`` replaces the scale's training steps, warm-up a tenth of them; the
+run's name gets ``-<N>steps``); it loads this file by path
 (``seqjax.config.load_module``), so no ``configs`` package needs to be importable.
 
 Paper settings (``scale=paper``), from the papers' public configs:
@@ -119,7 +121,7 @@ CPU_MODEL = dict(layers=2, width=64, heads=4, batch=32, steps=3000, lr=2e-3, ssm
 # × 32: transformer 361 ms, mamba 446 ms, s4d 146 ms; Pathfinder-32 1,024 tokens × 16: transformer
 # 869 ms, mamba 742 ms, s4d 247 ms). Pathfinder's 1,000 × 16 is one epoch of its 16k training images.
 CPU_STEPS = {"listops": dict(batch=32, steps=2000), "pathfinder": dict(batch=16, steps=1000)}
-DEFAULTS = {"model": "s4d", "scale": "cpu", "stage": "scratch"}
+DEFAULTS = {"model": "s4d", "scale": "cpu", "stage": "scratch", "steps": ""}
 
 # Self-pretraining (Amos et al. 2023, "Never Train from Scratch"): ``stage=pretrain`` trains the
 # backbone with a denoising objective on the task's own inputs (masked_lm: the LRA models are
@@ -149,7 +151,8 @@ def make(task: str, arg: str | None) -> ConfigDict:
     Returns:
       The full config (task, model, optim, train, mesh, seed, name).
     """
-    args = parse_arg(arg, {"model": None, "scale": ["cpu", "paper"], "stage": STAGES}, DEFAULTS)
+    args = parse_arg(arg, {"model": None, "scale": ["cpu", "paper"], "stage": STAGES, "steps": None}, DEFAULTS)
+    steps = _steps(args["steps"])
     if task == "retrieval" and args["stage"] != "scratch":
         raise ConfigError(f"config argument stage={args['stage']!r} with retrieval: its examples are document "
                           "pairs and the pretraining objectives take one sequence; allowed: scratch")
@@ -221,13 +224,34 @@ def make(task: str, arg: str | None) -> ConfigDict:
         tr.batch_size, tr.steps = c["batch"], steps_per_epoch * c["epochs"]
         o.warmup_steps = steps_per_epoch  # one epoch, as the S4/S5 configs
         tr.checkpoint_every = 5000
+    if steps:
+        # A shorter (or longer) budget at the same settings: warm-up keeps its
+        # tenth of the run (the CPU runs' 200 of 2,000), capped at the scale's own.
+        tr.steps = steps
+        o.warmup_steps = max(1, min(o.warmup_steps, steps // 10))
+        tr.checkpoint_every = min(tr.checkpoint_every, steps)
     config.seed = 0
     stage = args["stage"]
     if stage != "scratch":
         _self_pretraining(config, stage)
     suffix = {"scratch": "", "pretrain": "+pretrain", "finetune": "+spt"}[stage]
-    config.name = f"lra-{task}-{args['model']}{suffix}-{args['scale']}"
+    budget = f"-{steps}steps" if steps else ""
+    config.name = f"lra-{task}-{args['model']}{suffix}-{args['scale']}{budget}"
     return config
+
+
+def _steps(value: str) -> int | None:
+    """The ``steps=`` argument: None when absent, else an int > 0 (a ConfigError otherwise)."""
+    if not value:
+        return None
+    try:
+        steps = int(value)
+    except ValueError:
+        steps = 0
+    if steps <= 0:
+        raise ConfigError(f"config argument steps={value!r} must be an int > 0 (training steps; "
+                          "default: the scale's own)")
+    return steps
 
 
 def _self_pretraining(config: ConfigDict, stage: str) -> None:
