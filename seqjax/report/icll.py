@@ -65,10 +65,10 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     done = {key: m for key, m in cell.items() if m != DIVERGED}  # the plots show trained cells only
     plotted = sorted({model for model, _ in done})
     if done and len(sizes) > 1:
-        written.append(_plot(plotted, sizes, done, base / "icll-accuracy.png"))
+        written.append(save_png(lambda: _plot(plotted, sizes, done), base / "icll-accuracy.png"))
         parts += ["![accuracy](icll-accuracy.png)", ""]
     elif done:
-        written.append(_bars(plotted, sizes[0], done, ngram, base / "icll-accuracy.png"))
+        written.append(save_png(lambda: _bars(plotted, sizes[0], done, ngram), base / "icll-accuracy.png"))
         parts += ["![accuracy](icll-accuracy.png)", ""]
     parts += ["## Cells", "", "Prompts per DFA: training prompts seen (steps × batch) per training language "
               "(each language has one stored prompt).", "",
@@ -127,10 +127,8 @@ def loss_figure(curves: dict):
     return fig
 
 
-def _plot(models, sizes, cell, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _plot(models, sizes, cell):
+    """Accuracy against the number of training DFAs, one line per model (a figure for ``save_png``)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -140,15 +138,11 @@ def _plot(models, sizes, cell, path):
     ax.set(xscale="log", xlabel="training DFAs", ylabel="DFA accuracy", ylim=(0, 1))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return fig
 
 
-def _bars(models, size, cell, ngram, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _bars(models, size, cell, ngram):
+    """Accuracy and TVD per model and n-gram baseline at one DFA count (a figure for ``save_png``)."""
     import matplotlib.pyplot as plt
 
     names = [m for m in models if (m, size) in cell] + [f"{n}-gram" for n in sorted(ngram)]
@@ -160,6 +154,4 @@ def _bars(models, size, cell, ngram, path):
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set(ylabel=label, ylim=(0, 1), title=f"{size} training DFAs")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return fig

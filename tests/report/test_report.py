@@ -83,6 +83,20 @@ def test_build_icll_report(tmp_path):
     assert "baseline: in-context 2-gram | 0.700 / 0.400" in md and "ordering" in md
     assert "accuracy 0.9000" in icll.run_summary(r | {"metrics": {"accuracy": 0.9, "tvd": 0.1}})
     assert "| lstm | 100 | – | – | – | – |" in md  # a cell without its budget still gets a row
+    assert (tmp_path / "icll-accuracy.png").stat().st_size > 0  # one DFA count: bars
+
+
+def test_icll_report_plots_accuracy_against_dfas(tmp_path):
+    for model, dfas in [("mha", 100), ("mha", 800), ("lstm", 100), ("lstm", 800)]:
+        d = tmp_path / f"{model}-{dfas}"
+        d.mkdir()
+        r = {"finished": True, "config": {"name": f"icll-{model}-{dfas}-cpu",
+                                          "task": {"name": "icll", "num_train_dfas": dfas}, "model": {"mixers": model}},
+             "metrics": {"accuracy": dfas / 1000, "tvd": 0.5, "num_examples": 10}}
+        (d / "results.json").write_text(json.dumps(r))
+    paths = build_report({"kind": "icll", "title": "T", "cells": [], "paper": None}, tmp_path)
+    assert tmp_path / "icll-accuracy.png" in paths and (tmp_path / "icll-accuracy.png").stat().st_size > 0
+    assert "![accuracy](icll-accuracy.png)" in paths[0].read_text()
 
 
 def test_icll_report_cells_table_and_loss_curves(tmp_path):
