@@ -29,10 +29,12 @@ Fast paths: Toeplitz by FFT convolution (:func:`seqjax.ops.fft_conv`,
 O(L log L)); low-rank as ``Q (Kᵀ V)`` (:func:`seqjax.ops.linear_attention`,
 non-causal, O(L)). The paper quotes near-linear superfast algorithms for
 Vandermonde and Cauchy products (O(L log² L) multipoint evaluation); they are
-numerically unstable and not implemented here: both compute the dense product
-one state index ``n`` at a time, O(L² n) time and O(L²) memory.
+numerically unstable and not implemented here: both sum the dense matrix
+one state index ``n`` at a time and apply it once, O(L² (n + p)) time per head
+and O(L²) memory.
 """
 
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -148,23 +150,50 @@ class MatrixMixerBlock(Mixer):
         return p["out_proj"](y.astype(self.dtype)).astype(self.dtype)
 
 
-def _dense_sum(v, q, k, entry, mask):
-    """``y = Σ_n C_n v`` with ``C_n[b, t, s, h] = entry(q[..., n], k[..., n])``, one ``n`` at a time.
+def _dense_sum(v, q, k, entry, aux, mask):
+    """``y = (Σ_n C_n) v`` with ``C_n[b, t, s, h] = entry(q[..., n], k[..., n], aux)``.
 
-    One ``(b, l, l, h)`` block lives at a time, and the checkpointed scan body
-    keeps only its inputs for the backward pass (it recomputes ``C_n``), so
-    the memory is O(L²), not O(L² n).
+    The matrix is summed over ``n`` first and applied to ``v`` once (one
+    ``L²·p`` product per head, not one per ``n``: the product costs more than
+    an entry). The sum runs one ``n`` at a time with a custom backward that
+    recomputes each ``C_n``'s VJP from the matrix's cotangent, so the memory
+    is O(L²), not O(L² n), in both passes.
     """
+    m = _matrix_sum(entry, q, k, aux)
+    if mask is not None:
+        m = jnp.where(mask[..., None], m, 0)
+    return jnp.einsum("btsh,bshp->bthp", m, v, precision=HIGHEST)
 
-    @jax.checkpoint
-    def body(y, qk):
-        c = entry(*qk)
-        if mask is not None:
-            c = jnp.where(mask[..., None], c, 0)
-        return y + jnp.einsum("btsh,bshp->bthp", c, v, precision=HIGHEST), None
 
-    y, _ = jax.lax.scan(body, jnp.zeros_like(v), (jnp.moveaxis(q, -1, 0), jnp.moveaxis(k, -1, 0)))
-    return y
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _matrix_sum(entry, q, k, aux):
+    """``Σ_n entry(q[..., n], k[..., n], aux)``: ``(b, l, h, n)`` twice → ``(b, l, l, h)``."""
+    first = jax.eval_shape(entry, q[..., 0], k[..., 0], aux)
+
+    def body(m, qk):
+        return m + entry(*qk, aux), None
+
+    m, _ = jax.lax.scan(body, jnp.zeros(first.shape, first.dtype), (jnp.moveaxis(q, -1, 0), jnp.moveaxis(k, -1, 0)))
+    return m
+
+
+def _matrix_sum_fwd(entry, q, k, aux):
+    return _matrix_sum(entry, q, k, aux), (q, k, aux)
+
+
+def _matrix_sum_bwd(entry, saved, dm):
+    q, k, aux = saved
+
+    def body(_, qk):
+        _, vjp = jax.vjp(lambda qn, kn: entry(qn, kn, aux), *qk)
+        return None, vjp(dm)
+
+    _, (dq, dk) = jax.lax.scan(body, None, (jnp.moveaxis(q, -1, 0), jnp.moveaxis(k, -1, 0)))
+    # aux holds positions (or nothing): constants of the entry, no gradient.
+    return jnp.moveaxis(dq, 0, -1), jnp.moveaxis(dk, 0, -1), jax.tree.map(jnp.zeros_like, aux)
+
+
+_matrix_sum.defvjp(_matrix_sum_fwd, _matrix_sum_bwd)
 
 
 @register("toeplitz")
@@ -258,7 +287,7 @@ class Vandermonde(MatrixMixerBlock):
     ``q, k`` are conv outputs without activation, ``ε = freq_scale``,
     ``σ = 1/sqrt(2·max_length·n)``. Positions ``t, s`` count from the start
     of their segment and ``M`` is zero across segments. Computed densely:
-    O(L²·n·p) time, O(L²) memory (see the module docstring).
+    O(L²·(n + p)) time, O(L²) memory (see the module docstring).
 
     Attributes:
       freq_scale: ``ε`` (1e-3, the public code's constant: the angles
@@ -284,13 +313,13 @@ class Vandermonde(MatrixMixerBlock):
         w = 2 * math.pi * self.freq_scale
         sigma = self.scale()
 
-        def entry(qn, kn):  # (b, l, h) each -> (b, t, s, h)
+        def entry(qn, kn, pos):  # (b, l, h) each -> (b, t, s, h)
             return sigma * (jnp.cos(w * qn[:, :, None, :] * pos[:, None, :, None])
                             - jnp.cos(w * kn[:, None, :, :] * pos[:, :, None, None]))
 
         mask = None if segment_ids is None else same_segment(segment_ids, b, length)
         vf = v.astype(acc)
-        return _dense_sum(vf, q.astype(acc), k.astype(acc), entry, mask) + vf
+        return _dense_sum(vf, q.astype(acc), k.astype(acc), entry, pos, mask) + vf
 
 
 @register("cauchy")
@@ -301,7 +330,7 @@ class Cauchy(MatrixMixerBlock):
     (``cauchy_bias``, init 0.5), ``q, k`` conv outputs without activation, so
     the denominator ``e^q + e^k + 2c`` (+1e-8) is positive while ``c > 0``;
     ``σ = 1/sqrt(max_length·n)``. Zero across segments. Computed densely:
-    O(L²·n·p) time, O(L²) memory (see the module docstring).
+    O(L²·(n + p)) time, O(L²) memory (see the module docstring).
 
     Attributes:
       (as :class:`MatrixMixerBlock`.)
@@ -322,12 +351,13 @@ class Cauchy(MatrixMixerBlock):
         kt = -(jnp.exp(k.astype(acc)) + c)
         sigma = self.scale()
 
-        def entry(qn, kn):
+        def entry(qn, kn, aux):
+            del aux
             return sigma / (qn[:, :, None, :] - kn[:, None, :, :] + CAUCHY_TOL)
 
         mask = None if segment_ids is None else same_segment(segment_ids, b, length)
         vf = v.astype(acc)
-        return _dense_sum(vf, qt, kt, entry, mask) + vf
+        return _dense_sum(vf, qt, kt, entry, (), mask) + vf
 
 
 __all__ = ["MatrixMixerBlock", "Toeplitz", "LowRank", "Vandermonde", "Cauchy"]
