@@ -97,3 +97,16 @@ def test_notebook_lists_every_cell_and_draws_the_curves(tmp_path):
     assert "| listops-transformer+spt | missing |" in outputs and "| listops | s4d | " in outputs
     s4d = json.loads((tmp_path / "listops-s4d" / "results.json").read_text())["metrics"]["test"]["accuracy"]
     assert f"| s4d | {100 * s4d:.2f} |" in outputs and images
+
+
+def test_notebook_shows_the_zoo_table(tmp_path):
+    """notebooks/lra.ipynb with SEQJAX_TABLE=lra_zoo: the zoo table's cells, a kept zoo run's accuracy."""
+    from configs.tables.lra_zoo import get_table as zoo_table
+    from tests.notebooks import execute_notebook
+
+    shutil.copytree(RESULTS / "lra_zoo-cpu" / "listops-combiner", tmp_path / "listops-combiner")
+    outputs, images = execute_notebook("lra", tmp_path, env={"SEQJAX_TABLE": "lra_zoo"})
+    assert f"1 finished of {len(zoo_table('cpu')['cells'])} LRA cells" in outputs
+    assert "| listops-vandermonde | missing |" in outputs and images
+    acc = json.loads((tmp_path / "listops-combiner" / "results.json").read_text())["metrics"]["test"]["accuracy"]
+    assert f"| combiner | {100 * acc:.2f} |" in outputs
