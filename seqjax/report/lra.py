@@ -105,9 +105,11 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
     if any(curves.values()):
         figures.append(Figure("lra-train-accuracy.png", lambda: figure(curves, majority), "training accuracy"))
     intro = ("Ours: test accuracy from the cells' results.json files (scale in the folder name); a cell without "
-             "results reads \"missing\". Paper rows are the papers' reported numbers (REFERENCES.md), not runs of "
-             "ours. At CPU scale the tasks are smaller variants and the models small (configs/lra/_base.py): not "
-             "comparable with the paper rows.")
+             "results reads \"missing\".")
+    if table.get("paper"):
+        intro += (" Paper rows are the papers' reported numbers (REFERENCES.md), not runs of ours. At CPU scale the "
+                  "tasks are smaller variants and the models small (configs/lra/_base.py): not comparable with the "
+                  "paper rows.")
     return write_report(base, table["title"], intro, body, table.get("paper_note"), figures)
 
 

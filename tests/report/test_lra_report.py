@@ -24,6 +24,7 @@ def test_report_from_kept_listops_runs(tmp_path):
     floor = next(line for line in md.splitlines() if line.startswith("| majority class"))
     assert f"{100 * s4d['test']['majority']:.2f}" in floor  # the test split's, not validation's
     assert "| S5 (S5 paper) | 62.15 |" in md and "fail" in md
+    assert "Paper rows are the papers' reported numbers" in md
     summary = run_summary(json.loads((tmp_path / "listops-s4d" / "results.json").read_text()))
     assert "majority class" in summary and "validation" in summary and "test" in summary
 
@@ -110,3 +111,14 @@ def test_notebook_shows_the_zoo_table(tmp_path):
     assert "| listops-vandermonde | missing |" in outputs and images
     acc = json.loads((tmp_path / "listops-combiner" / "results.json").read_text())["metrics"]["test"]["accuracy"]
     assert f"| combiner | {100 * acc:.2f} |" in outputs
+
+
+def test_report_of_a_table_without_paper_rows(tmp_path):
+    """The zoo table has no paper rows: its report does not speak of any."""
+    from configs.tables.lra_zoo import get_table as zoo_table
+
+    shutil.copytree(RESULTS / "lra_zoo-cpu" / "listops-combiner", tmp_path / "listops-combiner")
+    md = build_report(zoo_table("cpu"), tmp_path)[0].read_text()
+    acc = json.loads((tmp_path / "listops-combiner" / "results.json").read_text())["metrics"]["test"]["accuracy"]
+    assert f"| combiner (ours) | {100 * acc:.2f} |" in md and "| listops-fit@2000 | missing |" in md
+    assert "Paper rows" not in md and "majority class" in md
