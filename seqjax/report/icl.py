@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 
 from seqjax.report.cells import MISSING
-from seqjax.report.io import DIVERGED, diverged
+from seqjax.report.io import DIVERGED, diverged, save_png
 from seqjax.report.tables import markdown_table
 
 SUMMARY_BASELINES = ("least_squares", "knn3", "averaging")
@@ -79,39 +79,45 @@ def run_summary(results: dict) -> str:
 
 
 def plot_errors(runs: list[dict], path, title: str) -> pathlib.Path:
-    """Error/d vs examples: each run's model (solid) and the first run's baselines (dashed).
+    """Writes :func:`errors_figure` of ``runs`` as a PNG at ``path`` and returns ``path``."""
+    return save_png(lambda: errors_figure(runs, title), path)
+
+
+def errors_figure(runs: list[dict], title: str):
+    """Error/d vs examples: each run's model (solid), the first run's baselines (dashed; the class's own dotted).
 
     Args:
       runs: finished results of one function class (same d and points).
-      path: the PNG to write.
       title: the plot title.
 
     Returns:
-      ``path``.
+      The matplotlib figure (its y-range follows the models' errors).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    top = 1.0
     for r in runs:
         m = r["metrics"]
         # "icl-<fc>-<model>-<scale>[-labelnoise<p>]" -> "<model>[-labelnoise<p>]"
         parts = r["config"].get("name", "icl-fc-model").split("-")[2:] if r.get("config") else ["model"]
         label = "-".join(p for p in parts if p not in ("cpu", "paper")) or "model"
         ax.plot(examples_axis(m), m["error_per_n"]["model"], marker="o", ms=3, label=label)
+        top = max(top, *m["error_per_n"]["model"])
     m0 = runs[0]["metrics"]
     for b in SUMMARY_BASELINES:
         if b in m0["error_per_n"]:
             ax.plot(examples_axis(m0), m0["error_per_n"][b], ls="--", label=LABELS[b])
+    for b in CLASS_BASELINES:  # the class's own (Lasso, the 2-layer net, the tree, the Bayes predictors)
+        if b in m0["error_per_n"]:
+            ax.plot(examples_axis(m0), m0["error_per_n"][b], ls=":", label=LABELS[b])
     ax.axvline(m0["dim"], color="grey", lw=0.5)
-    ax.set(xlabel="in-context examples", ylabel="squared error / d", title=title, ylim=(0, 1.5))
+    # The y-range follows the models' errors (classes differ in scale: the Fourier series' error/d is ~10);
+    # baselines that blow up (least squares at n = d) run off the top instead of flattening the rest.
+    ax.set(xlabel="in-context examples", ylabel="squared error / d", title=title, ylim=(0, 1.5 * top))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return fig
 
 
 def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.Path]:

@@ -45,6 +45,27 @@ def test_icl_claims_measure_the_criteria(rng):
     assert icl.claims(short["metrics"])["error_at_2d"] is None
 
 
+def test_icl_plot_follows_the_class_scale():
+    """A Fourier run's error/d is ~10: the plot's y-range covers it (a fixed 0-1.5 left the panel empty)."""
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = pathlib.Path(__file__).resolve().parents[2] / "docs/results/icl-cpu/fourier-transformer/results.json"
+    r = json.loads(kept.read_text())
+    fig = icl.errors_figure([r], "fourier")
+    ax = fig.axes[0]
+    assert ax.get_ylim()[1] >= max(r["metrics"]["error_per_n"]["model"]) > 2
+    assert "Bayes (Fourier mixture)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    small = icl.errors_figure([_icl_result(np.random.default_rng(0), "icl-linear-transformer-cpu", 1.0)], "linear")
+    assert small.axes[0].get_ylim()[1] >= 1.5  # normalised classes keep at least the usual 0-1.5 view
+    plt.close(small)
+
+
 def test_icl_summary_table_rows_are_examples(rng):
     r = _icl_result(rng, "icl-linear-transformer-cpu", 1.0)
     text = icl.run_summary(r)
