@@ -39,5 +39,5 @@ def get_table(scale: str) -> dict:
     cells += [Cell(f"{task}-{mixer}@{steps}", f"configs/lra/{task}.py", f"model={mixer},scale={scale},steps={steps}")
               for task in TASKS[scale] for mixer in longer]
     return {"kind": "lra", "cells": cells, "paper": {}, "columns": TASKS[scale],
-            "title": f"Mixer zoo II on Long Range Arena: test accuracy (%) per task and mixer"
+            "title": "Mixer zoo II on Long Range Arena: test accuracy (%) per task and mixer"
                      + (f" ({STEPS[scale]} steps)" if STEPS[scale] else "")}
