@@ -171,6 +171,34 @@ def parse_arg(arg: str | None, allowed: Mapping[str, list[str] | None], defaults
     return out
 
 
+def positive_int_arg(args: Mapping[str, str], key: str, default: int | None = None, what: str = "") -> int | None:
+    """The config argument ``key`` of parsed ``args`` as an int > 0.
+
+    Args:
+      args: the dict from :func:`parse_arg`.
+      key: the argument's name.
+      default: returned when the argument is absent or empty.
+      what: what the number counts, for the error line (e.g. "training steps").
+
+    Returns:
+      The int, or ``default``.
+
+    Raises:
+      ConfigError: the value is not an int > 0 (one line naming the argument).
+    """
+    value = args.get(key)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        detail = f" ({what})" if what else ""
+        raise ConfigError(f"config argument {key}={value!r} must be an int > 0{detail}")
+    return number
+
+
 def merge(base: ConfigDict, updates: Mapping) -> ConfigDict:
     """Recursively sets ``updates`` (nested dicts) on a copy of ``base``.
 

@@ -43,6 +43,12 @@ def test_ngram_suffix_prepends_a_layer():
     assert layers[0] == "ngram" and layers[1:] == ["mamba"] * (len(layers) - 1)
 
 
+@pytest.mark.parametrize("bad", ["0", "-40", "4e4", "many"])
+def test_bad_train_dfas_is_one_config_error(bad):
+    with pytest.raises(ConfigError, match=rf"^config argument train_dfas='{bad}' must be an int > 0 \(training languages\)$"):
+        load_config("configs/icll/regbench.py", f"train_dfas={bad}")
+
+
 def test_unknown_model_lists_allowed():
     with pytest.raises(ConfigError, match=r"model='mambo'.*allowed: .*mamba"):
         load_config("configs/icl/regression.py", "model=mambo")

@@ -48,7 +48,7 @@ so each can be set on the command line, e.g. ``--config.task.pred_len=52``.
 import os
 
 from seqjax import mixers
-from seqjax.config import base_config, parse_arg
+from seqjax.config import base_config, parse_arg, positive_int_arg
 from seqjax.errors import ConfigError
 from seqjax.models.informer import default_config as informer_config
 from seqjax.tasks.forecast import default_config as forecast_task_config
@@ -87,15 +87,14 @@ def get_config(arg: str | None = None):
     features = args["features"] or ("M" if paper or dataset == "macrodata" else "S")
     if paper:
         grid = PAPER_GRID[features]
-        pred_len = int(args["pred_len"] or 24)
+        pred_len = positive_int_arg(args, "pred_len", 24, "forecast horizon")
         if pred_len not in grid:
             raise ConfigError(f"config argument pred_len={pred_len} is not allowed with scale=paper; allowed: "
                               f"{', '.join(map(str, grid))}")
         (seq_len, label_len) = grid[pred_len]
     else:
         seq_len, label_len, pred_len = CPU_WINDOWS[dataset]
-        if args["pred_len"]:
-            pred_len = int(args["pred_len"])
+        pred_len = positive_int_arg(args, "pred_len", pred_len, "forecast horizon")
     config = base_config()
 
     t = config.task = forecast_task_config()

@@ -23,8 +23,7 @@ The dataset is generated locally into ``$SEQJAX_DATA/regbench`` (default
 
 import os
 
-from seqjax.config import apply_model_preset, base_config, parse_arg
-from seqjax.errors import ConfigError
+from seqjax.config import apply_model_preset, base_config, parse_arg, positive_int_arg
 from seqjax.tasks.icll import default_config as icll_task_config
 
 DEFAULTS = {"model": "transformer", "train_dfas": "", "scale": "cpu"}
@@ -35,10 +34,7 @@ def get_config(arg: str | None = None):
     args = parse_arg(arg, {"model": None, "train_dfas": None, "scale": ["cpu", "paper"]}, DEFAULTS)
     paper = args["scale"] == "paper"
     config = base_config()
-    try:
-        num_train = int(args["train_dfas"]) if args["train_dfas"] else (5000 if paper else 40000)
-    except ValueError:
-        raise ConfigError(f"config argument train_dfas={args['train_dfas']!r} must be an int > 0") from None
+    num_train = positive_int_arg(args, "train_dfas", 5000 if paper else 40000, "training languages")
 
     t = config.task = icll_task_config()
     t.data_dir = os.path.join(os.path.expanduser(os.environ.get("SEQJAX_DATA", "~/seqjax_data")), "regbench")

@@ -43,7 +43,7 @@ import os
 
 from ml_collections import ConfigDict
 
-from seqjax.config import NGRAM_SUFFIX, apply_model_preset, base_config, parse_arg
+from seqjax.config import NGRAM_SUFFIX, apply_model_preset, base_config, parse_arg, positive_int_arg
 from seqjax.errors import ConfigError
 from seqjax.tasks.lra import default_config as lra_task_config
 
@@ -152,7 +152,7 @@ def make(task: str, arg: str | None) -> ConfigDict:
       The full config (task, model, optim, train, mesh, seed, name).
     """
     args = parse_arg(arg, {"model": None, "scale": ["cpu", "paper"], "stage": STAGES, "steps": None}, DEFAULTS)
-    steps = _steps(args["steps"])
+    steps = positive_int_arg(args, "steps", what="training steps; default: the scale's own")
     if task == "retrieval" and args["stage"] != "scratch":
         raise ConfigError(f"config argument stage={args['stage']!r} with retrieval: its examples are document "
                           "pairs and the pretraining objectives take one sequence; allowed: scratch")
@@ -238,20 +238,6 @@ def make(task: str, arg: str | None) -> ConfigDict:
     budget = f"-{steps}steps" if steps else ""
     config.name = f"lra-{task}-{args['model']}{suffix}-{args['scale']}{budget}"
     return config
-
-
-def _steps(value: str) -> int | None:
-    """The ``steps=`` argument: None when absent, else an int > 0 (a ConfigError otherwise)."""
-    if not value:
-        return None
-    try:
-        steps = int(value)
-    except ValueError:
-        steps = 0
-    if steps <= 0:
-        raise ConfigError(f"config argument steps={value!r} must be an int > 0 (training steps; "
-                          "default: the scale's own)")
-    return steps
 
 
 def _self_pretraining(config: ConfigDict, stage: str) -> None:

@@ -60,7 +60,9 @@ def test_paper_config_reads_the_manual_dir(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arg,match", [("dataset=ETTh1", "dataset='ETTh1' is not allowed with scale=cpu"),
                                        ("model=nope", "model='nope' is not allowed"),
                                        ("scale=paper,pred_len=100", "pred_len=100 is not allowed"),
-                                       ("decoder=maybe", "decoder='maybe' is not allowed")])
+                                       ("decoder=maybe", "decoder='maybe' is not allowed"),
+                                       ("pred_len=abc", r"^config argument pred_len='abc' must be an int > 0"),
+                                       ("scale=paper,pred_len=-24", "pred_len='-24' must be an int > 0")])
 def test_bad_arguments(arg, match):
     with pytest.raises(ConfigError, match=match):
         load_config(CONFIG, arg)
