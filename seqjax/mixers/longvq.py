@@ -25,10 +25,16 @@ time. Per position, with ``x_t ∈ R^d``::
 Linear time: a key ``j`` older than the window (``t − j ≥ w``) enters only
 through its code, ``k̂_j = C_{c_j}``, so those keys are summed per code into the
 structured memory ``(n_s, V_s) = (#{j: c_j = s}, Σ_{j: c_j = s} v_j)`` and
-``Σ_{far j} a_{t,j} v_j = Σ_s exp(q_t·C_s / √z) V_s``. The fast path runs
-``n_s``, ``V_s`` as a per-code cumulative sum (``linear_scan``, restarting at
-segment starts) read ``w`` positions back, and the window exactly with its
-bias: O(L·(w·z + S·(z + e))) time and O(L·(w·(z + e) + S·e)) memory; ``step``
+``Σ_{far j} a_{t,j} v_j = Σ_s exp(q_t·C_s / √z) V_s``. The fast path never
+writes the per-code sums ``V_s`` at every position: with the keys shifted
+``w`` places, ``Σ_s p_{t,s} V_s(t − w) = Σ_{j ≤ t−w} p_{t,c_j} v_j`` is a
+causal linear attention (``linear_attention``, chunked) whose queries are
+the codes' weights ``p_t ∈ R^S`` and whose keys are the one-hot codes; only
+the counts ``n_s`` run as a per-code cumulative sum (``linear_scan``,
+restarting at segment starts). The window is computed exactly with its
+bias, in blocks of ``w`` queries against the ``2w`` keys of their block and
+the one before: O(L·(w·(z + e) + S·(z + e))) time and
+O(L·(w + z + e + S) + (L/64)·S·e) memory (the last term the chunk states); ``step``
 keeps a ring of the last ``w`` (k̂, v, code) and the per-code memory: a state
 that does not grow with the length. Given the codes (and everything else the
 mix reads), the mix is linear in ``v``: the base class reads the mixing matrix
@@ -75,6 +81,7 @@ from seqjax.errors import ConfigError
 from seqjax.mixers.base import AUX_LOSSES, Mixer, Projection
 from seqjax.mixers.common import check_input, check_int, check_number, constant_init, dense, param, segment_runs
 from seqjax.mixers.registry import register
+from seqjax.ops.linear_attention import linear_attention
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, Seq, SeqStep
 
@@ -167,7 +174,9 @@ class LongVQ(Mixer):
       d_model: width; None takes it from the input (or the parameters).
       dtype: compute dtype of projections and activations; the scan, the
         quantisation and the attention accumulate in float32 (float64 for float64).
-      impl: ``impl`` of :func:`seqjax.ops.linear_scan` (the EMA and the per-code memory).
+      impl: ``impl`` of :func:`seqjax.ops.linear_scan` (the EMA and the per-code
+        counts); a tuple of ``(op, impl)`` pairs also sets
+        :func:`seqjax.ops.linear_attention`'s (the per-code value sums).
       qk_dim: ``z``, width of the shared query/key ``Z`` (16).
       expand: value width ``e = expand · d`` (2, MEGA's).
       ema_dim: ``n``, the EMA's expansion per channel (8; MEGA's 16).
@@ -177,7 +186,7 @@ class LongVQ(Mixer):
       commitment_weight: scale of the sown commitment loss (1e-4, Transformer-VQ's β).
     """
 
-    ops = ("linear_scan",)
+    ops = ("linear_scan", "linear_attention")
     causality = "causal"
     ssm_params = ("ema_alpha", "ema_delta")
     no_decay_params = ("qk_beta",)
@@ -278,27 +287,28 @@ class LongVQ(Mixer):
         w, s = self.window, self.codebook_size
         scale = 1.0 / math.sqrt(z)
         q, k_hat, vf = q.astype(acc), k_hat.astype(acc), v.astype(acc)
-        # The window: position t − δ for δ = 0..w−1 (padding has run −1, never equal).
-        kp = jnp.pad(k_hat, ((0, 0), (w - 1, 0), (0, 0)))
-        vp = jnp.pad(vf, ((0, 0), (w - 1, 0), (0, 0)))
-        rp = jnp.pad(runs, ((0, 0), (w - 1, 0)), constant_values=-1)
-        kw = jnp.stack([kp[:, w - 1 - i:w - 1 - i + length] for i in range(w)], axis=2)  # (b, l, w, z)
-        vw = jnp.stack([vp[:, w - 1 - i:w - 1 - i + length] for i in range(w)], axis=2)
-        rw = jnp.stack([rp[:, w - 1 - i:w - 1 - i + length] for i in range(w)], axis=2)
-        s_loc = jnp.einsum("blz,blwz->blw", q, kw, precision=HIGHEST) * scale + rel_bias.astype(acc)
-        ok_loc = rw == runs[..., None]
-        # The structured memory: per-code counts and value sums of the keys w or more back.
-        one_hot = jax.nn.one_hot(codes, s, dtype=acc)
-        stats = jnp.concatenate([one_hot[..., None] * vf[:, :, None, :], one_hot[..., None]], axis=-1)
-        total, _ = linear_scan(jnp.ones((1, 1, 1, 1), acc), stats, segment_ids=runs,
-                               impl=self.impl_for("linear_scan"))
-        far = jnp.pad(total, ((0, 0), (w, 0), (0, 0), (0, 0)))[:, :length]
+        s_loc, ok_loc, local_values = _window(q, k_hat, vf, runs, rel_bias.astype(acc), w, scale)
+        # The structured memory, read w positions back: key j enters position t's far
+        # part when j <= t - w in t's segment. Shifting the keys w positions and
+        # dropping those whose segment is not the one they land in makes that a plain
+        # causal sum within t's segment (segments are contiguous runs).
         same = jnp.pad(runs, ((0, 0), (w, 0)), constant_values=-1)[:, :length] == runs
-        far = far * same[..., None, None].astype(acc)
-        v_far, n_far = far[..., :-1], far[..., -1]
+        keys = jnp.pad(jax.nn.one_hot(codes, s, dtype=acc), ((0, 0), (w, 0), (0, 0)))[:, :length]
+        keys = keys * same[..., None].astype(acc)  # (b, l, S): one-hot of the code w back
+        n_far, _ = linear_scan(jnp.ones((1, 1, 1), acc), keys, segment_ids=runs,
+                               impl=self.impl_for("linear_scan"))  # per-code counts (b, l, S)
+        v_back = jnp.pad(vf, ((0, 0), (w, 0), (0, 0)))[:, :length]
         g = jnp.einsum("blz,sz->bls", q, codebook.astype(acc), precision=HIGHEST) * scale
-        ok_far = n_far > 0
-        return _combine(s_loc, ok_loc, vw, g, ok_far, n_far, v_far).astype(v.dtype)
+
+        def far_values(p_far):
+            # Σ_s p_far[t, s] V_s(t - w) = Σ_{j <= t-w} p_far[t, c_j] v_j: a causal linear
+            # attention with the weights as queries and the one-hot codes as keys, so no
+            # (b, l, S, e) per-code sum is ever written.
+            o, _ = linear_attention(p_far[:, :, None], keys[:, :, None], v_back[:, :, None], causal=True,
+                                    segment_ids=runs, impl=self.impl_for("linear_attention"))
+            return o[:, :, 0].astype(acc)
+
+        return _combine(s_loc, ok_loc, local_values, g, n_far > 0, n_far, far_values).astype(v.dtype)
 
     def output(self, p, o, proj: Projection) -> Seq:
         x, phi, gamma, gx = proj.rest[0]
@@ -386,24 +396,74 @@ class LongVQ(Mixer):
         s_loc = (jnp.einsum("bz,bwz->bw", q.astype(acc), kc, precision=HIGHEST) * scale
                  + jnp.take(p["rel_bias"].astype(acc), offset))
         g = jnp.einsum("bz,sz->bs", q.astype(acc), codebook.astype(acc), precision=HIGHEST) * scale
-        o = _combine(s_loc, ok_loc, vc, g, count > 0, count, vsum)
+        o = _combine(s_loc, ok_loc, lambda p_loc: jnp.einsum("bw,bwe->be", p_loc, vc, precision=HIGHEST),
+                     g, count > 0, count, lambda p_far: jnp.einsum("bs,bse->be", p_far, vsum, precision=HIGHEST))
         new = {"h": h, "k": kc, "v": vc, "code": cc, "count": count, "vsum": vsum, "pos": pos + 1}
         return self.output(p, o.astype(v.dtype), Projection(rest=(gates, k))), new
 
 
-def _combine(s_loc, ok_loc, v_loc, g, ok_far, n_far, v_far):
+def _window(q, k_hat, v, runs, rel_bias, w, scale):
+    """The window's scores, their mask and its values, in blocks of ``w`` queries.
+
+    Block ``i`` of queries (positions ``iw .. iw + w − 1``) sees the keys of
+    blocks ``i − 1`` and ``i``, ``2w`` of them, of which query ``t`` keeps
+    ``j = t − δ`` for ``δ = 0..w−1`` in its own segment. The keys and values
+    are laid out once per block pair (twice in all), not once per query and
+    offset, so memory is O(L·(w + z + e)) rather than O(L·w·(z + e)).
+
+    Args:
+      q, k_hat: ``(b, l, z)``; ``v``: ``(b, l, e)``; ``runs``: ``(b, l)`` segment runs.
+      rel_bias: ``(w,)`` bias by offset ``δ``.
+      w: the window; scale: of the scores.
+
+    Returns:
+      ``(s_loc, ok_loc, local_values)``: scores and validity ``(b, l, 2w)``, and
+      ``p (b, l, 2w) -> (b, l, e)``, the weights applied to the values.
+    """
+    b, length, _ = q.shape
+    nb = -(-length // w)
+    end = nb * w - length
+    # Front padding: the block before the first; its keys have run -1 (no query's). End
+    # padding completes the last block; its queries are dropped below.
+    qb = jnp.pad(q, ((0, 0), (0, end), (0, 0))).reshape(b, nb, w, -1)
+
+    def pairs(x, value=0):
+        xb = jnp.pad(x, ((0, 0), (w, end)) + ((0, 0),) * (x.ndim - 2), constant_values=value)
+        xb = xb.reshape((b, nb + 1, w) + x.shape[2:])
+        return jnp.concatenate([xb[:, :-1], xb[:, 1:]], axis=2)  # (b, nb, 2w, ...)
+
+    kb, vb, rb = pairs(k_hat), pairs(v), pairs(runs, -1)
+    # Query a of a block and key c of its pair: offset δ = a + w − c, kept for 0 <= δ < w.
+    delta = jnp.arange(w)[:, None] + w - jnp.arange(2 * w)[None, :]
+    in_window = (delta >= 0) & (delta < w)
+    bias = jnp.where(in_window, rel_bias[jnp.clip(delta, 0, w - 1)], 0)
+    s_loc = jnp.einsum("bnaz,bncz->bnac", qb, kb, precision=HIGHEST) * scale + bias
+    rq = jnp.pad(runs, ((0, 0), (0, end)), constant_values=-1).reshape(b, nb, w)
+    ok_loc = in_window & (rb[:, :, None, :] == rq[..., None])
+
+    def local_values(p_loc):
+        pb = jnp.pad(p_loc, ((0, 0), (0, end), (0, 0))).reshape(b, nb, w, 2 * w)
+        out = jnp.einsum("bnac,bnce->bnae", pb, vb, precision=HIGHEST)
+        return out.reshape(b, nb * w, -1)[:, :length]
+
+    unblock = lambda x: x.reshape(b, nb * w, 2 * w)[:, :length]  # noqa: E731
+    return unblock(s_loc), unblock(ok_loc), local_values
+
+
+def _combine(s_loc, ok_loc, local_values, g, ok_far, n_far, far_values):
     """Softmax over the window's scores and the codes' scores (each code weighted by its count).
 
-    ``s_loc (…, w)`` with ``v_loc (…, w, e)``; ``g (…, S)`` with counts ``n_far (…, S)``
-    and value sums ``v_far (…, S, e)``. Invalid entries are masked before ``exp``
-    (so no gradient meets an overflow); the max over the valid scores steadies it.
+    ``s_loc (…, c)`` with ``local_values(p_loc)`` the weighted sum of the window's
+    values (``(…, e)``); ``g (…, S)`` with counts ``n_far (…, S)`` and
+    ``far_values(p_far)`` giving ``Σ_s p_far[…, s] V_s`` for the codes' value sums
+    ``V_s``. Invalid entries are masked before ``exp`` (so no gradient meets an
+    overflow); the max over the valid scores steadies it.
     """
     neg = jnp.asarray(-jnp.inf, s_loc.dtype)
     s_loc, g = jnp.where(ok_loc, s_loc, neg), jnp.where(ok_far, g, neg)
     m = jax.lax.stop_gradient(jnp.maximum(jnp.max(s_loc, axis=-1), jnp.max(g, axis=-1)))[..., None]
     p_loc, p_far = jnp.exp(s_loc - m), jnp.exp(g - m)
-    num = jnp.einsum("...w,...we->...e", p_loc, v_loc, precision=HIGHEST)
-    num = num + jnp.einsum("...s,...se->...e", p_far, v_far, precision=HIGHEST)
+    num = local_values(p_loc) + far_values(p_far)
     den = jnp.sum(p_loc, axis=-1) + jnp.sum(p_far * n_far, axis=-1)
     return num / den[..., None]
 
