@@ -29,9 +29,11 @@ Fast paths: Toeplitz by FFT convolution (:func:`seqjax.ops.fft_conv`,
 O(L log L)); low-rank as ``Q (Kᵀ V)`` (:func:`seqjax.ops.linear_attention`,
 non-causal, O(L)). The paper quotes near-linear superfast algorithms for
 Vandermonde and Cauchy products (O(L log² L) multipoint evaluation); they are
-numerically unstable and not implemented here: both sum the dense matrix
-one state index ``n`` at a time and apply it once, O(L² (n + p)) time per head
-and O(L²) memory.
+numerically unstable and not implemented here: both build the dense matrix
+and apply it once, O(L² (n + p)) time per head and O(L²) memory. Cauchy sums
+it one state index ``n`` at a time (a custom backward recomputes each term);
+Vandermonde evaluates its cosines by angle addition over blocks of √L
+positions (O(L^1.5·n) cosines, the sum over ``n`` as contractions).
 """
 
 import functools
@@ -313,13 +315,38 @@ class Vandermonde(MatrixMixerBlock):
         w = 2 * math.pi * self.freq_scale
         sigma = self.scale()
 
-        def entry(qn, kn, pos):  # (b, l, h) each -> (b, t, s, h)
-            return sigma * (jnp.cos(w * qn[:, :, None, :] * pos[:, None, :, None])
-                            - jnp.cos(w * kn[:, None, :, :] * pos[:, :, None, None]))
-
-        mask = None if segment_ids is None else same_segment(segment_ids, b, length)
+        # Σ_n cos(2πε q_tn s') with s' = pos_s; within t's segment pos_s = s − t + pos_t.
+        m = _cos_sum(w * q.astype(acc), pos, length)
+        # Σ_n cos(2πε k_sn t'), computed with s in the role of t, then transposed.
+        m = sigma * (m - jnp.swapaxes(_cos_sum(w * k.astype(acc), pos, length), 1, 2))
+        if segment_ids is not None:
+            m = jnp.where(same_segment(segment_ids, b, length)[..., None], m, 0)
         vf = v.astype(acc)
-        return _dense_sum(vf, q.astype(acc), k.astype(acc), entry, pos, mask) + vf
+        return jnp.einsum("btsh,bshp->bthp", m, vf, precision=HIGHEST) + vf
+
+
+def _cos_sum(a, pos, length):
+    """``Σ_n cos(a[b, t, h, n] · (s − t + pos[b, t]))`` for ``s < length``: ``(b, t, s, h)``.
+
+    ``s − t + pos_t`` is ``s``'s position in ``t``'s segment (entries across
+    segments are masked by the caller). The cosines go by angle addition over
+    blocks of ``R ≈ √L`` positions, ``s = iR + r``: ``cos(α_i + β_r) = cos α_i cos β_r
+    − sin α_i sin β_r``, so only O(L^{1.5}·n) cosines and sines are evaluated and
+    the sum over ``n`` becomes two contractions (on CPU the L²·n cosines of the
+    direct form cost ~2× the whole mix's forward and backward, measured at
+    b=32, L=320, h=2, n=16). Each angle is still one product of a node and an
+    integer, so the rounding is that of the direct form.
+    """
+    b, rows, h, n = a.shape
+    block = math.isqrt(max(length - 1, 0)) + 1
+    nb = -(-length // block)
+    start = (jnp.arange(nb) * block).astype(a.dtype)
+    shift = pos - jnp.arange(rows, dtype=pos.dtype)[None, :]  # (b, t)
+    alpha = a[:, :, :, None, :] * (start[None, None, None, :, None] + shift[:, :, None, None, None])
+    beta = a[:, :, :, None, :] * jnp.arange(block, dtype=a.dtype)[None, None, None, :, None]
+    m = (jnp.einsum("bthin,bthrn->bthir", jnp.cos(alpha), jnp.cos(beta), precision=HIGHEST)
+         - jnp.einsum("bthin,bthrn->bthir", jnp.sin(alpha), jnp.sin(beta), precision=HIGHEST))
+    return jnp.moveaxis(m.reshape(b, rows, h, nb * block)[..., :length], 2, 3)
 
 
 @register("cauchy")
