@@ -4,6 +4,7 @@ Nothing here belongs to one family. The family files import from here (and
 from ``seqjax.ops``), never from each other's private helpers.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -264,3 +265,38 @@ __all__ = [
     "segment_runs", "positions_in_segment", "same_segment", "dense", "complex_dtype", "as_complex",
     "split_complex", "constant_init", "uniform_init", "log_uniform_init", "scaled_normal_init", "param",
 ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_batch(x: jax.Array, batch: int) -> jax.Array:
+    """``x`` repeated along a new leading (batch) axis; its gradient sums that axis as a product.
+
+    The transpose of a broadcast is a sum over the new axis. XLA:CPU in
+    jaxlib 0.10 (what Python 3.11 gets) runs a sum over a short leading axis
+    with 64K or more kept elements 20–150× slower than the same sum written
+    as ``ones @ g`` (measured 2026-12-05: ``(32, 4, 320, 320)`` 120 ms against
+    1.4 ms; jaxlib 0.11 takes 2.4 ms either way). A per-head ``(L, L)`` bias
+    or weight added to a batch of scores meets exactly that sum in its
+    backward.
+
+    Args:
+      x: any array (e.g. ``(h, L, L)``).
+      batch: size of the new leading axis.
+
+    Returns:
+      ``(batch,) + x.shape``.
+    """
+    return jnp.broadcast_to(x[None], (batch,) + x.shape)
+
+
+def _broadcast_batch_fwd(x, batch):
+    return broadcast_batch(x, batch), None
+
+
+def _broadcast_batch_bwd(batch, _, g):
+    ones = jnp.ones((batch,), g.dtype)
+    total = jnp.matmul(ones, g.reshape(batch, -1), precision=jax.lax.Precision.HIGHEST)
+    return (total.reshape(g.shape[1:]),)
+
+
+broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)

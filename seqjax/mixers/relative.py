@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from seqjax.mixers.attention import Cache, Heads, cache_slots, qkvo_projections
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_int, check_option, param, scaled_normal_init, segment_runs
+from seqjax.mixers.common import broadcast_batch, check_int, check_option, param, scaled_normal_init, segment_runs
 from seqjax.mixers.registry import register
 from seqjax.ops.attention import attention
 from seqjax.ops.common import accum_dtype
@@ -77,6 +77,33 @@ def skew(x: jax.Array) -> jax.Array:
         raise ValueError(f"skew: x must be square in its last two axes, got {x.shape}")
     padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(1, 0)])
     return padded.reshape(x.shape[:-2] + (length + 1, length))[..., 1:, :]
+
+
+def toeplitz(table: jax.Array, length: int, max_relative: int, causal: bool) -> jax.Array:
+    """``T[..., i, j] = table[..., relative_index(i - j)]``: a per-head Toeplitz ``(L, L)`` matrix.
+
+    Built without an ``(L, L)`` index: the ``2L - 1`` distinct values (one
+    per distance, a small gather) are tiled into rows of width ``2L - 1``, so
+    row ``i`` starts one place further back than row ``i - 1``. Gathering
+    with an ``(L, L)`` index instead makes the table's gradient a scatter-add
+    of ``L²`` entries, which XLA:CPU runs one element at a time (it was half
+    of ``urpe``'s forward + backward at L = 320).
+
+    Args:
+      table: ``(..., rows)`` values by table row (:func:`relative_index`).
+      length: ``L``.
+      max_relative: the clipping distance.
+      causal: the table's layout (:func:`relative_index`).
+
+    Returns:
+      ``(..., L, L)``.
+    """
+    # u[k] is the value at distance i - j = L - 1 - k, k = 0 .. 2L - 2; one zero after it
+    # makes the period 2L, so that (flat index) mod 2L = j - i + L - 1 in rows of 2L - 1.
+    u = table[..., relative_index(length - 1 - jnp.arange(2 * length - 1), max_relative, causal)]
+    u = jnp.pad(u, [(0, 0)] * (u.ndim - 1) + [(0, 1)])
+    flat = jnp.tile(u, (1,) * (u.ndim - 1) + (length + 1,))[..., : length * (2 * length - 1)]
+    return flat.reshape(u.shape[:-1] + (length, 2 * length - 1))[..., length - 1:]
 
 
 def relative_logits(q: jax.Array, table: jax.Array, max_relative: int) -> jax.Array:
@@ -373,13 +400,14 @@ class UniversalRPEAttention(_RelativeHeads):
         length, dh = q.shape[1], q.shape[-1]
         acc = accum_dtype(q.dtype)
         t = jnp.arange(length)
-        idx = relative_index(t[:, None] - t[None, :], self.max_relative, self.causal)  # (L, L) Toeplitz rows
         scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=acc) * (dh**-0.5)
-        scores = scores + rel_bias.astype(acc)[:, idx][None]
+        b = q.shape[0]
+        scores = scores + broadcast_batch(toeplitz(rel_bias.astype(acc), length, self.max_relative, self.causal), b)
         visible = (runs[:, :, None] == runs[:, None, :])[:, None]
         if self.causal:
             visible = visible & (t[:, None] >= t[None, :])
-        return _softmax_mix(scores, v, visible, rel_weight.astype(acc)[:, idx][None])
+        weight = toeplitz(rel_weight.astype(acc), length, self.max_relative, self.causal)
+        return _softmax_mix(scores, v, visible, broadcast_batch(weight, b))
 
     def step_mix(self, p, x_t: SeqStep, cache: Cache) -> tuple[SeqStep, Cache]:
         """One decoding position: append ``k_t, v_t``; scores with ``b_{clip(pos - s)}``, weights ``c_{clip(pos - s)}``.

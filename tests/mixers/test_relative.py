@@ -14,7 +14,8 @@ import pytest
 
 from seqjax.errors import ConfigError
 from seqjax.mixers import get
-from seqjax.mixers.relative import relative_index, relative_logits, skew
+from seqjax.mixers.common import broadcast_batch
+from seqjax.mixers.relative import relative_index, relative_logits, skew, toeplitz
 from tests.mixers import harness
 from tests.mixers.harness import Jitted
 from tests.mixers.ref_attention_mixers import assert_gradients_match, params_of, random_variables
@@ -256,3 +257,34 @@ def test_config_errors(name, fields, message):
         return
     with pytest.raises(ConfigError, match=message):
         get(name)(**fields)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length", [1, 2, 7, 33])
+def test_toeplitz_equals_indexing_the_table(rng, causal, length):
+    # T[i, j] = table[row of i - j], read here with an explicit (L, L) index, for clipping
+    # distances below, near and above the length; and the table's gradient is the per-row
+    # sum of the matrix's cotangent (what the index form's scatter-add gives).
+    i, j = np.meshgrid(np.arange(length), np.arange(length), indexing="ij")
+    for k in (1, 3, 40):
+        rows = relative_index(jnp.asarray(i - j), k, causal)
+        table = rng.standard_normal((3, k + 1 if causal else 2 * k + 1))
+        np.testing.assert_array_equal(np.asarray(toeplitz(jnp.asarray(table), length, k, causal)),
+                                      table[:, np.asarray(rows)].astype(np.float32))
+        w = rng.standard_normal((3, length, length))
+        g = jax.grad(lambda t: jnp.sum(toeplitz(t, length, k, causal) * w))(jnp.asarray(table, jnp.float32))
+        ref = np.zeros_like(table)
+        np.add.at(ref, (slice(None), np.asarray(rows)), w)
+        np.testing.assert_allclose(np.asarray(g), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 5, 5), (4, 300, 300)])
+def test_broadcast_batch_gradient_is_the_batch_sum(rng, shape):
+    # The last shape has 360,000 kept elements: the size where XLA:CPU 0.10's leading-axis
+    # sum is slow and broadcast_batch's backward takes a product instead (same value).
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((6,) + shape)
+    y, vjp = jax.vjp(lambda a: broadcast_batch(a, 6), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), np.broadcast_to(x, (6,) + shape))
+    (g,) = vjp(jnp.asarray(w, jnp.float32))
+    assert_rel_close(g, w.sum(axis=0), 1e-6, f"broadcast_batch gradient {shape}")
