@@ -34,7 +34,13 @@ Implementations (``impl``):
     (causal calls; GPU/TPU, interpreted, slowly, on CPU).
   * ``"auto"``: ``"pallas"`` on TPU (``docs/kernels.md``); ``"chunked"``
     on GPU (the kernel's backward did not launch on an H200 at d = 128
-    float32) and on CPU at every length. Measured with
+    float32) and on CPU at every length, except a per-channel decay with
+    ``dv <= 32`` on CPU, which runs ``"sequential"``: with narrow heads the
+    intra-chunk decays are elementwise work that no matmul amortises
+    (gradients, b=128, h=4, dk=8, dv=16: 7 vs 31 ms at l = 22, 278 vs 679 at
+    l = 512; b=32, h=4, dk=dv=16: 3 vs 12 ms at l = 22, 109 vs 260 at l = 512;
+    at dk=dv=32 on par, 876 vs 1030 ms at l = 1024; from dv = 64 chunked
+    wins, 1.2-2.4x). Measured with
     ``benchmarks/bench_linear_attention.py`` (b=1, h=4, dk=dv=64, 2 dedicated
     CPU cores; ms at l = 512 / 2048 / 8192): gradients, sequential 33 / 112 / 532 vs
     chunked 3 / 17 / 129 without decay, and 33 / 161 / 619 vs 10 / 91 / 342 with
@@ -178,7 +184,7 @@ def linear_attention(
     # -1" (the initial state) belongs to run 0.
     run = None if segment_ids is None else segment_runs(segment_ids)
 
-    impl = dispatch.resolve("linear_attention", impl)
+    impl = dispatch.resolve("linear_attention", impl, per_channel=int(g is not None and g.shape[-1] > 1), dv=dv)
     if causal:
         o, state = _causal(q, k, v, g, s0, run, impl, chunk_size)
     else:

@@ -166,11 +166,14 @@ def test_front_door_bidirectional_with_segments(rng):
     assert_rel_close(o, o_ref, RTOL_SCAN, "bidirectional o")
 
 
-# GPU: the XLA path (the kernel's backward did not launch on an H200 at d = 128 float32).
-@pytest.mark.parametrize("platform, expected", [("gpu", "chunked"), ("tpu", "pallas"), ("cpu", "chunked")])
-def test_auto_picks_the_kernel_on_accelerators(monkeypatch, platform, expected):
+# GPU: the XLA path (the kernel's backward did not launch on an H200 at d = 128 float32);
+# CPU: the scan for narrow heads with a per-channel decay, else chunks.
+@pytest.mark.parametrize("platform, per_channel, expected", [
+    ("gpu", 0, "chunked"), ("gpu", 1, "chunked"), ("tpu", 0, "pallas"), ("tpu", 1, "pallas"),
+    ("cpu", 0, "chunked"), ("cpu", 1, "sequential")])
+def test_auto_picks_the_kernel_on_accelerators(monkeypatch, platform, per_channel, expected):
     monkeypatch.setattr(dispatch, "platform", lambda: platform)
-    assert dispatch.resolve("linear_attention", "auto") == expected
+    assert dispatch.resolve("linear_attention", "auto", per_channel=per_channel, dv=16) == expected
 
 
 def test_bad_chunk_raises():

@@ -25,6 +25,10 @@ def test_auto_resolves_on_cpu_as_documented():
     assert dispatch.resolve("attention", "auto", scores=256 * 256 - 1) == "reference"
     assert dispatch.resolve("attention", "auto", scores=256 * 256) == "blockwise"
     assert dispatch.resolve("ssd", "sequential", length=65, chunk_size=64) == "sequential"  # explicit wins
+    # Narrow heads with a per-channel decay scan; wide ones, and scalar or no decays, chunk.
+    assert dispatch.resolve("linear_attention", "auto", per_channel=1, dv=32) == "sequential"
+    assert dispatch.resolve("linear_attention", "auto", per_channel=1, dv=64) == "chunked"
+    assert dispatch.resolve("linear_attention", "auto", per_channel=0, dv=16) == "chunked"
     for rule in dispatch.AUTO_TABLE:
         assert rule.why, f"auto row without its measurement: {rule}"
 
