@@ -1,6 +1,7 @@
 """selective_scan (Mamba-1 S6): every implementation against the float64 loop reference."""
 
 import functools
+import importlib
 
 import chex
 import jax
@@ -13,6 +14,8 @@ from seqjax.ops.selective_scan import auto_impl
 from tests.ops.ref_selective import selective_scan_ref
 from tests.ops.utils import RTOL_F64, RTOL_GRAD, RTOL_SCAN, assert_rel_close, rel_err
 
+# The module (``seqjax.ops.selective_scan`` the name is the function).
+selective_scan_module = importlib.import_module("seqjax.ops.selective_scan")
 IMPLS = ["reference", "chunked", "sequential", "auto"]
 FAST = ["reference", "chunked", "sequential"]
 CHUNK = 16  # small, so that lengths 37 and 130 span several chunks and a remainder
@@ -263,3 +266,33 @@ def test_chunked_memory_does_not_scale_with_state():
     assert large / small < 3.0, (small, large)
     # And at the long length it needs a small fraction of the reference's memory.
     assert large < 0.2 * ref_long, (large, ref_long)
+
+
+@pytest.mark.parametrize("case", ["l37_shared_D_softplus_seg", "l7_g2_all_softplus"])
+def test_sequential_row_blocks_match_reference(rng, monkeypatch, case):
+    # 5 rows of 12 state elements in blocks of 2 (one padded row): outputs, the
+    # last state and every gradient against the float64 reference.
+    monkeypatch.setattr(selective_scan_module, "STATE_BLOCK", 24)
+    assert selective_scan_module._row_blocks(5, 12) == 2
+    args, softplus, seg = _inputs(rng, CASES[case], batch=5)
+    names = [k for k in ARG_NAMES if args[k] is not None]
+
+    def run(a):
+        return selective_scan(**a, delta_softplus=softplus, segment_ids=seg, return_last_state=True,
+                              impl="sequential", chunk_size=CHUNK)
+
+    y, last = jax.jit(run)(_cast(args, jnp.float32))
+    y_ref, last_ref = _ref(args, softplus, seg)
+    assert_rel_close(y, y_ref, RTOL_SCAN, "y")
+    assert_rel_close(last, last_ref, RTOL_SCAN, "last state")
+    weights = (rng.standard_normal(y.shape), rng.standard_normal(last.shape))
+    argnums = tuple(range(len(names)))
+    with jax.enable_x64(True):
+        ref_fn = lambda a: _ref({**args, **a}, softplus, seg, xp=jnp)  # noqa: E731
+        g_ref = jax.grad(_loss_fn(ref_fn, names, weights), argnums)(
+            *(jnp.asarray(args[k], jnp.float64) for k in names))
+    fast = lambda a: run({**_cast(args, jnp.float32), **a})  # noqa: E731
+    g32 = jax.jit(jax.grad(_loss_fn(fast, names, tuple(jnp.float32(w) for w in weights)), argnums))(
+        *(jnp.asarray(args[k], jnp.float32) for k in names))
+    for name, r, a32 in zip(names, g_ref, g32):
+        assert_rel_close(a32, r, RTOL_GRAD, f"d{name}")
