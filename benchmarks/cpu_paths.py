@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks.cpu_paths            # the full run (a few minutes)
     python -m benchmarks.cpu_paths --quick    # small shapes (under a minute)
 
-Three measurements, written to ``benchmarks/results/<host>-<device>-paths[-quick].json``:
+Four measurements, written to ``benchmarks/results/<host>-<device>-paths[-quick].json``:
 
 1. **selective scan**: forward and forward+backward (gradients for all eight
    inputs, ``delta_softplus``, as in a Mamba block) of ``"reference"``,
@@ -20,6 +20,11 @@ Three measurements, written to ``benchmarks/results/<host>-<device>-paths[-quick
    loop reference under strong decay (half the steps with log decays of -5 to
    -20, the others of 0 to -0.1), per-head and per-channel decay, beside the
    step-by-step ``"sequential"`` form.
+4. **narrow heads, wide batches** (the ICL CPU shape, batch 128, length 22,
+   and length 256): forward+backward of the ``"sequential"`` selective scan
+   with the batch in row blocks (``STATE_BLOCK``) against one block, and of
+   linear attention with a per-channel (GLA) decay, ``"sequential"`` against
+   ``"chunked"``, at narrow and wide heads (the CPU ``auto`` row's threshold).
 
 Timings: the variants of one measurement run round-robin (``rounds`` times,
 each a median of ``repeats`` calls) and the minimum over rounds is reported,
@@ -28,6 +33,7 @@ figures that carry over to other machines.
 """
 
 import argparse
+import importlib
 import json
 import os
 import pathlib
@@ -45,6 +51,8 @@ from seqjax.ops.selective_scan import auto_impl, selective_scan
 from tests.ops.ref_linear_attention import linear_attention_ref
 
 IMPLS = ("reference", "chunked", "sequential")
+# The op's module (the package attribute of the same name is the function).
+SELECTIVE = importlib.import_module("seqjax.ops.selective_scan")
 # Figures of the code before this change (commit 1318f51), measured on the same
 # shared 2-core VM in one process each; kept here so the JSON states both.
 BEFORE = {
@@ -138,8 +146,54 @@ def bench_precision(length: int) -> list[dict]:
     return rows
 
 
+def _compiled(fn, args, state_block=None):
+    """``fn`` jitted and compiled, traced with ``STATE_BLOCK`` set to ``state_block`` (None: as is)."""
+    saved = SELECTIVE.STATE_BLOCK
+    SELECTIVE.STATE_BLOCK = saved if state_block is None else state_block
+    try:
+        return jax.jit(fn).lower(*args).compile()
+    finally:
+        SELECTIVE.STATE_BLOCK = saved
+
+
+def bench_narrow(lengths, rounds: int, repeats: int) -> list[dict]:
+    """Forward+backward at batch 128: the selective scan's row blocks, and linear attention's scan vs chunks."""
+    rows = []
+    for length in lengths:
+        b, d, n = 128, 128, 16
+        args = _selective_inputs(b, length, d, n)
+
+        def ss_loss(*a):
+            return jnp.sum(selective_scan(*a, True, impl="sequential") ** 2)
+
+        grad = jax.grad(ss_loss, argnums=tuple(range(8)))
+        fns = {"row blocks": _compiled(grad, args), "one block": _compiled(grad, args, 2**62)}
+        ms = _interleaved(fns, {k: args for k in fns}, rounds, repeats)
+        rows.append({"what": "selective_scan sequential batch blocks", "b": b, "l": length, "d": d, "n": n,
+                     "rows_per_block": SELECTIVE._row_blocks(b, d * n), "fwd_bwd_ms_row_blocks": ms["row blocks"],
+                     "fwd_bwd_ms_one_block": ms["one block"], "speedup": ms["one block"] / ms["row blocks"]})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for heads, dk, dv in ((4, 8, 16), (4, 16, 16), (4, 32, 32), (4, 32, 64)):
+            keys = jax.random.split(jax.random.PRNGKey(length), 4)
+            q, k = (jax.random.normal(x, (b, length, heads, dk)) / dk**0.5 for x in keys[:2])
+            v = jax.random.normal(keys[2], (b, length, heads, dv))
+            g = jax.nn.log_sigmoid(3.0 + jax.random.normal(keys[3], (b, length, heads, dk)))
+            fns = {}
+            for impl in ("sequential", "chunked"):
+                def la_loss(q, k, v, g, impl=impl):
+                    return jnp.sum(linear_attention(q, k, v, log_decay=g, impl=impl)[0] ** 2)
+
+                fns[impl] = jax.jit(jax.grad(la_loss, argnums=(0, 1, 2, 3)))
+            ms = _interleaved(fns, {name: (q, k, v, g) for name in fns}, rounds, repeats)
+            rows.append({"what": "linear_attention per-channel decay fwd_bwd", "b": b, "l": length, "h": heads,
+                         "dk": dk, "dv": dv, "sequential_ms": ms["sequential"], "chunked_ms": ms["chunked"],
+                         "sequential_speedup": ms["chunked"] / ms["sequential"]})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
-    """Runs the three measurements and writes the JSON."""
+    """Runs the four measurements and writes the JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
@@ -154,6 +208,7 @@ def main(argv=None) -> int:
     rows = bench_selective(cases, rounds, repeats)
     rows += bench_train(batch, 1024, 64, rounds, repeats)
     rows += bench_precision(256)
+    rows += bench_narrow((22,) if quick else (22, 256), rounds, repeats)
     kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-paths{'-quick' if quick else ''}.json"
     load["end"] = os.getloadavg()

@@ -37,11 +37,11 @@ Implementations (``impl``):
     float32) and on CPU at every length, except a per-channel decay with
     ``dv <= 32`` on CPU, which runs ``"sequential"``: with narrow heads the
     intra-chunk decays are elementwise work that no matmul amortises
-    (gradients, b=128, h=4, dk=8, dv=16: 7 vs 31 ms at l = 22, 278 vs 679 at
-    l = 512; b=32, h=4, dk=dv=16: 3 vs 12 ms at l = 22, 109 vs 260 at l = 512;
-    at dk=dv=32 on par, 876 vs 1030 ms at l = 1024; from dv = 64 chunked
-    wins, 1.2-2.4x). Measured with
-    ``benchmarks/bench_linear_attention.py`` (b=1, h=4, dk=dv=64, 2 dedicated
+    (gradients, b=128, h=4, idle 2-core VM, ``benchmarks/results/vm-cpu-paths.json``:
+    dk=8, dv=16: 8.0 vs 28.0 ms at l = 22, 175 vs 265 ms at l = 256; dk=dv=16:
+    17.9 vs 76.1 and 373 vs 524 ms; dk=dv=32, on par: 94 vs 169 and 1129 vs
+    1030 ms; dk=32, dv=64, chunked wins: 180 vs 136 and 2097 vs 1131 ms). The wide-head
+    comparison, with ``benchmarks/bench_linear_attention.py`` (b=1, h=4, dk=dv=64, 2 dedicated
     CPU cores; ms at l = 512 / 2048 / 8192): gradients, sequential 33 / 112 / 532 vs
     chunked 3 / 17 / 129 without decay, and 33 / 161 / 619 vs 10 / 91 / 342 with
     a GLA decay; forward alone, sequential is on par without decay (2 / 8 / 29

@@ -34,9 +34,10 @@ Mamba), which is what the implementations differ on:
     the per-position sums over ``n`` and over the channels are contractions
     (einsum), a call without segments skips the reset mask, and each chunk is
     sliced and put back in place rather than transposing whole inputs; at
-    every size in ``benchmarks/results/vm-cpu-paths.json`` its forward is
-    3.4-10x faster than the other two and its forward+backward 2.9-5.6x faster
-    than ``"chunked"``'s; its backward is 2.8-3.4x its own forward. On
+    every size in ``benchmarks/results/vm-cpu-paths*.json`` (two VMs) its
+    forward is 2.6-10x faster than the other two and its forward+backward
+    2.5-5.6x faster than ``"chunked"``'s; its backward is 2.4-3.3x its own
+    forward. On
     accelerators one step per position is
     a long chain of small kernels, which is what ``"chunked"`` avoids.
   * ``"pallas"``: the kernels of :mod:`seqjax.kernels.selective_scan` (GPU for
@@ -432,13 +433,15 @@ def _sequential(u, dt, A, B, C, segment_ids, chunk_size):
 def _row_blocks(batch, state_per_row):
     """Rows per block of ``"sequential"``: ``batch`` (one block) or about ``STATE_BLOCK / (n·d)``.
 
-    Blocking pays once a block's state fits in cache where the whole batch's
-    does not: forward+backward at (b, l, d, n) = (128, 22, 128, 16) 42 -> 23 ms
-    with 16-row blocks, (128, 64, 128, 16) 146 -> 100 ms, (16, 1024, 256, 16)
-    449 -> 379 ms with 8 (2 CPU cores shared with a training run, so
-    indicative). Blocks of one row are not used: a
-    size-1 axis in the per-step arrays made the loop ~3x slower (301 vs 97 ms at
-    (4, 256, 1024, 16) for 1- against 2-row blocks).
+    Blocking pays on a loaded machine (presumably because the other jobs
+    evict the cache between time slices): with a training run sharing the 2 CPU cores,
+    forward+backward at (b, l, d, n) = (128, 22, 128, 16) went 42 -> 23 ms
+    with 16-row blocks, (128, 64, 128, 16) 146 -> 100 ms and (16, 1024, 256,
+    16) 449 -> 379 ms with 8. On an idle VM it is neutral (1.06x at length 22,
+    0.95x at length 256; ``benchmarks/results/vm-cpu-paths.json``). Blocks of
+    one row are not used: a size-1 axis in the per-step arrays made the loop
+    ~3x slower (301 vs 97 ms at (4, 256, 1024, 16) for 1- against 2-row
+    blocks).
     """
     rows = STATE_BLOCK // state_per_row
     if rows < 2 or rows >= batch:
