@@ -185,8 +185,9 @@ AUTO_TABLE: tuple[Rule, ...] = (
          why="below 256^2 scores the materialised softmax is as fast and its L^2 memory small"),
     Rule("attention", "*", "blockwise", why="flash attention: O(l) memory, 2.5-3.6x faster at L >= 512 (CPU)"),
     Rule("linear_attention", "cpu", "sequential", lambda s: s["per_channel"] and s["dv"] <= 32,
-         why="narrow heads with a per-channel decay: the scan is 2.5-5x faster with gradients at dv = 16 and on "
-             "par at dv = 32 (CPU, ops/linear_attention.py); chunked wins from dv = 64"),
+         why="narrow heads with a per-channel decay: the scan is 1.4-4.3x faster with gradients at dv = 16 and on "
+             "par at dv = 32 (b=128, l=22-256, idle CPU, benchmarks/results/vm-cpu-paths.json); chunked wins "
+             "from dv = 64"),
     Rule("linear_attention", "*", "chunked",
          why="chunked beats the recurrence 4-10x with gradients (CPU) and 20-40x on an H100; on an H200 the "
              "Pallas kernel's backward does not launch at dk = dv = 128 float32 (shared memory)"),

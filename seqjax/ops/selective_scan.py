@@ -419,9 +419,10 @@ def _sequential(u, dt, A, B, C, segment_ids, chunk_size):
     if rows == batch:
         y, last = _seq_core(u, dt, At, Bn, Cn, keep, chunk, segmented)
     else:
-        # Blocks of rows one after another (padded rows have Δ = 0 and are cut).
+        # Blocks of rows one after another; padded rows (all zeros: Δ = 0, so
+        # their state stays zero whatever keep says) are cut from the outputs.
         def split(x):
-            x = pad_axis(x, rows, axis=0, value=1 if x is keep else 0)
+            x = pad_axis(x, rows, axis=0)
             return x.reshape((-1, rows) + x.shape[1:])
 
         y, last = lax.map(lambda xs: _seq_core(xs[0], xs[1], At, *xs[2:], chunk, segmented),
