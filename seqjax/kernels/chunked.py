@@ -329,18 +329,30 @@ def _states_pass(kind, keys, vals, g, s0, *, chunk, grp, reverse, interpret):
     )(*args)
 
 
-def _chunk_pass(kind, body, grouped, per_head, states, out_dims, *, chunk, grp, interpret):
-    """Every chunk in parallel on the grid ``(b, H, n)``.
+def _chunk_pass(kind, body, grouped, per_head, states, out_dims, *, chunk, grp, interpret,
+                value_tile=None, tiled_in=(), tiled_out=()):
+    """Every chunk in parallel on the grid ``(b, H, n)``, or ``(b, H, n, dv / value_tile)``.
 
     ``body(*grouped_blocks, *per_head_blocks, *state_blocks)`` returns one
     ``(C, d)`` block per ``out_dims`` entry; ``grouped`` are ``(b, G, L, dk)``
     arrays, ``per_head`` ``(b, H, L, d)`` arrays or None (passed through as
     None), ``states`` ``(b, H, n, dv, dk)``.
+
+    With ``value_tile`` below ``dv``, each program sees one tile of the value
+    channels: the states' rows and the last axis of the ``per_head`` entries
+    listed in ``tiled_in``. Outputs listed in ``tiled_out`` are written per
+    tile (exact); every other output is a sum over the value channels, so each
+    tile writes its part and the parts are added here. ``body`` must be
+    linear in the value channels for those outputs (the backward's are).
     """
     ref = next(x for x in per_head if x is not None)
     batch, heads, length, _ = ref.shape
     present = [x for x in per_head if x is not None]
     n_g, n_h, n_s = len(grouped), len(present), len(states)
+    dv = states[0].shape[3]
+    tile = dv if value_tile is None else min(value_tile, dv)
+    tiles = dv // tile
+    tiled_present = [i in tiled_in for i, x in enumerate(per_head) if x is not None]
 
     def kernel(*refs):
         g_vals = [r[...] for r in refs[:n_g]]
@@ -350,24 +362,40 @@ def _chunk_pass(kind, body, grouped, per_head, states, out_dims, *, chunk, grp, 
         for out_ref, value in zip(refs[n_g + n_h + n_s:], body(*g_vals, *h_vals, *s_vals)):
             out_ref[...] = value.astype(out_ref.dtype)
 
-    chunk_of = lambda d: pl.BlockSpec((None, None, chunk, d), lambda b, h, i: (b, h, i, 0))  # noqa: E731
-    in_specs = [pl.BlockSpec((None, None, chunk, x.shape[-1]), lambda b, h, i: (b, h // grp, i, 0))
+    # ``j`` (the value tile) defaults to 0 on the three-axis grid.
+    def chunk_of(d, tiled=False):
+        if tiled and tiles > 1:
+            return pl.BlockSpec((None, None, chunk, tile), lambda b, h, i, j=0: (b, h, i, j))
+        return pl.BlockSpec((None, None, chunk, d), lambda b, h, i, j=0: (b, h, i, 0))
+
+    in_specs = [pl.BlockSpec((None, None, chunk, x.shape[-1]), lambda b, h, i, j=0: (b, h // grp, i, 0))
                 for x in grouped]
-    in_specs += [chunk_of(x.shape[-1]) for x in present]
-    in_specs += [pl.BlockSpec((None, None, None) + x.shape[3:], lambda b, h, i: (b, h, i, 0, 0)) for x in states]
+    in_specs += [chunk_of(x.shape[-1], t) for x, t in zip(present, tiled_present)]
+    in_specs += [pl.BlockSpec((None, None, None, tile) + x.shape[4:], lambda b, h, i, j=0: (b, h, i, j, 0))
+                 for x in states]
+    out_specs, out_shape = [], []
+    for o, d in enumerate(out_dims):
+        if tiles > 1 and o not in tiled_out:
+            out_specs.append(pl.BlockSpec((None, None, None, chunk, d), lambda b, h, i, j=0: (b, j, h, i, 0)))
+            out_shape.append(jax.ShapeDtypeStruct((batch, tiles, heads, length, d), jnp.float32))
+        else:
+            out_specs.append(chunk_of(d, o in tiled_out))
+            out_shape.append(jax.ShapeDtypeStruct((batch, heads, length, d), jnp.float32))
+    grid = (batch, heads, length // chunk) + ((tiles,) if tiles > 1 else ())
     if kind == "gpu":
         params = pl_triton.CompilerParams(num_warps=8, num_stages=2)
     else:
-        params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
-    return pl.pallas_call(
+        params = pltpu.CompilerParams(dimension_semantics=("parallel",) * len(grid))
+    outs = pl.pallas_call(
         kernel,
-        grid=(batch, heads, length // chunk),
+        grid=grid,
         in_specs=in_specs,
-        out_specs=[chunk_of(d) for d in out_dims],
-        out_shape=[jax.ShapeDtypeStruct((batch, heads, length, d), jnp.float32) for d in out_dims],
+        out_specs=out_specs,
+        out_shape=out_shape,
         compiler_params=params,
         interpret=interpret,
     )(*grouped, *present, *states)
+    return [x.sum(axis=1) if x.ndim == 5 else x for x in outs]
 
 
 def _forward(kind, q, k, v, g, s0, *, chunk, grp, interpret):
@@ -398,7 +426,14 @@ def _backward(kind, q, k, v, g, s0, do, dfinal, *, chunk, grp, interpret):
     states, final = _states_pass(kind, k, v, g, s0, reverse=False, **kw)
     dstates, ds0 = _states_pass(kind, q, do, g, dfinal, reverse=True, **kw)
     dims = [q.shape[-1], q.shape[-1], v.shape[-1]] + ([g.shape[-1]] * 3 if g is not None else [])
-    dq, dk_, dv_, *dg_parts = _chunk_pass(kind, _chunk_grads, [q, k], [v, do, g], [states, dstates], dims, **kw)
+    # On GPU the backward sees one value tile per program, as the states pass
+    # does: whole (dv, dk) float32 state and state gradient blocks at
+    # dk = dv = 128 asked Triton for 278,528 bytes of shared memory (232,448 on
+    # an H200) and did not launch. dv is the only exact output; dq, dk and the
+    # decay parts are sums over the value channels, added by _chunk_pass.
+    tiling = dict(value_tile=GPU_VALUE_TILE, tiled_in=(0, 1), tiled_out=(2,)) if kind == "gpu" else {}
+    dq, dk_, dv_, *dg_parts = _chunk_pass(kind, _chunk_grads, [q, k], [v, do, g], [states, dstates], dims,
+                                          **kw, **tiling)
     return (dq[..., :dk], dk_[..., :dk], dv_[..., :dv], ds0[:, :, :dv, :dk], *(x[..., :dk] for x in dg_parts))
 
 

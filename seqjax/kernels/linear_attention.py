@@ -26,7 +26,9 @@ scores and ``C x dk`` decays stay small next to the ``(dv, dk)`` state).
     0.11.2). States pass: grid ``(b, h, dv / 64)``, each program walking its
     chunks with ``fori_loop``, the ``64 x dk`` float32 state in registers,
     4 warps. Chunk pass: grid ``(b, h, chunks)``, blocks ``(C, dk)``,
-    ``(C, dv)``, ``(dv, dk)``, 8 warps. ``dk`` and ``dv`` are padded with
+    ``(C, dv)``, ``(dv, dk)``, 8 warps; the backward's on ``(b, h, chunks,
+    dv / 64)``, one value tile per program (whole ``(dv, dk)`` float32 state
+    and state-gradient blocks overflowed shared memory at dk = dv = 128). ``dk`` and ``dv`` are padded with
     zeros to powers of two >= 16 (Triton's tensor shapes; ``tl.dot``'s minimum).
   * **TPU**, Mosaic TPU: states pass on the grid ``(b, h, chunks)``, chunk axis
     last and ``"arbitrary"``, the state in a VMEM scratch that persists

@@ -190,7 +190,8 @@ AUTO_TABLE: tuple[Rule, ...] = (
              "from dv = 64"),
     Rule("linear_attention", "*", "chunked",
          why="chunked beats the recurrence 4-10x with gradients (CPU) and 20-40x on an H100; on an H200 the "
-             "Pallas kernel's backward does not launch at dk = dv = 128 float32 (shared memory)"),
+             "Pallas kernel's backward did not launch at dk = dv = 128 float32 (shared memory; value tiles "
+             "since, not re-run on a device)"),
     Rule("delta_rule", "*", "chunked",
          why="the UT-transform chunks beat the per-position scan with gradients (CPU: see ops/delta_rule.py); "
              "on an H200 (b=2, l=4096, h=16, d=128) 8.0 ms forward+backward vs 125 for the Pallas kernel"),
