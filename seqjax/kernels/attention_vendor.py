@@ -17,10 +17,13 @@ rows). Neither runs on CPU: cuDNN cannot even be lowered without a GPU
 argument mapping with ``implementation="xla"`` and splash in interpret mode.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
+from seqjax.kernels import partitioning
 from seqjax.ops import dispatch
 from seqjax.ops.attention import call_sizes
 
@@ -101,6 +104,13 @@ def splash_serves(sizes) -> bool:
 def splash_call(q5, k4, v4, seg, scale, left, right, interpret=False):
     """The call through ``splash_attention.make_splash_mha`` (one kernel, vmapped over the batch).
 
+    Under a ``jit`` that shards the batch over several devices, with the mesh
+    set in context (``jax.set_mesh``, as ``seqjax.train`` runs its step),
+    each device runs splash on its own rows (:func:`_split_rows`), as the
+    kernels of this package do; without a mesh in context it runs the whole
+    batch wherever XLA places it (the split's backward recomputes the
+    forward, a cost not paid where nothing is sharded).
+
     Args:
       q5, k4, v4, scale, left, right: the op's internal arguments (a call
         :func:`splash_serves` accepts).
@@ -123,12 +133,74 @@ def splash_call(q5, k4, v4, seg, scale, left, right, interpret=False):
         block_sizes=splash.BlockSizes.get_default(), interpret=interpret)
     # Splash has no scale; query head i uses key head i // g, as in the op.
     q = (q5 * scale).astype(q5.dtype).reshape(b, hk * g, length, dk)
-    if seg is None:
-        out = jax.vmap(kernel)(q, k4, v4)
+    seg = None if seg is None else seg.astype(jnp.int32)
+    if partitioning.may_split(mesh_in_context=True):
+        masks, treedef = jax.tree.flatten(kernel)
+        out = _split_rows(treedef, q, k4, v4, seg, tuple(masks))
     else:
-        seg = seg.astype(jnp.int32)
-        out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash.SegmentIds(s, s)))(q, k4, v4, seg)
+        out = _splash_rows(kernel, q, k4, v4, seg)
     return out.reshape(b, hk, g, length, -1)
+
+
+def _splash_rows(kernel, q, k, v, seg):
+    """``kernel`` on every batch row (``q (b, H, l, dk)``, ``k, v (b, Hk, l, d)``, ``seg (b, l)`` or None)."""
+    if seg is None:
+        return jax.vmap(kernel)(q, k, v)
+    return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash.SegmentIds(s, s)))(q, k, v, seg)
+
+
+def _launch(treedef, rows, masks, fn):
+    """``fn(kernel, *rows)`` split over the batch rows; the kernel's mask arrays ride along unsplit.
+
+    ``custom_partitioning`` refuses a launch that closes over arrays, and the
+    splash kernel is a pytree of block-mask arrays: they enter as arguments
+    and the kernel is rebuilt inside.
+    """
+    n = len(rows)
+    return partitioning.batch_partitioned(
+        lambda *xs: fn(jax.tree.unflatten(treedef, xs[n:]), *xs[:n]), rows + masks,
+        batched=(True,) * n + (False,) * len(masks))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _split_rows(treedef, q, k, v, seg, masks):
+    """Splash on ``(q, k, v, seg)`` with each device on its own batch rows under a batch-sharded ``jit``.
+
+    Splash is a ``pallas_call`` the SPMD partitioner cannot split: without
+    this every device would gather the global batch and run all of it
+    (:mod:`seqjax.kernels.partitioning`). ``custom_partitioning`` has no
+    autodiff rule, so the forward and the backward are split separately; the
+    backward recomputes the forward on its rows (``jax.vjp`` of splash: one
+    more forward launch), since splash's residuals are not arrays that lead
+    with the batch.
+    """
+    def forward(kernel, q, k, v, *s):
+        return _splash_rows(kernel, q, k, v, *(s or (None,)))
+
+    return _launch(treedef, _present(q, k, v, seg), masks, forward)
+
+
+def _present(*arrays):
+    """The arrays that are not None (the launches take ``seg`` only when there is one)."""
+    return tuple(x for x in arrays if x is not None)
+
+
+def _split_rows_fwd(treedef, q, k, v, seg, masks):
+    return _split_rows(treedef, q, k, v, seg, masks), (q, k, v, seg, masks)
+
+
+def _split_rows_bwd(treedef, res, d_out):
+    q, k, v, seg, masks = res
+
+    def grads(kernel, q, k, v, d_out, *s):
+        _, vjp = jax.vjp(lambda q, k, v: _splash_rows(kernel, q, k, v, *(s or (None,))), q, k, v)
+        return list(vjp(d_out))
+
+    dq, dk, dv = _launch(treedef, _present(q, k, v, d_out, seg), masks, grads)
+    return dq, dk, dv, None, None
+
+
+_split_rows.defvjp(_split_rows_fwd, _split_rows_bwd)
 
 
 @dispatch.register("attention", "splash")

@@ -57,6 +57,27 @@ def _shardings(mesh, shapes, entry, batched):
                  for s, b in zip(shapes, batched))
 
 
+def may_split(mesh_in_context: bool = False) -> bool:
+    """Whether :func:`batch_partitioned` wraps a launch here (else it calls it directly).
+
+    Nothing is split with one device, under a one-device mesh, or on local
+    shards inside ``shard_map`` (where JAX 0.11 also refuses
+    ``custom_partitioning`` when lowering under an abstract mesh, as the CPU
+    lowering tests do); skipping the wrapper there spares its extra traces.
+
+    Args:
+      mesh_in_context: also ask for a mesh set in context (``jax.set_mesh``,
+        as ``seqjax.train`` runs its step): for a caller whose split costs
+        work of its own (splash's recomputed forward), paid only where a
+        batch is likely to be sharded.
+    """
+    context = jax.sharding.get_abstract_mesh()
+    if mesh_in_context and context.empty:
+        return False
+    return not (jax.device_count() == 1
+                or (not context.empty and (context.size == 1 or context.are_all_axes_manual)))
+
+
 def batch_partitioned(launch: Callable, args: Sequence[jax.Array], batched: Sequence[bool] | None = None):
     """``launch(*args)``, split over the batch axis when ``jit`` shards it (module docstring).
 
@@ -73,12 +94,7 @@ def batch_partitioned(launch: Callable, args: Sequence[jax.Array], batched: Sequ
     batched = tuple(True for _ in args) if batched is None else tuple(batched)
     if len(batched) != len(args):
         raise ValueError(f"batch_partitioned: {len(batched)} batched flags for {len(args)} arguments")
-    context = jax.sharding.get_abstract_mesh()
-    if (jax.device_count() == 1 or not any(batched)
-            or (not context.empty and (context.size == 1 or context.are_all_axes_manual))):
-        # Nothing to split: one device, a one-device mesh, or local shards inside shard_map (and JAX 0.11
-        # refuses custom_partitioning when lowering under an abstract mesh, as the CPU lowering tests do).
-        # Skipping the wrapper there also spares the extra traces below.
+    if not any(batched) or not may_split():
         return launch(*args)
     results = jax.eval_shape(launch, *args)
     single = not isinstance(results, (list, tuple))

@@ -120,3 +120,51 @@ def test_vmap_over_a_kernel_call_matches_the_xla_path():
     want = jax.value_and_grad(lambda a, b: loss("sequential", a, b), argnums=(0, 1))(a, b[0])
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["plain", "segments"])
+def test_splash_under_a_batch_sharded_jit(monkeypatch, segments):
+    """Splash (TPU's ``auto`` pick, interpret mode here): each device runs its own rows, forward and backward."""
+    import functools
+
+    import seqjax.kernels.attention_vendor as vendor
+    from seqjax.ops.attention import attention
+    from tests.kernels.test_attention_auto import _internal, _public
+    from tests.ops.ref_attention import attention_ref
+
+    seen = []
+    rows_fn = vendor._splash_rows
+
+    def spy(kernel, q, *rest):
+        seen.append(q.shape[0])
+        return rows_fn(kernel, q, *rest)
+
+    monkeypatch.setattr(vendor, "_splash_rows", spy)
+    b, length, h, hk, d = DEVICES, 128, 2, 1, 8
+    rng = np.random.default_rng(3)
+    q, k, v = rng.standard_normal((b, length, h, d)), *rng.standard_normal((2, b, length, hk, d))
+    w = rng.standard_normal((b, length, h, d))
+    seg = np.cumsum(rng.random((b, length)) < 0.03, axis=1).astype(np.int32) if segments else None
+
+    def run(q, k, v):
+        seg_arg = None if seg is None else jnp.asarray(seg)
+        return _public(vendor.splash_call(*_internal(q, k, v, hk), seg_arg, d**-0.5, None, 0, interpret=True))
+
+    mesh = _mesh()
+    rows = NamedSharding(mesh, P("data"))
+    with jax.set_mesh(mesh):
+        out = jax.jit(run, in_shardings=(rows,) * 3)(q, k, v)
+        # The last trace is the partitioner's: one device's rows (the global batch before it).
+        assert seen[-1] == b // DEVICES and b in seen
+        seen.clear()
+        grads = jax.jit(jax.grad(lambda *a: jnp.sum(run(*a) * w), argnums=(0, 1, 2)),
+                        in_shardings=(rows,) * 3)(*(np.float32(x) for x in (q, k, v)))
+        assert seen[-1] == b // DEVICES  # the backward's launch (recomputed forward and vjp)
+    assert out.sharding.spec[0] == "data" and grads[0].sharding.spec[0] == "data"
+    kw = dict(causal=True, segment_ids=seg)
+    np.testing.assert_allclose(np.asarray(out), attention_ref(q, k, v, **kw), rtol=2e-4, atol=2e-4)
+    with jax.enable_x64(True):
+        ref = functools.partial(attention, impl="reference", **kw)
+        expected = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-3, atol=2e-3 * np.abs(want).max())
