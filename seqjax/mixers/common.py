@@ -233,6 +233,27 @@ def param(module: nn.Module, name: str, init, shape, axes: Sequence[str | None])
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, jnp.float32)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, ``x·Φ(x) = x (1 + erf(x / √2)) / 2`` (PyTorch's ``nn.GELU()``), in ``x``'s dtype.
+
+    The same function as ``jax.nn.gelu(x, approximate=False)``, which goes
+    through ``erfc(-x / √2)``: XLA:CPU evaluates that piecewise and runs it
+    1.6-1.8x slower with gradients (2026-12-06, 2 cores, ``(16, 1024, 256)``
+    float32: forward 7.2 -> 4.6 ms, gradient 11.3 -> 6.2 ms; ``(128, 22,
+    256)``: 1.6 -> 0.7 / 1.8 -> 1.5 ms). The two agree to 1.5e-6 absolute in
+    float32 over ``|x| <= 10``, gradients to 6e-7; for ``x`` far below 0 the
+    erf form rounds the tiny output (``x Φ(x)`` < 1e-7 |x|) to zero where the
+    erfc form keeps its relative precision, which no layer here relies on.
+
+    Args:
+      x: any shape, a float dtype.
+
+    Returns:
+      ``gelu(x)``, same shape and dtype.
+    """
+    return x * (1 + jax.lax.erf(x * np.asarray(math.sqrt(0.5), x.dtype))) * np.asarray(0.5, x.dtype)
+
+
 # The flash-linear-attention code's epsilon of the q/k L2 normalisation.
 L2_EPS = 1e-6
 

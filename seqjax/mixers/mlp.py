@@ -25,12 +25,12 @@ import jax
 
 from seqjax.errors import ConfigError
 from seqjax.mixers.base import Mixer, Projection
-from seqjax.mixers.common import check_number, dense
+from seqjax.mixers.common import check_number, dense, gelu
 from seqjax.mixers.registry import register
 from seqjax.types import SegmentIds, Seq, SeqStep
 
 ACTIVATIONS = {
-    "gelu": lambda h: nn.gelu(h, approximate=False),  # exact (erf) GELU, as the model's ChannelMLP
+    "gelu": gelu,  # exact (erf) GELU, as the model's ChannelMLP
     "relu": jax.nn.relu,
     "squared_relu": lambda h: jax.nn.relu(h) ** 2,  # the Mamba-2-Hybrid 8B MLPs (Megatron's default there)
 }

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float
 
 from seqjax.mixers.base import Projection
 from seqjax.mixers.common import (
-    as_complex, check_int, check_option, complex_dtype, constant_init, dense, log_uniform_init, param,
+    as_complex, check_int, check_option, complex_dtype, constant_init, dense, gelu, log_uniform_init, param,
     same_segment, split_complex)
 from seqjax.mixers.lti_blocks import LTISSM
 from seqjax.mixers.registry import register
@@ -204,7 +204,7 @@ class ConvSSM(LTISSM):
 
     def output(self, p, y, proj: Projection) -> Seq:
         d = y.shape[-1]
-        y = jax.nn.gelu(y.astype(self.dtype), approximate=False)  # PyTorch's nn.GELU (erf)
+        y = gelu(y.astype(self.dtype))  # PyTorch's nn.GELU (erf)
         z = p["out"](y)
         if self.output_map == "glu":
             z = z[..., :d] * jax.nn.sigmoid(z[..., d:])

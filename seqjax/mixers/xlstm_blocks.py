@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.mixers.base import Projection
-from seqjax.mixers.common import check_divides, check_int, check_number, dense, param, uniform_init
+from seqjax.mixers.common import check_divides, check_int, check_number, dense, gelu, param, uniform_init
 from seqjax.mixers.mamba_blocks import init_conv_buffer, short_conv, short_conv_step
 from seqjax.mixers.recurrent import RECURRENT_INIT, Heads
 from seqjax.mixers.registry import register
@@ -298,7 +298,7 @@ class SLSTMBlock(SLSTM):
     def output(self, p, y, proj: Projection) -> Seq:
         g = headwise_norm(y.astype(self.acc()), p["norm_scale"]).astype(self.dtype)
         gate, up = jnp.split(p["up_proj"](g), 2, axis=-1)
-        return p["out_proj"](nn.gelu(gate, approximate=False) * up).astype(self.dtype)
+        return p["out_proj"](gelu(gate) * up).astype(self.dtype)
 
     def empty_cache(self, batch_size: int, d: int, max_length: int | None) -> dict:
         """The cell's ``h, c, n, m`` ``(b, H, P)`` in float32, and the conv window ``(b, d_conv-1, d)`` in ``dtype``."""

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from seqjax import mixers
 from seqjax.errors import ConfigError
-from seqjax.mixers.common import dense
+from seqjax.mixers.common import dense, gelu
 from seqjax.models.distil import Distil
 from seqjax.models.norms import make_norm
 from seqjax.models.spiking import lif
@@ -92,7 +92,7 @@ class ChannelMLP(nn.Module):
         """
         d = x.shape[-1]
         h = dense(self.hidden, ("embed", "mlp"), use_bias=True, dtype=self.dtype, name="wi")(x)
-        h = lif(h, segment_ids) if self.spiking else nn.gelu(h, approximate=False)
+        h = lif(h, segment_ids) if self.spiking else gelu(h)
         return dense(d, ("mlp", "embed"), use_bias=True, dtype=self.dtype, name="wo")(h)
 
 
