@@ -79,7 +79,7 @@ from seqjax.train.checkpoint import Checkpointer, abstract_like
 from seqjax.train.guards import DivergenceGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from seqjax.train.log_window import LogWindow
 from seqjax.train.config import batch_padding, check_lengths, check_vocab, check_workdir_config, validate_config
-from seqjax.train.results import finished_results, git_hash, run_record, write_json_atomic
+from seqjax.train.results import finished_results, git_dirty, git_hash, run_record, write_json_atomic
 from seqjax.train.state import (TrainState, abstract_variables, create_train_state, make_init_fn, replicated,
                                 split_variables, state_shardings)
 from seqjax.train.step import apply_model, init_extras, make_train_step, model_inputs
@@ -201,6 +201,8 @@ def run(config, workdir, *, task=None, model=None) -> dict:
       TrainingInterrupted: SIGINT or SIGTERM (after the current step and its checkpoint).
     """
     t_start = time.time()
+    # The code version is read now and kept (results.json names what this process imported).
+    git_hash(), git_dirty()
     distributed.initialize(config.get("distributed"))
     workdir = Path(workdir)
     sizes = validate_config(config)

@@ -6,6 +6,7 @@
 (``"finished": false``, no metrics). Both share :func:`run_record`.
 """
 
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float, w
       workdir: the run folder; its ``init_from.json``, when there, becomes ``init_from``.
 
     Returns:
-      ``config``, ``seqjax_version``, ``git_hash``, ``wall_time_s``,
+      ``config``, ``seqjax_version``, ``git_hash``, ``git_dirty``, ``wall_time_s``,
       ``device_kind``, ``num_devices``, ``mesh`` and ``num_processes``; and
       ``init_from`` (source, step, matched / new / dropped paths) for a run
       started from another run's parameters.
@@ -47,6 +48,7 @@ def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float, w
         "config": jsonable(config.to_dict()),
         "seqjax_version": seqjax.__version__,
         "git_hash": git_hash(),
+        "git_dirty": git_dirty(),
         "wall_time_s": wall_time_s,
         "device_kind": jax.devices()[0].device_kind,
         "num_devices": math.prod(sizes.values()),
@@ -77,15 +79,32 @@ def finished_results(workdir: Path, steps: int) -> dict | None:
     return None
 
 
-def git_hash() -> str | None:
-    """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None."""
+def _git(*args: str) -> str | None:
+    """``git *args`` in the repository that holds the seqjax package: its stdout, or None."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(seqjax.__file__).parent, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", *args], cwd=Path(seqjax.__file__).parent, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+@functools.cache
+def git_hash() -> str | None:
+    """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None.
+
+    Read once per process: :func:`seqjax.train.run` reads it when it starts,
+    so a run records the commit it imported, not one made while it trained.
+    """
+    out = _git("rev-parse", "HEAD")
+    return (out.strip() or None) if out is not None else None
+
+
+@functools.cache
+def git_dirty() -> bool | None:
+    """Whether the package's tracked files differed from ``HEAD`` when first asked (None: no git)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -95,4 +114,4 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["INIT_FROM_FILE", "run_record", "finished_results", "git_hash", "write_json_atomic"]
+__all__ = ["INIT_FROM_FILE", "run_record", "finished_results", "git_dirty", "git_hash", "write_json_atomic"]

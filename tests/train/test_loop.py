@@ -19,7 +19,7 @@ from seqjax.errors import ConfigError
 from seqjax.train import TrainingDiverged, run
 from tests.train.toy import ToyModel, ToyTask, final_params, losses, make_config
 
-RESULT_KEYS = {"metrics", "train", "config", "seqjax_version", "git_hash", "wall_time_s", "device_kind",
+RESULT_KEYS = {"metrics", "train", "config", "seqjax_version", "git_hash", "git_dirty", "wall_time_s", "device_kind",
                "num_devices", "mesh", "num_processes", "status", "finished"}
 
 
@@ -292,3 +292,24 @@ def test_tokens_per_example_counts_the_decoder_side(rng):
     assert _tokens_per_example({"inputs": src, "decoder_inputs": tgt}) == ls + lt
     assert _tokens_per_example({"inputs": src}) == ls
     assert _tokens_per_example({"inputs": np.zeros((2,), np.float32)}) == 1
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+    # results.json names the commit the run imported: a commit made while it
+    # trains (git answering differently later) must not change it.
+    from seqjax.train import results
+
+    answers = iter(["aaa111\n", " M seqjax/x.py\n", "bbb222\n", ""])
+    monkeypatch.setattr(results, "_git", lambda *args: next(answers))
+    results.git_hash.cache_clear()
+    results.git_dirty.cache_clear()
+    try:
+        assert (results.git_hash(), results.git_dirty()) == ("aaa111", True)
+        assert (results.git_hash(), results.git_dirty()) == ("aaa111", True)
+        monkeypatch.setattr(results, "_git", lambda *args: None)  # no git: null fields
+        results.git_hash.cache_clear()
+        results.git_dirty.cache_clear()
+        assert (results.git_hash(), results.git_dirty()) == (None, None)
+    finally:
+        results.git_hash.cache_clear()
+        results.git_dirty.cache_clear()
