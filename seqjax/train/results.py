@@ -102,8 +102,11 @@ def git_hash() -> str | None:
 
 @functools.cache
 def git_dirty() -> bool | None:
-    """Whether the package's tracked files differed from ``HEAD`` when first asked (None: no git)."""
-    out = _git("status", "--porcelain", "--untracked-files=no")
+    """Whether tracked files outside ``docs/`` differed from ``HEAD`` when first asked (None: no git).
+
+    ``docs/`` holds kept results and reports, which runs write and never read.
+    """
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)docs")
     return None if out is None else bool(out.strip())
 
 
