@@ -142,7 +142,7 @@ def splash_call(q5, k4, v4, seg, scale, left, right, interpret=False):
     return out.reshape(b, hk, g, length, -1)
 
 
-def _splash_rows(kernel, q, k, v, seg):
+def _splash_rows(kernel, q, k, v, seg=None):
     """``kernel`` on every batch row (``q (b, H, l, dk)``, ``k, v (b, Hk, l, d)``, ``seg (b, l)`` or None)."""
     if seg is None:
         return jax.vmap(kernel)(q, k, v)
@@ -174,10 +174,7 @@ def _split_rows(treedef, q, k, v, seg, masks):
     more forward launch), since splash's residuals are not arrays that lead
     with the batch.
     """
-    def forward(kernel, q, k, v, *s):
-        return _splash_rows(kernel, q, k, v, *(s or (None,)))
-
-    return _launch(treedef, _present(q, k, v, seg), masks, forward)
+    return _launch(treedef, _present(q, k, v, seg), masks, _splash_rows)
 
 
 def _present(*arrays):
@@ -193,7 +190,7 @@ def _split_rows_bwd(treedef, res, d_out):
     q, k, v, seg, masks = res
 
     def grads(kernel, q, k, v, d_out, *s):
-        _, vjp = jax.vjp(lambda q, k, v: _splash_rows(kernel, q, k, v, *(s or (None,))), q, k, v)
+        _, vjp = jax.vjp(lambda q, k, v: _splash_rows(kernel, q, k, v, *s), q, k, v)
         return list(vjp(d_out))
 
     dq, dk, dv = _launch(treedef, _present(q, k, v, d_out, seg), masks, grads)
