@@ -17,6 +17,7 @@ from seqjax.kernels.attention_vendor import fused_attention, splash_call
 from seqjax.ops import dispatch
 from seqjax.ops.attention import attention, call_sizes
 from seqjax.ops.flash import resolve_window
+from tests.kernels.attention_layout import to_internal, to_public
 from tests.kernels.lowering import lower_for
 from tests.ops.ref_attention import attention_ref
 from tests.ops.utils import RTOL_ATTN, RTOL_GRAD, assert_rel_close
@@ -74,23 +75,12 @@ def _qkv(rng, b, lq, lk, h, hk, d):
     return rng.standard_normal((b, lq, h, d)), rng.standard_normal((b, lk, hk, d)), rng.standard_normal((b, lk, hk, d))
 
 
-def _internal(q, k, v, hk):
-    b, lq, h, d = q.shape
-    q5 = jnp.asarray(q, jnp.float32).reshape(b, lq, hk, h // hk, d).transpose(0, 2, 3, 1, 4)
-    return q5, jnp.asarray(k, jnp.float32).transpose(0, 2, 1, 3), jnp.asarray(v, jnp.float32).transpose(0, 2, 1, 3)
-
-
-def _public(out5):
-    b, hk, g, lq, dv = out5.shape
-    return out5.transpose(0, 3, 1, 2, 4).reshape(b, lq, hk * g, dv)
-
-
 def _check(fn, q, k, v, hk, ref_kw, w):
     """fn(q5, k4, v4) against the references: the output against the float64 loop, the gradients of
     sum(out * w) against the op's materialising impl="reference" in float64 (itself checked against the
     loop in tests/ops/test_attention.py; differentiating the loop at l = 256 takes a minute)."""
-    loss = lambda *a: jnp.sum(_public(fn(*_internal(*a, hk))) * w)  # noqa: E731
-    out = jax.jit(lambda *a: _public(fn(*_internal(*a, hk))))(q, k, v)
+    loss = lambda *a: jnp.sum(to_public(fn(*to_internal(*a, hk))) * w)  # noqa: E731
+    out = jax.jit(lambda *a: to_public(fn(*to_internal(*a, hk))))(q, k, v)
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*(jnp.float32(x) for x in (q, k, v)))
     assert_rel_close(out, attention_ref(q, k, v, **ref_kw), RTOL_ATTN, "out")
     with jax.enable_x64(True):

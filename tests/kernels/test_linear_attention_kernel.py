@@ -101,6 +101,11 @@ KIND_NAMES = [None, "head", "scalar", "channel"]
 def test_backward_kernels_match_reference(kind, interpret):
     # The backward kernels (reverse states pass + chunk pass) against the
     # float64 reference's autodiff; segments, s0 and a padded chunk.
+    _check_backward(kind, interpret)
+
+
+def _check_backward(kind, interpret):
+    """The kernel's gradients (all inputs) against the float64 reference's, for a decay ``kind``."""
     args, seg, w_o, w_s, g_ref = _grad_case(kind)
 
     def loss(q, k, v, s0, ld=None):
@@ -120,7 +125,7 @@ def test_backward_value_tiles_match_reference(monkeypatch, kind):
     # runs as four, the real channels 0-4 spanning two, whose dq, dk and decay
     # parts must be summed and whose dv parts placed side by side.
     monkeypatch.setattr(chunked, "GPU_VALUE_TILE", 4)
-    test_backward_kernels_match_reference(kind, "gpu")
+    _check_backward(kind, "gpu")
 
 
 def test_strong_channel_decay_keeps_float32_precision(rng):

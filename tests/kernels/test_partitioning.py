@@ -129,7 +129,7 @@ def test_splash_under_a_batch_sharded_jit(monkeypatch, segments):
 
     import seqjax.kernels.attention_vendor as vendor
     from seqjax.ops.attention import attention
-    from tests.kernels.test_attention_auto import _internal, _public
+    from tests.kernels.attention_layout import to_internal, to_public
     from tests.ops.ref_attention import attention_ref
 
     seen = []
@@ -148,7 +148,7 @@ def test_splash_under_a_batch_sharded_jit(monkeypatch, segments):
 
     def run(q, k, v):
         seg_arg = None if seg is None else jnp.asarray(seg)
-        return _public(vendor.splash_call(*_internal(q, k, v, hk), seg_arg, d**-0.5, None, 0, interpret=True))
+        return to_public(vendor.splash_call(*to_internal(q, k, v, hk), seg_arg, d**-0.5, None, 0, interpret=True))
 
     mesh = _mesh()
     rows = NamedSharding(mesh, P("data"))
