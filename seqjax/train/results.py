@@ -102,12 +102,21 @@ def git_hash() -> str | None:
 
 @functools.cache
 def git_dirty() -> bool | None:
-    """Whether tracked files outside ``docs/`` differed from ``HEAD`` when first asked (None: no git).
+    """Whether the code differed from ``HEAD`` when first asked (None: no git).
 
-    ``docs/`` holds kept results and reports, which runs write and never read.
+    Dirty means a tracked file outside ``docs/`` changed, or an untracked
+    ``.py`` file outside it exists (a module the run may import that no commit
+    holds). ``docs/`` holds kept results and reports, which runs write and
+    never read; other untracked files (run folders, data) are not code.
     """
-    out = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)docs")
-    return None if out is None else bool(out.strip())
+    out = _git("status", "--porcelain", "--untracked-files=all", "--", ":(top,exclude)docs")
+    if out is None:
+        return None
+    for line in out.splitlines():
+        untracked, path = line.startswith("??"), line[3:].strip().strip('"')
+        if line.strip() and (not untracked or path.endswith(".py")):
+            return True
+    return False
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -310,6 +310,12 @@ def test_code_version_is_read_once_per_process(monkeypatch):
         results.git_hash.cache_clear()
         results.git_dirty.cache_clear()
         assert (results.git_hash(), results.git_dirty()) == (None, None)
+        # Untracked: a new module is code the commit lacks; a run's outputs are not.
+        for status, dirty in (("?? seqjax/mixers/new.py\n", True), ("?? runs/a/results.json\n?? b.txt\n", False),
+                              ("", False), (" M configs/x.py\n", True)):
+            monkeypatch.setattr(results, "_git", lambda *args, s=status: s)
+            results.git_dirty.cache_clear()
+            assert results.git_dirty() is dirty, status
     finally:
         results.git_hash.cache_clear()
         results.git_dirty.cache_clear()
