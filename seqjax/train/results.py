@@ -112,11 +112,8 @@ def git_dirty() -> bool | None:
     out = _git("status", "--porcelain", "--untracked-files=all", "--", ":(top,exclude)docs")
     if out is None:
         return None
-    for line in out.splitlines():
-        untracked, path = line.startswith("??"), line[3:].strip().strip('"')
-        if line.strip() and (not untracked or path.endswith(".py")):
-            return True
-    return False
+    # "?? path" is untracked (git quotes unusual paths); every other line is a tracked change.
+    return any(not line.startswith("??") or line.rstrip('"').endswith(".py") for line in out.splitlines())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
