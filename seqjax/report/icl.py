@@ -121,7 +121,7 @@ def errors_figure(runs: list[dict], title: str):
 
 
 def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.Path]:
-    """The ICL table report: per function class, error/d at d/2, d and 2d examples per model.
+    """The ICL table report: per class, error/d at d/2, d, 2d examples and the longest prompt per model.
 
     Args:
       table: the table spec from ``configs/tables/icl.py``.
@@ -152,7 +152,10 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
             parts += [f"## {fc}", "", markdown_table(["run", "status"], [[c, MISSING] for c in missing[fc]]), ""]
             continue
         d = done[0]["metrics"]["dim"] if done else runs[0]["config"]["task"]["dim"]
-        ks = sorted({max(d // 2, 1), d, 2 * d})
+        # d/2, d and 2d examples, and the longest prompt: at d = 1 (the Fourier classes) 2d is 2
+        # examples, where no model has yet learned anything the curves show later.
+        longest = {int(examples_axis(r["metrics"])[-1]) for r in done}
+        ks = sorted({max(d // 2, 1), d, 2 * d} | longest)
         rows = []
         for r in runs:
             if diverged(r):
@@ -170,7 +173,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
             for b in SUMMARY_BASELINES + CLASS_BASELINES:
                 if b in m0["error_per_n"]:
                     rows.append([f"baseline: {LABELS[b]}"] + [m0["error_per_n"][b][ex0.index(k)] if k in ex0 else None for k in ks])
-        parts += [markdown_table(["run"] + [f"{k} examples" for k in ks], rows), ""]
+        parts += [markdown_table(["run"] + [f"{k} example" + ("s" if k != 1 else "") for k in ks], rows), ""]
         if done:
             png = base / f"icl-{fc}.png"
             written.append(plot_errors(done, png, f"{fc}, d = {d}"))

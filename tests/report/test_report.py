@@ -75,6 +75,22 @@ def test_icl_summary_table_rows_are_examples(rng):
     assert "≤ 0.1" in text and "below 3-NN and averaging for every n ≥ d: yes" in text
 
 
+def test_icl_report_columns_add_the_longest_prompt(tmp_path, rng):
+    # At d = 1, d/2, d and 2d are 1 and 2 examples; the longest prompt (10 here) must be a column too.
+    for name, dim in (("fourier-transformer", 1), ("linear-transformer", 5)):
+        (tmp_path / name).mkdir()
+        r = _icl_result(rng, f"icl-{name}-cpu", 1.0, dim=dim, points=11)
+        r["config"]["task"]["function_class"] = name.split("-")[0]
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    md = build_report({"kind": "icl", "title": "T", "cells": [], "paper": None}, tmp_path)[0].read_text()
+    heads = [line for line in md.splitlines() if line.startswith("| run |")]
+    assert heads == ["| run | 1 example | 2 examples | 10 examples |",
+                     "| run | 2 examples | 5 examples | 10 examples |"]
+    r = json.loads((tmp_path / "fourier-transformer" / "results.json").read_text())
+    row = next(line for line in md.splitlines() if line.startswith("| icl-fourier-transformer-cpu |"))
+    assert row.split(" | ")[-1].rstrip(" |") == f"{r['metrics']['error_per_n']['model'][10]:.3f}"
+
+
 def test_build_reports_from_results_files(tmp_path, rng):
     for i, model in enumerate(["transformer", "lstm"]):
         d = tmp_path / f"linear-{model}"
