@@ -1,17 +1,49 @@
 """Installs seqjax: JAX/Flax sequence mixers and the experiments that compare them."""
 
+import importlib.util
 import pathlib
 import re
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 _HERE = pathlib.Path(__file__).parent
 _VERSION = re.search(
     r'__version__ = "([^"]+)"', (_HERE / "seqjax" / "__init__.py").read_text()
 ).group(1)
 
+
+
+def _provenance():
+    """seqjax/train/provenance.py loaded by path: stdlib only, so it runs before seqjax's dependencies exist."""
+    spec = importlib.util.spec_from_file_location("_seqjax_provenance", _HERE / "seqjax" / "train" / "provenance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildWithCommit(build_py):
+    """build_py that writes seqjax/_build_commit.py (the commit built from) into a built package.
+
+    An installed package has no repository beside it, so results.json's
+    git_hash would be null; seqjax.train.results reads this file instead. Not
+    written for editable installs (they run from the checkout, where git
+    answers) nor outside a git checkout (an sdist).
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        provenance = _provenance()
+        text = provenance.build_module_text(_HERE)
+        if text is not None:
+            (pathlib.Path(self.build_lib) / "seqjax" / provenance.BUILD_MODULE).write_text(text)
+
+
 setup(
     name="seqjax",
+    cmdclass={"build_py": BuildWithCommit},
     version=_VERSION,
     description="Sequence mixers (attention, SSMs, linear RNNs) in JAX/Flax, with "
     "LRA, ICL and ICLL experiments.",

@@ -10,13 +10,13 @@ import functools
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import jax
 
 import seqjax
+from seqjax.train import provenance
 from seqjax.train.writers import jsonable
 
 
@@ -79,41 +79,44 @@ def finished_results(workdir: Path, steps: int) -> dict | None:
     return None
 
 
-def _git(*args: str) -> str | None:
-    """``git *args`` in the repository that holds the seqjax package: its stdout, or None."""
+def _package_dir() -> Path:
+    return Path(seqjax.__file__).parent
+
+
+def _built() -> tuple[str, bool | None] | None:
+    """The commit and dirtiness that ``setup.py`` embedded in a built (non-editable) install, or None."""
     try:
-        out = subprocess.run(["git", *args], cwd=Path(seqjax.__file__).parent, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
+        from seqjax import _build_commit  # written only into built packages, never into the checkout
+    except ImportError:
         return None
-    return out.stdout if out.returncode == 0 else None
+    return _build_commit.COMMIT, _build_commit.DIRTY
 
 
 @functools.cache
 def git_hash() -> str | None:
-    """``git rev-parse HEAD`` of the repository that holds the seqjax package, or None.
+    """The commit of the seqjax code that runs, or None.
 
-    Read once per process: :func:`seqjax.train.run` reads it when it starts,
-    so a run records the commit it imported, not one made while it trained.
+    A built install (``pip install .`` or ``pip install git+…``) answers with
+    the commit it was built from (``seqjax/_build_commit.py``), since no
+    repository sits beside an installed package; a checkout (an editable
+    install) answers with ``git rev-parse HEAD``. Read once per process:
+    :func:`seqjax.train.run` reads it when it starts, so a run records the
+    commit it imported, not one made while it trained.
     """
-    out = _git("rev-parse", "HEAD")
-    return (out.strip() or None) if out is not None else None
+    built = _built()
+    return built[0] if built else provenance.commit(_package_dir())
 
 
 @functools.cache
 def git_dirty() -> bool | None:
-    """Whether the code differed from ``HEAD`` when first asked (None: no git).
+    """Whether the code differed from :func:`git_hash`'s commit (None: unknown).
 
-    Dirty means a tracked file outside ``docs/`` changed, or an untracked
-    ``.py`` file outside it exists (a module the run may import that no commit
-    holds). ``docs/`` holds kept results and reports, which runs write and
-    never read; other untracked files (run folders, data) are not code.
+    The rule is :func:`seqjax.train.provenance.dirty` (tracked changes, or
+    untracked ``.py`` files, outside ``docs/``), read from the checkout when
+    first asked, or as it was at build time for a built install.
     """
-    out = _git("status", "--porcelain", "--untracked-files=all", "--", ":(top,exclude)docs")
-    if out is None:
-        return None
-    # "?? path" is untracked (git quotes unusual paths); every other line is a tracked change.
-    return any(not line.startswith("??") or line.rstrip('"').endswith(".py") for line in out.splitlines())
+    built = _built()
+    return built[1] if built else provenance.dirty(_package_dir())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

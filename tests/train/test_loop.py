@@ -297,23 +297,24 @@ def test_tokens_per_example_counts_the_decoder_side(rng):
 def test_code_version_is_read_once_per_process(monkeypatch):
     # results.json names the commit the run imported: a commit made while it
     # trains (git answering differently later) must not change it.
-    from seqjax.train import results
+    from seqjax.train import provenance, results
 
     answers = iter(["aaa111\n", " M seqjax/x.py\n", "bbb222\n", ""])
-    monkeypatch.setattr(results, "_git", lambda *args: next(answers))
+    monkeypatch.setattr(provenance, "run_git", lambda cwd, *args: next(answers))
+    monkeypatch.setattr(results, "_built", lambda: None)  # a checkout, not a built install
     results.git_hash.cache_clear()
     results.git_dirty.cache_clear()
     try:
         assert (results.git_hash(), results.git_dirty()) == ("aaa111", True)
         assert (results.git_hash(), results.git_dirty()) == ("aaa111", True)
-        monkeypatch.setattr(results, "_git", lambda *args: None)  # no git: null fields
+        monkeypatch.setattr(provenance, "run_git", lambda cwd, *args: None)  # no git: null fields
         results.git_hash.cache_clear()
         results.git_dirty.cache_clear()
         assert (results.git_hash(), results.git_dirty()) == (None, None)
         # Untracked: a new module is code the commit lacks; a run's outputs are not.
         for status, dirty in (("?? seqjax/mixers/new.py\n", True), ("?? runs/a/results.json\n?? b.txt\n", False),
                               ("", False), (" M configs/x.py\n", True)):
-            monkeypatch.setattr(results, "_git", lambda *args, s=status: s)
+            monkeypatch.setattr(provenance, "run_git", lambda cwd, *args, s=status: s)
             results.git_dirty.cache_clear()
             assert results.git_dirty() is dirty, status
     finally:
