@@ -80,7 +80,6 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -90,6 +89,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import seqjax.ops as ops  # noqa: E402
+from seqjax.train import results  # noqa: E402
 from benchmarks.ops import RESULTS, machine  # noqa: E402
 
 RTOL = 1e-4  # float32; the tests see <= 7e-7 relative to float64 references
@@ -332,14 +332,9 @@ def run_case(case, L, sizes, repeats, cores, rng):
 
 
 def _git_hash():
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=pathlib.Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=pathlib.Path(__file__).parent)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except Exception:  # noqa: BLE001
-        return None
+    """The commit the benchmark ran (``results.git_hash``), with ``-dirty`` by ``results.git_dirty``'s rule."""
+    commit = results.git_hash()
+    return commit and commit + ("-dirty" if results.git_dirty() else "")
 
 
 def format_rows(rows):
