@@ -75,8 +75,20 @@ def bench_pipeline(size: int, num_examples: int, batch_size: int, batches: int, 
     return rows
 
 
+class _ClassifierLoss:
+    """The task side of the trainer's step: cross-entropy of the logits against ``batch["targets"]``."""
+
+    @staticmethod
+    def loss(logits, batch):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(), {}
+
+
 def train_step(model_name: str, length: int, width: int, batch: int, mixer_kwargs: dict | None = None):
-    """A jitted train step (forward, backward, AdamW) of a 2-layer ``model_name`` classifier and its arguments.
+    """The trainer's jitted train step (forward, backward, AdamW) of a 2-layer ``model_name`` classifier.
+
+    It is :func:`seqjax.train.step.make_train_step`, what ``seqjax.train``
+    runs (so a mixer with model state, ``routing``'s centroids, or with
+    auxiliary losses is measured as it trains), with a constant AdamW.
 
     Args:
       model_name: a model preset (``"s4d"``, ``"mamba"``, ...).
@@ -86,10 +98,12 @@ def train_step(model_name: str, length: int, width: int, batch: int, mixer_kwarg
       mixer_kwargs: fields set on the ``model_name`` mixer (``{"impl": "chunked"}``).
 
     Returns:
-      ``(step, args)``; ``step(*args)`` returns the new ``(params, opt_state)``.
+      ``(step, args)``; ``step(*args)`` returns the next train state and the step's metrics.
     """
     from configs.common import apply_model_preset, base_config
     from seqjax import models
+    from seqjax.train.state import create_train_state, split_variables
+    from seqjax.train.step import make_train_step
 
     config = base_config()
     m = config.model
@@ -101,21 +115,12 @@ def train_step(model_name: str, length: int, width: int, batch: int, mixer_kwarg
     model = models.build(m)
     tokens = jax.random.randint(jax.random.key(0), (batch, length), 1, 256)
     labels = jax.random.randint(jax.random.key(1), (batch,), 0, 2)
-    params = model.init(jax.random.key(2), tokens[:1])["params"]
-    tx = optax.adamw(1e-3)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt, tokens, labels):
-        def loss(p):
-            logits = model.apply({"params": p}, tokens)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        g = jax.grad(loss)(params)
-        updates, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, updates), opt
-
-    return step, (params, opt, tokens, labels)
+    params, model_state = split_variables(model.init(jax.random.key(2), tokens[:1]))
+    lr = 1e-3
+    tx = optax.adamw(lr)
+    state = create_train_state(params, tx, model_state)
+    step = jax.jit(make_train_step(model, _ClassifierLoss(), tx, lambda count: lr))
+    return step, (state, {"inputs": tokens, "targets": labels}, jax.random.key(3))
 
 
 def bench_train_step(model_name: str, length: int, width: int, batch: int, repeats: int) -> dict:
