@@ -19,6 +19,14 @@ initialised parameters by path (``backbone/block_0/mixer/A_log``):
   initialisation and their shapes are not compared (a pretrained LM head's
   ``head/logits`` has the vocabulary's width, a classifier's the classes').
 
+The model's other variable collections (its model state: the ``routing``
+mixer's centroids, ``longvq``'s codebook statistics, the random features in
+``constants``) are copied the same way, as paths ``<collection>:<path>``
+(``routing:backbone/block_0/mixer/centroids``): the source's parameters were
+trained with them, so a copy of the parameters alone would pair them with a
+fresh codebook or other random features. ``init_from_skip`` prefixes apply to
+the path after the collection.
+
 A matched path whose shapes differ is a :class:`~seqjax.errors.ConfigError`
 naming the path and both shapes, raised from the checkpoints' metadata before
 the workdir is created. The optimiser state starts fresh (step 0, zero
@@ -50,7 +58,7 @@ class Plan:
       source: the path as given in the config.
       root: the source run folder (the one holding ``checkpoints/``).
       step: the pinned step (a ``checkpoints/<step>`` source), or None for the newest that restores.
-      matched: paths in both trees with equal shapes, sorted.
+      matched: paths in both trees with equal shapes, sorted (model state as ``<collection>:<path>``).
       new: paths only in the new model, sorted.
       dropped: paths only in the source, sorted.
       skipped: paths in both under an ``init_from_skip`` prefix (kept at their init), sorted.
@@ -85,6 +93,19 @@ def flat_params(tree: Any) -> dict[str, Any]:
     return {param_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def flat_state(params: Any, model_state: Any = None) -> dict[str, Any]:
+    """``{path: leaf}`` of the parameters and of the model state (``<collection>:<path>``)."""
+    flat = flat_params(params)
+    for collection, tree in (model_state or {}).items():
+        flat.update({f"{collection}:{path}": v for path, v in flat_params(tree).items()})
+    return flat
+
+
+def _bare(path: str) -> str:
+    """A path without its ``<collection>:`` (model state), as ``init_from_skip`` prefixes read it."""
+    return path.split(":", 1)[-1]
+
+
 def has_checkpoints(workdir: Path) -> bool:
     """Whether ``workdir`` holds a run to resume: a finalised step folder, or damaged ones moved aside.
 
@@ -114,13 +135,14 @@ def _resolve(source: str) -> tuple[Path, int | None]:
                       "checkpoints/<step> folder")
 
 
-def plan(config, workdir: Path, abstract_params: Any) -> Plan | None:
-    """Checks ``config.train.init_from`` against the new model's parameters (metadata only).
+def plan(config, workdir: Path, abstract_params: Any, abstract_model_state: Any = None) -> Plan | None:
+    """Checks ``config.train.init_from`` against the new model's parameters and model state (metadata only).
 
     Args:
       config: the full config.
       workdir: this run's folder (need not exist).
       abstract_params: the new model's parameters (``ShapeDtypeStruct`` leaves).
+      abstract_model_state: its other variable collections (``{collection: tree}``; None: none).
 
     Returns:
       The :class:`Plan`, or None when ``init_from`` is unset or this run resumes
@@ -153,14 +175,16 @@ def plan(config, workdir: Path, abstract_params: Any) -> Plan | None:
     if saved is None or not isinstance(saved, dict) or "params" not in saved:
         why = "; ".join(reasons) if reasons else "no params in the saved state"
         raise ConfigError(f"{FIELD}={source!r}: no checkpoint in {where} is readable ({why})")
-    old, new = flat_params(saved["params"]), flat_params(abstract_params)
+    old = flat_state(saved["params"], saved.get("model_state"))
+    new = flat_state(abstract_params, abstract_model_state)
     prefixes = skip_prefixes(config.train.get("init_from_skip"))
     both = sorted(set(old) & set(new))
-    skipped = [p for p in both if any(p == q or p.startswith(q + "/") for q in prefixes)]
+    skipped = [p for p in both if any(_bare(p) == q or _bare(p).startswith(q + "/") for q in prefixes)]
     matched = [p for p in both if p not in skipped]
     for path in matched:
         if tuple(old[path].shape) != tuple(new[path].shape):
-            raise ConfigError(f"{FIELD}={source!r}: parameter {path} has shape {tuple(old[path].shape)} in the "
+            what = "model state" if ":" in path else "parameter"
+            raise ConfigError(f"{FIELD}={source!r}: {what} {path} has shape {tuple(old[path].shape)} in the "
                               f"source but {tuple(new[path].shape)} in this model")
     return Plan(source=str(source), root=root, step=pinned, matched=tuple(matched),
                 new=tuple(sorted(set(new) - set(old))), dropped=tuple(sorted(set(old) - set(new))),
@@ -172,13 +196,23 @@ def skip_prefixes(value: str | None) -> tuple[str, ...]:
     return tuple(q.strip().strip("/") for q in (value or "").split(",") if q.strip().strip("/"))
 
 
-def _target(the_plan: Plan, params: Any) -> Any:
-    """The restore target: matched params in this run's dtypes and shardings, everything else as host arrays."""
-    new = flat_params(params)
+def _saved_path(key_path) -> str | None:
+    """The flat path of a leaf of the saved state: a parameter, ``<collection>:<path>``, or None (the rest)."""
+    keys = [getattr(k, "key", None) for k in key_path[:2]]
+    if keys[:1] == ["params"]:
+        return param_path(key_path[1:])
+    if keys[:1] == ["model_state"] and len(key_path) > 2:
+        return f"{keys[1]}:{param_path(key_path[2:])}"
+    return None
+
+
+def _target(the_plan: Plan, state: Any) -> Any:
+    """The restore target: matched leaves in this run's dtypes and shardings, everything else as host arrays."""
+    new = flat_state(state.params, state.model_state)
     matched = set(the_plan.matched)
 
     def leaf(key_path, meta):
-        path = param_path(key_path[1:]) if key_path and getattr(key_path[0], "key", None) == "params" else None
+        path = _saved_path(key_path)
         if path in matched:
             mine = new[path]
             return jax.ShapeDtypeStruct(mine.shape, mine.dtype, sharding=mine.sharding)
@@ -188,8 +222,14 @@ def _target(the_plan: Plan, params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(leaf, the_plan.saved)
 
 
+def _replace(tree: Any, copied: dict, prefix: str = "") -> Any:
+    """``tree`` with the leaves whose path (``prefix`` + path) is in ``copied`` replaced."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return jax.tree_util.tree_unflatten(treedef, [copied.get(prefix + param_path(p), v) for p, v in leaves])
+
+
 def load(the_plan: Plan, state: Any, *, report=None) -> tuple[Any, dict]:
-    """Copies the source's matched parameters into a freshly initialised state.
+    """Copies the source's matched parameters and model state into a freshly initialised state.
 
     Args:
       the_plan: :func:`plan`'s result.
@@ -197,14 +237,14 @@ def load(the_plan: Plan, state: Any, *, report=None) -> tuple[Any, dict]:
       report: receives the one-line warning of each source checkpoint that does not restore.
 
     Returns:
-      ``(state, record)``: the state with the matched parameters replaced
+      ``(state, record)``: the state with the matched parameters and model state replaced
       (same shardings and dtypes; optimiser state and step untouched) and the
       record (``source``, ``step``, ``matched``, ``new``, ``dropped``, ``skipped``, ``message``).
 
     Raises:
       ConfigError: no checkpoint of the source restores.
     """
-    target = _target(the_plan, state.params)
+    target = _target(the_plan, state)
     where = the_plan.root / "checkpoints"
     with Checkpointer(the_plan.root, read_only=True) as ckpt:
         try:
@@ -221,14 +261,14 @@ def load(the_plan: Plan, state: Any, *, report=None) -> tuple[Any, dict]:
                 step, restored, _ = found
         except CheckpointError as e:
             raise ConfigError(f"{FIELD}={the_plan.source!r}: {str(e).split('; delete')[0]}") from None
-    source = flat_params(restored["params"])
+    source = flat_state(restored["params"], restored.get("model_state"))
     copied = {path: source[path] for path in the_plan.matched}
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state.params)
-    params = jax.tree_util.tree_unflatten(treedef, [copied.get(param_path(p), v) for p, v in leaves])
+    params = _replace(state.params, copied)
+    model_state = {c: _replace(tree, copied, f"{c}:") for c, tree in state.model_state.items()}
     record = {"source": str(the_plan.root), "step": int(step), "matched": list(the_plan.matched),
               "new": list(the_plan.new), "dropped": list(the_plan.dropped), "skipped": list(the_plan.skipped)}
     record["message"] = message(the_plan.source, record)
-    return state.replace(params=params), record
+    return state.replace(params=params, model_state=model_state), record
 
 
 def apply(the_plan: Plan | None, state: Any, workdir: Path, *, primary: bool, say) -> tuple[Any, dict | None]:
@@ -271,5 +311,5 @@ def write_record(workdir: Path, record: dict) -> None:
     write_json_atomic(Path(workdir) / RECORD_FILE, record)
 
 
-__all__ = ["Plan", "plan", "load", "apply", "message", "has_checkpoints", "flat_params", "skip_prefixes",
+__all__ = ["Plan", "plan", "load", "apply", "message", "has_checkpoints", "flat_params", "flat_state", "skip_prefixes",
            "param_path", "write_record", "RECORD_FILE"]

@@ -287,7 +287,7 @@ def set_up(config, workdir: Path, sizes: dict[str, int], t_start: float, *, task
     # Parameters split by their logical names (config.mesh.preset); moments like their parameters.
     specs = parallel.param_specs(boxed, mesh, rules)
     # The last check (the source's shapes against the model's), then the folder.
-    init_from = init_from_lib.plan(config, workdir, abstract.params)
+    init_from = init_from_lib.plan(config, workdir, abstract.params, abstract.model_state)
     _create_workdir(config, workdir)
     return Setup(
         config=config, workdir=workdir, task=task, model=model, primary=distributed.is_primary(), t_start=t_start,

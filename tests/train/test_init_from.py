@@ -157,6 +157,51 @@ def test_init_from_skip_keeps_a_prefix_at_its_init(source, tmp_path):
         np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(init[path]), err_msg=path)
 
 
+class StateModel(nn.Module):
+    """ToyModel with model state: random features in ``constants`` and a running input mean in ``stats``
+    (the kinds ``performer``/``sea`` and ``routing``/``longvq`` keep)."""
+
+    @nn.compact
+    def __call__(self, x, segment_ids=None, deterministic=True):
+        del segment_ids, deterministic
+        omega = self.variable("constants", "omega", lambda: jax.random.normal(self.make_rng("params"), x.shape[-1:]))
+        mean = self.variable("stats", "mean", lambda: jax.numpy.zeros(x.shape[-1:]))
+        if self.is_mutable_collection("stats") and not self.is_initializing():  # training only
+            mean.value = 0.5 * mean.value + 0.5 * x.mean(axis=(0, 1))
+        h = nn.LayerNorm(name="LayerNorm_0")(nn.gelu(nn.Dense(16, name="Dense_0")(x * omega.value - mean.value)))
+        return nn.Dense(1, name="Dense_1")(h)
+
+
+def test_model_state_is_copied_with_the_params(tmp_path, capsys):
+    # The params were trained with the source's random features and statistics: both come along.
+    src = tmp_path / "source"
+    run(make_config(steps=3, checkpoint_every=0), src, task=ToyTask(), model=StateModel())
+    with Checkpointer(src, keep=10, async_save=False) as ckpt:
+        _, saved, _ = ckpt.restore_latest()
+    other_seed = make_config(steps=2)
+    other_seed.seed = 1  # a fresh init draws other features
+    fresh = _start(other_seed, tmp_path / "fresh", StateModel())
+    config = make_config(steps=2)
+    config.seed = 1
+    config.train.init_from = str(src)
+    start = _start(config, tmp_path / "run", StateModel())
+    state_paths = ["constants:omega", "stats:mean"]
+    assert start.init_from["matched"] == sorted(MATCHED + DROPPED + state_paths) and start.init_from["new"] == []
+    for collection, name in (("constants", "omega"), ("stats", "mean")):
+        got, init = np.asarray(start.state.model_state[collection][name]), np.asarray(
+            fresh.state.model_state[collection][name])
+        np.testing.assert_array_equal(got, np.asarray(saved["model_state"][collection][name]), err_msg=name)
+        assert np.max(np.abs(got - init)) > 1e-3, name  # not what a fresh init gives
+        assert start.state.model_state[collection][name].sharding == fresh.state.model_state[collection][name].sharding
+    # A skip prefix reads the path after the collection: "omega" keeps its fresh init.
+    config.train.init_from_skip = "omega"
+    skipped = _start(config, tmp_path / "skipped", StateModel())
+    assert skipped.init_from["skipped"] == ["constants:omega"]
+    np.testing.assert_array_equal(np.asarray(skipped.state.model_state["constants"]["omega"]),
+                                  np.asarray(fresh.state.model_state["constants"]["omega"]))
+    capsys.readouterr()
+
+
 def test_bad_sources_are_one_line_errors(source, tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
