@@ -21,6 +21,7 @@ from seqjax.errors import ConfigError
 from seqjax.parallel import distributed
 from seqjax.tasks.base import padded_batch_size
 from seqjax.train import optim as optim_lib
+from seqjax.train.guards import StopRule
 from seqjax.train.writers import jsonable
 
 
@@ -50,6 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
             "batch_size": 32,
             "log_every": 100,
             "eval_every": 0,  # 0: evaluate only at the end
+            # Stop once an evaluation (of eval_every) meets e.g. "accuracy>=0.99" (seqjax.train.guards.StopRule).
+            "stop_at": "",
             "checkpoint_every": 1000,  # 0: checkpoint only at the end
             "keep_checkpoints": 2,
             # Stop when a loss exceeds this many times its running median (seqjax.train.guards); 0/None: off.
@@ -110,6 +113,9 @@ def validate_config(config, num_devices: int | None = None) -> dict[str, int]:
     _check_int("config.train.eval_every", train.get("eval_every"), 0)
     _check_int("config.train.checkpoint_every", train.get("checkpoint_every"), 0)
     _check_int("config.train.keep_checkpoints", train.get("keep_checkpoints"), 1)
+    if StopRule.parse(train.get("stop_at")) is not None and not train.get("eval_every"):
+        raise ConfigError(f"config.train.stop_at={train.get('stop_at')!r} needs config.train.eval_every > 0 (the rule "
+                          "is read at those evaluations)")
     factor = train.get("divergence_factor")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
                                or not (factor == 0 or 1 < factor < float("inf"))):

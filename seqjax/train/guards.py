@@ -6,6 +6,11 @@ above ``config.train.divergence_factor`` times a reference that follows the
 run (:meth:`DivergenceGuard.limit`). Its history travels in the checkpoint
 meta, so a resumed run decides exactly as an uninterrupted one.
 
+:class:`StopRule` ends a run that has reached its goal: ``config.train.stop_at``
+(``"accuracy>=0.99"``) read at each evaluation of ``eval_every``, as Zoology
+stops its MQAR runs at 0.99 validation accuracy; the run then finishes
+normally at that step, without the remaining steps.
+
 :class:`StopSignals` turns the first SIGINT or SIGTERM into a request that
 the loop honours at the end of the current step (checkpoint, then
 :class:`TrainingInterrupted`); a second signal of the same kind acts as it
@@ -13,12 +18,16 @@ would without the trainer (``KeyboardInterrupt``, or termination).
 """
 
 import collections
+import dataclasses
 import math
+import re
 import signal
 import threading
 from typing import Any
 
 import numpy as np
+
+from seqjax.errors import ConfigError
 
 # Losses in the running median: long enough that one noisy batch does not move
 # it, short enough that a loss which falls over training is compared with its
@@ -135,6 +144,49 @@ class DivergenceGuard:
             self._window.extend(state["window"])
 
 
+STOP_AT_FORM = "'<eval metric>>=<number>' or '<eval metric><=<number>' (e.g. 'accuracy>=0.99'), or '' (never)"
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+    """``config.train.stop_at``: stop once an evaluation's metric reaches a value.
+
+    Attributes:
+      text: the rule as written, e.g. ``"accuracy>=0.99"``.
+      metric: the name in the task's evaluation metrics.
+      op: ``">="`` or ``"<="``.
+      value: the threshold.
+    """
+
+    text: str
+    metric: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text) -> "StopRule | None":
+        """The rule of ``config.train.stop_at`` (None for ``""``/None); ConfigError naming the form otherwise."""
+        if text is None or text == "":
+            return None
+        match = re.fullmatch(r"\s*([A-Za-z_][\w/.-]*)\s*(>=|<=)\s*(\S+)\s*", text) if isinstance(text, str) else None
+        try:
+            value = float(match.group(3)) if match else math.nan
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"config.train.stop_at={text!r} must be {STOP_AT_FORM}")
+        return cls(text=text.strip(), metric=match.group(1), op=match.group(2), value=value)
+
+    def reached(self, metrics: dict) -> bool:
+        """Whether ``metrics`` (one evaluation's) meets the rule; ConfigError when it lacks the metric."""
+        if self.metric not in metrics:
+            names = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, (int, float))))
+            raise ConfigError(f"config.train.stop_at={self.text!r}: the evaluation has no metric {self.metric!r}; "
+                              f"allowed: {names}")
+        got = float(metrics[self.metric])
+        return got >= self.value if self.op == ">=" else got <= self.value
+
+
 class StopSignals:
     """SIGINT and SIGTERM, while the ``with`` block runs, only set :attr:`received`.
 
@@ -178,4 +230,4 @@ class StopSignals:
         self._previous.clear()
 
 
-__all__ = ["DivergenceGuard", "StopSignals", "TrainingDiverged", "TrainingInterrupted", "MEDIAN_WINDOW"]
+__all__ = ["DivergenceGuard", "StopRule", "StopSignals", "STOP_AT_FORM", "TrainingDiverged", "TrainingInterrupted", "MEDIAN_WINDOW"]

@@ -43,7 +43,8 @@ How a run stops early (:mod:`seqjax.train.guards`):
   ``results.json`` with ``"status": "diverged"`` and raises
   :class:`TrainingDiverged`;
 - SIGINT/SIGTERM finish the current step, save a checkpoint and raise
-  :class:`TrainingInterrupted`.
+  :class:`TrainingInterrupted`;
+- an evaluation that meets ``train.stop_at`` ends the run there, finished.
 
 Process 0 prints a few lines to stdout: the run folder, ``compiling...``
 before the first step, ``already finished: <folder>`` for a finished run.
@@ -76,7 +77,7 @@ from seqjax.tasks.base import PaddedIterator, padded_batch_size
 from seqjax.train import init_from as init_from_lib
 from seqjax.train import optim as optim_lib
 from seqjax.train.checkpoint import Checkpointer, abstract_like
-from seqjax.train.guards import DivergenceGuard, StopSignals, TrainingDiverged, TrainingInterrupted
+from seqjax.train.guards import DivergenceGuard, StopRule, StopSignals, TrainingDiverged, TrainingInterrupted
 from seqjax.train.log_window import LogWindow
 from seqjax.train.config import batch_padding, check_lengths, check_vocab, check_workdir_config, validate_config
 from seqjax.train.results import finished_results, git_dirty, git_hash, run_record, write_json_atomic
@@ -170,11 +171,15 @@ class Trained:
       state: the state after the last step.
       loss: the last step's loss (the checkpoint's when no step ran).
       examples_per_s: throughput over the timed steps (None when no step was timed).
+      stopped: ``train.stop_at`` ended the run: ``{"step", "rule", "value"}`` (None: all steps ran).
+      stop_metrics: the evaluation that met the rule (the run's final metrics), or None.
     """
 
     state: TrainState
     loss: float | None
     examples_per_s: float | None
+    stopped: dict | None = None
+    stop_metrics: dict | None = None
 
 
 # --- the run -------------------------------------------------------------------------
@@ -446,9 +451,11 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
       TrainingDiverged: see :class:`~seqjax.train.guards.DivergenceGuard` (the
         last good state is checkpointed first, at the step it had reached).
       TrainingInterrupted: a signal arrived (the state after the current step is checkpointed first).
+      ConfigError: ``train.stop_at`` names a metric the evaluation lacks.
     """
     cfg = setup.config.train
     steps, rep = cfg.steps, replicated(setup.mesh)
+    stop = StopRule.parse(cfg.get("stop_at"))
     step_fn = jax.jit(
         make_train_step(setup.model, setup.task, setup.tx, setup.schedules["lr"]),
         in_shardings=(setup.state_shardings, setup.batch_shardings, rep, rep),
@@ -498,10 +505,18 @@ def train_loop(setup: Setup, start: Start, ckpt: Checkpointer, writer: Writer,
                 writer.write(done, "train", values)
                 bar.set_postfix(loss=f"{values['loss']:.4g}", ex_s=f"{values['examples_per_s']:.3g}",
                                 tok_s=f"{values['tokens_per_s']:.3g}")
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == steps:
+            saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == steps
+            if saved:
                 ckpt.save(done, state, meta(done, data_state, loss))
             if cfg.eval_every and done % cfg.eval_every == 0 and done != steps:
-                evaluate(done, state.params, state.model_state)
+                evaluated = evaluate(done, state.params, state.model_state)
+                if stop is not None and stop.reached(evaluated):  # the goal is met: the run ends here
+                    if not saved:
+                        ckpt.save(done, state, meta(done, data_state, loss))
+                    bar.update(1)
+                    stopped = {"step": done, "rule": stop.text, "value": float(evaluated[stop.metric])}
+                    return Trained(state=state, loss=last_loss, examples_per_s=window.examples_per_s(),
+                                   stopped=stopped, stop_metrics=evaluated)
             bar.update(1)
             if signals is not None and signals.received is not None:
                 ckpt.save(done, state, meta(done, data_state, loss))
@@ -527,10 +542,13 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
     Returns:
       The results (also in ``workdir/results.json``, written by process 0).
     """
-    steps = setup.config.train.steps
-    final_metrics = evaluate(steps, trained.state.params, trained.state.model_state)
+    steps, stopped = setup.config.train.steps, trained.stopped
+    final_metrics = (trained.stop_metrics if stopped else
+                     evaluate(steps, trained.state.params, trained.state.model_state))
     ckpt.wait()
     examples_per_s = trained.examples_per_s
+    # A run that train.stop_at ended keeps steps = the configured ones, so that rerunning it is "already finished".
+    early = {"completed_steps": stopped["step"], "stopped_at": stopped} if stopped else {}
     results = {
         "metrics": jsonable(final_metrics),
         "train": {
@@ -538,6 +556,7 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
             "steps": steps,
             "examples_per_s": examples_per_s,
             "tokens_per_s": None if examples_per_s is None else examples_per_s * setup.tokens_per_example,
+            **early,
         },
         **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start,
                      workdir=setup.workdir),
@@ -546,7 +565,9 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
     }
     if setup.primary:
         write_json_atomic(setup.workdir / "results.json", results)
-    writer.message(f"finished {steps} steps: loss {trained.loss}, metrics {json.dumps(results['metrics'])}")
+    done = (f"stopped at step {stopped['step']} of {steps} ({stopped['rule']}: {stopped['value']:.4g})" if stopped
+            else f"finished {steps} steps")
+    writer.message(f"{done}: loss {trained.loss}, metrics {json.dumps(results['metrics'])}")
     return results
 
 
