@@ -86,6 +86,8 @@ def test_recall_configs_build(config, arg):
         pairs = {64: 4, 128: 8, 256: 16, 512: 64}[task.max_length]
         assert (task.vocab_size, task.sampler_kwargs["num_kv_pairs"], c.model.num_layers) == (8192, pairs, 2)
         assert c.train.steps == 64 * -(-100_000 // c.train.batch_size)  # 64 epochs of 100,000 examples
+        # Zoology evaluates after every epoch and stops above 0.99 held-out accuracy.
+        assert (c.train.eval_every, c.train.stop_at) == (c.train.steps // 64, "accuracy>0.99")
 
 
 def test_docs_state_the_recall_cpu_config():

@@ -51,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
             "batch_size": 32,
             "log_every": 100,
             "eval_every": 0,  # 0: evaluate only at the end
-            # Stop once an evaluation (of eval_every) meets e.g. "accuracy>=0.99" (seqjax.train.guards.StopRule).
+            # Stop once an evaluation (of eval_every) meets e.g. "accuracy>0.99" (seqjax.train.guards.StopRule).
             "stop_at": "",
             "checkpoint_every": 1000,  # 0: checkpoint only at the end
             "keep_checkpoints": 2,

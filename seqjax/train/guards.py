@@ -7,8 +7,8 @@ run (:meth:`DivergenceGuard.limit`). Its history travels in the checkpoint
 meta, so a resumed run decides exactly as an uninterrupted one.
 
 :class:`StopRule` ends a run that has reached its goal: ``config.train.stop_at``
-(``"accuracy>=0.99"``) read at each evaluation of ``eval_every``, as Zoology
-stops its MQAR runs at 0.99 validation accuracy; the run then finishes
+(``"accuracy>0.99"``) read at each evaluation of ``eval_every``, as Zoology
+stops its MQAR runs above 0.99 validation accuracy; the run then finishes
 normally at that step, without the remaining steps.
 
 :class:`StopSignals` turns the first SIGINT or SIGTERM into a request that
@@ -144,7 +144,8 @@ class DivergenceGuard:
             self._window.extend(state["window"])
 
 
-STOP_AT_FORM = "'<eval metric>>=<number>' or '<eval metric><=<number>' (e.g. 'accuracy>=0.99'), or '' (never)"
+STOP_AT_FORM = "'<eval metric><op><number>' with <op> one of >=, >, <=, < (e.g. 'accuracy>0.99'), or '' (never)"
+_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,7 @@ class StopRule:
     Attributes:
       text: the rule as written, e.g. ``"accuracy>=0.99"``.
       metric: the name in the task's evaluation metrics.
-      op: ``">="`` or ``"<="``.
+      op: ``">="``, ``">"``, ``"<="`` or ``"<"``.
       value: the threshold.
     """
 
@@ -168,7 +169,7 @@ class StopRule:
         """The rule of ``config.train.stop_at`` (None for ``""``/None); ConfigError naming the form otherwise."""
         if text is None or text == "":
             return None
-        match = re.fullmatch(r"\s*([A-Za-z_][\w/.-]*)\s*(>=|<=)\s*(\S+)\s*", text) if isinstance(text, str) else None
+        match = re.fullmatch(r"\s*([A-Za-z_][\w/.-]*)\s*(>=|>|<=|<)\s*(\S+)\s*", text) if isinstance(text, str) else None
         try:
             value = float(match.group(3)) if match else math.nan
         except ValueError:
@@ -184,7 +185,7 @@ class StopRule:
             raise ConfigError(f"config.train.stop_at={self.text!r}: the evaluation has no metric {self.metric!r}; "
                               f"allowed: {names}")
         got = float(metrics[self.metric])
-        return got >= self.value if self.op == ">=" else got <= self.value
+        return _OPS[self.op](got, self.value)
 
 
 class StopSignals:

@@ -56,12 +56,19 @@ def test_a_rule_never_met_runs_every_step(tmp_path):
     assert res["train"]["steps"] == 10 and "stopped_at" not in res["train"] and "completed_steps" not in res["train"]
 
 
-@pytest.mark.parametrize("rule", ["accuracy>0.99", "accuracy>=x", ">=0.9", "accuracy>=inf"])
+@pytest.mark.parametrize("rule", ["accuracy=0.99", "accuracy=>0.99", "accuracy>=x", ">=0.9", "accuracy>=inf"])
 def test_bad_rules_are_one_line_config_errors(rule):
     config = make_config(eval_every=5)
     config.train.stop_at = rule
-    with pytest.raises(ConfigError, match=r"^config\.train\.stop_at=.* must be '<eval metric>>=<number>'"):
+    with pytest.raises(ConfigError, match=r"^config\.train\.stop_at=.* must be '<eval metric><op><number>'"):
         validate_config(config)
+
+
+def test_the_four_comparisons_at_the_threshold():
+    # Zoology's rule is strict ("> 0.99"): at exactly the threshold it does not stop.
+    got = {op: StopRule.parse(f"accuracy{op}0.99").reached({"accuracy": 0.99}) for op in (">=", ">", "<=", "<")}
+    assert got == {">=": True, ">": False, "<=": True, "<": False}
+    assert StopRule.parse(" ce < 0.5 ").reached({"ce": 0.4}) and StopRule.parse("ce>0.5").reached({"ce": 0.6})
 
 
 def test_a_rule_needs_evaluations_and_a_metric_the_evaluation_has(tmp_path):
@@ -82,6 +89,6 @@ def test_cli_bad_rule_exits_2_with_one_line(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert [line for line in r.stderr.splitlines() if line.strip()] == [
-        "error: config.train.stop_at='accuracy=0.99' must be '<eval metric>>=<number>' or '<eval metric><=<number>' "
-        "(e.g. 'accuracy>=0.99'), or '' (never)"]
+        "error: config.train.stop_at='accuracy=0.99' must be '<eval metric><op><number>' with <op> one of >=, >, <=, "
+        "< (e.g. 'accuracy>0.99'), or '' (never)"]
     assert not (tmp_path / "run").exists()
