@@ -80,7 +80,7 @@ from seqjax.train.checkpoint import Checkpointer, abstract_like
 from seqjax.train.guards import DivergenceGuard, StopRule, StopSignals, TrainingDiverged, TrainingInterrupted
 from seqjax.train.log_window import LogWindow
 from seqjax.train.config import batch_padding, check_lengths, check_vocab, check_workdir_config, validate_config
-from seqjax.train.results import finished_results, git_dirty, git_hash, run_record, write_json_atomic
+from seqjax.train.results import finished_results, git_dirty, git_hash, run_record, write_diverged, write_json_atomic
 from seqjax.train.state import (TrainState, abstract_variables, create_train_state, make_init_fn, replicated,
                                 split_variables, state_shardings)
 from seqjax.train.step import apply_model, init_extras, make_train_step, model_inputs
@@ -569,32 +569,6 @@ def finish(setup: Setup, start: Start, trained: Trained, ckpt: Checkpointer, wri
             else f"finished {steps} steps")
     writer.message(f"{done}: loss {trained.loss}, metrics {json.dumps(results['metrics'])}")
     return results
-
-
-def write_diverged(setup: Setup, start: Start, diverged: TrainingDiverged) -> None:
-    """Writes ``results.json`` of a diverged run: ``"status": "diverged"``, ``"finished": false``, no metrics.
-
-    Reports skip it (they read finished runs); rerunning the same command
-    restores the kept checkpoint and diverges again, unless
-    ``train.divergence_factor`` (a field that may change between runs) is raised.
-
-    Args:
-      setup: the run's set-up.
-      start: where this process started (its earlier wall time counts).
-      diverged: the error raised by :func:`train_loop`.
-    """
-    if not setup.primary:
-        return
-    results = {
-        "metrics": {},
-        "train": {"loss": None, "steps": setup.config.train.steps, "completed_steps": diverged.step},
-        "diverged": {"step": diverged.step, "cause": diverged.cause, "message": str(diverged)},
-        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start,
-                     workdir=setup.workdir),
-        "status": "diverged",
-        "finished": False,
-    }
-    write_json_atomic(setup.workdir / "results.json", results)
 
 
 # --- helpers -----------------------------------------------------------------------

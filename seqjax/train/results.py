@@ -2,7 +2,7 @@
 
 :func:`seqjax.train.loop.finish` writes ``"status": "finished"`` (and
 ``"finished": true``) with the final metrics;
-:func:`seqjax.train.loop.write_diverged` writes ``"status": "diverged"``
+:func:`write_diverged` writes ``"status": "diverged"``
 (``"finished": false``, no metrics). Both share :func:`run_record`.
 """
 
@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,32 @@ def git_dirty() -> bool | None:
     return built[1] if built else provenance.dirty(_package_dir())
 
 
+def write_diverged(setup: Any, start: Any, diverged: Any) -> None:
+    """Writes ``results.json`` of a diverged run: ``"status": "diverged"``, ``"finished": false``, no metrics.
+
+    Reports skip it (they read finished runs); rerunning the same command
+    restores the kept checkpoint and diverges again, unless
+    ``train.divergence_factor`` (a field that may change between runs) is raised.
+
+    Args:
+      setup: the run's :class:`~seqjax.train.loop.Setup`.
+      start: where this process started (:class:`~seqjax.train.loop.Start`; its earlier wall time counts).
+      diverged: the :class:`~seqjax.train.guards.TrainingDiverged` raised by the train loop.
+    """
+    if not setup.primary:
+        return
+    results = {
+        "metrics": {},
+        "train": {"loss": None, "steps": setup.config.train.steps, "completed_steps": diverged.step},
+        "diverged": {"step": diverged.step, "cause": diverged.cause, "message": str(diverged)},
+        **run_record(setup.config, setup.sizes, setup.preset, start.elapsed_s + time.time() - setup.t_start,
+                     workdir=setup.workdir),
+        "status": "diverged",
+        "finished": False,
+    }
+    write_json_atomic(setup.workdir / "results.json", results)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename (never half a file)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -126,4 +153,5 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["INIT_FROM_FILE", "run_record", "finished_results", "git_dirty", "git_hash", "write_json_atomic"]
+__all__ = ["INIT_FROM_FILE", "run_record", "finished_results", "git_dirty", "git_hash", "write_diverged",
+           "write_json_atomic"]
