@@ -13,7 +13,6 @@ _VERSION = re.search(
 ).group(1)
 
 
-
 def _provenance():
     """seqjax/train/provenance.py loaded by path: stdlib only, so it runs before seqjax's dependencies exist."""
     spec = importlib.util.spec_from_file_location("_seqjax_provenance", _HERE / "seqjax" / "train" / "provenance.py")

@@ -12,14 +12,13 @@ from seqjax.errors import ConfigError
 from seqjax.train import run
 from seqjax.train.config import validate_config
 from seqjax.train.guards import StopRule
-from tests.train.toy import ToyModel, ToyTask, make_config
+from tests.train.toy import ToyModel, ToyTask, logged, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _evals(workdir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["mse"] for r in rows if r.get("split") == "eval"}
+    return logged(workdir, "eval", "mse")
 
 
 def test_the_run_ends_at_the_first_evaluation_that_meets_the_rule(tmp_path, capsys):

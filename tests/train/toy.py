@@ -133,17 +133,22 @@ def make_config(**train) -> ml_collections.ConfigDict:
     return config
 
 
-def losses(workdir):
-    """``{step: loss}`` of the train lines of ``workdir/metrics.jsonl``."""
+def logged(workdir, split, key):
+    """``{step: value of key}`` of the ``split`` lines (``"train"``, ``"eval"``) of ``workdir/metrics.jsonl``."""
     import json
     from pathlib import Path
 
     out = {}
     for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        if record["split"] == "train":
-            out[record["step"]] = record["loss"]
+        if record["split"] == split:
+            out[record["step"]] = record[key]
     return out
+
+
+def losses(workdir):
+    """``{step: loss}`` of the train lines of ``workdir/metrics.jsonl``."""
+    return logged(workdir, "train", "loss")
 
 
 def final_params(workdir):
