@@ -408,6 +408,7 @@ def test_a_bad_mqar_field_through_the_entrypoint_is_one_line_and_exit_2(args, li
     (MQAR, ["task.num_train_examples=-5"], "config.task.num_train_examples=-5 is not allowed; allowed: an int >= 0 "
                                            "(0: a fresh example for every row)"),
     (f"{MQAR}:seq_len=x", [], "config argument seq_len='x' must be an int > 0"),
+    (f"{MQAR}:steps=-3", [], "config argument steps='-3' must be an int > 0"),
     (SD, ["task.answer=both"], "config.task.answer='both' is not allowed; allowed: label, element"),
     (SD, ["task.seq_len=20"], "config.task.seq_len=20 is not allowed; allowed: an int >= 23 = config.task.size_a + "
                               "config.task.size_b + 3 (BOS, SEP, ANS)"),

@@ -74,7 +74,8 @@ def test_docs_state_what_the_configs_and_builders_are():
 @pytest.mark.parametrize("config, arg", [
     ("mqar", ""), ("mqar", "model=mamba"), ("mqar", "scale=paper"), ("mqar", "scale=paper,seq_len=128"),
     ("mqar", "scale=paper,seq_len=256,d_model=64"), ("mqar", "scale=paper,seq_len=512,d_model=512,lr=1e-2"),
-    ("mqar", "scale=paper,model=mamba,seq_len=256"), ("set_disjointness", ""),
+    ("mqar", "scale=paper,model=mamba,seq_len=256"), ("mqar", "model=mha,d_model=32,steps=12000"),
+    ("set_disjointness", ""),
     ("set_disjointness", "scale=paper,size_a=256,size_b=16"), ("set_disjointness", "model=mamba,size_a=16,size_b=4"),
 ])
 def test_recall_configs_build(config, arg):
@@ -88,6 +89,10 @@ def test_recall_configs_build(config, arg):
         assert c.train.steps == 64 * -(-100_000 // c.train.batch_size)  # 64 epochs of 100,000 examples
         # Zoology evaluates after every epoch and stops above 0.99 held-out accuracy.
         assert (c.train.eval_every, c.train.stop_at) == (c.train.steps // 64, "accuracy>0.99")
+    elif config == "mqar":  # CPU: the 1,000-step table runs to the end; its own budget stops as Zoology does
+        long = "steps=" in arg
+        assert c.train.steps == (12_000 if long else 1000) and c.name.endswith("-s12000-cpu" if long else "d128-cpu")
+        assert (c.train.eval_every, c.train.stop_at) == ((500, "accuracy>0.99") if long else (0, ""))
 
 
 def test_docs_state_the_recall_cpu_config():

@@ -8,7 +8,13 @@ the causal recurrent mixers of the registry that Zoology's question is about.
 * ``scale=cpu``: widths 32, 64, 128 × the baseline mixers at the config's CPU
   scale (sequence length 64, 4 key-value pairs, vocab 64, 1,000 steps of batch
   64), one seed and one learning rate: 27 cells; the memories of the "Mixer zoo
-  III" issue (``MEMORY_MIXERS``) at width 64 only: 11 more cells.
+  III" issue (``MEMORY_MIXERS``) at width 64 only: 11 more cells. Then the
+  equal-budget block: the baseline mixers at the smallest width (32) with
+  12,000 steps, evaluated every 500 steps and stopped above 0.99 held-out
+  accuracy (Zoology's rule): 9 cells. At 1,000 steps attention at width 32
+  has not left its plateau (it does at about 3,000 steps), so the 1,000-step
+  block alone cannot show whether a mixer fails for want of state or of
+  training; the block gives every mixer the budget attention needs.
 * ``scale=paper``: Zoology's Figure 2 grid from its public config
   (``iclr24_zoology_figure2/configs.py``): sequence length 64, 128, 256, 512
   (4, 8, 16, 64 pairs) × d_model 64, 128, 256, 512 × the learning rates
@@ -33,6 +39,8 @@ MIXERS = BASELINE_MIXERS + MEMORY_MIXERS
 WIDTHS = {"cpu": [32, 64, 128], "paper": [64, 128, 256, 512]}
 MEMORY_CPU_WIDTHS = [64]
 SEQ_LENS = {"cpu": [64], "paper": [64, 128, 256, 512]}
+# The equal-budget block (steps, widths); paper scale's budget is already Zoology's.
+BUDGET = {"cpu": (12_000, [32]), "paper": (None, [])}
 # Zoology sweeps np.logspace(-4, -2, 4); written as the config's ``lr=`` argument (2 significant digits).
 LRS = {"cpu": [None], "paper": [1e-4, 4.6e-4, 2.2e-3, 1e-2]}
 CONFIG = "configs/mqar/mqar.py"
@@ -43,9 +51,14 @@ PAPER_FINDING = ("Paper (Arora et al. 2023, Zoology, Fig. 2): attention solves M
                  "and the number of pairs (finding only; REFERENCES.md has no numbers).")
 
 
-def cell_name(mixer: str, seq_len: int, d_model: int, lr: float | None = None) -> str:
-    """The run folder of one cell, e.g. ``mamba-L64-d128`` (``-lr0.0022`` when the learning rate is swept)."""
-    return f"{mixer}-L{seq_len}-d{d_model}" + ("" if lr is None else f"-lr{lr:g}")
+def cell_name(mixer: str, seq_len: int, d_model: int, lr: float | None = None, steps: int | None = None) -> str:
+    """The run folder of one cell, e.g. ``mamba-L64-d128``.
+
+    ``-lr0.0022`` is added when the learning rate is swept, ``-s12000`` for a
+    cell of the equal-budget block.
+    """
+    return (f"{mixer}-L{seq_len}-d{d_model}" + ("" if lr is None else f"-lr{lr:g}")
+            + ("" if steps is None else f"-s{steps}"))
 
 
 def widths_of(mixer: str, scale: str) -> list[int]:
@@ -62,17 +75,28 @@ def get_table(scale: str) -> dict:
     Returns:
       The table spec: ``kind``, ``title``, ``cells``, ``paper`` and ``grid``
       (one dict per cell: ``cell``, ``mixer``, ``seq_len``, ``d_model``,
-      ``lr``), ``widths``, ``seq_lens``, ``mixers``, ``repo``.
+      ``lr``, ``steps`` — None for the config's budget, else the
+      equal-budget block's), ``widths``, ``seq_lens``, ``mixers``,
+      ``budget_steps``, ``repo``.
     """
     grid, cells = [], []
+
+    def add(mixer, seq_len, d, lr=None, steps=None):
+        name = cell_name(mixer, seq_len, d, lr, steps)
+        arg = f"model={mixer},seq_len={seq_len},d_model={d},scale={scale}"
+        arg += ("" if lr is None else f",lr={lr:g}") + ("" if steps is None else f",steps={steps}")
+        cells.append(Cell(name, CONFIG, arg))
+        grid.append({"cell": name, "mixer": mixer, "seq_len": seq_len, "d_model": d, "lr": lr, "steps": steps})
+
+    budget, budget_widths = BUDGET[scale]
     for seq_len in SEQ_LENS[scale]:
         for mixer in MIXERS:
             for d in widths_of(mixer, scale):
                 for lr in LRS[scale]:
-                    name = cell_name(mixer, seq_len, d, lr)
-                    arg = f"model={mixer},seq_len={seq_len},d_model={d},scale={scale}"
-                    cells.append(Cell(name, CONFIG, arg if lr is None else f"{arg},lr={lr:g}"))
-                    grid.append({"cell": name, "mixer": mixer, "seq_len": seq_len, "d_model": d, "lr": lr})
+                    add(mixer, seq_len, d, lr)
+        for mixer in BASELINE_MIXERS:
+            for d in budget_widths:
+                add(mixer, seq_len, d, steps=budget)
     return {"kind": "mqar", "cells": cells, "grid": grid, "paper": PAPER_FINDING, "mixers": MIXERS,
-            "widths": WIDTHS[scale], "seq_lens": SEQ_LENS[scale], "repo": str(REPO),
+            "widths": WIDTHS[scale], "seq_lens": SEQ_LENS[scale], "budget_steps": budget, "repo": str(REPO),
             "title": "MQAR: accuracy vs model width and recurrent state size per mixer (Arora et al. 2023, Zoology)"}

@@ -9,6 +9,12 @@ per sequence) from the config the run wrote, or, for a cell that has not run,
 from the cell's config file. A cell without results reads "missing"; one that
 diverged reads "diverged". The figure is Zoology's: accuracy against state
 size (log axis) and against width, one line per mixer, per sequence length.
+
+Cells of the table's equal-budget block (``steps`` in the grid: a longer
+budget that stops above 0.99 held-out accuracy) get their own section, with
+the steps each ran, and stars in the figure's state-size panel; the width
+pivot and the lines keep the config's budget only, so that no line mixes two
+budgets.
 """
 
 import pathlib
@@ -62,10 +68,13 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       results: finished and diverged cells' results (``workdir``'s folder name is the cell name).
 
     Returns:
-      Dicts ``mixer, seq_len, d_model, state_bytes, accuracy, seconds, lr, status``
-      with ``status`` "finished", "diverged" or "missing" (``accuracy`` and
-      ``seconds`` None unless finished). Across swept learning rates the best
-      finished cell is kept.
+      Dicts ``mixer, seq_len, d_model, steps, state_bytes, accuracy, seconds,
+      completed_steps, lr, status`` with ``status`` "finished", "diverged" or
+      "missing" (``accuracy``, ``seconds`` and ``completed_steps`` None unless
+      finished; ``steps`` is the grid's: None for the config's budget).
+      ``completed_steps`` is where ``train.stop_at`` ended the run, else its
+      configured steps. Across swept learning rates the best finished cell is
+      kept.
     """
     from seqjax.config import load_config
 
@@ -73,7 +82,7 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
     specs = {c.name: c for c in table["cells"]}
     rows: dict[tuple, dict] = {}
     for g in table["grid"]:
-        key = (g["mixer"], g["seq_len"], g["d_model"])
+        key = (g["mixer"], g["seq_len"], g["d_model"], g.get("steps"))
         r = by_name.get(g["cell"])
         status = MISSING if r is None else DIVERGED if diverged(r) else FINISHED
         if r is not None and r.get("config", {}).get("model"):
@@ -81,11 +90,14 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
         else:  # not run (or no config written): the cell's own config says what it would hold
             spec = specs[g["cell"]]
             size = state_bytes(load_config(pathlib.Path(table["repo"]) / spec.config, spec.arg))
-        row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "d_model": g["d_model"], "state_bytes": size,
-               "lr": g["lr"], "status": status, "accuracy": None, "seconds": None}
+        row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "d_model": g["d_model"], "steps": g.get("steps"),
+               "state_bytes": size, "lr": g["lr"], "status": status, "accuracy": None, "seconds": None,
+               "completed_steps": None}
         if status == FINISHED:
             row["accuracy"] = float(r["metrics"]["accuracy"])
             row["seconds"] = r.get("wall_time_s")
+            trained = r.get("train", {})
+            row["completed_steps"] = trained.get("completed_steps", trained.get("steps"))
         old = rows.get(key)
         rank = {MISSING: 0, DIVERGED: 1, FINISHED: 2}
         if old is None or (rank[status], row["accuracy"] or 0.0) > (rank[old["status"]], old["accuracy"] or 0.0):
@@ -117,7 +129,7 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
              + (" The best learning rate of each cell is kept." if swept else ""))
     parts = []
     for seq_len in table["seq_lens"]:
-        at = [r for r in rows if r["seq_len"] == seq_len]
+        at = [r for r in rows if r["seq_len"] == seq_len and r["steps"] is None]
         parts += [f"## Sequence length {seq_len}", "", "Accuracy by width (d_model):", ""]
         # "-": the width is not in that mixer's grid (the memories run one width on CPU).
         pivot = [[m] + [next((_entry(r) for r in at if r["mixer"] == m and r["d_model"] == d), "-")
@@ -128,9 +140,24 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
                  None if r["seconds"] is None else f"{r['seconds']:.0f}"]
                 + ([r["lr"] if r["status"] == "finished" else None] if swept else []) for r in at]
         parts += [markdown_table(header, long, digits=4), ""]
+        parts += _budget_section([r for r in rows if r["seq_len"] == seq_len and r["steps"] is not None])
     figures = [Figure("mqar-accuracy.png", lambda: figure(rows, table), "accuracy vs state size")]
     return write_report(base, table["title"], intro, parts, table.get("paper"),
                         figures if any(r["status"] == FINISHED for r in rows) else [])
+
+
+def _budget_section(rows: list[dict]) -> list[str]:
+    """The equal-budget block of one sequence length: each cell's accuracy and the steps it ran."""
+    if not rows:
+        return []
+    budget = rows[0]["steps"]
+    text = (f"### Equal budget: up to {budget:,} steps\n\nThe same cells with {budget:,} steps, evaluated every "
+            "500 steps and stopped once held-out accuracy is above 0.99 (Zoology's rule): a budget long enough "
+            "for attention to leave its plateau at the smallest width. \"steps run\" is where the run ended.")
+    header = ["mixer", "d_model", "state / layer (bytes)", "accuracy", "steps run", "seconds"]
+    body = [[r["mixer"], r["d_model"], r["state_bytes"], _entry(r), r["completed_steps"],
+             None if r["seconds"] is None else f"{r['seconds']:.0f}"] for r in rows]
+    return [text, "", markdown_table(header, body, digits=4), ""]
 
 
 def plot(rows: list[dict], table: dict, path) -> pathlib.Path:
@@ -156,16 +183,24 @@ def figure(rows: list[dict], table: dict):
     fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths), 7), squeeze=False)
     for j, seq_len in enumerate(lengths):
         for mixer in table["mixers"]:
-            done = [r for r in rows if r["mixer"] == mixer and r["seq_len"] == seq_len and r["status"] == "finished"]
-            if not done:
-                continue
+            finished = [r for r in rows if r["mixer"] == mixer and r["seq_len"] == seq_len and r["status"] == "finished"]
+            done = [r for r in finished if r["steps"] is None]
+            budget = [r for r in finished if r["steps"] is not None and r["state_bytes"]]
+            color = None
             by_state = sorted((r for r in done if r["state_bytes"]), key=lambda r: r["state_bytes"])
             if by_state:
-                axes[0, j].plot([r["state_bytes"] for r in by_state], [r["accuracy"] for r in by_state], marker="o",
-                                label=mixer)
+                line, = axes[0, j].plot([r["state_bytes"] for r in by_state], [r["accuracy"] for r in by_state],
+                                        marker="o", label=mixer)
+                color = line.get_color()
+            if budget:  # a star in the mixer's colour, labelled once
+                axes[0, j].scatter([r["state_bytes"] for r in budget], [r["accuracy"] for r in budget], marker="*",
+                                   s=90, color=color, label=None if color else f"{mixer} (long budget)")
             by_width = sorted(done, key=lambda r: r["d_model"])
-            axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], marker="o",
-                            label=mixer)
+            if by_width:
+                axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], marker="o",
+                                label=mixer)
+        if table.get("budget_steps") and any(r["steps"] is not None and r["status"] == "finished" for r in rows):
+            axes[0, j].scatter([], [], marker="*", s=90, color="grey", label=f"★ up to {table['budget_steps']:,} steps")
         axes[0, j].set(xscale="log", xlabel="recurrent state per layer (bytes / sequence)", ylabel="accuracy",
                        ylim=(0, 1.02), title=f"MQAR, sequence length {seq_len}")
         axes[1, j].set(xscale="log", xlabel="model width (d_model)", ylabel="accuracy", ylim=(0, 1.02))
