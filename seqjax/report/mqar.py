@@ -183,7 +183,8 @@ def figure(rows: list[dict], table: dict):
     fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths), 7), squeeze=False)
     for j, seq_len in enumerate(lengths):
         for mixer in table["mixers"]:
-            finished = [r for r in rows if r["mixer"] == mixer and r["seq_len"] == seq_len and r["status"] == "finished"]
+            finished = [r for r in rows
+                        if r["mixer"] == mixer and r["seq_len"] == seq_len and r["status"] == FINISHED]
             done = [r for r in finished if r["steps"] is None]
             budget = [r for r in finished if r["steps"] is not None and r["state_bytes"]]
             color = None
@@ -200,7 +201,8 @@ def figure(rows: list[dict], table: dict):
                 axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], marker="o",
                                 label=mixer)
         if table.get("budget_steps") and any(r["steps"] is not None and r["status"] == "finished" for r in rows):
-            axes[0, j].scatter([], [], marker="*", s=90, color="grey", label=f"★ up to {table['budget_steps']:,} steps")
+            axes[0, j].scatter([], [], marker="*", s=90, color="grey",
+                               label=f"★ up to {table['budget_steps']:,} steps")
         axes[0, j].set(xscale="log", xlabel="recurrent state per layer (bytes / sequence)", ylabel="accuracy",
                        ylim=(0, 1.02), title=f"MQAR, sequence length {seq_len}")
         axes[1, j].set(xscale="log", xlabel="model width (d_model)", ylabel="accuracy", ylim=(0, 1.02))
