@@ -24,7 +24,7 @@ import time
 import jax
 
 # Order = the order of the printed table.
-MODULES = ("scan", "selective", "ssd", "attention", "linear_attention", "ssm_kernels")
+MODULES = ("scan", "selective", "ssd", "attention", "linear_attention", "ssm_kernels", "memory_update")
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

@@ -104,27 +104,45 @@ def test_chunked_is_an_approximation_for_c_gt_1(rng):
     assert 1e-6 < err < 0.5, err
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(CASES[1], id="yaad", marks=pytest.mark.slow),
+@pytest.mark.parametrize("p, q_norm", [(2.5, 3.5), (3.0, 4.0)], ids=["pow", "whole"])
+def test_whole_and_fractional_exponents(rng, p, q_norm):
+    """ℓp + ℓq with whole exponents (multiplied out) and fractional ones (``pow``) against the float64 loop."""
+    args = _inputs(rng, "mlp", 7)
+    q, k, v, lr, ld, delta, params0, seg = args
+    o_ref, s_ref = memory_update_ref(q, k, v, lr, params0, ld, delta, "lp", "lq", p=p, q_norm=q_norm,
+                                     segment_ids=seg, chunk_size=3)
+    with jax.enable_x64(True):
+        o, s = memory_update(q, k, v, lr, params0=params0, log_decay=ld, delta=delta, loss="lp", retention="lq",
+                             p=p, q_norm=q_norm, segment_ids=seg, chunk_size=3, impl="chunked")
+    assert_rel_close(o, o_ref, RTOL_F64, "o")
+    for a, r in zip(s, s_ref):
+        assert_rel_close(a, r, RTOL_F64, "final state")
+
+
+@pytest.mark.parametrize("case, impl", [
+    pytest.param(CASES[1], "chunked", id="yaad", marks=pytest.mark.slow),
     # slow too: test_miras.py's default gradient check runs moneta through this op end to end
-    pytest.param(CASES[2], id="moneta", marks=pytest.mark.slow),
-    pytest.param(CASES[3], id="memora", marks=pytest.mark.slow),
+    pytest.param(CASES[2], "chunked", id="moneta", marks=pytest.mark.slow),
+    pytest.param(CASES[3], "chunked", id="memora", marks=pytest.mark.slow),
+    # the sequential scan's checkpointed step (its backward recomputes each token's forward)
+    pytest.param(CASES[2], "sequential", id="moneta-sequential"),
 ])
-def test_gradients_match_finite_differences_of_the_reference(rng, case):
+def test_gradients_match_finite_differences_of_the_reference(rng, case, impl):
     """d/dε of a random projection of the float64 reference along random directions vs the op's autodiff."""
     memory, loss, retention = case
+    chunk = 2 if impl == "chunked" else 1
     args = _inputs(rng, memory, 5)
     q, k, v, lr, ld, delta, params0, seg = args
     w_out = rng.standard_normal(v.shape)
 
     def op_loss(q, k, v, lr, ld, w1):
         o, _ = memory_update(q, k, v, lr, params0=(w1,) + params0[1:], log_decay=ld, delta=delta, loss=loss,
-                             retention=retention, segment_ids=seg, chunk_size=2, impl="chunked")
+                             retention=retention, segment_ids=seg, chunk_size=chunk, impl=impl)
         return jnp.sum(o * w_out)
 
     def ref_loss(q, k, v, lr, ld, w1):
         o, _ = memory_update_ref(q, k, v, lr, (w1,) + params0[1:], ld, delta, loss, retention, segment_ids=seg,
-                                 chunk_size=2)
+                                 chunk_size=chunk)
         return float(np.sum(o * w_out))
 
     x = (q, k, v, lr, ld, params0[0])
