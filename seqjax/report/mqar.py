@@ -180,37 +180,42 @@ def figure(rows: list[dict], table: dict):
     import matplotlib.pyplot as plt  # the caller's backend: a notebook shows it inline
 
     lengths = table["seq_lens"]
-    fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths) + 2, 7), squeeze=False)
+    # 20 mixers: tab20's distinct colours (the default cycle repeats after 10) and, past 10, square markers.
+    palette = plt.get_cmap("tab20").colors
+    style = {m: dict(color=palette[(2 * i) % 20 + (i // 10) % 2], marker="os"[(i // 10) % 2])
+             for i, m in enumerate(table["mixers"])}
     for j, seq_len in enumerate(lengths):
         for mixer in table["mixers"]:
             finished = [r for r in rows
                         if r["mixer"] == mixer and r["seq_len"] == seq_len and r["status"] == FINISHED]
             done = [r for r in finished if r["steps"] is None]
             budget = [r for r in finished if r["steps"] is not None and r["state_bytes"]]
-            color = None
             by_state = sorted((r for r in done if r["state_bytes"]), key=lambda r: r["state_bytes"])
             if by_state:
-                line, = axes[0, j].plot([r["state_bytes"] for r in by_state], [r["accuracy"] for r in by_state],
-                                        marker="o", label=mixer)
-                color = line.get_color()
-            if budget:  # a star in the mixer's colour, labelled once
+                axes[0, j].plot([r["state_bytes"] for r in by_state], [r["accuracy"] for r in by_state],
+                                label=mixer, **style[mixer])
+            if budget:  # a star in the mixer's colour
                 axes[0, j].scatter([r["state_bytes"] for r in budget], [r["accuracy"] for r in budget], marker="*",
-                                   s=90, color=color, label=None if color else f"{mixer} (long budget)")
+                                   s=110, color=style[mixer]["color"], edgecolors="black", linewidths=0.5,
+                                   label=None if by_state else mixer, zorder=3)
             by_width = sorted(done, key=lambda r: r["d_model"])
             if by_width:
-                axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], marker="o",
-                                label=mixer)
-        if table.get("budget_steps") and any(r["steps"] is not None and r["status"] == "finished" for r in rows):
-            axes[0, j].scatter([], [], marker="*", s=90, color="grey",
-                               label=f"★ up to {table['budget_steps']:,} steps")
+                axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], label=mixer,
+                                **style[mixer])
+        if table.get("budget_steps") and any(r["steps"] is not None and r["status"] == FINISHED for r in rows):
+            axes[0, j].scatter([], [], marker="*", s=110, color="white", edgecolors="black", linewidths=0.5,
+                               label=f"up to {table['budget_steps']:,} steps")
         axes[0, j].set(xscale="log", xlabel="recurrent state per layer (bytes / sequence)", ylabel="accuracy",
                        ylim=(0, 1.02), title=f"MQAR, sequence length {seq_len}")
         axes[1, j].set(xscale="log", xlabel="model width (d_model)", ylabel="accuracy", ylim=(0, 1.02))
         axes[1, j].set_xticks(table["widths"], [str(w) for w in table["widths"]])
         axes[1, j].minorticks_off()
-        for ax in axes[:, j]:
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    # One legend for both panels, outside the axes: inside, 20 entries cover the points.
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    right = 1 - 2 / fig.get_figwidth()  # the last 2 inches hold the legend
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
     return fig
 
