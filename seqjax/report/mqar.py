@@ -68,10 +68,11 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       results: finished and diverged cells' results (``workdir``'s folder name is the cell name).
 
     Returns:
-      Dicts ``mixer, seq_len, d_model, steps, state_bytes, accuracy, seconds,
-      completed_steps, lr, status`` with ``status`` "finished", "diverged" or
-      "missing" (``accuracy``, ``seconds`` and ``completed_steps`` None unless
-      finished; ``steps`` is the grid's: None for the config's budget).
+      Dicts ``mixer, seq_len, num_kv_pairs, d_model, steps, state_bytes,
+      accuracy, seconds, completed_steps, lr, status`` with ``status``
+      "finished", "diverged" or "missing" (``accuracy``, ``seconds`` and
+      ``completed_steps`` None unless finished; ``steps`` is the grid's: None
+      for the config's budget; ``num_kv_pairs`` the cell's config's).
       ``completed_steps`` is where ``train.stop_at`` ended the run, else its
       configured steps. Across swept learning rates the best finished cell is
       kept.
@@ -82,16 +83,17 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
     specs = {c.name: c for c in table["cells"]}
     rows: dict[tuple, dict] = {}
     for g in table["grid"]:
-        key = (g["mixer"], g["seq_len"], g["d_model"], g.get("steps"))
+        key = (g["mixer"], g["seq_len"], g["d_model"], g.get("steps"), g.get("num_kv_pairs"))
         r = by_name.get(g["cell"])
         status = MISSING if r is None else DIVERGED if diverged(r) else FINISHED
         if r is not None and r.get("config", {}).get("model"):
-            size = state_bytes(r["config"])
+            config = r["config"]
         else:  # not run (or no config written): the cell's own config says what it would hold
             spec = specs[g["cell"]]
-            size = state_bytes(load_config(pathlib.Path(table["repo"]) / spec.config, spec.arg))
-        row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "d_model": g["d_model"], "steps": g.get("steps"),
-               "state_bytes": size, "lr": g["lr"], "status": status, "accuracy": None, "seconds": None,
+            config = load_config(pathlib.Path(table["repo"]) / spec.config, spec.arg)
+        size = state_bytes(config)
+        row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "num_kv_pairs": config["task"].get("num_kv_pairs"),
+               "d_model": g["d_model"], "steps": g.get("steps"), "state_bytes": size, "lr": g["lr"], "status": status, "accuracy": None, "seconds": None,
                "completed_steps": None}
         if status == FINISHED:
             row["accuracy"] = float(r["metrics"]["accuracy"])
@@ -147,16 +149,27 @@ def build(table: dict, base: pathlib.Path, results: list[dict]) -> list[pathlib.
 
 
 def _budget_section(rows: list[dict]) -> list[str]:
-    """The equal-budget block of one sequence length: each cell's accuracy and the steps it ran."""
+    """The equal-budget block of one sequence length: per key-value count, each cell's accuracy and steps run."""
     if not rows:
         return []
     budget = rows[0]["steps"]
-    text = (f"### Equal budget: up to {budget:,} steps\n\nThe same cells with {budget:,} steps, evaluated every "
+    pairs = sorted({r["num_kv_pairs"] for r in rows})
+    text = (f"### Equal budget: up to {budget:,} steps\n\nThe baselines with {budget:,} steps, evaluated every "
             "500 steps and stopped once held-out accuracy is above 0.99 (Zoology's rule): a budget long enough "
-            "for attention to leave its plateau at the smallest width. \"steps run\" is where the run ended.")
-    header = ["mixer", "d_model", "state / layer (bytes)", "accuracy", "steps run", "seconds"]
-    body = [[r["mixer"], r["d_model"], r["state_bytes"], _entry(r), r["completed_steps"],
-             None if r["seconds"] is None else f"{r['seconds']:.0f}"] for r in rows]
+            "for attention to leave its plateau at the smallest width; with the config's key-value pairs and "
+            "more (a fixed state must hold more). \"steps\" is where the run ended. The state does not depend "
+            "on the pairs.")
+    header = ["mixer", "d_model", "state / layer (bytes)"]
+    for n in pairs:
+        header += [f"{n} pairs: accuracy", "steps", "seconds"]
+    body = []
+    for mixer, d in dict.fromkeys((r["mixer"], r["d_model"]) for r in rows):
+        line = [mixer, d, next(r["state_bytes"] for r in rows if (r["mixer"], r["d_model"]) == (mixer, d))]
+        for n in pairs:
+            r = next((r for r in rows if (r["mixer"], r["d_model"], r["num_kv_pairs"]) == (mixer, d, n)), None)
+            line += ([None] * 3 if r is None else
+                     [_entry(r), r["completed_steps"], None if r["seconds"] is None else f"{r['seconds']:.0f}"])
+        body.append(line)
     return [text, "", markdown_table(header, body, digits=4), ""]
 
 
@@ -183,6 +196,8 @@ def figure(rows: list[dict], table: dict):
     fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths) + 2, 7), squeeze=False)
     # 20 mixers: tab20's distinct colours (the default cycle repeats after 10) and, past 10, square markers.
     palette = plt.get_cmap("tab20").colors
+    # The long-budget points' key-value counts (two at most: a star and a cross).
+    pairs = sorted({r["num_kv_pairs"] for r in rows if r["steps"] is not None and r["status"] == FINISHED})[:2]
     style = {m: dict(color=palette[(2 * i) % 20 + (i // 10) % 2], marker="os"[(i // 10) % 2])
              for i, m in enumerate(table["mixers"])}
     for j, seq_len in enumerate(lengths):
@@ -195,17 +210,21 @@ def figure(rows: list[dict], table: dict):
             if by_state:
                 axes[0, j].plot([r["state_bytes"] for r in by_state], [r["accuracy"] for r in by_state],
                                 label=mixer, **style[mixer])
-            if budget:  # a star in the mixer's colour
-                axes[0, j].scatter([r["state_bytes"] for r in budget], [r["accuracy"] for r in budget], marker="*",
-                                   s=110, color=style[mixer]["color"], edgecolors="black", linewidths=0.5,
-                                   label=None if by_state else mixer, zorder=3)
+            for n, marker in zip(pairs, "*X"):  # the long budget: a star (config's pairs) or a cross, mixer's colour
+                at = [r for r in budget if r["num_kv_pairs"] == n]
+                if at:
+                    axes[0, j].scatter([r["state_bytes"] for r in at], [r["accuracy"] for r in at], marker=marker,
+                                       s=110 if marker == "*" else 70, color=style[mixer]["color"],
+                                       edgecolors="black", linewidths=0.5, zorder=3,
+                                       label=None if by_state or n != pairs[0] else mixer)
             by_width = sorted(done, key=lambda r: r["d_model"])
             if by_width:
                 axes[1, j].plot([r["d_model"] for r in by_width], [r["accuracy"] for r in by_width], label=mixer,
                                 **style[mixer])
-        if table.get("budget_steps") and any(r["steps"] is not None and r["status"] == FINISHED for r in rows):
-            axes[0, j].scatter([], [], marker="*", s=110, color="white", edgecolors="black", linewidths=0.5,
-                               label=f"up to {table['budget_steps']:,} steps")
+        for n, marker in zip(pairs, "*X"):
+            axes[0, j].scatter([], [], marker=marker, s=110 if marker == "*" else 70, color="white",
+                               edgecolors="black", linewidths=0.5,
+                               label=f"up to {table['budget_steps']:,} steps, {n} pairs")
         axes[0, j].set(xscale="log", xlabel="recurrent state per layer (bytes / sequence)", ylabel="accuracy",
                        ylim=(0, 1.02), title=f"MQAR, sequence length {seq_len}")
         axes[1, j].set(xscale="log", xlabel="model width (d_model)", ylabel="accuracy", ylim=(0, 1.02))

@@ -59,8 +59,8 @@ def test_table_lists_every_cell_and_draws_the_figure(tmp_path):
 def _run_notebook(results):
     """notebooks/mqar.ipynb on these results: it lists the cells and draws the figure."""
     outputs, images = execute_notebook("mqar", results)
-    assert "2 finished of 47 MQAR cells" in outputs and "| mha | 32 | 16388 | 0.8750 | - | 1000 | 51 |" in outputs
-    assert "| gla | 32 | 1024 | diverged | - |" in outputs
+    assert "2 finished of 56 MQAR cells" in outputs and "| mha | 4 | 32 | 16388 | 0.8750 | - | 1000 | 51 |" in outputs
+    assert "| gla | 4 | 32 | 1024 | diverged | - |" in outputs
     assert images
 
 
@@ -70,7 +70,7 @@ def test_the_equal_budget_block_is_its_own_section(tmp_path):
     assert table["budget_steps"] == 12_000
     budget = [g for g in table["grid"] if g["steps"] is not None]
     assert {g["mixer"] for g in budget} == {g["mixer"] for g in table["grid"] if g["d_model"] == 128}
-    assert {g["d_model"] for g in budget} == {32}
+    assert {g["d_model"] for g in budget} == {32} and {g["num_kv_pairs"] for g in budget} == {None, 16}
     _fake(tmp_path, "mha-L64-d32", "model=mha,d_model=32,scale=cpu", finished=True, wall_time_s=51.0,
           metrics={"accuracy": 0.25}, train={"steps": 1000})
     _fake(tmp_path, "mha-L64-d32-s12000", "model=mha,d_model=32,scale=cpu,steps=12000", finished=True,
@@ -78,16 +78,20 @@ def test_the_equal_budget_block_is_its_own_section(tmp_path):
           train={"steps": 12000, "completed_steps": 3500, "stopped_at": {"step": 3500}})
     _fake(tmp_path, "s4d-L64-d32-s12000", "model=s4d,d_model=32,scale=cpu,steps=12000", finished=True,
           wall_time_s=600.0, metrics={"accuracy": 0.3}, train={"steps": 12000})
+    _fake(tmp_path, "s4d-L64-kv16-d32-s12000", "model=s4d,d_model=32,scale=cpu,num_kv_pairs=16,steps=12000",
+          finished=True, wall_time_s=650.0, metrics={"accuracy": 0.1}, train={"steps": 12000})
     build_report(table, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert _row(md, "| mha | 0.250 | missing | missing |")  # the pivot: 1,000 steps only
     section = md[md.index("### Equal budget: up to 12,000 steps"):]
-    assert _row(section, "| mha | 32 | 16388 | 0.9950 | 3500 | 180 |")  # stopped early
-    assert _row(section, "| s4d | 32 | 8192 | 0.3000 | 12000 | 600 |")  # ran the whole budget
-    assert _row(section, "| lru | 32 | 512 | missing | – | – |")
-    assert section.count("| missing |") == len(budget) - 2
+    # One row per mixer: 4 pairs (the config's), then 16.
+    assert _row(section, "| mha | 32 | 16388 | 0.9950 | 3500 | 180 | missing | – | – |")  # stopped early
+    assert _row(section, "| s4d | 32 | 8192 | 0.3000 | 12000 | 600 | 0.1000 | 12000 | 650 |")  # the whole budget
+    assert _row(section, "| lru | 32 | 512 | missing | – | – | missing | – | – |")
+    assert section.count("missing") == len(budget) - 3
     rows = cells(table, load_results_of(tmp_path))
-    assert sum(r["status"] == "finished" for r in rows) == 3
+    assert sum(r["status"] == "finished" for r in rows) == 4
+    assert {r["num_kv_pairs"] for r in rows if r["steps"]} == {4, 16}
 
 
 def load_results_of(base):
