@@ -76,10 +76,12 @@ token's (a chunk's) forward from the carried state instead of reading back
 every intermediate the forward would otherwise save per step, and whole
 exponents (the paper's p = 3, q = 4) are multiplied out instead of going
 through ``pow``. Forward+backward at the MQAR CPU table's layer shape (b 64,
-l 64, h 4, dk 16, dh 32; 2-core VM shared with two training runs, so ±40 %),
-before → after, ms: Yaad sequential 273–282 → 179–187, chunked 332–353 →
-318–463; Moneta sequential 988–1,051 → 341–435, chunked 785–797 → 466–544;
-Memora sequential 477–572 → 373–404, chunked 506–517 → 509–565.
+l 64, h 4, dk 16, dh 32) on an idle 2-core VM, ``benchmarks.ops --only
+memory_update``, before (0db0768) → after, ms (peak MiB): Yaad sequential
+170 → 110 (188 → 80), chunked 215 → 180 (191 → 88); Moneta sequential
+575 → 321 (479 → 82), chunked 456 → 317 (369 → 98); Memora sequential
+322 → 214 (328 → 86), chunked 291 → 283 (264 → 83)
+(``benchmarks/results/vm-cpu-ops-memory-update*.json``).
 ``python -m benchmarks.ops --only memory_update`` times both forms.
 """
 
