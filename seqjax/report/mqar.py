@@ -61,7 +61,7 @@ def state_bytes(config: dict) -> int | None:
 
 
 def cells(table: dict, results: list[dict]) -> list[dict]:
-    """One row per (mixer, sequence length, width) of the table's grid, filled from ``results``.
+    """One row per (mixer, sequence length, width, budget, pairs) of the table's grid, filled from ``results``.
 
     Args:
       table: the spec from ``configs/tables/mqar.py`` (``grid``, ``cells``, ``repo``).
@@ -72,9 +72,9 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
       accuracy, seconds, completed_steps, lr, status`` with ``status``
       "finished", "diverged" or "missing" (``accuracy``, ``seconds`` and
       ``completed_steps`` None unless finished; ``steps`` is the grid's: None
-      for the config's budget; ``num_kv_pairs`` the cell's config's).
-      ``completed_steps`` is where ``train.stop_at`` ended the run, else its
-      configured steps. Across swept learning rates the best finished cell is
+      for the config's budget; ``num_kv_pairs``, ``eval_every`` and ``stop_at``
+      the cell's config's). ``completed_steps`` is where ``train.stop_at``
+      ended the run, else its configured steps. Across swept learning rates the best finished cell is
       kept.
     """
     from seqjax.config import load_config
@@ -93,8 +93,9 @@ def cells(table: dict, results: list[dict]) -> list[dict]:
             config = load_config(pathlib.Path(table["repo"]) / spec.config, spec.arg)
         size = state_bytes(config)
         row = {"mixer": g["mixer"], "seq_len": g["seq_len"], "num_kv_pairs": config["task"].get("num_kv_pairs"),
-               "d_model": g["d_model"], "steps": g.get("steps"), "state_bytes": size, "lr": g["lr"], "status": status, "accuracy": None, "seconds": None,
-               "completed_steps": None}
+               "d_model": g["d_model"], "steps": g.get("steps"), "eval_every": config["train"].get("eval_every"),
+               "stop_at": config["train"].get("stop_at"), "state_bytes": size, "lr": g["lr"], "status": status,
+               "accuracy": None, "seconds": None, "completed_steps": None}
         if status == FINISHED:
             row["accuracy"] = float(r["metrics"]["accuracy"])
             row["seconds"] = r.get("wall_time_s")
@@ -155,8 +156,8 @@ def _budget_section(rows: list[dict]) -> list[str]:
     budget = rows[0]["steps"]
     pairs = sorted({r["num_kv_pairs"] for r in rows})
     text = (f"### Equal budget: up to {budget:,} steps\n\nThe baselines with {budget:,} steps, evaluated every "
-            "500 steps and stopped once held-out accuracy is above 0.99 (Zoology's rule): a budget long enough "
-            "for attention to leave its plateau at the smallest width; with the config's key-value pairs and "
+            f"{rows[0]['eval_every']:,} steps and stopped at `{rows[0]['stop_at']}` (Zoology's rule): a budget long "
+            "enough for attention to leave its plateau at the smallest width; with the config's key-value pairs and "
             "more (a fixed state must hold more). \"steps\" is where the run ended. The state does not depend "
             "on the pairs.")
     header = ["mixer", "d_model", "state / layer (bytes)"]
