@@ -30,6 +30,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# After the environment above (importing seqjax imports jax, which reads it)
+# and before the backends start: keep XLA:CPU's per-call scratch memory mapped
+# (seqjax.host_allocator), as the experiment entrypoints do.
+from seqjax import host_allocator  # noqa: E402
+
+host_allocator.configure()
+
 import zlib  # noqa: E402
 
 import numpy as np  # noqa: E402
