@@ -75,7 +75,7 @@ from jax import lax
 
 from seqjax.ops import dispatch
 from seqjax.ops.collectives import match_vma
-from seqjax.ops.common import accum_dtype, pad_axis, segment_starts
+from seqjax.ops.common import accum_dtype, pad_axis, segment_starts, sum_by_halves
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, SelA, SelBC, SelInput, SelState
 
@@ -478,28 +478,6 @@ def _sum_d(x, v, groups):
     return jnp.einsum("bngc,bgc->bng", xg, v.reshape(v.shape[0], groups, -1), precision=_HI)
 
 
-def _halving_sum(x):
-    """``Σ_n x[:, n, :]`` for ``x`` (b, n, d) as halves added to halves (and a last odd row).
-
-    Elementwise adds of slices fuse with the product that makes ``x`` into one
-    loop; jaxlib 0.10's XLA:CPU ran ``jnp.sum(x, axis=1)`` as a library (YNNPACK)
-    reduction of its own, ~30 µs a step at (16, 16, 128) in a profile where the
-    fused loop takes ~6. Forward+backward of ``"sequential"`` (minimum of 15-21
-    alternating calls, idle 2-core VM, 2026-12-06): 87-98 -> 84-91 ms at (b, l,
-    d, n) = (16, 1024, 128, 16) over three runs, 23.0-23.8 -> 20.9-21.7 ms at
-    (2, 1024, 256, 16), unchanged (3.3 ms) at (2, 512, 64, 16)."""
-    rest = []
-    while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        if x.shape[1] % 2:
-            rest.append(x[:, -1])
-        x = x[:, :half] + x[:, half:2 * half]
-    total = x[:, 0]
-    for r in rest:
-        total = total + r
-    return total
-
-
 def _groups(B):
     return 1 if B.ndim == 3 else B.shape[-1]
 
@@ -590,8 +568,13 @@ def _seq_core_bwd(chunk, segmented, res, cts):
         g_dtA = mu * h_prev
         # Σ_n lam B (for dL/du and dL/dΔ through B̄u) and Σ_n g_dtA A as separate
         # reductions: one stacked reduction was ~25% slower on XLA:CPU (measured,
-        # b=16, l=1024, d=128, n=16).
-        sums = (_sum_n(lam, B_t), _halving_sum(g_dtA * A))
+        # b=16, l=1024, d=128, n=16). The second by halves: jaxlib 0.10's XLA:CPU
+        # ran jnp.sum over n as a YNNPACK reduction of its own, ~30 µs a step at
+        # (16, 16, 128) in a profile where the fused loop takes ~6; forward+backward
+        # (minimum of 15-21 alternating calls, idle 2-core VM, 2026-12-06) went
+        # from 87-98 to 84-91 ms at (b, l, d, n) = (16, 1024, 128, 16) over three
+        # runs, 23.0-23.8 to 20.9-21.7 ms at (2, 1024, 256, 16).
+        sums = (_sum_n(lam, B_t), sum_by_halves(g_dtA * A, axis=1))
         g_B = _sum_d(lam, dt_t * u_t, groups)
         return (mu, gA + g_dtA * dt_t[:, None]), (sums, g_B)
 
