@@ -56,14 +56,24 @@ import os
 import sys
 
 
+def _backends_started() -> bool:
+    """Whether JAX has created its backends (after which the host device count is fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    # The package's __init__ imports seqjax (and so jax) first; importing is
+    # fine, a started backend is not. Private, but present in JAX 0.10-0.12.
+    from jax._src import xla_bridge
+    return xla_bridge.backends_are_initialized()
+
+
 def _early_flags(argv):
-    """--devices / --cores must act before JAX is imported."""
+    """--devices / --cores must act before JAX starts its backends."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--cores", type=int, default=None)
     known, _ = p.parse_known_args(argv)
-    if "jax" in sys.modules:
-        print("benchmarks.parallel: jax was imported before the device count was set; "
+    if _backends_started():
+        print("benchmarks.parallel: JAX's backends started before the device count was set; "
               "--devices has no effect", file=sys.stderr)
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
