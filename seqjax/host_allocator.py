@@ -71,6 +71,16 @@ def configure(enable: bool | None = None) -> dict:
     return _state
 
 
+def state() -> dict:
+    """What :func:`configure` did in this process, without deciding anything.
+
+    Returns:
+      ``configure``'s result, or ``{"applied": False, "reason": "not
+      configured in this process"}`` when it was never called.
+    """
+    return _state if _state is not None else {"applied": False, "reason": "not configured in this process"}
+
+
 def _apply() -> dict:
     try:
         libc = ctypes.CDLL("libc.so.6")

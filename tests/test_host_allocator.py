@@ -45,6 +45,7 @@ def _child(setting: str) -> dict:
 def test_configured_in_the_test_process():
     state = host_allocator.configure()
     assert host_allocator.configure() is state  # the first call decides
+    assert host_allocator.state() is state
     turned_off = os.environ.get(host_allocator.ENV, "1").strip().lower() in ("0", "off", "false", "no")
     if GLIBC and not turned_off:
         assert state["applied"], state

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 import seqjax
+from seqjax import host_allocator
 from seqjax.train import provenance
 from seqjax.train.writers import jsonable
 
@@ -37,7 +38,9 @@ def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float, w
 
     Returns:
       ``config``, ``seqjax_version``, ``git_hash``, ``git_dirty``, ``wall_time_s``,
-      ``device_kind``, ``num_devices``, ``mesh`` and ``num_processes``; and
+      ``device_kind``, ``num_devices``, ``mesh``, ``num_processes`` and
+      ``host_allocator`` (whether this process set glibc's malloc, see
+      :mod:`seqjax.host_allocator`); and
       ``init_from`` (source, step, matched / new / dropped paths) for a run
       started from another run's parameters.
     """
@@ -55,6 +58,8 @@ def run_record(config, sizes: dict[str, int], preset: str, wall_time_s: float, w
         "num_devices": math.prod(sizes.values()),
         "mesh": {**sizes, "preset": preset},
         "num_processes": jax.process_count(),
+        # The CPU step times depend on it (seqjax.host_allocator: 1.3-1.45x on LRA steps).
+        "host_allocator": host_allocator.state(),
     }
 
 

@@ -20,7 +20,7 @@ from seqjax.train import TrainingDiverged, run
 from tests.train.toy import ToyModel, ToyTask, final_params, losses, make_config
 
 RESULT_KEYS = {"metrics", "train", "config", "seqjax_version", "git_hash", "git_dirty", "wall_time_s", "device_kind",
-               "num_devices", "mesh", "num_processes", "status", "finished"}
+               "num_devices", "mesh", "num_processes", "host_allocator", "status", "finished"}
 
 
 def _assert_contexts_left():
