@@ -65,8 +65,15 @@ def run_child(setting: str, length: int, batch: int, warmup: int, repeats: int) 
     cmd = [sys.executable, "-m", "benchmarks.host_allocator", "--child", "--length", str(length),
            "--batch", str(batch), "--warmup", str(warmup), "--repeats", str(repeats)]
     root = pathlib.Path(__file__).resolve().parents[1]
-    out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ChildFailed(f"the child with SEQJAX_HOST_ALLOCATOR={SETTINGS[setting]} exited {out.returncode}: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class ChildFailed(RuntimeError):
+    """A timing child process did not finish."""
 
 
 def summarise(results: dict) -> list[dict]:
@@ -110,7 +117,11 @@ def main(argv=None) -> int:
     load = {"start": os.getloadavg()}
     for r in range(rounds):
         for setting in SETTINGS:
-            results[setting].append(run_child(setting, length, batch, warmup, repeats))
+            try:
+                results[setting].append(run_child(setting, length, batch, warmup, repeats))
+            except ChildFailed as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             print(f"round {r + 1}/{rounds} {setting}: " + json.dumps(results[setting][-1]["rows"]), file=sys.stderr)
     load["end"] = os.getloadavg()
 
