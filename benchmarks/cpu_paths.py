@@ -45,7 +45,7 @@ import numpy as np
 
 from benchmarks._timing import time_fn
 from benchmarks.lra import train_step
-from benchmarks.ops import RESULTS, machine
+from benchmarks.ops import RESULTS, device_label, machine
 from seqjax.ops.linear_attention import linear_attention
 from seqjax.ops.selective_scan import auto_impl, selective_scan
 from tests.ops.ref_linear_attention import linear_attention_ref
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     rows += bench_train(batch, 1024, 64, rounds, repeats)
     rows += bench_precision(256)
     rows += bench_narrow((22,) if quick else (22, 256), rounds, repeats)
-    kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
+    kind = device_label(info)
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-paths{'-quick' if quick else ''}.json"
     load["end"] = os.getloadavg()
     out.write_text(json.dumps({"machine": info, "note": LOAD_NOTE, "load": load, "before": BEFORE, "rows": rows},

@@ -127,9 +127,9 @@ def main(argv=None) -> int:
 
     import jax
 
-    from benchmarks.ops import RESULTS, machine
+    from benchmarks.ops import RESULTS, device_label, machine
     info = machine()
-    kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
+    kind = device_label(info)
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-host-allocator{'-quick' if args.quick else ''}.json"
     setup = {"length": length, "batch": batch, "width": 64, "layers": 2, "warmup": warmup, "repeats": repeats,
              "rounds": rounds, "jax": jax.__version__}

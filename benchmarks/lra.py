@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.ops import RESULTS, machine
+from benchmarks.ops import RESULTS, device_label, machine
 from benchmarks._timing import time_fn
 
 
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         tok = "" if "tokens_per_s" not in r else f"{r['tokens_per_s']:.3g}"
         lines.append(f"| {r['what']} | {detail}{' ' + r['error'] if 'error' in r else ''} | {ex} | {tok} |")
     print("\n".join(lines))
-    kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
+    kind = device_label(info)
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-lra{'-quick' if quick else ''}.json"
     out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     print(f"wrote {out}", file=sys.stderr)

@@ -43,6 +43,11 @@ def machine() -> dict:
     }
 
 
+def device_label(info: dict) -> str:
+    """The device part of a results file name: ``cpu``, or the accelerator's kind without spaces."""
+    return info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table of benchmark rows (time in ms, peak memory in MiB)."""
     lines = ["| op | shape | impl | median ms | peak MiB | note |", "| --- | --- | --- | ---: | ---: | --- |"]
@@ -75,7 +80,7 @@ def main(argv=None) -> int:
         rows.extend(part)
     print(format_table(rows))
     suffix = "-quick" if args.quick else ""
-    kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
+    kind = device_label(info)
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-ops{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))

@@ -100,7 +100,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import seqjax.ops as ops  # noqa: E402
 from seqjax.train import results  # noqa: E402
-from benchmarks.ops import RESULTS, machine  # noqa: E402
+from benchmarks.ops import RESULTS, device_label, machine  # noqa: E402
 
 RTOL = 1e-4  # float32; the tests see <= 7e-7 relative to float64 references
 SEQ = P(None, "sequence")
@@ -462,7 +462,7 @@ def main(argv=None) -> int:
                   dtype="float32", ops=names,
                   shapes={n: CASES[n]()["shape"] for n in names})
     result = {"machine": info, "note": NOTE, "config": config, "skipped": skipped, "rows": rows}
-    kind = info["backend"] if info["backend"] == "cpu" else info["device_kind"].replace(" ", "_")
+    kind = device_label(info)
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-parallel{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

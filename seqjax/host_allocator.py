@@ -39,6 +39,7 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 TRIM_THRESHOLD = 2**31 - 1  # bytes; mallopt takes an int
 ENV = "SEQJAX_HOST_ALLOCATOR"
+OFF_VALUES = ("0", "off", "false", "no")  # values of ENV that turn it off
 
 _state: dict | None = None
 
@@ -61,7 +62,7 @@ def configure(enable: bool | None = None) -> dict:
     if _state is not None:
         return _state
     if enable is None:
-        enable = os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+        enable = os.environ.get(ENV, "1").strip().lower() not in OFF_VALUES
     if not enable:
         _state = {"applied": False, "reason": f"turned off ({ENV}=0 or enable=False)"}
     elif sys.platform != "linux" or platform.libc_ver()[0] != "glibc":

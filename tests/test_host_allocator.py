@@ -47,7 +47,7 @@ def test_configured_in_the_test_process():
     state = host_allocator.configure()
     assert host_allocator.configure() is state  # the first call decides
     assert host_allocator.state() is state
-    turned_off = os.environ.get(host_allocator.ENV, "1").strip().lower() in ("0", "off", "false", "no")
+    turned_off = os.environ.get(host_allocator.ENV, "1").strip().lower() in host_allocator.OFF_VALUES
     if GLIBC and not turned_off:
         assert state["applied"], state
         assert "M_ARENA_MAX=1" in state["reason"] and "M_MMAP_MAX=0" in state["reason"]
