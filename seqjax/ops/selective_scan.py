@@ -32,14 +32,13 @@ Mamba), which is what the implementations differ on:
     runs in blocks of rows whose state has about ``STATE_BLOCK`` elements,
     one block after another, so that the state stays in cache. The CPU path:
     the per-position sums over ``n`` and over the channels are contractions
-    (einsum), a call without segments skips the reset mask, and each chunk is
-    sliced and put back in place rather than transposing whole inputs; at
-    every size in ``benchmarks/results/vm-cpu-paths*.json`` (two VMs) its
-    forward is 2.6-10x faster than the other two and its forward+backward
-    2.5-5.6x faster than ``"chunked"``'s; its backward is 2.4-3.3x its own
-    forward. On
-    accelerators one step per position is
-    a long chain of small kernels, which is what ``"chunked"`` avoids.
+    (einsum), the decays a short polynomial (:mod:`seqjax.ops.fast_exp`), a
+    call without segments skips the reset mask, and each chunk is sliced and
+    put back in place rather than transposing whole inputs; at every size in
+    ``benchmarks/results/vm-cpu-paths*.json`` its forward is 2.6-10x faster
+    than the other two and its forward+backward 2.5-5.6x faster than
+    ``"chunked"``'s. On accelerators one step per position is a long chain
+    of small kernels, which is what ``"chunked"`` avoids.
   * ``"pallas"``: the kernels of :mod:`seqjax.kernels.selective_scan` (GPU for
     ``n <= 16``, TPU; interpreted, slowly, on CPU).
   * ``"auto"``: ``"sequential"`` on CPU; ``"pallas"`` on TPU
@@ -76,6 +75,7 @@ from jax import lax
 from seqjax.ops import dispatch
 from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import accum_dtype, pad_axis, segment_starts, sum_by_halves
+from seqjax.ops.fast_exp import LOG2_E, exp2
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, SelA, SelBC, SelInput, SelState
 
@@ -482,10 +482,11 @@ def _groups(B):
     return 1 if B.ndim == 3 else B.shape[-1]
 
 
-def _step_decay(dt_t, A, keep_t, segmented):
-    """Ā_t = keep_t * exp(Δ_t A) at one position: (b, n, d). Without segments
-    ``keep`` is all ones and its product is skipped (one op of ~8 per element)."""
-    decay = jnp.exp(dt_t[:, None] * A)
+def _step_decay(dt_t, A2, keep_t, segmented):
+    """Ā_t = keep_t * 2**(Δ_t A2) = keep_t * exp(Δ_t A) at one position: (b, n, d), for
+    ``A2 = A * LOG2_E``; :func:`seqjax.ops.fast_exp.exp2` (its docstring has the
+    gain). Without segments ``keep`` is all ones and its product is skipped."""
+    decay = exp2(dt_t[:, None] * A2)
     return decay * keep_t[:, None, None] if segmented else decay
 
 
@@ -510,10 +511,11 @@ def _seq_forward(u, dt, A, B, C, keep, chunk, segmented):
     batch, length, d = u.shape
     # Inside shard_map the carry must vary over the mesh axes the inputs do.
     h0, y0 = match_vma((jnp.zeros((batch,) + A.shape, u.dtype), jnp.zeros_like(u)), u, dt, A, B, C, keep)
+    A2 = A * LOG2_E
 
     def step(h, xs):
         u_t, dt_t, B_t, C_t, keep_t = xs
-        h = _step_decay(dt_t, A, keep_t, segmented) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
+        h = _step_decay(dt_t, A2, keep_t, segmented) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
         return h, _sum_n(h, C_t)
 
     def chunk_body(carry, i):
@@ -551,17 +553,18 @@ def _seq_core_bwd(chunk, segmented, res, cts):
     u, dt, A, B, C, keep, h_starts = res
     gy, g_last = cts
     d, groups = u.shape[-1], _groups(B)
+    A2 = A * LOG2_E
 
     def recompute(h, xs):
         u_t, dt_t, B_t, keep_t, gy_t = xs
-        h_next = _step_decay(dt_t, A, keep_t, segmented) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
+        h_next = _step_decay(dt_t, A2, keep_t, segmented) * h + (dt_t * u_t)[:, None] * _per_channel(B_t, d)
         return h_next, (h, _sum_d(h_next, gy_t, groups))
 
     def adjoint(carry, xs):
         # lam_t = C_t gy_t + Ā_{t+1} lam_{t+1}; mu carries Ā_{t+1} lam_{t+1}.
         mu, gA = carry
         u_t, dt_t, B_t, C_t, keep_t, gy_t, h_prev = xs
-        dA = _step_decay(dt_t, A, keep_t, segmented)
+        dA = _step_decay(dt_t, A2, keep_t, segmented)
         lam = mu + gy_t[:, None] * _per_channel(C_t, d)
         mu = dA * lam
         # dL/d(Δ A) through Ā = keep * exp(Δ A): lam * Ā * h_{t-1}.
