@@ -35,8 +35,8 @@ Mamba), which is what the implementations differ on:
     (einsum), the decays a short polynomial (:mod:`seqjax.ops.fast_exp`), a
     call without segments skips the reset mask, and each chunk is sliced and
     put back in place rather than transposing whole inputs; at every size in
-    ``benchmarks/results/vm-cpu-paths*.json`` its forward is 2.6-10x faster
-    than the other two and its forward+backward 2.5-5.6x faster than
+    ``benchmarks/results/vm-cpu-paths*.json`` its forward is 1.4-10x faster
+    than the other two and its forward+backward 2-8x faster than
     ``"chunked"``'s. On accelerators one step per position is a long chain
     of small kernels, which is what ``"chunked"`` avoids.
   * ``"pallas"``: the kernels of :mod:`seqjax.kernels.selective_scan` (GPU for
