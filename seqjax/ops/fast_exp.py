@@ -4,7 +4,7 @@ Inside the ``"sequential"`` selective scan, whose step is otherwise a
 handful of multiply-adds over the ``(b, n, d)`` state, XLA:CPU's ``jnp.exp``
 of the decays ``exp(Δ A)`` took half of the forward pass (at ``(b, l, d, n) =
 (16, 1024, 128, 16)`` the forward went 22 -> 11 ms with the exponential
-replaced by a multiply-add, in a timing experiment). :func:`exp2` is 14
+replaced by a multiply-add, in a timing experiment). :func:`exp2` is about 14
 elementwise ops that XLA fuses into the step: ``y = k + f`` with ``k =
 round(y)`` and ``|f| <= 1/2``, ``2**f`` by a degree-6 polynomial (Horner,
 multiply-adds), ``2**k`` written straight into the float32 exponent bits. In
@@ -45,8 +45,9 @@ def exp2(y: jax.Array) -> jax.Array:
     """``2**y``: the polynomial form for float32 ``y``, ``jnp.exp2`` for other dtypes.
 
     For float32: within 1.1e-7 relative of the exact value wherever the result
-    is a normal float32 (``-126 <= y < 127.5``); ``+0`` below ``y = -126.5``
-    (float32's subnormal range, which XLA:CPU flushes to zero anyway);
+    is a normal float32 (``-126 <= y < 127.5``). Below that the exact result is
+    subnormal: ``+0`` for ``y < -126.5``, and for ``-126.5 <= y < -126`` the
+    subnormal or ``+0`` where the platform flushes them (XLA:CPU does).
     ``inf`` from ``y >= 127.5`` (float32 itself overflows from 128, so results
     in ``[2**127.5, 2**128)`` come out as ``inf``); NaN stays NaN.
 
