@@ -36,6 +36,14 @@ def test_same_parameters_values_and_gradients_as_nn_dense(shape, use_bias, rng):
         ours_g, theirs_g = (jax.grad(loss(m), argnums=(0, 1))(v, x) for m in (ours, theirs))
         for a, b in zip(jax.tree.leaves(ours_g), jax.tree.leaves(theirs_g)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+        # float64 NumPy gradients of sum(y * g): dW = xᵀ g, db = Σ g, dx = g Wᵀ over all leading axes.
+        xn, gn, wn = np.asarray(x), np.asarray(g), np.asarray(v["params"]["kernel"])
+        rows_x, rows_g = xn.reshape(-1, xn.shape[-1]), gn.reshape(-1, 7)
+        (gv, gx) = ours_g
+        np.testing.assert_allclose(np.asarray(gv["params"]["kernel"]), rows_x.T @ rows_g, rtol=1e-12, atol=1e-12)
+        if use_bias:
+            np.testing.assert_allclose(np.asarray(gv["params"]["bias"]), rows_g.sum(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(gx), gn @ wn.T, rtol=1e-12, atol=1e-12)
 
 
 def _dot_lhs_ranks(module, v, x):
