@@ -86,6 +86,26 @@ def test_grads(rng, bidirectional, impl):
         assert_rel_close(g32, w, RTOL_GRAD, f"float32 d{name}")
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fft_path_is_one_chain_of_transforms(rng, bidirectional):
+    """A call is one rFFT and one inverse, its gradient one more of each.
+
+    The kernel is transformed as an extra batch row of the input, so no two
+    FFTs of a call or its backward are independent: on JAX 0.11's XLA:CPU two
+    FFTs running at once on a 2-thread pool deadlock (docs/kernels.md, Known
+    gaps). Separate transforms of input and kernel compile to 2 + 4."""
+    u, k, D = (jnp.float32(x) for x in _inputs(rng, 64, 64, bidirectional=bidirectional))
+
+    def loss(u, k):
+        return jnp.sum(jnp.sin(fft_conv(u, k, D=D, bidirectional=bidirectional, impl="fft")))
+
+    def ffts(fn):
+        return jax.jit(fn).lower(u, k).compile().as_text().count(" fft(")
+
+    assert ffts(lambda u, k: fft_conv(u, k, D=D, bidirectional=bidirectional, impl="fft")) == 2
+    assert ffts(jax.grad(loss, (0, 1))) == 4
+
+
 def test_auto_agrees(rng):
     for lk in (8, 100):
         u, k, _ = _inputs(rng, 100, lk)
