@@ -56,6 +56,7 @@ import ml_collections
 from jaxtyping import Array, Float
 
 from seqjax.errors import ConfigError, check_choice
+from seqjax.mixers.common import Dense
 from seqjax.models.backbone import CHANNELS, Backbone, MixerSpec
 from seqjax.models.config import DTYPES, merge_fields
 from seqjax.models.embeddings import sinusoidal_table
@@ -87,7 +88,7 @@ class DataEmbedding(nn.Module):
         h = nn.Conv(self.d_model, kernel_size=(3,), padding="CIRCULAR", dtype=self.dtype, param_dtype=jnp.float32,
                     name="value")(values.astype(self.dtype)).astype(jnp.float32)
         if marks.shape[-1]:
-            h = h + nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="time")(
+            h = h + Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="time")(
                 marks.astype(self.dtype)).astype(jnp.float32)
         h = h + sinusoidal_table(jnp.arange(x.shape[1]), self.d_model)
         return nn.Dropout(self.dropout)(h, deterministic=deterministic)
@@ -156,7 +157,7 @@ class Informer(nn.Module):
                           dropout=self.dropout, dtype=self.dtype, distil=self.distil, name="encoder")(
             x, deterministic=deterministic)
         if not self.decoder_layers:
-            y = nn.Dense(self.pred_len * self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
+            y = Dense(self.pred_len * self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
                 memory[:, -1].astype(self.dtype))
             return y.astype(jnp.float32).reshape(inputs.shape[0], self.pred_len, self.channels)
         if decoder_inputs is None or decoder_inputs.shape[-1] != inputs.shape[-1]:
@@ -170,7 +171,7 @@ class Informer(nn.Module):
             h = DecoderBlock(spec, self.num_heads, self.channel, self.mlp_ratio, self.norm, self.dropout, self.dtype,
                              name=f"decoder_{i}")(h, kv_ids=kv_ids, memory=memory, deterministic=deterministic)
         h = make_norm(self.norm, "final_norm")(h)
-        return nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
+        return Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
             h.astype(self.dtype)).astype(jnp.float32)
 
 
