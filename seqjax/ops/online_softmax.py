@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from seqjax.ops.common import accum_dtype
 
@@ -107,7 +108,13 @@ def from_scores(
         mask = jnp.broadcast_to(jnp.asarray(mask, bool), scores.shape)
         scores = jnp.where(mask, scores, -jnp.inf)
     scores = jnp.moveaxis(scores, axis, -1)
-    m = jnp.max(scores, axis=-1)
+    # The shift m cancels from everything the state yields (the output, the
+    # log-sum-exp), so its gradient is zero and is not taken: autodiff of max
+    # divides by the number of entries equal to the max, which is 0 (NaN) when
+    # XLA recomputes the scores in a fusion that rounds differently (it did for
+    # the float32 reference attention's gradient with a bias, XLA:CPU at LLVM
+    # -O0). jax.nn.softmax stops this gradient for the same reason.
+    m = lax.stop_gradient(jnp.max(scores, axis=-1))
     # Masked scores are -inf, so exp gives exactly 0 there and, unlike a
     # where() after the exp, no inf * 0 = NaN in the gradient.
     p = jnp.exp(scores - _finite_or_zero(m)[..., None])
