@@ -72,7 +72,7 @@ def branches(p, x, codebook, z, segment_ids=None, xp=np, sg=_identity):
     return q, k, k_hat, codes, v, (_sigmoid(xp, u), _silu(xp, r), g), runs
 
 
-def attention_matrix(q, k_hat, rel_bias, runs, window, xp=np):
+def attention_matrix(q, k_hat, rel_bias, runs, window, xp=np, sg=_identity):
     """``A (b, l, l)``: causal softmax of ``q·k̂/√z`` plus the bias inside the window, per segment."""
     b, length, z = q.shape
     t, j = np.arange(length)[:, None], np.arange(length)[None, :]
@@ -84,7 +84,10 @@ def attention_matrix(q, k_hat, rel_bias, runs, window, xp=np):
     scores = scores + xp.asarray(onehot) @ rel_bias
     mask = (delta >= 0)[None] & (runs[:, :, None] == runs[:, None, :])
     scores = xp.where(xp.asarray(mask), scores, -np.inf)
-    scores = scores - xp.max(scores, axis=-1, keepdims=True)
+    # The shift cancels; its gradient is not taken (sg under JAX): autodiff of
+    # max divides by the count of entries equal to it, which was 0 (NaN) when
+    # XLA:CPU at LLVM -O0 recomputed the scores with different rounding.
+    scores = scores - sg(xp.max(scores, axis=-1, keepdims=True))
     w = xp.exp(scores)
     return w / xp.sum(w, axis=-1, keepdims=True)
 
@@ -92,7 +95,7 @@ def attention_matrix(q, k_hat, rel_bias, runs, window, xp=np):
 def longvq_reference(p, x, codebook, z, window, segment_ids=None, xp=np, sg=_identity):
     """The layer's output ``(b, l, d)`` (see the module docstring)."""
     q, _, k_hat, _, v, (phi, gamma, g), runs = branches(p, x, codebook, z, segment_ids, xp, sg)
-    A = attention_matrix(q, k_hat, p["rel_bias"], runs, window, xp)
+    A = attention_matrix(q, k_hat, p["rel_bias"], runs, window, xp, sg)
     o = xp.einsum("btj,bje->bte", A, v)
     hidden = _silu(xp, g + (gamma * o) @ p["out_proj.kernel"] + p["out_proj.bias"])
     return phi * hidden + (1.0 - phi) * x
