@@ -198,9 +198,14 @@ def test_growth_is_l_to_the_1_5_with_sqrt_l_clusters(rng):
 
 
 def test_memory_growth_fixed_clusters(rng):
-    """With a fixed k the harness check at exponent 1.5 (the cluster size then grows with L)."""
-    ratio = harness.check_memory_growth(_module(num_clusters=4), rng, length=32, exponent=1.5)
-    print(f"L=32 -> 128, k=4: temp memory x{ratio:.2f}")
+    """With a fixed k the harness check at exponent 1.5 (the cluster size then grows with L).
+
+    From L = 64: at L = 32 fixed buffers are most of the memory, so the ratio
+    follows them (when the softmax stopped differentiating its max shift, the
+    gradient's temp memory fell 55 -> 43 KB at L = 32 and 623 -> 598 KB at 128,
+    and 32 -> 128 rose from 11.3x to 13.9x); 64 -> 256 is 6.5x."""
+    ratio = harness.check_memory_growth(_module(num_clusters=4), rng, length=64, exponent=1.5)
+    print(f"L=64 -> 256, k=4: temp memory x{ratio:.2f}")
 
 
 @pytest.mark.slow
