@@ -93,7 +93,7 @@ def test_fft_path_is_one_chain_of_transforms(rng, bidirectional):
     The kernel is transformed as an extra batch row of the input, so no two
     FFTs of a call or its backward are independent: on JAX 0.11's XLA:CPU two
     FFTs running at once on a 2-thread pool deadlock (docs/kernels.md, Known
-    gaps). Separate transforms of input and kernel compile to 2 + 4."""
+    gaps). Separate transforms of input and kernel compiled to 3 and 6."""
     u, k, D = (jnp.float32(x) for x in _inputs(rng, 64, 64, bidirectional=bidirectional))
 
     def loss(u, k):
