@@ -19,16 +19,23 @@ its lanes and every contraction is ``a @ b``, ``a @ bᵀ`` or ``aᵀ @ b``.
 Numerics: every exponent is a masked sum of genuine log decays (all ``<= 0``),
 never a difference of running sums: ``from_start[t] = Σ_{r≤t} g_r`` and
 ``to_end[s] = Σ_{s<r<C} g_r`` are 0/1 matrices times ``g`` at
-``precision=HIGHEST``; the scalar-decay mask ``M[t, s] = exp(Σ_{s<r≤t} g_r)``
+full float32 precision (exact products); the scalar-decay mask ``M[t, s] = exp(Σ_{s<r≤t} g_r)``
 is :func:`seqjax.ops.ssd._segsum`'s form (lower-triangular ones times the
 strictly masked ``g``); the per-channel mask is built one query row at a time
 from a running sum ``R[s] += g_t [s < t]``. Segment starts arrive as log decay
 ``RESET`` (finite: no ``inf - inf``).
 
 Matmuls take the inputs' dtype (bf16 inputs use bf16 tensor cores) and
-accumulate in float32; float32 operands run at ``precision=HIGHEST`` (IEEE on
-GPU rather than TF32, six bf16 passes on TPU).
+accumulate in float32. Float32 operands run at ``precision=HIGHEST`` on TPU
+(six bf16 passes); on GPU they run as sums of TF32 tensor-core products
+(:func:`_split_dot`): Triton's IEEE float32 dot is a CUDA-core loop that,
+compiled for sm_90a, left these kernels at 32 registers per thread with
+8-13 KB of spills per thread and ~9x the instructions (see
+``docs/kernels.md``).
 """
+
+import contextlib
+import contextvars
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +56,66 @@ _NN = (((1,), (0,)), ((), ()))  # a @ b
 _NT = (((1,), (1,)), ((), ()))  # a @ bᵀ
 _TN = (((0,), (0,)), ((), ()))  # aᵀ @ b
 
+# True while the bodies of GPU kernels are traced (:func:`dots_for`).
+_GPU_DOTS = contextvars.ContextVar("seqjax_gpu_dots", default=False)
 
-def _dot(a, b, dims):
-    """``a·b`` accumulated in float32; float32 operands at full precision."""
+
+@contextlib.contextmanager
+def dots_for(kind):
+    """Trace kernel bodies with ``kind``'s float32 dots: split TF32 on ``"gpu"``, HIGHEST otherwise.
+
+    The bodies are shared by both platforms, so the choice rides on the
+    tracing context rather than on every body's signature; a kernel body is
+    traced when its ``pallas_call`` is called, inside this block.
+    """
+    token = _GPU_DOTS.set(kind == "gpu")
+    try:
+        yield
+    finally:
+        _GPU_DOTS.reset(token)
+
+
+def _tf32_head(x):
+    """``x`` (float32) with its 13 low mantissa bits cleared: exact in TF32, and ``x - head`` exact in float32."""
+    bits = lax.bitcast_convert_type(x, jnp.int32)
+    return lax.bitcast_convert_type(bits & jnp.int32(-8192), jnp.float32)
+
+
+def _tf32_engine(a, b, dims):
+    # DEFAULT precision: TF32 tensor cores in Triton on GPU (full float32 in
+    # interpret mode on CPU, where the split is then exact).
+    return lax.dot_general(a, b, dims, precision=lax.Precision.DEFAULT, preferred_element_type=jnp.float32)
+
+
+def _split_dot(a, b, dims, lhs_exact=False, engine=None):
+    """``a·b`` for float32 ``a, b`` from products whose operands TF32 holds (nearly) exactly.
+
+    ``lhs_exact`` (``a`` a 0/1 matrix): ``b`` is cut into three pieces of at
+    most 11 significant bits each (``head(b)``, ``head(rest)``, the last <= 2
+    bits), so every product is exact and the result is a float32-accumulated
+    sum of genuine terms, as at ``HIGHEST``. Otherwise the 3xTF32 scheme,
+    ``hi·hi + (hi·lo + lo·hi)``: the dropped ``lo·lo`` and the rounding of
+    ``lo`` to TF32 leave ~2^-21 relative per product. ``engine`` is the
+    TF32 matmul; by default :func:`_tf32_engine`, looked up when the body is
+    traced so that a test can put an emulation of the tensor cores in its place.
+    """
+    engine = engine or _tf32_engine
+    if lhs_exact:
+        b_hi = _tf32_head(b)
+        rest = b - b_hi
+        b_mid = _tf32_head(rest)
+        return engine(a, b_hi, dims) + (engine(a, b_mid, dims) + engine(a, rest - b_mid, dims))
+    a_hi, b_hi = _tf32_head(a), _tf32_head(b)
+    return engine(a_hi, b_hi, dims) + (engine(a_hi, b - b_hi, dims) + engine(a - a_hi, b_hi, dims))
+
+
+def _dot(a, b, dims, lhs_exact=False):
+    """``a·b`` accumulated in float32; float32 operands at full precision (split TF32 on GPU).
+
+    ``lhs_exact``: ``a`` is a 0/1 matrix (the masked sums of log decays).
+    """
+    if a.dtype == jnp.float32 and _GPU_DOTS.get():
+        return _split_dot(a, b, dims, lhs_exact)
     precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else lax.Precision.DEFAULT
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
@@ -64,14 +128,22 @@ def _decay_sums(g, dk):
     """``(from_start, to_end, total)`` of a chunk's log decays ``g (C, e)``.
 
     ``from_start[t] = Σ_{r≤t} g_r`` and ``to_end[s] = Σ_{s<r<C} g_r``, both
-    ``(C, dk)``; ``total = Σ_r g_r`` ``(1, dk)``.
+    ``(C, dk)``, and ``total = Σ_r g_r`` ``(1, dk)``; for a scalar decay
+    (``e = 1``) they are ``(C, 1)`` and ``(1, 1)``, which broadcast. A scalar
+    decay's sums run on 16 identical columns (a Triton ``dot`` is >= 16 wide)
+    and one is kept: broadcast to ``dk`` lanes they were 8x the work at
+    ``dk = 128`` and held three more ``(C, dk)`` float32 blocks in registers.
     """
-    chunk = g.shape[0]
-    g = jnp.broadcast_to(g.astype(jnp.float32), (chunk, dk))
+    chunk, width = g.shape
+    cols = dk if width > 1 else 16
+    wide = jnp.broadcast_to(g.astype(jnp.float32), (chunk, cols))
     t, r = _iota((chunk, chunk), 0), _iota((chunk, chunk), 1)
-    from_start = _dot((r <= t).astype(jnp.float32), g, _NN)
-    to_end = _dot((r > t).astype(jnp.float32), g, _NN)
-    return from_start, to_end, jnp.sum(g, axis=0, keepdims=True)
+    from_start = _dot((r <= t).astype(jnp.float32), wide, _NN, lhs_exact=True)
+    to_end = _dot((r > t).astype(jnp.float32), wide, _NN, lhs_exact=True)
+    if width == 1:
+        first = _iota((chunk, cols), 1) == 0
+        from_start, to_end = (jnp.sum(jnp.where(first, x, 0.0), axis=1, keepdims=True) for x in (from_start, to_end))
+    return from_start, to_end, jnp.sum(g.astype(jnp.float32), axis=0, keepdims=True)
 
 
 def _scaled(x, log_scale):
@@ -92,7 +164,7 @@ def _scalar_mask(g, causal):
     chunk = g.shape[0]
     t, s = _iota((chunk, chunk), 0), _iota((chunk, chunk), 1)
     after_s = jnp.where(t > s, jnp.broadcast_to(g.astype(jnp.float32), (chunk, chunk)), 0.0)
-    segsum = _dot((s <= t).astype(jnp.float32), after_s, _NN)
+    segsum = _dot((s <= t).astype(jnp.float32), after_s, _NN, lhs_exact=True)
     return jnp.exp(jnp.where(causal, segsum, -jnp.inf))
 
 
@@ -172,15 +244,14 @@ def _chunk_grads(q, k, v, do, g, state, dstate):
         from_start, to_end, total = _decay_sums(g, dk)
         dq_state = dq_state * jnp.exp(from_start)
         dk_state = dk_state * jnp.exp(to_end)
-        # A scalar decay: every column of to_end is the same.
-        dv_state = dv_state * jnp.exp(jnp.max(to_end, axis=1, keepdims=True))
+        dv_state = dv_state * jnp.exp(to_end)  # a scalar decay: to_end is (C, 1)
     grads = (_dot(d_scores, k, _NN) + dq_state, _dot(d_scores, q, _TN) + dk_state,
              _dot(q_k.astype(v.dtype), do, _TN) + dv_state)
     if g is None:
         return grads
     rows, cols = _iota((chunk, chunk), 0), _iota((chunk, chunk), 1)
     # below[r, s] = Σ_{t≥r} P[t, s]; the pairs spanning r are its entries with s < r.
-    below = _dot((cols >= rows).astype(jnp.float32), q_k * do_v, _NN)
+    below = _dot((cols >= rows).astype(jnp.float32), q_k * do_v, _NN, lhs_exact=True)
     pairs = jnp.sum(jnp.where(cols < rows, below, 0.0), axis=1, keepdims=True)
     carried = jnp.sum(dstate * state * jnp.exp(total), axis=1, keepdims=True)
     pairs = pairs + jnp.sum(carried, axis=0, keepdims=True)
@@ -219,7 +290,7 @@ def _channel_grads(q, k, v, do, g, state, dstate):
         da = jnp.sum(jnp.where(lanes == t, d_scores_t, 0.0), axis=1, keepdims=True)  # (C, 1) over s
         dq = jnp.where(pick, jnp.sum(da * k_w, axis=0, keepdims=True), dq)
         dk_ = dk_ + da * w_q
-        spans = _dot(strictly_lower, da * w_q * kf, _NN)
+        spans = _dot(strictly_lower, da * w_q * kf, _NN, lhs_exact=True)
         pairs = pairs + jnp.where(rows <= t, spans, 0.0)
         return running, scores_t, dq, dk_, pairs
 
@@ -292,7 +363,7 @@ def _states_pass(kind, keys, vals, g, s0, *, chunk, grp, reverse, interpret):
             in_specs=in_specs,
             out_specs=[pl.BlockSpec((None, None, n, tile, dk), lambda b, h, j: (b, h, 0, j, 0)), state_tile],
             out_shape=out_shape,
-            compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+            compiler_params=pl_triton.CompilerParams(num_warps=8, num_stages=2),
             interpret=interpret,
         )(*args)
 
@@ -444,7 +515,8 @@ def _run(fn, args, interpret, **static):
     def build(kind, interp):
         def call(*present):
             it = iter(present)
-            return fn(kind, *(next(it) if w else None for w in where), interpret=interp, **static)
+            with dots_for(kind):
+                return fn(kind, *(next(it) if w else None for w in where), interpret=interp, **static)
         return call
 
     return on_platform(build, *(a for a in args if a is not None), interpret=interpret)

@@ -18,8 +18,8 @@ inverse and no Neumann series is formed (the op's module docstring says why a
 product-of-squares inverse cancels in float32).
 
 Numerics as :mod:`seqjax.kernels.chunked`: every decay is the ``exp`` of a
-masked *sum* of log decays (lower-triangular 0/1 matrices times ``g`` at
-``precision=HIGHEST``), never of a difference of running sums; a segment
+masked *sum* of log decays (lower-triangular 0/1 matrices times ``g``, exact
+on both platforms), never of a difference of running sums; a segment
 start is a log decay of ``RESET`` (-1e30, finite), whose ``exp`` clears the
 state and every pair across the boundary, as the op's ``a_t = 0`` does.
 
@@ -56,7 +56,8 @@ a backward kernel is written.
 
 Matmuls ``q kᵀ`` and ``k kᵀ`` take the inputs' dtype (bf16 tensor cores for
 bf16 inputs) and accumulate in float32; everything touching the state, the
-solve and ``u`` is float32 at ``precision=HIGHEST``. The kernel computes in
+solve and ``u`` is float32 (``precision=HIGHEST`` on TPU, split TF32 products
+on GPU: :func:`seqjax.kernels.chunked._split_dot`). The kernel computes in
 float32 whatever the inputs (no float64 on the accelerators); the op's front
 door casts inputs to the accumulation dtype first, so through
 ``delta_rule(impl="pallas")`` it sees float32; :func:`delta_rule_pallas` keeps
@@ -73,7 +74,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
 # The chunk kernels' shared pieces: dot_general layouts, float32-accumulating dot, iota, the GPU value tile.
-from seqjax.kernels.chunked import GPU_VALUE_TILE, RESET, _NN, _NT, _TN, _dot, _iota
+from seqjax.kernels.chunked import GPU_VALUE_TILE, RESET, _NN, _NT, _TN, _dot, _iota, dots_for
 from seqjax.kernels.common import on_platform
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis, segment_runs
@@ -105,9 +106,9 @@ def _decays(g, chunk):
     wide = jnp.broadcast_to(g, (chunk, chunk))  # wide[j, s] = g_j
     lower = causal.astype(jnp.float32)  # [t, j]: j <= t
     # Every column of these products is the same sum; take column 0.
-    from_start = _column(_dot(lower, wide, _NN), 0)
-    to_end = _column(_dot((cols > rows).astype(jnp.float32), wide, _NN), 0)
-    segsum = _dot(lower, jnp.where(rows > cols, wide, 0.0), _NN)  # [t, s] = sum_{s<j<=t} g_j
+    from_start = _column(_dot(lower, wide, _NN, lhs_exact=True), 0)
+    to_end = _column(_dot((cols > rows).astype(jnp.float32), wide, _NN, lhs_exact=True), 0)
+    segsum = _dot(lower, jnp.where(rows > cols, wide, 0.0), _NN, lhs_exact=True)  # [t, s] = sum_{s<j<=t} g_j
     decay = jnp.exp(jnp.where(causal, segsum, -jnp.inf))
     return decay, jnp.exp(from_start), jnp.exp(to_end), jnp.exp(jnp.sum(g, axis=0, keepdims=True))
 
@@ -281,7 +282,8 @@ def _forward(q, k, v, beta, g, s0, run, chunk, interpret):
             it = iter(present)
             q_, k_, v_, b_ = (next(it) for _ in range(4))
             g_ = next(it) if gk is not None else None
-            return _forward_kernel(kind, q_, k_, v_, b_, g_, next(it), chunk=chunk, interpret=interp)
+            with dots_for(kind):
+                return _forward_kernel(kind, q_, k_, v_, b_, g_, next(it), chunk=chunk, interpret=interp)
         return call
 
     args = [x for x in cols if x is not None] + [s0.astype(jnp.float32)]

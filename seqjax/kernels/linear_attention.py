@@ -38,8 +38,10 @@ scores and ``C x dk`` decays stay small next to the ``(dv, dk)`` state).
     float32, double-buffered: well under 1 MiB.
 
 Matmuls take the inputs' dtype (bf16 runs bf16 tensor cores) and accumulate
-in float32; float32 operands run at ``precision=HIGHEST`` (IEEE on GPU, not
-TF32), as the XLA path does, so the kernel is held to float32 tolerances. It
+in float32; float32 operands run at ``precision=HIGHEST`` on TPU and as split
+TF32 tensor-core products on GPU (:func:`seqjax.kernels.chunked._split_dot`:
+exact for the 0/1 decay sums, ~2^-21 relative per product otherwise; Triton's
+IEEE dot is a CUDA-core loop), so the kernel is held to float32 tolerances. It
 computes in float32 whatever the inputs (no float64 on the accelerators). The
 op's front door casts inputs to the accumulation dtype before any
 implementation, so through ``linear_attention(impl="pallas")`` the kernel sees

@@ -13,7 +13,7 @@ passes:
   2. per chunk in parallel: ``y = (C ⊙ exp(from_start)) Hᵀ + (C Bᵀ ⊙ L) (dt x)``
      with ``L[t, s] = exp(Σ_{s<r≤t} dt_r A)`` the masked segment sum
      (:func:`seqjax.ops.ssd._segsum`, as a 0/1 lower-triangular matrix times
-     the strictly-masked decays at ``precision=HIGHEST``; never a difference
+     the strictly-masked decays, exact on both platforms; never a difference
      of cumulative sums).
 
 Groups cost no copies: ``B`` and ``C`` stay ``(b, g, L, n)`` and the
@@ -39,7 +39,8 @@ for ``dC``, ``dB`` (per head, summed over the group), ``d(dt x)`` and the
 decay's gradient as sums of genuine terms: ``dA`` stays at 2e-7 relative at
 ``Σ dt·A ≈ -1e3``), chained to ``x``, ``dt``, ``A`` by autodiff of the few
 elementwise lines around the kernels. Float32 inputs run the matmuls at
-``precision=HIGHEST``, as the XLA path does; the kernels compute in float32
+``precision=HIGHEST`` on TPU, as the XLA path does, and as split TF32
+products on GPU (:mod:`seqjax.kernels.chunked`); the kernels compute in float32
 whatever the inputs (through the op's front door they always see float32).
 """
 
