@@ -192,6 +192,18 @@ def segments(rng, batch, length, p=0.25):
     return np.cumsum(rng.random((batch, length)) < p, axis=1) % 3
 
 
+def max_shift(x, axis, xp):
+    """A reference softmax's max shift along ``axis``, its gradient not taken under ``jax.numpy``.
+
+    The shift cancels, so its gradient is exactly zero; autodiff of ``max``
+    divides by the number of entries equal to it, 0/0 when XLA recomputes
+    ``x`` in another fusion with different rounding (seen in float32 at
+    LLVM -O0; ``seqjax.ops.online_softmax.from_scores`` does the same).
+    """
+    m = xp.max(x, axis=axis, keepdims=True)
+    return m if xp is np else jax.lax.stop_gradient(m)
+
+
 def runs_of(segment_ids, batch, length):
     """Segment index per position, NumPy: a new segment wherever the id changes (zeros for None)."""
     if segment_ids is None:

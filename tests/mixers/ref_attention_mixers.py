@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from tests.mixers.harness import max_shift
+
 
 def params_of(variables, xp=np):
     """Flat float64 dict of a mixer's parameters: kernels, the position table, the query."""
@@ -77,8 +79,7 @@ def rope_ref(vec, pos, base, xp=np):
 
 def _softmax_average(scores, values, xp):
     """Σ_s softmax(scores)_s values_s over the last axis of scores (..., n) and values (..., n, d)."""
-    m = xp.max(scores, axis=-1, keepdims=True)
-    w = xp.exp(scores - m)
+    w = xp.exp(scores - max_shift(scores, -1, xp))
     return xp.sum(w[..., None] * values, axis=-2) / xp.sum(w, axis=-1)[..., None]
 
 

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from tests.mixers.harness import runs_of
+from tests.mixers.harness import max_shift, runs_of
 
 LN_EPS = 1e-6
 
@@ -56,7 +56,7 @@ def _mha(p, prefix, q_in, kv_in, num_heads, xp):
     k = (kv_in @ p[f"{prefix}_k"]).reshape(-1, num_heads, dh)
     v = (kv_in @ p[f"{prefix}_v"]).reshape(-1, num_heads, dh)
     s = xp.einsum("ihc,jhc->hij", q, k) / math.sqrt(dh)
-    e = xp.exp(s - xp.max(s, axis=2, keepdims=True))
+    e = xp.exp(s - max_shift(s, 2, xp))
     o = xp.einsum("hij,jhc->ihc", e / xp.sum(e, axis=2, keepdims=True), v)
     return o.reshape(lq, d) @ p[f"{prefix}_o"]
 
