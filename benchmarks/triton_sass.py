@@ -156,27 +156,46 @@ TABLE_COLUMNS = ("registers", "stack_bytes", "shared_bytes", "instructions", "HG
 
 
 def table(after: dict, before: dict | None = None) -> str:
-    """The float32 rows of ``after`` (and ``before``, matched by op, pass and kernel) as markdown."""
-    def key(row):
-        return row["op"], row["pass"], row["kernel"]
+    """The float32 rows of ``after`` as markdown, with ``before -> after`` where ``before`` is given.
 
-    old = {key(r): r for r in (before or {}).get("rows", []) if r["dtype"] == "float32"}
+    Kernels are matched by op, pass and index where the op and pass have as
+    many kernels in both files; otherwise the ``before`` rows are listed on
+    their own, marked "(before)".
+    """
+    def f32(data):
+        return [r for r in (data or {}).get("rows", []) if r["dtype"] == "float32"]
+
+    def group(rows):
+        out = collections.defaultdict(list)
+        for r in rows:
+            out[r["op"], r["pass"]].append(r)
+        return out
+
+    new_rows, old_groups = f32(after), group(f32(before))
+    new_groups = group(new_rows)
     head = ["op", "pass", "kernel", "grid", "warps", "f32 dots"] + list(TABLE_COLUMNS)
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for row in after["rows"]:
-        if row["dtype"] != "float32":
-            continue
-        prev = old.get(key(row), {})
-        dots = ", ".join(f"{n} {k}" for k, n in sorted(row["float32_dots"].items()))
-        if prev:
-            dots = ", ".join(f"{n} {k}" for k, n in sorted(prev["float32_dots"].items())) + " → " + dots
-        cells = [row["op"], row["pass"], str(row["kernel"]), "×".join(map(str, row["grid"])),
+
+    def dots(row):
+        return ", ".join(f"{n} {k}" for k, n in sorted(row["float32_dots"].items()))
+
+    def line(row, prev, label=""):
+        cells = [row["op"], row["pass"], f"{row['kernel']}{label}", "×".join(map(str, row["grid"])),
                  (f"{prev['num_warps']} → " if prev and prev["num_warps"] != row["num_warps"] else "")
-                 + str(row["num_warps"]), dots]
+                 + str(row["num_warps"]), (f"{dots(prev)} → " if prev else "") + dots(row)]
         for col in TABLE_COLUMNS:
             value = row.get(col, "")
-            cells.append(f"{prev[col]} → {value}" if col in prev and prev[col] != value else str(value))
+            cells.append(f"{prev[col]} → {value}" if prev and col in prev and prev[col] != value else str(value))
         lines.append("| " + " | ".join(cells) + " |")
+
+    for key, rows in new_groups.items():
+        old = old_groups.get(key, [])
+        matched = len(old) == len(rows)
+        if old and not matched:
+            for prev in old:
+                line(prev, None, " (before)")
+        for i, row in enumerate(rows):
+            line(row, old[i] if matched else None)
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
-"""Pallas kernel for the chunked (gated) delta rule: DeltaNet and Gated DeltaNet.
+"""Pallas kernels for the chunked (gated) delta rule: DeltaNet and Gated DeltaNet.
 
 The forward pass of :func:`seqjax.ops.delta_rule`'s ``"chunked"`` form (the
 WY / UT transform of Yang et al. 2024, Section 3; gated: Gated DeltaNet,
-Section 3.3) as one kernel that walks the chunks in order and carries the
-``(dk, dv)`` float32 state on chip. Per chunk of ``C`` positions entered with
+Section 3.3) as two kernels: a chunk-parallel one solves every chunk's UT
+system (it needs no state), then a sequential one walks the chunks in order,
+carrying the ``(dk, dv)`` float32 state on chip, with matmuls only. Per chunk of ``C`` positions entered with
 state ``S``, with ``gamma_r`` the decay from the chunk start to ``r`` and
 ``A[r, i] = beta_r (gamma_r / gamma_i) k_r . k_i`` for ``i < r`` (0 otherwise)::
 
@@ -12,7 +13,7 @@ state ``S``, with ``gamma_r`` the decay from the chunk start to ``r`` and
     o_r   = gamma_r S^T q_r + sum_{i <= r} (gamma_r / gamma_i) (q_r . k_i) u_i
     S_out = gamma_C S + sum_i (gamma_C / gamma_i) k_i u_i^T
 
-The triangular system is solved by forward substitution inside the kernel,
+The triangular system is solved by forward substitution in the first kernel,
 one column of ``A`` per step (``C`` steps, each ``x -= A[:, i] x_i``): no
 inverse and no Neumann series is formed (the op's module docstring says why a
 product-of-squares inverse cancels in float32).
@@ -24,19 +25,25 @@ start is a log decay of ``RESET`` (-1e30, finite), whose ``exp`` clears the
 state and every pair across the boundary, as the op's ``a_t = 0`` does.
 
 Layouts:
-  * **GPU** (Triton backend, as :mod:`seqjax.kernels.linear_attention`: the
-    Mosaic GPU backend of JAX 0.10/0.11 does not lower ``dot_general`` in a
-    plain ``pallas_call``): grid ``(b, h, dv / 64)``, each program walking all
-    chunks with ``fori_loop`` and its ``(dk, 64)`` float32 state slice in
-    registers. The value columns of the delta rule are independent (``W``,
-    ``A`` and the decays depend on keys, ``beta`` and ``g`` only), so a value
-    tile carries its own state columns; each tile repeats the ``W`` solve.
-    ``dk``, ``dv`` and ``C`` are powers of two >= 16 (Triton's tensor shapes;
-    ``dk`` and ``dv`` are zero-padded, which changes nothing).
-  * **TPU** (Mosaic TPU): grid ``(b, h, chunks)``, the chunk axis last and
-    ``"arbitrary"``, the state in a ``(dk, dv)`` VMEM scratch initialised at
-    chunk 0. Blocks ``(C, dk)``, ``(C, dv)``, ``(C, 1)``: ``C`` a multiple of 8
-    and the last dims whole.
+  * **solve** (both platforms): grid ``(b, h, chunks)``, all parallel; blocks
+    ``(C, dk)``, ``(C, dv)``, ``(C, 1)``; writes ``U_v (b, h, L, dv)`` and
+    ``W (b, h, L, dk)`` in float32. Until 2026-12-07 the substitution ran in
+    the sequential kernel: ``C`` dependent column steps per chunk in each of
+    only ``b * h * dv / 64`` programs (64 at Gated DeltaNet's benchmark shape).
+  * **sequential pass, GPU** (Triton backend, as
+    :mod:`seqjax.kernels.linear_attention`: the Mosaic GPU backend of JAX
+    0.10/0.11 does not lower ``dot_general`` in a plain ``pallas_call``): grid
+    ``(b, h, dv / 64)``, each program walking all chunks with ``fori_loop``
+    and its ``(dk, 64)`` float32 state slice in registers. The value columns
+    of the delta rule are independent given ``W`` (``W``, ``A`` and the
+    decays depend on keys, ``beta`` and ``g`` only), so a value tile reads
+    its columns of ``U_v`` and carries its own state columns. ``dk``, ``dv``
+    and ``C`` are powers of two >= 16 (Triton's tensor shapes; ``dk`` and
+    ``dv`` are zero-padded, which changes nothing).
+  * **sequential pass, TPU** (Mosaic TPU): grid ``(b, h, chunks)``, the
+    chunk axis last and ``"arbitrary"``, the state in a ``(dk, dv)`` VMEM
+    scratch initialised at chunk 0. Blocks ``(C, dk)``, ``(C, dv)``: ``C`` a
+    multiple of 8 and the last dims whole.
 
 Only the chunk-boundary states (the state *entering* each chunk, float32)
 leave the kernel beside ``o`` and the final state, for the backward.
@@ -113,16 +120,16 @@ def _decays(g, chunk):
     return decay, jnp.exp(from_start), jnp.exp(to_end), jnp.exp(jnp.sum(g, axis=0, keepdims=True))
 
 
-def _chunk_step(q, k, v, beta, g, state):
-    """One chunk: ``(o (C, dv), state leaving it (dk, dv))``, float32.
+def _solve(k, v, beta, g):
+    """``(U_v (C, dv), W (C, dk))`` of one chunk, float32: the UT transform, no state involved.
 
-    ``q, k (C, dk)`` and ``v (C, dv)`` in the inputs' dtype, ``beta (C, 1)`` and
-    ``g (C, 1)`` (or None) float32, ``state (dk, dv)`` float32 entering the chunk.
+    ``k (C, dk)`` and ``v (C, dv)`` in the inputs' dtype, ``beta (C, 1)`` and
+    ``g (C, 1)`` (or None) float32. Chunks are independent here, so this runs
+    on a chunk-parallel grid, and the sequential pass is left with matmuls.
     """
-    chunk = q.shape[0]
-    decay, gamma, k_end, gamma_end = _decays(g, chunk)
+    chunk = k.shape[0]
+    decay, gamma, _, _ = _decays(g, chunk)
     rows, cols = _iota((chunk, chunk), 0), _iota((chunk, chunk), 1)
-    kf, vf, qf = k.astype(jnp.float32), v.astype(jnp.float32), q.astype(jnp.float32)
     a = jnp.where(rows > cols, beta * decay * _dot(k, k, _NT), 0.0)
     # (I + A) X = R by forward substitution, column by column: once the
     # earlier columns are subtracted, row i is final; take A[:, i] x_i off
@@ -136,7 +143,20 @@ def _chunk_step(q, k, v, beta, g, state):
         w_i = jnp.sum(jnp.where(row_of == i, w, 0.0), axis=0, keepdims=True)
         return u_v - a_i * u_v_i, w - a_i * w_i
 
-    u_v, w = lax.fori_loop(0, chunk, substitute, (beta * vf, (beta * gamma) * kf))
+    init = (beta * v.astype(jnp.float32), (beta * gamma) * k.astype(jnp.float32))
+    return lax.fori_loop(0, chunk, substitute, init)
+
+
+def _chunk_step(q, k, u_v, w, g, state):
+    """One chunk from its UT transform: ``(o (C, dv), state leaving it (dk, dv))``, float32.
+
+    ``q, k (C, dk)`` in the inputs' dtype, ``u_v (C, dv)`` and ``w (C, dk)``
+    from :func:`_solve`, ``g (C, 1)`` float32 or None, ``state (dk, dv)``
+    float32 entering the chunk.
+    """
+    chunk = q.shape[0]
+    decay, gamma, k_end, gamma_end = _decays(g, chunk)
+    kf, qf = k.astype(jnp.float32), q.astype(jnp.float32)
     u = u_v - _dot(w, state, _NN)
     scores = _dot(q, k, _NT) * decay
     o = _dot(scores, u, _NN) + _dot(qf * gamma, state, _NN)
@@ -155,6 +175,41 @@ def _pad_last(x, size):
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
 
 
+def _solve_call(kind, k, v, beta, g, *, chunk, interpret):
+    """``(U_v (b, h, L, dv), W (b, h, L, dk))`` float32 of every chunk, all chunks in parallel.
+
+    Grid ``(b, h, chunks)`` on both platforms (every axis parallel), blocks
+    ``(C, dk)``, ``(C, dv)``, ``(C, 1)``; the substitution runs ``C`` column
+    steps per program. In the sequential pass it cost ``C`` dependent steps
+    per chunk in each of only ``b * h * dv / 64`` programs.
+    """
+    batch, heads, length, dv = v.shape
+    dk = k.shape[-1]
+    has_g = g is not None
+
+    def kernel(*refs):
+        k_ref, v_ref, b_ref = refs[:3]
+        g_ref = refs[3] if has_g else None
+        u_ref, w_ref = refs[3 + has_g:]
+        u_ref[...], w_ref[...] = _solve(k_ref[...], v_ref[...], b_ref[...], g_ref[...] if has_g else None)
+
+    chunk_of = lambda d: pl.BlockSpec((None, None, chunk, d), lambda b, h, i: (b, h, i, 0))  # noqa: E731
+    if kind == "gpu":
+        params = pl_triton.CompilerParams(num_warps=4, num_stages=2)
+    else:
+        params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
+    return pl.pallas_call(
+        kernel,
+        grid=(batch, heads, length // chunk),
+        in_specs=[chunk_of(dk), chunk_of(dv), chunk_of(1)] + ([chunk_of(1)] if has_g else []),
+        out_specs=[chunk_of(dv), chunk_of(dk)],
+        out_shape=[jax.ShapeDtypeStruct((batch, heads, length, dv), jnp.float32),
+                   jax.ShapeDtypeStruct((batch, heads, length, dk), jnp.float32)],
+        compiler_params=params,
+        interpret=interpret,
+    )(k, v, beta, *((g,) if has_g else ()))
+
+
 def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
     """``(o, states, final)`` in the kernel layout.
 
@@ -162,7 +217,8 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
     ``g (b, h, L, 1)`` float32 or None, ``s0 (b, h, dk, dv)`` float32, ``L`` a
     multiple of ``chunk``. Returns ``o (b, h, L, dv)``, the states entering
     each chunk ``(b, h, n, dk, dv)`` and the final state ``(b, h, dk, dv)``,
-    all float32.
+    all float32. Two kernels: :func:`_solve_call` (chunk-parallel), then the
+    sequential pass over chunks, matmuls only.
     """
     dk, dv = q.shape[-1], v.shape[-1]
     if kind == "gpu":
@@ -175,7 +231,8 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
     dkp = q.shape[-1]
     n = length // chunk
     has_g = g is not None
-    args = (q, k, v, beta) + ((g,) if has_g else ()) + (s0,)
+    u_v, w = _solve_call(kind, k, v, beta, g, chunk=chunk, interpret=interpret)
+    args = (q, k, u_v, w) + ((g,) if has_g else ()) + (s0,)
     out_shape = [jax.ShapeDtypeStruct((batch, heads, length, dvp), jnp.float32),
                  jax.ShapeDtypeStruct((batch, heads, n, dkp, dvp), jnp.float32),
                  jax.ShapeDtypeStruct((batch, heads, dkp, dvp), jnp.float32)]
@@ -184,39 +241,43 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
         tile = min(dvp, GPU_VALUE_TILE)
 
         def kernel(*refs):
-            q_ref, k_ref, v_ref, b_ref = refs[:4]
+            q_ref, k_ref, u_ref, w_ref = refs[:4]
             g_ref = refs[4] if has_g else None
             s0_ref, o_ref, states_ref, final_ref = refs[4 + has_g:]
 
             def step(j, state):
                 rows = pl.ds(pl.multiple_of(j * chunk, chunk), chunk)
                 states_ref[j] = state
-                o, state = _chunk_step(q_ref[rows, :], k_ref[rows, :], v_ref[rows, :], b_ref[rows, :],
+                o, state = _chunk_step(q_ref[rows, :], k_ref[rows, :], u_ref[rows, :], w_ref[rows, :],
                                        g_ref[rows, :] if has_g else None, state)
                 o_ref[rows, :] = o
                 return state
 
             final_ref[...] = lax.fori_loop(0, n, step, s0_ref[...].astype(jnp.float32))
 
-        whole = lambda d: pl.BlockSpec((None, None, length, d), lambda b, h, j: (b, h, 0, 0))
+        whole = lambda d: pl.BlockSpec((None, None, length, d), lambda b, h, j: (b, h, 0, 0))  # noqa: E731
+        value_tile = pl.BlockSpec((None, None, length, tile), lambda b, h, j: (b, h, 0, j))
         state_tile = pl.BlockSpec((None, None, dkp, tile), lambda b, h, j: (b, h, 0, j))
-        in_specs = [whole(dkp), whole(dkp), pl.BlockSpec((None, None, length, tile), lambda b, h, j: (b, h, 0, j)),
-                    whole(1)] + ([whole(1)] if has_g else []) + [state_tile]
-        out_specs = [pl.BlockSpec((None, None, length, tile), lambda b, h, j: (b, h, 0, j)),
-                     pl.BlockSpec((None, None, n, dkp, tile), lambda b, h, j: (b, h, 0, 0, j)), state_tile]
+        in_specs = [whole(dkp), whole(dkp), value_tile, whole(dkp)] + ([whole(1)] if has_g else []) + [state_tile]
+        out_specs = [value_tile, pl.BlockSpec((None, None, n, dkp, tile), lambda b, h, j: (b, h, 0, 0, j)),
+                     state_tile]
         o, states, final = pl.pallas_call(
             kernel,
             grid=(batch, heads, dvp // tile),
             in_specs=in_specs,
             out_specs=out_specs,
             out_shape=out_shape,
-            compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+            # One stage: Triton's software pipelining of the loop's loads
+            # asked for 246,016 bytes of shared memory at dk = dv = 128
+            # float32 (232,448 on H100/H200; benchmarks/triton_sass.py), one
+            # stage for 131,072.
+            compiler_params=pl_triton.CompilerParams(num_warps=8, num_stages=1),
             interpret=interpret,
         )(*args)
         return o[..., :dv], states[..., :dk, :dv], final[..., :dk, :dv]
 
     def kernel(*refs):
-        q_ref, k_ref, v_ref, b_ref = refs[:4]
+        q_ref, k_ref, u_ref, w_ref = refs[:4]
         g_ref = refs[4] if has_g else None
         s0_ref, o_ref, states_ref, final_ref, carry = refs[4 + has_g:]
         i = pl.program_id(2)
@@ -226,7 +287,7 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
             carry[...] = s0_ref[...].astype(jnp.float32)
 
         states_ref[...] = carry[...]
-        o, state = _chunk_step(q_ref[...], k_ref[...], v_ref[...], b_ref[...],
+        o, state = _chunk_step(q_ref[...], k_ref[...], u_ref[...], w_ref[...],
                                g_ref[...] if has_g else None, carry[...])
         o_ref[...] = o
         carry[...] = state
@@ -235,9 +296,9 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
         def _():
             final_ref[...] = carry[...]
 
-    chunk_of = lambda d: pl.BlockSpec((None, None, chunk, d), lambda b, h, i: (b, h, i, 0))
+    chunk_of = lambda d: pl.BlockSpec((None, None, chunk, d), lambda b, h, i: (b, h, i, 0))  # noqa: E731
     whole_state = pl.BlockSpec((None, None, dkp, dvp), lambda b, h, i: (b, h, 0, 0))
-    in_specs = [chunk_of(dkp), chunk_of(dkp), chunk_of(dvp), chunk_of(1)]
+    in_specs = [chunk_of(dkp), chunk_of(dkp), chunk_of(dvp), chunk_of(dkp)]
     in_specs += ([chunk_of(1)] if has_g else []) + [whole_state]
     out_specs = [chunk_of(dvp), pl.BlockSpec((None, None, None, dkp, dvp), lambda b, h, i: (b, h, i, 0, 0)),
                  whole_state]

@@ -169,8 +169,9 @@ def test_no_float32_dot_is_lowered_at_ieee_precision():
                + _ttir(gla_loss, *[(b, length, h, d)] * 4)
                + _ttir(delta, *[(b, length, h, d)] * 3, (b, length, h)))
     # SSD and GLA: forward states pass, reverse states pass, gradient chunk
-    # pass (jax.grad drops the unused output pass); the delta rule's forward.
-    assert len(kernels) == 7, len(kernels)
+    # pass (jax.grad drops the unused output pass); the delta rule's forward
+    # (solve, sequential pass).
+    assert len(kernels) == 8, len(kernels)
     for ttir in kernels:
         counts = float32_dot_precisions(ttir)
         assert counts and set(counts) == {"tf32"}, counts
