@@ -37,6 +37,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from seqjax.kernels.attention_common import (
     dot_nt, dot_tn, key_block_range, query_block_range, visible, whole_key_blocks, whole_query_blocks)
+from seqjax.kernels.common import out_struct
 from seqjax.ops.common import pad_axis
 
 _ROWS = 16
@@ -214,8 +215,7 @@ def forward(cfg, interpret):
             grid=(b, hk, g, nq, nk),
             in_specs=in_specs,
             out_specs=[pl.BlockSpec((None, None, None, bq, dv), row), pl.BlockSpec((None, None, None, bq, 1), row)],
-            out_shape=[jax.ShapeDtypeStruct((b, hk, g, lqp, dv), q.dtype),
-                       jax.ShapeDtypeStruct((b, hk, g, lqp, 1), jnp.float32)],
+            out_shape=[out_struct((b, hk, g, lqp, dv), q.dtype, q), out_struct((b, hk, g, lqp, 1), jnp.float32, q)],
             scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
                             pltpu.VMEM((bq, dv), jnp.float32)],
             name="seqjax_attention_fwd",
@@ -259,7 +259,7 @@ def backward(cfg, interpret):
             functools.partial(_dq_kernel, cfg, bq, bk, lk_padded, nk),
             grid=(b, hk, g, nq, nk), in_specs=specs,
             out_specs=pl.BlockSpec((None, None, None, bq, dk), row),
-            out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+            out_shape=out_struct(q.shape, q.dtype, q),
             scratch_shapes=[pltpu.VMEM((bq, dk), jnp.float32)],
             name="seqjax_attention_dq", **_params(interpret),
         )(q, k, v, d_out, lse, delta, *seg_args)
@@ -279,7 +279,7 @@ def backward(cfg, interpret):
             functools.partial(_dkdv_kernel, cfg, bq, bk, lk_padded, g, nq),
             grid=(b, hk, nk, g, nq), in_specs=specs,
             out_specs=[pl.BlockSpec((None, None, bk, dk), krow), pl.BlockSpec((None, None, bk, dv), krow)],
-            out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+            out_shape=[out_struct(k.shape, k.dtype, q), out_struct(v.shape, v.dtype, q)],
             scratch_shapes=[pltpu.VMEM((bk, dk), jnp.float32), pltpu.VMEM((bk, dv), jnp.float32)],
             name="seqjax_attention_dkdv", **_params(interpret),
         )(q, k, v, d_out, lse, delta, *seg_args)

@@ -18,9 +18,9 @@ its lanes and every contraction is ``a @ b``, ``a @ bᵀ`` or ``aᵀ @ b``.
 
 Numerics: every exponent is a masked sum of genuine log decays (all ``<= 0``),
 never a difference of running sums: ``from_start[t] = Σ_{r≤t} g_r`` and
-``to_end[s] = Σ_{s<r<C} g_r`` are 0/1 matrices times ``g`` at
-full float32 precision (exact products); the scalar-decay mask ``M[t, s] = exp(Σ_{s<r≤t} g_r)``
-is :func:`seqjax.ops.ssd._segsum`'s form (lower-triangular ones times the
+``to_end[s] = Σ_{s<r<C} g_r`` are 0/1 matrices times ``g`` with exact
+products; the scalar-decay mask ``M[t, s] = exp(Σ_{s<r≤t} g_r)`` is
+:func:`seqjax.ops.ssd._segsum`'s form (lower-triangular ones times the
 strictly masked ``g``); the per-channel mask is built one query row at a time
 from a running sum ``R[s] += g_t [s < t]``. Segment starts arrive as log decay
 ``RESET`` (finite: no ``inf - inf``).
@@ -30,8 +30,8 @@ accumulate in float32. Float32 operands run at ``precision=HIGHEST`` on TPU
 (six bf16 passes); on GPU they run as sums of TF32 tensor-core products
 (:func:`_split_dot`): Triton's IEEE float32 dot is a CUDA-core loop that,
 compiled for sm_90a, left these kernels at 32 registers per thread with
-8-13 KB of spills per thread and ~9x the instructions (see
-``docs/kernels.md``).
+8-13 KB of spills per thread and 6-19x the instructions (see
+``docs/kernels.md``, "Compiling the Triton kernels offline").
 """
 
 import contextlib

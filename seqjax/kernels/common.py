@@ -92,6 +92,26 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
     return batch_partitioned(launch, args, batched)
 
 
+def out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
+    """A ``pallas_call`` output's shape that varies over the mesh axes ``like`` (an input) varies over.
+
+    Inside ``jax.shard_map`` with ``check_vma`` (ring attention calls the
+    attention kernels on its local shards) a ``pallas_call`` must be told how
+    each output varies across the mesh; the kernels' outputs vary as their
+    inputs do. Outside ``shard_map`` the type is empty and changes nothing.
+
+    Args:
+      shape: the output's shape.
+      dtype: its dtype.
+      like: an input array whose variance the output takes (callers make the
+        inputs agree first, :func:`seqjax.ops.collectives.match_vma`).
+
+    Returns:
+      The ``jax.ShapeDtypeStruct``.
+    """
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.typeof(like).manual_axis_type)
+
+
 def round_up(size: int, multiple: int) -> int:
     """The smallest multiple of ``multiple`` that is ``>= size``."""
     return -(-size // multiple) * multiple

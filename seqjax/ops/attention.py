@@ -40,7 +40,8 @@ Implementations (``impl``):
 Sequence parallelism: with ``sequence_axis=`` (inside ``jax.shard_map``, the
 length split over that mesh axis) the call goes to ring attention
 (:func:`seqjax.ops.ring_attention.ring_attention`, registered with the front
-door), which runs the flash kernel per K/V block; see ``docs/parallelism.md``.
+door), which runs a flash kernel per K/V block (the Pallas kernels on GPU and
+TPU under ``"auto"``); see ``docs/parallelism.md``.
 
 Registered implementations take ``fn(q5, k4, v4, bias5, seg_q, seg_k, scale,
 left, right, block_q, block_k)`` on the internal layout of
@@ -111,9 +112,10 @@ def attention(
         ``jax.shard_map`` with the length axis of ``q, k, v`` (and of
         ``segment_ids``) split over the mesh axis of this name; the arrays are
         the local shards and the result is the local shard of the output.
-        Computed by :func:`seqjax.ops.ring_attention.ring_attention` (the
-        blockwise kernel per K/V block, so ``impl`` must be ``"auto"`` or
-        ``"blockwise"``). ``window`` and ``bias`` are not supported with it.
+        Computed by :func:`seqjax.ops.ring_attention.ring_attention`, a flash
+        kernel per K/V block: ``impl`` must then be ``"auto"`` (the Pallas
+        kernels on GPU and TPU, XLA's on CPU), ``"blockwise"`` (XLA) or
+        ``"pallas"``. ``window`` and ``bias`` are not supported with it.
       sequence_layout: which positions each shard holds when ``sequence_axis``
         is set: ``"contiguous"`` or ``"zigzag"`` (see
         :func:`seqjax.ops.ring_attention.zigzag_permute`).
@@ -188,13 +190,13 @@ def _sequence_parallel(q, k, v, causal, segment_ids, window, bias, scale, impl, 
             raise NotImplementedError(
                 f"attention: {name}= is not implemented with sequence_axis (ring attention); "
                 f"call it without sequence_axis on gathered sequences instead")
-    if impl not in ("auto", "blockwise"):
+    if impl not in ("auto", "blockwise", "pallas"):
         raise NotImplementedError(
             f"attention: impl={impl!r} is not available with sequence_axis; ring attention "
-            "computes every K/V block with the blockwise kernel (use 'auto' or 'blockwise')")
+            "computes every K/V block with a flash kernel (use 'auto', 'blockwise' or 'pallas')")
     return dispatch.sequence_parallel("attention")(
         q, k, v, axis_name=axis_name, causal=causal, segment_ids=segment_ids, scale=scale, layout=layout,
-        block_q=block_q, block_k=block_k)
+        block_q=block_q, block_k=block_k, impl=impl)
 
 
 def _bias5(bias, b, h, hk, lq, lk):

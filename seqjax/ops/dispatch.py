@@ -161,7 +161,8 @@ class Rule:
 #   linear_scan: (none); selective_scan: state = b*l*d*n, n; ssd: length,
 #   chunk_size; attention: scores = lq*lk; linear_attention: per_channel (0/1: a (b, l, h, dk)
 #   decay), dv; fft_conv: (none);
-#   delta_rule, memory_update, mlstm: length, chunk_size.
+#   delta_rule, memory_update, mlstm: length, chunk_size; ring_attention_block (ring attention's
+#   per-block kernels, seqjax.ops.ring_attention.BlockKernels): bits (of the accumulation dtype).
 AUTO_TABLE: tuple[Rule, ...] = (
     Rule("linear_scan", "cpu", "sequential",
          why="lax.scan beats associative_scan ~3x on CPU (benchmarks/results)"),
@@ -184,6 +185,9 @@ AUTO_TABLE: tuple[Rule, ...] = (
     Rule("attention", "*", "reference", lambda s: s["scores"] < 256 * 256,
          why="below 256^2 scores the materialised softmax is as fast and its L^2 memory small"),
     Rule("attention", "*", "blockwise", why="flash attention: O(l) memory, 2.5-3.6x faster at L >= 512 (CPU)"),
+    Rule("ring_attention_block", "*", "blockwise",
+         why="the XLA flash kernel per K/V block (seqjax.ops.flash); seqjax.kernels.attention adds the Pallas "
+             "rows for GPU and TPU"),
     Rule("linear_attention", "cpu", "sequential", lambda s: s["per_channel"] and s["dv"] <= 32,
          why="narrow heads with a per-channel decay: the scan is 1.4-4.3x faster with gradients at dv = 16 and on "
              "par at dv = 32 (b=128, l=22-256, idle CPU, benchmarks/results/vm-cpu-paths.json); chunked wins "

@@ -11,10 +11,15 @@ partial softmax result and folds it into its running
 every query has seen every key. Liu, Zaharia & Abbeel (2023), "Ring Attention
 with Blockwise Transformers for Near-Infinite Context".
 
-Each block is computed with the flash kernel of :mod:`seqjax.ops.flash`
-(:func:`~seqjax.ops.flash.flash_forward` / :func:`~seqjax.ops.flash.flash_backward`,
-O(block) memory, no L×L scores): a block's
-``(out, lse)`` is the same partial state as ``(m, l, acc) = (lse, 1, out)``.
+Each block is computed by a flash kernel (O(block) memory, no L×L scores),
+chosen by ``impl`` through the dispatch registry's ``"ring_attention_block"``
+entry (:class:`BlockKernels`): ``"blockwise"``, the XLA kernel of
+:mod:`seqjax.ops.flash` (:func:`~seqjax.ops.flash.flash_forward` /
+:func:`~seqjax.ops.flash.flash_backward`), or ``"pallas"``, the Pallas
+attention kernels of :mod:`seqjax.kernels.attention` (registered there);
+``"auto"`` takes the Pallas kernels on GPU and TPU and ``"blockwise"`` on CPU
+and for float64. A block's ``(out, lse)`` is the same partial state as
+``(m, l, acc) = (lse, 1, out)``.
 The next K/V block is sent *before* the current one is computed, so the
 transfer can overlap the compute.
 
@@ -46,6 +51,8 @@ sends of the dK/dV accumulators of the same size, about twice the forward.
 """
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +93,7 @@ def ring_attention(
     layout: str = "contiguous",
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
+    impl: str = "auto",
 ) -> jax.Array:
     """Softmax attention over a sequence split across the devices of ``axis_name``.
 
@@ -109,6 +117,8 @@ def ring_attention(
         ``"zigzag"`` with ``causal`` needs an even local length.
       block_q: query block of the per-block flash kernel.
       block_k: key block of the per-block flash kernel.
+      impl: the per-block kernel: ``"auto"``, ``"blockwise"`` (XLA) or
+        ``"pallas"`` (the Pallas attention kernels; float32 at most).
 
     Returns:
       The local output ``(b, n, h, dv)`` in ``q``'s dtype (same layout as ``q``);
@@ -128,6 +138,10 @@ def ring_attention(
     for name, val in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"ring_attention: {name} must be a positive int, got {val!r}")
+    bits = 8 * jnp.dtype(accum_dtype(q.dtype, k.dtype, v.dtype)).itemsize
+    impl = dispatch.resolve(BLOCK_OP, impl, bits=bits)
+    if impl == "pallas" and bits > 32:
+        raise ValueError(f"ring_attention: impl='pallas' computes in float32 at most; got {bits}-bit inputs")
     if scale is None:
         scale = dk**-0.5
     if not isinstance(scale, (int, float)):
@@ -136,7 +150,7 @@ def ring_attention(
     g = h // hk
     q5 = q.reshape(b, n, hk, g, dk).transpose(0, 2, 3, 1, 4)
     k4, v4 = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    cfg = (axis_name, bool(causal), layout, float(scale), block_q, block_k)
+    cfg = (axis_name, bool(causal), layout, float(scale), block_q, block_k, impl)
     out = _ring(cfg, q5, k4, v4, seg_q, seg_k)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, n, h, dv).astype(q.dtype)
 
@@ -244,7 +258,32 @@ def block_tiles(num_devices: int, layout: str = "contiguous", causal: bool = Tru
 
 
 # ----------------------------------------------------------------------------
-# One block: the flash kernels on padded inputs.
+# One block: a flash kernel, through the registry.
+
+# The registry entry of the per-block kernels (not a public op: ring attention
+# resolves it, the attention op's sequence_axis= passes its impl through).
+BLOCK_OP = "ring_attention_block"
+
+
+class BlockKernels(NamedTuple):
+    """One implementation of ring attention's per-block work (registered as ``BLOCK_OP``).
+
+    Both take the op's internal layout, ``q5 (b, hk, g, lq, dk)``,
+    ``k4, v4 (b, hk, lk, d)``, segment ids ``seg_q (b, lq)``, ``seg_k (b, lk)``
+    or None, and keywords ``causal`` (causal inside the block, ``lq == lk``),
+    ``scale``, ``block_q``, ``block_k``.
+
+    Attributes:
+      forward: ``forward(q5, k4, v4, seg_q, seg_k, **kw) -> (out, lse)``: the
+        block's normalised output ``(b, hk, g, lq, dv)`` and logsumexp
+        ``(b, hk, g, lq)`` (``-inf`` for a row that sees no key of the block).
+      backward: ``backward(q5, k4, v4, seg_q, seg_k, out, lse, d_out, **kw)
+        -> (dq, dk, dv)``: the block's gradients given the *final* output and
+        logsumexp of the rows and the output cotangent.
+    """
+
+    forward: Callable
+    backward: Callable
 
 
 def _block_cfg(scale, causal, lq, lk, block_q, block_k):
@@ -258,23 +297,17 @@ def _pad_segs(seg_q, seg_k, bq, bk):
     return pad_axis(seg_q, bq, axis=1), pad_axis(seg_k, bk, axis=1)
 
 
-def _block_state(q5, k4, v4, seg_q, seg_k, causal, scale, block_q, block_k):
-    """The partial softmax state of queries q5 against one K/V block."""
+def _xla_forward(q5, k4, v4, seg_q, seg_k, *, causal, scale, block_q, block_k):
     lq, lk = q5.shape[3], k4.shape[2]
     cfg = _block_cfg(scale, causal, lq, lk, block_q, block_k)
     bq, bk = cfg[5], cfg[6]
     out, lse = flash_forward(
         cfg, pad_axis(q5, bq, 3), pad_axis(k4, bk, 2), pad_axis(v4, bk, 2), None,
         _pad_segs(seg_q, seg_k, bq, bk))
-    out, lse = out[:, :, :, :lq], lse[:, :, :, :lq]
-    # A normalised output with its logsumexp is the state (lse, 1, out); rows
-    # that saw no key have lse = -inf and must get l = 0 (the empty state).
-    l = jnp.where(jnp.isfinite(lse), jnp.ones_like(lse), jnp.zeros_like(lse))
-    return osm.SoftmaxState(lse, l, out.astype(lse.dtype))
+    return out[:, :, :, :lq], lse[:, :, :, :lq]
 
 
-def _block_grads(q5, k4, v4, seg_q, seg_k, out, lse, d_out, causal, scale, block_q, block_k):
-    """(dq, dk, dv) of one block, given the final out and logsumexp of the rows."""
+def _xla_backward(q5, k4, v4, seg_q, seg_k, out, lse, d_out, *, causal, scale, block_q, block_k):
     lq, lk = q5.shape[3], k4.shape[2]
     cfg = _block_cfg(scale, causal, lq, lk, block_q, block_k)
     bq, bk = cfg[5], cfg[6]
@@ -282,6 +315,26 @@ def _block_grads(q5, k4, v4, seg_q, seg_k, out, lse, d_out, causal, scale, block
            _pad_segs(seg_q, seg_k, bq, bk), pad_axis(out, bq, 3), pad_axis(lse, bq, 3))
     dq, dk, dv, _, _ = flash_backward(cfg, res, pad_axis(d_out, bq, 3))
     return dq[:, :, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
+
+
+dispatch.register(BLOCK_OP, "blockwise")(BlockKernels(_xla_forward, _xla_backward))
+
+
+def _block_state(q5, k4, v4, seg_q, seg_k, causal, scale, block_q, block_k, impl):
+    """The partial softmax state of queries q5 against one K/V block."""
+    out, lse = dispatch.implementation(BLOCK_OP, impl).forward(
+        q5, k4, v4, seg_q, seg_k, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
+    # A normalised output with its logsumexp is the state (lse, 1, out); rows
+    # that saw no key have lse = -inf and must get l = 0 (the empty state).
+    l = jnp.where(jnp.isfinite(lse), jnp.ones_like(lse), jnp.zeros_like(lse))
+    return osm.SoftmaxState(lse, l, out.astype(lse.dtype))
+
+
+def _block_grads(q5, k4, v4, seg_q, seg_k, out, lse, d_out, causal, scale, block_q, block_k, impl):
+    """(dq, dk, dv) of one block, given the final out and logsumexp of the rows."""
+    return dispatch.implementation(BLOCK_OP, impl).backward(
+        q5, k4, v4, seg_q, seg_k, out, lse, d_out, causal=causal, scale=scale, block_q=block_q,
+        block_k=block_k)
 
 
 def _half(x, axis, which):
@@ -296,9 +349,9 @@ def _seg_half(seg, which):
 
 def _fwd_block(kind, cfg, q5, k4, v4, seg_q, seg_k):
     """The block's state for all local queries (empty where nothing is seen)."""
-    _, _, _, scale, block_q, block_k = cfg
+    _, _, _, scale, block_q, block_k, impl = cfg
     b, hk, g, n, _ = q5.shape
-    state = functools.partial(_block_state, scale=scale, block_q=block_q, block_k=block_k)
+    state = functools.partial(_block_state, scale=scale, block_q=block_q, block_k=block_k, impl=impl)
     dtype = accum_dtype(q5.dtype, k4.dtype, v4.dtype)
     if kind == SKIP:
         # Branches of lax.switch must agree in type, device-variance included.
@@ -315,8 +368,8 @@ def _fwd_block(kind, cfg, q5, k4, v4, seg_q, seg_k):
 
 def _bwd_block(kind, cfg, q5, k4, v4, seg_q, seg_k, out, lse, d_out):
     """(dq, dk, dv) of one block at full local sizes (zeros where nothing is seen)."""
-    _, _, _, scale, block_q, block_k = cfg
-    grads = functools.partial(_block_grads, scale=scale, block_q=block_q, block_k=block_k)
+    _, _, _, scale, block_q, block_k, impl = cfg
+    grads = functools.partial(_block_grads, scale=scale, block_q=block_q, block_k=block_k, impl=impl)
     if kind == SKIP:
         return jnp.zeros_like(q5), jnp.zeros_like(k4), jnp.zeros_like(v4)
     if kind in (FULL, DIAG):

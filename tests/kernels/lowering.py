@@ -34,6 +34,15 @@ def specs(*shapes_and_dtypes) -> tuple[jax.ShapeDtypeStruct, ...]:
     return tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes_and_dtypes)
 
 
+def abstract_mesh(platform):
+    """The one-device abstract mesh, axis ``"x"``, that :func:`lower` lowers under.
+
+    Args whose ``sharding`` names it (``NamedSharding(abstract_mesh(p), spec)``)
+    can enter a ``jax.shard_map`` over ``"x"`` (ring attention, say).
+    """
+    return AbstractMesh((1,), ("x",), abstract_device=DEVICES[platform])
+
+
 def lower(fn, args, platform):
     """``jax.jit(fn)`` lowered for ``platform`` (``"cuda"`` or ``"tpu"``) at the shapes of ``args``.
 
@@ -42,8 +51,7 @@ def lower(fn, args, platform):
     Returns:
       The ``jax.stages.Lowered``; its ``as_text()`` holds the kernels' custom calls.
     """
-    mesh = AbstractMesh((1,), ("x",), abstract_device=DEVICES[platform])
-    with jax.sharding.use_abstract_mesh(mesh):
+    with jax.sharding.use_abstract_mesh(abstract_mesh(platform)):
         return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
 
 

@@ -31,7 +31,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def sharded_attention(mesh, layout, *, batch_axis=None, seq_axis="sequence", via_attention=False,
-                      **kw):
+                      check_vma=True, **kw):
     """fn(q, k, v, seg=None) on full natural-order arrays, computed by ring attention."""
     num = mesh.shape[seq_axis]
     spec = P(batch_axis, seq_axis)
@@ -51,7 +51,7 @@ def sharded_attention(mesh, layout, *, batch_axis=None, seq_axis="sequence", via
         args = tuple(None if x is None else jax.lax.with_sharding_constraint(
             x, NamedSharding(mesh, spec)) for x in args)
         out = jax.shard_map(inner, mesh=mesh, in_specs=(spec, spec, spec, None if seg is None else spec),
-                            out_specs=spec)(*args)
+                            out_specs=spec, check_vma=check_vma)(*args)
         return zigzag_unpermute(out, num) if layout == "zigzag" else out
 
     return fn
