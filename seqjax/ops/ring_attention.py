@@ -138,6 +138,9 @@ def ring_attention(
     for name, val in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"ring_attention: {name} must be a positive int, got {val!r}")
+    allowed = dispatch.implementations(BLOCK_OP)
+    if impl not in allowed:
+        raise ValueError(f"ring_attention: impl={impl!r} is not one of {', '.join(map(repr, allowed))}")
     bits = 8 * jnp.dtype(accum_dtype(q.dtype, k.dtype, v.dtype)).itemsize
     impl = dispatch.resolve(BLOCK_OP, impl, bits=bits)
     if impl == "pallas" and bits > 32:

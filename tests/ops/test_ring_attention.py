@@ -205,6 +205,8 @@ def test_unsupported_options_raise():
         attention(q, q, q, impl="reference", sequence_axis="sequence")
     with pytest.raises(ValueError, match="layout"):
         ring_attention(q, q, q, axis_name="sequence", layout="striped")
+    with pytest.raises(ValueError, match="ring_attention: impl='reference' is not one of 'auto', 'blockwise'"):
+        ring_attention(q, q, q, axis_name="sequence", impl="reference")
     with pytest.raises(ValueError, match="even local length"):
         ring_attention(q[:, :7], q[:, :7], q[:, :7], axis_name="sequence", causal=True,
                           layout="zigzag")
