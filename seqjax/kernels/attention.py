@@ -388,7 +388,9 @@ def pallas_attention(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right, block_
     segs = None if seg_q is None else (seg_q.astype(jnp.int32), seg_k.astype(jnp.int32))
     cfg = AttnConfig(float(scale), left, right, q5.shape[3], k4.shape[2], block_q, block_k, segs is not None,
                      interpret)
-    return flash_attention(cfg, q5, k4, v4, segs)
+    # Inside shard_map the inputs must vary alike (see out_struct); casting
+    # here, outside the custom_vjp, lets autodiff sum the cotangents back.
+    return flash_attention(cfg, *match_vma((q5, k4, v4, segs), q5, k4, v4, segs))
 
 
 dispatch.register("attention", "pallas")(pallas_attention)

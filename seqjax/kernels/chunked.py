@@ -44,7 +44,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
-from seqjax.kernels.common import on_platform
+from seqjax.kernels.common import on_platform, out_struct
 
 # Log decay of a segment start: exp gives exactly 0, and being finite it
 # never meets another infinity (sums of up to a chunk of them stay < 1e33).
@@ -331,8 +331,8 @@ def _states_pass(kind, keys, vals, g, s0, *, chunk, grp, reverse, interpret):
     n = length // chunk
     has_g = g is not None
     at = (lambda i: n - 1 - i) if reverse else (lambda i: i)  # noqa: E731
-    out_shape = [jax.ShapeDtypeStruct((batch, heads, n, dv, dk), jnp.float32),
-                 jax.ShapeDtypeStruct((batch, heads, dv, dk), jnp.float32)]
+    out_shape = [out_struct((batch, heads, n, dv, dk), jnp.float32, vals),
+                 out_struct((batch, heads, dv, dk), jnp.float32, vals)]
     args = (keys, vals) + ((g,) if has_g else ()) + (s0,)
 
     if kind == "gpu":
@@ -448,10 +448,10 @@ def _chunk_pass(kind, body, grouped, per_head, states, out_dims, *, chunk, grp, 
     for o, d in enumerate(out_dims):
         if tiles > 1 and o not in tiled_out:
             out_specs.append(pl.BlockSpec((None, None, None, chunk, d), lambda b, h, i, j=0: (b, j, h, i, 0)))
-            out_shape.append(jax.ShapeDtypeStruct((batch, tiles, heads, length, d), jnp.float32))
+            out_shape.append(out_struct((batch, tiles, heads, length, d), jnp.float32, ref))
         else:
             out_specs.append(chunk_of(d, o in tiled_out))
-            out_shape.append(jax.ShapeDtypeStruct((batch, heads, length, d), jnp.float32))
+            out_shape.append(out_struct((batch, heads, length, d), jnp.float32, ref))
     grid = (batch, heads, length // chunk) + ((tiles,) if tiles > 1 else ())
     if kind == "gpu":
         params = pl_triton.CompilerParams(num_warps=8, num_stages=2)

@@ -11,6 +11,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
 from seqjax.kernels.partitioning import batch_partitioned
+from seqjax.ops.collectives import match_vma
 
 # The kernel semantics a test may ask for on CPU (interpret mode).
 SEMANTICS = ("gpu", "tpu")
@@ -71,6 +72,9 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
     Returns:
       What ``fn(*args)`` returns.
     """
+    # Inside shard_map (check_vma) every output varies as the inputs together
+    # do (out_struct takes one input's type): make the inputs agree first.
+    args = match_vma(args, *args)
     if interpret is None:
         interpret = _forced
     if interpret is not None:
@@ -206,4 +210,7 @@ def _mosaic_gpu_call(body, grid, in_specs, out_specs, out_shape, scratch_shapes,
             out_specs=[pipelined(s) for s in out_specs], max_concurrent_steps=stages,
         )(*hbm)
 
-    return lambda *args: list(kernel(*args))
+    # plgpu.kernel drops the outputs' manual axis types (out_struct): inside
+    # shard_map they would be typed invariant, unlike the other platforms'
+    # branches; they vary as the inputs do.
+    return lambda *args: list(match_vma(tuple(kernel(*args)), *args))

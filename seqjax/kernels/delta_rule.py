@@ -82,8 +82,9 @@ from jax.experimental.pallas import triton as pl_triton
 
 # The chunk kernels' shared pieces: dot_general layouts, float32-accumulating dot, iota, the GPU value tile.
 from seqjax.kernels.chunked import GPU_VALUE_TILE, RESET, _NN, _NT, _TN, _dot, _iota, dots_for
-from seqjax.kernels.common import on_platform
+from seqjax.kernels.common import on_platform, out_struct
 from seqjax.ops import dispatch
+from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis, segment_runs
 from seqjax.ops.delta_rule import _chunked, check_inputs
 
@@ -203,8 +204,8 @@ def _solve_call(kind, k, v, beta, g, *, chunk, interpret):
         grid=(batch, heads, length // chunk),
         in_specs=[chunk_of(dk), chunk_of(dv), chunk_of(1)] + ([chunk_of(1)] if has_g else []),
         out_specs=[chunk_of(dv), chunk_of(dk)],
-        out_shape=[jax.ShapeDtypeStruct((batch, heads, length, dv), jnp.float32),
-                   jax.ShapeDtypeStruct((batch, heads, length, dk), jnp.float32)],
+        out_shape=[out_struct((batch, heads, length, dv), jnp.float32, v),
+                   out_struct((batch, heads, length, dk), jnp.float32, v)],
         compiler_params=params,
         interpret=interpret,
     )(k, v, beta, *((g,) if has_g else ()))
@@ -233,9 +234,9 @@ def _forward_kernel(kind, q, k, v, beta, g, s0, *, chunk, interpret):
     has_g = g is not None
     u_v, w = _solve_call(kind, k, v, beta, g, chunk=chunk, interpret=interpret)
     args = (q, k, u_v, w) + ((g,) if has_g else ()) + (s0,)
-    out_shape = [jax.ShapeDtypeStruct((batch, heads, length, dvp), jnp.float32),
-                 jax.ShapeDtypeStruct((batch, heads, n, dkp, dvp), jnp.float32),
-                 jax.ShapeDtypeStruct((batch, heads, dkp, dvp), jnp.float32)]
+    out_shape = [out_struct((batch, heads, length, dvp), jnp.float32, q),
+                 out_struct((batch, heads, n, dkp, dvp), jnp.float32, q),
+                 out_struct((batch, heads, dkp, dvp), jnp.float32, q)]
 
     if kind == "gpu":
         tile = min(dvp, GPU_VALUE_TILE)
@@ -382,7 +383,8 @@ def _backward(q, k, v, beta, g, s0, run, states, do, dfinal, chunk):
     # The chunk is affine in its entering state: S_out = F S_in + (terms without S_in),
     # F = gamma_C I - K_outᵀ W (dk x dk). F is the chunk run from S_in = I with zero values.
     heads, dk = qm.shape[2], qm.shape[3]
-    eye = jnp.broadcast_to(jnp.eye(dk, dtype=jnp.float32), (n * batch, heads, dk, dk))
+    # Inside shard_map the scan carry must vary like the chunks it meets.
+    eye = match_vma(jnp.broadcast_to(jnp.eye(dk, dtype=jnp.float32), (n * batch, heads, dk, dk)), qm, km, bm)
     _, f = one_chunk(qm, km, jnp.zeros(km.shape, jnp.float32), bm, gm, eye)
     # What o sends back to the entering state (linear in do, independent of S_in's value).
     _, pull_s = jax.vjp(lambda s_: one_chunk(qm, km, vm, bm, gm, s_)[0], sm)
@@ -423,6 +425,11 @@ def _delta_bwd(chunk, interpret, saved, cotangents):
 _delta.defvjp(_delta_fwd, _delta_bwd)
 
 
+def _match(*args):
+    """``args`` varying alike inside shard_map (kernels.common.out_struct), cast outside the custom_vjp."""
+    return match_vma(args, *args)
+
+
 def _check_chunk(chunk):
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"delta_rule (impl='pallas'): chunk_size must be a power of two >= 16, got {chunk}")
@@ -461,14 +468,14 @@ def delta_rule_pallas(q, k, v, beta, *, log_decay=None, initial_state=None, segm
     if s0 is None:
         s0 = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
     run = None if segment_ids is None else segment_runs(segment_ids)
-    o, final = _delta(q, k, v, beta, log_decay, s0, run, chunk_size, interpret)
+    o, final = _delta(*_match(q, k, v, beta, log_decay, s0, run), chunk_size, interpret)
     return o.astype(jnp.result_type(q.dtype, k.dtype, v.dtype)), final.astype(jnp.float32)
 
 
 @dispatch.register("delta_rule", "pallas")
 def _pallas(q, k, v, beta, g, s0, run, chunk_size):
     _check_chunk(chunk_size)
-    o, final = _delta(q, k, v, beta, g, s0, run, chunk_size, None)
+    o, final = _delta(*_match(q, k, v, beta, g, s0, run), chunk_size, None)
     return o.astype(q.dtype), final.astype(s0.dtype)
 
 

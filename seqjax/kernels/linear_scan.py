@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from seqjax.kernels.common import grid_call, on_platform
+from seqjax.kernels.common import grid_call, on_platform, out_struct
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis
 
@@ -98,7 +98,7 @@ def _call(kind, interpret, parts, *arrays):
         grid=grid,
         in_specs=[block] * (2 * parts) + [state] * parts,
         out_specs=[block] * parts,
-        out_shape=[jax.ShapeDtypeStruct((batch, padded, wide), dtype)] * parts,
+        out_shape=[out_struct((batch, padded, wide), dtype, coeffs[0])] * parts,
         scratch_shapes=[((1, TILE), dtype)] * parts,
         gpu_stages=2,
     )(*coeffs, *h0s)

@@ -36,7 +36,8 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
   gy_{t-1}``), writing ``du, dΔ`` per position, per-tile partial sums of
   ``dB, dC`` (summed over a group's tiles outside) and accumulating ``dA`` in
   registers.
-* Chunk = ``max(8, 256 // n)`` positions (16 for Mamba's ``n = 16``): the
+* Chunk = ``max(8, min(16, 256 // n))`` positions (16 for Mamba's ``n = 16``;
+  not more below it, where the pipelined blocks would outgrow shared memory): the
   backward's state scratch, ``chunk · n · 128 · 4`` B = 128 KiB at
   ``n = 16``, plus one pipeline stage of blocks and the carries (~95 KiB)
   takes 223 of the 227 KiB of a Hopper SM's shared memory (measured by the
@@ -66,13 +67,18 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from seqjax.kernels.common import grid_call, on_platform, round_up
+from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up
 from seqjax.ops import dispatch
+from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis, segment_starts
 
 TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes (TPU)
 STATE_ROWS = 256  # chunk * n: bounds the backward's state scratch (module docstring)
 MIN_CHUNK = 8  # TPU blocks' second-minor dim must be a multiple of 8
+# The pipelined (chunk, 128) blocks grow with the chunk: at n = 4 a chunk of
+# 64 (= STATE_ROWS / n) asked Mosaic GPU for 315,400 bytes of shared memory
+# in the backward (232,448 available); 16 is what n = 16 runs with.
+MAX_CHUNK = 16
 # The segment flags are stored (b, l, KEEP_LANES): Mosaic GPU copies whole
 # multiples of 128 bytes (one per thread of the warpgroup), so a (chunk,)
 # float32 row (64 bytes at chunk 16) cannot be a block; (chunk, 8) can.
@@ -81,7 +87,7 @@ KEEP_LANES = 8
 
 def chunk_for(n: int) -> int:
     """Positions per grid step for ``n`` states (module docstring)."""
-    return max(MIN_CHUNK, STATE_ROWS // n)
+    return max(MIN_CHUNK, min(MAX_CHUNK, STATE_ROWS // n))
 
 
 # --- kernel bodies -----------------------------------------------------------
@@ -217,9 +223,9 @@ def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct,
     acc = jnp.result_type(jnp.float32, u.dtype)
     sp = _specs(kind, u.shape, n, chunk, per_group)
     out_specs = [sp["seq"], sp["state"]] + ([sp["start"]] if save else [])
-    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct((batch, n, width), acc)]
+    out_shape = [out_struct(u.shape, u.dtype, u), out_struct((batch, n, width), acc, u)]
     if save:
-        out_shape.append(jax.ShapeDtypeStruct((batch, length // chunk, n, width), acc))
+        out_shape.append(out_struct((batch, length // chunk, n, width), acc, u))
     return grid_call(
         kind, interpret, functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc),
         grid=sp["grid"],
@@ -236,15 +242,14 @@ def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     acc = jnp.result_type(jnp.float32, u.dtype)
     sp = _specs(kind, u.shape, n, chunk, per_group, reverse=True)
     tiles = width // TILE
-    part = jax.ShapeDtypeStruct((batch, tiles, length, n), acc)
+    part = out_struct((batch, tiles, length, n), acc, u)
     return grid_call(
         kind, interpret, functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
         grid=sp["grid"],
         in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"], sp["seq"], sp["start"],
                   sp["state"]],
         out_specs=[sp["seq"], sp["seq"], sp["part"], sp["part"], sp["state"]],
-        out_shape=[jax.ShapeDtypeStruct(u.shape, acc)] * 2 + [part, part,
-                   jax.ShapeDtypeStruct((batch, n, width), acc)],
+        out_shape=[out_struct(u.shape, acc, u)] * 2 + [part, part, out_struct((batch, n, width), acc, u)],
         scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((chunk, n, TILE), acc)],
         # One stage: the state scratch leaves no room to double-buffer (docstring).
         gpu_stages=1,
@@ -340,7 +345,10 @@ def selective_scan_pallas(u, dt, A, B, C, segment_ids=None, *, interpret: str | 
     keep = pad_axis(keep, chunk, axis=1, value=1)
     keep = jnp.broadcast_to(keep[..., None], keep.shape + (KEEP_LANES,))
     static = (n, chunk, padded_per // TILE)
-    y, last = _core(channels(u), channels(dt), at, bt, ct, keep, static, interpret)
+    # Inside shard_map the inputs must vary alike (common.out_struct); casting
+    # outside the custom_vjp lets autodiff sum the cotangents back.
+    args = match_vma((channels(u), channels(dt), at, bt, ct, keep), u, dt, at, bt, ct, keep)
+    y, last = _core(*args, static, interpret)
     y = y.reshape(batch, -1, groups, padded_per)[:, :length, :, :per].reshape(batch, length, d)
     last = last.reshape(batch, n, groups, padded_per)[..., :per]
     return y, jnp.transpose(last, (0, 2, 3, 1)).reshape(batch, d, n)

@@ -145,6 +145,18 @@ def test_lowers_at_realistic_shapes(platform):
     assert kernel_calls(lower_for(grad(kernel.selective_scan_pallas), args(jnp.bfloat16, 4), platform), platform) == 2
 
 
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("n", [4, 8])
+def test_small_state_sizes_lower(platform, n):
+    # Fewer states must not mean longer chunks than shared memory holds: at
+    # n = 4 the chunk was 64 and the GPU backward asked for 315,400 bytes.
+    specs_ = specs(((2, 1024, 256), jnp.float32), ((2, 1024, 256), jnp.float32), ((256, n), jnp.float32),
+                   ((2, 1024, n), jnp.float32), ((2, 1024, n), jnp.float32))
+    loss = lambda *x: jnp.sum(selective_scan(*x, delta_softplus=True, impl="pallas"))  # noqa: E731
+    text = lower_for(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), specs_, platform)
+    assert kernel_calls(text, platform) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gpu", "tpu"])
 def test_default_blocks_several_tiles_and_chunks(rng, kind):
