@@ -80,10 +80,10 @@ from seqjax.kernels import attention_tpu, attention_vendor
 from seqjax.kernels.attention_common import (
     AttnConfig, dot_nt, dot_tn, key_block_range, query_block_range, split_loop, visible, whole_key_blocks,
     whole_query_blocks)
-from seqjax.kernels.common import on_platform, out_struct
+from seqjax.kernels.common import on_platform, out_struct, vary_alike
 from seqjax.ops import dispatch
-from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis
+from seqjax.ops.flash import resolve_window
 from seqjax.ops.ring_attention import BLOCK_OP, BlockKernels
 
 # The GPU backward's blocks (see the module docstring).
@@ -388,9 +388,7 @@ def pallas_attention(q5, k4, v4, bias5, seg_q, seg_k, scale, left, right, block_
     segs = None if seg_q is None else (seg_q.astype(jnp.int32), seg_k.astype(jnp.int32))
     cfg = AttnConfig(float(scale), left, right, q5.shape[3], k4.shape[2], block_q, block_k, segs is not None,
                      interpret)
-    # Inside shard_map the inputs must vary alike (see out_struct); casting
-    # here, outside the custom_vjp, lets autodiff sum the cotangents back.
-    return flash_attention(cfg, *match_vma((q5, k4, v4, segs), q5, k4, v4, segs))
+    return flash_attention(cfg, *vary_alike(q5, k4, v4, segs))  # before the custom_vjp: see vary_alike
 
 
 dispatch.register("attention", "pallas")(pallas_attention)
@@ -400,7 +398,7 @@ dispatch.register("attention", "pallas")(pallas_attention)
 
 
 def _ring_cfg(q5, k4, seg_q, causal, scale, block_q, block_k):
-    left, right = (None, 0) if causal else (None, None)
+    left, right = resolve_window(None, causal)
     return AttnConfig(float(scale), left, right, q5.shape[3], k4.shape[2], block_q, block_k, seg_q is not None,
                       None)
 
@@ -412,21 +410,17 @@ def _ring_segs(seg_q, seg_k):
 def ring_block_forward(q5, k4, v4, seg_q, seg_k, *, causal, scale, block_q, block_k):
     """Ring attention's block forward by the Pallas kernel: ``(out, lse)`` (see ``BlockKernels``)."""
     cfg = _ring_cfg(q5, k4, seg_q, causal, scale, block_q, block_k)
-    # One dtype for the kernel (the ring hands float32 queries with the
-    # inputs' K/V); inside shard_map its outputs vary as its inputs
-    # (out_struct): make them agree.
+    # One dtype for the kernel: the ring hands float32 queries with the inputs' K/V.
     dtype = jnp.result_type(q5.dtype, k4.dtype, v4.dtype)
-    q5, k4, v4 = (x.astype(dtype) for x in (q5, k4, v4))
-    q5, k4, v4, segs = match_vma((q5, k4, v4, _ring_segs(seg_q, seg_k)), q5, k4, v4, seg_q, seg_k)
-    return _forward(cfg, q5, k4, v4, segs)
+    return _forward(cfg, q5.astype(dtype), k4.astype(dtype), v4.astype(dtype), _ring_segs(seg_q, seg_k))
 
 
 def ring_block_backward(q5, k4, v4, seg_q, seg_k, out, lse, d_out, *, causal, scale, block_q, block_k):
     """Ring attention's block gradients by the Pallas dq and dk/dv kernels, from the final ``out``, ``lse``."""
     cfg = _ring_cfg(q5, k4, seg_q, causal, scale, block_q, block_k)
     dtype = jnp.result_type(q5.dtype, k4.dtype, v4.dtype)
-    args = (q5.astype(dtype), k4.astype(dtype), v4.astype(dtype), _ring_segs(seg_q, seg_k), out, lse, d_out)
-    return _backward(cfg, *match_vma(args, *args))
+    return _backward(cfg, q5.astype(dtype), k4.astype(dtype), v4.astype(dtype), _ring_segs(seg_q, seg_k), out,
+                     lse, d_out)
 
 
 dispatch.register(BLOCK_OP, "pallas")(BlockKernels(ring_block_forward, ring_block_backward))

@@ -120,6 +120,11 @@ def _dot(a, b, dims, lhs_exact=False):
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
+def _column(x, j):
+    """Column ``j`` of a 2-D ``x`` as ``(rows, 1)`` (a masked sum: no dynamic lane index)."""
+    return jnp.sum(jnp.where(_iota(x.shape, 1) == j, x, 0.0), axis=1, keepdims=True)
+
+
 def _iota(shape, axis):
     return lax.broadcasted_iota(jnp.int32, shape, axis)
 
@@ -141,8 +146,7 @@ def _decay_sums(g, dk):
     from_start = _dot((r <= t).astype(jnp.float32), wide, _NN, lhs_exact=True)
     to_end = _dot((r > t).astype(jnp.float32), wide, _NN, lhs_exact=True)
     if width == 1:
-        first = _iota((chunk, cols), 1) == 0
-        from_start, to_end = (jnp.sum(jnp.where(first, x, 0.0), axis=1, keepdims=True) for x in (from_start, to_end))
+        from_start, to_end = _column(from_start, 0), _column(to_end, 0)
     return from_start, to_end, jnp.sum(g.astype(jnp.float32), axis=0, keepdims=True)
 
 

@@ -72,9 +72,7 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
     Returns:
       What ``fn(*args)`` returns.
     """
-    # Inside shard_map (check_vma) every output varies as the inputs together
-    # do (out_struct takes one input's type): make the inputs agree first.
-    args = match_vma(args, *args)
+    args = vary_alike(*args)
     if interpret is None:
         interpret = _forced
     if interpret is not None:
@@ -96,6 +94,19 @@ def on_platform(build: Callable[[str, Any], Callable], *args, interpret: str | N
     return batch_partitioned(launch, args, batched)
 
 
+def vary_alike(*args):
+    """``args`` (a tuple; None entries allowed) cast to vary over every mesh axis any of them varies over.
+
+    Inside ``jax.shard_map`` with ``check_vma`` a kernel's outputs are typed
+    with one input's variance (:func:`out_struct`), so its inputs must agree.
+    :func:`on_platform` applies it; a kernel's public function applies it
+    once more *before* its ``custom_vjp``, so that autodiff sums the
+    cotangents of replicated inputs (a state, ``A``) back over the mesh. A
+    no-op outside ``shard_map``.
+    """
+    return match_vma(args, *args)
+
+
 def out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
     """A ``pallas_call`` output's shape that varies over the mesh axes ``like`` (an input) varies over.
 
@@ -107,8 +118,8 @@ def out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
     Args:
       shape: the output's shape.
       dtype: its dtype.
-      like: an input array whose variance the output takes (callers make the
-        inputs agree first, :func:`seqjax.ops.collectives.match_vma`).
+      like: an input array whose variance the output takes (the inputs
+        agree: :func:`vary_alike`).
 
     Returns:
       The ``jax.ShapeDtypeStruct``.

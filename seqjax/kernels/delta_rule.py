@@ -81,8 +81,8 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
 # The chunk kernels' shared pieces: dot_general layouts, float32-accumulating dot, iota, the GPU value tile.
-from seqjax.kernels.chunked import GPU_VALUE_TILE, RESET, _NN, _NT, _TN, _dot, _iota, dots_for
-from seqjax.kernels.common import on_platform, out_struct
+from seqjax.kernels.chunked import GPU_VALUE_TILE, RESET, _NN, _NT, _TN, _column, _dot, _iota, dots_for
+from seqjax.kernels.common import on_platform, out_struct, vary_alike
 from seqjax.ops import dispatch
 from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis, segment_runs
@@ -90,11 +90,6 @@ from seqjax.ops.delta_rule import _chunked, check_inputs
 
 # Flash-linear-attention's DeltaNet chunk; the op's default chunk_size.
 CHUNK = 64
-
-
-def _column(x, j):
-    """Column ``j`` of ``x (C, C)`` as ``(C, 1)`` (a masked sum: no dynamic lane index)."""
-    return jnp.sum(jnp.where(_iota(x.shape, 1) == j, x, 0.0), axis=1, keepdims=True)
 
 
 def _decays(g, chunk):
@@ -425,11 +420,6 @@ def _delta_bwd(chunk, interpret, saved, cotangents):
 _delta.defvjp(_delta_fwd, _delta_bwd)
 
 
-def _match(*args):
-    """``args`` varying alike inside shard_map (kernels.common.out_struct), cast outside the custom_vjp."""
-    return match_vma(args, *args)
-
-
 def _check_chunk(chunk):
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"delta_rule (impl='pallas'): chunk_size must be a power of two >= 16, got {chunk}")
@@ -468,14 +458,14 @@ def delta_rule_pallas(q, k, v, beta, *, log_decay=None, initial_state=None, segm
     if s0 is None:
         s0 = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
     run = None if segment_ids is None else segment_runs(segment_ids)
-    o, final = _delta(*_match(q, k, v, beta, log_decay, s0, run), chunk_size, interpret)
+    o, final = _delta(*vary_alike(q, k, v, beta, log_decay, s0, run), chunk_size, interpret)
     return o.astype(jnp.result_type(q.dtype, k.dtype, v.dtype)), final.astype(jnp.float32)
 
 
 @dispatch.register("delta_rule", "pallas")
 def _pallas(q, k, v, beta, g, s0, run, chunk_size):
     _check_chunk(chunk_size)
-    o, final = _delta(*_match(q, k, v, beta, g, s0, run), chunk_size, None)
+    o, final = _delta(*vary_alike(q, k, v, beta, g, s0, run), chunk_size, None)
     return o.astype(q.dtype), final.astype(s0.dtype)
 
 

@@ -69,8 +69,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.kernels import chunked
+from seqjax.kernels.common import vary_alike
 from seqjax.ops import dispatch
-from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis
 
 CHUNK = 64
@@ -190,9 +190,7 @@ def attend(q, k, v, g, s0, run, *, chunk=CHUNK, heads_per_group=1, interpret=Non
     """
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two >= 16, got {chunk}")
-    # Inside shard_map the inputs must vary alike (kernels.common.out_struct);
-    # casting outside the custom_vjp lets autodiff sum the cotangents back.
-    q, k, v, g, s0, run = match_vma((q, k, v, g, s0, run), q, k, v, g, s0, run)
+    q, k, v, g, s0, run = vary_alike(q, k, v, g, s0, run)  # before the custom_vjp: see vary_alike
     return _attend(q, k, v, g, s0, run, chunk, heads_per_group, interpret)
 
 

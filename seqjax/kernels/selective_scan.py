@@ -67,9 +67,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up
+from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up, vary_alike
 from seqjax.ops import dispatch
-from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis, segment_starts
 
 TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes (TPU)
@@ -345,9 +344,7 @@ def selective_scan_pallas(u, dt, A, B, C, segment_ids=None, *, interpret: str | 
     keep = pad_axis(keep, chunk, axis=1, value=1)
     keep = jnp.broadcast_to(keep[..., None], keep.shape + (KEEP_LANES,))
     static = (n, chunk, padded_per // TILE)
-    # Inside shard_map the inputs must vary alike (common.out_struct); casting
-    # outside the custom_vjp lets autodiff sum the cotangents back.
-    args = match_vma((channels(u), channels(dt), at, bt, ct, keep), u, dt, at, bt, ct, keep)
+    args = vary_alike(channels(u), channels(dt), at, bt, ct, keep)  # before the custom_vjp: see vary_alike
     y, last = _core(*args, static, interpret)
     y = y.reshape(batch, -1, groups, padded_per)[:, :length, :, :per].reshape(batch, length, d)
     last = last.reshape(batch, n, groups, padded_per)[..., :per]
