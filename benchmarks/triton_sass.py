@@ -20,13 +20,14 @@ Usage::
 
     pip install triton                       # not a dependency of seqjax
     python -m benchmarks.triton_sass [--only ssd,delta_rule] [--out FILE]
-    python -m benchmarks.triton_sass --table AFTER.json [BEFORE.json]
+    python -m benchmarks.triton_sass --table AFTER.json [BEFORE.json] [--dtype bfloat16]
 
 Writes ``benchmarks/results/<host>-triton-sm90a.json`` (or ``--out``);
-``--table`` prints the float32 rows as a markdown table (``before -> after``
-where a second file is given). Through the ops' front doors the chunked
-kernels see float32 for bf16 inputs too, so their bf16 rows repeat the
-float32 ones.
+``--table`` prints the float32 rows (``--dtype bfloat16``: the bf16 rows) as
+a markdown table (``before -> after`` where a second file is given). Through
+the ops' front doors the SSD and linear-attention kernels take bf16
+operands for bf16 inputs (since 2026-12-07; before, their bf16 rows repeated
+the float32 ones); the delta rule's front door still casts to float32.
 """
 
 import argparse
@@ -155,15 +156,15 @@ def rows(only: set | None, compile_kernels: bool) -> list[dict]:
 TABLE_COLUMNS = ("registers", "stack_bytes", "shared_bytes", "instructions", "HGMMA", "FFMA", "LDL", "STL")
 
 
-def table(after: dict, before: dict | None = None) -> str:
-    """The float32 rows of ``after`` as markdown, with ``before -> after`` where ``before`` is given.
+def table(after: dict, before: dict | None = None, dtype: str = "float32") -> str:
+    """The ``dtype`` rows of ``after`` as markdown, with ``before -> after`` where ``before`` is given.
 
     Kernels are matched by op, pass and index where the op and pass have as
     many kernels in both files; otherwise the ``before`` rows are listed on
     their own, marked "(before)".
     """
-    def f32(data):
-        return [r for r in (data or {}).get("rows", []) if r["dtype"] == "float32"]
+    def of_dtype(data):
+        return [r for r in (data or {}).get("rows", []) if r["dtype"] == dtype]
 
     def group(rows):
         out = collections.defaultdict(list)
@@ -171,7 +172,7 @@ def table(after: dict, before: dict | None = None) -> str:
             out[r["op"], r["pass"]].append(r)
         return out
 
-    new_rows, old_groups = f32(after), group(f32(before))
+    new_rows, old_groups = of_dtype(after), group(of_dtype(before))
     new_groups = group(new_rows)
     head = ["op", "pass", "kernel", "grid", "warps", "f32 dots"] + list(TABLE_COLUMNS)
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -182,7 +183,7 @@ def table(after: dict, before: dict | None = None) -> str:
     def line(row, prev, label=""):
         cells = [row["op"], row["pass"], f"{row['kernel']}{label}", "×".join(map(str, row["grid"])),
                  (f"{prev['num_warps']} → " if prev and prev["num_warps"] != row["num_warps"] else "")
-                 + str(row["num_warps"]), (f"{dots(prev)} → " if prev else "") + dots(row)]
+                 + str(row["num_warps"]), (f"{dots(prev)} → " if prev and dots(prev) != dots(row) else "") + dots(row)]
         for col in TABLE_COLUMNS:
             value = row.get(col, "")
             cells.append(f"{prev[col]} → {value}" if prev and col in prev and prev[col] != value else str(value))
@@ -205,13 +206,15 @@ def main(argv=None) -> int:
     parser.add_argument("--ttir-only", action="store_true", help="skip the compile (no triton package needed)")
     parser.add_argument("--out", help="the JSON to write")
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print AFTER [BEFORE] as a markdown table")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the rows --table prints (default float32)")
     args = parser.parse_args(argv)
     if args.table:
         if len(args.table) > 2:
             print("--table: one or two JSON files (after, before)", file=sys.stderr)
             return 2
         after, *before = (json.loads(pathlib.Path(f).read_text()) for f in args.table)
-        print(table(after, before[0] if before else None))
+        print(table(after, before[0] if before else None, args.dtype))
         return 0
     only = {x for x in args.only.split(",") if x}
     unknown = only - set(TRITON_OPS)

@@ -221,7 +221,9 @@ def linear_attention_pallas(q, k, v, g=None, s0=None, run=None, *, chunk=CHUNK, 
 def _pallas(q, k, v, g, s0, run, chunk_size):
     del chunk_size  # the kernel's block is CHUNK
     o, final = attend(q, k, v, g, s0, run)
-    return o.astype(q.dtype), final.astype(s0.dtype)
+    # The op hands bf16 q, k, v through (ops.common.operand_dtype); the output
+    # and the state leave in the accumulation dtype (s0's), as the other implementations'.
+    return o.astype(s0.dtype), final.astype(s0.dtype)
 
 
 # No GPU row: on an H200 the kernel's backward at dk = dv = 128 float32 asks

@@ -40,8 +40,10 @@ decay's gradient as sums of genuine terms: ``dA`` stays at 2e-7 relative at
 ``Σ dt·A ≈ -1e3``), chained to ``x``, ``dt``, ``A`` by autodiff of the few
 elementwise lines around the kernels. Float32 inputs run the matmuls at
 ``precision=HIGHEST`` on TPU, as the XLA path does, and as split TF32
-products on GPU (:mod:`seqjax.kernels.chunked`); the kernels compute in float32
-whatever the inputs (through the op's front door they always see float32).
+products on GPU (:mod:`seqjax.kernels.chunked`). bf16 ``x, B, C`` (the op's
+front door hands them through: :func:`seqjax.ops.common.operand_dtype`) run
+bf16 products with float32 accumulation; ``dt x`` and the states are rounded
+to bf16 as matmul operands, the state carried across chunks stays float32.
 """
 
 import jax.numpy as jnp
@@ -94,7 +96,9 @@ def ssd_pallas(x, dt, A, B, C, initial_state=None, segment_ids=None, *, chunk=CH
 def _pallas(x, dt, A, B, C, h0, r, segment_ids, chunk_size):
     del chunk_size  # the kernel's block is CHUNK
     y, final = _scan(x, dt, A, B, C, h0, None if segment_ids is None else r, CHUNK, None)
-    return y.astype(x.dtype), final.astype(x.dtype)
+    # The op hands bf16 x, B, C through (ops.common.operand_dtype); y and the
+    # state leave in the accumulation dtype, as the other implementations'.
+    return y.astype(dt.dtype), final.astype(dt.dtype)
 
 
 # No GPU row: on an H200 the Triton kernels are ~50x slower than the XLA

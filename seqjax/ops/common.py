@@ -19,6 +19,32 @@ def accum_dtype(*dtypes) -> jnp.dtype:
     return jnp.result_type(jnp.float32, *dtypes)
 
 
+# Implementations whose matmuls take bfloat16 operands as they come and
+# accumulate in float32 (tensor cores, the MXU): a float32 operand costs them
+# several passes (split TF32 on GPU, six bf16 passes on TPU at HIGHEST). The
+# XLA paths cast every operand to the accumulation dtype instead.
+LOW_PRECISION_OPERANDS = ("pallas",)
+
+
+def operand_dtype(impl: str, *dtypes) -> jnp.dtype:
+    """The dtype an op hands its matmul operands (``q, k, v``; ``x, B, C``) to ``impl`` in.
+
+    bfloat16 where every operand is bfloat16 and ``impl`` multiplies in it
+    (``LOW_PRECISION_OPERANDS``); otherwise :func:`accum_dtype`. Decays,
+    states and outputs stay in the accumulation dtype either way.
+
+    Args:
+      impl: the resolved implementation.
+      *dtypes: dtypes of the operands.
+
+    Returns:
+      The operands' dtype.
+    """
+    if impl in LOW_PRECISION_OPERANDS and all(jnp.dtype(d) == jnp.bfloat16 for d in dtypes):
+        return jnp.dtype(jnp.bfloat16)
+    return accum_dtype(*dtypes)
+
+
 def pad_axis(x: jax.Array, multiple: int, axis: int, value=0) -> jax.Array:
     """Pads ``x`` at the end of ``axis`` up to a multiple of ``multiple``.
 

@@ -69,7 +69,9 @@ split over that mesh axis) runs :func:`seqjax.ops.linear_attention_sp.linear_att
 one all-gather of per-shard (decay product, final state) pairs.
 
 Registered implementations are the *causal* forms ``fn(q, k, v, g, s0, run,
-chunk_size) -> (o, final_state)`` in the accumulation dtype, with ``g`` the
+chunk_size) -> (o, final_state)`` in the accumulation dtype (``q, k, v`` in
+bf16 where :func:`seqjax.ops.common.operand_dtype` says so: ``"pallas"``
+with bf16 inputs), with ``g`` the
 per-step log decay as ``(b, l, h, 1 or dk)`` (or None) and ``run`` the segment
 run indices (or None); the bidirectional form is built from two causal runs.
 
@@ -83,7 +85,7 @@ import jax.numpy as jnp
 
 from seqjax.ops import dispatch
 from seqjax.ops.collectives import match_vma
-from seqjax.ops.common import accum_dtype, pad_axis, segment_runs
+from seqjax.ops.common import accum_dtype, operand_dtype, pad_axis, segment_runs
 from seqjax.types import AttnOut, Keys, LinAttnState, LogDecay, Queries, SegmentIds, Values
 # Largest diagonal sub-block of the per-channel-decay intra-chunk scores: 8
 # beat 4 and 16 on CPU (exps cost ~ l * dk * (chunk / SUB_CHUNK + SUB_CHUNK)).
@@ -172,7 +174,12 @@ def linear_attention(
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     extra = [x.dtype for x in (log_decay, initial_state) if x is not None]
     dtype = accum_dtype(q.dtype, k.dtype, v.dtype, *extra)
-    q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+    per_channel = log_decay is not None and log_decay.ndim == 4 and dk > 1
+    impl = dispatch.resolve("linear_attention", impl, per_channel=int(per_channel), dv=dv)
+    # bf16 q, k, v stay bf16 for the kernels of a causal call (their matmuls
+    # accumulate in float32); every other path computes in the accumulation dtype.
+    operand = operand_dtype(impl, q.dtype, k.dtype, v.dtype) if causal else dtype
+    q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
     g = per_step_log_decay(log_decay, batch, length, heads, dtype)
     s0 = (
         jnp.zeros((batch, heads, dk, dv), dtype)
@@ -184,7 +191,6 @@ def linear_attention(
     # -1" (the initial state) belongs to run 0.
     run = None if segment_ids is None else segment_runs(segment_ids)
 
-    impl = dispatch.resolve("linear_attention", impl, per_channel=int(g is not None and g.shape[-1] > 1), dv=dv)
     if causal:
         o, state = _causal(q, k, v, g, s0, run, impl, chunk_size)
     else:

@@ -54,8 +54,10 @@ Sequence parallelism: ``sequence_axis=`` runs
 :mod:`seqjax.ops.dispatch`). Registered implementations take
 ``fn(x, dt, A, B, C, h0, r, segment_ids, chunk_size) -> (y, final)`` with
 heads split as ``(g, e)`` (``x (b, l, g, e, p)``, ``dt (b, l, g, e)``, ``A (g,
-e)``), ``r`` the ``(b, l)`` segment run indices, all in the accumulation dtype,
-and ``D`` left to the caller.
+e)``), ``r`` the ``(b, l)`` segment run indices, all in the accumulation dtype
+(but ``x, B, C`` in bf16 where :func:`seqjax.ops.common.operand_dtype` says
+so: ``"pallas"`` with bf16 inputs), returning ``y`` and ``final`` in the
+accumulation dtype, and ``D`` left to the caller.
 """
 
 import functools
@@ -65,7 +67,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.ops import dispatch
-from seqjax.ops.common import accum_dtype, pad_axis, segment_runs
+from seqjax.ops.common import accum_dtype, operand_dtype, pad_axis, segment_runs
 from seqjax.ops.linear_scan import linear_scan
 from seqjax.types import SegmentIds, SSDBC, SSDInput, SSDState, SSDStep
 
@@ -172,17 +174,19 @@ def _ssd(x, dt, A, B, C, D, h0, segment_ids, *, chunk_size, impl):
     batch, length, heads, p = x.shape
     groups, n = B.shape[2:]
     e = heads // groups  # heads per group
+    # bf16 x, B, C stay bf16 for the kernels (their matmuls accumulate in float32).
+    operand = operand_dtype(impl, x.dtype, B.dtype, C.dtype)
     # Heads as (group, head-in-group) so B and C are shared without copies.
-    x = x.astype(dtype).reshape(batch, length, groups, e, p)
+    x = x.reshape(batch, length, groups, e, p)
     dt = dt.astype(dtype).reshape(batch, length, groups, e)
     A = A.astype(dtype).reshape(groups, e)
-    B, C = B.astype(dtype), C.astype(dtype)
+    B, C = B.astype(operand), C.astype(operand)
     if h0 is not None:
         h0 = h0.astype(dtype)
     r = jnp.zeros((batch, length), jnp.int32) if segment_ids is None else segment_runs(segment_ids)
-    y, final = dispatch.implementation("ssd", impl)(x, dt, A, B, C, h0, r, segment_ids, chunk_size)
+    y, final = dispatch.implementation("ssd", impl)(x.astype(operand), dt, A, B, C, h0, r, segment_ids, chunk_size)
     if D is not None:
-        y = y + D.astype(dtype).reshape(groups, e)[:, :, None] * x
+        y = y + D.astype(dtype).reshape(groups, e)[:, :, None] * x.astype(dtype)
     return y.reshape(batch, length, heads, p).astype(out_dtype), final.astype(dtype)
 
 
