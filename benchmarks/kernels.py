@@ -250,7 +250,18 @@ def floor_ms(parts: dict, rates: dict, dtype) -> dict:
     return times
 
 
-def _functions(fn: Callable, impl: str, argnums: tuple[int, ...], rng) -> tuple[Callable, Callable]:
+def jitted_functions(fn: Callable, impl: str, argnums: tuple[int, ...], rng) -> tuple[Callable, Callable]:
+    """``impl``'s jitted forward and gradient (of the outputs' sum weighted by fixed random weights).
+
+    Args:
+      fn: a case's ``fn(impl, *args)``.
+      impl: the implementation.
+      argnums: the arguments differentiated.
+      rng: draws the weights at the first trace.
+
+    Returns:
+      ``(forward, gradient)``, both of ``*args``.
+    """
     forward = jax.jit(lambda *a: fn(impl, *a))
     weights = {}
 
@@ -330,8 +341,8 @@ def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
     if "pallas" not in dispatch.implementations(case.op):
         row["pallas"] = "not registered"
         return row
-    xla_fwd, xla_bwd = _functions(fn, case.xla, argnums, np.random.default_rng(1))
-    pal_fwd, pal_bwd = _functions(fn, "pallas", argnums, np.random.default_rng(1))
+    xla_fwd, xla_bwd = jitted_functions(fn, case.xla, argnums, np.random.default_rng(1))
+    pal_fwd, pal_bwd = jitted_functions(fn, "pallas", argnums, np.random.default_rng(1))
     # The reference in float32 whatever the dtype: bf16 errors are measured
     # against what the inputs mean, not against another bf16 computation.
     # Compiles dominate a device run (eight per row made the H200 run overrun
@@ -342,12 +353,12 @@ def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
     if dtype == jnp.float32:
         ref_fwd, ref_bwd = xla_fwd, xla_bwd
     else:
-        ref_fwd, ref_bwd = _functions(fn, case.xla, argnums, np.random.default_rng(1))
+        ref_fwd, ref_bwd = jitted_functions(fn, case.xla, argnums, np.random.default_rng(1))
     timed = {"pallas": (pal_fwd, pal_bwd), "xla": (xla_fwd, xla_bwd)}
     if jax.default_backend() != "cpu":  # what a user gets: auto's pick on this platform
         row["auto_impl"] = pick = _auto_pick(case.op, args, case.shape)
         same = {"pallas": timed["pallas"], case.xla: timed["xla"]}
-        timed["auto"] = same.get(pick) or _functions(fn, "auto", argnums, np.random.default_rng(1))
+        timed["auto"] = same.get(pick) or jitted_functions(fn, "auto", argnums, np.random.default_rng(1))
     if case.op == "attention" and jax.default_backend() == "gpu" and dtype == jnp.bfloat16:
         cudnn_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(_cudnn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
         timed["cudnn"] = (jax.jit(_cudnn), cudnn_bwd)

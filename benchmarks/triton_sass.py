@@ -183,7 +183,8 @@ def table(after: dict, before: dict | None = None, dtype: str = "float32") -> st
     def line(row, prev, label=""):
         cells = [row["op"], row["pass"], f"{row['kernel']}{label}", "×".join(map(str, row["grid"])),
                  (f"{prev['num_warps']} → " if prev and prev["num_warps"] != row["num_warps"] else "")
-                 + str(row["num_warps"]), (f"{dots(prev)} → " if prev and dots(prev) != dots(row) else "") + dots(row)]
+                 + str(row["num_warps"]),
+                 (f"{dots(prev)} → " if prev and dots(prev) != dots(row) else "") + dots(row)]
         for col in TABLE_COLUMNS:
             value = row.get(col, "")
             cells.append(f"{prev[col]} → {value}" if prev and col in prev and prev[col] != value else str(value))
