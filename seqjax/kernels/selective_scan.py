@@ -30,41 +30,55 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
   differentiation it also writes the state entering each chunk,
   ``(b, l / chunk, n, d)`` float32 (1/chunk of the full state).
 * Backward: chunks in reverse. Per chunk it recomputes the chunk's states
-  from the saved boundary state into a ``(chunk, n, 128)`` scratch (the state
-  before each position), then walks back carrying the state adjoint ``λ``
-  (the reverse recurrence ``λ_{t-1} ← keep_t exp(Δ_t A) λ_t + C_{t-1}
-  gy_{t-1}``), writing ``du, dΔ`` per position, per-tile partial sums of
-  ``dB, dC`` (summed over a group's tiles outside) and accumulating ``dA`` in
-  registers.
-* Chunk = ``max(8, min(16, 256 // n))`` positions (16 for Mamba's ``n = 16``;
-  not more below it, where the pipelined blocks would outgrow shared memory): the
-  backward's state scratch, ``chunk · n · 128 · 4`` B = 128 KiB at
-  ``n = 16``, plus one pipeline stage of blocks and the carries (~95 KiB)
-  takes 223 of the 227 KiB of a Hopper SM's shared memory (measured by the
-  lowering); so the GPU backward is limited to ``n <= 16`` (n = 32 needs 251
-  KiB) and ``auto`` picks the kernel on GPU only there. TPU (VMEM, 16+ MiB)
-  lowers up to n = 64 and beyond, with the same chunk: the forward and the
-  backward share the layout, and TPU blocks need a multiple of 8 positions.
+  from the saved boundary state into a scratch (the state before each
+  position), then walks back carrying the state adjoint ``λ`` (the reverse
+  recurrence ``λ_{t-1} ← keep_t exp(Δ_t A) λ_t + C_{t-1} gy_{t-1}``),
+  writing ``du, dΔ`` per position, per-tile partial sums of ``dB, dC``
+  (summed over a group's tiles outside) and accumulating ``dA`` in
+  registers. ``dB[t, s]`` and ``dC[t, s]`` are sums over the tile's 128
+  channels, i.e. across threads: TPU sums each ``(1, 128)`` row as it goes;
+  the GPU layout of :func:`_backward_kernel` writes the per-channel products
+  as rows ``t * n + s`` of two ``(chunk * n, 128 + 8)`` scratches (the
+  ``dB`` products over the state rows just consumed) and sums them once per
+  chunk, 64 rows at a time in the WGMMA register layout, where a row's
+  channels lie within one warp: no barrier per sum. Done row by row, each of
+  the ``2 n`` sums per position was a cross-warp round trip through shared
+  memory with barriers (131,072 per CTA at l = 4096, n = 16), the suspected
+  cause of the forward+backward's 18.9 ms against the forward's 1.5 on the
+  H200 (2026-12-04, before this change; not yet re-timed).
+* Chunk = ``max(8, min(16, 128 // n))`` positions (8 for Mamba's ``n = 16``;
+  16 below it, where longer chunks' pipelined blocks would outgrow shared
+  memory). GPU backward at ``n = 16``: two row scratches of
+  ``chunk · n · 136 · 4`` B = 68 KiB each, one pipeline stage of blocks and
+  the carries: 216,072 of the 232,448 bytes of a Hopper SM's shared memory
+  (measured by the lowering; 211,976 at n = 8, 130,056 at n = 4); so the
+  GPU backward is limited to ``n <= 16`` (GPU ``auto`` keeps the XLA path:
+  the one device run, before this rewrite, found it slower). TPU (VMEM, 16+ MiB) lowers up to n = 64 and beyond, with
+  the same chunk: the forward and the backward share the layout (the forward
+  saves the state entering each chunk), and TPU blocks need a multiple of 8
+  positions.
 
 Inputs may be bfloat16: blocks are loaded in their dtype and cast to float32
 in the kernel (float64 inputs compute in float64, interpret mode only). The
 op (:func:`seqjax.ops.selective_scan`) applies ``delta_bias`` and the
 softplus before dispatch and so hands the kernel float32 arrays today.
 
-Not yet timed on a device. Where the time should go: the forward is one
-``exp`` and a few FMAs per (position, channel, state) with no cross-thread
-work; the backward adds two reductions over the tile's 128 channels per
-(position, state) for ``dB`` and ``dC`` (cross-warp on GPU, cross-lane on
-TPU), the likely bottleneck. On TPU each row op fills one of a vreg's 8
-sublanes.
+Timed once on a GPU (H200, 2026-12-04, chunk 16 and the row-by-row sums):
+forward 1.5 ms, forward+backward 18.9 ms at b=2, l=4096, d=2048, n=16
+(``benchmarks/results/h200-kernels.json``). The forward is one ``exp`` and a
+few FMAs per (position, channel, state) with no cross-thread work; only 32
+CTAs (b·d/128) run at that shape. Never run on a TPU, where each row op
+fills one of a vreg's 8 sublanes.
 """
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
 from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up, vary_alike
@@ -72,11 +86,20 @@ from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis, segment_starts
 
 TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes (TPU)
-STATE_ROWS = 256  # chunk * n: bounds the backward's state scratch (module docstring)
+STATE_ROWS = 128  # chunk * n: bounds the GPU backward's two (chunk * n, 136) scratches (module docstring)
+# The GPU backward sums its per-channel products over the tile's channels in
+# groups of this many (position, state) rows: a (64, 128) array in the WGMMA
+# register layout, whose rows sit within one warp each (no barrier).
+SUM_ROWS = 64
+# The row scratches' rows are padded from 128 to 136 floats: read back in the
+# WGMMA layout, 8 rows at one column offset then fall in distinct banks (a
+# 128-float stride puts them in the same bank: an 8-way conflict, which
+# Mosaic GPU refuses to plan; with the pad it finds a conflict-free transfer).
+ROW_PAD = 8
 MIN_CHUNK = 8  # TPU blocks' second-minor dim must be a multiple of 8
 # The pipelined (chunk, 128) blocks grow with the chunk: at n = 4 a chunk of
-# 64 (= STATE_ROWS / n) asked Mosaic GPU for 315,400 bytes of shared memory
-# in the backward (232,448 available); 16 is what n = 16 runs with.
+# 64 (then 256 / n) asked Mosaic GPU for 315,400 bytes of shared memory in
+# the backward (232,448 available).
 MAX_CHUNK = 16
 # The segment flags are stored (b, l, KEEP_LANES): Mosaic GPU copies whole
 # multiples of 128 bytes (one per thread of the warpgroup), so a (chunk,)
@@ -131,7 +154,25 @@ def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, 
 
 
 def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref, start_ref, glast_ref,
-                     du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *, n, chunk, acc):
+                     du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *prod_ref,
+                     n, chunk, acc, device=False):
+    """One chunk of the backward (module docstring), in reverse order of chunks.
+
+    TPU layout: ``states_ref`` ``(chunk, n, 128)``; ``dB[t, s]``, ``dC[t, s]``
+    summed over the channels row by row into ``(chunk, n)`` blocks. GPU layout
+    (a ``prod_ref`` is given): ``states_ref`` and ``prod_ref`` ``(rows, 136)``
+    with row ``t * n + s``; the reverse walk writes the per-channel products,
+    ``λ Δu`` (``dB``) over the state rows it has just consumed and ``h_t gy``
+    (``dC``) into ``prod_ref``, and :func:`_sum_rows_into` sums them at the
+    chunk's end into flat ``(rows,)`` blocks. ``device`` is False in interpret
+    mode, where the fences are no-ops.
+    """
+    deferred = bool(prod_ref)
+    cols = pl.ds(0, u_ref.shape[-1])  # the GPU row scratches are wider (ROW_PAD)
+
+    def state_row(t, s):
+        return (pl.ds(t * n + s, 1), cols) if deferred else (t, pl.ds(s, 1), slice(None))
+
     @pl.when(step == 0)
     def _init():
         mu_ref[...] = glast_ref[...].astype(acc)
@@ -151,7 +192,7 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
         _, dt, u, keep = load(t)
         new = []
         for s in range(n):
-            states_ref[t, pl.ds(s, 1), :] = h[s]
+            states_ref[state_row(t, s)] = h[s]
             new.append(keep * jnp.exp(dt * a_rows[s]) * h[s] + dt * u * b_ref[t, s].astype(acc))
         return tuple(new)
 
@@ -169,13 +210,18 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
             lam = mu[s] + c_ref[t, s].astype(acc) * gy
             decay = keep * jnp.exp(dt * a_rows[s])
             b_s = b_ref[t, s].astype(acc)
-            h_prev = states_ref[t, pl.ds(s, 1), :]
+            h_prev = states_ref[state_row(t, s)]
             # dL/d(dt A) through the decay: lam * h_{t-1} * decay.
             g = lam * h_prev * decay
             lam_b = lam_b + lam * b_s
             ddt_a = ddt_a + g * a_rows[s]
-            db_ref[t, s] = jnp.sum(lam * dtu).astype(db_ref.dtype)
-            dc_ref[t, s] = jnp.sum((decay * h_prev + dtu * b_s) * gy).astype(dc_ref.dtype)
+            if deferred:
+                # Each thread overwrites the row it has just read (its own channel).
+                states_ref[state_row(t, s)] = lam * dtu
+                prod_ref[0][state_row(t, s)] = (decay * h_prev + dtu * b_s) * gy
+            else:
+                db_ref[t, s] = jnp.sum(lam * dtu).astype(db_ref.dtype)
+                dc_ref[t, s] = jnp.sum((decay * h_prev + dtu * b_s) * gy).astype(dc_ref.dtype)
             new_mu.append(decay * lam)
             new_da.append(da[s] + g * dt)
         du_ref[row, :] = (lam_b * dt).astype(du_ref.dtype)
@@ -187,6 +233,40 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
         mu_ref[pl.ds(s, 1), :] = mu[s]
         dacc_ref[pl.ds(s, 1), :] = da[s]
         da_ref[pl.ds(s, 1), :] = da[s]
+    if deferred:
+        if device:
+            plgpu.commit_smem()  # rows written by each channel's thread are read across threads below
+        _sum_rows_into(db_ref, states_ref, u_ref.shape[-1], device)
+        _sum_rows_into(dc_ref, prod_ref[0], u_ref.shape[-1], device)
+        if device:
+            plgpu.commit_smem()  # every thread done reading before the next chunk overwrites the rows
+
+
+def _sum_rows_into(out_ref, rows_ref, width, device):
+    """``out_ref[r] = Σ_{c < width} rows_ref[r, c]``: one chunk's sums over the tile's channels at once.
+
+    On the device the ``(rows, 128)`` scratch is read back ``SUM_ROWS`` rows at
+    a time in the WGMMA register layout, where each row lies within one warp:
+    the sum is in-thread adds and shuffles, with no barrier (the row-by-row
+    ``jnp.sum`` of a ``(1, 128)`` array costs a cross-warp round trip through
+    shared memory and barriers each). The caller fences before and after.
+    ``width``: the channels (the rows are padded beyond them).
+    """
+    rows = rows_ref.shape[0]
+    if not device:
+        out_ref[...] = jnp.sum(rows_ref[:, pl.ds(0, width)], axis=1).astype(out_ref.dtype)
+        return
+    for g in range(rows // SUM_ROWS):
+        group = rows_ref.at[pl.ds(g * SUM_ROWS, SUM_ROWS), pl.ds(0, width)]
+        if _LOAD_TAKES_INDEX:
+            tile = plgpu.load(group, (), layout=plgpu.Layout.WGMMA)
+        else:
+            tile = plgpu.load(group, layout=plgpu.Layout.WGMMA)
+        out_ref[pl.ds(g * SUM_ROWS, SUM_ROWS)] = jnp.sum(tile, axis=1).astype(out_ref.dtype)
+
+
+# JAX 0.10 / 0.11 take plgpu.load(ref, idx, ...); 0.12 takes the ref alone.
+_LOAD_TAKES_INDEX = "idx" in inspect.signature(plgpu.load).parameters
 
 
 # --- pallas_calls on the kernel layout ------------------------------------------
@@ -240,19 +320,36 @@ def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
     sp = _specs(kind, u.shape, n, chunk, per_group, reverse=True)
-    tiles = width // TILE
-    part = out_struct((batch, tiles, length, n), acc, u)
-    return grid_call(
-        kind, interpret, functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
-        grid=sp["grid"],
-        in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"], sp["seq"], sp["start"],
-                  sp["state"]],
-        out_specs=[sp["seq"], sp["seq"], sp["part"], sp["part"], sp["state"]],
-        out_shape=[out_struct(u.shape, acc, u)] * 2 + [part, part, out_struct((batch, n, width), acc, u)],
-        scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((chunk, n, TILE), acc)],
-        # One stage: the state scratch leaves no room to double-buffer (docstring).
+    tiles, chunks = width // TILE, length // chunk
+    ins = [sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"], sp["seq"], sp["start"], sp["state"]]
+    seqs = [out_struct(u.shape, acc, u)] * 2
+    last = out_struct((batch, n, width), acc, u)
+    if kind == "tpu":
+        part = out_struct((batch, tiles, length, n), acc, u)
+        return grid_call(
+            kind, interpret, functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
+            grid=sp["grid"], in_specs=ins,
+            out_specs=[sp["seq"], sp["seq"], sp["part"], sp["part"], sp["state"]],
+            out_shape=seqs + [part, part, last],
+            scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((chunk, n, TILE), acc)],
+        )(u, dt, at, bt, ct, keep, gy, starts, g_last)
+    # GPU: dB, dC per chunk as flat (position * n + state) rows, padded to whole sum groups.
+    rows = round_up(chunk * n, SUM_ROWS)
+    flat = pl.BlockSpec((None, None, None, rows), lambda i, j, k: (i, j, chunks - 1 - k, 0))
+    part = out_struct((batch, tiles, chunks, rows), acc, u)
+    du, ddt, db, dc, da = grid_call(
+        kind, interpret,
+        functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc, device=not interpret),
+        grid=sp["grid"], in_specs=ins,
+        out_specs=[sp["seq"], sp["seq"], flat, flat, sp["state"]],
+        out_shape=seqs + [part, part, last],
+        scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((rows, TILE + ROW_PAD), acc),
+                        ((rows, TILE + ROW_PAD), acc)],
+        # One stage: the two row scratches leave no room to double-buffer (docstring).
         gpu_stages=1,
     )(u, dt, at, bt, ct, keep, gy, starts, g_last)
+    db, dc = (x[..., :chunk * n].reshape(batch, tiles, length, n) for x in (db, dc))
+    return [du, ddt, db, dc, da]
 
 
 # --- custom_vjp on the kernel layout --------------------------------------------
