@@ -26,13 +26,25 @@ if [ -z "$NCU" ]; then
     exit 2
 fi
 "$NCU" --version | tail -n 1
+profile() {  # op, csv, extra ncu arguments
+    local op="$1" csv="$2"
+    shift 2
+    timeout "${LIMIT:-120}" "$NCU" --clock-control none --csv --page details --launch-count 300 \
+        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats "$@" \
+        "$PYTHON" -m benchmarks.gpu_profile run --op "$op" --dtype "$DTYPE" > "$csv" 2>> "$OUT/ncu-$op-$DTYPE.log"
+}
 for op in $OPS; do
     csv="$OUT/ncu-$op-$DTYPE.csv"
-    # The stall metrics by regex: one per reason, named as ncu names them.
-    timeout "${LIMIT:-120}" "$NCU" --clock-control none --csv --page details --launch-count 300 \
-        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-        --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
-        "$PYTHON" -m benchmarks.gpu_profile run --op "$op" --dtype "$DTYPE" > "$csv" 2> "$OUT/ncu-$op-$DTYPE.log"
-    echo "$op $DTYPE: ncu exit $? ($(grep -c '^"' "$csv") CSV lines)"
+    : > "$OUT/ncu-$op-$DTYPE.log"
+    # The stall metrics by regex: one per reason, named as ncu names them. If
+    # this ncu rejects the regex (no records), the sections alone once more.
+    profile "$op" "$csv" --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+    code=$?
+    if [ "$(grep -c '^"' "$csv")" -le 1 ] && [ "$code" -ne 124 ]; then
+        echo "$op: no records with the stall metrics (exit $code); sections only" | tee -a "$OUT/ncu-$op-$DTYPE.log"
+        profile "$op" "$csv"
+        code=$?
+    fi
+    echo "$op $DTYPE: ncu exit $code ($(grep -c '^"' "$csv") CSV lines)"
 done
 "$PYTHON" -m benchmarks.gpu_profile summarise "$OUT"/ncu-*-"$DTYPE".csv --out "$OUT/gpu-profile-$DTYPE.json"
