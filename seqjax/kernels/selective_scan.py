@@ -15,7 +15,10 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
 * Channels are split into their ``g`` groups and each group padded to a
   multiple of ``TILE = 128`` channels (``u = Δ = A = 0`` there: the padded
   states stay 0), the length to a multiple of the chunk (``Δ = 0, keep = 1``:
-  the state passes unchanged, so the last state is the state at ``l - 1``).
+  the state passes unchanged, so the last state is the state at ``l - 1``),
+  and the states to a multiple of 8 (``A = B = C = 0`` there: a padded state
+  stays 0; a ``(chunk, n)`` block of ``B`` must be a whole number of 128-byte
+  warpgroup copies on GPU, which n = 5 was not).
 * Grid ``(batch, channel tiles, chunks)``, the chunk axis sequential and last
   (:func:`seqjax.kernels.common.grid_call`; GPU: ``plgpu.kernel`` over
   (batch, tiles) and ``plgpu.emit_pipeline`` over the chunks inside each
@@ -105,6 +108,10 @@ MAX_CHUNK = 16
 # multiples of 128 bytes (one per thread of the warpgroup), so a (chunk,)
 # float32 row (64 bytes at chunk 16) cannot be a block; (chunk, 8) can.
 KEEP_LANES = 8
+# States are padded to a multiple of 8 (zero B, C and A: a padded state stays
+# 0 and adds nothing): for the same reason a (chunk, n) block of B or C must
+# hold a multiple of 128 bytes, which n = 5 (320 bytes at chunk 16) did not.
+STATE_MULTIPLE = 8
 
 
 def chunk_for(n: int) -> int:
@@ -422,7 +429,9 @@ def selective_scan_pallas(u, dt, A, B, C, segment_ids=None, *, interpret: str | 
       ``(b, d, n)`` in float32 (float64 for float64 inputs).
     """
     batch, length, d = u.shape
-    groups, n = B.shape[2], B.shape[3]
+    groups, true_n = B.shape[2], B.shape[3]
+    n = round_up(true_n, STATE_MULTIPLE)
+    A, B, C = (pad_axis(x, STATE_MULTIPLE, axis=x.ndim - 1) for x in (A, B, C))
     per = d // groups
     padded_per = round_up(per, TILE)
     chunk = chunk_for(n)
@@ -444,8 +453,8 @@ def selective_scan_pallas(u, dt, A, B, C, segment_ids=None, *, interpret: str | 
     args = vary_alike(channels(u), channels(dt), at, bt, ct, keep)  # before the custom_vjp: see vary_alike
     y, last = _core(*args, static, interpret)
     y = y.reshape(batch, -1, groups, padded_per)[:, :length, :, :per].reshape(batch, length, d)
-    last = last.reshape(batch, n, groups, padded_per)[..., :per]
-    return y, jnp.transpose(last, (0, 2, 3, 1)).reshape(batch, d, n)
+    last = last.reshape(batch, n, groups, padded_per)[:, :true_n, :, :per]
+    return y, jnp.transpose(last, (0, 2, 3, 1)).reshape(batch, d, true_n)
 
 
 @dispatch.register("selective_scan", "pallas")
