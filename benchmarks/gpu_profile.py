@@ -66,8 +66,9 @@ def parse(path: pathlib.Path) -> list[dict]:
 
     Returns:
       One dict per kernel: ``id``, ``name``, ``block``, ``grid``, the
-      ``KEPT`` metrics under their short names, and ``stalls`` (reason ->
-      warps stalled per issued instruction), largest first.
+      ``KEPT`` metrics under their short names (``duration`` in µs), their
+      ncu units under ``units``, and ``stalls`` (reason -> warps stalled per
+      issued instruction), largest first.
     """
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.startswith('"')]
     kernels: dict[str, dict] = {}
@@ -76,15 +77,17 @@ def parse(path: pathlib.Path) -> list[dict]:
             continue
         k = kernels.setdefault(rec["ID"], {
             "id": int(_number(rec["ID"])), "name": rec.get("Kernel Name", ""), "block": rec.get("Block Size", ""),
-            "grid": rec.get("Grid Size", ""), "stalls": {}})
+            "grid": rec.get("Grid Size", ""), "units": {}, "stalls": {}})
         name, value = rec["Metric Name"], _number(rec.get("Metric Value", ""))
         stall = STALL.fullmatch(name)
         if stall and isinstance(value, float):
             k["stalls"][stall.group(1)] = value
         elif name in KEPT:
+            unit = rec.get("Metric Unit", "").strip()
             if name == "Duration" and isinstance(value, float):
-                value *= TIME_UNITS.get(rec.get("Metric Unit", "").strip(), float("nan"))
+                value, unit = value * TIME_UNITS.get(unit, float("nan")), "us"
             k[KEPT[name]] = value
+            k["units"][KEPT[name]] = unit
     out = sorted(kernels.values(), key=lambda k: k["id"])
     for k in out:
         k["stalls"] = dict(sorted(k["stalls"].items(), key=lambda kv: -kv[1]))

@@ -29,7 +29,7 @@ fi
 profile() {  # op, csv, extra ncu arguments
     local op="$1" csv="$2"
     shift 2
-    timeout "${LIMIT:-120}" "$NCU" --clock-control none --csv --page details --launch-count 300 \
+    timeout "${LIMIT:-120}" "$NCU" --clock-control none --csv --page details --print-units base --launch-count 300 \
         --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats "$@" \
         "$PYTHON" -m benchmarks.gpu_profile run --op "$op" --dtype "$DTYPE" > "$csv" 2>> "$OUT/ncu-$op-$DTYPE.log"
 }

@@ -112,6 +112,8 @@ KEEP_LANES = 8
 # 0 and adds nothing): for the same reason a (chunk, n) block of B or C must
 # hold a multiple of 128 bytes, which n = 5 (320 bytes at chunk 16) did not.
 STATE_MULTIPLE = 8
+# JAX 0.10 / 0.11 take plgpu.load(ref, idx, ...); 0.12 takes the ref alone.
+_LOAD_TAKES_INDEX = "idx" in inspect.signature(plgpu.load).parameters
 
 
 def chunk_for(n: int) -> int:
@@ -270,10 +272,6 @@ def _sum_rows_into(out_ref, rows_ref, width, device):
         else:
             tile = plgpu.load(group, layout=plgpu.Layout.WGMMA)
         out_ref[pl.ds(g * SUM_ROWS, SUM_ROWS)] = jnp.sum(tile, axis=1).astype(out_ref.dtype)
-
-
-# JAX 0.10 / 0.11 take plgpu.load(ref, idx, ...); 0.12 takes the ref alone.
-_LOAD_TAKES_INDEX = "idx" in inspect.signature(plgpu.load).parameters
 
 
 # --- pallas_calls on the kernel layout ------------------------------------------

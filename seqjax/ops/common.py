@@ -26,15 +26,17 @@ def accum_dtype(*dtypes) -> jnp.dtype:
 LOW_PRECISION_OPERANDS = ("pallas",)
 
 
-def operand_dtype(impl: str, *dtypes) -> jnp.dtype:
+def operand_dtype(impl: str, accum, *dtypes) -> jnp.dtype:
     """The dtype an op hands its matmul operands (``q, k, v``; ``x, B, C``) to ``impl`` in.
 
     bfloat16 where every operand is bfloat16 and ``impl`` multiplies in it
-    (``LOW_PRECISION_OPERANDS``); otherwise :func:`accum_dtype`. Decays,
-    states and outputs stay in the accumulation dtype either way.
+    (``LOW_PRECISION_OPERANDS``); otherwise ``accum``, the op's accumulation
+    dtype (which also counts its other inputs: a float64 decay makes float64
+    operands). Decays, states and outputs stay in ``accum`` either way.
 
     Args:
       impl: the resolved implementation.
+      accum: the op's accumulation dtype (:func:`accum_dtype` of all its inputs).
       *dtypes: dtypes of the operands.
 
     Returns:
@@ -42,7 +44,7 @@ def operand_dtype(impl: str, *dtypes) -> jnp.dtype:
     """
     if impl in LOW_PRECISION_OPERANDS and all(jnp.dtype(d) == jnp.bfloat16 for d in dtypes):
         return jnp.dtype(jnp.bfloat16)
-    return accum_dtype(*dtypes)
+    return jnp.dtype(accum)
 
 
 def pad_axis(x: jax.Array, multiple: int, axis: int, value=0) -> jax.Array:

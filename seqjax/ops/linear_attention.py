@@ -178,7 +178,7 @@ def linear_attention(
     impl = dispatch.resolve("linear_attention", impl, per_channel=int(per_channel), dv=dv)
     # bf16 q, k, v stay bf16 for the kernels of a causal call (their matmuls
     # accumulate in float32); every other path computes in the accumulation dtype.
-    operand = operand_dtype(impl, q.dtype, k.dtype, v.dtype) if causal else dtype
+    operand = operand_dtype(impl, dtype, q.dtype, k.dtype, v.dtype) if causal else dtype
     q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
     g = per_step_log_decay(log_decay, batch, length, heads, dtype)
     s0 = (

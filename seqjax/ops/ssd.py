@@ -175,7 +175,7 @@ def _ssd(x, dt, A, B, C, D, h0, segment_ids, *, chunk_size, impl):
     groups, n = B.shape[2:]
     e = heads // groups  # heads per group
     # bf16 x, B, C stay bf16 for the kernels (their matmuls accumulate in float32).
-    operand = operand_dtype(impl, x.dtype, B.dtype, C.dtype)
+    operand = operand_dtype(impl, dtype, x.dtype, B.dtype, C.dtype)
     # Heads as (group, head-in-group) so B and C are shared without copies.
     x = x.reshape(batch, length, groups, e, p)
     dt = dt.astype(dtype).reshape(batch, length, groups, e)

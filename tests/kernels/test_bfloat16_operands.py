@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.ops.common import operand_dtype
+from seqjax.ops.common import accum_dtype, operand_dtype
 from seqjax.ops.linear_attention import linear_attention
 from seqjax.ops.ssd import ssd
 from tests.kernels.lowering import lower
@@ -38,7 +38,7 @@ RTOL_BF16 = 2e-2
     ("chunked", (BF16, BF16), F32),  # the XLA paths compute in float32
 ])
 def test_operand_dtype(impl, dtypes, expected):
-    assert operand_dtype(impl, *dtypes) == jnp.dtype(expected)
+    assert operand_dtype(impl, accum_dtype(*dtypes), *dtypes) == jnp.dtype(expected)
 
 
 def _ssd_inputs(rng, length, b=2, h=4, p=6, g=2, n=5):
@@ -90,6 +90,11 @@ CASES = {
 }
 
 
+def _out_shape(op, args):
+    """The output's shape: ``(b, l, h)`` and the last axis of ``v`` (linear attention) or ``x`` (SSD)."""
+    return args[0].shape[:3] + (args[2 if op == "linear_attention" else 0].shape[-1],)
+
+
 def _cast(args, operands, dtype):
     return [jnp.asarray(a, dtype if i in operands else F32) for i, a in enumerate(args)]
 
@@ -101,7 +106,7 @@ def test_kernels_receive_the_operands_dtype(op, dtype):
     # operands in bf16 for bf16 inputs, none does for float32 ones.
     make, make_loss, operands = CASES[op]
     args, seg = make(np.random.default_rng(0), 40)
-    w = (np.ones(args[0].shape[:3] + (args[2 if op == "linear_attention" else 0].shape[-1],)), 1.0)
+    w = (np.ones(_out_shape(op, args)), 1.0)
     loss = make_loss(seg, w)
     fn = jax.value_and_grad(lambda *a: loss(*a)[0], tuple(range(len(args))))
     args = _cast(args, operands, dtype)
@@ -119,8 +124,7 @@ def test_bf16_outputs_and_gradients_match_reference(op):
     make, make_loss, operands = CASES[op]
     rng = np.random.default_rng(1)
     args, seg = make(rng, 21)
-    out_shape = args[0].shape[:3] + (args[2 if op == "linear_attention" else 0].shape[-1],)
-    w = (rng.standard_normal(out_shape), rng.standard_normal(args[-1].shape))
+    w = (rng.standard_normal(_out_shape(op, args)), rng.standard_normal(args[-1].shape))
     loss = make_loss(seg, w)
     argnums = tuple(range(len(args)))
     bf = _cast(args, operands, BF16)

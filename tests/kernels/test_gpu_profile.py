@@ -19,7 +19,7 @@ CSV = '''==PROF== Connected to process 4242 (/usr/bin/python3.12)
 "1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","msecond","11.52"
 "1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","GPU Speed Of Light Throughput","Compute (SM) Throughput","%","3.10"
 "1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","Launch Statistics","Registers Per Thread","register/thread","168"
-"1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","Launch Statistics","Dynamic Shared Memory Per Block","Kbyte/block","228,352.00"
+"1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","Launch Statistics","Dynamic Shared Memory Per Block","byte/block","228,352.00"
 "1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","Occupancy","Achieved Occupancy","%","6.25"
 "1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","Command line profiler metrics","smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio","ratio","21.5"
 "1","4242","python3.12","127.0.0.1","selective_scan_bwd","1","7","(128, 1, 1)","(2, 16, 1)","0","9.0","Command line profiler metrics","smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio","ratio","2.25"
@@ -37,6 +37,7 @@ def test_parse_reads_kernels_metrics_and_stalls(tmp_path):
     assert scan["duration"] == pytest.approx(11520.0)  # ms -> µs
     assert scan["grid"] == "(2, 16, 1)" and scan["registers"] == 168.0
     assert scan["dynamic_shared"] == 228352.0  # thousands separator dropped
+    assert scan["units"]["dynamic_shared"] == "byte/block" and scan["units"]["duration"] == "us"
     assert list(scan["stalls"]) == ["barrier", "mio_throttle", "long_scoreboard"]  # largest first
     assert scan["stalls"]["barrier"] == 21.5
 
