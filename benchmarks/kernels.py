@@ -49,6 +49,7 @@ from seqjax import ops
 from seqjax.ops import dispatch
 from seqjax.ops.attention import call_sizes as attention_call_sizes
 from seqjax.ops.flash import resolve_window
+from seqjax.kernels import sequence_split
 from seqjax.ops.selective_scan import auto_impl as selective_scan_auto
 
 EXP_PER_S = 3.9e12  # exponentials per second, FA3 paper (H100; H200 has the same SM)
@@ -296,6 +297,18 @@ def _auto_pick(op: str, args, shape: dict) -> str:
     return dispatch.resolve(op, "auto")
 
 
+def _unsplit(fn: Callable, argnums: tuple[int, ...], args) -> tuple[Callable, Callable]:
+    """The selective-scan kernel with its GPU sequence uncut (one pass each way, b * d / 128 CTAs),
+    compiled: the cut's gain measured beside it (:mod:`seqjax.kernels.sequence_split`)."""
+    fwd, bwd = jitted_functions(fn, "pallas", argnums, np.random.default_rng(1))
+    before = sequence_split.SPLIT_PROGRAMS
+    sequence_split.SPLIT_PROGRAMS = 0  # read when the call is traced: compile now
+    try:
+        return fwd.lower(*args).compile(), bwd.lower(*args).compile()
+    finally:
+        sequence_split.SPLIT_PROGRAMS = before
+
+
 def _cudnn(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
@@ -359,6 +372,11 @@ def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
         row["auto_impl"] = pick = _auto_pick(case.op, args, case.shape)
         same = {"pallas": timed["pallas"], case.xla: timed["xla"]}
         timed["auto"] = same.get(pick) or jitted_functions(fn, "auto", argnums, np.random.default_rng(1))
+    if case.op == "selective_scan" and jax.default_backend() == "gpu":
+        try:  # the forward uncut beside the default (timed below as pallas_unsplit_*)
+            timed["pallas_unsplit"] = _unsplit(fn, argnums, args)
+        except Exception as error:  # noqa: BLE001 - the other timings go on
+            row.setdefault("errors", {})["pallas_unsplit"] = _failure(error, f"{case.op} {row['dtype']} unsplit")
     if case.op == "attention" and jax.default_backend() == "gpu" and dtype == jnp.bfloat16:
         cudnn_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(_cudnn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
         timed["cudnn"] = (jax.jit(_cudnn), cudnn_bwd)

@@ -32,23 +32,19 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
 * Forward: reads ``u, Δ, B, C`` once and writes ``y`` once; under
   differentiation it also writes the state entering each chunk,
   ``(b, l / chunk, n, d)`` float32 (1/chunk of the full state).
-* Backward: chunks in reverse. Per chunk it recomputes the chunk's states
-  from the saved boundary state into a scratch (the state before each
-  position), then walks back carrying the state adjoint ``λ`` (the reverse
-  recurrence ``λ_{t-1} ← keep_t exp(Δ_t A) λ_t + C_{t-1} gy_{t-1}``),
-  writing ``du, dΔ`` per position, per-tile partial sums of ``dB, dC``
-  (summed over a group's tiles outside) and accumulating ``dA`` in
-  registers. ``dB[t, s]`` and ``dC[t, s]`` are sums over the tile's 128
-  channels, i.e. across threads: TPU sums each ``(1, 128)`` row as it goes;
-  the GPU layout of :func:`_backward_kernel` writes the per-channel products
-  as rows ``t * n + s`` of two ``(chunk * n, 128 + 8)`` scratches (the
-  ``dB`` products over the state rows just consumed) and sums them once per
-  chunk, 64 rows at a time in the WGMMA register layout, where a row's
-  channels lie within one warp: no barrier per sum. Done row by row, each of
-  the ``2 n`` sums per position was a cross-warp round trip through shared
-  memory with barriers (131,072 per CTA at l = 4096, n = 16), the suspected
-  cause of the forward+backward's 18.9 ms against the forward's 1.5 on the
-  H200 (2026-12-04, before this change; not yet re-timed).
+* GPU: the sequence cut into segments that run as extra CTAs
+  (:mod:`seqjax.kernels.sequence_split`; 16 at the issue's shape, where the
+  uncut grid has 32 CTAs and the H200 forward took 1.5 ms against a 0.069 ms
+  floor). Forward: a first pass keeps each segment's end state from a zero
+  state (no ``C``, no ``y``), XLA scans the segments for the state entering
+  each, the second pass is the forward from it. Backward: a first pass walks
+  each segment's state adjoint from zero (:func:`_adjoint_kernel`: one
+  ``exp`` and two FMAs per element, no states), XLA combines them from the
+  right, the backward kernel runs every segment from its adjoint; ``dA`` is
+  summed over the segments. ~2× the forward's ``exp``s and 1.5× the
+  backward's for 16× the CTAs; **not yet timed on a device**
+  (``benchmarks/kernels.py`` times the uncut kernel beside it as
+  ``pallas_unsplit``). TPU grids run in order on one core: no cut.
 * Chunk = ``max(8, min(16, 128 // n))`` positions (8 for Mamba's ``n = 16``;
   16 below it, where longer chunks' pipelined blocks would outgrow shared
   memory). GPU backward at ``n = 16``: two row scratches of
@@ -66,7 +62,7 @@ in the kernel (float64 inputs compute in float64, interpret mode only). The
 op (:func:`seqjax.ops.selective_scan`) applies ``delta_bias`` and the
 softplus before dispatch and so hands the kernel float32 arrays today.
 
-Timed once on a GPU (H200, 2026-12-04, chunk 16 and the row-by-row sums):
+Timed once on a GPU (H200, 2026-12-04, chunk 16, the row-by-row sums, no split):
 forward 1.5 ms, forward+backward 18.9 ms at b=2, l=4096, d=2048, n=16
 (``benchmarks/results/h200-kernels.json``). The forward is one ``exp`` and a
 few FMAs per (position, channel, state) with no cross-thread work; only 32
@@ -85,6 +81,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
 from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up, vary_alike
+from seqjax.kernels.sequence_split import cut_segments, per_segment, segment_decay, split_for
 from seqjax.ops import dispatch
 from seqjax.ops.common import pad_axis, segment_starts
 
@@ -129,14 +126,22 @@ def _rows(ref, n):
     return [ref[pl.ds(s, 1), :] for s in range(n)]
 
 
-def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, n, chunk, save, acc):
-    y_ref, last_ref = refs[:2]
-    starts_ref = refs[2] if save else None
-    carry_ref = refs[-1]
+def _forward_kernel(step, *refs, n, chunk, save, acc, local=False, init=False):
+    """One chunk of the forward. ``local``: no ``C`` and no ``y``, only the state at the end (the
+    GPU split's first pass); ``init``: the state entering the first chunk is an input, not zero."""
+    refs = iter(refs)
+    u_ref, dt_ref, at_ref, b_ref = (next(refs) for _ in range(4))
+    c_ref = None if local else next(refs)
+    keep_ref = next(refs)
+    h0_ref = next(refs) if init else None
+    y_ref = None if local else next(refs)
+    last_ref = next(refs)
+    starts_ref = next(refs) if save else None
+    carry_ref = next(refs)
 
     @pl.when(step == 0)
     def _init():
-        carry_ref[...] = jnp.zeros(carry_ref.shape, acc)
+        carry_ref[...] = h0_ref[...].astype(acc) if init else jnp.zeros(carry_ref.shape, acc)
 
     if save:
         starts_ref[...] = carry_ref[...]
@@ -150,9 +155,11 @@ def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, 
         new, y = [], 0.0
         for s in range(n):
             hs = keep * jnp.exp(dt * a_rows[s]) * h[s] + dtu * b_ref[t, s].astype(acc)
-            y = y + c_ref[t, s].astype(acc) * hs
+            if not local:
+                y = y + c_ref[t, s].astype(acc) * hs
             new.append(hs)
-        y_ref[row, :] = y.astype(y_ref.dtype)
+        if not local:
+            y_ref[row, :] = y.astype(y_ref.dtype)
         return tuple(new)
 
     h = lax.fori_loop(0, chunk, position, tuple(_rows(carry_ref, n)))
@@ -304,24 +311,138 @@ def _specs(kind, shape, n, chunk, per_group, reverse=False):
 
 def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep):
     batch, length, width = u.shape
+    segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
+    if segments > 1:
+        return _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt, ct, keep)
+    return _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep)
+
+
+def _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep, h0=None, local=False):
+    """One forward kernel over the whole grid: ``[y], last[, starts]`` (no ``y`` when ``local``, and
+    ``ct`` is then not read); ``h0`` ``(b, n, D)``: the state entering each row (None: zero)."""
+    batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
     sp = _specs(kind, u.shape, n, chunk, per_group)
-    out_specs = [sp["seq"], sp["state"]] + ([sp["start"]] if save else [])
-    out_shape = [out_struct(u.shape, u.dtype, u), out_struct((batch, n, width), acc, u)]
+    init = h0 is not None
+    ins = [sp["seq"], sp["seq"], sp["a"], sp["bc"]] + ([] if local else [sp["bc"]]) + [sp["keep"]]
+    ins += [sp["state"]] if init else []
+    args = [u, dt, at, bt] + ([] if local else [ct]) + [keep] + ([h0] if init else [])
+    out_specs = ([] if local else [sp["seq"]]) + [sp["state"]] + ([sp["start"]] if save else [])
+    out_shape = ([] if local else [out_struct(u.shape, u.dtype, u)]) + [out_struct((batch, n, width), acc, u)]
     if save:
         out_shape.append(out_struct((batch, length // chunk, n, width), acc, u))
     return grid_call(
-        kind, interpret, functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc),
-        grid=sp["grid"],
-        in_specs=[sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"]],
-        out_specs=out_specs,
-        out_shape=out_shape,
+        kind, interpret,
+        functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc, local=local, init=init),
+        grid=sp["grid"], in_specs=ins, out_specs=out_specs, out_shape=out_shape,
         scratch_shapes=[((n, TILE), acc)],
         gpu_stages=2,
-    )(u, dt, at, bt, ct, keep)
+    )(*args)
+
+
+def _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt, ct, keep):
+    """The GPU forward with the sequence cut into ``segments`` runs of extra CTAs (module docstring).
+
+    Pass 1 runs each segment from a zero state and keeps only its end state
+    ``e_s``; the state entering segment ``s`` is then ``h_s = P_{s-1} h_{s-1}
+    + e_{s-1}`` (:func:`_segment_decay`), a scan over the segments in XLA;
+    pass 2 runs every segment again from its ``h_s`` and writes ``y`` (and the
+    chunk states).
+    """
+    batch, length, width = u.shape
+    acc = jnp.result_type(jnp.float32, u.dtype)
+    span, (su, sdt), (sbt, sct), skeep, _ = cut_segments(segments, chunk, length, (u, dt), (bt, ct), keep)
+    (ends,) = _forward_pass("gpu", interpret, n, chunk, per_group, False, su, sdt, at, sbt, None, skeep, local=True)
+
+    def enter(h, xs):  # the state entering the next segment
+        end, p = xs
+        return p * h + end, h
+
+    decay = segment_decay(at, sdt, skeep, acc)
+    _, h0 = lax.scan(enter, jnp.zeros((batch, n, width), acc), (per_segment(ends, segments),
+                                                                 per_segment(decay, segments)))
+    outs = _forward_pass("gpu", interpret, n, chunk, per_group, save, su, sdt, at, sbt, sct, skeep,
+                         h0=jnp.swapaxes(h0, 0, 1).reshape(batch * segments, n, width))
+    y = outs[0].reshape(batch, span * segments, width)[:, :length]
+    last = outs[1].reshape(batch, segments, n, width)[:, -1]
+    if not save:
+        return [y, last]
+    return [y, last, outs[2].reshape(batch, -1, n, width)[:, :length // chunk]]
+
+
+def _adjoint_kernel(step, dt_ref, at_ref, c_ref, keep_ref, gy_ref, end_ref, mu_ref, *, n, chunk, acc):
+    """One chunk (in reverse) of the state adjoint alone, from zero after the row's last position:
+    ``μ_{t-1} = keep_t exp(Δ_t A) (μ_t + C_t gy_t)``; ``end_ref``: ``μ`` before the row's first position."""
+    @pl.when(step == 0)
+    def _init():
+        mu_ref[...] = jnp.zeros(mu_ref.shape, acc)
+
+    a_rows = [x.astype(acc) for x in _rows(at_ref, n)]
+
+    def back(i, mu):
+        t = chunk - 1 - i
+        row = pl.ds(t, 1)
+        dt = dt_ref[row, :].astype(acc)
+        gy = gy_ref[row, :].astype(acc)
+        keep = keep_ref[t, 0].astype(acc)
+        return tuple(keep * jnp.exp(dt * a_rows[s]) * (mu[s] + c_ref[t, s].astype(acc) * gy) for s in range(n))
+
+    mu = lax.fori_loop(0, chunk, back, tuple(_rows(mu_ref, n)))
+    for s in range(n):
+        mu_ref[pl.ds(s, 1), :] = mu[s]
+        end_ref[pl.ds(s, 1), :] = mu[s]
+
+
+def _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct, keep, gy, starts, g_last):
+    """The GPU backward with the sequence cut into ``segments`` runs of extra CTAs (module docstring).
+
+    The adjoint entering a segment from the right is linear in the one entering
+    the segment after it: ``M_s = P_{s+1} M_{s+1} + l_{s+1}``, ``M_{S-1} =
+    g_last``, where ``l_s`` is segment ``s``'s adjoint walked from zero (pass 1,
+    :func:`_adjoint_kernel`: no states, no products) and ``P_s`` its decay
+    product. Pass 2 is the backward kernel on every segment from its ``M_s``
+    and the forward's chunk states; ``dA`` is summed over the segments.
+    """
+    batch, length, width = u.shape
+    acc = jnp.result_type(jnp.float32, u.dtype)
+    span, (su, sdt, sgy), (sbt, sct), skeep, sstarts = cut_segments(segments, chunk, length, (u, dt, gy), (bt, ct),
+                                                                 keep, starts)
+    sp = _specs("gpu", su.shape, n, chunk, per_group, reverse=True)
+    (local,) = grid_call(
+        "gpu", interpret, functools.partial(_adjoint_kernel, n=n, chunk=chunk, acc=acc),
+        grid=sp["grid"], in_specs=[sp["seq"], sp["a"], sp["bc"], sp["keep"], sp["seq"]],
+        out_specs=[sp["state"]], out_shape=[out_struct((batch * segments, n, width), acc, u)],
+        scratch_shapes=[((n, TILE), acc)], gpu_stages=2,
+    )(sdt, at, sct, skeep, sgy)
+
+    def leave(m, xs):  # the adjoint leaving the segment before
+        l, p = xs
+        m = p * m + l
+        return m, m
+
+    decay = segment_decay(at, sdt, skeep, acc)
+    _, before = lax.scan(leave, g_last.astype(acc), (per_segment(local, segments)[1:],
+                                                     per_segment(decay, segments)[1:]), reverse=True)
+    mu = jnp.concatenate([before, g_last.astype(acc)[None]])  # M_0 .. M_{S-1}
+    du, ddt, db, dc, da = _backward_pass("gpu", interpret, n, chunk, per_group, su, sdt, at, sbt, sct, skeep, sgy,
+                                         sstarts, jnp.swapaxes(mu, 0, 1).reshape(batch * segments, n, width))
+    du, ddt = (x.reshape(batch, span * segments, width)[:, :length] for x in (du, ddt))
+    tiles = db.shape[1]
+    db, dc = (jnp.swapaxes(x.reshape(batch, segments, tiles, span, n), 1, 2).reshape(batch, tiles, -1, n)[:, :, :length]
+              for x in (db, dc))
+    return [du, ddt, db, dc, da.reshape(batch, segments, n, width).sum(1)]
 
 
 def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
+    batch, length, width = u.shape
+    segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
+    if segments > 1:
+        return _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct, keep, gy, starts, g_last)
+    return _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last)
+
+
+def _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
+    """The backward kernel over the whole grid: ``du, dΔ, dB, dC`` per tile, ``dA`` per row."""
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
     sp = _specs(kind, u.shape, n, chunk, per_group, reverse=True)

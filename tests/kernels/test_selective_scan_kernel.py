@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seqjax.kernels import selective_scan as kernel
+from seqjax.kernels import sequence_split
 from seqjax.kernels.common import interpret_as
 from seqjax.ops import dispatch, selective_scan
 from seqjax.ops.selective_scan import auto_impl
@@ -21,6 +22,14 @@ def small_blocks(monkeypatch):
     """Blocks small enough that tiny inputs span several channel tiles, chunks and a padded remainder."""
     monkeypatch.setattr(kernel, "TILE", 8)
     monkeypatch.setattr(kernel, "STATE_ROWS", 8)  # chunk = MIN_CHUNK = 8 positions
+
+
+@pytest.fixture
+def split_blocks(small_blocks, monkeypatch):
+    """Small blocks, and the GPU forward's sequence split at a few programs: 4 programs (2 rows, 2
+    tiles) over 48 positions run as 4 segments of 16 (two chunks each)."""
+    monkeypatch.setattr(sequence_split, "SPLIT_PROGRAMS", 64)
+    monkeypatch.setattr(sequence_split, "MIN_SEGMENT", 8)
 
 
 def _inputs(rng, length, d, n, groups, optional):
@@ -76,6 +85,31 @@ def test_float32_shared_bc_segments(rng, small_blocks, kind):
     _check(rng, kind, jnp.float32, RTOL_SCAN, RTOL_GRAD, length=11, d=10, n=2, groups=0, optional=("D",))
 
 
+@pytest.mark.parametrize("dtype, rtol, rtol_grad", [(jnp.float64, RTOL_F64, RTOL_F64),
+                                                     (jnp.float32, RTOL_SCAN, RTOL_GRAD)])
+def test_split_forward_segments_and_documents(rng, split_blocks, dtype, rtol, rtol_grad):
+    # 45 positions padded to 48 and cut into 4 segments of 16 (the last one
+    # partly padding); documents start at random positions (p = 0.15), so
+    # some segments hand their state on and others restart inside. A wrong
+    # segment decay, a dropped restart or a misplaced state fails the
+    # reference at ~1e-1. Gradients: the backward is cut the same way (the
+    # adjoint entering each segment from a pass over the later ones), on the
+    # chunk states the forward's second pass saved; a wrong adjoint combine
+    # fails du at ~0.25.
+    assert sequence_split.split_for(4, 48, 8) == 4
+    _check(rng, "gpu", dtype, rtol, rtol_grad, length=45, d=12, n=3, groups=2, optional=ARG_NAMES)
+
+
+def test_split_for():
+    # The issue's shape (b=2, d=2048: 32 programs) cuts l=4096 into 16
+    # segments of 256; a batch that fills the GPU, or a short sequence, is not cut.
+    assert sequence_split.split_for(32, 4096, 8) == 16
+    assert sequence_split.split_for(32, 1024, 8) == 4
+    assert sequence_split.split_for(256, 4096, 8) == 2
+    assert sequence_split.split_for(512, 4096, 8) == 1
+    assert sequence_split.split_for(32, 511, 8) == 1
+
+
 def test_front_door_default_blocks(rng):
     # The real blocks (128 channels, 16 positions at n = 16) with no override:
     # on CPU the GPU kernel runs interpreted. Length 21: two chunks, the
@@ -122,9 +156,10 @@ def test_auto_picks_the_kernel_on_tpu_only(monkeypatch):
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_lowers_at_realistic_shapes(platform):
-    # b=2, l=4096, d=2048, n=16: the forward (one kernel) and the gradient
-    # (forward with boundary states + backward) through the op in float32,
-    # and the kernel on bfloat16 inputs with 4 groups.
+    # b=2, l=4096, d=2048, n=16: the forward and the gradient (forward with
+    # boundary states + backward) through the op in float32, and the kernel on
+    # bfloat16 inputs with 4 groups. On GPU the forward and the backward are
+    # two kernels each (the sequence cut into 16 segments: split_for), on TPU one.
     b, l, d, n = 2, 4096, 2048, 16
 
     def args(dtype, groups):
@@ -140,9 +175,12 @@ def test_lowers_at_realistic_shapes(platform):
             return jnp.sum(y.astype(jnp.float32)) + jnp.sum(last)
         return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
 
-    assert kernel_calls(lower_for(op, args(jnp.float32, 1), platform), platform) == 1
-    assert kernel_calls(lower_for(grad(op), args(jnp.float32, 1), platform), platform) == 2
-    assert kernel_calls(lower_for(grad(kernel.selective_scan_pallas), args(jnp.bfloat16, 4), platform), platform) == 2
+    forward = 2 if platform == "cuda" else 1
+    assert sequence_split.split_for(b * d // kernel.TILE, l, kernel.chunk_for(n)) == 16
+    assert kernel_calls(lower_for(op, args(jnp.float32, 1), platform), platform) == forward
+    assert kernel_calls(lower_for(grad(op), args(jnp.float32, 1), platform), platform) == 2 * forward
+    assert kernel_calls(lower_for(grad(kernel.selective_scan_pallas), args(jnp.bfloat16, 4), platform),
+                        platform) == 2 * forward
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
@@ -156,7 +194,8 @@ def test_small_state_sizes_lower(platform, n):
                    ((2, 1024, n), jnp.float32), ((2, 1024, n), jnp.float32))
     loss = lambda *x: jnp.sum(selective_scan(*x, delta_softplus=True, impl="pallas"))  # noqa: E731
     text = lower_for(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), specs_, platform)
-    assert kernel_calls(text, platform) == 2
+    # GPU: two passes each way over 4 segments (4 programs, 1,024 positions: split_for).
+    assert kernel_calls(text, platform) == (4 if platform == "cuda" else 2)
 
 
 @pytest.mark.slow
@@ -181,3 +220,19 @@ def test_gradient_through_an_inner_jit(rng):
             selective_scan(u, x["delta"], x["A"], x["B"], x["C"], delta_softplus=True, impl=impl) * x["delta"]))
         grads[impl] = jax.grad(inner)(x["u"])
     assert_rel_close(grads["pallas"], grads["sequential"], RTOL_GRAD)
+
+
+def test_device_benchmark_times_the_unsplit_forward_beside(monkeypatch, split_blocks):
+    # benchmarks.kernels on a GPU also times the kernel with its forward
+    # uncut (pallas_unsplit_*), compiled with the split off and the setting
+    # restored after; here on CPU, as if on a GPU, at a size the test blocks cut.
+    from benchmarks import kernels as bench
+
+    monkeypatch.setattr(bench.jax, "default_backend", lambda: "gpu")
+    rates = {"copy_bytes_per_s": 1e10, "matmul_float32_flops_per_s": 1e11, "matmul_bfloat16_flops_per_s": 1e11}
+    case = bench._selective_case(1, 64, 16, 4)
+    assert sequence_split.split_for(2, 64, 8) > 1
+    row = bench.run_case(case, jnp.float32, rates, 1, {"op": case.op, "dtype": "float32"})
+    assert "errors" not in row, row.get("errors")
+    assert row["pallas_unsplit_forward_ms"] > 0 and row["pallas_unsplit_forward_backward_ms"] > 0
+    assert sequence_split.SPLIT_PROGRAMS == 64
