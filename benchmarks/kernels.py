@@ -52,6 +52,9 @@ from seqjax.ops.flash import resolve_window
 from seqjax.kernels import sequence_split
 from seqjax.ops.selective_scan import auto_impl as selective_scan_auto
 
+# The scan kernels whose GPU sequence is cut into segments (seqjax.kernels.sequence_split):
+# their float32 rows time them uncut as well, as pallas_unsplit_*.
+CUT_OPS = ("linear_scan", "selective_scan")
 EXP_PER_S = 3.9e12  # exponentials per second, FA3 paper (H100; H200 has the same SM)
 
 
@@ -298,8 +301,8 @@ def _auto_pick(op: str, args, shape: dict) -> str:
 
 
 def _unsplit(fn: Callable, argnums: tuple[int, ...], args) -> tuple[Callable, Callable]:
-    """The selective-scan kernel with its GPU sequence uncut (one pass each way, b * d / 128 CTAs),
-    compiled: the cut's gain measured beside it (:mod:`seqjax.kernels.sequence_split`)."""
+    """A scan kernel with its GPU sequence uncut (one pass each way, b * d / 128 CTAs), compiled:
+    the cut's gain measured beside it (:mod:`seqjax.kernels.sequence_split`)."""
     fwd, bwd = jitted_functions(fn, "pallas", argnums, np.random.default_rng(1))
     before = sequence_split.SPLIT_PROGRAMS
     sequence_split.SPLIT_PROGRAMS = 0  # read when the call is traced: compile now
@@ -372,8 +375,8 @@ def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
         row["auto_impl"] = pick = _auto_pick(case.op, args, case.shape)
         same = {"pallas": timed["pallas"], case.xla: timed["xla"]}
         timed["auto"] = same.get(pick) or jitted_functions(fn, "auto", argnums, np.random.default_rng(1))
-    if case.op == "selective_scan" and jax.default_backend() == "gpu":
-        try:  # the forward uncut beside the default (timed below as pallas_unsplit_*)
+    if case.op in CUT_OPS and jax.default_backend() == "gpu" and dtype == jnp.float32:
+        try:  # the kernel uncut beside the default (timed below as pallas_unsplit_*; float32 only: compiles cost)
             timed["pallas_unsplit"] = _unsplit(fn, argnums, args)
         except Exception as error:  # noqa: BLE001 - the other timings go on
             row.setdefault("errors", {})["pallas_unsplit"] = _failure(error, f"{case.op} {row['dtype']} unsplit")

@@ -83,6 +83,7 @@ from jax.experimental.pallas import tpu as pltpu
 from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up, vary_alike
 from seqjax.kernels.sequence_split import cut_segments, per_segment, segment_decay, split_for
 from seqjax.ops import dispatch
+from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis, segment_starts
 
 TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes (TPU)
@@ -359,8 +360,9 @@ def _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt
         return p * h + end, h
 
     decay = segment_decay(at, sdt, skeep, acc)
-    _, h0 = lax.scan(enter, jnp.zeros((batch, n, width), acc), (per_segment(ends, segments),
-                                                                 per_segment(decay, segments)))
+    # Inside shard_map the carry must vary over the mesh axes the segments do.
+    (zero,) = match_vma((jnp.zeros((batch, n, width), acc),), ends, decay)
+    _, h0 = lax.scan(enter, zero, (per_segment(ends, segments), per_segment(decay, segments)))
     outs = _forward_pass("gpu", interpret, n, chunk, per_group, save, su, sdt, at, sbt, sct, skeep,
                          h0=jnp.swapaxes(h0, 0, 1).reshape(batch * segments, n, width))
     y = outs[0].reshape(batch, span * segments, width)[:, :length]
@@ -421,9 +423,10 @@ def _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct,
         return m, m
 
     decay = segment_decay(at, sdt, skeep, acc)
-    _, before = lax.scan(leave, g_last.astype(acc), (per_segment(local, segments)[1:],
-                                                     per_segment(decay, segments)[1:]), reverse=True)
-    mu = jnp.concatenate([before, g_last.astype(acc)[None]])  # M_0 .. M_{S-1}
+    (g_last,) = match_vma((g_last.astype(acc),), local, decay)  # a carry inside shard_map: see _split_forward
+    _, before = lax.scan(leave, g_last, (per_segment(local, segments)[1:], per_segment(decay, segments)[1:]),
+                         reverse=True)
+    mu = jnp.concatenate([before, g_last[None]])  # M_0 .. M_{S-1}
     du, ddt, db, dc, da = _backward_pass("gpu", interpret, n, chunk, per_group, su, sdt, at, sbt, sct, skeep, sgy,
                                          sstarts, jnp.swapaxes(mu, 0, 1).reshape(batch * segments, n, width))
     du, ddt = (x.reshape(batch, span * segments, width)[:, :length] for x in (du, ddt))

@@ -17,7 +17,7 @@ the programs.
 
 What this module holds is the layout (which ``S``, and the arrays cut into
 segment rows); the passes live with their kernels
-(:mod:`seqjax.kernels.selective_scan`).
+(:mod:`seqjax.kernels.selective_scan`, :mod:`seqjax.kernels.linear_scan`).
 """
 
 import jax.numpy as jnp
@@ -54,7 +54,7 @@ def split_for(programs: int, length: int, chunk: int) -> int:
     return segments
 
 
-def cut_segments(segments, chunk, length, seq=(), bc=(), keep=None, starts=None):
+def cut_segments(segments, chunk, length, seq=(), bc=(), keep=None, starts=None, fill=None):
     """Arrays of the scan-kernel layout with the sequence cut into ``segments`` rows per batch row.
 
     Each segment spans ``span = round_up(ceil(length / segments), chunk)``
@@ -68,6 +68,7 @@ def cut_segments(segments, chunk, length, seq=(), bc=(), keep=None, starts=None)
       chunk: positions per grid step (``span`` is a multiple of it).
       length: the length of the arrays.
       seq: ``(b, L, ...)`` arrays, each to ``(b * S, span, ...)`` (a free reshape).
+      fill: the padding value of each ``seq`` array (default 0; a decay pads with 1).
       bc: ``(b, g, L, n)`` arrays (``B``, ``C``), each to ``(b * S, g, span, n)``.
       keep: ``(b, L, lanes)`` restart flags or None.
       starts: ``(b, L / chunk, n, D)`` chunk states or None, to ``(b * S, span / chunk, n, D)``.
@@ -90,8 +91,9 @@ def cut_segments(segments, chunk, length, seq=(), bc=(), keep=None, starts=None)
     if starts is not None:
         starts = pad_axis(starts, total // chunk, axis=1)
         starts = starts.reshape((starts.shape[0] * segments, span // chunk) + starts.shape[2:])
-    return (span, [cut(x) for x in seq], [cut_bc(x) for x in bc], None if keep is None else cut(keep, 1),
-            starts)
+    fill = fill or (0,) * len(seq)
+    return (span, [cut(x, v) for x, v in zip(seq, fill)], [cut_bc(x) for x in bc],
+            None if keep is None else cut(keep, 1), starts)
 
 
 def segment_decay(at, dt, keep, acc):

@@ -112,3 +112,22 @@ def test_sequence_parallel_kernels_match_the_unsharded_op(rng, op):
     assert_rel_close(value, ref_value, 1e-5, "loss")
     for i, (g, r) in enumerate(zip(grads, ref_grads)):
         assert_rel_close(g, r, 1e-4, f"grad {i}")
+
+
+@pytest.mark.parametrize("op", ["selective_scan", "linear_scan"])
+def test_cut_scans_lower_in_shard_map_with_check_vma(rng, op, monkeypatch):
+    # With the GPU sequence cut into segments on each shard (forced at this
+    # size), the XLA scan over segments starts from a zero or final-state
+    # carry that must vary over the mesh as the segments do: without it the
+    # trace fails ("carry input and carry output must have equal types").
+    from seqjax.kernels import sequence_split
+
+    monkeypatch.setattr(sequence_split, "SPLIT_PROGRAMS", 10**6)
+    monkeypatch.setattr(sequence_split, "MIN_SEGMENT", 8)
+    fn, args, specs = _case(op, rng, 1, 256)
+    mesh = abstract_mesh("cuda")
+    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, s))
+                    for x, s in zip(args, specs))
+    sharded = lambda *a: jax.shard_map(fn("pallas", "x"), mesh=mesh, in_specs=specs, out_specs=SEQ)(*a)  # noqa: E731
+    text = lower(jax.grad(_loss(sharded), argnums=tuple(range(len(args)))), structs, "cuda").as_text()
+    assert text.count("mosaic_gpu") >= 4  # two passes each way

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seqjax.kernels import linear_scan as kernel
+from seqjax.kernels import sequence_split
 from seqjax.kernels.common import interpret_as
 from seqjax.ops import dispatch, linear_scan
 from tests.kernels.lowering import kernel_calls, lower_for, specs
@@ -21,6 +22,13 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(kernel, "TILE", 8)
     monkeypatch.setitem(kernel.CHUNK, "gpu", 16)
     monkeypatch.setitem(kernel.CHUNK, "tpu", 8)
+
+
+@pytest.fixture
+def cut_blocks(small_blocks, monkeypatch):
+    """Small blocks, and the GPU scan cut into segments at a few programs (sequence_split)."""
+    monkeypatch.setattr(sequence_split, "SPLIT_PROGRAMS", 64)
+    monkeypatch.setattr(sequence_split, "MIN_SEGMENT", 8)
 
 
 def _inputs(rng, shape, complex_=False):
@@ -92,6 +100,22 @@ def test_complex64(rng, small_blocks, kind):
            dtype=jnp.complex64, rtol=RTOL_SCAN, rtol_grad=RTOL_GRAD)
 
 
+@pytest.mark.parametrize("complex_, dtype, rtol, segments", [
+    (False, jnp.float64, RTOL_F64, 2),  # 6 programs, 48 positions (chunks of 16): 2 segments of 24
+    (True, jnp.complex64, RTOL_SCAN, 4),  # chunks of 8 for complex inputs: 4 segments of 16, the last padded
+])
+def test_cut_sequence(rng, cut_blocks, complex_, dtype, rtol, segments):
+    # The GPU kernel with the sequence cut into segments, forward and reverse
+    # (the adjoint runs through the same cut), documents starting inside
+    # segments, an initial state; a wrong segment decay or entering state
+    # fails the reference at ~1e-1.
+    chunk = kernel.CHUNK["gpu"] // (2 if complex_ else 1)
+    assert sequence_split.split_for(6, 48, chunk) == segments
+    for reverse in (False, True):
+        _check(rng, "gpu", (2, 45, 3, 6), complex_=complex_, reverse=reverse, segments=True,
+               dtype=dtype, rtol=rtol, rtol_grad=rtol)
+
+
 @pytest.mark.parametrize("length", [1, 45])
 def test_front_door_default_blocks(rng, length):
     # The real blocks (128 channels, 32-position chunks) through the op with
@@ -129,15 +153,19 @@ def test_auto_picks_by_platform(monkeypatch, platform, expected):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64])
 def test_lowers_at_realistic_shapes(platform, dtype):
     # b=2, l=4096, d=2048: forward and the gradient (which runs the kernel
-    # again for the adjoint scan) lower within shared memory / VMEM.
+    # again for the adjoint scan) lower within shared memory / VMEM. On GPU
+    # each scan is two kernels (the sequence cut into 16 segments), on TPU one.
     args = specs(((2, 4096, 2048), dtype), ((2, 4096, 2048), dtype), ((2, 2048), dtype))
 
     def loss(a, b, h0):
         h, last = linear_scan(a, b, h0, impl="pallas")
         return jnp.sum(jnp.abs(h)) + jnp.sum(jnp.abs(last))
 
-    assert kernel_calls(lower_for(lambda *x: linear_scan(*x, impl="pallas"), args, platform), platform) == 1
-    assert kernel_calls(lower_for(jax.grad(loss, argnums=(0, 1, 2)), args, platform), platform) == 2
+    scan = 2 if platform == "cuda" else 1
+    chunk = kernel.CHUNK["gpu"] // (2 if dtype == jnp.complex64 else 1)
+    assert sequence_split.split_for(2 * 2048 // kernel.TILE, 4096, chunk) == 16
+    assert kernel_calls(lower_for(lambda *x: linear_scan(*x, impl="pallas"), args, platform), platform) == scan
+    assert kernel_calls(lower_for(jax.grad(loss, argnums=(0, 1, 2)), args, platform), platform) == 2 * scan
 
 
 @pytest.mark.slow
