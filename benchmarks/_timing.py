@@ -10,7 +10,7 @@ import time
 import jax
 
 
-def time_fn(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
+def time_fn(fn, *args, repeats: int = 5, warmup: int = 1, budget_s: float | None = None) -> float:
     """Median wall time of ``fn(*args)`` in milliseconds.
 
     Args:
@@ -18,6 +18,9 @@ def time_fn(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
       *args: its arguments.
       repeats: timed calls after warm-up.
       warmup: untimed calls first (compilation happens here).
+      budget_s: if given, stop repeating once the timed calls have taken this
+        long (after at least 3), so that a slow function does not eat a
+        time-limited device run.
 
     Returns:
       The median time of one call, in ms.
@@ -25,10 +28,12 @@ def time_fn(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times = []
-    for _ in range(repeats):
+    for i in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append((time.perf_counter() - start) * 1e3)
+        if budget_s is not None and i >= 2 and sum(times) >= budget_s * 1e3:
+            break
     return statistics.median(times)
 
 

@@ -55,6 +55,11 @@ from seqjax.ops.selective_scan import auto_impl as selective_scan_auto
 # The scan kernels whose GPU sequence is cut into segments (seqjax.kernels.sequence_split):
 # their float32 rows time them uncut as well, as pallas_unsplit_*.
 CUT_OPS = ("linear_scan", "selective_scan")
+# Timed calls per stage stop after this many seconds (at least 3 calls): the
+# 2026-12-04 H200 run spent its 450 s limit before the linear-attention,
+# attention and delta-rule rows were done (kernels then took up to ~0.1 s a
+# call, 20 calls a stage, besides the compiles).
+STAGE_BUDGET_S = 2.0
 EXP_PER_S = 3.9e12  # exponentials per second, FA3 paper (H100; H200 has the same SM)
 
 
@@ -387,11 +392,11 @@ def run_case(case: Case, dtype, rates: dict, repeats: int, row: dict) -> dict:
     # reports its forward, and the XLA path's times are kept whatever fails.
     _stage(row, "error_forward", lambda: _relative_error(pal_fwd(*args), ref_fwd(*args32)))
     for name, (fwd, _) in timed.items():
-        _stage(row, f"{name}_forward_ms", lambda: time_fn(fwd, *args, repeats=repeats))
+        _stage(row, f"{name}_forward_ms", lambda: time_fn(fwd, *args, repeats=repeats, budget_s=STAGE_BUDGET_S))
     _stage(row, "error_gradients", lambda: max(
         _relative_error(g, r) for g, r in zip(pal_bwd(*args), ref_bwd(*args32))))
     for name, (_, bwd) in timed.items():
-        _stage(row, f"{name}_forward_backward_ms", lambda: time_fn(bwd, *args, repeats=repeats))
+        _stage(row, f"{name}_forward_backward_ms", lambda: time_fn(bwd, *args, repeats=repeats, budget_s=STAGE_BUDGET_S))
     for part in ("forward", "forward_backward"):
         if f"pallas_{part}_ms" in row:
             row[f"pallas_over_floor_{part}"] = row[f"pallas_{part}_ms"] / row[f"floor_{part}"]["floor_ms"]
