@@ -76,6 +76,9 @@ setup(
                 "tensorboard>=2.16", "h5py>=3.10"],
         # h5py: the CSP-Bench reader (seqjax.data.csp_bench); its tests skip without it.
         "csp": ["h5py>=3.10"],
+        # libtpu: the TPU kernels' lowering tests also compile them for a TPU v5e
+        # topology without a TPU (tests/kernels/lowering.py); .ci/run's TPU step.
+        "tpu-compile": ["jax[tpu]"],
         "notebooks": ["jupyter", "nbconvert", "nbformat", "ipykernel"],
     },
 )

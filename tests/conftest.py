@@ -20,6 +20,11 @@ if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
 
+# Where libtpu is installed (the TPU compile step of .ci/run), the lowering
+# tests also compile the TPU kernels with it (tests/kernels/lowering.py), in
+# every xdist worker: libtpu refuses a second process without this.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 # One persistent compilation cache for the whole run, shared by the xdist
 # workers and the CLI subprocesses the tests start: many tests compile the
 # same programs (a mixer's init and apply at the contract's shapes, say): the

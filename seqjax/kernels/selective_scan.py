@@ -57,9 +57,10 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
   saves the state entering each chunk), and TPU blocks need a multiple of 8
   positions.
 
-Inputs may be bfloat16: blocks are loaded in their dtype and cast to float32
-in the kernel (float64 inputs compute in float64, interpret mode only). The
-op (:func:`seqjax.ops.selective_scan`) applies ``delta_bias`` and the
+Inputs may be bfloat16: on GPU blocks are loaded in their dtype and cast to
+float32 in the kernel (TPU: widened to float32 before it, as Mosaic TPU
+cannot load one bf16 row at a dynamic offset); float64 inputs compute in
+float64, interpret mode only. The op (:func:`seqjax.ops.selective_scan`) applies ``delta_bias`` and the
 softplus before dispatch and so hands the kernel float32 arrays today.
 
 Timed once on a GPU (H200, 2026-12-04, chunk 16, the row-by-row sums, no split):
@@ -310,8 +311,21 @@ def _specs(kind, shape, n, chunk, per_group, reverse=False):
     }
 
 
+def _widened(*arrays):
+    """16-bit float arrays as float32 (the TPU kernel's inputs; :func:`_forward_call`)."""
+    return [x.astype(jnp.float32) if jnp.dtype(x.dtype).itemsize < 4 else x for x in arrays]
+
+
 def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep):
     batch, length, width = u.shape
+    if kind == "tpu":
+        # Mosaic TPU packs bf16 in (16, 128) tiles and cannot load one row of a
+        # block at a dynamic offset (libtpu: "cannot statically prove that index
+        # in dimension 1 is a multiple of 8"), what the walk over positions
+        # does: the TPU kernel reads float32 (the op's front door hands it
+        # float32 already).
+        out = _forward_pass(kind, interpret, n, chunk, per_group, save, *_widened(u, dt), at, *_widened(bt, ct), keep)
+        return [out[0].astype(u.dtype)] + list(out[1:])
     segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
     if segments > 1:
         return _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt, ct, keep)
@@ -438,6 +452,8 @@ def _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct,
 
 def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
     batch, length, width = u.shape
+    if kind == "tpu":  # float32 inputs, as the forward's (_forward_call)
+        u, dt, bt, ct, gy = _widened(u, dt, bt, ct, gy)
     segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
     if segments > 1:
         return _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct, keep, gy, starts, g_last)

@@ -124,9 +124,11 @@ def test_front_door_default_blocks(rng):
 
 @pytest.mark.parametrize("kind", ["gpu", pytest.param("tpu", marks=pytest.mark.slow)])
 def test_bfloat16_inputs_reach_the_kernel(rng, small_blocks, kind):
-    # The kernel reads bf16 blocks and accumulates in float32: against the
-    # reference on the bf16-rounded inputs, y is off by its own bf16 rounding
-    # (tolerance 1e-2) and the float32 last state by float32 rounding (1e-5).
+    # The GPU kernel reads bf16 blocks and accumulates in float32 (the TPU path
+    # widens them to float32 first: Mosaic TPU cannot load one bf16 row at a
+    # dynamic offset): against the reference on the bf16-rounded inputs, y is
+    # off by its own bf16 rounding (tolerance 1e-2) and the float32 last state
+    # by float32 rounding (1e-5).
     args, seg = _inputs(rng, 13, 8, 2, 2, ())
     args["delta"] = rng.uniform(0.05, 1.0, args["u"].shape)
     bf = {k: jnp.asarray(v, jnp.float32 if k == "A" else jnp.bfloat16) for k, v in args.items()}
