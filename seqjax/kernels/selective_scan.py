@@ -67,8 +67,11 @@ Timed once on a GPU (H200, 2026-12-04, chunk 16, the row-by-row sums, no split):
 forward 1.5 ms, forward+backward 18.9 ms at b=2, l=4096, d=2048, n=16
 (``benchmarks/results/h200-kernels.json``). The forward is one ``exp`` and a
 few FMAs per (position, channel, state) with no cross-thread work; only 32
-CTAs (b·d/128) run at that shape. Never run on a TPU, where each row op
-fills one of a vreg's 8 sublanes.
+CTAs (b·d/128) run at that shape. Never run on a TPU. There the forward is
+:mod:`seqjax.kernels.selective_scan_tpu` (the states on sublanes, 128
+positions a grid step); the backward still walks ``(1, 128)`` rows, each
+filling one of a vreg's 8 sublanes (libtpu's schedule: ~2,700 bundles per
+8-position step, ~22× the forward's bundles at the issue's shape).
 """
 
 import functools
@@ -81,6 +84,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
+from seqjax.kernels import selective_scan_tpu
 from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up, vary_alike
 from seqjax.kernels.sequence_split import cut_segments, per_segment, segment_decay, split_for
 from seqjax.ops import dispatch
@@ -324,7 +328,9 @@ def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct,
         # in dimension 1 is a multiple of 8"), what the walk over positions
         # does: the TPU kernel reads float32 (the op's front door hands it
         # float32 already).
-        out = _forward_pass(kind, interpret, n, chunk, per_group, save, *_widened(u, dt), at, *_widened(bt, ct), keep)
+        # The states on sublanes (selective_scan_tpu).
+        out = selective_scan_tpu.forward(interpret, n, chunk, per_group, save, TILE, *_widened(u, dt), at,
+                                         *_widened(bt, ct), keep)
         return [out[0].astype(u.dtype)] + list(out[1:])
     segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
     if segments > 1:

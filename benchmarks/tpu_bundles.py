@@ -1,0 +1,163 @@
+"""The TPU kernels' VLIW bundles, as libtpu schedules them, on a machine without a TPU.
+
+Usage::
+
+    pip install -e ".[tpu-compile]"          # libtpu
+    python -m benchmarks.tpu_bundles [--topology v5e:2x2] [--out FILE]
+    python -m benchmarks.tpu_bundles --table FILE
+
+Compiles each op's forward and gradient (``impl="pallas"``, float32, the
+issue's shapes) for a TPU topology with libtpu (deviceless AOT, as
+``tests/kernels/lowering.compile_for_tpu``), with
+``LIBTPU_INIT_ARGS=--xla_jf_dump_to=DIR``, and reads each Mosaic kernel's
+``*-final_bundles.txt``: its bundles (one issue cycle each) by loop depth,
+its ``exp`` pushes (``vpow2``) and its grid. ``bundle_cycles = grid steps x
+(depth-1 bundles + inner trips x deeper bundles)``, with the inner trip count
+the kernel's positions per grid step that its ``fori_loop`` walks (0 where the
+kernel has no inner loop): a static count (no stalls, no DMA waits), for
+comparing layouts, not a time. Writes ``benchmarks/results/<host>-tpu-bundles.json``.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+
+DUMP = tempfile.mkdtemp(prefix="seqjax-tpu-bundles-")
+# Before JAX (and libtpu) start: the dump flag is read when libtpu loads.
+os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "") + f" --xla_jf_dump_to={DUMP}").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.ops import RESULTS, machine  # noqa: E402
+from seqjax import ops  # noqa: E402
+from seqjax.kernels import selective_scan as selective_scan_kernel  # noqa: E402
+from tests.kernels.lowering import compile_for_tpu, specs  # noqa: E402
+
+F32 = jnp.float32
+
+
+def _selective(b=2, l=4096, d=2048, n=16):  # noqa: E741
+    def fn(u, dt, A, B, C):
+        return ops.selective_scan(u, dt, A, B, C, delta_softplus=True, impl="pallas")
+    args = specs(((b, l, d), F32), ((b, l, d), F32), ((d, n), F32), ((b, l, n), F32), ((b, l, n), F32))
+    # The row-layout kernels walk their chunk with a fori_loop; the TPU forward unrolls its block.
+    return "selective_scan", dict(b=b, l=l, d=d, n=n), fn, args, selective_scan_kernel.chunk_for(n)
+
+
+def _linear_scan(b=2, l=4096, d=2048):  # noqa: E741
+    def fn(a, x):
+        return ops.linear_scan(a, x, impl="pallas")[0]
+    return "linear_scan", dict(b=b, l=l, d=d), fn, specs(((b, l, d), F32), ((b, l, d), F32)), 256
+
+
+CASES = {"selective_scan": _selective, "linear_scan": _linear_scan}
+
+
+def kernel_bundles(dump: str) -> list[dict]:
+    """Each Mosaic kernel's bundles in a libtpu dump directory (the HLO ops that are not kernels are skipped)."""
+    kernels = []
+    for analysis in sorted(glob.glob(os.path.join(dump, "*-schedule-analysis_final_bundles.txt"))):
+        if "tpu_custom_call" not in open(analysis).read():
+            continue
+        final = analysis.replace("-schedule-analysis_final_bundles.txt", "-final_bundles.txt")
+        final = re.sub(r"-\d+-final_bundles\.txt$", "", final)
+        matches = glob.glob(final + "-*-final_bundles.txt")
+        matches = [m for m in matches if "schedule-analysis" not in m]
+        if not matches:
+            continue
+        text = open(matches[0]).read()
+        depths: dict[int, int] = {}
+        exps = 0
+        for line in text.splitlines():
+            m = re.match(r"^ *(?:0x[0-9a-f]+|0) *: *(>*)", line)
+            if m:
+                depths[len(m.group(1))] = depths.get(len(m.group(1)), 0) + 1
+                exps += line.count("vpow2")
+        bounds = re.search(r"iteration_bounds: \(([^)]*)\)", text)
+        if not bounds:  # the top-level program, which calls the kernels
+            continue
+        grid = [int(x) for x in bounds.group(1).split(",")]
+        kernels.append({"name": os.path.basename(matches[0]).split("-")[1], "bundles_by_depth": depths,
+                        "vpow2": exps, "grid": grid})
+    return kernels
+
+
+def _steps(grid):
+    steps = 1
+    for g in grid:
+        steps *= g
+    return steps
+
+
+def measure(case, topology: str) -> dict:
+    """Compiles one case's forward and gradient; the kernels' bundles of each."""
+    op, shape, fn, args, trips = case()
+    row = {"op": op, **shape, "topology": topology, "parts": {}}
+    grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
+    for part, f in (("forward", fn), ("forward_backward", grad)):
+        for old in glob.glob(os.path.join(DUMP, "*")):
+            os.remove(old)
+        compile_for_tpu(f, args, topology)
+        kernels = kernel_bundles(DUMP)
+        for k in kernels:
+            d = k["bundles_by_depth"]
+            inner = sum(v for depth, v in d.items() if depth >= 2)
+            k["inner_trips"] = trips if inner else 0
+            k["bundle_cycles"] = _steps(k["grid"]) * (d.get(1, 0) + k["inner_trips"] * inner)
+        row["parts"][part] = {"kernels": kernels, "bundle_cycles": sum(k["bundle_cycles"] for k in kernels)}
+        print(f"{op} {part}: " + "; ".join(f"{k['name']} grid {k['grid']} depth {k['bundles_by_depth']} "
+                                           f"= {k['bundle_cycles']:,}" for k in kernels), flush=True)
+    return row
+
+
+def table(results: dict) -> str:
+    """A Markdown table of a ``tpu_bundles`` JSON."""
+    lines = ["| op | part | kernel | grid steps | bundles by loop depth | inner trips | bundle-cycles | vpow2 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in results["rows"]:
+        for part, p in row["parts"].items():
+            for k in p["kernels"]:
+                depth = ", ".join(f"{d}: {v}" for d, v in sorted(k["bundles_by_depth"].items(), key=lambda x: int(x[0])))
+                lines.append(f"| {row['op']} | {part} | {k['name']} | {_steps(k['grid']):,} | {depth} | "
+                             f"{k['inner_trips']} | {k['bundle_cycles']:,} | {k['vpow2']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topology", default="v5e:2x2", help="a TPU topology name libtpu knows (v5e:2x2, v6e:2x2, ...)")
+    parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated ops of {sorted(CASES)}")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/<host>-tpu-bundles.json)")
+    parser.add_argument("--table", metavar="FILE", help="print the table of a JSON this script wrote, and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.load(open(args.table))))
+        return 0
+    only = [x for x in args.only.split(",") if x]
+    unknown = [x for x in only if x not in CASES]
+    if unknown:
+        print(f"tpu_bundles: --only {unknown[0]!r} is not one of {sorted(CASES)}", file=sys.stderr)
+        return 2
+    import importlib.util
+    if importlib.util.find_spec("libtpu") is None:
+        print('tpu_bundles: libtpu is not installed (pip install -e ".[tpu-compile]")', file=sys.stderr)
+        return 2
+    rows = [measure(CASES[name], args.topology) for name in only]
+    out = args.out or os.path.join(RESULTS, f"{machine()['host']}-tpu-bundles.json")
+    with open(out, "w") as f:
+        json.dump({"machine": machine(), "jax": jax.__version__, "rows": rows}, f, indent=1)
+        f.write("\n")
+    print(table({"rows": rows}))
+    print("wrote", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The selective scan's TPU forward with the states on sublanes (``selective_scan(impl="pallas")`` on TPU).
+
+The shared layout of :mod:`seqjax.kernels.selective_scan` keeps each of a
+channel tile's ``n`` states as its own ``(1, 128)`` row: on a TPU every such
+row fills one of a vreg's 8 sublanes, so each ``exp`` and multiply-add runs
+at 1/8 of the vector units' width, and each position reads ``2 n`` scalars of
+``B, C`` from SMEM. Here the tile's state is one ``(n, 128)`` array (``n / 8``
+full vregs; ``n`` is padded to a multiple of 8), and per position:
+
+    h = keep_t · exp(Δ_t A) ⊙ h + (Δ_t u_t) ⊗ B_t      (n, 128)
+    y_t = Σ_s C_t[s] h[s]                               (1, 128), a sublane sum
+
+with ``Δ_t u_t`` a ``(1, 128)`` row broadcast over the sublanes and
+``B_t``, ``C_t`` ``(n, 1)`` columns broadcast over the lanes. The columns come
+from ``B``, ``C`` transposed to ``(n, L)`` in XLA (small: ``n`` per position)
+and read in ``(n, 128)`` blocks, 128 positions a grid step; Mosaic TPU can
+slice a lane only at a static offset, so the 128 positions of a step are
+unrolled. 128 positions a step also amortise the per-step pipeline work that
+8-position steps paid every 8 positions. The state entering every ``chunk``
+positions is saved as in the shared layout (the backward reads the same
+chunk states), and the backward is still the shared layout's.
+
+Checked on CPU: interpret mode with TPU semantics against the float64
+reference (``tests/kernels/test_selective_scan_kernel.py``), and compiled by
+libtpu for TPU v5e (``tests/kernels/lowering.py``), which reports the
+kernel's VLIW bundles (``docs/kernels.md``). Not run on a TPU.
+"""
+
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from seqjax.kernels.common import grid_call, out_struct
+from seqjax.ops.common import pad_axis
+
+BLOCK = 128  # positions per grid step: one lane tile of the transposed B and C
+
+
+def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, chunk, save, acc):
+    """One block of ``BLOCK`` positions of one (batch row, channel tile), the positions unrolled."""
+    y_ref, last_ref = refs[:2]
+    starts_ref = refs[2] if save else None
+    carry_ref = refs[-1]
+    block = u_ref.shape[0]
+
+    @pl.when(step == 0)
+    def _init():
+        carry_ref[...] = jnp.zeros(carry_ref.shape, acc)
+
+    a = at_ref[...].astype(acc)  # (n, tile)
+    h = carry_ref[...]
+    bt, ct = b_ref[...].astype(acc), c_ref[...].astype(acc)  # (n, block)
+    for t in range(block):
+        if save and t % chunk == 0:
+            starts_ref[t // chunk] = h
+        row = slice(t, t + 1)
+        dt = dt_ref[row, :].astype(acc)  # (1, tile)
+        dtu = dt * u_ref[row, :].astype(acc)
+        h = keep_ref[t, 0].astype(acc) * jnp.exp(dt * a) * h + dtu * bt[:, row]
+        y_ref[row, :] = jnp.sum(ct[:, row] * h, axis=0, keepdims=True).astype(y_ref.dtype)
+    carry_ref[...] = h
+    last_ref[...] = h  # written every block: the last block's write is the final state
+
+
+def forward(interpret, n, chunk, per_group, save, tile, u, dt, at, bt, ct, keep):
+    """The forward on the shared kernel layout (:mod:`seqjax.kernels.selective_scan`).
+
+    Args:
+      interpret: False on a TPU; a ``pltpu.InterpretParams`` on CPU (tests).
+      n: states (a multiple of 8).
+      chunk: positions between saved states.
+      per_group: channel tiles per group of ``B, C``.
+      save: also return the state entering every ``chunk`` positions.
+      tile: channels per program (128; tests use fewer).
+      u, dt: ``(b, L, D)``, ``L`` a multiple of ``chunk``, ``D`` of ``tile``.
+      at: ``A`` transposed, ``(n, D)``.
+      bt, ct: ``(b, g, L, n)``.
+      keep: ``(b, L, lanes)`` restart flags.
+
+    Returns:
+      ``[y (b, L, D), last (b, n, D)]`` and, if ``save``, ``starts (b, L / chunk, n, D)``.
+    """
+    batch, length, width = u.shape
+    acc = jnp.result_type(jnp.float32, u.dtype)
+    # A whole number of blocks: Δ = 0 and keep = 1 pass the state through, B = C = 0 add nothing.
+    u, dt = (pad_axis(x, BLOCK, axis=1) for x in (u, dt))
+    keep = pad_axis(keep, BLOCK, axis=1, value=1)
+    bt, ct = (jnp.swapaxes(pad_axis(x, BLOCK, axis=2), 2, 3) for x in (bt, ct))  # (b, g, n, L)
+    padded = u.shape[1]
+    seq = pl.BlockSpec((None, BLOCK, tile), lambda i, j, k: (i, k, j))
+    # lax.div, not //: floor division lowers through sign(), which Mosaic TPU lowers only on a TPU.
+    bc = pl.BlockSpec((None, None, n, BLOCK), lambda i, j, k: (i, lax.div(j, jnp.asarray(per_group, j.dtype)), 0, k))
+    state = pl.BlockSpec((None, n, tile), lambda i, j, k: (i, 0, j))
+    out_specs = [seq, state]
+    out_shape = [out_struct((batch, padded, width), u.dtype, u), out_struct((batch, n, width), acc, u)]
+    if save:
+        out_specs.append(pl.BlockSpec((None, BLOCK // chunk, n, tile), lambda i, j, k: (i, k, 0, j)))
+        out_shape.append(out_struct((batch, padded // chunk, n, width), acc, u))
+    outs = grid_call(
+        "tpu", interpret, functools.partial(_forward_kernel, chunk=chunk, save=save, acc=acc),
+        grid=(batch, width // tile, padded // BLOCK),
+        in_specs=[seq, seq, pl.BlockSpec((n, tile), lambda i, j, k: (0, j)), bc, bc,
+                  pl.BlockSpec((None, BLOCK, keep.shape[-1]), lambda i, j, k: (i, k, 0), memory_space=pltpu.SMEM)],
+        out_specs=out_specs, out_shape=out_shape,
+        scratch_shapes=[((n, tile), acc)],
+    )(u, dt, at, bt, ct, keep)
+    outs[0] = outs[0][:, :length]
+    if save:
+        outs[2] = outs[2][:, :length // chunk]
+    return outs
