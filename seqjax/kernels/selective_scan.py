@@ -10,7 +10,10 @@ with ``keep_t = 0`` where a segment starts (the state restarts). ``exp(Δ·A)``
 is computed in the kernel; the ``(b, l, d, n)`` decays and states never reach
 HBM.
 
-Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu``):
+This module holds the GPU kernels (Mosaic GPU) and the wrapper both
+platforms share; the TPU kernels (Mosaic TPU, the states on sublanes, 128
+positions a grid step) are :mod:`seqjax.kernels.selective_scan_tpu`, on the
+same padded arrays and the same saved chunk states. The GPU layout:
 
 * Channels are split into their ``g`` groups and each group padded to a
   multiple of ``TILE = 128`` channels (``u = Δ = A = 0`` there: the padded
@@ -20,15 +23,14 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
   stays 0; a ``(chunk, n)`` block of ``B`` must be a whole number of 128-byte
   warpgroup copies on GPU, which n = 5 was not).
 * Grid ``(batch, channel tiles, chunks)``, the chunk axis sequential and last
-  (:func:`seqjax.kernels.common.grid_call`; GPU: ``plgpu.kernel`` over
-  (batch, tiles) and ``plgpu.emit_pipeline`` over the chunks inside each
-  CTA, TMA prefetching the next blocks; TPU: ``arbitrary``).
-  Blocks: ``u, Δ, y`` ``(chunk, 128)``; ``A`` transposed ``(n, 128)``; ``B, C``
-  of the tile's group ``(chunk, n)`` and the segment flags ``(chunk,)``, read
-  as scalars (shared memory on GPU, SMEM on TPU). 128 channels = one
-  warpgroup with one channel per thread (GPU) or one vreg row (TPU); each
-  channel's ``n`` states are ``n`` register rows walked one position at a
-  time, handed to the next chunk through an ``(n, 128)`` scratch.
+  (:func:`seqjax.kernels.common.grid_call`: ``plgpu.kernel`` over (batch,
+  tiles) and ``plgpu.emit_pipeline`` over the chunks inside each CTA, TMA
+  prefetching the next blocks). Blocks: ``u, Δ, y`` ``(chunk, 128)``; ``A``
+  transposed ``(n, 128)``; ``B, C`` of the tile's group ``(chunk, n)`` and
+  the segment flags ``(chunk,)``, read as scalars from shared memory. 128
+  channels = one warpgroup with one channel per thread; each channel's ``n``
+  states are ``n`` register rows walked one position at a time, handed to
+  the next chunk through an ``(n, 128)`` scratch.
 * Forward: reads ``u, Δ, B, C`` once and writes ``y`` once; under
   differentiation it also writes the state entering each chunk,
   ``(b, l / chunk, n, d)`` float32 (1/chunk of the full state).
@@ -52,26 +54,21 @@ Layout (the same on both platforms; Mosaic GPU on ``cuda``, Mosaic TPU on ``tpu`
   the carries: 216,072 of the 232,448 bytes of a Hopper SM's shared memory
   (measured by the lowering; 211,976 at n = 8, 130,056 at n = 4); so the
   GPU backward is limited to ``n <= 16`` (GPU ``auto`` keeps the XLA path:
-  the one device run, before this rewrite, found it slower). TPU (VMEM, 16+ MiB) lowers up to n = 64 and beyond, with
-  the same chunk: the forward and the backward share the layout (the forward
-  saves the state entering each chunk), and TPU blocks need a multiple of 8
-  positions.
+  the one device run, before this rewrite, found it slower). The TPU kernels
+  save and read the state entering every ``chunk`` positions too.
 
 Inputs may be bfloat16: on GPU blocks are loaded in their dtype and cast to
 float32 in the kernel (TPU: widened to float32 before it, as Mosaic TPU
 cannot load one bf16 row at a dynamic offset); float64 inputs compute in
-float64, interpret mode only. The op (:func:`seqjax.ops.selective_scan`) applies ``delta_bias`` and the
-softplus before dispatch and so hands the kernel float32 arrays today.
+float64, interpret mode only. The op (:func:`seqjax.ops.selective_scan`)
+applies ``delta_bias`` and the softplus before dispatch and so hands the
+kernel float32 arrays today.
 
 Timed once on a GPU (H200, 2026-12-04, chunk 16, the row-by-row sums, no split):
 forward 1.5 ms, forward+backward 18.9 ms at b=2, l=4096, d=2048, n=16
 (``benchmarks/results/h200-kernels.json``). The forward is one ``exp`` and a
 few FMAs per (position, channel, state) with no cross-thread work; only 32
-CTAs (b·d/128) run at that shape. Never run on a TPU. There the forward is
-:mod:`seqjax.kernels.selective_scan_tpu` (the states on sublanes, 128
-positions a grid step); the backward still walks ``(1, 128)`` rows, each
-filling one of a vreg's 8 sublanes (libtpu's schedule: ~2,700 bundles per
-8-position step, ~22× the forward's bundles at the issue's shape).
+CTAs (b·d/128) ran at that shape (the cut above since). Never run on a TPU.
 """
 
 import functools
@@ -82,7 +79,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
-from jax.experimental.pallas import tpu as pltpu
 
 from seqjax.kernels import selective_scan_tpu
 from seqjax.kernels.common import grid_call, on_platform, out_struct, round_up, vary_alike
@@ -176,24 +172,21 @@ def _forward_kernel(step, *refs, n, chunk, save, acc, local=False, init=False):
 
 
 def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref, start_ref, glast_ref,
-                     du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *prod_ref,
+                     du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, prod_ref,
                      n, chunk, acc, device=False):
-    """One chunk of the backward (module docstring), in reverse order of chunks.
+    """One chunk of the GPU backward (module docstring), in reverse order of chunks.
 
-    TPU layout: ``states_ref`` ``(chunk, n, 128)``; ``dB[t, s]``, ``dC[t, s]``
-    summed over the channels row by row into ``(chunk, n)`` blocks. GPU layout
-    (a ``prod_ref`` is given): ``states_ref`` and ``prod_ref`` ``(rows, 136)``
-    with row ``t * n + s``; the reverse walk writes the per-channel products,
+    ``states_ref`` and ``prod_ref`` are ``(rows, 136)`` scratches with row
+    ``t * n + s``; the reverse walk writes the per-channel products,
     ``λ Δu`` (``dB``) over the state rows it has just consumed and ``h_t gy``
     (``dC``) into ``prod_ref``, and :func:`_sum_rows_into` sums them at the
     chunk's end into flat ``(rows,)`` blocks. ``device`` is False in interpret
     mode, where the fences are no-ops.
     """
-    deferred = bool(prod_ref)
-    cols = pl.ds(0, u_ref.shape[-1])  # the GPU row scratches are wider (ROW_PAD)
+    cols = pl.ds(0, u_ref.shape[-1])  # the row scratches are wider (ROW_PAD)
 
     def state_row(t, s):
-        return (pl.ds(t * n + s, 1), cols) if deferred else (t, pl.ds(s, 1), slice(None))
+        return pl.ds(t * n + s, 1), cols
 
     @pl.when(step == 0)
     def _init():
@@ -237,13 +230,9 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
             g = lam * h_prev * decay
             lam_b = lam_b + lam * b_s
             ddt_a = ddt_a + g * a_rows[s]
-            if deferred:
-                # Each thread overwrites the row it has just read (its own channel).
-                states_ref[state_row(t, s)] = lam * dtu
-                prod_ref[0][state_row(t, s)] = (decay * h_prev + dtu * b_s) * gy
-            else:
-                db_ref[t, s] = jnp.sum(lam * dtu).astype(db_ref.dtype)
-                dc_ref[t, s] = jnp.sum((decay * h_prev + dtu * b_s) * gy).astype(dc_ref.dtype)
+            # Each thread overwrites the row it has just read (its own channel).
+            states_ref[state_row(t, s)] = lam * dtu
+            prod_ref[state_row(t, s)] = (decay * h_prev + dtu * b_s) * gy
             new_mu.append(decay * lam)
             new_da.append(da[s] + g * dt)
         du_ref[row, :] = (lam_b * dt).astype(du_ref.dtype)
@@ -255,13 +244,12 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
         mu_ref[pl.ds(s, 1), :] = mu[s]
         dacc_ref[pl.ds(s, 1), :] = da[s]
         da_ref[pl.ds(s, 1), :] = da[s]
-    if deferred:
-        if device:
-            plgpu.commit_smem()  # rows written by each channel's thread are read across threads below
-        _sum_rows_into(db_ref, states_ref, u_ref.shape[-1], device)
-        _sum_rows_into(dc_ref, prod_ref[0], u_ref.shape[-1], device)
-        if device:
-            plgpu.commit_smem()  # every thread done reading before the next chunk overwrites the rows
+    if device:
+        plgpu.commit_smem()  # rows written by each channel's thread are read across threads below
+    _sum_rows_into(db_ref, states_ref, u_ref.shape[-1], device)
+    _sum_rows_into(dc_ref, prod_ref, u_ref.shape[-1], device)
+    if device:
+        plgpu.commit_smem()  # every thread done reading before the next chunk overwrites the rows
 
 
 def _sum_rows_into(out_ref, rows_ref, width, device):
@@ -292,7 +280,7 @@ def _sum_rows_into(out_ref, rows_ref, width, device):
 # states: (b, L / chunk, n, D); last, g_last, dA: (b, n, D). L, D padded.
 
 
-def _specs(kind, shape, n, chunk, per_group, reverse=False):
+def _specs(shape, n, chunk, per_group, reverse=False):
     """BlockSpecs of the kernel layout for grid (batch, tile, chunk)."""
     batch, length, width = shape
     chunks = length // chunk
@@ -300,17 +288,15 @@ def _specs(kind, shape, n, chunk, per_group, reverse=False):
     def c(k):
         return chunks - 1 - k if reverse else k
 
-    scalars = {} if kind == "gpu" else {"memory_space": pltpu.SMEM}
     return {
         "seq": pl.BlockSpec((None, chunk, TILE), lambda i, j, k: (i, c(k), j)),
         "a": pl.BlockSpec((n, TILE), lambda i, j, k: (0, j)),
         # lax.div, not //: floor division lowers through sign(), which Mosaic TPU
         # only lowers with a TPU attached; tile indices are >= 0 anyway.
-        "bc": pl.BlockSpec((None, None, chunk, n), lambda i, j, k: (i, lax.div(j, jnp.asarray(per_group, j.dtype)), c(k), 0), **scalars),
-        "keep": pl.BlockSpec((None, chunk, KEEP_LANES), lambda i, j, k: (i, c(k), 0), **scalars),
+        "bc": pl.BlockSpec((None, None, chunk, n), lambda i, j, k: (i, lax.div(j, jnp.asarray(per_group, j.dtype)), c(k), 0)),
+        "keep": pl.BlockSpec((None, chunk, KEEP_LANES), lambda i, j, k: (i, c(k), 0)),
         "state": pl.BlockSpec((None, n, TILE), lambda i, j, k: (i, 0, j)),
         "start": pl.BlockSpec((None, None, n, TILE), lambda i, j, k: (i, c(k), 0, j)),
-        "part": pl.BlockSpec((None, None, chunk, n), lambda i, j, k: (i, j, c(k), 0), **scalars),
         "grid": (batch, width // TILE, chunks),
     }
 
@@ -343,7 +329,7 @@ def _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct,
     ``ct`` is then not read); ``h0`` ``(b, n, D)``: the state entering each row (None: zero)."""
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
-    sp = _specs(kind, u.shape, n, chunk, per_group)
+    sp = _specs(u.shape, n, chunk, per_group)
     init = h0 is not None
     ins = [sp["seq"], sp["seq"], sp["a"], sp["bc"]] + ([] if local else [sp["bc"]]) + [sp["keep"]]
     ins += [sp["state"]] if init else []
@@ -429,7 +415,7 @@ def _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct,
     acc = jnp.result_type(jnp.float32, u.dtype)
     span, (su, sdt, sgy), (sbt, sct), skeep, sstarts = cut_segments(segments, chunk, length, (u, dt, gy), (bt, ct),
                                                                  keep, starts)
-    sp = _specs("gpu", su.shape, n, chunk, per_group, reverse=True)
+    sp = _specs(su.shape, n, chunk, per_group, reverse=True)
     (local,) = grid_call(
         "gpu", interpret, functools.partial(_adjoint_kernel, n=n, chunk=chunk, acc=acc),
         grid=sp["grid"], in_specs=[sp["seq"], sp["a"], sp["bc"], sp["keep"], sp["seq"]],
@@ -458,8 +444,9 @@ def _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct,
 
 def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
     batch, length, width = u.shape
-    if kind == "tpu":  # float32 inputs, as the forward's (_forward_call)
-        u, dt, bt, ct, gy = _widened(u, dt, bt, ct, gy)
+    if kind == "tpu":  # float32 inputs, as the forward's (_forward_call); the states on sublanes
+        return selective_scan_tpu.backward(interpret, n, chunk, per_group, TILE, *_widened(u, dt), at,
+                                           *_widened(bt, ct), keep, *_widened(gy), starts, g_last)
     segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
     if segments > 1:
         return _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct, keep, gy, starts, g_last)
@@ -470,21 +457,12 @@ def _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     """The backward kernel over the whole grid: ``du, dΔ, dB, dC`` per tile, ``dA`` per row."""
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
-    sp = _specs(kind, u.shape, n, chunk, per_group, reverse=True)
+    sp = _specs(u.shape, n, chunk, per_group, reverse=True)
     tiles, chunks = width // TILE, length // chunk
     ins = [sp["seq"], sp["seq"], sp["a"], sp["bc"], sp["bc"], sp["keep"], sp["seq"], sp["start"], sp["state"]]
     seqs = [out_struct(u.shape, acc, u)] * 2
     last = out_struct((batch, n, width), acc, u)
-    if kind == "tpu":
-        part = out_struct((batch, tiles, length, n), acc, u)
-        return grid_call(
-            kind, interpret, functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc),
-            grid=sp["grid"], in_specs=ins,
-            out_specs=[sp["seq"], sp["seq"], sp["part"], sp["part"], sp["state"]],
-            out_shape=seqs + [part, part, last],
-            scratch_shapes=[((n, TILE), acc), ((n, TILE), acc), ((chunk, n, TILE), acc)],
-        )(u, dt, at, bt, ct, keep, gy, starts, g_last)
-    # GPU: dB, dC per chunk as flat (position * n + state) rows, padded to whole sum groups.
+    # dB, dC per chunk as flat (position * n + state) rows, padded to whole sum groups.
     rows = round_up(chunk * n, SUM_ROWS)
     flat = pl.BlockSpec((None, None, None, rows), lambda i, j, k: (i, j, chunks - 1 - k, 0))
     part = out_struct((batch, tiles, chunks, rows), acc, u)

@@ -1,4 +1,4 @@
-"""The selective scan's TPU forward with the states on sublanes (``selective_scan(impl="pallas")`` on TPU).
+"""The selective scan's TPU kernels, forward and backward, with the states on sublanes (``impl="pallas"`` on TPU).
 
 The shared layout of :mod:`seqjax.kernels.selective_scan` keeps each of a
 channel tile's ``n`` states as its own ``(1, 128)`` row: on a TPU every such
@@ -16,14 +16,19 @@ from ``B``, ``C`` transposed to ``(n, L)`` in XLA (small: ``n`` per position)
 and read in ``(n, 128)`` blocks, 128 positions a grid step; Mosaic TPU can
 slice a lane only at a static offset, so the 128 positions of a step are
 unrolled. 128 positions a step also amortise the per-step pipeline work that
-8-position steps paid every 8 positions. The state entering every ``chunk``
-positions is saved as in the shared layout (the backward reads the same
-chunk states), and the backward is still the shared layout's.
+8-position steps paid every 8 positions. The forward saves the state entering
+every ``chunk`` positions (the shared layout's residual); the backward
+recomputes a block's states from the one entering it into a ``(128, n, 128)``
+VMEM scratch and walks back with the state adjoint as one ``(n, 128)``
+array; ``dB[t, :]``, ``dC[t, :]`` are lane sums over the tile's channels,
+gathered into ``(n, 128)`` column blocks.
 
 Checked on CPU: interpret mode with TPU semantics against the float64
 reference (``tests/kernels/test_selective_scan_kernel.py``), and compiled by
 libtpu for TPU v5e (``tests/kernels/lowering.py``), which reports the
-kernel's VLIW bundles (``docs/kernels.md``). Not run on a TPU.
+kernel's VLIW bundles (``benchmarks/tpu_bundles.py``: at the issue's shape
+on v5e, 11.4 M -> 2.0 M bundle-cycles forward and 44.6 M -> 6.5 M backward
+against the rows layout). Not run on a TPU.
 """
 
 import functools
@@ -111,3 +116,103 @@ def forward(interpret, n, chunk, per_group, save, tile, u, dt, at, bt, ct, keep)
     if save:
         outs[2] = outs[2][:, :length // chunk]
     return outs
+
+
+def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref, start_ref, glast_ref,
+                     du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *, acc):
+    """One block of ``BLOCK`` positions, blocks in reverse, the positions unrolled.
+
+    Recomputes the block's states from the state saved at its start into
+    ``states_ref`` (the state before each position), then walks back carrying
+    the state adjoint ``μ`` as one ``(n, tile)`` array: ``du, dΔ`` per position
+    (sublane sums), ``dB[t, :]`` and ``dC[t, :]`` as lane sums over the tile's
+    channels, gathered into ``(n, BLOCK)`` columns, and ``dA`` in scratch.
+    """
+    block = u_ref.shape[0]
+
+    @pl.when(step == 0)
+    def _init():
+        mu_ref[...] = glast_ref[...].astype(acc)
+        dacc_ref[...] = jnp.zeros(dacc_ref.shape, acc)
+
+    a = at_ref[...].astype(acc)
+    bt, ct = b_ref[...].astype(acc), c_ref[...].astype(acc)  # (n, block)
+
+    def inputs(t):
+        row = slice(t, t + 1)
+        dt = dt_ref[row, :].astype(acc)
+        return row, dt, u_ref[row, :].astype(acc), keep_ref[t, 0].astype(acc) * jnp.exp(dt * a)
+
+    h = start_ref[...].astype(acc)
+    for t in range(block):
+        row, dt, u, decay = inputs(t)
+        states_ref[t] = h
+        h = decay * h + (dt * u) * bt[:, row]
+
+    mu, da = mu_ref[...], dacc_ref[...]
+    lanes = lax.broadcasted_iota(jnp.int32, bt.shape, 1)
+    db, dc = jnp.zeros(bt.shape, acc), jnp.zeros(bt.shape, acc)
+    for t in reversed(range(block)):
+        row, dt, u, decay = inputs(t)
+        gy = gy_ref[row, :].astype(acc)
+        dtu, b_col = dt * u, bt[:, row]
+        lam = mu + ct[:, row] * gy  # dL/dh_t
+        h_prev = states_ref[t]
+        g = lam * h_prev * decay  # dL/d(Δ A) through the decay, per state
+        lam_b = jnp.sum(lam * b_col, axis=0, keepdims=True)
+        du_ref[row, :] = lam_b * dt
+        ddt_ref[row, :] = lam_b * u + jnp.sum(g * a, axis=0, keepdims=True)
+        # Sums over the tile's channels (lanes) for B_t and C_t, into column t.
+        db = jnp.where(lanes == t, jnp.sum(lam * dtu, axis=1, keepdims=True), db)
+        dc = jnp.where(lanes == t, jnp.sum((decay * h_prev + dtu * b_col) * gy, axis=1, keepdims=True), dc)
+        mu = decay * lam
+        da = da + g * dt
+    mu_ref[...], dacc_ref[...] = mu, da
+    da_ref[...] = da  # written every block: the last block's write is the whole sum
+    db_ref[...], dc_ref[...] = db, dc
+
+
+def backward(interpret, n, chunk, per_group, tile, u, dt, at, bt, ct, keep, gy, starts, g_last):
+    """The backward on the shared kernel layout, from the forward's chunk states.
+
+    Args:
+      interpret, n, chunk, per_group, tile: as :func:`forward`.
+      u, dt, gy: ``(b, L, D)`` float32 (``gy``: the cotangent of ``y``).
+      at, bt, ct, keep: as :func:`forward`.
+      starts: ``(b, L / chunk, n, D)``, the state entering every ``chunk`` positions.
+      g_last: ``(b, n, D)``, the final state's cotangent.
+
+    Returns:
+      ``[du, dΔ (b, L, D), dB, dC (b, tiles, L, n) per channel tile, dA (b, n, D)]``.
+    """
+    batch, length, width = u.shape
+    acc = jnp.result_type(jnp.float32, u.dtype)
+    u, dt, gy = (pad_axis(x, BLOCK, axis=1) for x in (u, dt, gy))
+    keep = pad_axis(keep, BLOCK, axis=1, value=1)
+    bt, ct = (jnp.swapaxes(pad_axis(x, BLOCK, axis=2), 2, 3) for x in (bt, ct))  # (b, g, n, L)
+    padded = u.shape[1]
+    # The state entering each block (padded blocks start from anything finite: Δ = u = gy = 0 there).
+    starts = pad_axis(starts, padded // chunk, axis=1)
+    blocks, tiles, per_block = padded // BLOCK, width // tile, BLOCK // chunk
+
+    def rev(k):
+        return blocks - 1 - k
+
+    seq = pl.BlockSpec((None, BLOCK, tile), lambda i, j, k: (i, rev(k), j))
+    bc = pl.BlockSpec((None, None, n, BLOCK),
+                      lambda i, j, k: (i, lax.div(j, jnp.asarray(per_group, j.dtype)), 0, rev(k)))
+    state = pl.BlockSpec((None, n, tile), lambda i, j, k: (i, 0, j))
+    part = pl.BlockSpec((None, None, n, BLOCK), lambda i, j, k: (i, j, 0, rev(k)))
+    du, ddt, db, dc, da = grid_call(
+        "tpu", interpret, functools.partial(_backward_kernel, acc=acc),
+        grid=(batch, tiles, blocks),
+        in_specs=[seq, seq, pl.BlockSpec((n, tile), lambda i, j, k: (0, j)), bc, bc,
+                  pl.BlockSpec((None, BLOCK, keep.shape[-1]), lambda i, j, k: (i, rev(k), 0), memory_space=pltpu.SMEM),
+                  seq, pl.BlockSpec((None, None, n, tile), lambda i, j, k: (i, rev(k) * per_block, 0, j)), state],
+        out_specs=[seq, seq, part, part, state],
+        out_shape=[out_struct((batch, padded, width), acc, u)] * 2
+        + [out_struct((batch, tiles, n, padded), acc, u)] * 2 + [out_struct((batch, n, width), acc, u)],
+        scratch_shapes=[((n, tile), acc), ((n, tile), acc), ((BLOCK, n, tile), acc)],
+    )(u, dt, at, bt, ct, keep, gy, starts, g_last)
+    db, dc = (jnp.swapaxes(x, 2, 3)[:, :, :length] for x in (db, dc))
+    return [du[:, :length], ddt[:, :length], db, dc, da]
