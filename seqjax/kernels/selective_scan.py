@@ -34,7 +34,23 @@ same padded arrays and the same saved chunk states. The GPU layout:
 * Forward: reads ``u, Δ, B, C`` once and writes ``y`` once; under
   differentiation it also writes the state entering each chunk,
   ``(b, l / chunk, n, d)`` float32 (1/chunk of the full state).
-* GPU: the sequence cut into segments that run as extra CTAs
+* Backward: chunks in reverse. Per chunk it recomputes the chunk's states
+  from the saved boundary state into a scratch (the state before each
+  position), then walks back carrying the state adjoint ``λ`` (the reverse
+  recurrence ``λ_{t-1} ← keep_t exp(Δ_t A) λ_t + C_{t-1} gy_{t-1}``),
+  writing ``du, dΔ`` per position, per-tile partial sums of ``dB, dC``
+  (summed over a group's tiles outside) and accumulating ``dA`` in
+  registers. ``dB[t, s]`` and ``dC[t, s]`` are sums over the tile's 128
+  channels, i.e. across threads: :func:`_backward_kernel` writes the
+  per-channel products as rows ``t * n + s`` of two ``(chunk * n, 128 + 8)``
+  scratches (the ``dB`` products over the state rows just consumed) and sums
+  them once per chunk, 64 rows at a time in the WGMMA register layout, where
+  a row's channels lie within one warp: no barrier per sum. Done row by row,
+  each of the ``2 n`` sums per position was a cross-warp round trip through
+  shared memory with barriers (131,072 per CTA at l = 4096, n = 16), the
+  suspected cause of the forward+backward's 18.9 ms against the forward's
+  1.5 on the H200 (2026-12-04, before this change; not yet re-timed).
+* The sequence cut into segments that run as extra CTAs
   (:mod:`seqjax.kernels.sequence_split`; 16 at the issue's shape, where the
   uncut grid has 32 CTAs and the H200 forward took 1.5 ms against a 0.069 ms
   floor). Forward: a first pass keeps each segment's end state from a zero
@@ -309,16 +325,14 @@ def _widened(*arrays):
 def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep):
     batch, length, width = u.shape
     if kind == "tpu":
-        # Mosaic TPU packs bf16 in (16, 128) tiles and cannot load one row of a
-        # block at a dynamic offset (libtpu: "cannot statically prove that index
-        # in dimension 1 is a multiple of 8"), what the walk over positions
-        # does: the TPU kernel reads float32 (the op's front door hands it
-        # float32 already).
-        # The states on sublanes (selective_scan_tpu).
+        # The states on sublanes (selective_scan_tpu), on float32 inputs: bf16
+        # rows at dynamic offsets did not compile for TPU (libtpu, rows layout:
+        # "cannot statically prove that index in dimension 1 is a multiple of
+        # 8"), and the op's front door hands the kernel float32 anyway.
         out = selective_scan_tpu.forward(interpret, n, chunk, per_group, save, TILE, *_widened(u, dt), at,
                                          *_widened(bt, ct), keep)
         return [out[0].astype(u.dtype)] + list(out[1:])
-    segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
+    segments = split_for(batch * (width // TILE), length, chunk)
     if segments > 1:
         return _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt, ct, keep)
     return _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep)
@@ -352,7 +366,7 @@ def _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt
 
     Pass 1 runs each segment from a zero state and keeps only its end state
     ``e_s``; the state entering segment ``s`` is then ``h_s = P_{s-1} h_{s-1}
-    + e_{s-1}`` (:func:`_segment_decay`), a scan over the segments in XLA;
+    + e_{s-1}`` (:func:`seqjax.kernels.sequence_split.segment_decay`), a scan over the segments in XLA;
     pass 2 runs every segment again from its ``h_s`` and writes ``y`` (and the
     chunk states).
     """
@@ -447,7 +461,7 @@ def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     if kind == "tpu":  # float32 inputs, as the forward's (_forward_call); the states on sublanes
         return selective_scan_tpu.backward(interpret, n, chunk, per_group, TILE, *_widened(u, dt), at,
                                            *_widened(bt, ct), keep, *_widened(gy), starts, g_last)
-    segments = split_for(batch * (width // TILE), length, chunk) if kind == "gpu" else 1
+    segments = split_for(batch * (width // TILE), length, chunk)
     if segments > 1:
         return _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct, keep, gy, starts, g_last)
     return _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last)
