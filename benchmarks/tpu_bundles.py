@@ -19,14 +19,20 @@ comparing layouts, not a time. Writes ``benchmarks/results/<host>-tpu-bundles.js
 """
 
 import argparse
+import atexit
 import glob
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
+# libtpu dumps every pass of every compiled program: gigabytes per run at the
+# issue's shapes (2026-12-07: runs that kept theirs filled an 18 GB disk), so
+# the dump is emptied between compiles and removed at exit.
 DUMP = tempfile.mkdtemp(prefix="seqjax-tpu-bundles-")
+atexit.register(shutil.rmtree, DUMP, ignore_errors=True)
 # Before JAX (and libtpu) start: the dump flag is read when libtpu loads.
 os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "") + f" --xla_jf_dump_to={DUMP}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -103,7 +109,7 @@ def measure(case, topology: str) -> dict:
     grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
     for part, f in (("forward", fn), ("forward_backward", grad)):
         for old in glob.glob(os.path.join(DUMP, "*")):
-            os.remove(old)
+            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         compile_for_tpu(f, args, topology)
         kernels = kernel_bundles(DUMP)
         for k in kernels:

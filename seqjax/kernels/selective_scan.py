@@ -605,7 +605,7 @@ def _pallas(u, dt, A, B, C, segment_ids, chunk_size):
 # XLA chunked path's but its forward+backward 0.77x, so auto keeps the XLA
 # path there (the ops' table) until the backward is fixed.
 dispatch.add_rules(
-    dispatch.Rule("selective_scan", "tpu", "pallas",
+    dispatch.Rule("selective_scan", "tpu", "pallas", when=lambda s: s["n"] <= selective_scan_tpu.MAX_STATES,
                   why="states stay on chip: ~the bytes floor vs ~10x for the XLA paths' (b, l, d, n) states; "
-                      "not yet timed on a TPU"),
+                      "not yet timed on a TPU; compiled by libtpu for v5e up to n = 64 (n = 128 runs out of VMEM)"),
 )

@@ -18,9 +18,10 @@ slice a lane only at a static offset, so the 128 positions of a step are
 unrolled. 128 positions a step also amortise the per-step pipeline work that
 8-position steps paid every 8 positions. The forward saves the state entering
 every ``chunk`` positions (the shared layout's residual); the backward
-recomputes a block's states from the one entering it into a ``(128, n, 128)``
-VMEM scratch and walks back with the state adjoint as one ``(n, 128)``
-array; ``dB[t, :]``, ``dC[t, :]`` are lane sums over the tile's channels,
+recomputes a block's states, a sub-block at a time (all 128 positions at
+n = 16, 32 at n = 128: ``STATE_SCRATCH_BYTES``), from the chunk states the
+forward saved, into a ``(positions, n, 128)`` VMEM scratch, and walks back
+with the state adjoint as one ``(n, 128)`` array; ``dB[t, :]``, ``dC[t, :]`` are lane sums over the tile's channels,
 gathered into ``(n, 128)`` column blocks.
 
 Checked on CPU: interpret mode with TPU semantics against the float64
@@ -42,6 +43,26 @@ from seqjax.kernels.common import grid_call, out_struct
 from seqjax.ops.common import pad_axis
 
 BLOCK = 128  # positions per grid step: one lane tile of the transposed B and C
+# The backward's recomputed states, (positions, n, tile) float32, are held for
+# at most this many bytes at a time: a block is walked in sub-blocks of fewer
+# positions when n is large (n = 128: 32 positions, 2 MiB; the whole block,
+# 8 MiB, ran out of v5e's 16 MiB of scoped VMEM in libtpu's compile).
+STATE_SCRATCH_BYTES = 2 * 2**20
+
+
+# The largest n the TPU kernels compile for (libtpu, v5e, 2026-12-07: n = 32
+# and 64 compile; at n = 128 the unrolled backward's (128, 128) temporaries
+# need ~20 MiB of VMEM against a 16 MiB limit). TPU ``auto`` takes the XLA
+# path above it; ``impl="pallas"`` there fails in libtpu's compile.
+MAX_STATES = 64
+
+
+def sub_block(n: int, tile: int, chunk: int) -> int:
+    """Positions the TPU backward recomputes and walks at a time: a power of two, ``chunk`` to ``BLOCK``."""
+    sub = BLOCK
+    while sub > chunk and sub * n * tile * 4 > STATE_SCRATCH_BYTES:
+        sub //= 2
+    return sub
 
 
 def _forward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, *refs, chunk, save, acc):
@@ -122,13 +143,14 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
                      du_ref, ddt_ref, db_ref, dc_ref, da_ref, mu_ref, dacc_ref, states_ref, *, acc):
     """One block of ``BLOCK`` positions, blocks in reverse, the positions unrolled.
 
-    Recomputes the block's states from the state saved at its start into
-    ``states_ref`` (the state before each position), then walks back carrying
+    Sub-block by sub-block from the last (``states_ref`` holds one), recomputes
+    the states from the one the forward saved at the sub-block's start (the
+    state before each position), then walks back carrying
     the state adjoint ``μ`` as one ``(n, tile)`` array: ``du, dΔ`` per position
     (sublane sums), ``dB[t, :]`` and ``dC[t, :]`` as lane sums over the tile's
     channels, gathered into ``(n, BLOCK)`` columns, and ``dA`` in scratch.
     """
-    block = u_ref.shape[0]
+    block, sub = u_ref.shape[0], states_ref.shape[0]
 
     @pl.when(step == 0)
     def _init():
@@ -143,21 +165,30 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
         dt = dt_ref[row, :].astype(acc)
         return row, dt, u_ref[row, :].astype(acc), keep_ref[t, 0].astype(acc) * jnp.exp(dt * a)
 
-    h = start_ref[...].astype(acc)
-    for t in range(block):
-        row, dt, u, decay = inputs(t)
-        states_ref[t] = h
-        h = decay * h + (dt * u) * bt[:, row]
-
     mu, da = mu_ref[...], dacc_ref[...]
     lanes = lax.broadcasted_iota(jnp.int32, bt.shape, 1)
     db, dc = jnp.zeros(bt.shape, acc), jnp.zeros(bt.shape, acc)
-    for t in reversed(range(block)):
+    for first in reversed(range(0, block, sub)):
+        h = start_ref[first // sub].astype(acc)
+        for t in range(first, first + sub):
+            row, dt, u, decay = inputs(t)
+            states_ref[t - first] = h
+            h = decay * h + (dt * u) * bt[:, row]
+        mu, da, db, dc = _walk_back(first, sub, inputs, a, bt, ct, gy_ref, du_ref, ddt_ref, states_ref, lanes,
+                                    mu, da, db, dc, acc)
+    mu_ref[...], dacc_ref[...] = mu, da
+    da_ref[...] = da  # written every block: the last block's write is the whole sum
+    db_ref[...], dc_ref[...] = db, dc
+
+
+def _walk_back(first, sub, inputs, a, bt, ct, gy_ref, du_ref, ddt_ref, states_ref, lanes, mu, da, db, dc, acc):
+    """The reverse walk over positions ``first .. first + sub - 1`` (:func:`_backward_kernel`)."""
+    for t in reversed(range(first, first + sub)):
         row, dt, u, decay = inputs(t)
         gy = gy_ref[row, :].astype(acc)
         dtu, b_col = dt * u, bt[:, row]
         lam = mu + ct[:, row] * gy  # dL/dh_t
-        h_prev = states_ref[t]
+        h_prev = states_ref[t - first]
         g = lam * h_prev * decay  # dL/d(Δ A) through the decay, per state
         lam_b = jnp.sum(lam * b_col, axis=0, keepdims=True)
         du_ref[row, :] = lam_b * dt
@@ -167,9 +198,7 @@ def _backward_kernel(step, u_ref, dt_ref, at_ref, b_ref, c_ref, keep_ref, gy_ref
         dc = jnp.where(lanes == t, jnp.sum((decay * h_prev + dtu * b_col) * gy, axis=1, keepdims=True), dc)
         mu = decay * lam
         da = da + g * dt
-    mu_ref[...], dacc_ref[...] = mu, da
-    da_ref[...] = da  # written every block: the last block's write is the whole sum
-    db_ref[...], dc_ref[...] = db, dc
+    return mu, da, db, dc
 
 
 def backward(interpret, n, chunk, per_group, tile, u, dt, at, bt, ct, keep, gy, starts, g_last):
@@ -191,9 +220,11 @@ def backward(interpret, n, chunk, per_group, tile, u, dt, at, bt, ct, keep, gy, 
     keep = pad_axis(keep, BLOCK, axis=1, value=1)
     bt, ct = (jnp.swapaxes(pad_axis(x, BLOCK, axis=2), 2, 3) for x in (bt, ct))  # (b, g, n, L)
     padded = u.shape[1]
-    # The state entering each block (padded blocks start from anything finite: Δ = u = gy = 0 there).
-    starts = pad_axis(starts, padded // chunk, axis=1)
-    blocks, tiles, per_block = padded // BLOCK, width // tile, BLOCK // chunk
+    # The states entering each sub-block (padded ones start from anything finite: Δ = u = gy = 0 there):
+    # every (sub / chunk)-th chunk state, so that a block's VMEM holds only those (n = 128: 4 of 16).
+    sub = sub_block(n, tile, chunk)
+    starts = pad_axis(starts, padded // chunk, axis=1)[:, ::sub // chunk]
+    blocks, tiles, per_block = padded // BLOCK, width // tile, BLOCK // sub
 
     def rev(k):
         return blocks - 1 - k
@@ -208,11 +239,11 @@ def backward(interpret, n, chunk, per_group, tile, u, dt, at, bt, ct, keep, gy, 
         grid=(batch, tiles, blocks),
         in_specs=[seq, seq, pl.BlockSpec((n, tile), lambda i, j, k: (0, j)), bc, bc,
                   pl.BlockSpec((None, BLOCK, keep.shape[-1]), lambda i, j, k: (i, rev(k), 0), memory_space=pltpu.SMEM),
-                  seq, pl.BlockSpec((None, None, n, tile), lambda i, j, k: (i, rev(k) * per_block, 0, j)), state],
+                  seq, pl.BlockSpec((None, per_block, n, tile), lambda i, j, k: (i, rev(k), 0, j)), state],
         out_specs=[seq, seq, part, part, state],
         out_shape=[out_struct((batch, padded, width), acc, u)] * 2
         + [out_struct((batch, tiles, n, padded), acc, u)] * 2 + [out_struct((batch, n, width), acc, u)],
-        scratch_shapes=[((n, tile), acc), ((n, tile), acc), ((BLOCK, n, tile), acc)],
+        scratch_shapes=[((n, tile), acc), ((n, tile), acc), ((sub, n, tile), acc)],
     )(u, dt, at, bt, ct, keep, gy, starts, g_last)
     db, dc = (jnp.swapaxes(x, 2, 3)[:, :, :length] for x in (db, dc))
     return [du[:, :length], ddt[:, :length], db, dc, da]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seqjax.kernels import selective_scan as kernel
-from seqjax.kernels import sequence_split
+from seqjax.kernels import selective_scan_tpu, sequence_split
 from seqjax.kernels.common import interpret_as
 from seqjax.ops import dispatch, selective_scan
 from seqjax.ops.selective_scan import auto_impl
@@ -22,6 +22,9 @@ def small_blocks(monkeypatch):
     """Blocks small enough that tiny inputs span several channel tiles, chunks and a padded remainder."""
     monkeypatch.setattr(kernel, "TILE", 8)
     monkeypatch.setattr(kernel, "STATE_ROWS", 8)  # chunk = MIN_CHUNK = 8 positions
+    # TPU kernels: 16 positions a grid step (unrolled; 128 on a TPU, which the
+    # interpreter would walk slowly), so tiny inputs span several blocks.
+    monkeypatch.setattr(selective_scan_tpu, "BLOCK", 16)
 
 
 @pytest.fixture
@@ -83,6 +86,19 @@ def test_float64_exact_groups_segments_all_options(rng, small_blocks):
 def test_float32_shared_bc_segments(rng, small_blocks, kind):
     # B, C (b, l, n) shared by all 10 channels (2 tiles of 8, the second padded).
     _check(rng, kind, jnp.float32, RTOL_SCAN, RTOL_GRAD, length=11, d=10, n=2, groups=0, optional=("D",))
+
+
+def test_tpu_backward_in_sub_blocks(rng, small_blocks, monkeypatch):
+    # A large n makes the TPU backward recompute and walk its block in
+    # sub-blocks from the forward's chunk states (n = 128: 32 of 128
+    # positions); forced here at n = 8 (padded from 3): blocks of 32 (the
+    # test's), sub-blocks of 8, documents starting inside them, 45 positions.
+    monkeypatch.setattr(selective_scan_tpu, "BLOCK", 128)
+    assert selective_scan_tpu.sub_block(128, 128, 8) == 32  # the real budget, real blocks
+    monkeypatch.setattr(selective_scan_tpu, "BLOCK", 32)
+    monkeypatch.setattr(selective_scan_tpu, "STATE_SCRATCH_BYTES", 8 * 8 * 8 * 4)
+    assert selective_scan_tpu.sub_block(8, 8, 8) == 8
+    _check(rng, "tpu", jnp.float32, RTOL_SCAN, RTOL_GRAD, length=45, d=10, n=3, groups=0, optional=())
 
 
 @pytest.mark.parametrize("dtype, rtol, rtol_grad", [(jnp.float64, RTOL_F64, RTOL_F64),
@@ -198,6 +214,21 @@ def test_small_state_sizes_lower(platform, n):
     text = lower_for(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), specs_, platform)
     # GPU: two passes each way over 4 segments (4 programs, 1,024 positions: split_for).
     assert kernel_calls(text, platform) == (4 if platform == "cuda" else 2)
+
+
+def test_largest_state_lowers_for_tpu(monkeypatch):
+    # n = 64, the largest the TPU kernels compile for (libtpu; n = 128 ran out
+    # of v5e's 16 MiB of scoped VMEM: the unrolled backward's (128, 128)
+    # temporaries), so TPU auto takes the XLA path above it. Compiled by
+    # libtpu where it is installed (.ci/run's TPU step).
+    n = selective_scan_tpu.MAX_STATES
+    specs_ = specs(((2, 1024, 256), jnp.float32), ((2, 1024, 256), jnp.float32), ((256, n), jnp.float32),
+                   ((2, 1024, n), jnp.float32), ((2, 1024, n), jnp.float32))
+    loss = lambda *x: jnp.sum(selective_scan(*x, delta_softplus=True, impl="pallas"))  # noqa: E731
+    assert kernel_calls(lower_for(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), specs_, "tpu"), "tpu") == 2
+    monkeypatch.setattr(dispatch, "platform", lambda: "tpu")
+    assert auto_impl("auto", (2, 4096, 2048), n) == "pallas"
+    assert auto_impl("auto", (2, 4096, 2048), 2 * n) == "chunked"
 
 
 @pytest.mark.slow
