@@ -43,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.ops import RESULTS, machine  # noqa: E402
 from seqjax import ops  # noqa: E402
+from seqjax.kernels import linear_scan as linear_scan_kernel  # noqa: E402
 from seqjax.kernels import selective_scan as selective_scan_kernel  # noqa: E402
 from tests.kernels.lowering import compile_for_tpu, specs  # noqa: E402
 
@@ -60,7 +61,9 @@ def _selective(b=2, l=4096, d=2048, n=16):  # noqa: E741
 def _linear_scan(b=2, l=4096, d=2048):  # noqa: E741
     def fn(a, x):
         return ops.linear_scan(a, x, impl="pallas")[0]
-    return "linear_scan", dict(b=b, l=l, d=d), fn, specs(((b, l, d), F32), ((b, l, d), F32)), 256
+    # Real inputs: the kernel's fori_loop walks CHUNK positions, UNROLL a trip.
+    trips = linear_scan_kernel.CHUNK["tpu"] // linear_scan_kernel.UNROLL["tpu"]
+    return "linear_scan", dict(b=b, l=l, d=d), fn, specs(((b, l, d), F32), ((b, l, d), F32)), trips
 
 
 CASES = {"selective_scan": _selective, "linear_scan": _linear_scan}

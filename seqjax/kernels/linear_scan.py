@@ -1,15 +1,16 @@
 """Pallas kernel for the diagonal linear scan ``h_t = a_t h_{t-1} + b_t`` (``linear_scan(impl="pallas")``).
 
-Layout (the same on both platforms, a different backend and chunk):
+Layout (one scheme on both platforms; backend, chunk and channels a program differ):
 
 * The state is flattened to ``(batch, length, D)`` with ``D`` the product of
-  the trailing axes; ``D`` is padded to a multiple of ``TILE = 128`` channels
-  and the length to a multiple of the chunk (``a = 1, b = 0``: the state
+  the trailing axes; ``D`` is padded to a multiple of a program's channels
+  (``TILE = 128``, or 8 x 128 on TPU from 8 tiles on) and the length to a multiple of the chunk (``a = 1, b = 0``: the state
   passes the padding unchanged).
-* Grid ``(batch, D / 128, length / chunk)``: the first two axes are parallel,
-  the chunk axis is sequential and last. Each program walks its chunk one
-  position at a time (``lax.fori_loop``, the state in registers) and hands the
-  state to the next chunk through a ``(1, 128)`` scratch (initialised from
+* Grid ``(batch, channel programs, length / chunk)``: the first two axes are
+  parallel, the chunk axis is sequential and last. Each program walks its
+  chunk one position at a time (``lax.fori_loop``, the state in registers)
+  and hands the state to the next chunk through a scratch of one position
+  (``(1, 128)`` GPU, ``(1, 8, 128)`` TPU; initialised from
   ``h0`` at chunk 0), so ``a`` and ``b`` are read once and ``h`` written once:
   the kernel moves the op's bytes floor, 3 x 4 bytes per element.
 * GPU (Mosaic GPU, Hopper; :func:`seqjax.kernels.common.grid_call`): 128
@@ -28,9 +29,16 @@ Layout (the same on both platforms, a different backend and chunk):
   (``h_s = P_{s-1} h_{s-1} + e_{s-1}``, ``P`` the product of the segment's
   ``a``), and the second pass is the kernel from it. 5/3 of the bytes floor
   for 16× the CTAs; **not yet timed on a device**.
-* TPU (Mosaic TPU): chunk 256 positions (``dimension_semantics=(parallel,
-  parallel, arbitrary)``), blocks ``(256, 128)`` satisfy the (8, 128) rule and
-  use 1.5 MiB of VMEM for complex inputs, double-buffered.
+* TPU (Mosaic TPU): the channels reshaped (free) to ``(D / 128, 128)`` and
+  :data:`ROWS` = 8 tiles a program (all of them below 8; wider widths padded
+  to a multiple of 8), so a position is one full ``(8, 128)`` vreg rather
+  than one of its 8 sublanes; grid ``(batch, D / 1024, length / 256)``
+  (``dimension_semantics=(parallel, parallel, arbitrary)``), blocks ``(256,
+  8, 128)`` (128 positions for complex inputs), 6 MiB of VMEM
+  double-buffered; the ``fori_loop`` unrolled 8 positions a trip. libtpu's
+  v5e schedule at b = 2, l = 4096, d = 2048: 565,760 -> 63,360
+  bundle-cycles forward against the one-row layout (``docs/kernels.md``,
+  ``benchmarks/tpu_bundles.py``), below the bytes' time.
 
 Complex inputs: Pallas kernels take no complex dtypes, so the wrapper splits
 ``a``, ``b`` and ``h0`` into float32 real and imaginary parts and the kernel
@@ -43,8 +51,7 @@ at segment starts, set by the op. The op's ``chunk_size`` does not apply: the
 blocks above are fixed by the hardware. ``a`` is broadcast to ``b``'s shape
 before the kernel (a decay shared over state axes costs full-size reads).
 
-Timed once on a GPU, uncut (above). On TPU each position's row op fills one
-of a vreg's 8 sublanes.
+Timed once on a GPU, uncut (above); not yet on a TPU.
 """
 
 import functools
@@ -61,12 +68,17 @@ from seqjax.ops.collectives import match_vma
 from seqjax.ops.common import pad_axis
 
 TILE = 128  # channels per program: a warpgroup's threads (GPU), a vreg's lanes (TPU)
-CHUNK = {"gpu": 32, "tpu": 256}  # positions per grid step (real inputs)
+ROWS = 8  # TPU: 128-channel tiles per program, a vreg's sublanes
+CHUNK = {"gpu": 32, "tpu": 256}  # positions per grid step (real inputs; half for complex)
+UNROLL = {"gpu": 1, "tpu": 8}  # positions per fori_loop iteration
 
 
-def _kernel(step, *refs, parts: int, chunk: int, local: bool = False):
-    """Chunk ``step`` of one (batch, channel tile); ``parts`` = 1 (real) or 2 (real, imaginary);
-    ``local``: the outputs are the row's last state, written every chunk (the last write stays)."""
+def _kernel(step, *refs, parts: int, chunk: int, unroll: int, local: bool = False):
+    """Chunk ``step`` of one (batch, channel tiles) program; ``parts`` = 1 (real) or 2 (real, imaginary);
+    ``local``: the outputs are the row's last state, written every chunk (the last write stays).
+
+    Blocks are ``(chunk, 128)`` (GPU) or ``(chunk, rows, 128)`` (TPU); a
+    position is the block's slice ``[t : t + 1]``, the state one such slice."""
     coeffs, h0s = refs[:2 * parts], refs[2 * parts:3 * parts]
     outs, carry = refs[3 * parts:4 * parts], refs[4 * parts:]
 
@@ -78,17 +90,17 @@ def _kernel(step, *refs, parts: int, chunk: int, local: bool = False):
     def position(t, h):
         row = pl.ds(t, 1)
         if parts == 1:
-            a, b = coeffs[0][row, :], coeffs[1][row, :]
+            a, b = coeffs[0][row], coeffs[1][row]
             h = (a * h[0] + b,)
         else:
-            ar, ai, br, bi = (ref[row, :] for ref in coeffs)
+            ar, ai, br, bi = (ref[row] for ref in coeffs)
             h = (ar * h[0] - ai * h[1] + br, ar * h[1] + ai * h[0] + bi)
         if not local:
             for out, value in zip(outs, h):
-                out[row, :] = value
+                out[row] = value
         return h
 
-    h = lax.fori_loop(0, chunk, position, tuple(c[...] for c in carry))
+    h = lax.fori_loop(0, chunk, position, tuple(c[...] for c in carry), unroll=unroll)
     for c, value in zip(carry, h):
         c[...] = value
     if local:
@@ -100,7 +112,7 @@ def _call(kind, interpret, parts, *arrays):
     """The scan on ``(batch, length, D)`` coefficients and ``(batch, 1, D)`` initial states: one pass
     of the kernel, or on GPU the sequence cut into segments (module docstring)."""
     batch, length, width = arrays[0].shape
-    chunk = CHUNK[kind] // parts if kind == "gpu" else CHUNK[kind]
+    chunk = CHUNK[kind] // parts
     if kind == "gpu":
         segments = split_for(batch * round_up(width, TILE) // TILE, round_up(length, chunk), chunk)
         if segments > 1:
@@ -108,28 +120,45 @@ def _call(kind, interpret, parts, *arrays):
     return _pass(kind, interpret, parts, chunk, *arrays)
 
 
+def _rows(kind, width):
+    """128-channel tiles per program: 1 on GPU (a warpgroup's threads), on TPU up to
+    :data:`ROWS` (a vreg's sublanes; the whole width when it has fewer tiles)."""
+    return 1 if kind == "gpu" else min(ROWS, -(-width // TILE))
+
+
 def _pass(kind, interpret, parts, chunk, *arrays, local=False):
     """One kernel over the whole grid; ``local``: only each row's last state ``(batch, 1, D)``."""
     batch, length, width = arrays[0].shape
+    rows = _rows(kind, width)
     # a pads with 1 and b with 0, so the carried state is unchanged.
     pad_values = (1,) * parts + (0,) * parts
-    coeffs = [pad_axis(pad_axis(x, chunk, 1, v), TILE, 2) for x, v in zip(arrays[:2 * parts], pad_values)]
-    h0s = [pad_axis(x, TILE, 2) for x in arrays[2 * parts:]]
+    coeffs = [pad_axis(pad_axis(x, chunk, 1, v), rows * TILE, 2) for x, v in zip(arrays[:2 * parts], pad_values)]
+    h0s = [pad_axis(x, rows * TILE, 2) for x in arrays[2 * parts:]]
     padded, wide = coeffs[0].shape[1:]
-    grid = (batch, wide // TILE, padded // chunk)
-    block = pl.BlockSpec((None, chunk, TILE), lambda i, j, k: (i, k, j))
-    state = pl.BlockSpec((None, 1, TILE), lambda i, j, k: (i, 0, j))
+    grid = (batch, wide // (rows * TILE), padded // chunk)
+    if kind == "gpu":
+        block = pl.BlockSpec((None, chunk, TILE), lambda i, j, k: (i, k, j))
+        state = pl.BlockSpec((None, 1, TILE), lambda i, j, k: (i, 0, j))
+        tile = (TILE,)
+    else:
+        # Channels as (tiles, 128), a free reshape: a position of a block is
+        # a (rows, 128) vreg tile, not one of its sublanes.
+        coeffs, h0s = ([x.reshape(x.shape[:2] + (-1, TILE)) for x in xs] for xs in (coeffs, h0s))
+        block = pl.BlockSpec((None, chunk, rows, TILE), lambda i, j, k: (i, k, j, 0))
+        state = pl.BlockSpec((None, 1, rows, TILE), lambda i, j, k: (i, 0, j, 0))
+        tile = (rows, TILE)
     dtype = coeffs[0].dtype
-    out_shape = (batch, 1, wide) if local else (batch, padded, wide)
+    out_shape = (batch, 1) if local else (batch, padded)
     outs = grid_call(
-        kind, interpret, functools.partial(_kernel, parts=parts, chunk=chunk, local=local),
+        kind, interpret, functools.partial(_kernel, parts=parts, chunk=chunk, unroll=UNROLL[kind], local=local),
         grid=grid,
         in_specs=[block] * (2 * parts) + [state] * parts,
         out_specs=[state if local else block] * parts,
-        out_shape=[out_struct(out_shape, dtype, coeffs[0])] * parts,
-        scratch_shapes=[((1, TILE), dtype)] * parts,
+        out_shape=[out_struct(out_shape + coeffs[0].shape[2:], dtype, coeffs[0])] * parts,
+        scratch_shapes=[((1,) + tile, dtype)] * parts,
         gpu_stages=2,
     )(*coeffs, *h0s)
+    outs = [h.reshape(h.shape[:2] + (wide,)) for h in outs]
     return tuple(h[:, :, :width] if local else h[:, :length, :width] for h in outs)
 
 

@@ -18,8 +18,10 @@ KINDS = ["gpu", "tpu"]
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks small enough that tiny inputs span several channel tiles, chunks and a padded remainder."""
+    """Blocks small enough that tiny inputs span several channel tiles, chunks and a padded remainder
+    (on TPU two tiles a program: 3 tiles run as 2 programs, the second half padding)."""
     monkeypatch.setattr(kernel, "TILE", 8)
+    monkeypatch.setattr(kernel, "ROWS", 2)
     monkeypatch.setitem(kernel.CHUNK, "gpu", 16)
     monkeypatch.setitem(kernel.CHUNK, "tpu", 8)
 
