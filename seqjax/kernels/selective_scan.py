@@ -307,8 +307,9 @@ def _specs(shape, n, chunk, per_group, reverse=False):
     return {
         "seq": pl.BlockSpec((None, chunk, TILE), lambda i, j, k: (i, c(k), j)),
         "a": pl.BlockSpec((n, TILE), lambda i, j, k: (0, j)),
-        # lax.div, not //: floor division lowers through sign(), which Mosaic TPU
-        # only lowers with a TPU attached; tile indices are >= 0 anyway.
+        # lax.div (truncating; tile indices are >= 0): when these specs served
+        # TPU too, //'s floor division (through sign()) did not lower for Mosaic
+        # TPU without a TPU attached; kept rather than re-checked on Mosaic GPU.
         "bc": pl.BlockSpec((None, None, chunk, n), lambda i, j, k: (i, lax.div(j, jnp.asarray(per_group, j.dtype)), c(k), 0)),
         "keep": pl.BlockSpec((None, chunk, KEEP_LANES), lambda i, j, k: (i, c(k), 0)),
         "state": pl.BlockSpec((None, n, TILE), lambda i, j, k: (i, 0, j)),
@@ -335,11 +336,11 @@ def _forward_call(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct,
     segments = split_for(batch * (width // TILE), length, chunk)
     if segments > 1:
         return _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt, ct, keep)
-    return _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep)
+    return _forward_pass(interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep)
 
 
-def _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep, h0=None, local=False):
-    """One forward kernel over the whole grid: ``[y], last[, starts]`` (no ``y`` when ``local``, and
+def _forward_pass(interpret, n, chunk, per_group, save, u, dt, at, bt, ct, keep, h0=None, local=False):
+    """One GPU forward kernel over the whole grid: ``[y], last[, starts]`` (no ``y`` when ``local``, and
     ``ct`` is then not read); ``h0`` ``(b, n, D)``: the state entering each row (None: zero)."""
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
@@ -353,7 +354,7 @@ def _forward_pass(kind, interpret, n, chunk, per_group, save, u, dt, at, bt, ct,
     if save:
         out_shape.append(out_struct((batch, length // chunk, n, width), acc, u))
     return grid_call(
-        kind, interpret,
+        "gpu", interpret,
         functools.partial(_forward_kernel, n=n, chunk=chunk, save=save, acc=acc, local=local, init=init),
         grid=sp["grid"], in_specs=ins, out_specs=out_specs, out_shape=out_shape,
         scratch_shapes=[((n, TILE), acc)],
@@ -373,7 +374,7 @@ def _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
     span, (su, sdt), (sbt, sct), skeep, _ = cut_segments(segments, chunk, length, (u, dt), (bt, ct), keep)
-    (ends,) = _forward_pass("gpu", interpret, n, chunk, per_group, False, su, sdt, at, sbt, None, skeep, local=True)
+    (ends,) = _forward_pass(interpret, n, chunk, per_group, False, su, sdt, at, sbt, None, skeep, local=True)
 
     def enter(h, xs):  # the state entering the next segment
         end, p = xs
@@ -383,7 +384,7 @@ def _split_forward(interpret, n, chunk, per_group, save, segments, u, dt, at, bt
     # Inside shard_map the carry must vary over the mesh axes the segments do.
     (zero,) = match_vma((jnp.zeros((batch, n, width), acc),), ends, decay)
     _, h0 = lax.scan(enter, zero, (per_segment(ends, segments), per_segment(decay, segments)))
-    outs = _forward_pass("gpu", interpret, n, chunk, per_group, save, su, sdt, at, sbt, sct, skeep,
+    outs = _forward_pass(interpret, n, chunk, per_group, save, su, sdt, at, sbt, sct, skeep,
                          h0=jnp.swapaxes(h0, 0, 1).reshape(batch * segments, n, width))
     y = outs[0].reshape(batch, span * segments, width)[:, :length]
     last = outs[1].reshape(batch, segments, n, width)[:, -1]
@@ -447,7 +448,7 @@ def _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct,
     _, before = lax.scan(leave, g_last, (per_segment(local, segments)[1:], per_segment(decay, segments)[1:]),
                          reverse=True)
     mu = jnp.concatenate([before, g_last[None]])  # M_0 .. M_{S-1}
-    du, ddt, db, dc, da = _backward_pass("gpu", interpret, n, chunk, per_group, su, sdt, at, sbt, sct, skeep, sgy,
+    du, ddt, db, dc, da = _backward_pass(interpret, n, chunk, per_group, su, sdt, at, sbt, sct, skeep, sgy,
                                          sstarts, jnp.swapaxes(mu, 0, 1).reshape(batch * segments, n, width))
     du, ddt = (x.reshape(batch, span * segments, width)[:, :length] for x in (du, ddt))
     tiles = db.shape[1]
@@ -464,11 +465,11 @@ def _backward_call(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     segments = split_for(batch * (width // TILE), length, chunk)
     if segments > 1:
         return _split_backward(interpret, n, chunk, per_group, segments, u, dt, at, bt, ct, keep, gy, starts, g_last)
-    return _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last)
+    return _backward_pass(interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last)
 
 
-def _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
-    """The backward kernel over the whole grid: ``du, dΔ, dB, dC`` per tile, ``dA`` per row."""
+def _backward_pass(interpret, n, chunk, per_group, u, dt, at, bt, ct, keep, gy, starts, g_last):
+    """The GPU backward kernel over the whole grid: ``du, dΔ, dB, dC`` per tile, ``dA`` per row."""
     batch, length, width = u.shape
     acc = jnp.result_type(jnp.float32, u.dtype)
     sp = _specs(u.shape, n, chunk, per_group, reverse=True)
@@ -481,7 +482,7 @@ def _backward_pass(kind, interpret, n, chunk, per_group, u, dt, at, bt, ct, keep
     flat = pl.BlockSpec((None, None, None, rows), lambda i, j, k: (i, j, chunks - 1 - k, 0))
     part = out_struct((batch, tiles, chunks, rows), acc, u)
     du, ddt, db, dc, da = grid_call(
-        kind, interpret,
+        "gpu", interpret,
         functools.partial(_backward_kernel, n=n, chunk=chunk, acc=acc, device=not interpret),
         grid=sp["grid"], in_specs=ins,
         out_specs=[sp["seq"], sp["seq"], flat, flat, sp["state"]],
