@@ -15,7 +15,10 @@ its ``exp`` pushes (``vpow2``) and its grid. ``bundle_cycles = grid steps x
 (depth-1 bundles + inner trips x deeper bundles)``, with the inner trip count
 the kernel's positions per grid step that its ``fori_loop`` walks (0 where the
 kernel has no inner loop): a static count (no stalls, no DMA waits), for
-comparing layouts, not a time. Writes ``benchmarks/results/<host>-tpu-bundles.json``.
+comparing layouts, not a time; where a kernel has several inner loops (GLA's
+chunk kernels, the delta rule's solve and its final-state walk) all its deeper
+bundles are counted at the one trip count, an approximation. Writes
+``benchmarks/results/<host>-tpu-bundles.json``.
 """
 
 import argparse
@@ -43,6 +46,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.ops import RESULTS, machine  # noqa: E402
 from seqjax import ops  # noqa: E402
+from seqjax.kernels import delta_rule as delta_rule_kernel  # noqa: E402
+from seqjax.kernels import linear_attention as linear_attention_kernel  # noqa: E402
 from seqjax.kernels import linear_scan as linear_scan_kernel  # noqa: E402
 from seqjax.kernels import selective_scan as selective_scan_kernel  # noqa: E402
 from tests.kernels.lowering import compile_for_tpu, specs  # noqa: E402
@@ -66,7 +71,35 @@ def _linear_scan(b=2, l=4096, d=2048):  # noqa: E741
     return "linear_scan", dict(b=b, l=l, d=d), fn, specs(((b, l, d), F32), ((b, l, d), F32)), trips
 
 
-CASES = {"selective_scan": _selective, "linear_scan": _linear_scan}
+def _ssd(b=2, l=4096, h=32, p=64, n=128):  # noqa: E741
+    def fn(x, dt, A, B, C):
+        return ops.ssd(x, dt, A, B, C, impl="pallas")[0]
+    args = specs(((b, l, h, p), F32), ((b, l, h), F32), ((h,), F32), ((b, l, 1, n), F32), ((b, l, 1, n), F32))
+    return "ssd", dict(b=b, l=l, h=h, p=p, n=n), fn, args, 0  # one chunk a grid step, no inner loop
+
+
+def _linear_attention(decay, b=2, l=4096, h=16, dk=128, dv=128):  # noqa: E741
+    """Linear attention with no decay or a per-key-channel (GLA) one; the chunk kernels' inner loops
+    (GLA's scores, a row at a time) walk the chunk's positions."""
+    def fn(q, k, v, *g):
+        return ops.linear_attention(q, k, v, log_decay=g[0] if g else None, impl="pallas")[0]
+    shapes = [((b, l, h, dk), F32), ((b, l, h, dk), F32), ((b, l, h, dv), F32)]
+    shapes += [((b, l, h, dk), F32)] if decay == "channel" else []
+    return (f"linear_attention_{decay}", dict(b=b, l=l, h=h, dk=dk, dv=dv), fn, specs(*shapes),
+            linear_attention_kernel.CHUNK)
+
+
+def _delta_rule(b=2, l=4096, h=16, dk=128, dv=128):  # noqa: E741
+    """DeltaNet's kernels (its backward is XLA's); the UT solve's inner loop walks a chunk's rows."""
+    def fn(q, k, v, beta):
+        return ops.delta_rule(q, k, v, beta, impl="pallas")[0]
+    args = specs(((b, l, h, dk), F32), ((b, l, h, dk), F32), ((b, l, h, dv), F32), ((b, l, h), F32))
+    return "delta_rule", dict(b=b, l=l, h=h, dk=dk, dv=dv), fn, args, delta_rule_kernel.CHUNK
+
+
+CASES = {"selective_scan": _selective, "linear_scan": _linear_scan, "ssd": _ssd,
+         "linear_attention_none": lambda: _linear_attention("none"),
+         "linear_attention_channel": lambda: _linear_attention("channel"), "delta_rule": _delta_rule}
 
 
 def kernel_bundles(dump: str) -> list[dict]:
