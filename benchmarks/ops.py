@@ -28,6 +28,19 @@ MODULES = ("scan", "selective", "ssd", "attention", "linear_attention", "ssm_ker
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
+def _cpu_model() -> str:
+    """The host CPU's model name and widest vector extension (Linux), or "": CPU timings differ by
+    machine, and every VM here is called ``vm``."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = next((v for v in ("avx512f", "avx2", "avx") if v in flags), "")
+    return " ".join(x for x in ((names[0] if names else ""), vector) if x)
+
+
 def machine() -> dict:
     """Where the numbers were taken."""
     device = jax.devices()[0]
@@ -37,6 +50,7 @@ def machine() -> dict:
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "cpu_count": __import__("os").cpu_count(),
+        "cpu_model": _cpu_model(),
         "jax": jax.__version__,
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

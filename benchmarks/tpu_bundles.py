@@ -3,11 +3,11 @@
 Usage::
 
     pip install -e ".[tpu-compile]"          # libtpu
-    python -m benchmarks.tpu_bundles [--topology v5e:2x2] [--out FILE]
+    python -m benchmarks.tpu_bundles [--topology v5e:2x2] [--dtype bfloat16] [--only ssd,...] [--out FILE]
     python -m benchmarks.tpu_bundles --table FILE
 
-Compiles each op's forward and gradient (``impl="pallas"``, float32, the
-issue's shapes) for a TPU topology with libtpu (deviceless AOT, as
+Compiles each op's forward and gradient (``impl="pallas"``, activations in
+float32 or ``--dtype bfloat16``, the issue's shapes) for a TPU topology with libtpu (deviceless AOT, as
 ``tests/kernels/lowering.compile_for_tpu``), with
 ``LIBTPU_INIT_ARGS=--xla_jf_dump_to=DIR``, and reads each Mosaic kernel's
 ``*-final_bundles.txt``: its bundles (one issue cycle each) by loop depth,
@@ -18,7 +18,7 @@ kernel has no inner loop): a static count (no stalls, no DMA waits), for
 comparing layouts, not a time; where a kernel has several inner loops (GLA's
 chunk kernels, the delta rule's solve and its final-state walk) all its deeper
 bundles are counted at the one trip count, an approximation. Writes
-``benchmarks/results/<host>-tpu-bundles.json``.
+``benchmarks/results/<host>-tpu-bundles[-bfloat16].json``.
 """
 
 import argparse
@@ -55,51 +55,51 @@ from tests.kernels.lowering import compile_for_tpu, specs  # noqa: E402
 F32 = jnp.float32
 
 
-def _selective(b=2, l=4096, d=2048, n=16):  # noqa: E741
+def _selective(dtype, b=2, l=4096, d=2048, n=16):  # noqa: E741
     def fn(u, dt, A, B, C):
         return ops.selective_scan(u, dt, A, B, C, delta_softplus=True, impl="pallas")
-    args = specs(((b, l, d), F32), ((b, l, d), F32), ((d, n), F32), ((b, l, n), F32), ((b, l, n), F32))
+    args = specs(((b, l, d), dtype), ((b, l, d), F32), ((d, n), F32), ((b, l, n), dtype), ((b, l, n), dtype))
     # The row-layout kernels walk their chunk with a fori_loop; the TPU forward unrolls its block.
     return "selective_scan", dict(b=b, l=l, d=d, n=n), fn, args, selective_scan_kernel.chunk_for(n)
 
 
-def _linear_scan(b=2, l=4096, d=2048):  # noqa: E741
+def _linear_scan(dtype, b=2, l=4096, d=2048):  # noqa: E741
     def fn(a, x):
         return ops.linear_scan(a, x, impl="pallas")[0]
     # Real inputs: the kernel's fori_loop walks CHUNK positions, UNROLL a trip.
     trips = linear_scan_kernel.CHUNK["tpu"] // linear_scan_kernel.UNROLL["tpu"]
-    return "linear_scan", dict(b=b, l=l, d=d), fn, specs(((b, l, d), F32), ((b, l, d), F32)), trips
+    return "linear_scan", dict(b=b, l=l, d=d), fn, specs(((b, l, d), F32), ((b, l, d), dtype)), trips
 
 
-def _ssd(b=2, l=4096, h=32, p=64, n=128):  # noqa: E741
+def _ssd(dtype, b=2, l=4096, h=32, p=64, n=128):  # noqa: E741
     def fn(x, dt, A, B, C):
         return ops.ssd(x, dt, A, B, C, impl="pallas")[0]
-    args = specs(((b, l, h, p), F32), ((b, l, h), F32), ((h,), F32), ((b, l, 1, n), F32), ((b, l, 1, n), F32))
+    args = specs(((b, l, h, p), dtype), ((b, l, h), F32), ((h,), F32), ((b, l, 1, n), dtype), ((b, l, 1, n), dtype))
     return "ssd", dict(b=b, l=l, h=h, p=p, n=n), fn, args, 0  # one chunk a grid step, no inner loop
 
 
-def _linear_attention(decay, b=2, l=4096, h=16, dk=128, dv=128):  # noqa: E741
+def _linear_attention(decay, dtype, b=2, l=4096, h=16, dk=128, dv=128):  # noqa: E741
     """Linear attention with no decay or a per-key-channel (GLA) one; the chunk kernels' inner loops
     (GLA's scores, a row at a time) walk the chunk's positions."""
     def fn(q, k, v, *g):
         return ops.linear_attention(q, k, v, log_decay=g[0] if g else None, impl="pallas")[0]
-    shapes = [((b, l, h, dk), F32), ((b, l, h, dk), F32), ((b, l, h, dv), F32)]
+    shapes = [((b, l, h, dk), dtype), ((b, l, h, dk), dtype), ((b, l, h, dv), dtype)]
     shapes += [((b, l, h, dk), F32)] if decay == "channel" else []
     return (f"linear_attention_{decay}", dict(b=b, l=l, h=h, dk=dk, dv=dv), fn, specs(*shapes),
             linear_attention_kernel.CHUNK)
 
 
-def _delta_rule(b=2, l=4096, h=16, dk=128, dv=128):  # noqa: E741
+def _delta_rule(dtype, b=2, l=4096, h=16, dk=128, dv=128):  # noqa: E741
     """DeltaNet's kernels (its backward is XLA's); the UT solve's inner loop walks a chunk's rows."""
     def fn(q, k, v, beta):
         return ops.delta_rule(q, k, v, beta, impl="pallas")[0]
-    args = specs(((b, l, h, dk), F32), ((b, l, h, dk), F32), ((b, l, h, dv), F32), ((b, l, h), F32))
+    args = specs(((b, l, h, dk), dtype), ((b, l, h, dk), dtype), ((b, l, h, dv), dtype), ((b, l, h), F32))
     return "delta_rule", dict(b=b, l=l, h=h, dk=dk, dv=dv), fn, args, delta_rule_kernel.CHUNK
 
 
 CASES = {"selective_scan": _selective, "linear_scan": _linear_scan, "ssd": _ssd,
-         "linear_attention_none": lambda: _linear_attention("none"),
-         "linear_attention_channel": lambda: _linear_attention("channel"), "delta_rule": _delta_rule}
+         "linear_attention_none": lambda dtype: _linear_attention("none", dtype),
+         "linear_attention_channel": lambda dtype: _linear_attention("channel", dtype), "delta_rule": _delta_rule}
 
 
 def kernel_bundles(dump: str) -> list[dict]:
@@ -138,10 +138,10 @@ def _steps(grid):
     return steps
 
 
-def measure(case, topology: str) -> dict:
-    """Compiles one case's forward and gradient; the kernels' bundles of each."""
-    op, shape, fn, args, trips = case()
-    row = {"op": op, **shape, "topology": topology, "parts": {}}
+def measure(case, topology: str, dtype=F32) -> dict:
+    """Compiles one case's forward and gradient (activations in ``dtype``); the kernels' bundles of each."""
+    op, shape, fn, args, trips = case(dtype)
+    row = {"op": op, **shape, "dtype": jnp.dtype(dtype).name, "topology": topology, "parts": {}}
     grad = jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
     for part, f in (("forward", fn), ("forward_backward", grad)):
         for old in glob.glob(os.path.join(DUMP, "*")):
@@ -176,6 +176,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", default="v5e:2x2", help="a TPU topology name libtpu knows (v5e:2x2, v6e:2x2, ...)")
     parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated ops of {sorted(CASES)}")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the activations' dtype (decays, A and Δ stay float32)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/<host>-tpu-bundles.json)")
     parser.add_argument("--table", metavar="FILE", help="print the table of a JSON this script wrote, and exit")
     args = parser.parse_args(argv)
@@ -191,8 +193,9 @@ def main(argv=None) -> int:
     if importlib.util.find_spec("libtpu") is None:
         print('tpu_bundles: libtpu is not installed (pip install -e ".[tpu-compile]")', file=sys.stderr)
         return 2
-    rows = [measure(CASES[name], args.topology) for name in only]
-    out = args.out or os.path.join(RESULTS, f"{machine()['host']}-tpu-bundles.json")
+    rows = [measure(CASES[name], args.topology, jnp.dtype(args.dtype)) for name in only]
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    out = args.out or os.path.join(RESULTS, f"{machine()['host']}-tpu-bundles{suffix}.json")
     with open(out, "w") as f:
         json.dump({"machine": machine(), "jax": jax.__version__, "rows": rows}, f, indent=1)
         f.write("\n")
