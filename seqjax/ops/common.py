@@ -1,5 +1,7 @@
 """Helpers shared by the ops (and the mixers): accumulation dtypes, padding, segments, input checks."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -95,6 +97,39 @@ def sum_by_halves(x: jax.Array, axis: int) -> jax.Array:
     for r in rest:
         total = total + r
     return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def broadcast_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """``x`` repeated ``size`` times along a new axis at ``axis``; its gradient sums that axis by halves.
+
+    Autodiff transposes a broadcast into a ``reduce``, and jaxlib 0.10's
+    XLA:CPU runs some reduces as YNNPACK library calls. One of them crashed
+    (a segfault inside YNNPACK's transpose, on an AMD EPYC host with AVX2,
+    2026-12-07): the gradient of the keys broadcast over the query positions
+    in the per-channel-decay linear attention. :func:`sum_by_halves` is slice
+    adds that XLA fuses into a loop, with no library call.
+
+    Args:
+      x: the array.
+      axis: where the new axis goes (``0 <= axis <= x.ndim``).
+      size: its length.
+
+    Returns:
+      ``x.shape[:axis] + (size,) + x.shape[axis:]``.
+    """
+    return jnp.broadcast_to(jnp.expand_dims(x, axis), x.shape[:axis] + (size,) + x.shape[axis:])
+
+
+def _broadcast_axis_fwd(x, axis, size):
+    return broadcast_axis(x, axis, size), None
+
+
+def _broadcast_axis_bwd(axis, size, _, g):
+    return (sum_by_halves(g, axis),)
+
+
+broadcast_axis.defvjp(_broadcast_axis_fwd, _broadcast_axis_bwd)
 
 
 def segment_starts(segment_ids: jax.Array, reverse: bool = False) -> jax.Array:

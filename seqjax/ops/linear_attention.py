@@ -85,7 +85,7 @@ import jax.numpy as jnp
 
 from seqjax.ops import dispatch
 from seqjax.ops.collectives import match_vma
-from seqjax.ops.common import accum_dtype, operand_dtype, pad_axis, segment_runs
+from seqjax.ops.common import accum_dtype, broadcast_axis, operand_dtype, pad_axis, segment_runs
 from seqjax.types import AttnOut, Keys, LinAttnState, LogDecay, Queries, SegmentIds, Values
 # Largest diagonal sub-block of the per-channel-decay intra-chunk scores: 8
 # beat 4 and 16 on CPU (exps cost ~ l * dk * (chunk / SUB_CHUNK + SUB_CHUNK)).
@@ -462,7 +462,10 @@ def _channel_intra_chunk(qc, kc, vc, gc, runc, sub):
     diff = jnp.where(tri, _segsum(gb, axis=3), -jnp.inf)
     # Decay the keys first, then contract dk against q: a 3-operand einsum here
     # lowers to an outer product plus a badly batched dot, ~10x slower on CPU.
-    diag = jnp.einsum("bnmthk,bnmtshk->bnhmts", qb, kb[:, :, :, None] * jnp.exp(diff))
+    # The keys broadcast over the query positions through broadcast_axis: the
+    # plain broadcast's gradient (a reduce over t) crashed XLA:CPU (jaxlib 0.10,
+    # a YNNPACK reduce; see broadcast_axis).
+    diag = jnp.einsum("bnmthk,bnmtshk->bnhmts", qb, broadcast_axis(kb, 3, sub) * jnp.exp(diff))
     if runc is not None:
         rb = runc.reshape(batch, n, m, sub)
         diag = jnp.where((rb[..., :, None] == rb[..., None, :])[:, :, None], diag, 0)
@@ -477,7 +480,7 @@ def _channel_intra_chunk(qc, kc, vc, gc, runc, sub):
     k_exp = between[:, :, :, :, None] + _suffix_sum(gb, axis=3)[:, :, None]  # (b, n, m_i, m_j, sub, h, dk)
     earlier = (jnp.arange(m)[None, :] < jnp.arange(m)[:, None])[:, :, None, None, None]  # j < i
     k_exp = jnp.where(earlier, k_exp, -jnp.inf).reshape(batch, n, m, chunk, heads, dk)
-    k_off = kc[:, :, None] * jnp.exp(k_exp)  # (b, n, m, C, h, dk)
+    k_off = broadcast_axis(kc, 2, m) * jnp.exp(k_exp)  # (b, n, m, C, h, dk)
     off = jnp.einsum("bnithk,bnishk->bnhits", q_off, k_off).reshape(batch, n, heads, chunk, chunk)
     if runc is not None:
         off = jnp.where((runc[:, :, :, None] == runc[:, :, None, :])[:, :, None], off, 0)

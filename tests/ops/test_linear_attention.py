@@ -243,6 +243,24 @@ def test_gradient_at_shape_that_once_crashed_xla_cpu():
         assert_rel_close(g, g_seq, RTOL_GRAD, "grad chunked vs sequential")
 
 
+@pytest.mark.parametrize("chunk_size", [8, 32])
+def test_key_gradient_at_shapes_that_crashed_xla_cpu_in_a_library_reduce(chunk_size):
+    # The chunked per-channel form's key gradient at (b, l, h, dk, dv) = (2,
+    # 22, 4, 8, 16) segfaulted in XLA:CPU's YNNPACK reduce (jaxlib 0.10, an
+    # AMD EPYC host with AVX2, 2026-12-07) while the keys were broadcast over
+    # the query positions with a plain broadcast; on other hosts it ran.
+    rng = np.random.default_rng(22)
+    q, k, v, ld, _ = map(_f32, _inputs(rng, "channel", 22, b=2, h=4, dk=8, dv=16))
+
+    def grads(impl):
+        f = lambda q, k, v, ld: jnp.sum(linear_attention(q, k, v, log_decay=ld, impl=impl,  # noqa: E731
+                                                         chunk_size=chunk_size)[0] ** 2)
+        return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(q, k, v, ld)
+
+    for g, g_seq in zip(grads("chunked"), grads("sequential")):
+        assert_rel_close(g, g_seq, RTOL_GRAD, "grad chunked vs sequential")
+
+
 def test_bfloat16_inputs_accumulate_in_float32(rng):
     q, k, v, ld, s0 = _inputs(rng, "channel", 70)
     bf = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
