@@ -5,7 +5,8 @@ Usage::
     python -m benchmarks.cpu_paths            # the full run (a few minutes)
     python -m benchmarks.cpu_paths --quick    # small shapes (under a minute)
 
-Four measurements, written to ``benchmarks/results/<host>-<device>-paths[-quick].json``:
+Four measurements, written to ``benchmarks/results/<host>-<device>-paths[-quick].json``
+(after each one, with ``"complete": false`` until the last):
 
 1. **selective scan**: forward and forward+backward (gradients for all eight
    inputs, ``delta_softplus``, as in a Mamba block) of ``"reference"``,
@@ -205,15 +206,25 @@ def main(argv=None) -> int:
         cases, rounds, repeats, batch = [(2, 512, 64, 16), (2, 1024, 256, 16), (16, 1024, 128, 16)], 3, 3, 16
     info = machine()
     load = {"start": os.getloadavg()}
-    rows = bench_selective(cases, rounds, repeats)
-    rows += bench_train(batch, 1024, 64, rounds, repeats)
-    rows += bench_precision(256)
-    rows += bench_narrow((22,) if quick else (22, 256), rounds, repeats)
     kind = device_label(info)
     out = pathlib.Path(args.out) if args.out else RESULTS / f"{info['host']}-{kind}-paths{'-quick' if quick else ''}.json"
-    load["end"] = os.getloadavg()
-    out.write_text(json.dumps({"machine": info, "note": LOAD_NOTE, "load": load, "before": BEFORE, "rows": rows},
-                              indent=1))
+    rows = []
+
+    def write(complete: bool) -> None:
+        load["end"] = os.getloadavg()
+        out.write_text(json.dumps({"machine": info, "note": LOAD_NOTE, "load": load, "before": BEFORE,
+                                   "complete": complete, "rows": rows}, indent=1))
+
+    # The JSON is rewritten after each measurement ("complete": false until the
+    # last): a crash in one (XLA:CPU segfaulted in the fourth on 2026-12-07)
+    # keeps the rows before it.
+    for measure in (lambda: bench_selective(cases, rounds, repeats),
+                    lambda: bench_train(batch, 1024, 64, rounds, repeats),
+                    lambda: bench_precision(256),
+                    lambda: bench_narrow((22,) if quick else (22, 256), rounds, repeats)):
+        rows += measure()
+        write(False)
+    write(True)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
