@@ -4,8 +4,9 @@ Layout (one scheme on both platforms; backend, chunk and channels a program diff
 
 * The state is flattened to ``(batch, length, D)`` with ``D`` the product of
   the trailing axes; ``D`` is padded to a multiple of a program's channels
-  (``TILE = 128``, or 8 x 128 on TPU from 8 tiles on) and the length to a multiple of the chunk (``a = 1, b = 0``: the state
-  passes the padding unchanged).
+  (``TILE = 128``, or 8 x 128 on TPU from 8 tiles on) and the length to a
+  multiple of the chunk (``a = 1, b = 0``: the state passes the padding
+  unchanged).
 * Grid ``(batch, channel programs, length / chunk)``: the first two axes are
   parallel, the chunk axis is sequential and last. Each program walks its
   chunk one position at a time (``lax.fori_loop``, the state in registers)
