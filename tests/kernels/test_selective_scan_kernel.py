@@ -101,8 +101,10 @@ def test_tpu_backward_in_sub_blocks(rng, small_blocks, monkeypatch):
     _check(rng, "tpu", jnp.float32, RTOL_SCAN, RTOL_GRAD, length=45, d=10, n=3, groups=0, optional=())
 
 
-@pytest.mark.parametrize("dtype, rtol, rtol_grad", [(jnp.float64, RTOL_F64, RTOL_F64),
-                                                     (jnp.float32, RTOL_SCAN, RTOL_GRAD)])
+# float64 (slow: 63 s of the default suite on the 2-core AMD VM, 2026-12-07) holds the
+# split to 1e-10; the float32 case runs the same cut by default.
+@pytest.mark.parametrize("dtype, rtol, rtol_grad", [
+    pytest.param(jnp.float64, RTOL_F64, RTOL_F64, marks=pytest.mark.slow), (jnp.float32, RTOL_SCAN, RTOL_GRAD)])
 def test_split_forward_segments_and_documents(rng, split_blocks, dtype, rtol, rtol_grad):
     # 45 positions padded to 48 and cut into 4 segments of 16 (the last one
     # partly padding); documents start at random positions (p = 0.15), so

@@ -164,8 +164,10 @@ def test_default_construction(name, rng):
     assert np.isfinite(np.asarray(y)).all() and float(jnp.std(y)) > 0
     assert m.bind(v).width() == WIDTH
     if m.is_causal:  # the default configuration's first step agrees too (max_length: KV caches, S4's C̃)
-        cache = m.apply(v, 2, 6, method="init_cache")
-        y0, _ = m.apply(v, x[:, 0], cache, method="step")
+        # Jitted: run eagerly, the cache and the step compiled one program per primitive (90-146 here).
+        J = harness.Jitted(m)
+        cache = J.apply(v, 2, 6, method="init_cache")
+        y0, _ = J.apply(v, x[:, 0], cache, method="step")
         np.testing.assert_allclose(np.asarray(y0), np.asarray(y[:, 0]), rtol=2e-4, atol=2e-5)
 
 
