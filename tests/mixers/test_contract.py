@@ -159,13 +159,13 @@ def test_default_construction(name, rng):
     m = mixers.get(name)()
     x = _input(name, rng, 2, 6)
     v = harness.jit_init(m, x)
-    y = jax.jit(m.apply)(v, x)
+    # Jitted: run eagerly, the cache and the step below compiled one program per primitive (90-146 a mixer).
+    J = harness.Jitted(m)
+    y = J.apply(v, x)
     assert y.shape == x.shape and y.dtype == jnp.float32
     assert np.isfinite(np.asarray(y)).all() and float(jnp.std(y)) > 0
     assert m.bind(v).width() == WIDTH
     if m.is_causal:  # the default configuration's first step agrees too (max_length: KV caches, S4's C̃)
-        # Jitted: run eagerly, the cache and the step compiled one program per primitive (90-146 here).
-        J = harness.Jitted(m)
         cache = J.apply(v, 2, 6, method="init_cache")
         y0, _ = J.apply(v, x[:, 0], cache, method="step")
         np.testing.assert_allclose(np.asarray(y0), np.asarray(y[:, 0]), rtol=2e-4, atol=2e-5)
